@@ -59,4 +59,16 @@ export interface Config {
   serverResetQuery: string;
 
   logLevel: LogLevel;
+
+  // Topology monitor (src/cluster/monitor.ts): one control connection per node.
+  healthCheckPeriodMs: number;
+  /** Connect and query timeout of one health check. */
+  healthCheckTimeoutMs: number;
+  /** Consecutive failed checks before a node is marked down. */
+  healthCheckMaxRetries: number;
+  healthCheckUser: string;
+  healthCheckPassword: string | null;
+  healthCheckDatabase: string;
+  /** How long a transaction waits for a primary to appear (failover gap). */
+  failoverTimeoutMs: number;
 }
