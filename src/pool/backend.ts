@@ -1,0 +1,378 @@
+// One PostgreSQL connection held by pgmux: login, then header-only scanning of what the
+// backend sends, forwarded to whichever client is linked to it at the moment.
+
+import net from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { BackendScanner, type ScanSink } from '../protocol/backendScanner.js';
+import { FrameReader } from '../protocol/framer.js';
+import {
+  AuthCode,
+  Msg,
+  parseFields,
+  passwordMessage,
+  queryMessage,
+  saslInitialResponse,
+  saslResponse,
+  startupMessage,
+  TERMINATE,
+} from '../protocol/messages.js';
+import { BackendError, PgmuxError, pgmuxError } from '../protocol/errors.js';
+import { md5Response } from '../auth/md5.js';
+import { ScramClientSession } from '../auth/scram.js';
+
+export interface NodeAddress {
+  host: string;
+  port: number;
+  /** host:port, for logs and pool keys. */
+  name: string;
+}
+
+/** What pgmux may use to log in to a backend as a given user. */
+export interface BackendCredentials {
+  password?: string | null;
+  /** 'md5' + hex, as stored by PostgreSQL / an auth file. */
+  md5Secret?: string | null;
+}
+
+/** The client side of a link; implemented by ClientSession. */
+export interface BackendOwner {
+  onBackendData(buf: Buffer, start: number, end: number): void;
+  onBackendReady(status: number): void;
+  onBackendParameter(name: string, value: string, hidden: boolean): void;
+  onBackendHiddenError(fields: Map<string, string>): void;
+  onBackendLost(backend: BackendConnection, reason: string): void;
+  /** The backend socket drained: the client may send again. */
+  onBackendDrain(): void;
+}
+
+export enum BackendState {
+  Connecting = 'connecting',
+  Idle = 'idle',
+  Linked = 'linked',
+  Internal = 'internal',
+  Closed = 'closed',
+}
+
+export type BackendCloseReason =
+  | 'idle_timeout'
+  | 'lifetime'
+  | 'dirty'
+  | 'client_gone'
+  | 'reset_failed'
+  | 'node_gone'
+  | 'server_closed'
+  | 'shutdown'
+  | 'error';
+
+let nextId = 1;
+
+export interface ConnectOptions {
+  node: NodeAddress;
+  user: string;
+  database: string;
+  credentials: BackendCredentials;
+  connectTimeoutMs: number;
+}
+
+export class BackendConnection implements ScanSink {
+  readonly id = nextId++;
+  state = BackendState.Connecting;
+  pid = 0;
+  secret = 0;
+  /** Reported parameters as the backend last told us (ParameterStatus). */
+  readonly params = new Map<string, string>();
+  /** Unreported settings pgmux applied for clients (name -> value); RESET when not wanted. */
+  readonly applied = new Map<string, string>();
+  /** ReadyForQuery messages owed to the linked client (one per Query, Sync, FunctionCall). */
+  pendingRfq = 0;
+  /** ReadyForQuery messages owed to pgmux's own hidden queries; their responses are dropped. */
+  hiddenRfq = 0;
+  txStatus = 0x49; // 'I'
+  owner: BackendOwner | null = null;
+  readonly createdAt = Date.now();
+  lastReleasedAt = Date.now();
+  closeReason: BackendCloseReason | null = null;
+  /** Opaque slot for the pool that owns this backend. */
+  poolRef: unknown = null;
+
+  private scanner = new BackendScanner(this);
+  private internal: { resolve: () => void; reject: (e: Error) => void; error: Map<string, string> | null } | null = null;
+  private closeListeners: Array<(b: BackendConnection) => void> = [];
+
+  private constructor(
+    readonly socket: net.Socket,
+    readonly node: NodeAddress,
+    readonly user: string,
+    readonly database: string,
+  ) {}
+
+  static connect(opts: ConnectOptions): Promise<BackendConnection> {
+    const socket = net.connect({ host: opts.node.host, port: opts.node.port });
+    socket.setNoDelay(true);
+    const b = new BackendConnection(socket, opts.node, opts.user, opts.database);
+    return b.login(opts);
+  }
+
+  private login(opts: ConnectOptions): Promise<BackendConnection> {
+    return new Promise((resolve, reject) => {
+      const socket = this.socket;
+      const reader = new FrameReader(64 * 1024 * 1024, true);
+      let scram: ScramClientSession | null = null;
+      let settled = false;
+      const timer = setTimeout(
+        () => fail(new PgmuxError(pgmuxError('backendUnavailable', { detail: `connecting to ${this.node.name} timed out after ${opts.connectTimeoutMs} ms` }))),
+        opts.connectTimeoutMs,
+      );
+      const fail = (err: Error) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        this.state = BackendState.Closed;
+        socket.removeAllListeners('data');
+        socket.destroy();
+        reject(err);
+      };
+      const needPassword = (what: string): string => {
+        const p = opts.credentials.password;
+        if (p == null) {
+          throw new PgmuxError(
+            pgmuxError('authMethodUnavailable', {
+              message: `pgmux has no password to log in to the database as "${opts.user}"`,
+              detail: `${this.node.name} asked for ${what} authentication.`,
+              hint: 'Put the user\'s password in the auth file (plain or md5), or set server_password.',
+            }),
+          );
+        }
+        return p;
+      };
+      const onMessage = (): void => {
+        const buf = reader.msg;
+        const s = reader.bodyStart;
+        const e = reader.end;
+        switch (reader.type) {
+          case Msg.Authentication: {
+            const code = buf.readInt32BE(s);
+            switch (code) {
+              case AuthCode.Ok:
+                break;
+              case AuthCode.CleartextPassword:
+                socket.write(passwordMessage(needPassword('password')));
+                break;
+              case AuthCode.MD5Password: {
+                const salt = buf.subarray(s + 4, s + 8);
+                const c = opts.credentials;
+                const entry = c.md5Secret
+                  ? { user: opts.user, secret: c.md5Secret, kind: 'md5' as const }
+                  : { user: opts.user, secret: needPassword('md5'), kind: 'plain' as const };
+                socket.write(passwordMessage(md5Response(entry, salt)));
+                break;
+              }
+              case AuthCode.SASL: {
+                const mechs = buf.toString('utf8', s + 4, e).split('\0');
+                if (!mechs.includes('SCRAM-SHA-256')) {
+                  throw new PgmuxError(pgmuxError('authMethodUnavailable', { detail: `backend offers SASL mechanisms ${mechs.filter(Boolean).join(', ')}` }));
+                }
+                scram = new ScramClientSession(needPassword('SCRAM-SHA-256'));
+                socket.write(saslInitialResponse('SCRAM-SHA-256', scram.clientFirst()));
+                break;
+              }
+              case AuthCode.SASLContinue:
+                if (!scram) throw new PgmuxError(pgmuxError('protocolViolation', { detail: 'unexpected SASL continue from backend' }));
+                socket.write(saslResponse(scram.handleServerFirst(buf.toString('utf8', s + 4, e))));
+                break;
+              case AuthCode.SASLFinal:
+                if (!scram) throw new PgmuxError(pgmuxError('protocolViolation', { detail: 'unexpected SASL final from backend' }));
+                scram.verifyServerFinal(buf.toString('utf8', s + 4, e));
+                break;
+              default:
+                throw new PgmuxError(pgmuxError('authMethodUnavailable', { detail: `backend asked for unsupported authentication request ${code}` }));
+            }
+            break;
+          }
+          case Msg.ParameterStatus: {
+            const nul = buf.indexOf(0, s);
+            this.params.set(buf.toString('utf8', s, nul), buf.toString('utf8', nul + 1, e - 1));
+            break;
+          }
+          case Msg.BackendKeyData:
+            this.pid = buf.readInt32BE(s);
+            this.secret = buf.readInt32BE(s + 4);
+            break;
+          case Msg.ErrorResponse:
+            throw new BackendError(parseFields(buf, s, e), Buffer.from(buf.subarray(reader.msgStart, e)));
+          case Msg.ReadyForQuery: {
+            settled = true;
+            clearTimeout(timer);
+            this.txStatus = buf[s]!;
+            this.state = BackendState.Idle;
+            socket.removeAllListeners('data');
+            socket.on('data', (chunk: Buffer) => this.scanner.scan(chunk));
+            socket.on('drain', () => this.owner?.onBackendDrain());
+            const rest = reader.takeRemaining();
+            if (rest) this.scanner.scan(rest);
+            resolve(this);
+            return;
+          }
+          default:
+            break; // NoticeResponse, NegotiateProtocolVersion: nothing to do
+        }
+      };
+      socket.on('connect', () => {
+        socket.write(startupMessage({ user: opts.user, database: opts.database }));
+      });
+      socket.on('data', (chunk: Buffer) => {
+        reader.push(chunk);
+        try {
+          while (!settled && reader.next()) onMessage();
+        } catch (err) {
+          fail(err as Error);
+        }
+      });
+      socket.on('error', (err) => {
+        if (!settled) {
+          fail(new PgmuxError(pgmuxError('backendUnavailable', { detail: `${this.node.name}: ${err.message}` })));
+        }
+      });
+      socket.on('close', () => {
+        if (!settled) fail(new PgmuxError(pgmuxError('backendUnavailable', { detail: `${this.node.name} closed the connection during login` })));
+        else this.onSocketClosed();
+      });
+    });
+  }
+
+  // ---- linking to a client ----------------------------------------------------------
+
+  link(owner: BackendOwner): void {
+    this.owner = owner;
+    this.state = BackendState.Linked;
+  }
+
+  unlink(): void {
+    this.owner = null;
+    if (this.state === BackendState.Linked) this.state = BackendState.Idle;
+  }
+
+  write(buf: Buffer): boolean {
+    return this.socket.write(buf);
+  }
+
+  /** Clean = nothing in flight and not inside a transaction: safe to hand to another client. */
+  get clean(): boolean {
+    return (
+      this.state !== BackendState.Closed &&
+      this.txStatus === 0x49 &&
+      this.pendingRfq === 0 &&
+      this.hiddenRfq === 0 &&
+      this.scanner.atBoundary
+    );
+  }
+
+  /** Sends a query whose responses are hidden from any client (session parameters). */
+  sendHidden(sql: string): void {
+    this.hiddenRfq++;
+    this.socket.write(queryMessage(sql));
+  }
+
+  /**
+   * Runs pgmux's own query while no client is linked (reset in session mode). Resolves on
+   * its ReadyForQuery; rejects with the backend's error if it failed.
+   */
+  runInternal(sql: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (this.state === BackendState.Closed) {
+        reject(new Error('backend closed'));
+        return;
+      }
+      this.state = BackendState.Internal;
+      this.internal = { resolve, reject, error: null };
+      this.sendHidden(sql);
+    });
+  }
+
+  onClose(fn: (b: BackendConnection) => void): void {
+    this.closeListeners.push(fn);
+  }
+
+  close(reason: BackendCloseReason): void {
+    if (this.state === BackendState.Closed) return;
+    this.closeReason = reason;
+    this.state = BackendState.Closed;
+    if (!this.socket.destroyed) {
+      this.socket.end(TERMINATE);
+      this.socket.destroySoon?.();
+      setTimeout(() => this.socket.destroy(), 1000).unref();
+    }
+    this.finishClose('closed by pgmux');
+  }
+
+  private onSocketClosed(): void {
+    if (this.state !== BackendState.Closed) {
+      this.closeReason = 'server_closed';
+      this.state = BackendState.Closed;
+    }
+    this.finishClose('the database closed the connection');
+  }
+
+  private finished = false;
+  private finishClose(why: string): void {
+    if (this.finished) return;
+    this.finished = true;
+    if (this.internal) {
+      this.internal.reject(new Error(why));
+      this.internal = null;
+    }
+    const owner = this.owner;
+    this.owner = null;
+    if (owner) owner.onBackendLost(this, why);
+    for (const fn of this.closeListeners) fn(this);
+    this.closeListeners = [];
+  }
+
+  // ---- ScanSink: the backend -> client stream ---------------------------------------
+
+  forward(buf: Buffer, start: number, end: number): void {
+    const owner = this.owner;
+    if (owner !== null) owner.onBackendData(buf, start, end);
+  }
+
+  hiding(): boolean {
+    return this.hiddenRfq > 0 || this.owner === null;
+  }
+
+  onReadyForQuery(status: number, hidden: boolean): void {
+    this.txStatus = status;
+    if (this.hiddenRfq > 0) {
+      this.hiddenRfq--;
+      if (this.hiddenRfq === 0 && this.internal) {
+        const w = this.internal;
+        this.internal = null;
+        if (this.state === BackendState.Internal) this.state = BackendState.Idle;
+        if (w.error) w.reject(new BackendError(w.error, Buffer.alloc(0)));
+        else w.resolve();
+      }
+      return;
+    }
+    if (hidden) return; // stray (no client linked): nothing owed to anyone
+    if (this.pendingRfq > 0) this.pendingRfq--;
+    const owner = this.owner;
+    if (owner !== null) owner.onBackendReady(status);
+  }
+
+  onParameterStatus(name: string, value: string, hidden: boolean): void {
+    this.params.set(name, value);
+    const owner = this.owner;
+    if (owner !== null) owner.onBackendParameter(name, value, hidden);
+  }
+
+  onErrorResponse(fields: Map<string, string>, hidden: boolean): void {
+    if (!hidden) return; // the client sees it as PostgreSQL sent it
+    if (this.internal && !this.internal.error) this.internal.error = fields;
+    const owner = this.owner;
+    if (owner !== null && this.hiddenRfq > 0) owner.onBackendHiddenError(fields);
+  }
+}
+
+/** Random 32-bit value for proxy-issued cancel keys. */
+export function randomInt32(): number {
+  return randomBytes(4).readInt32BE(0);
+}

@@ -1,0 +1,30 @@
+// What a client session may ask of the rest of the proxy. Sessions get this one object and
+// never reach into the listener, the monitor or the pool registry directly.
+
+import type { Logger } from 'pino';
+import type { Config } from '../config/types.js';
+import type { AuthEntry } from '../auth/authFile.js';
+import type { BackendConnection, NodeAddress } from '../pool/backend.js';
+import type { Pool } from '../pool/pool.js';
+import type { ClientSession } from '../session/clientSession.js';
+
+export interface ProxyContext {
+  config(): Config;
+  readonly logger: Logger;
+  /** Coarse clock (ms) refreshed by the janitor: cheap enough for every event. */
+  readonly clock: { now: number };
+  authEntry(user: string): AuthEntry | undefined;
+  /** Remembers a cleartext password a client proved, for logging in to backends as that user. */
+  learnPassword(user: string, password: string): void;
+  /** The node that takes writes now, waiting up to `timeoutMs` for one during a failover. */
+  primary(timeoutMs: number): Promise<NodeAddress | null>;
+  currentPrimary(): NodeAddress | null;
+  pool(node: NodeAddress, database: string, user: string): Pool;
+  register(client: ClientSession): boolean;
+  unregister(client: ClientSession): void;
+  /** A client's CancelRequest (proxy-issued key): reaches the backend it uses now, if any. */
+  cancel(pid: number, secret: number): void;
+  /** Cancels whatever runs on this backend (its real key). */
+  cancelBackend(backend: BackendConnection): void;
+  readonly shuttingDown: boolean;
+}

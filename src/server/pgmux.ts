@@ -1,0 +1,216 @@
+// The running proxy: listener, client registry and cancel keys, pools, topology monitor
+// and the janitor that drives every timeout from one timer.
+
+import net from 'node:net';
+import type { Config } from '../config/types.js';
+import type { Logger } from '../observability/logger.js';
+import { loadAuthFile, type AuthEntry } from '../auth/authFile.js';
+import { BackendConnection, type BackendCredentials, type NodeAddress } from '../pool/backend.js';
+import { Pool } from '../pool/pool.js';
+import { ClientSession } from '../session/clientSession.js';
+import { ClusterMonitor } from '../cluster/monitor.js';
+import type { NodeSnapshot, TopologySnapshot } from '../cluster/topology.js';
+import { cancelRequest } from '../protocol/messages.js';
+import { PgmuxError, pgmuxError } from '../protocol/errors.js';
+import type { ProxyContext } from './context.js';
+
+export interface RunningPgmux {
+  /** Port clients connect to (the real one when listen port was 0). */
+  port: number;
+  /** Port of the HTTP listener, null when http is off. */
+  httpPort: number | null;
+  readonly proxy: Proxy;
+  /** Stop accepting, end clients and backends; resolves when everything is closed. */
+  close(reason?: string): Promise<void>;
+}
+
+const JANITOR_INTERVAL_MS = 200;
+
+export class Proxy implements ProxyContext {
+  readonly clock = { now: Date.now() };
+  readonly clients = new Set<ClientSession>();
+  private readonly byPid = new Map<number, ClientSession>();
+  private readonly pools = new Map<string, Pool>();
+  private readonly nodes = new Map<string, NodeAddress>();
+  private authEntries: Map<string, AuthEntry>;
+  private readonly learnedPasswords = new Map<string, string>();
+  private janitor: NodeJS.Timeout | null = null;
+  shuttingDown = false;
+  readonly monitor: ClusterMonitor;
+
+  constructor(
+    private cfg: Config,
+    readonly logger: Logger,
+  ) {
+    this.authEntries = cfg.authFile ? loadAuthFile(cfg.authFile) : new Map();
+    this.monitor = new ClusterMonitor(cfg, logger);
+    this.monitor.on('snapshot', (s: TopologySnapshot) => this.onTopology(s));
+  }
+
+  config(): Config {
+    return this.cfg;
+  }
+
+  async start(): Promise<void> {
+    await this.monitor.start();
+    this.janitor = setInterval(() => this.sweep(), JANITOR_INTERVAL_MS);
+    this.janitor.unref();
+  }
+
+  // ---- ProxyContext -----------------------------------------------------------------
+
+  authEntry(user: string): AuthEntry | undefined {
+    return this.authEntries.get(user);
+  }
+
+  learnPassword(user: string, password: string): void {
+    this.learnedPasswords.set(user, password);
+  }
+
+  private credentialsFor(user: string): BackendCredentials {
+    const e = this.authEntries.get(user);
+    if (e?.kind === 'plain') return { password: e.secret };
+    const learned = this.learnedPasswords.get(user) ?? this.cfg.serverPassword;
+    if (e?.kind === 'md5') return { md5Secret: e.secret, password: learned };
+    return { password: learned };
+  }
+
+  currentPrimary(): NodeAddress | null {
+    const p = this.monitor.snapshot().primary;
+    return p ? this.nodeAddress(p) : null;
+  }
+
+  async primary(timeoutMs: number): Promise<NodeAddress | null> {
+    const now = this.currentPrimary();
+    if (now !== null) return now;
+    const p = await this.monitor.waitForPrimary(timeoutMs);
+    return p ? this.nodeAddress(p) : null;
+  }
+
+  /** One NodeAddress object per host:port, so sessions can compare by identity. */
+  private nodeAddress(n: NodeSnapshot): NodeAddress {
+    let a = this.nodes.get(n.name);
+    if (!a) {
+      a = { host: n.host, port: n.port, name: n.name };
+      this.nodes.set(n.name, a);
+    }
+    return a;
+  }
+
+  pool(node: NodeAddress, database: string, user: string): Pool {
+    const key = node.name + '\0' + database + '\0' + user;
+    let p = this.pools.get(key);
+    if (!p || p.isClosed) {
+      p = new Pool(node, database, user, () => this.cfg, () => this.credentialsFor(user), this.logger);
+      this.pools.set(key, p);
+    }
+    return p;
+  }
+
+  allPools(): Pool[] {
+    return [...this.pools.values()];
+  }
+
+  register(client: ClientSession): boolean {
+    if (this.shuttingDown || this.clients.size >= this.cfg.maxClientConn) return false;
+    this.clients.add(client);
+    this.byPid.set(client.pid, client);
+    return true;
+  }
+
+  unregister(client: ClientSession): void {
+    this.clients.delete(client);
+    if (this.byPid.get(client.pid) === client) this.byPid.delete(client.pid);
+  }
+
+  cancel(pid: number, secret: number): void {
+    const c = this.byPid.get(pid);
+    // Unknown key or wrong secret: ignored, as PostgreSQL does.
+    if (!c || c.secret !== secret) return;
+    const b = c.cancelTarget;
+    if (b) this.cancelBackend(b);
+  }
+
+  cancelBackend(b: BackendConnection): void {
+    const s = net.connect({ host: b.node.host, port: b.node.port });
+    s.on('connect', () => s.end(cancelRequest(b.pid, b.secret)));
+    s.on('error', (err) => this.logger.warn({ node: b.node.name, err: err.message }, 'cancel request failed'));
+    s.setTimeout(this.cfg.serverConnectTimeoutMs, () => s.destroy());
+  }
+
+  // ---- topology ---------------------------------------------------------------------
+
+  private lastPrimary: string | null = null;
+
+  private onTopology(s: TopologySnapshot): void {
+    const primary = s.primary?.name ?? null;
+    // Pools to nodes that are no longer the primary are drained: their idle backends
+    // closed now, busy ones as their transactions end (or fail, if the node is dead).
+    if (primary !== this.lastPrimary) {
+      this.logger.info({ from: this.lastPrimary, to: primary }, 'primary changed');
+      this.lastPrimary = primary;
+    }
+    for (const [key, pool] of this.pools) {
+      const n = s.nodes.find((x) => x.name === pool.node.name);
+      const usable = n !== undefined && n.state === 'up' && n.name === primary;
+      if (!usable && !pool.isClosed) {
+        const down = !n || n.state !== 'up';
+        if (down) pool.closeAll('node_gone');
+        else pool.close('node_gone', new PgmuxError(pgmuxError('noPrimary', { detail: `${pool.node.name} is no longer the primary` })));
+        this.pools.delete(key);
+      }
+    }
+  }
+
+  // ---- janitor ----------------------------------------------------------------------
+
+  private sweep(): void {
+    const now = Date.now();
+    this.clock.now = now;
+    for (const c of this.clients) c.sweep(now);
+    for (const p of this.pools.values()) p.sweep(now);
+  }
+
+  async close(): Promise<void> {
+    this.shuttingDown = true;
+    if (this.janitor) clearInterval(this.janitor);
+    for (const c of [...this.clients]) c.fatal(pgmuxError('adminShutdown'), 'shutdown');
+    for (const p of this.pools.values()) p.closeAll('shutdown');
+    this.pools.clear();
+    await this.monitor.stop();
+  }
+}
+
+export async function startPgmux(config: Config, opts: { logger: Logger }): Promise<RunningPgmux> {
+  const logger = opts.logger;
+  const proxy = new Proxy(config, logger);
+  await proxy.start();
+  const server = net.createServer({ noDelay: true }, (socket) => {
+    new ClientSession(socket, proxy);
+  });
+  server.maxConnections = config.maxClientConn + 100; // room to tell the excess why
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.listen.port, config.listen.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as net.AddressInfo).port;
+  logger.info({ listen: `${config.listen.host}:${port}`, nodes: config.nodes.map((n) => `${n.host}:${n.port}`), poolMode: config.poolMode, poolSize: config.poolSize }, 'pgmux listening');
+  let closing: Promise<void> | null = null;
+  return {
+    port,
+    httpPort: null,
+    proxy,
+    close(reason?: string) {
+      closing ??= (async () => {
+        logger.info({ reason: reason ?? 'close' }, 'pgmux shutting down');
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        await proxy.close();
+        await closed;
+      })();
+      return closing;
+    },
+  };
+}

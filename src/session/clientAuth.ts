@@ -1,0 +1,148 @@
+// Authenticates one client against the auth file: trust, cleartext password, md5 or
+// SCRAM-SHA-256. Pure message-in / message-out; the session owns the socket.
+//
+// Like PgBouncer, the method adapts to the stored secret where one method cannot work:
+// md5 requested but only a SCRAM verifier stored -> SCRAM; SCRAM requested but only an md5
+// hash stored -> md5. An unknown user goes through the same exchange and fails at the end,
+// so user names cannot be probed.
+
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import type { AuthMethod } from '../config/types.js';
+import type { AuthEntry } from '../auth/authFile.js';
+import { md5Secret, verifyMd5 } from '../auth/md5.js';
+import { makeScramVerifier, parseScramVerifier, ScramServerSession, type ScramVerifier } from '../auth/scram.js';
+import { AuthCode, authenticationRequest, authenticationSASL, readCstr } from '../protocol/messages.js';
+import { pgmuxError, type ErrorSpec } from '../protocol/errors.js';
+
+export type AuthStep =
+  | { kind: 'send'; message: Buffer }
+  | { kind: 'ok'; message?: Buffer; password?: string }
+  | { kind: 'fail'; error: ErrorSpec };
+
+type Phase = 'password' | 'md5' | 'sasl-initial' | 'sasl-final' | 'done';
+
+/** Plain-password entries get a verifier made once per process, not once per login. */
+const verifierCache = new Map<string, ScramVerifier>();
+
+function verifierFor(entry: AuthEntry): ScramVerifier {
+  if (entry.kind === 'scram') return parseScramVerifier(entry.secret)!;
+  const key = entry.user + '\0' + entry.secret;
+  let v = verifierCache.get(key);
+  if (!v) {
+    v = makeScramVerifier(entry.secret);
+    verifierCache.set(key, v);
+  }
+  return v;
+}
+
+/** A verifier nobody can satisfy, for unknown users. */
+const DUMMY_VERIFIER = makeScramVerifier(randomBytes(24).toString('hex'));
+
+export class ClientAuthenticator {
+  private phase: Phase = 'done';
+  private salt = Buffer.alloc(0);
+  private scram: ScramServerSession | null = null;
+
+  constructor(
+    private method: AuthMethod,
+    private user: string,
+    private entry: AuthEntry | undefined,
+  ) {}
+
+  start(): AuthStep {
+    const entry = this.entry;
+    let method = this.method;
+    if (method === 'trust') return { kind: 'ok' };
+    if (method === 'md5' && entry?.kind === 'scram') method = 'scram-sha-256';
+    else if (method === 'scram-sha-256' && entry?.kind === 'md5') method = 'md5';
+    switch (method) {
+      case 'password':
+        this.phase = 'password';
+        return { kind: 'send', message: authenticationRequest(AuthCode.CleartextPassword) };
+      case 'md5':
+        this.phase = 'md5';
+        this.salt = randomBytes(4);
+        return { kind: 'send', message: authenticationRequest(AuthCode.MD5Password, this.salt) };
+      default:
+        this.phase = 'sasl-initial';
+        this.scram = new ScramServerSession(entry ? verifierFor(entry) : DUMMY_VERIFIER);
+        return { kind: 'send', message: authenticationSASL(['SCRAM-SHA-256']) };
+    }
+  }
+
+  /** Handles one PasswordMessage / SASLInitialResponse / SASLResponse body. */
+  onPasswordMessage(buf: Buffer, start: number, end: number): AuthStep {
+    const failed = (): AuthStep => ({
+      kind: 'fail',
+      error: pgmuxError('wrongPassword', { message: `password authentication failed for user "${this.user}"` }),
+    });
+    switch (this.phase) {
+      case 'password': {
+        this.phase = 'done';
+        const s = readCstr(buf, start, end);
+        if (!s || !this.entry || s[0] === '') return failed();
+        return checkPlain(this.entry, s[0]) ? { kind: 'ok', password: s[0] } : failed();
+      }
+      case 'md5': {
+        this.phase = 'done';
+        const s = readCstr(buf, start, end);
+        if (!s || !this.entry) return failed();
+        return verifyMd5(this.entry, this.salt, s[0]) ? { kind: 'ok' } : failed();
+      }
+      case 'sasl-initial': {
+        const mech = readCstr(buf, start, end);
+        if (!mech || end - mech[1] < 4) return this.protocolError('malformed SASLInitialResponse');
+        if (mech[0] !== 'SCRAM-SHA-256') {
+          return { kind: 'fail', error: pgmuxError('protocolViolation', { message: `client selected an invalid SASL authentication mechanism "${mech[0]}"` }) };
+        }
+        const len = buf.readInt32BE(mech[1]);
+        const data = buf.toString('utf8', mech[1] + 4, len < 0 ? mech[1] + 4 : Math.min(end, mech[1] + 4 + len));
+        try {
+          const serverFirst = this.scram!.handleClientFirst(data);
+          this.phase = 'sasl-final';
+          return { kind: 'send', message: authenticationRequest(AuthCode.SASLContinue, Buffer.from(serverFirst)) };
+        } catch (err) {
+          return this.protocolError((err as Error).message);
+        }
+      }
+      case 'sasl-final': {
+        this.phase = 'done';
+        try {
+          const r = this.scram!.handleClientFinal(buf.toString('utf8', start, end));
+          if (!r.ok || !this.entry) return failed();
+          return { kind: 'ok', message: authenticationRequest(AuthCode.SASLFinal, Buffer.from(r.serverFinal)) };
+        } catch (err) {
+          return this.protocolError((err as Error).message);
+        }
+      }
+      default:
+        return this.protocolError('unexpected password message');
+    }
+  }
+
+  private protocolError(detail: string): AuthStep {
+    this.phase = 'done';
+    return { kind: 'fail', error: pgmuxError('protocolViolation', { message: 'malformed authentication message', detail }) };
+  }
+}
+
+function checkPlain(entry: AuthEntry, password: string): boolean {
+  switch (entry.kind) {
+    case 'plain':
+      return safeEqual(entry.secret, password);
+    case 'md5':
+      return safeEqual(entry.secret, md5Secret(entry.user, password));
+    case 'scram': {
+      const v = parseScramVerifier(entry.secret);
+      if (!v) return false;
+      const mine = makeScramVerifier(password, { salt: v.salt, iterations: v.iterations });
+      return timingSafeEqual(mine.storedKey, v.storedKey);
+    }
+  }
+}
+
+function safeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}

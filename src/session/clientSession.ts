@@ -1,0 +1,595 @@
+// One client connection: startup and authentication, then its transactions, each run on a
+// backend taken from a pool when the transaction starts and given back when it ends.
+//
+// Transaction boundaries come from counting: every Query, Sync and FunctionCall forwarded
+// owes one ReadyForQuery. The backend goes back to its pool on ReadyForQuery 'I' when none
+// is owed and no extended-protocol batch is open (Parse/Bind/... sent without their Sync):
+// a pipelining client still expects answers on the same backend.
+
+import type net from 'node:net';
+import { FrameError, FrameReader } from '../protocol/framer.js';
+import {
+  backendKeyData,
+  CANCEL_REQUEST_CODE,
+  errorResponse,
+  GSSENC_REQUEST_CODE,
+  Msg,
+  negotiateProtocolVersion,
+  parameterStatus,
+  parseStartupParams,
+  readyForQuery,
+  SSL_REQUEST_CODE,
+  authenticationRequest,
+  AuthCode,
+} from '../protocol/messages.js';
+import { BackendError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
+import { BackendConnection, randomInt32, type BackendOwner, type NodeAddress } from '../pool/backend.js';
+import type { Pool, PoolWaiter } from '../pool/pool.js';
+import type { ProxyContext } from '../server/context.js';
+import { ClientAuthenticator } from './clientAuth.js';
+import { isSettableReported, parseStartup, StartupParamError } from './startupParams.js';
+import { buildSyncSql, settingsSignature } from './paramSync.js';
+
+export enum ClientState {
+  Startup = 'startup',
+  Auth = 'auth',
+  Login = 'login',
+  Idle = 'idle',
+  Waiting = 'waiting',
+  Linked = 'linked',
+  Closed = 'closed',
+}
+
+export type ClientCloseReason =
+  | 'client_terminate'
+  | 'client_gone'
+  | 'protocol_error'
+  | 'auth_failed'
+  | 'login_failed'
+  | 'login_timeout'
+  | 'idle_timeout'
+  | 'idle_transaction_timeout'
+  | 'pool_timeout'
+  | 'backend_lost'
+  | 'cancel_request'
+  | 'ssl_request'
+  | 'shutdown'
+  | 'too_many_clients';
+
+/** A client message that arrived while no backend was linked. */
+interface HeldMessage {
+  type: number;
+  buf: Buffer;
+  start: number;
+  end: number;
+}
+
+let nextClientId = 1;
+const WELCOME_CACHE_LIMIT = 256;
+
+export class ClientSession implements BackendOwner, PoolWaiter {
+  readonly id = nextClientId++;
+  state = ClientState.Startup;
+  /** Proxy-issued cancel key (BackendKeyData). */
+  readonly pid = randomInt32() & 0x7fffffff;
+  readonly secret = randomInt32();
+  user = '';
+  database = '';
+  applicationName = '';
+  /** Reported parameters as this client knows them. */
+  reported = new Map<string, string>();
+  /** Unreported startup settings (statement_timeout, search_path, custom GUCs, ...). */
+  settings = new Map<string, string>();
+  backend: BackendConnection | null = null;
+  readonly connectedAt: number;
+  lastActiveAt: number;
+  closeReason: ClientCloseReason | null = null;
+  transactions = 0;
+
+  private readonly reader: FrameReader;
+  private auth: ClientAuthenticator | null = null;
+  private extendedOpen = false;
+  private held: HeldMessage[] = [];
+  private pool: Pool | null = null;
+  private poolNode: NodeAddress | null = null;
+  private loginWaiter: PoolWaiter | null = null;
+  // Contiguous run of client bytes to forward with one write.
+  private runBuf: Buffer | null = null;
+  private runStart = 0;
+  private runEnd = 0;
+
+  constructor(
+    readonly socket: net.Socket,
+    private ctx: ProxyContext,
+  ) {
+    this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
+    this.connectedAt = this.lastActiveAt = ctx.clock.now;
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.backend?.socket.resume());
+    socket.on('error', () => this.close('client_gone'));
+    socket.on('close', () => this.close('client_gone'));
+  }
+
+  get remote(): string {
+    return `${this.socket.remoteAddress}:${this.socket.remotePort}`;
+  }
+
+  // ---- client -> pgmux ------------------------------------------------------------
+
+  private onData(chunk: Buffer): void {
+    this.lastActiveAt = this.ctx.clock.now;
+    this.reader.push(chunk);
+    this.drain();
+  }
+
+  /** Handles every whole message buffered, as far as the state allows. */
+  private drain(): void {
+    const r = this.reader;
+    while (this.state !== ClientState.Login && this.state !== ClientState.Closed && r.next()) {
+      if (this.state === ClientState.Linked) this.forwardMessage(r.type, r.msg, r.msgStart, r.end);
+      else this.handleMessage(r.type, r.msg, r.msgStart, r.bodyStart, r.end);
+    }
+    this.flushRun();
+    if (r.error !== FrameError.None && this.state !== ClientState.Closed) {
+      const tooLarge = r.error === FrameError.TooLarge;
+      this.fatal(
+        tooLarge
+          ? pgmuxError('messageTooLarge', { detail: `message of ${r.errorLength} bytes exceeds max_message_size (${this.ctx.config().maxMessageBytes} bytes)` })
+          : pgmuxError('protocolViolation', { message: 'invalid message length', detail: `declared length ${r.errorLength}` }),
+        'protocol_error',
+      );
+    }
+  }
+
+  private handleMessage(type: number, buf: Buffer, start: number, bodyStart: number, end: number): void {
+    switch (this.state) {
+      case ClientState.Startup:
+        this.onStartupPacket(buf, start, end);
+        return;
+      case ClientState.Auth:
+        if (type !== Msg.Password) {
+          this.fatal(pgmuxError('protocolViolation', { message: `expected password response, got message type "${String.fromCharCode(type)}"` }), 'protocol_error');
+          return;
+        }
+        this.onPasswordMessage(buf, bodyStart, end);
+        return;
+      case ClientState.Idle:
+        if (type === Msg.Terminate) {
+          this.close('client_terminate');
+          return;
+        }
+        this.held.push({ type, buf, start, end });
+        this.beginTransaction();
+        return;
+      case ClientState.Waiting:
+        this.held.push({ type, buf, start, end });
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** Hot path: bookkeeping by type, then extend the current forward run. */
+  private forwardMessage(type: number, buf: Buffer, start: number, end: number): void {
+    const b = this.backend!;
+    switch (type) {
+      case Msg.Query:
+      case Msg.FunctionCall:
+        b.pendingRfq++;
+        break;
+      case Msg.Sync:
+        b.pendingRfq++;
+        this.extendedOpen = false;
+        break;
+      case Msg.Parse:
+      case Msg.Bind:
+      case Msg.Describe:
+      case Msg.Execute:
+      case Msg.Close:
+      case Msg.Flush:
+        this.extendedOpen = true;
+        break;
+      case Msg.Terminate:
+        this.flushRun();
+        this.close('client_terminate');
+        return;
+      default:
+        break; // CopyData / CopyDone / CopyFail: part of a running statement
+    }
+    if (this.runBuf === buf && this.runEnd === start) {
+      this.runEnd = end;
+      return;
+    }
+    this.flushRun();
+    this.runBuf = buf;
+    this.runStart = start;
+    this.runEnd = end;
+  }
+
+  private flushRun(): void {
+    const buf = this.runBuf;
+    if (buf === null) return;
+    this.runBuf = null;
+    const b = this.backend;
+    if (b === null) return;
+    const out = this.runStart === 0 && this.runEnd === buf.length ? buf : buf.subarray(this.runStart, this.runEnd);
+    if (!b.write(out)) this.socket.pause();
+  }
+
+  // ---- startup and authentication ---------------------------------------------------
+
+  private onStartupPacket(buf: Buffer, start: number, end: number): void {
+    const code = end - start >= 8 ? buf.readInt32BE(start + 4) : 0;
+    if (code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) {
+      // TLS and GSS encryption are not offered (yet): 'N' lets the client go on in plaintext.
+      this.socket.write('N');
+      return;
+    }
+    if (code === CANCEL_REQUEST_CODE) {
+      if (end - start === 16) this.ctx.cancel(buf.readInt32BE(start + 8), buf.readInt32BE(start + 12));
+      this.close('cancel_request');
+      return;
+    }
+    if (code >>> 16 !== 3) {
+      this.fatal(pgmuxError('unsupportedProtocol', { detail: `client asked for protocol ${code >>> 16}.${code & 0xffff}; pgmux speaks 3.0` }), 'protocol_error');
+      return;
+    }
+    const params = parseStartupParams(buf, start + 8, end);
+    if (params === null) {
+      this.fatal(pgmuxError('protocolViolation', { message: 'invalid startup packet layout', detail: 'expected NUL-terminated name/value pairs ending with a NUL byte' }), 'protocol_error');
+      return;
+    }
+    let req;
+    try {
+      req = parseStartup(params);
+    } catch (err) {
+      if (err instanceof StartupParamError) {
+        this.fatal({ severity: 'FATAL', code: '42704', message: err.message }, 'protocol_error');
+        return;
+      }
+      throw err;
+    }
+    this.reader.setTyped(true);
+    if ((code & 0xffff) > 0 || req.protocolOptions.length > 0) {
+      this.socket.write(negotiateProtocolVersion(0, req.protocolOptions));
+    }
+    if (!req.user) {
+      this.fatal(pgmuxError('missingUser'), 'protocol_error');
+      return;
+    }
+    if (req.replication !== null && req.replication !== 'false' && req.replication !== 'off' && req.replication !== '0') {
+      this.fatal(
+        pgmuxError('featureNotSupported', { message: 'replication connections are not supported through pgmux', hint: 'Connect to the database node directly for replication.' }),
+        'protocol_error',
+      );
+      return;
+    }
+    this.user = req.user;
+    this.database = req.database;
+    this.settings = new Map();
+    this.reported = new Map();
+    for (const [k, v] of req.settings) {
+      if (k === 'application_name') this.applicationName = v;
+      // Reported names come back canonical from parseStartup (e.g. 'TimeZone').
+      if (isSettableReported(k)) {
+        this.reported.set(k, v);
+      } else {
+        this.settings.set(k, v);
+      }
+    }
+    if (!this.ctx.register(this)) {
+      this.fatal(pgmuxError('tooManyClients', { detail: `max_client_conn is ${this.ctx.config().maxClientConn}` }), 'too_many_clients');
+      return;
+    }
+    this.state = ClientState.Auth;
+    this.auth = new ClientAuthenticator(this.ctx.config().auth, this.user, this.ctx.authEntry(this.user));
+    this.onAuthStep(this.auth.start());
+  }
+
+  private onPasswordMessage(buf: Buffer, bodyStart: number, end: number): void {
+    this.onAuthStep(this.auth!.onPasswordMessage(buf, bodyStart, end));
+  }
+
+  private onAuthStep(step: ReturnType<ClientAuthenticator['start']>): void {
+    switch (step.kind) {
+      case 'send':
+        this.socket.write(step.message);
+        return;
+      case 'fail':
+        this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, remote: this.remote, code: step.error.code }, 'client authentication failed');
+        this.fatal(step.error, 'auth_failed');
+        return;
+      case 'ok':
+        this.auth = null;
+        if (step.password !== undefined) this.ctx.learnPassword(this.user, step.password);
+        if (step.message) this.socket.write(step.message);
+        this.socket.write(authenticationRequest(AuthCode.Ok));
+        this.state = ClientState.Login;
+        this.socket.pause();
+        this.finishLogin().catch((err: Error) => this.failWith(err, 'login_failed'));
+        return;
+    }
+  }
+
+  /**
+   * Sends what PostgreSQL sends after AuthenticationOk. The ParameterStatus values come
+   * from a real backend carrying this client's settings, so bad settings fail the login
+   * with PostgreSQL's own error, as they would on a direct connection. Clients with
+   * settings already seen on this pool skip the backend round trip.
+   */
+  private async finishLogin(): Promise<void> {
+    const cfg = this.ctx.config();
+    const node = await this.ctx.primary(cfg.failoverTimeoutMs);
+    if (this.state !== ClientState.Login) return;
+    if (node === null) throw new PgmuxError(pgmuxError('noPrimary'));
+    const pool = this.poolFor(node);
+    const settingsKey = settingsSignature(this.reported) + '\x01' + settingsSignature(this.settings);
+    let welcome = pool.welcomeBySettings.get(settingsKey);
+    if (welcome === undefined) {
+      const b = await new Promise<BackendConnection>((resolve, reject) => {
+        this.loginWaiter = { onBackendAcquired: resolve, onAcquireFailed: reject };
+        pool.acquire(this.loginWaiter, this.ctx.clock.now);
+      });
+      this.loginWaiter = null;
+      if (this.state !== ClientState.Login) {
+        pool.release(b);
+        return;
+      }
+      try {
+        const sql = buildSyncSql(this, b);
+        if (sql !== null) await b.runInternal(sql);
+      } catch (err) {
+        if (b.clean) pool.release(b);
+        else pool.discard(b, 'reset_failed');
+        throw err;
+      }
+      welcome = [...b.params];
+      pool.release(b);
+      if (pool.welcomeBySettings.size >= WELCOME_CACHE_LIMIT) pool.welcomeBySettings.clear();
+      pool.welcomeBySettings.set(settingsKey, welcome);
+    }
+    if (this.state !== ClientState.Login) return;
+    this.reported = new Map(welcome);
+    const parts: Buffer[] = [];
+    for (const [k, v] of welcome) parts.push(parameterStatus(k, v));
+    parts.push(backendKeyData(this.pid, this.secret), readyForQuery('I'));
+    this.socket.write(Buffer.concat(parts));
+    this.state = ClientState.Idle;
+    this.ctx.logger.debug({ client: this.id, user: this.user, db: this.database, remote: this.remote }, 'client logged in');
+    this.socket.resume();
+    this.drain();
+  }
+
+  private poolFor(node: NodeAddress): Pool {
+    if (this.poolNode !== node || this.pool === null || this.pool.isClosed) {
+      this.pool = this.ctx.pool(node, this.database, this.user);
+      this.poolNode = node;
+    }
+    return this.pool;
+  }
+
+  // ---- transactions -----------------------------------------------------------------
+
+  private beginTransaction(): void {
+    this.state = ClientState.Waiting;
+    this.socket.pause();
+    const node = this.ctx.currentPrimary();
+    if (node !== null) {
+      this.poolFor(node).acquire(this, this.ctx.clock.now);
+      return;
+    }
+    // Failover in progress: wait for a primary rather than fail the client.
+    this.ctx.primary(this.ctx.config().failoverTimeoutMs).then(
+      (n) => {
+        if (this.state !== ClientState.Waiting) return;
+        if (n === null) this.onAcquireFailed(new PgmuxError(pgmuxError('noPrimary')));
+        else this.poolFor(n).acquire(this, this.ctx.clock.now);
+      },
+      (err: Error) => this.onAcquireFailed(err),
+    );
+  }
+
+  onBackendAcquired(b: BackendConnection): void {
+    if (this.state !== ClientState.Waiting) {
+      (b.poolRef as Pool).release(b);
+      return;
+    }
+    this.backend = b;
+    b.link(this);
+    this.state = ClientState.Linked;
+    this.transactions++;
+    const sock = b.socket;
+    sock.cork();
+    const sql = buildSyncSql(this, b);
+    if (sql !== null) b.sendHidden(sql);
+    const held = this.held;
+    this.held = [];
+    for (let i = 0; i < held.length && this.state === ClientState.Linked; i++) {
+      const m = held[i]!;
+      this.forwardMessage(m.type, m.buf, m.start, m.end);
+    }
+    this.flushRun();
+    sock.uncork();
+    if (this.state === ClientState.Linked) {
+      this.socket.resume();
+      this.drain();
+    }
+  }
+
+  onAcquireFailed(err: Error): void {
+    if (this.state !== ClientState.Waiting) return;
+    this.failWith(err, err instanceof PgmuxError && err.spec.code === '53300' ? 'pool_timeout' : 'backend_lost');
+  }
+
+  onBackendData(buf: Buffer, start: number, end: number): void {
+    const out = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
+    if (!this.socket.write(out)) this.backend?.socket.pause();
+  }
+
+  onBackendReady(status: number): void {
+    this.lastActiveAt = this.ctx.clock.now;
+    const b = this.backend;
+    if (
+      b !== null &&
+      status === 0x49 &&
+      b.pendingRfq === 0 &&
+      !this.extendedOpen &&
+      this.ctx.config().poolMode === 'transaction'
+    ) {
+      this.releaseBackend(b);
+    }
+  }
+
+  private releaseBackend(b: BackendConnection): void {
+    this.backend = null;
+    this.state = ClientState.Idle;
+    b.unlink();
+    b.socket.resume();
+    (b.poolRef as Pool).release(b);
+  }
+
+  onBackendParameter(name: string, value: string): void {
+    this.reported.set(name, value);
+  }
+
+  onBackendDrain(): void {
+    if (this.state === ClientState.Linked) this.socket.resume();
+  }
+
+  onBackendHiddenError(fields: Map<string, string>): void {
+    this.ctx.logger.warn({ client: this.id, code: fields.get('C'), message: fields.get('M') }, 'applying client settings on a backend failed');
+  }
+
+  onBackendLost(_b: BackendConnection, why: string): void {
+    this.backend = null;
+    if (this.state === ClientState.Closed) return;
+    this.fatal(pgmuxError('backendLost', { detail: why }), 'backend_lost');
+  }
+
+  /** The backend the client uses right now, if a query of its is running there. */
+  get cancelTarget(): BackendConnection | null {
+    const b = this.backend;
+    return b !== null && b.pendingRfq > 0 ? b : null;
+  }
+
+  // ---- timeouts (called by the janitor) ---------------------------------------------
+
+  sweep(now: number): void {
+    const cfg = this.ctx.config();
+    switch (this.state) {
+      case ClientState.Startup:
+      case ClientState.Auth:
+      case ClientState.Login:
+        if (cfg.clientLoginTimeoutMs > 0 && now - this.connectedAt > cfg.clientLoginTimeoutMs) {
+          this.fatal(pgmuxError('loginTimeout', { detail: `client_login_timeout is ${cfg.clientLoginTimeoutMs} ms` }), 'login_timeout');
+        }
+        return;
+      case ClientState.Idle:
+        if (cfg.clientIdleTimeoutMs > 0 && now - this.lastActiveAt > cfg.clientIdleTimeoutMs) {
+          this.fatal(pgmuxError('clientIdleTimeout'), 'idle_timeout');
+        }
+        return;
+      case ClientState.Linked: {
+        const b = this.backend;
+        if (
+          cfg.idleTransactionTimeoutMs > 0 &&
+          b !== null &&
+          b.pendingRfq === 0 &&
+          b.txStatus !== 0x49 &&
+          now - this.lastActiveAt > cfg.idleTransactionTimeoutMs
+        ) {
+          this.fatal(pgmuxError('idleInTransactionTimeout'), 'idle_transaction_timeout');
+        }
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  // ---- ending -----------------------------------------------------------------------
+
+  /** Sends an error built by pgmux; FATAL closes the connection. */
+  fatal(spec: ErrorSpec, reason: ClientCloseReason): void {
+    if (this.state === ClientState.Closed) return;
+    if (!this.socket.destroyed) this.socket.write(errorResponse(spec));
+    this.close(reason);
+  }
+
+  private failWith(err: Error, reason: ClientCloseReason): void {
+    if (this.state === ClientState.Closed) return;
+    if (err instanceof BackendError) {
+      // The backend's own error, as FATAL: the client's login or transaction cannot go on.
+      const f = err.fields;
+      const spec: ErrorSpec = { severity: 'FATAL', code: f.get('C') ?? 'XX000', message: f.get('M') ?? 'backend error' };
+      if (f.has('D')) spec.detail = f.get('D');
+      if (f.has('H')) spec.hint = f.get('H');
+      this.fatal(spec, reason);
+    } else if (err instanceof PgmuxError) {
+      this.fatal(err.spec, reason);
+    } else {
+      this.ctx.logger.error({ client: this.id, err }, 'unexpected error in client session');
+      this.fatal(pgmuxError('backendUnavailable', { detail: err.message }), reason);
+    }
+  }
+
+  close(reason: ClientCloseReason): void {
+    if (this.state === ClientState.Closed) return;
+    const wasLoggedIn = this.state !== ClientState.Startup && this.state !== ClientState.Auth;
+    this.state = ClientState.Closed;
+    this.closeReason = reason;
+    this.held = [];
+    this.runBuf = null;
+    if (this.loginWaiter && this.pool) this.pool.cancelWait(this.loginWaiter);
+    if (this.pool) this.pool.cancelWait(this);
+    const b = this.backend;
+    if (b !== null) {
+      this.backend = null;
+      this.returnBackend(b);
+    }
+    this.ctx.unregister(this);
+    if (!this.socket.destroyed) {
+      this.socket.end();
+      setTimeout(() => this.socket.destroy(), 5000).unref();
+    }
+    if (wasLoggedIn) {
+      this.ctx.logger.debug(
+        { client: this.id, user: this.user, db: this.database, reason, durationMs: this.ctx.clock.now - this.connectedAt, transactions: this.transactions },
+        'client closed',
+      );
+    }
+  }
+
+  /**
+   * A client that leaves mid-transaction must leave nothing behind: its backend is closed
+   * (PostgreSQL rolls back and frees locks), after a cancel if a query is still running.
+   */
+  private returnBackend(b: BackendConnection): void {
+    const pool = b.poolRef as Pool;
+    b.unlink();
+    b.socket.resume();
+    if (!b.clean) {
+      if (b.pendingRfq > 0) this.ctx.cancelBackend(b);
+      pool.discard(b, 'client_gone');
+      return;
+    }
+    if (this.ctx.config().poolMode === 'session') {
+      const reset = this.ctx.config().serverResetQuery;
+      if (!reset) {
+        b.applied.clear();
+        pool.release(b);
+        return;
+      }
+      b.runInternal(reset).then(
+        () => {
+          b.applied.clear();
+          pool.release(b);
+        },
+        () => pool.discard(b, 'reset_failed'),
+      );
+      return;
+    }
+    pool.release(b);
+  }
+}

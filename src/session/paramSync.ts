@@ -1,0 +1,60 @@
+// Makes a pooled backend carry one client's session settings before the client's own
+// messages run on it: the reported parameters the client sees (TimeZone, DateStyle,
+// application_name, ...) and the unreported settings it asked for at startup
+// (statement_timeout, search_path, custom GUCs). One hidden simple Query does it all.
+//
+// set_config() takes the value exactly as a startup packet would (no SQL parsing of the
+// value), which matters for list settings such as search_path.
+
+import { sqlLiteral } from '../protocol/messages.js';
+import { isSettableReported } from './startupParams.js';
+
+export interface SessionSettings {
+  /** Reported parameters as the client knows them (ParameterStatus names). */
+  readonly reported: ReadonlyMap<string, string>;
+  /** Unreported settings the client asked for (lower-case name -> value). */
+  readonly settings: ReadonlyMap<string, string>;
+}
+
+export interface BackendSettings {
+  readonly params: ReadonlyMap<string, string>;
+  /** Unreported settings pgmux applied earlier; updated by this function. */
+  readonly applied: Map<string, string>;
+}
+
+/** Returns the SQL that aligns `backend` with `client`, or null when they already agree. */
+export function buildSyncSql(client: SessionSettings, backend: BackendSettings): string | null {
+  let calls = '';
+  for (const [name, value] of client.reported) {
+    if (backend.params.get(name) === value || !isSettableReported(name)) continue;
+    calls += (calls ? ', ' : '') + `set_config(${sqlLiteral(name)}, ${sqlLiteral(value)}, false)`;
+  }
+  for (const [name, value] of client.settings) {
+    if (backend.applied.get(name) === value) continue;
+    calls += (calls ? ', ' : '') + `set_config(${sqlLiteral(name)}, ${sqlLiteral(value)}, false)`;
+    backend.applied.set(name, value);
+  }
+  let resets = '';
+  for (const name of backend.applied.keys()) {
+    if (client.settings.has(name)) continue;
+    resets += `RESET ${quoteGucName(name)}; `;
+    backend.applied.delete(name);
+  }
+  if (!calls && !resets) return null;
+  return (calls ? `SELECT ${calls}; ` : '') + resets;
+}
+
+/** `a.b` -> `"a"."b"`: GUC names may be dotted (custom) and need quoting per part. */
+export function quoteGucName(name: string): string {
+  return name
+    .split('.')
+    .map((p) => '"' + p.replace(/"/g, '""') + '"')
+    .join('.');
+}
+
+/** A stable key for a set of startup settings (for caching what a login reports). */
+export function settingsSignature(settings: ReadonlyMap<string, string>): string {
+  let sig = '';
+  for (const [k, v] of settings) sig += k + '\0' + v + '\0';
+  return sig;
+}

@@ -1,0 +1,33 @@
+// Starts a fresh pgmux in this test process, on a free port, in front of the harness's
+// cluster. Each test (file) gets its own proxy so configuration never leaks between tests.
+
+import type { Config } from '../../src/config/types.js';
+import { DEFAULTS } from '../../src/config/load.js';
+import { createLogger } from '../../src/observability/logger.js';
+import { startPgmux, type RunningPgmux } from '../../src/server/pgmux.js';
+import { clusterInfo } from './cluster.js';
+
+export type TestProxy = RunningPgmux;
+
+export function testConfig(overrides: Partial<Config> = {}): Config {
+  return {
+    ...DEFAULTS,
+    healthCheckPeriodMs: 200,
+    healthCheckTimeoutMs: 1000,
+    healthCheckMaxRetries: 2,
+    healthCheckUser: 'postgres',
+    healthCheckPassword: null,
+    healthCheckDatabase: 'postgres',
+    failoverTimeoutMs: 10_000,
+    onRoleChange: null,
+    listen: { host: '127.0.0.1', port: 0 },
+    nodes: clusterInfo().nodes.map((n) => ({ host: n.host, port: n.port, weight: 1 })),
+    poolSize: 5,
+    ...overrides,
+  } as Config;
+}
+
+export async function startProxy(overrides: Partial<Config> = {}): Promise<TestProxy> {
+  const level = (process.env.PGMUX_TEST_LOG ?? 'silent') as Config['logLevel'];
+  return startPgmux(testConfig(overrides), { logger: createLogger(level, { pretty: false, destination: process.stderr }) });
+}
