@@ -1,0 +1,349 @@
+import { describe, expect, it } from 'vitest';
+import {
+  deriveTopology,
+  emptyTopology,
+  formatLsn,
+  parseLsn,
+  type ProbeResult,
+  type TopologySnapshot,
+} from '../../src/cluster/topology.js';
+import type { NodeConfig } from '../../src/config/types.js';
+
+const NODES: NodeConfig[] = [
+  { host: '127.0.0.1', port: 5432, weight: 1 },
+  { host: '127.0.0.1', port: 5433, weight: 1 },
+  { host: '127.0.0.1', port: 5434, weight: 2 },
+];
+const SYS = '7000000000000000001';
+const OPTS = { nodes: NODES, maxRetries: 3 };
+
+function primary(index: number, at: number, over: Partial<ProbeResult> = {}): ProbeResult {
+  return { index, ok: true, inRecovery: false, timeline: 1, systemId: SYS, walLsn: parseLsn('0/3000000'), receiveLsn: null, replayLagMs: null, at, ...over };
+}
+
+function replica(index: number, at: number, over: Partial<ProbeResult> = {}): ProbeResult {
+  return {
+    index,
+    ok: true,
+    inRecovery: true,
+    timeline: 1,
+    systemId: SYS,
+    walLsn: parseLsn('0/3000000'),
+    receiveLsn: parseLsn('0/3000000'),
+    replayLagMs: null,
+    at,
+    ...over,
+  };
+}
+
+function fail(index: number, at: number, error = 'connect ECONNREFUSED'): ProbeResult {
+  return { index, ok: false, error, at };
+}
+
+/** Feed rounds one after the other; returns every snapshot. */
+function rounds(...probeRounds: ProbeResult[][]): TopologySnapshot[] {
+  const out: TopologySnapshot[] = [];
+  let prev: TopologySnapshot | null = null;
+  probeRounds.forEach((probes, i) => {
+    prev = deriveTopology(prev, probes, 1000 * (i + 1), OPTS);
+    out.push(prev);
+  });
+  return out;
+}
+
+function healthy(t: number): ProbeResult[] {
+  return [primary(0, t), replica(1, t), replica(2, t)];
+}
+
+describe('parseLsn / formatLsn', () => {
+  it('parses the hi/lo hex halves', () => {
+    expect(parseLsn('16/B374D848')).toBe(0x16b374d848n);
+    expect(parseLsn('0/0')).toBe(0n);
+    expect(parseLsn('0/3000000')).toBe(0x3000000n);
+    expect(parseLsn('FFFFFFFF/FFFFFFFF')).toBe(0xffffffffffffffffn);
+    expect(parseLsn('a/b')).toBe((10n << 32n) | 11n);
+  });
+  it('differences are byte distances', () => {
+    expect(parseLsn('1/0') - parseLsn('0/FFFFFFFF')).toBe(1n);
+  });
+  it('rejects garbage', () => {
+    for (const bad of ['', '16', '16/', '/1', 'x/1', '1/2/3', '123456789/0']) expect(() => parseLsn(bad)).toThrow(/invalid LSN/);
+  });
+  it('round-trips', () => {
+    expect(formatLsn(parseLsn('16/B374D848'))).toBe('16/B374D848');
+    expect(formatLsn(0n)).toBe('0/0');
+  });
+});
+
+describe('deriveTopology', () => {
+  it('starts empty: every node unknown and down, no primary', () => {
+    const s = emptyTopology(NODES, 5);
+    expect(s.version).toBe(0);
+    expect(s.primary).toBeNull();
+    expect(s.nodes.map((n) => [n.name, n.role, n.state])).toEqual([
+      ['127.0.0.1:5432', 'unknown', 'down'],
+      ['127.0.0.1:5433', 'unknown', 'down'],
+      ['127.0.0.1:5434', 'unknown', 'down'],
+    ]);
+  });
+
+  it('single primary, two replicas', () => {
+    const [s] = rounds(healthy(1000));
+    expect(s!.version).toBe(1);
+    expect(s!.primary?.name).toBe('127.0.0.1:5432');
+    expect(s!.primary).toBe(s!.nodes[0]);
+    expect(s!.systemId).toBe(SYS);
+    expect(s!.nodes.map((n) => [n.role, n.state])).toEqual([
+      ['primary', 'up'],
+      ['replica', 'up'],
+      ['replica', 'up'],
+    ]);
+    expect(s!.nodes[2]!.weight).toBe(2);
+    expect(s!.nodes[1]!.lagBytes).toBe(0);
+    expect(s!.nodes[1]!.lagMs).toBe(0);
+    expect(Object.isFrozen(s)).toBe(true);
+    expect(Object.isFrozen(s!.nodes)).toBe(true);
+    expect(Object.isFrozen(s!.nodes[0])).toBe(true);
+  });
+
+  it('version increases every round, takenAt is now', () => {
+    const ss = rounds(healthy(1000), healthy(2000), healthy(3000));
+    expect(ss.map((s) => s.version)).toEqual([1, 2, 3]);
+    expect(ss.map((s) => s.takenAt)).toEqual([1000, 2000, 3000]);
+  });
+
+  it('a primary is not down before maxRetries failures, then primary is null', () => {
+    const ss = rounds(
+      healthy(1000),
+      [fail(0, 2000), replica(1, 2000), replica(2, 2000)],
+      [fail(0, 3000), replica(1, 3000), replica(2, 3000)],
+      [fail(0, 4000), replica(1, 4000), replica(2, 4000)],
+    );
+    expect(ss[1]!.primary?.index).toBe(0);
+    expect(ss[1]!.nodes[0]).toMatchObject({ state: 'up', role: 'primary', consecutiveFailures: 1, lastCheckAt: 2000 });
+    expect(ss[2]!.primary?.index).toBe(0);
+    expect(ss[2]!.nodes[0]!.consecutiveFailures).toBe(2);
+    expect(ss[3]!.primary).toBeNull();
+    expect(ss[3]!.nodes[0]).toMatchObject({ state: 'down', role: 'primary', consecutiveFailures: 3, reason: 'connect ECONNREFUSED', timeline: 1 });
+  });
+
+  it('a node that answers again resets its failure count', () => {
+    const ss = rounds(healthy(1000), [primary(0, 2000), fail(1, 2000), replica(2, 2000)], healthy(3000));
+    expect(ss[1]!.nodes[1]).toMatchObject({ state: 'up', consecutiveFailures: 1 });
+    expect(ss[2]!.nodes[1]).toMatchObject({ state: 'up', consecutiveFailures: 0 });
+  });
+
+  it('a down replica comes back up', () => {
+    const down = [primary(0, 0), fail(1, 0), replica(2, 0)];
+    const ss = rounds(healthy(1000), down, down, down, healthy(5000));
+    expect(ss[3]!.nodes[1]!.state).toBe('down');
+    expect(ss[4]!.nodes[1]).toMatchObject({ state: 'up', role: 'replica', consecutiveFailures: 0 });
+    expect(ss[4]!.nodes[1]!.reason).toBeUndefined();
+  });
+
+  it('a never-seen node that fails is down at once', () => {
+    const [s] = rounds([primary(0, 1000), fail(1, 1000), replica(2, 1000)]);
+    expect(s!.nodes[1]).toMatchObject({ role: 'unknown', state: 'down', consecutiveFailures: 1 });
+  });
+
+  it('nodes without a probe this round keep their state', () => {
+    const ss = rounds(healthy(1000), [primary(0, 2000)]);
+    expect(ss[1]!.nodes[1]).toMatchObject({ state: 'up', role: 'replica', lastCheckAt: 1000, consecutiveFailures: 0 });
+  });
+
+  it('promotion: old primary down, a replica not in recovery becomes primary', () => {
+    const ss = rounds(
+      healthy(1000),
+      [fail(0, 2000), replica(1, 2000), replica(2, 2000)],
+      [fail(0, 3000), replica(1, 3000), replica(2, 3000)],
+      [fail(0, 4000), replica(1, 4000), replica(2, 4000)],
+      [fail(0, 5000), primary(1, 5000, { timeline: 2, walLsn: parseLsn('0/3000100') }), replica(2, 5000, { timeline: 2 })],
+    );
+    expect(ss[3]!.primary).toBeNull();
+    const s = ss[4]!;
+    expect(s.primary?.index).toBe(1);
+    expect(s.primary).toMatchObject({ role: 'primary', state: 'up', timeline: 2 });
+    expect(s.nodes[0]!.state).toBe('down');
+    expect(s.nodes[2]!.lagBytes).toBe(0x100);
+  });
+
+  it('promotion seen before the old primary is counted down: newer timeline wins, the old one is fenced', () => {
+    const ss = rounds(healthy(1000), [fail(0, 2000), primary(1, 2000, { timeline: 2 }), replica(2, 2000)]);
+    const s = ss[1]!;
+    expect(s.primary?.index).toBe(1);
+    expect(s.nodes[0]!.state).toBe('fenced');
+    expect(s.nodes[0]!.consecutiveFailures).toBe(1);
+  });
+
+  it('old primary returns as primary on the older timeline -> fenced, and stays fenced until it is a replica', () => {
+    const down = (t: number) => [fail(0, t), primary(1, t, { timeline: 2 }), replica(2, t, { timeline: 2 })];
+    const back = (t: number) => [primary(0, t, { timeline: 1 }), primary(1, t, { timeline: 2 }), replica(2, t, { timeline: 2 })];
+    const ss = rounds(healthy(1000), down(2000), down(3000), down(4000), back(5000), back(6000), [
+      replica(0, 7000, { timeline: 2 }),
+      primary(1, 7000, { timeline: 2 }),
+      replica(2, 7000, { timeline: 2 }),
+    ]);
+    expect(ss[3]!.nodes[0]!.state).toBe('down');
+    const s = ss[4]!;
+    expect(s.primary?.index).toBe(1);
+    expect(s.nodes[0]).toMatchObject({ state: 'fenced', role: 'primary', timeline: 1 });
+    expect(s.nodes[0]!.reason).toMatch(/127\.0\.0\.1:5433/);
+    expect(s.nodes[0]!.reason).toMatch(/timeline 1/);
+    expect(s.nodes[0]!.reason).toMatch(/timeline 2/);
+    expect(s.nodes[0]!.lagMs).toBeNull();
+    expect(ss[5]!.nodes[0]!.state).toBe('fenced');
+    expect(ss[6]!.nodes[0]).toMatchObject({ state: 'up', role: 'replica' });
+    expect(ss[6]!.primary?.index).toBe(1);
+  });
+
+  it('fenced stays fenced even once it is the only node claiming primary', () => {
+    const ss = rounds(
+      healthy(1000),
+      [primary(0, 2000), primary(1, 2000, { timeline: 2 }), replica(2, 2000, { timeline: 2 })],
+      [primary(0, 3000), fail(1, 3000), replica(2, 3000, { timeline: 2 })],
+      [primary(0, 4000), fail(1, 4000), replica(2, 4000, { timeline: 2 })],
+      [primary(0, 5000), fail(1, 5000), replica(2, 5000, { timeline: 2 })],
+    );
+    expect(ss[1]!.nodes[0]!.state).toBe('fenced');
+    expect(ss[4]!.nodes[1]!.state).toBe('down');
+    expect(ss[4]!.nodes[0]!.state).toBe('fenced');
+    expect(ss[4]!.primary).toBeNull();
+  });
+
+  it('a primary on an older timeline than a known (even down) node is fenced', () => {
+    // node1 was promoted (tli 2), then went down; node0 comes back on tli 1: not the primary.
+    const ss = rounds(
+      [fail(0, 1000), primary(1, 1000, { timeline: 2 }), replica(2, 1000, { timeline: 2 })],
+      [primary(0, 2000), fail(1, 2000), fail(2, 2000)],
+      [primary(0, 3000), fail(1, 3000), fail(2, 3000)],
+      [primary(0, 4000), fail(1, 4000), fail(2, 4000)],
+    );
+    expect(ss[3]!.nodes[1]!.state).toBe('down');
+    expect(ss[3]!.nodes[0]!.state).toBe('fenced');
+    expect(ss[3]!.primary).toBeNull();
+  });
+
+  it('two primaries on the same timeline: the previous primary keeps it', () => {
+    const ss = rounds(
+      [replica(0, 1000), primary(1, 1000), replica(2, 1000)],
+      [primary(0, 2000), primary(1, 2000), replica(2, 2000)],
+    );
+    expect(ss[1]!.primary?.index).toBe(1);
+    expect(ss[1]!.nodes[0]!.state).toBe('fenced');
+  });
+
+  it('two primaries on the same timeline, neither was primary: the former replica wins', () => {
+    const ss = rounds(
+      [fail(0, 1000), replica(1, 1000), replica(2, 1000)],
+      [primary(0, 2000), primary(1, 2000), replica(2, 2000)],
+    );
+    expect(ss[1]!.primary?.index).toBe(1);
+    expect(ss[1]!.nodes[0]!.state).toBe('fenced');
+  });
+
+  it('different system identifier -> misconfigured, never primary', () => {
+    // node2 is the primary of some other cluster that happens to answer on that address.
+    const [s] = rounds([primary(0, 1000), replica(1, 1000), primary(2, 1000, { systemId: '999' })]);
+    expect(s!.systemId).toBe(SYS);
+    expect(s!.primary?.index).toBe(0);
+    expect(s!.nodes[2]).toMatchObject({ state: 'misconfigured', role: 'primary', lagMs: null, lagBytes: null });
+    expect(s!.nodes[2]!.reason).toMatch(/999/);
+    expect(s!.nodes[2]!.reason).toMatch(new RegExp(SYS));
+  });
+
+  it('the cluster system identifier is remembered (first seen primary)', () => {
+    const ss = rounds(healthy(1000), [primary(0, 2000), replica(1, 2000, { systemId: '42' }), replica(2, 2000)]);
+    expect(ss[1]!.systemId).toBe(SYS);
+    expect(ss[1]!.nodes[1]).toMatchObject({ state: 'misconfigured', role: 'replica', lagMs: null, lagBytes: null });
+    // a whole new cluster answering on the primary's address later is misconfigured too
+    const s = deriveTopology(ss[1]!, [primary(0, 3000, { systemId: '42' }), replica(1, 3000, { systemId: '42' })], 3000, OPTS);
+    expect(s.systemId).toBe(SYS);
+    expect(s.nodes[0]!.state).toBe('misconfigured');
+    expect(s.primary).toBeNull();
+    // and it recovers once the right node answers again
+    const s2 = deriveTopology(s, healthy(4000), 4000, OPTS);
+    expect(s2.nodes.map((n) => n.state)).toEqual(['up', 'up', 'up']);
+    expect(s2.primary?.index).toBe(0);
+  });
+
+  describe('lag', () => {
+    it('bytes behind the primary, ms from the replica replay timestamp', () => {
+      const [s] = rounds([
+        primary(0, 1000, { walLsn: parseLsn('0/5000000') }),
+        replica(1, 1000, { walLsn: parseLsn('0/4000000'), replayLagMs: 1234.5 }),
+        replica(2, 1000, { walLsn: parseLsn('0/5000000'), replayLagMs: 99999 }),
+      ]);
+      expect(s!.nodes[1]).toMatchObject({ lagBytes: 0x1000000, lagMs: 1234.5 });
+      expect(s!.nodes[0]).toMatchObject({ lagBytes: 0, lagMs: 0 });
+    });
+
+    it('idle primary: replay == current LSN -> lagMs 0 regardless of the replay timestamp', () => {
+      const [s] = rounds([
+        primary(0, 1000, { walLsn: parseLsn('0/5000000') }),
+        replica(1, 1000, { walLsn: parseLsn('0/5000000'), replayLagMs: 3_600_000 }),
+        replica(2, 1000, { walLsn: parseLsn('0/5000010'), replayLagMs: null }), // probed just after a write
+      ]);
+      expect(s!.nodes[1]).toMatchObject({ lagBytes: 0, lagMs: 0 });
+      expect(s!.nodes[2]).toMatchObject({ lagBytes: 0, lagMs: 0 });
+    });
+
+    it('null when not measurable', () => {
+      const [s] = rounds([
+        primary(0, 1000, { walLsn: parseLsn('0/5000000') }),
+        replica(1, 1000, { walLsn: parseLsn('0/4000000'), replayLagMs: null }), // nothing replayed since start
+        replica(2, 1000, { walLsn: undefined, replayLagMs: 5 }), // no replay position
+      ]);
+      expect(s!.nodes[1]).toMatchObject({ lagBytes: 0x1000000, lagMs: null });
+      expect(s!.nodes[2]).toMatchObject({ lagBytes: null, lagMs: null });
+    });
+
+    it('no primary: no byte lag, the replica measured age if any', () => {
+      const [s] = rounds([fail(0, 1000), replica(1, 1000, { replayLagMs: 700 }), replica(2, 1000, { replayLagMs: null })]);
+      expect(s!.primary).toBeNull();
+      expect(s!.nodes[1]).toMatchObject({ lagBytes: null, lagMs: 700 });
+      expect(s!.nodes[2]).toMatchObject({ lagBytes: null, lagMs: null });
+    });
+
+    it('primary figure from an earlier round: a caught-up replica is at most that old', () => {
+      const ss = rounds(healthy(1000), [fail(0, 2000), replica(1, 2000, { replayLagMs: 50_000 }), replica(2, 2000)]);
+      expect(ss[1]!.primary?.index).toBe(0);
+      // derive ran at now = 2000, primary last checked at 1000
+      expect(ss[1]!.nodes[1]).toMatchObject({ lagBytes: 0, lagMs: 1000 });
+    });
+
+    it('negative differences clamp to 0', () => {
+      const [s] = rounds([
+        primary(0, 1000, { walLsn: parseLsn('0/5000000') }),
+        replica(1, 1000, { walLsn: parseLsn('0/6000000'), replayLagMs: 10 }),
+        replica(2, 1000),
+      ]);
+      expect(s!.nodes[1]).toMatchObject({ lagBytes: 0, lagMs: 0 });
+    });
+  });
+
+  describe('node list changes', () => {
+    it('keeps the state of unchanged nodes, re-weights, drops and adds', () => {
+      const [s1] = rounds(healthy(1000));
+      const nodes: NodeConfig[] = [
+        { host: '127.0.0.1', port: 5434, weight: 7 },
+        { host: '127.0.0.1', port: 5432, weight: 1 },
+        { host: '127.0.0.1', port: 6000, weight: 1 },
+      ];
+      const s2 = deriveTopology(s1!, [], 2000, { nodes, maxRetries: 3 });
+      expect(s2.nodes.map((n) => [n.index, n.name, n.role, n.state, n.weight])).toEqual([
+        [0, '127.0.0.1:5434', 'replica', 'up', 7],
+        [1, '127.0.0.1:5432', 'primary', 'up', 1],
+        [2, '127.0.0.1:6000', 'unknown', 'down', 1],
+      ]);
+      expect(s2.primary?.index).toBe(1);
+      expect(s2.primary).toBe(s2.nodes[1]);
+    });
+  });
+
+  it('is pure: the previous snapshot is not modified', () => {
+    const [s1] = rounds(healthy(1000));
+    const copy = JSON.stringify(s1, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+    deriveTopology(s1!, [fail(0, 2000), primary(1, 2000, { timeline: 2 })], 2000, OPTS);
+    expect(JSON.stringify(s1, (_k, v) => (typeof v === 'bigint' ? v.toString() : v))).toBe(copy);
+  });
+});
