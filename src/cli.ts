@@ -1,0 +1,323 @@
+#!/usr/bin/env node
+// The `pgmux` command line: start (default), demo, check-config.
+//
+// Exit codes: 0 ok (and after a clean SIGINT/SIGTERM shutdown), 1 runtime failure,
+// 2 bad configuration or usage. Errors are one line on stderr: `pgmux: <message>`.
+// Importing this module has no side effects; it runs only when it is the main module.
+
+import { readFileSync, realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Command, CommanderError } from 'commander';
+import { stringify as toYaml } from 'yaml';
+import {
+  AUTH_METHODS,
+  ConfigError,
+  DEFAULTS,
+  LOG_LEVELS,
+  POOL_MODES,
+  configToObject,
+  formatHostPort,
+  loadConfig,
+  type CliFlags,
+} from './config/load.js';
+import { createLogger, type Logger } from './observability/logger.js';
+
+export interface CliIo {
+  /** Standard output text (check-config's YAML, help). */
+  out(s: string): void;
+  /** Standard error text (error lines). */
+  err(s: string): void;
+  /** Environment for PGMUX_* variables. */
+  env: NodeJS.ProcessEnv;
+  /** Where SIGINT/SIGTERM arrive from (default: process). */
+  signals: NodeJS.EventEmitter;
+}
+
+interface OptionSpec {
+  flags: string;
+  description: string;
+  collect?: boolean;
+}
+
+const DEMO_LISTEN = '127.0.0.1:6432';
+const DEMO_REPLICAS = 2;
+const MAX_DEMO_REPLICAS = 10;
+
+/** The options of `start` and `check-config`, with their env var and default in the text. */
+export const CONFIG_OPTIONS: readonly OptionSpec[] = [
+  { flags: '-c, --config <file>', description: 'YAML config file (env: PGMUX_CONFIG; default: none)' },
+  {
+    flags: '--listen <host:port>',
+    description: `address clients connect to; port 0 = any free port (env: PGMUX_LISTEN; default: ${formatHostPort(DEFAULTS.listen)})`,
+  },
+  {
+    flags: '--node <host:port[@weight]>',
+    description:
+      'a PostgreSQL node (primary or replica, discovered); repeat for each node; replaces nodes from the file and env; ' +
+      'port defaults to 5432, weight (share of reads) to 1 (env: PGMUX_NODES, comma-separated; default: none, at least one required)',
+    collect: true,
+  },
+  {
+    flags: '--pool-mode <mode>',
+    description: `${POOL_MODES.join(' or ')} (env: PGMUX_POOL_MODE; default: ${DEFAULTS.poolMode})`,
+  },
+  {
+    flags: '--pool-size <n>',
+    description: `backends per (node, database, user) pool, 1..10000 (env: PGMUX_POOL_SIZE; default: ${DEFAULTS.poolSize})`,
+  },
+  {
+    flags: '--auth <method>',
+    description: `how clients authenticate: ${AUTH_METHODS.join(', ')}; all but trust need --auth-file (env: PGMUX_AUTH; default: ${DEFAULTS.auth})`,
+  },
+  {
+    flags: '--auth-file <file>',
+    description: 'PgBouncer-style userlist.txt: "user" "password, md5 or SCRAM secret" (env: PGMUX_AUTH_FILE; default: none)',
+  },
+  {
+    flags: '--http <host:port>',
+    description: 'HTTP listener for /metrics and health checks; "off" disables (env: PGMUX_HTTP; default: off)',
+  },
+  {
+    flags: '--log-level <level>',
+    description: `${LOG_LEVELS.join(', ')} (env: PGMUX_LOG_LEVEL; default: ${DEFAULTS.logLevel})`,
+  },
+];
+
+const DEMO_OPTIONS: readonly OptionSpec[] = [
+  {
+    flags: '--replicas <n>',
+    description: `streaming replicas next to the primary, 0..${MAX_DEMO_REPLICAS} (default: ${DEMO_REPLICAS})`,
+  },
+  { flags: '--listen <host:port>', description: `address clients connect to (default: ${DEMO_LISTEN})` },
+  { flags: '--pool-mode <mode>', description: `${POOL_MODES.join(' or ')} (default: ${DEFAULTS.poolMode})` },
+  { flags: '--pool-size <n>', description: `backends per (node, database, user) pool (default: ${DEFAULTS.poolSize})` },
+  { flags: '--log-level <level>', description: `${LOG_LEVELS.join(', ')} (default: ${DEFAULTS.logLevel})` },
+];
+
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
+}
+
+function addOptions(cmd: Command, specs: readonly OptionSpec[]): Command {
+  for (const s of specs) {
+    if (s.collect) cmd.option(s.flags, s.description, collect);
+    else cmd.option(s.flags, s.description);
+  }
+  return cmd;
+}
+
+/** Two-column listing wrapped like commander's own, for the top-level help (which shows start's options too). */
+function listOptions(specs: readonly OptionSpec[], cmd: Command): string {
+  const helper = cmd.createHelp();
+  helper.prepareContext({ helpWidth: cmd.configureOutput().getOutHelpWidth?.() ?? 80 });
+  const width = Math.max(...specs.map((s) => s.flags.length));
+  return specs.map((s) => helper.formatItem(s.flags, width, s.description, helper)).join('\n');
+}
+
+function version(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
+
+function oneLine(s: string): string {
+  return s.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ').trim();
+}
+
+/** Runs until SIGINT/SIGTERM, then closes the service. Resolves with the exit code. */
+async function serveUntilSignal(
+  service: { close(reason?: string): Promise<void> },
+  logger: Logger,
+  signals: NodeJS.EventEmitter,
+): Promise<number> {
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        logger.warn({ signal }, 'second signal while shutting down: exiting now');
+        process.exit(1);
+      }
+      stopping = true;
+      logger.info({ signal }, 'shutting down');
+      service.close(signal).then(
+        () => finish(0),
+        (err: unknown) => {
+          logger.error({ err }, 'error while shutting down');
+          finish(1);
+        },
+      );
+    };
+    const finish = (code: number) => {
+      signals.off('SIGINT', onSignal);
+      signals.off('SIGTERM', onSignal);
+      resolve(code);
+    };
+    signals.on('SIGINT', onSignal);
+    signals.on('SIGTERM', onSignal);
+  });
+}
+
+// The exit code of the command a program ran (read by main()).
+const exitCodes = new WeakMap<Command, number>();
+
+/**
+ * The commander program. Parsing with it runs the chosen command; errors propagate out of
+ * parseAsync (ConfigError, CommanderError with exitOverride, runtime errors) for main() to
+ * turn into an exit code. `io` redirects output and the environment (tests).
+ */
+export function buildProgram(io: Partial<CliIo> = {}): Command {
+  const out = io.out ?? ((s: string) => void process.stdout.write(s));
+  const err = io.err ?? ((s: string) => void process.stderr.write(s));
+  const env = io.env ?? process.env;
+  const signals = io.signals ?? process;
+  const program = new Command('pgmux');
+  program
+    .description('A PostgreSQL proxy: transaction pooling, read/write splitting, failover following.')
+    .version(version(), '-V, --version', 'print the version')
+    .helpOption('-h, --help', 'show help')
+    .exitOverride()
+    .configureOutput({
+      writeOut: out,
+      writeErr: err,
+      outputError: (str, write) => write(`pgmux: ${oneLine(str)}\n`),
+    });
+
+  const start = program
+    .command('start', { isDefault: true })
+    .description('run the proxy (the default command)');
+  addOptions(start, CONFIG_OPTIONS);
+  start.addHelpText(
+    'after',
+    '\nPrecedence: defaults < config file < PGMUX_* environment < flags. Every config-file key has an\n' +
+      'environment variable PGMUX_<KEY> (e.g. pool_size -> PGMUX_POOL_SIZE); see docs/configuration.md.\n' +
+      'SIGINT/SIGTERM: stop accepting clients, close, exit 0.',
+  );
+  start.action(async (flags: CliFlags) => {
+    const config = loadConfig(flags, env);
+    const logger = createLogger(config.logLevel);
+    const { startPgmux } = await import('./server/pgmux.js');
+    const server = await startPgmux(config, { logger });
+    logger.info(
+      { port: server.port, httpPort: server.httpPort, nodes: config.nodes.map((n) => formatHostPort(n)), poolMode: config.poolMode },
+      'pgmux started',
+    );
+    exitCodes.set(program, await serveUntilSignal(server, logger, signals));
+  });
+
+  const demo = program
+    .command('demo')
+    .description('start a throw-away local PostgreSQL primary + replicas and pgmux in front of them');
+  addOptions(demo, DEMO_OPTIONS);
+  demo.action(async (o: { replicas?: string; listen?: string; poolMode?: string; poolSize?: string; logLevel?: string }) => {
+    const replicasRaw = o.replicas ?? String(DEMO_REPLICAS);
+    const replicas = /^\s*\d+\s*$/.test(replicasRaw) ? Number(replicasRaw) : NaN;
+    if (!(replicas >= 0 && replicas <= MAX_DEMO_REPLICAS)) {
+      throw new ConfigError('replicas', `--replicas: ${JSON.stringify(replicasRaw)} is not a whole number in range (expected 0..${MAX_DEMO_REPLICAS})`);
+    }
+    // Same parsing and validation as start, but no config file or PGMUX_* environment.
+    const base = loadConfig(
+      { listen: o.listen ?? DEMO_LISTEN, poolMode: o.poolMode, poolSize: o.poolSize, logLevel: o.logLevel },
+      {},
+      { requireNodes: false },
+    );
+    const logger = createLogger(base.logLevel);
+    const { runDemo } = await import('./embedded/demo.js');
+    const running = await runDemo({
+      replicas,
+      listen: base.listen,
+      poolMode: base.poolMode,
+      poolSize: base.poolSize,
+      logger,
+    });
+    exitCodes.set(program, await serveUntilSignal(running, logger, signals));
+  });
+
+  const check = program
+    .command('check-config')
+    .description('validate the configuration and print the merged result as YAML (server_password masked)');
+  addOptions(check, CONFIG_OPTIONS);
+  check.action((flags: CliFlags) => {
+    const config = loadConfig(flags, env);
+    out(toYaml(configToObject(config), { lineWidth: 0 }));
+    exitCodes.set(program, 0);
+  });
+
+  program.addHelpText(
+    'after',
+    ({ command }) =>
+      `\nOptions of start (also what "pgmux" with no command runs) and check-config:\n${listOptions(CONFIG_OPTIONS, command)}\n\n` +
+      `Options of demo:\n${listOptions(DEMO_OPTIONS, command)}\n\n` +
+      'Precedence: defaults < config file < PGMUX_* environment < flags. Every config-file key has an\n' +
+      'environment variable PGMUX_<KEY> (e.g. pool_size -> PGMUX_POOL_SIZE); see docs/configuration.md.\n' +
+      'Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.',
+  );
+
+  return program;
+}
+
+/** Runs the CLI; resolves with the process exit code. */
+export async function main(argv: string[] = process.argv.slice(2), io: Partial<CliIo> = {}): Promise<number> {
+  const err = io.err ?? ((s: string) => void process.stderr.write(s));
+  const program = buildProgram(io);
+  // A mistyped command would otherwise reach the default command as a stray argument.
+  const first = argv[0];
+  if (first !== undefined && !first.startsWith('-')) {
+    const names = [...program.commands.map((c) => c.name()), 'help'];
+    if (!names.includes(first)) {
+      const close = names.find((n) => n.startsWith(first.slice(0, 2)));
+      err(`pgmux: unknown command '${first}'${close ? ` (did you mean ${close}?)` : ''}; see pgmux --help\n`);
+      return 2;
+    }
+  }
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return exitCodes.get(program) ?? 0;
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      err(`pgmux: ${oneLine(e.message)}\n`);
+      return 2;
+    }
+    if (e instanceof CommanderError) {
+      // Already printed by outputError; help and --version end here with code 0.
+      return e.exitCode === 0 ? 0 : 2;
+    }
+    err(`pgmux: ${oneLine(e instanceof Error ? e.message : String(e))}\n`);
+    return 1;
+  }
+}
+
+function isMainModule(): boolean {
+  const script = process.argv[1];
+  if (!script) return false;
+  let self: string;
+  try {
+    self = realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+  for (const candidate of [script, `${script}.js`]) {
+    try {
+      if (realpathSync(candidate) === self) return true;
+    } catch {
+      // try the next form
+    }
+  }
+  return false;
+}
+
+if (isMainModule()) {
+  main().then(
+    (code) => {
+      process.exitCode = code;
+      // Let stdout drain, but do not wait for stray handles.
+      setTimeout(() => process.exit(code), 500).unref();
+    },
+    (e: unknown) => {
+      process.stderr.write(`pgmux: ${e instanceof Error ? e.message : String(e)}\n`);
+      process.exit(1);
+    },
+  );
+}
