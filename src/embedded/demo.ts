@@ -1,7 +1,11 @@
-// PLACEHOLDER written by the CLI/config work so src/cli.ts type-checks; the real demo
-// replaces this whole file. Contract used by src/cli.ts (`pgmux demo`):
+// `pgmux demo`: a throw-away primary + streaming replicas from this machine's PostgreSQL
+// binaries, pgmux in front of them, and a DSN to paste into psql. Ctrl-C removes it all.
+
 import type { HostPort, PoolMode } from '../config/types.js';
+import { DEFAULTS } from '../config/load.js';
 import type { Logger } from '../observability/logger.js';
+import { startPgmux } from '../server/pgmux.js';
+import { LocalCluster } from './localCluster.js';
 
 export interface DemoOptions {
   /** Streaming replicas next to the primary (0..10, CLI default 2). */
@@ -18,6 +22,56 @@ export interface RunningDemo {
   close(reason?: string): Promise<void>;
 }
 
-export async function runDemo(_opts: DemoOptions): Promise<RunningDemo> {
-  throw new Error('not implemented');
+export async function runDemo(opts: DemoOptions): Promise<RunningDemo> {
+  const log = opts.logger;
+  log.info({ replicas: opts.replicas }, 'starting a local PostgreSQL primary and streaming replicas');
+  const cluster = await LocalCluster.start({ replicas: opts.replicas, log: (line) => log.debug(line) });
+  const onExit = () => cluster.stopSync();
+  process.on('exit', onExit);
+  try {
+    await cluster.query('node0', 'CREATE DATABASE app');
+    await cluster.query(
+      'node0',
+      `CREATE TABLE posts (id bigserial PRIMARY KEY, title text NOT NULL, likes int NOT NULL DEFAULT 0);
+       INSERT INTO posts (title) SELECT 'post ' || g FROM generate_series(1, 100) g;`,
+      { database: 'app' },
+    );
+    await cluster.waitForStreaming();
+    const pgmux = await startPgmux(
+      {
+        ...DEFAULTS,
+        listen: opts.listen,
+        nodes: cluster.nodes.map((n) => ({ host: n.host, port: n.port, weight: 1 })),
+        poolMode: opts.poolMode,
+        poolSize: opts.poolSize,
+      },
+      { logger: log },
+    );
+    const host = opts.listen.host === '0.0.0.0' || opts.listen.host === '::' ? '127.0.0.1' : opts.listen.host;
+    const dsn = `postgresql://postgres@${host.includes(':') ? `[${host}]` : host}:${pgmux.port}/app`;
+    const lines = [
+      '',
+      'pgmux demo is running.',
+      ...cluster.nodes.map((n, i) => `  ${i === 0 ? 'primary ' : 'replica '} ${n.name}  ${n.host}:${n.port}`),
+      `  pgmux     ${host}:${pgmux.port}  (${opts.poolMode} pooling, pool_size ${opts.poolSize})`,
+      '',
+      `Connect with:  psql "${dsn}"`,
+      '',
+      'Press Ctrl-C to stop everything and remove the temporary cluster.',
+      '',
+    ];
+    process.stdout.write(lines.join('\n') + '\n');
+    return {
+      async close(reason?: string) {
+        log.info({ reason: reason ?? 'close' }, 'stopping demo');
+        await pgmux.close(reason);
+        await cluster.stop();
+        process.off('exit', onExit);
+      },
+    };
+  } catch (err) {
+    await cluster.stop();
+    process.off('exit', onExit);
+    throw err;
+  }
 }
