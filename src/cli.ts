@@ -141,7 +141,7 @@ async function serveUntilSignal(
         process.exit(1);
       }
       stopping = true;
-      logger.info({ signal }, 'shutting down');
+      logger.debug({ signal }, 'signal received: closing');
       service.close(signal).then(
         () => finish(0),
         (err: unknown) => {
@@ -199,11 +199,7 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
     const config = loadConfig(flags, env);
     const logger = createLogger(config.logLevel);
     const { startPgmux } = await import('./server/pgmux.js');
-    const server = await startPgmux(config, { logger });
-    logger.info(
-      { port: server.port, httpPort: server.httpPort, nodes: config.nodes.map((n) => formatHostPort(n)), poolMode: config.poolMode },
-      'pgmux started',
-    );
+    const server = await startPgmux(config, { logger }); // logs its own 'listening' line
     exitCodes.set(program, await serveUntilSignal(server, logger, signals));
   });
 
