@@ -8,7 +8,7 @@
 import { accessSync, constants as fsConstants, readFileSync, statSync } from 'node:fs';
 import { dirname, resolve as resolvePath } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import type { AuthMethod, Config, HostPort, LogLevel, NodeConfig, PoolMode } from './types.js';
+import type { AuthMethod, Config, HostPort, LogLevel, NodeConfig, PoolMode, ReadYourWrites } from './types.js';
 
 const MiB = 1024 * 1024;
 
@@ -43,6 +43,13 @@ const defaults: Config = {
   healthCheckDatabase: 'postgres',
   failoverTimeoutMs: 30_000,
   onRoleChange: null,
+  maxLagBytes: null,
+  maxLagMs: 10_000,
+  lagHysteresis: 0.2,
+  fallbackToPrimary: true,
+  readYourWrites: 'off',
+  readYourWritesWindowMs: 1000,
+  writeFunctions: Object.freeze([]) as unknown as string[],
 };
 
 /** Every default (frozen; loadConfig returns fresh copies). */
@@ -260,7 +267,7 @@ function parseNodeString(s: string): NodeConfig {
 
 function parseNodeObject(o: Record<string, unknown>): NodeConfig {
   for (const k of Object.keys(o)) {
-    if (k !== 'host' && k !== 'port' && k !== 'weight') {
+    if (k !== 'host' && k !== 'port' && k !== 'weight' && k !== 'max_lag_bytes' && k !== 'max_lag_ms') {
       throw new Invalid(`node ${JSON.stringify(o)} has unknown key ${JSON.stringify(k)} (${NODE_FORM})`);
     }
   }
@@ -269,7 +276,10 @@ function parseNodeObject(o: Record<string, unknown>): NodeConfig {
   const host = checkHost(o.host.trim(), o.host);
   const port = o.port === undefined ? 5432 : parsePort(String(o.port).trim(), false, `${host}:${String(o.port)}`);
   const weight = o.weight === undefined ? 1 : parseWeight(o.weight, whole);
-  return { host, port, weight };
+  const node: NodeConfig = { host, port, weight };
+  if (o.max_lag_bytes !== undefined) node.maxLagBytes = parseOptionalLimit(o.max_lag_bytes as Raw, parseSize);
+  if (o.max_lag_ms !== undefined) node.maxLagMs = parseOptionalLimit(o.max_lag_ms as Raw, parseDuration);
+  return node;
 }
 
 /** A list of node strings/objects, or one comma-separated string. */
@@ -389,7 +399,47 @@ const KEYS: KeySpec[] = [
   { key: 'health_check_database', field: 'healthCheckDatabase', parse: (v) => parseName(v, 'a database name') },
   { key: 'failover_timeout', field: 'failoverTimeoutMs', parse: parseDuration },
   { key: 'on_role_change', field: 'onRoleChange', parse: (v) => parseOptionalString(v, 'a shell command') },
+  { key: 'max_lag_bytes', field: 'maxLagBytes', aliases: ['delay_threshold'], parse: (v) => parseOptionalLimit(v, parseSize) },
+  { key: 'max_lag_ms', field: 'maxLagMs', parse: (v) => parseOptionalLimit(v, parseDuration) },
+  { key: 'lag_hysteresis', field: 'lagHysteresis', parse: (v) => parseFraction(v) },
+  { key: 'fallback_to_primary', field: 'fallbackToPrimary', parse: (v) => parseBoolean(v) },
+  { key: 'read_your_writes', field: 'readYourWrites', parse: (v) => parseEnum(v, READ_YOUR_WRITES) },
+  { key: 'read_your_writes_window', field: 'readYourWritesWindowMs', parse: parseDuration },
+  { key: 'write_functions', field: 'writeFunctions', parse: (v) => parseNameList(v) },
 ];
+
+export const READ_YOUR_WRITES: readonly ReadYourWrites[] = ['off', 'window', 'lsn'];
+
+/** A limit that may be switched off with null / "off" / "none". */
+function parseOptionalLimit(v: Raw, parse: (v: Raw) => number): number | null {
+  if (v === null || (typeof v === 'string' && /^\s*(off|none)\s*$/i.test(v))) return null;
+  return parse(v);
+}
+
+function parseFraction(v: Raw): number {
+  const n = typeof v === 'number' ? v : typeof v === 'string' ? Number(v.trim()) : NaN;
+  if (!Number.isFinite(n) || n < 0 || n >= 1) throw new Invalid(`${show(v)} is not a fraction (expected 0 <= x < 1, e.g. 0.2)`);
+  return n;
+}
+
+function parseBoolean(v: Raw): boolean {
+  if (typeof v === 'boolean') return v;
+  if (typeof v === 'string') {
+    const t = v.trim().toLowerCase();
+    if (['on', 'true', 'yes', '1'].includes(t)) return true;
+    if (['off', 'false', 'no', '0'].includes(t)) return false;
+  }
+  throw new Invalid(`${show(v)} is not a boolean (expected on/off, true/false)`);
+}
+
+function parseNameList(v: Raw): string[] {
+  const items = typeof v === 'string' ? v.split(',') : Array.isArray(v) ? v : null;
+  if (items === null) throw new Invalid(`${show(v)} is not a list of function names`);
+  return items.map((x) => {
+    if (typeof x !== 'string' || !/^\s*[A-Za-z_][A-Za-z0-9_$.]*\s*$/.test(x)) throw new Invalid(`${show(x as Raw)} is not a function name`);
+    return x.trim().toLowerCase();
+  });
+}
 
 const BY_NAME = new Map<string, KeySpec>();
 for (const spec of KEYS) {

@@ -11,7 +11,12 @@ export interface NodeConfig {
   port: number;
   /** Read weight for the balancer; 0 = never gets reads. Roles are discovered, not configured. */
   weight: number;
+  /** Per-node overrides of the global lag limits (undefined = use the global one). */
+  maxLagBytes?: number | null;
+  maxLagMs?: number | null;
 }
+
+export type ReadYourWrites = 'off' | 'window' | 'lsn';
 
 export interface HostPort {
   host: string;
@@ -71,4 +76,21 @@ export interface Config {
   healthCheckDatabase: string;
   /** How long a transaction waits for a primary to appear (failover gap). */
   failoverTimeoutMs: number;
+  /** Shell command (/bin/sh -c) the monitor runs on role changes, env PGMUX_EVENT/NODE/OLD_ROLE/NEW_ROLE; null = none. */
+  onRoleChange: string | null;
+
+  // Read routing (src/routing/).
+  /** Replicas whose replay lags the primary by more than this many bytes get no reads; null = no limit. */
+  maxLagBytes: number | null;
+  /** Replicas whose data is older than this get no reads; null = no limit. */
+  maxLagMs: number | null;
+  /** A lagging replica serves again once under (1 - this) x the limit. */
+  lagHysteresis: number;
+  /** With no eligible replica, reads go to the primary (else: an error). */
+  fallbackToPrimary: boolean;
+  readYourWrites: ReadYourWrites;
+  /** read_your_writes=window: reads go to the primary this long after a client's write. */
+  readYourWritesWindowMs: number;
+  /** Extra functions that write or keep session state: statements calling them go to the primary. */
+  writeFunctions: string[];
 }

@@ -1,0 +1,113 @@
+// Which node serves a read: the eligible nodes (up replicas under the lag limits, plus the
+// primary when its read weight is above 0), picked by smooth weighted round-robin.
+// Pure decisions over a topology snapshot; never touches a socket.
+
+import type { NodeSnapshot, TopologySnapshot } from '../cluster/topology.js';
+
+export interface LagLimits {
+  /** null = no byte limit. */
+  maxLagBytes: number | null;
+  /** null = no time limit. */
+  maxLagMs: number | null;
+}
+
+export interface ReadPolicy extends LagLimits {
+  /** Per-node overrides, by host:port. */
+  perNode: ReadonlyMap<string, Partial<LagLimits>>;
+  /** Fraction of a limit a lagging replica must get back under before it serves again. */
+  lagHysteresis: number;
+  fallbackToPrimary: boolean;
+}
+
+export type ReadChoice =
+  | { node: NodeSnapshot; reason: string }
+  | { node: null; reason: string };
+
+/**
+ * Smooth weighted round-robin (as in nginx): over any window of sum(weights) picks, each
+ * node is chosen exactly in proportion to its weight, and picks interleave rather than
+ * come in bursts.
+ */
+export class SmoothWeightedRoundRobin {
+  private readonly current = new Map<string, number>();
+
+  pick<T extends { name: string; weight: number }>(candidates: readonly T[]): T | null {
+    let total = 0;
+    let best: T | null = null;
+    let bestCurrent = -Infinity;
+    for (const c of candidates) {
+      if (c.weight <= 0) continue;
+      const cur = (this.current.get(c.name) ?? 0) + c.weight;
+      this.current.set(c.name, cur);
+      total += c.weight;
+      if (cur > bestCurrent) {
+        bestCurrent = cur;
+        best = c;
+      }
+    }
+    if (best !== null) this.current.set(best.name, bestCurrent - total);
+    return best;
+  }
+}
+
+export class ReadBalancer {
+  private readonly wrr = new SmoothWeightedRoundRobin();
+  /** Replicas currently held out for lag (hysteresis needs memory). */
+  private readonly lagging = new Set<string>();
+
+  constructor(private policy: () => ReadPolicy) {}
+
+  /**
+   * @param minLsn   read-your-writes: only replicas that replayed up to this LSN qualify
+   * @param maxLagMsHint  a statement's own staleness budget (/* pgmux:max_lag_ms=N *\/)
+   */
+  choose(topo: TopologySnapshot, minLsn: bigint | null = null, maxLagMsHint: number | null = null): ReadChoice {
+    const policy = this.policy();
+    const eligible: NodeSnapshot[] = [];
+    let skippedLag = 0;
+    let skippedLsn = 0;
+    for (const n of topo.nodes) {
+      if (n.state !== 'up' || n.weight <= 0) continue;
+      if (n.role === 'primary') {
+        if (topo.primary === n) eligible.push(n);
+        continue;
+      }
+      if (n.role !== 'replica') continue;
+      if (this.isLagging(n, policy, maxLagMsHint)) {
+        skippedLag++;
+        continue;
+      }
+      if (minLsn !== null && (n.walLsn === null || n.walLsn < minLsn)) {
+        skippedLsn++;
+        continue;
+      }
+      eligible.push(n);
+    }
+    const pick = this.wrr.pick(eligible);
+    if (pick !== null) return { node: pick, reason: pick.role === 'primary' ? 'read on primary (read weight > 0)' : 'read on replica' };
+    const why =
+      skippedLsn > 0
+        ? 'no replica has replayed this client\'s last write yet'
+        : skippedLag > 0
+          ? 'every replica is over the lag limit'
+          : 'no healthy replica with read weight > 0';
+    if (policy.fallbackToPrimary && topo.primary !== null) return { node: topo.primary, reason: `${why}: fallback to primary` };
+    return { node: null, reason: why };
+  }
+
+  private isLagging(n: NodeSnapshot, policy: ReadPolicy, maxLagMsHint: number | null): boolean {
+    const o = policy.perNode.get(n.name);
+    const maxBytes = o?.maxLagBytes !== undefined ? o.maxLagBytes : policy.maxLagBytes;
+    const maxMs = o?.maxLagMs !== undefined ? o.maxLagMs : policy.maxLagMs;
+    if (maxLagMsHint !== null) return n.lagMs === null || n.lagMs > maxLagMsHint;
+    if (maxBytes === null && maxMs === null) return false;
+    const wasLagging = this.lagging.has(n.name);
+    const factor = wasLagging ? 1 - policy.lagHysteresis : 1;
+    let over = false;
+    if (maxBytes !== null && (n.lagBytes === null || n.lagBytes > maxBytes * factor)) over = true;
+    if (maxMs !== null && (n.lagMs === null || n.lagMs > maxMs * factor)) over = true;
+    if (over) this.lagging.add(n.name);
+    else this.lagging.delete(n.name);
+    return over;
+  }
+}
