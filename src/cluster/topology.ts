@@ -199,7 +199,8 @@ export function deriveTopology(
         draft.lagBytes = null;
         draft.lagMs = null;
       }
-      // else: keeps its previous state for now.
+      // else: keeps its previous state for now (a node already down says why it still is).
+      else if (draft.state === 'down') draft.reason = probe.error ?? 'health check failed';
     }
     return { draft, prev: p, fresh };
   });

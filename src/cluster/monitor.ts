@@ -1,0 +1,537 @@
+// The topology monitor: one persistent control connection per node, polled in parallel
+// every healthCheckPeriodMs; each round's probes go through deriveTopology() and the
+// result is published as an immutable snapshot. The router only ever reads snapshots.
+//
+// Events (after every round, in this order):
+//   'nodeState'     { node: NodeSnapshot, from: NodeState, to: NodeState }
+//   'roleChange'    { node: NodeSnapshot, from: NodeRole, to: NodeRole }
+//   'primaryChange' { from: NodeSnapshot | null, to: NodeSnapshot | null }
+//   'snapshot'      TopologySnapshot
+//
+// Optional hook (config.onRoleChange): a shell command run with /bin/sh -c, one at a time
+// in event order, never holding up polling. Environment:
+//   PGMUX_EVENT     role_change | primary_change | fenced | misconfigured
+//   PGMUX_NODE      host:port of the node (primary_change: the new primary, '' if none)
+//   PGMUX_OLD_ROLE  its previous role (primary_change: the new primary's previous role)
+//   PGMUX_NEW_ROLE  its new role
+//   PGMUX_OLD_PRIMARY / PGMUX_NEW_PRIMARY  host:port of the primary before/after ('' if none)
+// role_change fires only for a node whose role was known before (not on first discovery).
+
+import { EventEmitter } from 'node:events';
+import { spawn } from 'node:child_process';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import type { Config, NodeConfig } from '../config/types.js';
+import {
+  deriveTopology,
+  emptyTopology,
+  formatLsn,
+  nodeName,
+  parseLsn,
+  type NodeRole,
+  type NodeSnapshot,
+  type NodeState,
+  type ProbeResult,
+  type TopologySnapshot,
+} from './topology.js';
+
+export type { ProbeResult } from './topology.js';
+
+/** Longest gap between two checks of a down node, in periods. */
+const MAX_BACKOFF_PERIODS = 5;
+/** A hook still running after this is killed. */
+const HOOK_TIMEOUT_MS = 60_000;
+/** Hooks waiting to run beyond this are dropped (a flapping cluster must not pile them up). */
+const MAX_PENDING_HOOKS = 100;
+
+/**
+ * One query that works on a primary and a replica alike. pg_is_in_recovery() is read once
+ * (a promotion between two reads would make pg_current_wal_lsn() fail). Timeline: exact
+ * on a primary from the current WAL file name (pg_control_checkpoint() lags behind a
+ * promotion until the next checkpoint); on a replica the timeline it is receiving, else
+ * its last restartpoint's.
+ */
+export const PROBE_SQL = `WITH r AS MATERIALIZED (SELECT pg_is_in_recovery() AS rec)
+SELECT r.rec,
+  CASE WHEN r.rec
+    THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1), (SELECT timeline_id FROM pg_control_checkpoint()))
+    ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+  END AS tli,
+  (SELECT system_identifier::text FROM pg_control_system()) AS sysid,
+  CASE WHEN r.rec THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END AS lsn,
+  pg_last_wal_receive_lsn()::text AS recv,
+  extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS replay_age_ms
+FROM r`;
+
+export interface NodeStateEvent {
+  node: NodeSnapshot;
+  from: NodeState;
+  to: NodeState;
+}
+
+export interface RoleChangeEvent {
+  node: NodeSnapshot;
+  from: NodeRole;
+  to: NodeRole;
+}
+
+export interface PrimaryChangeEvent {
+  from: NodeSnapshot | null;
+  to: NodeSnapshot | null;
+}
+
+interface NodeRuntime {
+  cfg: NodeConfig;
+  name: string;
+  client: pg.Client | null;
+  /** Set by the client's 'error'/'end' events: reconnect before the next query. */
+  broken: boolean;
+  /** Current backoff while down, in periods (1 = every round). */
+  backoff: number;
+  /** Epoch ms before which a down node is not checked again. */
+  nextCheckAt: number;
+}
+
+interface Waiter {
+  resolve: (n: NodeSnapshot | null) => void;
+  timer: NodeJS.Timeout;
+}
+
+interface HookRun {
+  event: 'role_change' | 'primary_change' | 'fenced' | 'misconfigured';
+  node: string;
+  oldRole: string;
+  newRole: string;
+  oldPrimary: string;
+  newPrimary: string;
+}
+
+function errorText(err: unknown): string {
+  if (err instanceof Error) {
+    const code = (err as { code?: string }).code;
+    return code && !err.message.includes(code) ? `${err.message} (${code})` : err.message;
+  }
+  return String(err);
+}
+
+/** Force-close a client whatever it is doing (a hung server must not keep it alive). */
+function destroyClient(client: pg.Client): void {
+  const stream = (client as unknown as { connection?: { stream?: { destroy?: () => void } } }).connection?.stream;
+  try {
+    stream?.destroy?.();
+  } catch {
+    // already gone
+  }
+  client.end().catch(() => {});
+}
+
+export class ClusterMonitor extends EventEmitter {
+  private readonly config: Config;
+  private readonly log: Logger;
+  private nodeCfgs: NodeConfig[];
+  private readonly runtimes = new Map<string, NodeRuntime>();
+  private current: TopologySnapshot;
+  private timer: NodeJS.Timeout | null = null;
+  private started: Promise<void> | null = null;
+  private stopped = false;
+  private inFlight: Promise<void> | null = null;
+  private followUp: Promise<void> | null = null;
+  private waiters = new Set<Waiter>();
+  private hookQueue: HookRun[] = [];
+  private hookRunning = false;
+
+  constructor(config: Config, logger: Logger) {
+    super();
+    this.config = config;
+    this.log = logger.child({ component: 'monitor' });
+    this.nodeCfgs = config.nodes.map((n) => ({ ...n }));
+    for (const cfg of this.nodeCfgs) this.runtimes.set(nodeName(cfg), this.newRuntime(cfg));
+    this.current = emptyTopology(this.nodeCfgs, Date.now());
+  }
+
+  private get period(): number {
+    return Math.max(10, this.config.healthCheckPeriodMs);
+  }
+
+  private get timeoutMs(): number {
+    return Math.max(10, this.config.healthCheckTimeoutMs);
+  }
+
+  private newRuntime(cfg: NodeConfig): NodeRuntime {
+    return { cfg, name: nodeName(cfg), client: null, broken: false, backoff: 1, nextCheckAt: 0 };
+  }
+
+  /** Starts polling; resolves once the first round of checks has completed. */
+  start(): Promise<void> {
+    if (this.started) return this.started;
+    this.stopped = false;
+    this.log.info({ nodes: this.nodeCfgs.map(nodeName), periodMs: this.period }, 'topology monitor starting');
+    this.timer = setInterval(() => {
+      if (this.inFlight || this.stopped) return; // previous round still running: skip
+      void this.runRound();
+    }, this.period);
+    this.timer.unref();
+    this.started = this.runRound();
+    return this.started;
+  }
+
+  /** Stops polling and closes the control connections. Pending waitForPrimary() get null. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    for (const w of this.waiters) {
+      clearTimeout(w.timer);
+      w.resolve(null);
+    }
+    this.waiters.clear();
+    const round = this.inFlight;
+    for (const rt of this.runtimes.values()) this.closeClient(rt);
+    if (round) await round.catch(() => {});
+    for (const rt of this.runtimes.values()) this.closeClient(rt);
+    this.started = null;
+  }
+
+  /** The latest snapshot (immutable). */
+  snapshot(): TopologySnapshot {
+    return this.current;
+  }
+
+  /** The primary now if there is one, else the first one a snapshot shows; null on timeout. */
+  waitForPrimary(timeoutMs: number): Promise<NodeSnapshot | null> {
+    if (this.current.primary) return Promise.resolve(this.current.primary);
+    if (this.stopped || timeoutMs <= 0) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const waiter: Waiter = {
+        resolve,
+        timer: setTimeout(() => {
+          this.waiters.delete(waiter);
+          resolve(null);
+        }, timeoutMs),
+      };
+      this.waiters.add(waiter);
+    });
+  }
+
+  /**
+   * An immediate round (e.g. a backend connect to the primary failed). If a round is
+   * running, one more follows it; concurrent callers share that one.
+   */
+  pollNow(): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    if (!this.inFlight) return this.runRound();
+    if (!this.followUp) {
+      this.followUp = this.inFlight.then(() => {
+        this.followUp = null;
+        return this.stopped ? undefined : this.runRound();
+      });
+    }
+    return this.followUp;
+  }
+
+  /** Hot reload of the node list: add / remove / re-weight; unchanged nodes keep their state. */
+  setNodes(nodes: NodeConfig[]): void {
+    const next = nodes.map((n) => ({ ...n }));
+    const names = new Set(next.map(nodeName));
+    for (const [name, rt] of this.runtimes) {
+      if (!names.has(name)) {
+        this.closeClient(rt);
+        this.runtimes.delete(name);
+        this.log.info({ node: name }, 'node removed from the configuration');
+      }
+    }
+    for (const cfg of next) {
+      const name = nodeName(cfg);
+      const rt = this.runtimes.get(name);
+      if (rt) {
+        rt.cfg = cfg;
+      } else {
+        this.runtimes.set(name, this.newRuntime(cfg));
+        this.log.info({ node: name, weight: cfg.weight }, 'node added to the configuration');
+      }
+    }
+    this.nodeCfgs = next;
+    // Publish the new node list at once (no probes: unchanged nodes keep their state).
+    this.publish(deriveTopology(this.current, [], Date.now(), this.deriveOpts()));
+    if (this.started && !this.stopped) void this.pollNow();
+  }
+
+  private deriveOpts() {
+    return { nodes: this.nodeCfgs, maxRetries: this.config.healthCheckMaxRetries };
+  }
+
+  // ---- rounds ----
+
+  private runRound(): Promise<void> {
+    if (this.inFlight) return this.inFlight;
+    const round = this.doRound()
+      .catch((err) => this.log.error({ err }, 'topology monitor round failed'))
+      .finally(() => {
+        if (this.inFlight === round) this.inFlight = null;
+      });
+    this.inFlight = round;
+    return round;
+  }
+
+  private async doRound(): Promise<void> {
+    const startedAt = Date.now();
+    const targets = [...this.runtimes.values()].filter((rt) => startedAt >= rt.nextCheckAt);
+    const results = await Promise.all(targets.map(async (rt) => ({ rt, probe: await this.probe(rt) })));
+    if (this.stopped) return;
+    // The node list may have changed while we were probing: map by name to current indexes.
+    const indexByName = new Map(this.nodeCfgs.map((c, i) => [nodeName(c), i] as const));
+    const probes: ProbeResult[] = [];
+    for (const { rt, probe } of results) {
+      const index = indexByName.get(rt.name);
+      if (index === undefined || this.runtimes.get(rt.name) !== rt) continue;
+      probes.push({ ...probe, index });
+    }
+    const next = deriveTopology(this.current, probes, Date.now(), this.deriveOpts());
+    // Backoff for down nodes: 1, 2, 4, 5, 5 ... periods between checks; reset once up.
+    for (const { rt, probe } of results) {
+      const node = next.nodes.find((n) => n.name === rt.name);
+      if (!node) continue;
+      if (node.state === 'down' && !probe.ok) {
+        // Slack of half a period so timer jitter doesn't cost a whole extra period.
+        rt.nextCheckAt = probe.at + rt.backoff * this.period - this.period / 2;
+        rt.backoff = Math.min(rt.backoff * 2, MAX_BACKOFF_PERIODS);
+      } else {
+        rt.backoff = 1;
+        rt.nextCheckAt = 0;
+      }
+    }
+    this.publish(next);
+  }
+
+  private closeClient(rt: NodeRuntime): void {
+    const c = rt.client;
+    rt.client = null;
+    rt.broken = false;
+    if (c) destroyClient(c);
+  }
+
+  private async connect(rt: NodeRuntime): Promise<pg.Client> {
+    if (this.stopped) throw new Error('monitor stopped');
+    const client = new pg.Client({
+      host: rt.cfg.host,
+      port: rt.cfg.port,
+      user: this.config.healthCheckUser,
+      password: this.config.healthCheckPassword ?? undefined,
+      database: this.config.healthCheckDatabase,
+      application_name: 'pgmux-monitor',
+      connectionTimeoutMillis: this.timeoutMs,
+      query_timeout: this.timeoutMs,
+      statement_timeout: this.timeoutMs,
+      keepAlive: true,
+    });
+    rt.client = client;
+    rt.broken = false;
+    const markBroken = () => {
+      if (rt.client === client) rt.broken = true;
+    };
+    client.on('error', markBroken); // e.g. the server went away under an idle connection
+    client.on('end', markBroken);
+    await client.connect();
+    if (this.stopped || rt.client !== client) {
+      // stopped, or given up on (timed out) while connecting
+      if (rt.client === client) rt.client = null;
+      destroyClient(client);
+      throw new Error('health check abandoned');
+    }
+    return client;
+  }
+
+  /** One health check: never rejects, bounded by healthCheckTimeoutMs. */
+  private async probe(rt: NodeRuntime): Promise<Omit<ProbeResult, 'index'>> {
+    let timer: NodeJS.Timeout | undefined;
+    const guard = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`health check timed out after ${this.timeoutMs} ms`)), this.timeoutMs);
+    });
+    const work = (async () => {
+      if (rt.client && rt.broken) this.closeClient(rt);
+      const reused = rt.client !== null;
+      let client = rt.client ?? (await this.connect(rt));
+      try {
+        return (await client.query(PROBE_SQL)).rows[0] as Record<string, unknown> | undefined;
+      } catch (err) {
+        // A persistent connection can die between rounds (idle timeout, terminated
+        // backend): one fresh retry before counting a failure.
+        if (!reused || (err as Error).message?.includes('timeout')) throw err;
+        this.closeClient(rt);
+        client = await this.connect(rt);
+        return (await client.query(PROBE_SQL)).rows[0] as Record<string, unknown> | undefined;
+      }
+    })();
+    work.catch(() => {}); // settles after the guard on a timeout
+    try {
+      const row = await Promise.race([work, guard]);
+      if (!row) throw new Error('health check query returned no row');
+      return { ok: true, ...this.parseRow(row), at: Date.now() };
+    } catch (err) {
+      this.closeClient(rt);
+      return { ok: false, error: errorText(err), at: Date.now() };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private parseRow(row: Record<string, unknown>): Omit<ProbeResult, 'index' | 'ok' | 'at'> {
+    const num = (v: unknown): number | null => {
+      if (v === null || v === undefined) return null;
+      const n = typeof v === 'number' ? v : Number(v);
+      return Number.isFinite(n) ? n : null;
+    };
+    const lsn = (v: unknown): bigint | null => (typeof v === 'string' && v ? parseLsn(v) : null);
+    const inRecovery = row.rec === true;
+    const out: Omit<ProbeResult, 'index' | 'ok' | 'at'> = {
+      inRecovery,
+      receiveLsn: lsn(row.recv),
+      replayLagMs: inRecovery ? num(row.replay_age_ms) : null,
+    };
+    const tli = num(row.tli);
+    if (tli !== null) out.timeline = tli;
+    if (typeof row.sysid === 'string') out.systemId = row.sysid;
+    const wal = lsn(row.lsn);
+    if (wal !== null) out.walLsn = wal;
+    return out;
+  }
+
+  // ---- publishing ----
+
+  private publish(next: TopologySnapshot): void {
+    const prev = this.current;
+    this.current = next;
+    const prevByName = new Map(prev.nodes.map((n) => [n.name, n] as const));
+    const hooks: HookRun[] = [];
+    const oldPrimary = prev.primary?.name ?? '';
+    const newPrimary = next.primary?.name ?? '';
+
+    for (const node of next.nodes) {
+      const before = prevByName.get(node.name);
+      if (!before) continue;
+      if (before.state !== node.state) {
+        this.logState(node, before.state, before.lastCheckAt === 0);
+        this.emit('nodeState', { node, from: before.state, to: node.state } satisfies NodeStateEvent);
+        if (node.state === 'fenced' || node.state === 'misconfigured') {
+          hooks.push({ event: node.state, node: node.name, oldRole: before.role, newRole: node.role, oldPrimary, newPrimary });
+        }
+      }
+      if (before.role !== node.role) {
+        this.log.info({ node: node.name, from: before.role, to: node.role, timeline: node.timeline }, `node ${node.name} role ${before.role} -> ${node.role}`);
+        this.emit('roleChange', { node, from: before.role, to: node.role } satisfies RoleChangeEvent);
+        if (before.role !== 'unknown') {
+          hooks.push({ event: 'role_change', node: node.name, oldRole: before.role, newRole: node.role, oldPrimary, newPrimary });
+        }
+      }
+    }
+    if (oldPrimary !== newPrimary) {
+      if (next.primary) {
+        this.log.info(
+          { from: oldPrimary || null, to: newPrimary, timeline: next.primary.timeline, lsn: next.primary.walLsn === null ? null : formatLsn(next.primary.walLsn) },
+          `primary is now ${newPrimary}`,
+        );
+      } else {
+        this.log.warn({ from: oldPrimary }, `no primary (was ${oldPrimary}): writes wait for one to appear`);
+      }
+      this.emit('primaryChange', { from: prev.primary, to: next.primary } satisfies PrimaryChangeEvent);
+      const before = next.primary ? prevByName.get(next.primary.name) : undefined;
+      hooks.push({
+        event: 'primary_change',
+        node: newPrimary,
+        oldRole: before?.role ?? 'unknown',
+        newRole: next.primary ? 'primary' : '',
+        oldPrimary,
+        newPrimary,
+      });
+    }
+    this.emit('snapshot', next);
+
+    if (next.primary && this.waiters.size > 0) {
+      const p = next.primary;
+      for (const w of this.waiters) {
+        clearTimeout(w.timer);
+        w.resolve(p);
+      }
+      this.waiters.clear();
+    }
+    for (const h of hooks) this.enqueueHook(h);
+  }
+
+  private logState(node: NodeSnapshot, from: NodeState, firstCheck: boolean): void {
+    const fields = { node: node.name, from, to: node.state, role: node.role, timeline: node.timeline, reason: node.reason };
+    switch (node.state) {
+      case 'fenced':
+        this.log.error(fields, `FENCED ${node.name}: ${node.reason ?? ''} — no traffic is routed to it`);
+        break;
+      case 'misconfigured':
+        this.log.error(fields, `MISCONFIGURED ${node.name}: ${node.reason ?? ''} — no traffic is routed to it`);
+        break;
+      case 'down':
+        this.log.warn(fields, `node ${node.name} is down: ${node.reason ?? ''}`);
+        break;
+      case 'up':
+        this.log.info(fields, firstCheck ? `node ${node.name} is up (${node.role})` : `node ${node.name} is up again (${node.role})`);
+        break;
+    }
+  }
+
+  // ---- onRoleChange hook ----
+
+  private enqueueHook(h: HookRun): void {
+    const cmd = this.config.onRoleChange ?? null;
+    if (!cmd) return;
+    if (this.hookQueue.length >= MAX_PENDING_HOOKS) {
+      this.log.warn({ event: h.event, node: h.node }, 'onRoleChange: too many hooks pending, dropping this one');
+      return;
+    }
+    this.hookQueue.push(h);
+    this.drainHooks(cmd);
+  }
+
+  private drainHooks(cmd: string): void {
+    if (this.hookRunning) return;
+    const h = this.hookQueue.shift();
+    if (!h) return;
+    this.hookRunning = true;
+    let finished = false;
+    const done = () => {
+      if (finished) return;
+      finished = true;
+      this.hookRunning = false;
+      this.drainHooks(cmd);
+    };
+    const env = {
+      ...process.env,
+      PGMUX_EVENT: h.event,
+      PGMUX_NODE: h.node,
+      PGMUX_OLD_ROLE: h.oldRole,
+      PGMUX_NEW_ROLE: h.newRole,
+      PGMUX_OLD_PRIMARY: h.oldPrimary,
+      PGMUX_NEW_PRIMARY: h.newPrimary,
+    };
+    let output = '';
+    try {
+      const child = spawn('/bin/sh', ['-c', cmd], { env, stdio: ['ignore', 'pipe', 'pipe'], timeout: HOOK_TIMEOUT_MS });
+      const collect = (d: Buffer) => {
+        if (output.length < 4096) output += d.toString();
+      };
+      child.stdout.on('data', collect);
+      child.stderr.on('data', collect);
+      child.on('error', (err) => {
+        this.log.error({ err, event: h.event, node: h.node }, 'onRoleChange hook could not be run');
+        done();
+      });
+      child.on('close', (code, signal) => {
+        const fields = { event: h.event, node: h.node, code, signal, output: output.trim() || undefined };
+        if (code === 0) this.log.info(fields, 'onRoleChange hook done');
+        else this.log.warn(fields, 'onRoleChange hook failed');
+        done();
+      });
+    } catch (err) {
+      this.log.error({ err, event: h.event, node: h.node }, 'onRoleChange hook could not be run');
+      done();
+    }
+  }
+}
+
+export type { NodeRole, NodeState, NodeSnapshot, TopologySnapshot };
