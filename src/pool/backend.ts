@@ -97,6 +97,8 @@ export class BackendConnection implements ScanSink {
 
   private scanner = new BackendScanner(this);
   private internal: { resolve: () => void; reject: (e: Error) => void; error: Map<string, string> | null } | null = null;
+  /** First column of the first row of the running internal query (queryValue). */
+  private capturedValue: string | null = null;
   private closeListeners: Array<(b: BackendConnection) => void> = [];
 
   private constructor(
@@ -287,6 +289,24 @@ export class BackendConnection implements ScanSink {
       this.internal = { resolve, reject, error: null };
       this.sendHidden(sql);
     });
+  }
+
+  /** Runs pgmux's own single-value query while no client is linked; resolves the first column. */
+  async queryValue(sql: string): Promise<string | null> {
+    this.capturedValue = null;
+    this.scanner.captureRows = true;
+    try {
+      await this.runInternal(sql);
+      return this.capturedValue;
+    } finally {
+      this.scanner.captureRows = false;
+    }
+  }
+
+  onHiddenDataRow(body: Buffer, start: number, end: number): void {
+    if (this.capturedValue !== null || end - start < 6 || body.readInt16BE(start) < 1) return;
+    const len = body.readInt32BE(start + 2);
+    if (len >= 0) this.capturedValue = body.toString('utf8', start + 6, start + 6 + len);
   }
 
   onClose(fn: (b: BackendConnection) => void): void {

@@ -17,6 +17,8 @@ export interface ScanSink {
   onReadyForQuery(status: number, hidden: boolean): void;
   onParameterStatus(name: string, value: string, hidden: boolean): void;
   onErrorResponse(fields: Map<string, string>, hidden: boolean): void;
+  /** Only while `captureRows` is set, and only for hidden messages. */
+  onHiddenDataRow?(body: Buffer, start: number, end: number): void;
 }
 
 /** Bodies above this are not captured (an ErrorResponse never comes close). */
@@ -33,6 +35,9 @@ export class BackendScanner {
   /** Body capture for the few messages we decode when they are split over chunks. */
   private cap: Buffer | null = null;
   private capFill = 0;
+
+  /** Decode DataRow of hidden messages too (pgmux's own queries that return a value). */
+  captureRows = false;
 
   constructor(private sink: ScanSink) {}
 
@@ -105,7 +110,7 @@ export class BackendScanner {
       const bodyLen = chunk.readInt32BE(pos + 1) - 4;
       const msgEnd = pos + 5 + bodyLen;
       if (!this.hidden && runStart < 0) runStart = pos;
-      if (!isDecoded(type)) {
+      if (!this.isDecoded(type)) {
         if (msgEnd <= len) {
           pos = msgEnd;
         } else {
@@ -136,7 +141,7 @@ export class BackendScanner {
 
   private beginBody(bodyLen: number): void {
     this.remaining = bodyLen;
-    this.cap = isDecoded(this.type) && bodyLen > 0 && bodyLen <= MAX_CAPTURE ? Buffer.allocUnsafe(bodyLen) : null;
+    this.cap = this.isDecoded(this.type) && bodyLen > 0 && bodyLen <= MAX_CAPTURE ? Buffer.allocUnsafe(bodyLen) : null;
     this.capFill = 0;
   }
 
@@ -160,10 +165,20 @@ export class BackendScanner {
       case Msg.ErrorResponse:
         this.sink.onErrorResponse(parseFields(body, start, end), hidden);
         break;
+      case DATA_ROW:
+        if (hidden) this.sink.onHiddenDataRow?.(body, start, end);
+        break;
     }
+  }
+
+  private isDecoded(type: number): boolean {
+    return (
+      type === Msg.ReadyForQuery ||
+      type === Msg.ParameterStatus ||
+      type === Msg.ErrorResponse ||
+      (type === DATA_ROW && this.captureRows && this.hidden)
+    );
   }
 }
 
-function isDecoded(type: number): boolean {
-  return type === Msg.ReadyForQuery || type === Msg.ParameterStatus || type === Msg.ErrorResponse;
-}
+const DATA_ROW = 0x44; // 'D'

@@ -28,6 +28,7 @@ export const ERRORS = {
   tooManyClients: spec('FATAL', '53300', 'too many client connections', 'Raise max_client_conn or use fewer client connections.'),
   poolWaitTimeout: spec('FATAL', '53300', 'timed out waiting for a backend connection', 'Raise pool_size or query_wait_timeout, or shorten transactions.'),
   noPrimary: spec('FATAL', '08006', 'no primary node available', 'Check the database nodes; pgmux waited failover_timeout for a primary to appear.'),
+  noReadNode: spec('FATAL', '08006', 'no node available for reads', 'Enable fallback_to_primary, or check the replicas and the lag limits.'),
   backendUnavailable: spec('FATAL', '08006', 'could not connect to the database node'),
   backendLost: spec('FATAL', '08006', 'the connection to the database node was lost', 'Reconnect and retry the transaction.'),
   loginTimeout: spec('FATAL', '08P01', 'startup and authentication not finished in time', 'Raise client_login_timeout if clients are slow to log in.'),

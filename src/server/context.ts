@@ -7,6 +7,7 @@ import type { AuthEntry } from '../auth/authFile.js';
 import type { BackendConnection, NodeAddress } from '../pool/backend.js';
 import type { Pool } from '../pool/pool.js';
 import type { ClientSession } from '../session/clientSession.js';
+import type { Classification } from '../routing/classifier.js';
 
 export interface ProxyContext {
   config(): Config;
@@ -27,4 +28,13 @@ export interface ProxyContext {
   /** Cancels whatever runs on this backend (its real key). */
   cancelBackend(backend: BackendConnection): void;
   readonly shuttingDown: boolean;
+
+  // Routing (src/routing/): decisions only, no sockets.
+  classify(sql: string): Classification;
+  /** A node for a read, or null with the reason (no eligible node and no fallback). */
+  chooseRead(minLsn: bigint | null, maxLagMsHint: number | null, avoid: string | null): { node: NodeAddress | null; reason: string };
+  /** After a failed connect to the primary: the next primary (failover), or null at the deadline. */
+  primaryAfterFailure(failed: NodeAddress, timeoutMs: number): Promise<NodeAddress | null>;
+  /** Counts a transaction routed to a node (for SHOW NODES and metrics). */
+  countRouted(node: NodeAddress, kind: 'read' | 'write'): void;
 }

@@ -13,6 +13,8 @@ import type { NodeSnapshot, TopologySnapshot } from '../cluster/topology.js';
 import { cancelRequest } from '../protocol/messages.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import type { ProxyContext } from './context.js';
+import { Classifier, type Classification } from '../routing/classifier.js';
+import { ReadBalancer, type LagLimits, type ReadPolicy } from '../routing/balancer.js';
 
 export interface RunningPgmux {
   /** Port clients connect to (the real one when listen port was 0). */
@@ -37,6 +39,11 @@ export class Proxy implements ProxyContext {
   private janitor: NodeJS.Timeout | null = null;
   shuttingDown = false;
   readonly monitor: ClusterMonitor;
+  private classifier: Classifier;
+  private readonly balancer: ReadBalancer;
+  private readPolicy!: ReadPolicy;
+  /** Transactions routed, per node name. */
+  readonly routed = new Map<string, { reads: number; writes: number }>();
 
   constructor(
     private cfg: Config,
@@ -45,6 +52,62 @@ export class Proxy implements ProxyContext {
     this.authEntries = cfg.authFile ? loadAuthFile(cfg.authFile) : new Map();
     this.monitor = new ClusterMonitor(cfg, logger);
     this.monitor.on('snapshot', (s: TopologySnapshot) => this.onTopology(s));
+    this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
+    this.balancer = new ReadBalancer(() => this.readPolicy);
+    this.applyReadPolicy();
+  }
+
+  private applyReadPolicy(): void {
+    const perNode = new Map<string, Partial<LagLimits>>();
+    for (const n of this.cfg.nodes) {
+      const o: Partial<LagLimits> = {};
+      if (n.maxLagBytes !== undefined) o.maxLagBytes = n.maxLagBytes;
+      if (n.maxLagMs !== undefined) o.maxLagMs = n.maxLagMs;
+      perNode.set(`${n.host}:${n.port}`, o);
+    }
+    this.readPolicy = {
+      maxLagBytes: this.cfg.maxLagBytes,
+      maxLagMs: this.cfg.maxLagMs,
+      perNode,
+      lagHysteresis: this.cfg.lagHysteresis,
+      fallbackToPrimary: this.cfg.fallbackToPrimary,
+    };
+  }
+
+  classify(sql: string): Classification {
+    return this.classifier.classify(sql);
+  }
+
+  chooseRead(minLsn: bigint | null, maxLagMsHint: number | null, avoid: string | null): { node: NodeAddress | null; reason: string } {
+    let topo = this.monitor.snapshot();
+    if (avoid !== null) topo = { ...topo, nodes: topo.nodes.filter((n) => n.name !== avoid) };
+    const c = this.balancer.choose(topo, minLsn, maxLagMsHint);
+    return { node: c.node ? this.nodeAddress(c.node) : null, reason: c.reason };
+  }
+
+  async primaryAfterFailure(failed: NodeAddress, timeoutMs: number): Promise<NodeAddress | null> {
+    const deadline = Date.now() + timeoutMs;
+    const since = Date.now();
+    while (!this.shuttingDown) {
+      await this.monitor.pollNow().catch(() => {});
+      const p = this.monitor.snapshot().primary;
+      // A new primary, or the same one answering health checks again (a blip).
+      if (p !== null && (p.name !== failed.name || (p.consecutiveFailures === 0 && p.lastOkAt > since))) return this.nodeAddress(p);
+      const left = deadline - Date.now();
+      if (left <= 0) return null;
+      await new Promise((r) => setTimeout(r, Math.min(left, Math.max(50, this.cfg.healthCheckPeriodMs / 4))));
+    }
+    return null;
+  }
+
+  countRouted(node: NodeAddress, kind: 'read' | 'write'): void {
+    let c = this.routed.get(node.name);
+    if (!c) {
+      c = { reads: 0, writes: 0 };
+      this.routed.set(node.name, c);
+    }
+    if (kind === 'read') c.reads++;
+    else c.writes++;
   }
 
   config(): Config {
@@ -141,22 +204,30 @@ export class Proxy implements ProxyContext {
   // ---- topology ---------------------------------------------------------------------
 
   private lastPrimary: string | null = null;
+  private readonly lastRole = new Map<string, string>();
 
   private onTopology(s: TopologySnapshot): void {
     const primary = s.primary?.name ?? null;
-    // Pools to nodes that are no longer the primary are drained: their idle backends
-    // closed now, busy ones as their transactions end (or fail, if the node is dead).
     if (primary !== this.lastPrimary) {
       this.logger.info({ from: this.lastPrimary, to: primary }, 'primary changed');
       this.lastPrimary = primary;
     }
+    const changed = new Set<string>();
+    for (const n of s.nodes) {
+      const role = `${n.role}/${n.state}`;
+      if (this.lastRole.get(n.name) !== role) changed.add(n.name);
+      this.lastRole.set(n.name, role);
+    }
+    // A node that is down, fenced or misconfigured loses its backends now (clients inside
+    // a transaction there get 08006); a node whose role changed is drained: idle backends
+    // closed now, busy ones when their transactions end.
     for (const [key, pool] of this.pools) {
       const n = s.nodes.find((x) => x.name === pool.node.name);
-      const usable = n !== undefined && n.state === 'up' && n.name === primary;
-      if (!usable && !pool.isClosed) {
-        const down = !n || n.state !== 'up';
-        if (down) pool.closeAll('node_gone');
-        else pool.close('node_gone', new PgmuxError(pgmuxError('noPrimary', { detail: `${pool.node.name} is no longer the primary` })));
+      if (!n || n.state !== 'up') {
+        pool.closeAll('node_gone');
+        this.pools.delete(key);
+      } else if (changed.has(n.name)) {
+        pool.close('node_gone', new PgmuxError(pgmuxError('backendUnavailable', { detail: `${n.name} changed role to ${n.role}` })));
         this.pools.delete(key);
       }
     }

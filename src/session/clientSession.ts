@@ -17,6 +17,7 @@ import {
   negotiateProtocolVersion,
   parameterStatus,
   parseStartupParams,
+  readCstr,
   readyForQuery,
   SSL_REQUEST_CODE,
   authenticationRequest,
@@ -29,6 +30,7 @@ import type { ProxyContext } from '../server/context.js';
 import { ClientAuthenticator } from './clientAuth.js';
 import { isSettableReported, parseStartup, StartupParamError } from './startupParams.js';
 import { buildSyncSql, settingsSignature } from './paramSync.js';
+import { parseLsn } from '../cluster/topology.js';
 
 export enum ClientState {
   Startup = 'startup',
@@ -65,6 +67,8 @@ interface HeldMessage {
 }
 
 let nextClientId = 1;
+/** Re-routes of one transaction (failover waits, reads moved off a dead replica). */
+const MAX_ROUTE_ATTEMPTS = 3;
 const WELCOME_CACHE_LIMIT = 256;
 
 export class ClientSession implements BackendOwner, PoolWaiter {
@@ -93,6 +97,20 @@ export class ClientSession implements BackendOwner, PoolWaiter {
   private pool: Pool | null = null;
   private poolNode: NodeAddress | null = null;
   private loginWaiter: PoolWaiter | null = null;
+  // Routing of the current transaction.
+  private routedTo: NodeAddress | null = null;
+  private routedWrite = true;
+  private retryable = false;
+  /** Copy of the transaction's messages while it may still be re-run elsewhere. */
+  private retry: HeldMessage[] | null = null;
+  private attempts = 0;
+  private avoidNode: string | null = null;
+  /** Named statements -> where their Parse was classified (routes a later Bind). */
+  private readonly statementTargets = new Map<string, 'primary' | 'replica'>();
+  // Read-your-writes.
+  private lastWriteAt = -Infinity;
+  private minLsn: bigint | null = null;
+  private lsnPending = false;
   // Contiguous run of client bytes to forward with one write.
   private runBuf: Buffer | null = null;
   private runStart = 0;
@@ -371,23 +389,87 @@ export class ClientSession implements BackendOwner, PoolWaiter {
 
   // ---- transactions -----------------------------------------------------------------
 
+  /**
+   * Picks the node for the transaction whose first message is held[0]: reads (by the
+   * classifier) to a replica chosen by the balancer, everything else to the primary.
+   */
   private beginTransaction(): void {
     this.state = ClientState.Waiting;
     this.socket.pause();
+    if (this.lsnPending) return; // resumed once the last write's LSN is known
+    const cfg = this.ctx.config();
+    const route = cfg.poolMode === 'session' ? null : this.classifyFirst();
+    this.retryable = route !== null && route.retryable;
+    if (route !== null && route.target === 'replica' && !this.mustReadFromPrimary(cfg)) {
+      const choice = this.ctx.chooseRead(cfg.readYourWrites === 'lsn' ? this.minLsn : null, route.maxLagMs ?? null, this.avoidNode);
+      this.ctx.logger.debug({ client: this.id, node: choice.node?.name ?? null, reason: `${route.reason}; ${choice.reason}` }, 'route');
+      if (choice.node === null) {
+        this.fatal(pgmuxError('noReadNode', { detail: choice.reason }), 'backend_lost');
+        return;
+      }
+      this.routedTo = choice.node;
+      this.routedWrite = false;
+      this.poolFor(choice.node).acquire(this, this.ctx.clock.now);
+      return;
+    }
+    this.routedWrite = true;
     const node = this.ctx.currentPrimary();
     if (node !== null) {
+      this.routedTo = node;
       this.poolFor(node).acquire(this, this.ctx.clock.now);
       return;
     }
     // Failover in progress: wait for a primary rather than fail the client.
-    this.ctx.primary(this.ctx.config().failoverTimeoutMs).then(
-      (n) => {
-        if (this.state !== ClientState.Waiting) return;
-        if (n === null) this.onAcquireFailed(new PgmuxError(pgmuxError('noPrimary')));
-        else this.poolFor(n).acquire(this, this.ctx.clock.now);
-      },
+    this.ctx.primary(cfg.failoverTimeoutMs).then(
+      (n) => this.acquireOn(n),
       (err: Error) => this.onAcquireFailed(err),
     );
+  }
+
+  private acquireOn(n: NodeAddress | null): void {
+    if (this.state !== ClientState.Waiting) return;
+    if (n === null) {
+      this.failWith(new PgmuxError(pgmuxError('noPrimary')), 'backend_lost');
+      return;
+    }
+    this.routedTo = n;
+    this.poolFor(n).acquire(this, this.ctx.clock.now);
+  }
+
+  /** read_your_writes=window: reads stay on the primary for a while after a write. */
+  private mustReadFromPrimary(cfg: ReturnType<ProxyContext['config']>): boolean {
+    return cfg.readYourWrites === 'window' && this.ctx.clock.now - this.lastWriteAt < cfg.readYourWritesWindowMs;
+  }
+
+  /** Classifies the first held message: Query text, Parse text, or a named statement's class. */
+  private classifyFirst(): { target: 'primary' | 'replica'; reason: string; maxLagMs?: number; retryable: boolean } {
+    const m = this.held[0]!;
+    const body = m.start + 5;
+    switch (m.type) {
+      case Msg.Query: {
+        const c = this.ctx.classify(m.buf.toString('utf8', body, m.end - 1));
+        // A lone read outside a transaction may be re-run elsewhere if its replica dies
+        // before answering; nothing else may.
+        const retryable = c.target === 'replica' && c.statements === 1 && !c.beginsTransaction && this.held.length === 1;
+        return { ...c, retryable };
+      }
+      case Msg.Parse: {
+        const name = readCstr(m.buf, body, m.end);
+        const query = name && readCstr(m.buf, name[1], m.end);
+        if (!name || !query) return { target: 'primary', reason: 'malformed Parse', retryable: false };
+        const c = this.ctx.classify(query[0]);
+        if (name[0] !== '') this.statementTargets.set(name[0], c.target);
+        return { ...c, retryable: false };
+      }
+      case Msg.Bind: {
+        const portal = readCstr(m.buf, body, m.end);
+        const stmt = portal && readCstr(m.buf, portal[1], m.end);
+        const target = stmt ? this.statementTargets.get(stmt[0]) : undefined;
+        return target ? { target, reason: `prepared statement "${stmt![0]}"`, retryable: false } : { target: 'primary', reason: 'unknown statement', retryable: false };
+      }
+      default:
+        return { target: 'primary', reason: `starts with message "${String.fromCharCode(m.type)}"`, retryable: false };
+    }
   }
 
   onBackendAcquired(b: BackendConnection): void {
@@ -399,6 +481,8 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     b.link(this);
     this.state = ClientState.Linked;
     this.transactions++;
+    this.ctx.countRouted(b.node, this.routedWrite ? 'write' : 'read');
+    this.retry = this.retryable ? this.held.slice() : null;
     const sock = b.socket;
     sock.cork();
     const sql = buildSyncSql(this, b);
@@ -419,10 +503,29 @@ export class ClientSession implements BackendOwner, PoolWaiter {
 
   onAcquireFailed(err: Error): void {
     if (this.state !== ClientState.Waiting) return;
+    const failed = this.routedTo;
+    const unreachable = err instanceof PgmuxError && err.spec.code === '08006';
+    if (unreachable && failed !== null && this.attempts < MAX_ROUTE_ATTEMPTS) {
+      this.attempts++;
+      if (!this.routedWrite) {
+        // A read whose node cannot be reached: any other eligible node will do.
+        this.avoidNode = failed.name;
+        this.beginTransaction();
+        return;
+      }
+      // The primary cannot be reached: a failover may be under way. Nothing was sent yet,
+      // so the transaction can wait for the next primary.
+      this.ctx.primaryAfterFailure(failed, this.ctx.config().failoverTimeoutMs).then(
+        (n) => this.acquireOn(n),
+        (e: Error) => this.failWith(e, 'backend_lost'),
+      );
+      return;
+    }
     this.failWith(err, err instanceof PgmuxError && err.spec.code === '53300' ? 'pool_timeout' : 'backend_lost');
   }
 
   onBackendData(buf: Buffer, start: number, end: number): void {
+    this.retry = null; // the client has seen an answer: never re-run
     const out = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
     if (!this.socket.write(out)) this.backend?.socket.pause();
   }
@@ -437,13 +540,51 @@ export class ClientSession implements BackendOwner, PoolWaiter {
       !this.extendedOpen &&
       this.ctx.config().poolMode === 'transaction'
     ) {
-      this.releaseBackend(b);
+      const ryw = this.ctx.config().readYourWrites;
+      if (this.routedWrite && ryw === 'lsn') this.releaseAfterLsn(b);
+      else {
+        if (this.routedWrite) this.lastWriteAt = this.ctx.clock.now;
+        this.releaseBackend(b);
+      }
     }
+  }
+
+  /**
+   * read_your_writes=lsn: before the backend goes back, learn how far the primary's WAL
+   * is (covers this client's commit); later reads only go to replicas that replayed that
+   * far. The client's next transaction waits for the answer (one round trip per write).
+   */
+  private releaseAfterLsn(b: BackendConnection): void {
+    this.backend = null;
+    this.state = ClientState.Idle;
+    this.attempts = 0;
+    this.avoidNode = null;
+    b.unlink();
+    b.socket.resume();
+    this.lsnPending = true;
+    const pool = b.poolRef as Pool;
+    b.queryValue('SELECT pg_current_wal_insert_lsn()').then(
+      (v) => {
+        if (v !== null) this.minLsn = parseLsn(v);
+        pool.release(b);
+      },
+      () => {
+        this.minLsn = null;
+        this.lastWriteAt = this.ctx.clock.now;
+        if (b.clean) pool.release(b);
+        else pool.discard(b, 'error');
+      },
+    ).finally(() => {
+      this.lsnPending = false;
+      if (this.state === ClientState.Waiting) this.beginTransaction();
+    });
   }
 
   private releaseBackend(b: BackendConnection): void {
     this.backend = null;
     this.state = ClientState.Idle;
+    this.attempts = 0;
+    this.avoidNode = null;
     b.unlink();
     b.socket.resume();
     (b.poolRef as Pool).release(b);
@@ -461,9 +602,20 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     this.ctx.logger.warn({ client: this.id, code: fields.get('C'), message: fields.get('M') }, 'applying client settings on a backend failed');
   }
 
-  onBackendLost(_b: BackendConnection, why: string): void {
+  onBackendLost(b: BackendConnection, why: string): void {
     this.backend = null;
     if (this.state === ClientState.Closed) return;
+    if (this.retry !== null && this.attempts < MAX_ROUTE_ATTEMPTS) {
+      // A lone read whose node died before any answer reached the client: run it elsewhere.
+      this.ctx.logger.info({ client: this.id, node: b.node.name, why }, 're-running a read on another node');
+      this.attempts++;
+      this.held = this.retry;
+      this.retry = null;
+      this.avoidNode = b.node.name;
+      this.state = ClientState.Idle;
+      this.beginTransaction();
+      return;
+    }
     this.fatal(pgmuxError('backendLost', { detail: why }), 'backend_lost');
   }
 

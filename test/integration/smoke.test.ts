@@ -17,8 +17,9 @@ describe('smoke', () => {
     expect(r.rows).toEqual([{ one: 1 }]);
     const r2 = await c.query('SELECT $1::int + 1 AS two', [1]);
     expect(r2.rows).toEqual([{ two: 2 }]);
-    const r3 = await c.query('SELECT pg_is_in_recovery() AS rec');
-    expect(r3.rows[0].rec).toBe(false);
+    // A read goes to a replica; the routing hint overrides.
+    expect((await c.query('SELECT pg_is_in_recovery() AS rec')).rows[0].rec).toBe(true);
+    expect((await c.query('/* pgmux:primary */ SELECT pg_is_in_recovery() AS rec')).rows[0].rec).toBe(false);
     await c.end();
   });
 });
