@@ -34,6 +34,7 @@ const defaults: Config = {
   // client cannot make pgmux buffer a gigabyte. PostgreSQL itself stops at 1 GiB per field.
   maxMessageBytes: 64 * MiB,
   serverResetQuery: 'DISCARD ALL',
+  maxPreparedStatements: 200,
   logLevel: 'info',
   healthCheckPeriodMs: 1000,
   healthCheckTimeoutMs: 5000,
@@ -385,6 +386,7 @@ const KEYS: KeySpec[] = [
   { key: 'server_connect_timeout', field: 'serverConnectTimeoutMs', parse: parseDuration },
   { key: 'client_login_timeout', field: 'clientLoginTimeoutMs', parse: parseDuration },
   { key: 'max_message_size', field: 'maxMessageBytes', parse: parseSize },
+  { key: 'max_prepared_statements', field: 'maxPreparedStatements', parse: (v) => parseInteger(v, 0, 100000) },
   {
     key: 'server_reset_query',
     field: 'serverResetQuery',

@@ -60,6 +60,9 @@ export interface Config {
   /** Largest message a client may send (bytes); larger gets 08P01 and a close. */
   maxMessageBytes: number;
 
+  /** Transaction mode: prepared statements kept per backend before the least recently used is closed; 0 = no cap. */
+  maxPreparedStatements: number;
+
   /** Session mode: query run on a backend before another client gets it. */
   serverResetQuery: string;
 

@@ -66,6 +66,18 @@ export type BackendCloseReason =
 
 let nextId = 1;
 
+const PARSE_COMPLETE = 0x31; // '1'
+const CLOSE_COMPLETE = 0x33; // '3'
+
+export enum Expect {
+  Parse = 1,
+  ParseHidden = 2,
+  Close = 3,
+  CloseHidden = 4,
+  /** ReadyForQuery (Sync, Query, FunctionCall). */
+  Rfq = 5,
+}
+
 export interface ConnectOptions {
   node: NodeAddress;
   user: string;
@@ -99,6 +111,18 @@ export class BackendConnection implements ScanSink {
   private internal: { resolve: () => void; reject: (e: Error) => void; error: Map<string, string> | null } | null = null;
   /** First column of the first row of the running internal query (queryValue). */
   private capturedValue: string | null = null;
+
+  /**
+   * Proxy statement names prepared on this backend, least recently used first (a Map keeps
+   * insertion order; use re-inserts).
+   */
+  readonly prepared = new Map<string, true>();
+  // Expected responses, in order, to the Parse / Close / ReadyForQuery-producing messages
+  // sent while a client tracks statements: says which ParseComplete / CloseComplete
+  // belong to messages pgmux put in front of the client's and must be hidden.
+  private expKind: number[] = [];
+  private expName: Array<string | null> = [];
+  private expHead = 0;
   private closeListeners: Array<(b: BackendConnection) => void> = [];
 
   private constructor(
@@ -355,8 +379,47 @@ export class BackendConnection implements ScanSink {
     if (owner !== null) owner.onBackendData(buf, start, end);
   }
 
-  hiding(): boolean {
-    return this.hiddenRfq > 0 || this.owner === null;
+  hiding(type: number): boolean {
+    if (this.hiddenRfq > 0 || this.owner === null) return true;
+    if (this.expHead < this.expKind.length && (type === PARSE_COMPLETE || type === CLOSE_COMPLETE)) {
+      const k = this.expKind[this.expHead]!;
+      if (type === PARSE_COMPLETE ? k === Expect.Parse || k === Expect.ParseHidden : k === Expect.Close || k === Expect.CloseHidden) {
+        this.expHead++;
+        return k === Expect.ParseHidden || k === Expect.CloseHidden;
+      }
+    }
+    return false;
+  }
+
+  /** Records the response a message just forwarded will produce (statement tracking). */
+  expect(kind: Expect, statement: string | null = null): void {
+    this.expKind.push(kind);
+    this.expName.push(statement);
+  }
+
+  /**
+   * Drops expectations that will never be answered: after an error the backend skips
+   * everything up to Sync (stopAtRfq), and at ReadyForQuery the batch is over. A Parse
+   * that was never confirmed means the statement does not exist here.
+   */
+  private dropExpected(stopAtRfq: boolean): void {
+    const kinds = this.expKind;
+    let i = this.expHead;
+    for (; i < kinds.length; i++) {
+      const k = kinds[i]!;
+      if (k === Expect.Rfq) {
+        if (!stopAtRfq) i++;
+        break;
+      }
+      const name = this.expName[i];
+      if (name != null && (k === Expect.Parse || k === Expect.ParseHidden)) this.prepared.delete(name);
+    }
+    this.expHead = i;
+    if (this.expHead >= kinds.length) {
+      this.expKind = [];
+      this.expName = [];
+      this.expHead = 0;
+    }
   }
 
   onReadyForQuery(status: number, hidden: boolean): void {
@@ -374,6 +437,7 @@ export class BackendConnection implements ScanSink {
     }
     if (hidden) return; // stray (no client linked): nothing owed to anyone
     if (this.pendingRfq > 0) this.pendingRfq--;
+    if (this.expHead < this.expKind.length) this.dropExpected(false);
     const owner = this.owner;
     if (owner !== null) owner.onBackendReady(status);
   }
@@ -385,7 +449,11 @@ export class BackendConnection implements ScanSink {
   }
 
   onErrorResponse(fields: Map<string, string>, hidden: boolean): void {
-    if (!hidden) return; // the client sees it as PostgreSQL sent it
+    if (!hidden) {
+      // The client sees it as PostgreSQL sent it; statement bookkeeping skips to Sync too.
+      if (this.expHead < this.expKind.length) this.dropExpected(true);
+      return;
+    }
     if (this.internal && !this.internal.error) this.internal.error = fields;
     const owner = this.owner;
     if (owner !== null && this.hiddenRfq > 0) owner.onBackendHiddenError(fields);

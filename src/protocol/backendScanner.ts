@@ -12,8 +12,8 @@ import { Msg, parseFields } from './messages.js';
 export interface ScanSink {
   /** Forward buf[start..end) to the client. Called at most once per contiguous run. */
   forward(buf: Buffer, start: number, end: number): void;
-  /** True if the message starting now must not reach the client. */
-  hiding(): boolean;
+  /** True if the message starting now (of this type) must not reach the client. */
+  hiding(type: number): boolean;
   onReadyForQuery(status: number, hidden: boolean): void;
   onParameterStatus(name: string, value: string, hidden: boolean): void;
   onErrorResponse(fields: Map<string, string>, hidden: boolean): void;
@@ -79,7 +79,7 @@ export class BackendScanner {
 
       // At a message start (or inside a split header).
       if (this.hdrFill === 0) {
-        this.hidden = this.sink.hiding();
+        this.hidden = this.sink.hiding(chunk[pos]!);
         if (this.hidden && runStart >= 0) {
           this.sink.forward(chunk, runStart, pos);
           runStart = -1;

@@ -8,6 +8,7 @@ import type { BackendConnection, NodeAddress } from '../pool/backend.js';
 import type { Pool } from '../pool/pool.js';
 import type { ClientSession } from '../session/clientSession.js';
 import type { Classification } from '../routing/classifier.js';
+import type { StatementNames } from '../session/preparedStatements.js';
 
 export interface ProxyContext {
   config(): Config;
@@ -28,6 +29,8 @@ export interface ProxyContext {
   /** Cancels whatever runs on this backend (its real key). */
   cancelBackend(backend: BackendConnection): void;
   readonly shuttingDown: boolean;
+  /** Proxy names of prepared statements, shared by all clients. */
+  readonly statementNames: StatementNames;
 
   // Routing (src/routing/): decisions only, no sockets.
   classify(sql: string): Classification;

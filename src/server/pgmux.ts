@@ -13,6 +13,7 @@ import type { NodeSnapshot, TopologySnapshot } from '../cluster/topology.js';
 import { cancelRequest } from '../protocol/messages.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import type { ProxyContext } from './context.js';
+import { StatementNames } from '../session/preparedStatements.js';
 import { Classifier, type Classification } from '../routing/classifier.js';
 import { ReadBalancer, type LagLimits, type ReadPolicy } from '../routing/balancer.js';
 
@@ -38,6 +39,7 @@ export class Proxy implements ProxyContext {
   private readonly learnedPasswords = new Map<string, string>();
   private janitor: NodeJS.Timeout | null = null;
   shuttingDown = false;
+  readonly statementNames = new StatementNames();
   readonly monitor: ClusterMonitor;
   private classifier: Classifier;
   private readonly balancer: ReadBalancer;

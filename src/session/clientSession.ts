@@ -24,13 +24,25 @@ import {
   AuthCode,
 } from '../protocol/messages.js';
 import { BackendError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
-import { BackendConnection, randomInt32, type BackendOwner, type NodeAddress } from '../pool/backend.js';
+import { BackendConnection, Expect, randomInt32, type BackendOwner, type NodeAddress } from '../pool/backend.js';
 import type { Pool, PoolWaiter } from '../pool/pool.js';
 import type { ProxyContext } from '../server/context.js';
 import { ClientAuthenticator } from './clientAuth.js';
 import { isSettableReported, parseStartup, StartupParamError } from './startupParams.js';
 import { buildSyncSql, settingsSignature } from './paramSync.js';
 import { parseLsn } from '../cluster/topology.js';
+import {
+  bindStatement,
+  buildParse,
+  closeStatement,
+  dropsAllStatements,
+  NO_SUCH_STATEMENT,
+  parseParse,
+  renameIn,
+  statementKey,
+  targetOf,
+  type ClientStatement,
+} from './preparedStatements.js';
 
 export enum ClientState {
   Startup = 'startup',
@@ -70,6 +82,7 @@ let nextClientId = 1;
 /** Re-routes of one transaction (failover waits, reads moved off a dead replica). */
 const MAX_ROUTE_ATTEMPTS = 3;
 const WELCOME_CACHE_LIMIT = 256;
+const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
 
 export class ClientSession implements BackendOwner, PoolWaiter {
   readonly id = nextClientId++;
@@ -111,6 +124,11 @@ export class ClientSession implements BackendOwner, PoolWaiter {
   private lastWriteAt = -Infinity;
   private minLsn: bigint | null = null;
   private lsnPending = false;
+  /** Transaction mode: named prepared statements are tracked and moved between backends. */
+  private tracking = false;
+  /** A transaction's first message arrived; route it after the rest of the read chunk. */
+  private beginPending = false;
+  private readonly statements = new Map<string, ClientStatement>();
   // Contiguous run of client bytes to forward with one write.
   private runBuf: Buffer | null = null;
   private runStart = 0;
@@ -144,11 +162,19 @@ export class ClientSession implements BackendOwner, PoolWaiter {
   /** Handles every whole message buffered, as far as the state allows. */
   private drain(): void {
     const r = this.reader;
+    // One write per read chunk, even when pgmux adds or rewrites messages in it.
+    const corked = this.backend?.socket ?? null;
+    corked?.cork();
     while (this.state !== ClientState.Login && this.state !== ClientState.Closed && r.next()) {
       if (this.state === ClientState.Linked) this.forwardMessage(r.type, r.msg, r.msgStart, r.end);
       else this.handleMessage(r.type, r.msg, r.msgStart, r.bodyStart, r.end);
     }
     this.flushRun();
+    corked?.uncork();
+    if (this.beginPending) {
+      this.beginPending = false;
+      if (this.state === ClientState.Waiting) this.beginTransaction();
+    }
     if (r.error !== FrameError.None && this.state !== ClientState.Closed) {
       const tooLarge = r.error === FrameError.TooLarge;
       this.fatal(
@@ -177,8 +203,10 @@ export class ClientSession implements BackendOwner, PoolWaiter {
           this.close('client_terminate');
           return;
         }
+        // The route is chosen once everything already received is held (see drain()).
         this.held.push({ type, buf, start, end });
-        this.beginTransaction();
+        this.state = ClientState.Waiting;
+        this.beginPending = true;
         return;
       case ClientState.Waiting:
         this.held.push({ type, buf, start, end });
@@ -191,20 +219,71 @@ export class ClientSession implements BackendOwner, PoolWaiter {
   /** Hot path: bookkeeping by type, then extend the current forward run. */
   private forwardMessage(type: number, buf: Buffer, start: number, end: number): void {
     const b = this.backend!;
+    const tracking = this.tracking;
     switch (type) {
       case Msg.Query:
+        b.pendingRfq++;
+        if (tracking) {
+          b.expect(Expect.Rfq);
+          if (dropsAllStatements(buf, start, end)) {
+            // The client drops its statements (and the backend drops everything).
+            this.statements.clear();
+            b.prepared.clear();
+          }
+        }
+        break;
       case Msg.FunctionCall:
         b.pendingRfq++;
+        if (tracking) b.expect(Expect.Rfq);
         break;
       case Msg.Sync:
         b.pendingRfq++;
         this.extendedOpen = false;
+        if (tracking) b.expect(Expect.Rfq);
         break;
       case Msg.Parse:
+        this.extendedOpen = true;
+        if (tracking) {
+          if (buf[start + 5] !== 0) {
+            this.forwardNamedParse(b, buf, start, end);
+            return;
+          }
+          b.expect(Expect.Parse);
+        }
+        break;
       case Msg.Bind:
+        this.extendedOpen = true;
+        // Unnamed portal + unnamed statement (the common case) is forwarded as is.
+        if (tracking && !(buf[start + 5] === 0 && buf[start + 6] === 0)) {
+          const st = bindStatement(buf, start, end);
+          if (st !== null && st.name !== '' && this.statements.has(st.name)) {
+            this.forwardRewritten(b, type, buf, start, end, st.nameStart, st.nameEnd, st.name);
+            return;
+          }
+        }
+        break;
       case Msg.Describe:
-      case Msg.Execute:
       case Msg.Close:
+        this.extendedOpen = true;
+        if (tracking) {
+          if (buf[start + 5] === 0x53 /* S */ && buf[start + 6] !== 0) {
+            const t = targetOf(buf, start, end);
+            if (t !== null && this.statements.has(t.name)) {
+              if (type === Msg.Close) {
+                // The statement may be shared: forget the client's name, close nothing real.
+                this.statements.delete(t.name);
+                this.emit(renameIn(type, buf, start, end, t.nameStart, t.nameEnd, NO_SUCH_STATEMENT));
+                b.expect(Expect.Close);
+                return;
+              }
+              this.forwardRewritten(b, type, buf, start, end, t.nameStart, t.nameEnd, t.name);
+              return;
+            }
+          }
+          if (type === Msg.Close) b.expect(Expect.Close);
+        }
+        break;
+      case Msg.Execute:
       case Msg.Flush:
         this.extendedOpen = true;
         break;
@@ -223,6 +302,70 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     this.runBuf = buf;
     this.runStart = start;
     this.runEnd = end;
+  }
+
+  /** Writes a message pgmux built (after what is pending, keeping order). */
+  private emit(msg: Buffer): void {
+    this.flushRun();
+    if (!this.backend!.write(msg)) this.socket.pause();
+  }
+
+  /**
+   * Parse of a named statement: remembered for this client under its proxy name and sent
+   * under that name (re-parsed if the backend already had it, so the client's own
+   * ParseComplete and any error are exactly PostgreSQL's).
+   */
+  private forwardNamedParse(b: BackendConnection, buf: Buffer, start: number, end: number): void {
+    const p = parseParse(buf, start, end);
+    if (p === null) {
+      this.emit(Buffer.from(buf.subarray(start, end))); // malformed: let PostgreSQL say so
+      b.expect(Expect.Parse);
+      return;
+    }
+    const existing = this.statements.get(p.name);
+    if (existing !== undefined) {
+      // PostgreSQL refuses to redefine a named statement without Close: keep that error.
+      this.emit(buildParse(existing.proxyName, p.query, p.rest));
+      b.expect(Expect.Parse);
+      return;
+    }
+    const proxyName = this.ctx.statementNames.nameFor(statementKey(p.query, p.rest));
+    const st: ClientStatement = { proxyName, parse: buildParse(proxyName, p.query, p.rest) };
+    this.statements.set(p.name, st);
+    if (b.prepared.has(proxyName)) {
+      this.emit(closeStatement(proxyName));
+      b.expect(Expect.CloseHidden);
+    }
+    this.emit(st.parse);
+    b.expect(Expect.Parse, proxyName);
+    this.notePrepared(b, proxyName);
+  }
+
+  /** Bind / Describe of a client's named statement: prepare it here if needed, rename. */
+  private forwardRewritten(b: BackendConnection, type: number, buf: Buffer, start: number, end: number, nameStart: number, nameEnd: number, clientName: string): void {
+    const st = this.statements.get(clientName)!;
+    if (b.prepared.has(st.proxyName)) {
+      b.prepared.delete(st.proxyName); // re-insert: most recently used
+      b.prepared.set(st.proxyName, true);
+    } else {
+      this.emit(st.parse);
+      b.expect(Expect.ParseHidden, st.proxyName);
+      this.notePrepared(b, st.proxyName);
+    }
+    this.emit(renameIn(type, buf, start, end, nameStart, nameEnd, st.proxyName));
+  }
+
+  /** Marks a statement prepared on `b`, closing the least recently used beyond the cap. */
+  private notePrepared(b: BackendConnection, proxyName: string): void {
+    b.prepared.set(proxyName, true);
+    const cap = this.ctx.config().maxPreparedStatements;
+    while (cap > 0 && b.prepared.size > cap) {
+      const oldest = b.prepared.keys().next().value as string;
+      if (oldest === proxyName) break;
+      b.prepared.delete(oldest);
+      this.emit(closeStatement(oldest));
+      b.expect(Expect.CloseHidden);
+    }
   }
 
   private flushRun(): void {
@@ -300,6 +443,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
       this.fatal(pgmuxError('tooManyClients', { detail: `max_client_conn is ${this.ctx.config().maxClientConn}` }), 'too_many_clients');
       return;
     }
+    this.tracking = this.ctx.config().poolMode === 'transaction';
     this.state = ClientState.Auth;
     this.auth = new ClientAuthenticator(this.ctx.config().auth, this.user, this.ctx.authEntry(this.user));
     this.onAuthStep(this.auth.start());
@@ -397,6 +541,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     this.state = ClientState.Waiting;
     this.socket.pause();
     if (this.lsnPending) return; // resumed once the last write's LSN is known
+    if (this.tracking && this.answerPrepareLocally()) return;
     const cfg = this.ctx.config();
     const route = cfg.poolMode === 'session' ? null : this.classifyFirst();
     this.retryable = route !== null && route.retryable;
@@ -434,6 +579,41 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     }
     this.routedTo = n;
     this.poolFor(n).acquire(this, this.ctx.clock.now);
+  }
+
+  /**
+   * A batch of only named Parse messages and a Sync, outside a transaction (libpq's
+   * PQprepare, pgbench -M prepared, psycopg's prepare): pgmux records the statements and
+   * answers ParseComplete itself; the Parse runs on a backend when a Bind or Describe
+   * first needs it there. Taking a backend for it would make a synchronous prepare wait
+   * for the pool while the same client program holds a backend in another connection's
+   * open transaction: a deadlock with more clients than backends. The cost: an invalid
+   * statement reports PostgreSQL's error at its first use instead of at Parse.
+   */
+  private answerPrepareLocally(): boolean {
+    const held = this.held;
+    const n = held.length;
+    if (n < 2 || held[n - 1]!.type !== Msg.Sync) return false;
+    const parsed = [];
+    for (let i = 0; i < n - 1; i++) {
+      const m = held[i]!;
+      if (m.type !== Msg.Parse || m.buf[m.start + 5] === 0) return false;
+      const p = parseParse(m.buf, m.start, m.end);
+      if (p === null || this.statements.has(p.name)) return false; // PostgreSQL must answer
+      parsed.push(p);
+    }
+    for (const p of parsed) {
+      const proxyName = this.ctx.statementNames.nameFor(statementKey(p.query, p.rest));
+      this.statements.set(p.name, { proxyName, parse: buildParse(proxyName, p.query, p.rest) });
+    }
+    const out = Buffer.allocUnsafe(parsed.length * 5 + 6);
+    for (let i = 0; i < parsed.length; i++) PARSE_COMPLETE.copy(out, i * 5);
+    readyForQuery('I').copy(out, parsed.length * 5);
+    this.held = [];
+    this.state = ClientState.Idle;
+    this.socket.write(out);
+    this.socket.resume();
+    return true;
   }
 
   /** read_your_writes=window: reads stay on the primary for a while after a write. */
@@ -736,6 +916,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
       b.runInternal(reset).then(
         () => {
           b.applied.clear();
+          b.prepared.clear();
           pool.release(b);
         },
         () => pool.discard(b, 'reset_failed'),

@@ -97,6 +97,7 @@ describe('DEFAULTS', () => {
       clientLoginTimeoutMs: 60_000,
       maxMessageBytes: 64 * 1024 * 1024,
       serverResetQuery: 'DISCARD ALL',
+      maxPreparedStatements: 200,
       logLevel: 'info',
       healthCheckPeriodMs: 1000,
       healthCheckTimeoutMs: 5000,
@@ -152,6 +153,7 @@ server_connect_timeout: 5s
 client_login_timeout: 1m
 max_message_size: 16MB
 server_reset_query: ''
+max_prepared_statements: 50
 log_level: debug
 health_check_period: 500ms
 health_check_timeout: 2
@@ -193,6 +195,7 @@ write_functions: [audit_log, App.Bump]
       clientLoginTimeoutMs: 60_000,
       maxMessageBytes: 16 * 1024 * 1024,
       serverResetQuery: '',
+      maxPreparedStatements: 50,
       logLevel: 'debug',
       healthCheckPeriodMs: 500,
       healthCheckTimeoutMs: 2000,
@@ -287,6 +290,7 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_CLIENT_LOGIN_TIMEOUT: '7',
       PGMUX_MAX_MESSAGE_SIZE: '1MB',
       PGMUX_SERVER_RESET_QUERY: 'RESET ALL',
+      PGMUX_MAX_PREPARED_STATEMENTS: '0',
       PGMUX_LOG_LEVEL: 'ERROR',
       PGMUX_HEALTH_CHECK_PERIOD: '2',
       PGMUX_HEALTH_CHECK_TIMEOUT: '1500ms',
@@ -326,6 +330,7 @@ describe('precedence: defaults < file < env < flags', () => {
       clientLoginTimeoutMs: 7000,
       maxMessageBytes: 1024 * 1024,
       serverResetQuery: 'RESET ALL',
+      maxPreparedStatements: 0,
       logLevel: 'error',
       healthCheckPeriodMs: 2000,
       healthCheckTimeoutMs: 1500,

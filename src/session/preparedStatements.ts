@@ -1,0 +1,127 @@
+// Protocol-level named prepared statements under transaction pooling.
+//
+// A client's statement names mean nothing to the backend it happens to get, so pgmux keeps
+// each client's statements (client name -> query text and parameter types) and gives each
+// distinct (text, types) one proxy name, shared by every client that prepares the same
+// thing. Messages naming a statement are rewritten to the proxy name; when a backend lacks
+// the statement, its Parse is put in front, and that Parse's ParseComplete is hidden from
+// the client (see ResponseQueue in src/pool/backend.ts). Unnamed statements and portals
+// are forwarded untouched.
+
+import { Msg } from '../protocol/messages.js';
+
+export interface ClientStatement {
+  /** Proxy-chosen name used on every backend. */
+  readonly proxyName: string;
+  /** A Parse message for `proxyName`, ready to put in front of a Bind/Describe. */
+  readonly parse: Buffer;
+}
+
+/** One per process: (query text, parameter types) -> proxy name. */
+export class StatementNames {
+  private readonly byKey = new Map<string, string>();
+  private next = 1;
+
+  nameFor(key: string): string {
+    let n = this.byKey.get(key);
+    if (n === undefined) {
+      n = `pgmux_${(this.next++).toString(36)}`;
+      this.byKey.set(key, n);
+    }
+    return n;
+  }
+
+  get size(): number {
+    return this.byKey.size;
+  }
+}
+
+/** A name no statement ever has: closing it is a harmless no-op (CloseComplete). */
+export const NO_SUCH_STATEMENT = 'pgmux_none';
+
+function cstrEnd(buf: Buffer, pos: number, end: number): number {
+  const nul = buf.indexOf(0, pos);
+  return nul < 0 || nul >= end ? -1 : nul;
+}
+
+function typed(type: number, parts: Array<Buffer | string>): Buffer {
+  let len = 4;
+  const bufs = parts.map((p) => (typeof p === 'string' ? Buffer.from(p + '\0') : p));
+  for (const b of bufs) len += b.length;
+  const out = Buffer.allocUnsafe(1 + len);
+  out[0] = type;
+  out.writeInt32BE(len, 1);
+  let pos = 5;
+  for (const b of bufs) pos += b.copy(out, pos);
+  return out;
+}
+
+export interface ParsedParse {
+  name: string;
+  query: string;
+  /** Bytes after the query string: parameter type count and OIDs. */
+  rest: Buffer;
+}
+
+/** Parse body: name\0 query\0 int16 n, n x int32. Null when malformed. */
+export function parseParse(buf: Buffer, start: number, end: number): ParsedParse | null {
+  const body = start + 5;
+  const n1 = cstrEnd(buf, body, end);
+  if (n1 < 0) return null;
+  const n2 = cstrEnd(buf, n1 + 1, end);
+  if (n2 < 0) return null;
+  return { name: buf.toString('utf8', body, n1), query: buf.toString('utf8', n1 + 1, n2), rest: buf.subarray(n2 + 1, end) };
+}
+
+export function buildParse(name: string, query: string, rest: Buffer): Buffer {
+  return typed(Msg.Parse, [name, query, Buffer.from(rest)]);
+}
+
+export function statementKey(query: string, rest: Buffer): string {
+  return rest.length <= 2 ? query + '\0' : query + '\0' + rest.toString('hex');
+}
+
+/** Name of the statement a Bind uses (after the portal name), with its position. */
+export function bindStatement(buf: Buffer, start: number, end: number): { name: string; nameStart: number; nameEnd: number } | null {
+  const p = cstrEnd(buf, start + 5, end);
+  if (p < 0) return null;
+  const s = cstrEnd(buf, p + 1, end);
+  if (s < 0) return null;
+  return { name: buf.toString('utf8', p + 1, s), nameStart: p + 1, nameEnd: s };
+}
+
+/** Replaces buf[nameStart..nameEnd) (a name inside a message) with `name`. */
+export function renameIn(type: number, buf: Buffer, start: number, end: number, nameStart: number, nameEnd: number, name: string): Buffer {
+  return typed(type, [buf.subarray(start + 5, nameStart), Buffer.from(name), buf.subarray(nameEnd, end)]);
+}
+
+/** Describe/Close: kind byte ('S' statement / 'P' portal) and the name. */
+export function targetOf(buf: Buffer, start: number, end: number): { kind: number; name: string; nameStart: number; nameEnd: number } | null {
+  const kind = buf[start + 5];
+  if (kind === undefined) return null;
+  const e = cstrEnd(buf, start + 6, end);
+  if (e < 0) return null;
+  return { kind, name: buf.toString('utf8', start + 6, e), nameStart: start + 6, nameEnd: e };
+}
+
+export function closeStatement(name: string): Buffer {
+  return typed(Msg.Close, ['S' + name]);
+}
+
+/** DEALLOCATE ALL / DISCARD ALL drop every prepared statement of the session. */
+const DROPS_ALL = /^\s*(deallocate\s+(prepare\s+)?all|discard\s+all)\s*;?\s*$/i;
+
+export function dropsAllStatements(buf: Buffer, start: number, end: number): boolean {
+  // Cheap first look: the text must start (after blanks) with d/D.
+  let p = start + 5;
+  while (p < end && (buf[p] === 0x20 || buf[p] === 0x0a || buf[p] === 0x09 || buf[p] === 0x0d)) p++;
+  if (buf[p] !== 0x64 && buf[p] !== 0x44) return false;
+  return DROPS_ALL.test(buf.toString('utf8', start + 5, end - 1));
+}
+
+/** SQL-level PREPARE / EXECUTE / DEALLOCATE (not ALL): session state pgmux does not move. */
+const SQL_PREPARED = /^\s*(prepare|execute|deallocate)\b/i;
+
+export function isSqlPrepared(sql: string): boolean {
+  return SQL_PREPARED.test(sql) && !DROPS_ALL.test(sql);
+}
