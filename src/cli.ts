@@ -193,14 +193,19 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
     'after',
     '\nPrecedence: defaults < config file < PGMUX_* environment < flags. Every config-file key has an\n' +
       'environment variable PGMUX_<KEY> (e.g. pool_size -> PGMUX_POOL_SIZE); see docs/configuration.md.\n' +
-      'SIGINT/SIGTERM: stop accepting clients, close, exit 0.',
+      'SIGHUP: reload the configuration (a bad one is refused and the running one kept).\n' +
+      'SIGINT/SIGTERM: stop accepting clients, let running transactions finish (shutdown_timeout), exit 0.',
   );
   start.action(async (flags: CliFlags) => {
     const config = loadConfig(flags, env);
     const logger = createLogger(config.logLevel);
     const { startPgmux } = await import('./server/pgmux.js');
-    const server = await startPgmux(config, { logger }); // logs its own 'listening' line
+    // RELOAD / SIGHUP re-read the same sources: file, PGMUX_* environment, flags.
+    const server = await startPgmux(config, { logger, reloadConfig: () => loadConfig(flags, env) }); // logs its own 'listening' line
+    const onHup = () => void server.proxy.reload();
+    signals.on('SIGHUP', onHup);
     exitCodes.set(program, await serveUntilSignal(server, logger, signals));
+    signals.off('SIGHUP', onHup);
   });
 
   const demo = program

@@ -35,6 +35,9 @@ const defaults: Config = {
   maxMessageBytes: 64 * MiB,
   serverResetQuery: 'DISCARD ALL',
   maxPreparedStatements: 200,
+  adminUsers: Object.freeze([]) as unknown as string[],
+  statsUsers: Object.freeze([]) as unknown as string[],
+  shutdownTimeoutMs: 30_000,
   logLevel: 'info',
   healthCheckPeriodMs: 1000,
   healthCheckTimeoutMs: 5000,
@@ -386,6 +389,9 @@ const KEYS: KeySpec[] = [
   { key: 'server_connect_timeout', field: 'serverConnectTimeoutMs', parse: parseDuration },
   { key: 'client_login_timeout', field: 'clientLoginTimeoutMs', parse: parseDuration },
   { key: 'max_message_size', field: 'maxMessageBytes', parse: parseSize },
+  { key: 'admin_users', field: 'adminUsers', parse: (v) => parseUserList(v) },
+  { key: 'stats_users', field: 'statsUsers', parse: (v) => parseUserList(v) },
+  { key: 'shutdown_timeout', field: 'shutdownTimeoutMs', parse: parseDuration },
   { key: 'max_prepared_statements', field: 'maxPreparedStatements', parse: (v) => parseInteger(v, 0, 100000) },
   {
     key: 'server_reset_query',
@@ -432,6 +438,17 @@ function parseBoolean(v: Raw): boolean {
     if (['off', 'false', 'no', '0'].includes(t)) return false;
   }
   throw new Invalid(`${show(v)} is not a boolean (expected on/off, true/false)`);
+}
+
+function parseUserList(v: Raw): string[] {
+  const items = typeof v === 'string' ? v.split(',') : Array.isArray(v) ? v : null;
+  if (items === null) throw new Invalid(`${show(v)} is not a list of user names`);
+  return items
+    .map((x) => {
+      if (typeof x !== 'string') throw new Invalid(`${show(x as Raw)} is not a user name`);
+      return x.trim();
+    })
+    .filter((x) => x !== '');
 }
 
 function parseNameList(v: Raw): string[] {

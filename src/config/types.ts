@@ -68,6 +68,13 @@ export interface Config {
 
   logLevel: LogLevel;
 
+  /** Users who may run every admin console command (virtual database "pgmux"). */
+  adminUsers: string[];
+  /** Users who may run the admin console's SHOW commands only. */
+  statsUsers: string[];
+  /** SIGTERM/SHUTDOWN: how long running transactions may take before their clients are cut off. */
+  shutdownTimeoutMs: number;
+
   // Topology monitor (src/cluster/monitor.ts): one control connection per node.
   healthCheckPeriodMs: number;
   /** Connect and query timeout of one health check. */

@@ -62,6 +62,7 @@ export type BackendCloseReason =
   | 'node_gone'
   | 'server_closed'
   | 'shutdown'
+  | 'recycled'
   | 'error';
 
 let nextId = 1;

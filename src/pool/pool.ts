@@ -99,8 +99,8 @@ export class Pool {
       return;
     }
     const cfg = this.config();
-    if (cfg.serverLifetimeMs > 0 && Date.now() - b.createdAt > cfg.serverLifetimeMs) {
-      b.close('lifetime');
+    if (b.createdAt <= this.recycleBefore || (cfg.serverLifetimeMs > 0 && Date.now() - b.createdAt > cfg.serverLifetimeMs)) {
+      b.close(b.createdAt <= this.recycleBefore ? 'recycled' : 'lifetime');
       this.maybeConnect();
       return;
     }
@@ -112,6 +112,15 @@ export class Pool {
     }
     b.lastReleasedAt = Date.now();
     this.idle.push(b);
+  }
+
+  /** Backends created before this are closed when next released (RECONNECT). */
+  private recycleBefore = 0;
+
+  /** Closes idle backends now and busy ones when they come back; new ones replace them. */
+  recycle(before: number): void {
+    this.recycleBefore = before;
+    for (const b of this.idle.splice(0)) b.close('recycled');
   }
 
   /** Closes a backend that must not be reused (dirty, broken). */

@@ -39,5 +39,14 @@ export interface ProxyContext {
   /** After a failed connect to the primary: the next primary (failover), or null at the deadline. */
   primaryAfterFailure(failed: NodeAddress, timeoutMs: number): Promise<NodeAddress | null>;
   /** Counts a transaction routed to a node (for SHOW NODES and metrics). */
-  countRouted(node: NodeAddress, kind: 'read' | 'write'): void;
+  countRouted(node: NodeAddress, kind: 'read' | 'write', waitedMs: number): void;
+  readonly stats: { bytesIn: number; bytesOut: number; clientLogins: number; clientLoginFailures: number; readRetries: number };
+
+  // Admin console and operations.
+  isPaused(database: string): boolean;
+  /** Parks a client whose transaction waits for RESUME; the proxy calls resumeFromPause(). */
+  park(client: ClientSession): void;
+  unpark(client: ClientSession): void;
+  adminRole(user: string): 'admin' | 'stats' | null;
+  adminQuery(sql: string, role: 'admin' | 'stats'): Promise<Buffer>;
 }

@@ -14,6 +14,11 @@ import { cancelRequest } from '../protocol/messages.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import type { ProxyContext } from './context.js';
 import { StatementNames } from '../session/preparedStatements.js';
+import { AdminConsole } from '../admin/console.js';
+import type { BackendView, ClientView, PoolView, ProxyCounters, ProxyView } from '../admin/view.js';
+
+/** Upper bounds (ms) of the pool wait-time histogram buckets. */
+const WAIT_BUCKETS_MS = [0.1, 1, 5, 10, 50, 100, 500, 1000, 5000, 30000];
 import { Classifier, type Classification } from '../routing/classifier.js';
 import { ReadBalancer, type LagLimits, type ReadPolicy } from '../routing/balancer.js';
 
@@ -29,11 +34,40 @@ export interface RunningPgmux {
 
 const JANITOR_INTERVAL_MS = 200;
 
-export class Proxy implements ProxyContext {
+const VERSION = '0.1.0';
+
+export class Proxy implements ProxyContext, ProxyView {
+  readonly version = VERSION;
+  readonly startedAt = Date.now();
+  private cfgVersion = 1;
+  /** Re-reads the configuration for RELOAD / SIGHUP (the CLI passes its loader). */
+  reloadSource: (() => Config) | null = null;
+  /** Asks the process to shut down gracefully (admin SHUTDOWN). */
+  onShutdownRequest: (() => void) | null = null;
+  listening = false;
+  readonly stats: ProxyCounters = {
+    bytesIn: 0,
+    bytesOut: 0,
+    clientLogins: 0,
+    clientLoginFailures: 0,
+    transactions: new Map(),
+    waitMsSum: 0,
+    waitCount: 0,
+    waitBucketsMs: WAIT_BUCKETS_MS,
+    waitBucketCounts: new Array(WAIT_BUCKETS_MS.length + 1).fill(0),
+    failovers: 0,
+    readRetries: 0,
+  };
+  /** Databases paused by PAUSE (null entry = everything). */
+  private readonly paused = new Set<string | null>();
+  private readonly parked = new Set<ClientSession>();
+  private readonly disabledNodes = new Set<string>();
+  private recycleBefore = 0;
+  readonly admin: AdminConsole;
   readonly clock = { now: Date.now() };
-  readonly clients = new Set<ClientSession>();
+  readonly clientSet = new Set<ClientSession>();
   private readonly byPid = new Map<number, ClientSession>();
-  private readonly pools = new Map<string, Pool>();
+  private readonly poolMap = new Map<string, Pool>();
   private readonly nodes = new Map<string, NodeAddress>();
   private authEntries: Map<string, AuthEntry>;
   private readonly learnedPasswords = new Map<string, string>();
@@ -44,8 +78,6 @@ export class Proxy implements ProxyContext {
   private classifier: Classifier;
   private readonly balancer: ReadBalancer;
   private readPolicy!: ReadPolicy;
-  /** Transactions routed, per node name. */
-  readonly routed = new Map<string, { reads: number; writes: number }>();
 
   constructor(
     private cfg: Config,
@@ -57,6 +89,7 @@ export class Proxy implements ProxyContext {
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
     this.balancer = new ReadBalancer(() => this.readPolicy);
     this.applyReadPolicy();
+    this.admin = new AdminConsole(this);
   }
 
   private applyReadPolicy(): void {
@@ -82,7 +115,9 @@ export class Proxy implements ProxyContext {
 
   chooseRead(minLsn: bigint | null, maxLagMsHint: number | null, avoid: string | null): { node: NodeAddress | null; reason: string } {
     let topo = this.monitor.snapshot();
-    if (avoid !== null) topo = { ...topo, nodes: topo.nodes.filter((n) => n.name !== avoid) };
+    if (avoid !== null || this.disabledNodes.size > 0) {
+      topo = { ...topo, nodes: topo.nodes.filter((n) => n.name !== avoid && !this.disabledNodes.has(n.name)) };
+    }
     const c = this.balancer.choose(topo, minLsn, maxLagMsHint);
     return { node: c.node ? this.nodeAddress(c.node) : null, reason: c.reason };
   }
@@ -102,14 +137,20 @@ export class Proxy implements ProxyContext {
     return null;
   }
 
-  countRouted(node: NodeAddress, kind: 'read' | 'write'): void {
-    let c = this.routed.get(node.name);
+  countRouted(node: NodeAddress, kind: 'read' | 'write', waitedMs: number): void {
+    let c = this.stats.transactions.get(node.name);
     if (!c) {
-      c = { reads: 0, writes: 0 };
-      this.routed.set(node.name, c);
+      c = { read: 0, write: 0 };
+      this.stats.transactions.set(node.name, c);
     }
-    if (kind === 'read') c.reads++;
-    else c.writes++;
+    c[kind]++;
+    const st = this.stats;
+    st.waitMsSum += waitedMs;
+    st.waitCount++;
+    const b = st.waitBucketsMs;
+    let i = 0;
+    while (i < b.length && waitedMs > b[i]!) i++;
+    st.waitBucketCounts[i]!++;
   }
 
   config(): Config {
@@ -164,27 +205,27 @@ export class Proxy implements ProxyContext {
 
   pool(node: NodeAddress, database: string, user: string): Pool {
     const key = node.name + '\0' + database + '\0' + user;
-    let p = this.pools.get(key);
+    let p = this.poolMap.get(key);
     if (!p || p.isClosed) {
       p = new Pool(node, database, user, () => this.cfg, () => this.credentialsFor(user), this.logger);
-      this.pools.set(key, p);
+      this.poolMap.set(key, p);
     }
     return p;
   }
 
   allPools(): Pool[] {
-    return [...this.pools.values()];
+    return [...this.poolMap.values()];
   }
 
   register(client: ClientSession): boolean {
-    if (this.shuttingDown || this.clients.size >= this.cfg.maxClientConn) return false;
-    this.clients.add(client);
+    if (this.shuttingDown || this.clientSet.size >= this.cfg.maxClientConn) return false;
+    this.clientSet.add(client);
     this.byPid.set(client.pid, client);
     return true;
   }
 
   unregister(client: ClientSession): void {
-    this.clients.delete(client);
+    this.clientSet.delete(client);
     if (this.byPid.get(client.pid) === client) this.byPid.delete(client.pid);
   }
 
@@ -223,14 +264,14 @@ export class Proxy implements ProxyContext {
     // A node that is down, fenced or misconfigured loses its backends now (clients inside
     // a transaction there get 08006); a node whose role changed is drained: idle backends
     // closed now, busy ones when their transactions end.
-    for (const [key, pool] of this.pools) {
+    for (const [key, pool] of this.poolMap) {
       const n = s.nodes.find((x) => x.name === pool.node.name);
       if (!n || n.state !== 'up') {
         pool.closeAll('node_gone');
-        this.pools.delete(key);
+        this.poolMap.delete(key);
       } else if (changed.has(n.name)) {
         pool.close('node_gone', new PgmuxError(pgmuxError('backendUnavailable', { detail: `${n.name} changed role to ${n.role}` })));
-        this.pools.delete(key);
+        this.poolMap.delete(key);
       }
     }
   }
@@ -240,23 +281,191 @@ export class Proxy implements ProxyContext {
   private sweep(): void {
     const now = Date.now();
     this.clock.now = now;
-    for (const c of this.clients) c.sweep(now);
-    for (const p of this.pools.values()) p.sweep(now);
+    for (const c of this.clientSet) c.sweep(now);
+    for (const p of this.poolMap.values()) p.sweep(now);
   }
 
+  /**
+   * Graceful: idle clients are told 57P01 now; clients inside a transaction finish it
+   * (each is closed when its backend is released) until shutdown_timeout, then everything
+   * is closed.
+   */
   async close(): Promise<void> {
+    if (this.shuttingDown) return;
     this.shuttingDown = true;
+    for (const c of [...this.clientSet]) if (!c.inTransaction) c.fatal(pgmuxError('adminShutdown'), 'shutdown');
+    const deadline = Date.now() + this.cfg.shutdownTimeoutMs;
+    while (this.clientSet.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const c of [...this.clientSet]) c.fatal(pgmuxError('adminShutdown', { detail: 'shutdown_timeout reached inside a transaction' }), 'shutdown');
     if (this.janitor) clearInterval(this.janitor);
-    for (const c of [...this.clients]) c.fatal(pgmuxError('adminShutdown'), 'shutdown');
-    for (const p of this.pools.values()) p.closeAll('shutdown');
-    this.pools.clear();
+    for (const p of this.poolMap.values()) p.closeAll('shutdown');
+    this.poolMap.clear();
     await this.monitor.stop();
+  }
+
+  // ---- ProxyView (admin console, HTTP, metrics) --------------------------------------
+
+  configVersion(): number {
+    return this.cfgVersion;
+  }
+
+  clients(): ClientView[] {
+    return [...this.clientSet].map((c) => c.view());
+  }
+
+  backends(): BackendView[] {
+    const out: BackendView[] = [];
+    for (const p of this.poolMap.values()) {
+      for (const b of p.backends()) {
+        out.push({
+          id: b.id,
+          node: b.node.name,
+          database: b.database,
+          user: b.user,
+          state: b.state,
+          pid: b.pid,
+          createdAt: b.createdAt,
+          lastReleasedAt: b.lastReleasedAt,
+          preparedStatements: b.prepared.size,
+          clientId: (b.owner as ClientSession | null)?.id ?? null,
+        });
+      }
+    }
+    return out;
+  }
+
+  pools(): PoolView[] {
+    const now = Date.now();
+    return [...this.poolMap.values()].map((p) => ({ node: p.node.name, database: p.database, user: p.user, stats: p.stats(now), totalConnects: p.totalConnects }));
+  }
+
+  topology(): TopologySnapshot {
+    return this.monitor.snapshot();
+  }
+
+  counters(): ProxyCounters {
+    return this.stats;
+  }
+
+  classifierStats(): { hits: number; misses: number; entries: number } {
+    return { hits: this.classifier.cacheHits, misses: this.classifier.cacheMisses, entries: this.classifier.cacheEntries };
+  }
+
+  isPaused(database?: string): boolean {
+    return this.paused.has(null) || (database !== undefined && this.paused.has(database));
+  }
+
+  isReady(): boolean {
+    return this.listening && !this.shuttingDown && !this.paused.has(null) && this.monitor.snapshot().primary !== null;
+  }
+
+  /** A client whose transaction must wait for RESUME. */
+  park(client: ClientSession): void {
+    this.parked.add(client);
+  }
+
+  unpark(client: ClientSession): void {
+    this.parked.delete(client);
+  }
+
+  async pause(database: string | null): Promise<void> {
+    this.paused.add(database);
+    this.logger.info({ database }, 'paused');
+    // PAUSE returns once no transaction of the paused database(s) holds a backend.
+    while ([...this.clientSet].some((c) => c.inTransaction && (database === null || c.database === database))) {
+      await new Promise((r) => setTimeout(r, 20));
+      if (!this.paused.has(database)) return;
+    }
+  }
+
+  resume(database: string | null): void {
+    if (database === null) this.paused.clear();
+    else this.paused.delete(database);
+    this.logger.info({ database }, 'resumed');
+    for (const c of [...this.parked]) {
+      if (!this.isPaused(c.database)) {
+        this.parked.delete(c);
+        c.resumeFromPause();
+      }
+    }
+  }
+
+  async reload(): Promise<{ ok: boolean; message: string }> {
+    if (!this.reloadSource) return { ok: false, message: 'no configuration source to reload from (started without a loader)' };
+    let next: Config;
+    let entries: Map<string, AuthEntry>;
+    try {
+      next = this.reloadSource();
+      entries = next.authFile ? loadAuthFile(next.authFile) : new Map();
+    } catch (err) {
+      const message = (err as Error).message;
+      this.logger.error({ err: message }, 'reload refused: the running configuration stays');
+      return { ok: false, message };
+    }
+    const prev = this.cfg;
+    const restartNeeded = ['listen', 'http'].filter((k) => JSON.stringify(prev[k as keyof Config]) !== JSON.stringify(next[k as keyof Config]));
+    this.cfg = { ...next, listen: prev.listen, http: prev.http };
+    this.authEntries = entries;
+    if (JSON.stringify(prev.writeFunctions) !== JSON.stringify(next.writeFunctions)) this.classifier = new Classifier({ writeFunctions: next.writeFunctions });
+    this.applyReadPolicy();
+    this.logger.level = next.logLevel;
+    this.monitor.setNodes(next.nodes);
+    this.cfgVersion++;
+    const message = `configuration ${this.cfgVersion} loaded` + (restartNeeded.length ? `; ${restartNeeded.join(', ')} change only on restart` : '');
+    this.logger.info({ version: this.cfgVersion, nodes: next.nodes.map((n) => `${n.host}:${n.port}@${n.weight}`) }, message);
+    return { ok: true, message };
+  }
+
+  reconnect(): void {
+    this.recycleBefore = Date.now();
+    for (const p of this.poolMap.values()) p.recycle(this.recycleBefore);
+  }
+
+  disableNode(name: string): boolean {
+    const n = this.monitor.snapshot().nodes.find((x) => x.name === name);
+    if (!n) return false;
+    this.disabledNodes.add(name);
+    for (const p of this.poolMap.values()) if (p.node.name === name) p.recycle(Date.now());
+    this.logger.info({ node: name }, 'node disabled: no new reads');
+    return true;
+  }
+
+  enableNode(name: string): boolean {
+    const had = this.disabledNodes.delete(name);
+    if (had) this.logger.info({ node: name }, 'node enabled');
+    return had;
+  }
+
+  isDisabled(name: string): boolean {
+    return this.disabledNodes.has(name);
+  }
+
+  shutdown(): void {
+    if (this.onShutdownRequest) this.onShutdownRequest();
+    else void this.close();
+  }
+
+  adminRole(user: string): 'admin' | 'stats' | null {
+    if (this.cfg.adminUsers.includes(user)) return 'admin';
+    if (this.cfg.statsUsers.includes(user)) return 'stats';
+    return null;
+  }
+
+  adminQuery(sql: string, role: 'admin' | 'stats'): Promise<Buffer> {
+    return this.admin.run(sql, role);
   }
 }
 
-export async function startPgmux(config: Config, opts: { logger: Logger }): Promise<RunningPgmux> {
+export interface StartOptions {
+  logger: Logger;
+  /** Loads the configuration again for RELOAD / SIGHUP. */
+  reloadConfig?: () => Config;
+}
+
+export async function startPgmux(config: Config, opts: StartOptions): Promise<RunningPgmux> {
   const logger = opts.logger;
   const proxy = new Proxy(config, logger);
+  proxy.reloadSource = opts.reloadConfig ?? null;
   await proxy.start();
   const server = net.createServer({ noDelay: true }, (socket) => {
     new ClientSession(socket, proxy);
@@ -270,15 +479,17 @@ export async function startPgmux(config: Config, opts: { logger: Logger }): Prom
     });
   });
   const port = (server.address() as net.AddressInfo).port;
+  proxy.listening = true;
   logger.info({ listen: `${config.listen.host}:${port}`, nodes: config.nodes.map((n) => `${n.host}:${n.port}`), poolMode: config.poolMode, poolSize: config.poolSize }, 'pgmux listening');
   let closing: Promise<void> | null = null;
-  return {
+  const running: RunningPgmux = {
     port,
     httpPort: null,
     proxy,
     close(reason?: string) {
       closing ??= (async () => {
         logger.info({ reason: reason ?? 'close' }, 'pgmux shutting down');
+        proxy.listening = false;
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         await proxy.close();
         await closed;
@@ -286,4 +497,6 @@ export async function startPgmux(config: Config, opts: { logger: Logger }): Prom
       return closing;
     },
   };
+  proxy.onShutdownRequest = () => void running.close('admin SHUTDOWN');
+  return running;
 }

@@ -27,6 +27,7 @@ import { BackendError, PgmuxError, pgmuxError, type ErrorSpec } from '../protoco
 import { BackendConnection, Expect, randomInt32, type BackendOwner, type NodeAddress } from '../pool/backend.js';
 import type { Pool, PoolWaiter } from '../pool/pool.js';
 import type { ProxyContext } from '../server/context.js';
+import type { ClientView } from '../admin/view.js';
 import { ClientAuthenticator } from './clientAuth.js';
 import { isSettableReported, parseStartup, StartupParamError } from './startupParams.js';
 import { buildSyncSql, settingsSignature } from './paramSync.js';
@@ -51,8 +52,13 @@ export enum ClientState {
   Idle = 'idle',
   Waiting = 'waiting',
   Linked = 'linked',
+  /** Logged in to the admin console (virtual database "pgmux"). */
+  Admin = 'admin',
   Closed = 'closed',
 }
+
+/** The admin console's virtual database. */
+export const ADMIN_DATABASE = 'pgmux';
 
 export type ClientCloseReason =
   | 'client_terminate'
@@ -128,6 +134,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
   private tracking = false;
   /** A transaction's first message arrived; route it after the rest of the read chunk. */
   private beginPending = false;
+  private waitStartedAt = 0;
   private readonly statements = new Map<string, ClientStatement>();
   // Contiguous run of client bytes to forward with one write.
   private runBuf: Buffer | null = null;
@@ -155,6 +162,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
 
   private onData(chunk: Buffer): void {
     this.lastActiveAt = this.ctx.clock.now;
+    this.ctx.stats.bytesIn += chunk.length;
     this.reader.push(chunk);
     this.drain();
   }
@@ -165,7 +173,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     // One write per read chunk, even when pgmux adds or rewrites messages in it.
     const corked = this.backend?.socket ?? null;
     corked?.cork();
-    while (this.state !== ClientState.Login && this.state !== ClientState.Closed && r.next()) {
+    while (this.state !== ClientState.Login && this.state !== ClientState.Closed && !this.adminBusy && r.next()) {
       if (this.state === ClientState.Linked) this.forwardMessage(r.type, r.msg, r.msgStart, r.end);
       else this.handleMessage(r.type, r.msg, r.msgStart, r.bodyStart, r.end);
     }
@@ -211,9 +219,49 @@ export class ClientSession implements BackendOwner, PoolWaiter {
       case ClientState.Waiting:
         this.held.push({ type, buf, start, end });
         return;
+      case ClientState.Admin:
+        this.onAdminMessage(type, buf, bodyStart, end);
+        return;
       default:
         return;
     }
+  }
+
+  private adminRole: 'admin' | 'stats' = 'stats';
+  private adminBusy = false;
+
+  private onAdminMessage(type: number, buf: Buffer, bodyStart: number, end: number): void {
+    if (type === Msg.Terminate) {
+      this.close('client_terminate');
+      return;
+    }
+    if (type !== Msg.Query) {
+      this.socket.write(
+        Buffer.concat([
+          errorResponse(pgmuxError('featureNotSupported', { message: 'the admin console accepts simple queries only', hint: 'Use psql, or a simple-protocol query.' })),
+          readyForQuery('I'),
+        ]),
+      );
+      return;
+    }
+    // Commands run one at a time (PAUSE may wait); later ones stay in the reader.
+    this.adminBusy = true;
+    this.socket.pause();
+    const sql = buf.toString('utf8', bodyStart, end - 1);
+    this.ctx
+      .adminQuery(sql, this.adminRole)
+      .then(
+        (out) => this.socket.write(Buffer.concat([out, readyForQuery('I')])),
+        (err: Error) =>
+          this.socket.write(Buffer.concat([errorResponse({ severity: 'ERROR', code: 'XX000', message: err.message }), readyForQuery('I')])),
+      )
+      .finally(() => {
+        this.adminBusy = false;
+        if (this.state === ClientState.Admin) {
+          this.socket.resume();
+          this.drain();
+        }
+      });
   }
 
   /** Hot path: bookkeeping by type, then extend the current forward run. */
@@ -459,6 +507,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
         this.socket.write(step.message);
         return;
       case 'fail':
+        this.ctx.stats.clientLoginFailures++;
         this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, remote: this.remote, code: step.error.code }, 'client authentication failed');
         this.fatal(step.error, 'auth_failed');
         return;
@@ -482,6 +531,33 @@ export class ClientSession implements BackendOwner, PoolWaiter {
    */
   private async finishLogin(): Promise<void> {
     const cfg = this.ctx.config();
+    if (this.database === ADMIN_DATABASE) {
+      const role = this.ctx.adminRole(this.user);
+      if (role === null) {
+        throw new PgmuxError(
+          pgmuxError('authMethodUnavailable', {
+            message: `user "${this.user}" may not use the admin console`,
+            hint: 'List the user in admin_users or stats_users.',
+          }),
+        );
+      }
+      this.adminRole = role;
+      const params: Array<[string, string]> = [
+        ['server_version', '15.0 (pgmux)'],
+        ['server_encoding', 'UTF8'],
+        ['client_encoding', 'UTF8'],
+        ['DateStyle', 'ISO, MDY'],
+        ['integer_datetimes', 'on'],
+        ['standard_conforming_strings', 'on'],
+        ['application_name', this.applicationName],
+      ];
+      this.socket.write(Buffer.concat([...params.map(([k, v]) => parameterStatus(k, v)), backendKeyData(this.pid, this.secret), readyForQuery('I')]));
+      this.state = ClientState.Admin;
+      this.ctx.stats.clientLogins++;
+      this.socket.resume();
+      this.drain();
+      return;
+    }
     const node = await this.ctx.primary(cfg.failoverTimeoutMs);
     if (this.state !== ClientState.Login) return;
     if (node === null) throw new PgmuxError(pgmuxError('noPrimary'));
@@ -518,6 +594,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     parts.push(backendKeyData(this.pid, this.secret), readyForQuery('I'));
     this.socket.write(Buffer.concat(parts));
     this.state = ClientState.Idle;
+    this.ctx.stats.clientLogins++;
     this.ctx.logger.debug({ client: this.id, user: this.user, db: this.database, remote: this.remote }, 'client logged in');
     this.socket.resume();
     this.drain();
@@ -542,6 +619,11 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     this.socket.pause();
     if (this.lsnPending) return; // resumed once the last write's LSN is known
     if (this.tracking && this.answerPrepareLocally()) return;
+    if (this.ctx.isPaused(this.database)) {
+      this.ctx.park(this); // PAUSE: the transaction starts on RESUME
+      return;
+    }
+    this.waitStartedAt = this.ctx.clock.now;
     const cfg = this.ctx.config();
     const route = cfg.poolMode === 'session' ? null : this.classifyFirst();
     this.retryable = route !== null && route.retryable;
@@ -616,6 +698,33 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     return true;
   }
 
+  /** RESUME: the parked transaction goes on. */
+  resumeFromPause(): void {
+    if (this.state === ClientState.Waiting) this.beginTransaction();
+  }
+
+  /** True while a transaction holds (or waits for) a backend. */
+  get inTransaction(): boolean {
+    return this.state === ClientState.Linked || this.state === ClientState.Waiting;
+  }
+
+  view(): ClientView {
+    return {
+      id: this.id,
+      user: this.user,
+      database: this.database,
+      applicationName: this.applicationName,
+      state: this.state,
+      remote: this.remote,
+      connectedAt: this.connectedAt,
+      lastActiveAt: this.lastActiveAt,
+      transactions: this.transactions,
+      backendNode: this.backend?.node.name ?? null,
+      backendPid: this.backend?.pid ?? null,
+      preparedStatements: this.statements.size,
+    };
+  }
+
   /** read_your_writes=window: reads stay on the primary for a while after a write. */
   private mustReadFromPrimary(cfg: ReturnType<ProxyContext['config']>): boolean {
     return cfg.readYourWrites === 'window' && this.ctx.clock.now - this.lastWriteAt < cfg.readYourWritesWindowMs;
@@ -661,7 +770,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     b.link(this);
     this.state = ClientState.Linked;
     this.transactions++;
-    this.ctx.countRouted(b.node, this.routedWrite ? 'write' : 'read');
+    this.ctx.countRouted(b.node, this.routedWrite ? 'write' : 'read', this.ctx.clock.now - this.waitStartedAt);
     this.retry = this.retryable ? this.held.slice() : null;
     const sock = b.socket;
     sock.cork();
@@ -706,6 +815,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
 
   onBackendData(buf: Buffer, start: number, end: number): void {
     this.retry = null; // the client has seen an answer: never re-run
+    this.ctx.stats.bytesOut += end - start;
     const out = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
     if (!this.socket.write(out)) this.backend?.socket.pause();
   }
@@ -768,6 +878,8 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     b.unlink();
     b.socket.resume();
     (b.poolRef as Pool).release(b);
+    // Shutting down: the transaction is over, so this client's turn is too.
+    if (this.ctx.shuttingDown) this.fatal(pgmuxError('adminShutdown'), 'shutdown');
   }
 
   onBackendParameter(name: string, value: string): void {
@@ -788,6 +900,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     if (this.retry !== null && this.attempts < MAX_ROUTE_ATTEMPTS) {
       // A lone read whose node died before any answer reached the client: run it elsewhere.
       this.ctx.logger.info({ client: this.id, node: b.node.name, why }, 're-running a read on another node');
+      this.ctx.stats.readRetries++;
       this.attempts++;
       this.held = this.retry;
       this.retry = null;
@@ -881,6 +994,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
       this.returnBackend(b);
     }
     this.ctx.unregister(this);
+    this.ctx.unpark(this);
     if (!this.socket.destroyed) {
       this.socket.end();
       setTimeout(() => this.socket.destroy(), 5000).unref();

@@ -98,6 +98,9 @@ describe('DEFAULTS', () => {
       maxMessageBytes: 64 * 1024 * 1024,
       serverResetQuery: 'DISCARD ALL',
       maxPreparedStatements: 200,
+      adminUsers: [],
+      statsUsers: [],
+      shutdownTimeoutMs: 30_000,
       logLevel: 'info',
       healthCheckPeriodMs: 1000,
       healthCheckTimeoutMs: 5000,
@@ -154,6 +157,9 @@ client_login_timeout: 1m
 max_message_size: 16MB
 server_reset_query: ''
 max_prepared_statements: 50
+admin_users: [admin, ops]
+stats_users: grafana
+shutdown_timeout: 5s
 log_level: debug
 health_check_period: 500ms
 health_check_timeout: 2
@@ -196,6 +202,9 @@ write_functions: [audit_log, App.Bump]
       maxMessageBytes: 16 * 1024 * 1024,
       serverResetQuery: '',
       maxPreparedStatements: 50,
+      adminUsers: ['admin', 'ops'],
+      statsUsers: ['grafana'],
+      shutdownTimeoutMs: 5000,
       logLevel: 'debug',
       healthCheckPeriodMs: 500,
       healthCheckTimeoutMs: 2000,
@@ -291,6 +300,9 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_MAX_MESSAGE_SIZE: '1MB',
       PGMUX_SERVER_RESET_QUERY: 'RESET ALL',
       PGMUX_MAX_PREPARED_STATEMENTS: '0',
+      PGMUX_ADMIN_USERS: 'a',
+      PGMUX_STATS_USERS: 's1, s2',
+      PGMUX_SHUTDOWN_TIMEOUT: '1',
       PGMUX_LOG_LEVEL: 'ERROR',
       PGMUX_HEALTH_CHECK_PERIOD: '2',
       PGMUX_HEALTH_CHECK_TIMEOUT: '1500ms',
@@ -331,6 +343,9 @@ describe('precedence: defaults < file < env < flags', () => {
       maxMessageBytes: 1024 * 1024,
       serverResetQuery: 'RESET ALL',
       maxPreparedStatements: 0,
+      adminUsers: ['a'],
+      statsUsers: ['s1', 's2'],
+      shutdownTimeoutMs: 1000,
       logLevel: 'error',
       healthCheckPeriodMs: 2000,
       healthCheckTimeoutMs: 1500,

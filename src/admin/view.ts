@@ -1,0 +1,93 @@
+// What the admin console, the HTTP endpoints and the metrics may see and do. They get this
+// one read-mostly view of the running proxy and never touch sockets, pools or the monitor
+// directly.
+
+import type { Config } from '../config/types.js';
+import type { TopologySnapshot } from '../cluster/topology.js';
+import type { PoolStats } from '../pool/pool.js';
+
+export interface ClientView {
+  id: number;
+  user: string;
+  database: string;
+  applicationName: string;
+  state: string;
+  remote: string;
+  connectedAt: number;
+  lastActiveAt: number;
+  transactions: number;
+  /** Backend currently linked (node name and backend pid), if any. */
+  backendNode: string | null;
+  backendPid: number | null;
+  /** Named prepared statements the client has. */
+  preparedStatements: number;
+}
+
+export interface BackendView {
+  id: number;
+  node: string;
+  database: string;
+  user: string;
+  state: string;
+  pid: number;
+  createdAt: number;
+  lastReleasedAt: number;
+  preparedStatements: number;
+  /** Client id when linked. */
+  clientId: number | null;
+}
+
+export interface PoolView {
+  node: string;
+  database: string;
+  user: string;
+  stats: PoolStats;
+  totalConnects: number;
+}
+
+/** Plain counters, bumped on the hot path, read by /metrics and SHOW STATS. */
+export interface ProxyCounters {
+  bytesIn: number;
+  bytesOut: number;
+  clientLogins: number;
+  clientLoginFailures: number;
+  /** Transactions by node name and route ('read' | 'write'). */
+  transactions: Map<string, { read: number; write: number }>;
+  /** Time clients waited for a backend: sum and count, plus histogram buckets (ms). */
+  waitMsSum: number;
+  waitCount: number;
+  waitBucketsMs: readonly number[];
+  waitBucketCounts: number[];
+  failovers: number;
+  readRetries: number;
+}
+
+export interface ProxyView {
+  readonly version: string;
+  readonly startedAt: number;
+  config(): Config;
+  /** Increases on every successful reload. */
+  configVersion(): number;
+  clients(): ClientView[];
+  backends(): BackendView[];
+  pools(): PoolView[];
+  topology(): TopologySnapshot;
+  counters(): ProxyCounters;
+  classifierStats(): { hits: number; misses: number; entries: number };
+  isPaused(database?: string): boolean;
+  isReady(): boolean;
+  readonly shuttingDown: boolean;
+
+  // Actions (admin users only).
+  /** Resolves once no transaction of the paused database(s) holds a backend. */
+  pause(database: string | null): Promise<void>;
+  resume(database: string | null): void;
+  /** Re-reads the configuration; a refused one leaves the running one in place. */
+  reload(): Promise<{ ok: boolean; message: string }>;
+  /** Closes every backend as soon as it is released (new ones use new settings). */
+  reconnect(): void;
+  /** Drains a node: no new transactions, busy backends closed when released. */
+  disableNode(name: string): boolean;
+  enableNode(name: string): boolean;
+  shutdown(): void;
+}
