@@ -94,6 +94,8 @@ export class BackendConnection implements ScanSink {
   secret = 0;
   /** Reported parameters as the backend last told us (ParameterStatus). */
   readonly params = new Map<string, string>();
+  /** The same, as reported at login: this database's defaults for a client that sets nothing. */
+  readonly defaults = new Map<string, string>();
   /** Unreported settings pgmux applied for clients (name -> value); RESET when not wanted. */
   readonly applied = new Map<string, string>();
   /** ReadyForQuery messages owed to the linked client (one per Query, Sync, FunctionCall). */
@@ -232,6 +234,7 @@ export class BackendConnection implements ScanSink {
             clearTimeout(timer);
             this.txStatus = buf[s]!;
             this.state = BackendState.Idle;
+            for (const [k, v] of this.params) this.defaults.set(k, v);
             socket.removeAllListeners('data');
             socket.on('data', (chunk: Buffer) => this.scanner.scan(chunk));
             socket.on('drain', () => this.owner?.onBackendDrain());

@@ -22,6 +22,10 @@ export interface ProxyContext {
   primary(timeoutMs: number): Promise<NodeAddress | null>;
   currentPrimary(): NodeAddress | null;
   pool(node: NodeAddress, database: string, user: string): Pool;
+  /** Every connection from accept to close (timeouts apply before login too). */
+  track(client: ClientSession): void;
+  untrack(client: ClientSession): void;
+  /** A logged-in client (counts against max_client_conn, owns a cancel key). */
   register(client: ClientSession): boolean;
   unregister(client: ClientSession): void;
   /** A client's CancelRequest (proxy-issued key): reaches the backend it uses now, if any. */

@@ -66,6 +66,8 @@ export class Proxy implements ProxyContext, ProxyView {
   readonly admin: AdminConsole;
   readonly clock = { now: Date.now() };
   readonly clientSet = new Set<ClientSession>();
+  /** Every connection, logged in or not: the janitor's and shutdown's list. */
+  private readonly connections = new Set<ClientSession>();
   private readonly byPid = new Map<number, ClientSession>();
   private readonly poolMap = new Map<string, Pool>();
   private readonly nodes = new Map<string, NodeAddress>();
@@ -224,6 +226,19 @@ export class Proxy implements ProxyContext, ProxyView {
     return true;
   }
 
+  /** Open client connections, logged in or not. */
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  track(client: ClientSession): void {
+    this.connections.add(client);
+  }
+
+  untrack(client: ClientSession): void {
+    this.connections.delete(client);
+  }
+
   unregister(client: ClientSession): void {
     this.clientSet.delete(client);
     if (this.byPid.get(client.pid) === client) this.byPid.delete(client.pid);
@@ -281,7 +296,7 @@ export class Proxy implements ProxyContext, ProxyView {
   private sweep(): void {
     const now = Date.now();
     this.clock.now = now;
-    for (const c of this.clientSet) c.sweep(now);
+    for (const c of this.connections) c.sweep(now);
     for (const p of this.poolMap.values()) p.sweep(now);
   }
 
@@ -293,10 +308,10 @@ export class Proxy implements ProxyContext, ProxyView {
   async close(): Promise<void> {
     if (this.shuttingDown) return;
     this.shuttingDown = true;
-    for (const c of [...this.clientSet]) if (!c.inTransaction) c.fatal(pgmuxError('adminShutdown'), 'shutdown');
+    for (const c of [...this.connections]) if (!c.inTransaction) c.fatal(pgmuxError('adminShutdown'), 'shutdown');
     const deadline = Date.now() + this.cfg.shutdownTimeoutMs;
-    while (this.clientSet.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    for (const c of [...this.clientSet]) c.fatal(pgmuxError('adminShutdown', { detail: 'shutdown_timeout reached inside a transaction' }), 'shutdown');
+    while (this.connections.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const c of [...this.connections]) c.fatal(pgmuxError('adminShutdown', { detail: 'shutdown_timeout reached inside a transaction' }), 'shutdown');
     if (this.janitor) clearInterval(this.janitor);
     for (const p of this.poolMap.values()) p.closeAll('shutdown');
     this.poolMap.clear();

@@ -147,6 +147,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
   ) {
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
     this.connectedAt = this.lastActiveAt = ctx.clock.now;
+    ctx.track(this);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.backend?.socket.resume());
@@ -574,6 +575,9 @@ export class ClientSession implements BackendOwner, PoolWaiter {
         pool.release(b);
         return;
       }
+      // What the client did not set is the database's default, not whatever the
+      // backend's previous client left there.
+      for (const [k, v] of b.defaults) if (isSettableReported(k) && !this.reported.has(k)) this.reported.set(k, v);
       try {
         const sql = buildSyncSql(this, b);
         if (sql !== null) await b.runInternal(sql);
@@ -994,6 +998,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
       this.returnBackend(b);
     }
     this.ctx.unregister(this);
+    this.ctx.untrack(this);
     this.ctx.unpark(this);
     if (!this.socket.destroyed) {
       this.socket.end();
