@@ -37,6 +37,7 @@ import {
   buildParse,
   closeStatement,
   dropsAllStatements,
+  isSqlPrepared,
   NO_SUCH_STATEMENT,
   parseParse,
   renameIn,
@@ -622,7 +623,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     this.state = ClientState.Waiting;
     this.socket.pause();
     if (this.lsnPending) return; // resumed once the last write's LSN is known
-    if (this.tracking && this.answerPrepareLocally()) return;
+    if (this.tracking && (this.answerPrepareLocally() || this.refuseSqlPrepared())) return;
     if (this.ctx.isPaused(this.database)) {
       this.ctx.park(this); // PAUSE: the transaction starts on RESUME
       return;
@@ -698,6 +699,34 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     this.held = [];
     this.state = ClientState.Idle;
     this.socket.write(out);
+    this.socket.resume();
+    return true;
+  }
+
+  /**
+   * SQL-level PREPARE / EXECUTE / DEALLOCATE outside a transaction, in transaction mode:
+   * the statement would live on one backend and the next EXECUTE land on another, so
+   * pgmux says so up front (protocol-level prepared statements do work).
+   */
+  private refuseSqlPrepared(): boolean {
+    const m = this.held[0]!;
+    if (this.held.length !== 1 || m.type !== Msg.Query) return false;
+    const sql = m.buf.toString('utf8', m.start + 5, m.end - 1);
+    if (!isSqlPrepared(sql)) return false;
+    this.held = [];
+    this.state = ClientState.Idle;
+    this.socket.write(
+      Buffer.concat([
+        errorResponse(
+          pgmuxError('featureNotSupported', {
+            message: 'SQL-level PREPARE, EXECUTE and DEALLOCATE are not supported in transaction pooling mode',
+            detail: 'The prepared statement would stay on one database connection while the next transaction may run on another.',
+            hint: 'Use protocol-level prepared statements (your driver\'s prepare/named statements), run them inside one transaction, or use pool_mode session.',
+          }),
+        ),
+        readyForQuery('I'),
+      ]),
+    );
     this.socket.resume();
     return true;
   }

@@ -72,3 +72,28 @@ describe('prepared statements under transaction pooling', () => {
     await other.end();
   });
 });
+
+describe('SQL-level PREPARE in transaction mode', () => {
+  let proxy: TestProxy;
+  beforeAll(async () => {
+    proxy = await startProxy({ poolSize: 2, poolMode: 'transaction' });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+  });
+
+  it('is refused with 0A000 naming session mode outside a transaction, and works inside one', async () => {
+    const c = await pgClient(proxy.port);
+    const err = await c.query('PREPARE q(int) AS SELECT $1 + 1').catch((e: { code: string; message: string; hint: string }) => e);
+    expect(err).toMatchObject({ code: '0A000' });
+    expect((err as { hint: string }).hint).toMatch(/session/);
+    // The connection goes on.
+    expect((await c.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+    await c.query('BEGIN');
+    await c.query('PREPARE q2(int) AS SELECT $1 + 1 AS v');
+    expect((await c.query('EXECUTE q2(41)')).rows[0].v).toBe(42);
+    await c.query('DEALLOCATE q2');
+    await c.query('COMMIT');
+    await c.end();
+  });
+});
