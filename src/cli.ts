@@ -246,6 +246,33 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
     exitCodes.set(program, 0);
   });
 
+  program
+    .command('import <file>')
+    .description('translate a pgbouncer.ini or pgpool.conf into pgmux YAML (stdout); warnings on stderr')
+    .option('--kind <kind>', 'pgbouncer or pgpool (default: detected from the file)')
+    .action(async (file: string, o: { kind?: string }) => {
+      const { importConfig, ImportError } = await import('./admin/import.js');
+      if (o.kind !== undefined && o.kind !== 'pgbouncer' && o.kind !== 'pgpool') {
+        throw new ConfigError('kind', `--kind: ${JSON.stringify(o.kind)} is not supported (expected pgbouncer or pgpool)`);
+      }
+      let text: string;
+      try {
+        text = readFileSync(file, 'utf8');
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        throw new ConfigError('import', `import: cannot read ${file}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory' : code ?? (e as Error).message}`);
+      }
+      try {
+        const r = importConfig(text, o.kind);
+        out(r.yaml);
+        for (const w of r.warnings) err(`# warning: ${w}\n`);
+      } catch (e) {
+        if (e instanceof ImportError) throw new ConfigError('import', `import: ${file}: ${e.message}`);
+        throw e;
+      }
+      exitCodes.set(program, 0);
+    });
+
   program.addHelpText(
     'after',
     ({ command }) =>

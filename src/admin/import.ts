@@ -1,0 +1,814 @@
+// `pgmux import`: a PgBouncer pgbouncer.ini or a Pgpool-II pgpool.conf -> a pgmux YAML config.
+//
+// Every setting with a pgmux equivalent is translated into the key load.ts accepts (and each
+// emitted value is run through parseConfigObject, so the output always loads); everything
+// else becomes one warning line naming the setting, its value and why it was not carried
+// over. The warnings are also written into the YAML's header comment, so a file produced with
+// `pgmux import old.ini > pgmux.yaml` keeps the record of what still needs a human.
+
+import { Document } from 'yaml';
+import { ConfigError, formatHostPort, parseConfigObject } from '../config/load.js';
+
+export type ImportKind = 'pgbouncer' | 'pgpool';
+
+export const IMPORT_KINDS: readonly ImportKind[] = ['pgbouncer', 'pgpool'];
+
+export interface ImportResult {
+  yaml: string;
+  warnings: string[];
+}
+
+/** The input is neither a pgbouncer.ini nor a pgpool.conf. */
+export class ImportError extends Error {
+  override name = 'ImportError';
+}
+
+/** pgpool.conf has backend_hostname0; pgbouncer.ini has [databases] / [pgbouncer] sections. */
+export function detectKind(text: string): ImportKind | null {
+  if (/^[ \t]*backend_hostname\d+[ \t]*=/m.test(text)) return 'pgpool';
+  if (/^[ \t]*\[[ \t]*(databases|pgbouncer)[ \t]*\]/im.test(text)) return 'pgbouncer';
+  return null;
+}
+
+export function importConfig(text: string, kind?: ImportKind): ImportResult {
+  const k = kind ?? detectKind(text);
+  if (k === null) {
+    throw new ImportError(
+      'cannot tell what this file is: expected a pgbouncer.ini ([databases] / [pgbouncer] sections) ' +
+        'or a pgpool.conf (backend_hostname0 = ...); name it with --kind pgbouncer|pgpool',
+    );
+  }
+  const out = new Output();
+  if (k === 'pgbouncer') importPgbouncer(text, out);
+  else importPgpool(text, out);
+  return out.finish(k);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output: the keys in a stable order, each value checked by pgmux's own parser.
+
+/** The order keys appear in the YAML (load.ts's KEYS order, roughly). */
+const KEY_ORDER = [
+  'listen', 'nodes', 'pool_mode', 'pool_size', 'min_pool_size', 'max_client_conn',
+  'auth', 'auth_file', 'server_password',
+  'query_wait_timeout', 'server_idle_timeout', 'server_lifetime', 'client_idle_timeout',
+  'idle_transaction_timeout', 'server_connect_timeout', 'client_login_timeout',
+  'max_message_size', 'max_prepared_statements', 'server_reset_query',
+  'admin_users', 'stats_users', 'log_level',
+  'health_check_period', 'health_check_timeout', 'health_check_max_retries',
+  'health_check_user', 'health_check_password', 'health_check_database',
+  'max_lag_bytes', 'max_lag_ms', 'fallback_to_primary', 'write_functions',
+];
+
+class Output {
+  readonly values = new Map<string, unknown>();
+  readonly warnings: string[] = [];
+
+  warn(message: string): void {
+    this.warnings.push(message);
+  }
+
+  /**
+   * Sets a pgmux key after checking the value with load.ts; a value pgmux refuses is dropped
+   * with a warning naming the original setting.
+   */
+  set(key: string, value: unknown, from: string): boolean {
+    try {
+      parseConfigObject({ [key]: value }, 'import', { baseDir: '/' });
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      const why = err.message.replace(/ \(in import\)$/, '');
+      this.warn(`${from}: not carried over, pgmux refuses the value: ${why}`);
+      return false;
+    }
+    this.values.set(key, value);
+    return true;
+  }
+
+  finish(kind: ImportKind): ImportResult {
+    const poolSize = this.values.get('pool_size');
+    const minPool = this.values.get('min_pool_size');
+    if (typeof poolSize === 'number' && typeof minPool === 'number' && minPool > poolSize) {
+      this.values.delete('min_pool_size');
+      this.warn(`min_pool_size ${minPool} is larger than pool_size ${poolSize}: left out (pgmux requires min_pool_size <= pool_size)`);
+    }
+    const auth = this.values.get('auth');
+    if (auth !== undefined && auth !== 'trust' && !this.values.has('auth_file')) {
+      this.warn(`auth ${String(auth)} needs auth_file (a PgBouncer-style userlist.txt); add one before starting pgmux`);
+    }
+    if (!this.values.has('nodes')) this.warn('no PostgreSQL server found: add nodes (host:port of the primary and every replica) before starting pgmux');
+
+    const obj: Record<string, unknown> = {};
+    const keys = [...this.values.keys()].sort((a, b) => rank(a) - rank(b));
+    for (const key of keys) obj[key] = this.values.get(key);
+
+    const doc = new Document(obj);
+    const source = kind === 'pgbouncer' ? 'a PgBouncer pgbouncer.ini' : 'a Pgpool-II pgpool.conf';
+    const header = [
+      ` pgmux configuration imported from ${source} by \`pgmux import\`.`,
+      ' Check it with: pgmux check-config --config pgmux.yaml   (keys: docs/configuration.md)',
+      ' pgmux discovers which node is the primary; nodes lists every server, weight = share of reads.',
+    ];
+    if (this.warnings.length > 0) {
+      header.push('', ` Not carried over or changed (${this.warnings.length}):`);
+      for (const w of this.warnings) header.push(`   - ${w.replace(/\n/g, ' ')}`);
+    }
+    doc.commentBefore = header.join('\n');
+    return { yaml: doc.toString({ lineWidth: 0 }), warnings: [...this.warnings] };
+  }
+}
+
+function rank(key: string): number {
+  const i = KEY_ORDER.indexOf(key);
+  return i < 0 ? KEY_ORDER.length : i;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared value helpers.
+
+function isInteger(s: string): boolean {
+  return /^[+-]?\d+$/.test(s.trim());
+}
+
+/** A whole number as a number (so the YAML shows 20, not "20"); anything else as given. */
+function intOrString(s: string): number | string {
+  return isInteger(s) ? Number(s.trim()) : s.trim();
+}
+
+/** Seconds as PgBouncer and Pgpool-II write them: a plain number stays a number (pgmux reads seconds). */
+function seconds(s: string): number | string {
+  const t = s.trim();
+  return /^\d+(\.\d+)?$/.test(t) ? Number(t) : t;
+}
+
+/** A PostgreSQL-style time value with a default unit -> a pgmux duration string in its largest exact unit. */
+function pgTime(s: string, defaultUnit: 'ms' | 's'): string | null {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?\s*$/i.exec(s);
+  if (!m) return null;
+  const factor: Record<string, number> = { us: 0.001, ms: 1, s: 1000, min: 60_000, h: 3_600_000, d: 86_400_000 };
+  const ms = Number(m[1]) * factor[(m[2] ?? defaultUnit).toLowerCase()]!;
+  if (ms === 0) return '0';
+  if (!Number.isInteger(ms)) return `${Math.max(1, Math.round(ms))}ms`;
+  for (const [unit, f] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
+    if (ms % f === 0) return `${ms / f}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+function isOn(s: string): boolean {
+  return ['on', 'true', 'yes', '1'].includes(s.trim().toLowerCase());
+}
+
+function isOff(s: string): boolean {
+  return ['off', 'false', 'no', '0'].includes(s.trim().toLowerCase());
+}
+
+/** `*` and empty mean every address. */
+function listenHost(addr: string): string {
+  const first = addr.split(',')[0]!.trim();
+  return first === '*' || first === '' ? '0.0.0.0' : first;
+}
+
+function hostPort(host: string, port: number): string {
+  return formatHostPort({ host, port });
+}
+
+// ---------------------------------------------------------------------------------------------
+// PgBouncer.
+
+interface IniEntry {
+  section: string;
+  key: string;
+  value: string;
+  line: number;
+}
+
+function parseIni(text: string, out: Output): IniEntry[] {
+  const entries: IniEntry[] = [];
+  let section = '';
+  text.split(/\r?\n/).forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === '' || line.startsWith(';') || line.startsWith('#')) return;
+    if (line.startsWith('%include')) {
+      out.warn(`line ${i + 1}: ${line}: included files are not read; import each one and merge the results`);
+      return;
+    }
+    const sec = /^\[\s*([^\]]*?)\s*\]$/.exec(line);
+    if (sec) {
+      section = sec[1]!.toLowerCase();
+      return;
+    }
+    const eq = line.indexOf('=');
+    if (eq < 0) {
+      out.warn(`line ${i + 1}: "${line}" is not "key = value"; ignored`);
+      return;
+    }
+    entries.push({ section, key: line.slice(0, eq).trim(), value: line.slice(eq + 1).trim(), line: i + 1 });
+  });
+  return entries;
+}
+
+/** libpq-style "key=value key='quoted value'" of a [databases] entry. */
+function parseConnString(s: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const re = /\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('((?:[^'\\]|\\.|'')*)'|(\S*))/gy;
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(s)) !== null) {
+    const value = m[3] !== undefined ? m[3].replace(/''/g, "'").replace(/\\(.)/g, '$1') : m[4]!;
+    out.set(m[1]!.toLowerCase(), value);
+    if (re.lastIndex >= s.length) break;
+  }
+  return out;
+}
+
+const PGBOUNCER_DURATIONS = [
+  'query_wait_timeout', 'server_idle_timeout', 'server_lifetime', 'client_idle_timeout',
+  'idle_transaction_timeout', 'server_connect_timeout', 'client_login_timeout',
+];
+
+/** Why some common PgBouncer settings have no pgmux counterpart. */
+const PGBOUNCER_HINTS: Record<string, string> = {
+  logfile: 'pgmux logs JSON lines to standard output',
+  pidfile: 'run pgmux under a supervisor (systemd, Kubernetes) instead',
+  syslog: 'pgmux logs to standard output',
+  verbose: 'use log_level (debug/trace)',
+  unix_socket_dir: 'pgmux listens on TCP only',
+  user: 'run pgmux as a non-root user from your supervisor',
+  reserve_pool_size: 'pools have one size (pool_size)',
+  reserve_pool_timeout: 'pools have one size (pool_size)',
+  max_db_connections: 'pgmux limits per (node, database, user) pool with pool_size only',
+  max_user_connections: 'pgmux limits per (node, database, user) pool with pool_size only',
+  server_check_query: 'pgmux health-checks each node over its own control connection (health_check_*)',
+  server_check_delay: 'pgmux health-checks each node over its own control connection (health_check_period)',
+  server_round_robin: 'replica reads are spread by node weight',
+  ignore_startup_parameters: 'pgmux accepts and tracks common startup parameters itself',
+  auth_query: 'pgmux authenticates from auth_file only',
+  auth_user: 'pgmux authenticates from auth_file only',
+  auth_hba_file: 'hba files are not supported',
+  stats_period: 'pgmux serves live counters on /metrics',
+  listen_backlog: 'not configurable in pgmux',
+  so_reuseport: 'not configurable in pgmux',
+  track_extra_parameters: 'pgmux tracks session parameters itself',
+  server_reset_query_always: 'pgmux runs server_reset_query in session mode only; transaction mode never needs it',
+  dns_max_ttl: 'pgmux resolves node names on each connect',
+  application_name_add_host: 'not supported',
+  peer_id: 'peering is not supported',
+};
+
+function importPgbouncer(text: string, out: Output): void {
+  const entries = parseIni(text, out);
+  const settings = new Map<string, IniEntry>();
+  for (const e of entries) {
+    if (e.section === 'pgbouncer') settings.set(e.key.toLowerCase(), e);
+  }
+  const get = (k: string): string | undefined => settings.get(k)?.value;
+  const done = new Set<string>();
+  const show = (k: string) => `${k} = ${get(k) ?? ''}`;
+
+  // listen_addr + listen_port -> listen.
+  const addr = get('listen_addr');
+  const port = get('listen_port');
+  if (addr !== undefined || port !== undefined) {
+    done.add('listen_addr').add('listen_port');
+    if (addr !== undefined && addr.includes(',')) {
+      out.warn(`listen_addr = ${addr}: pgmux listens on one address; using the first (${listenHost(addr)})`);
+    }
+    if (addr === undefined) {
+      out.warn(`listen_addr is not set (PgBouncer then listens on its Unix socket only): pgmux listens on TCP 0.0.0.0:${port}`);
+    }
+    const p = port ?? '6432';
+    const host = listenHost(addr ?? '*');
+    if (isInteger(p)) out.set('listen', hostPort(host, Number(p)), show('listen_port'));
+    else out.warn(`listen_port = ${p}: not a port; listen left at pgmux's default`);
+  }
+
+  const pm = get('pool_mode');
+  if (pm !== undefined) {
+    done.add('pool_mode');
+    if (pm.trim().toLowerCase() === 'statement') {
+      out.warn('pool_mode = statement: pgmux does not offer statement pooling (it breaks multi-statement transactions); using transaction');
+      out.set('pool_mode', 'transaction', show('pool_mode'));
+    } else {
+      out.set('pool_mode', pm.trim().toLowerCase(), show('pool_mode'));
+    }
+  }
+
+  for (const [from, to] of [
+    ['default_pool_size', 'pool_size'],
+    ['min_pool_size', 'min_pool_size'],
+    ['max_client_conn', 'max_client_conn'],
+    ['max_prepared_statements', 'max_prepared_statements'],
+  ] as const) {
+    const v = get(from);
+    if (v === undefined) continue;
+    done.add(from);
+    out.set(to, intOrString(v), show(from));
+  }
+
+  const authType = get('auth_type');
+  if (authType !== undefined) {
+    done.add('auth_type');
+    const t = authType.trim().toLowerCase();
+    const mapped: Record<string, string> = { md5: 'md5', 'scram-sha-256': 'scram-sha-256', plain: 'password', trust: 'trust' };
+    if (mapped[t] !== undefined) {
+      out.set('auth', mapped[t], show('auth_type'));
+    } else {
+      const why: Record<string, string> = {
+        hba: 'hba files are not supported',
+        cert: 'TLS client certificates are not supported',
+        pam: 'PAM is not supported',
+        any: 'pgmux has no "any" method (trust is the closest)',
+      };
+      out.warn(
+        `auth_type = ${authType}: ${why[t] ?? 'not supported'}; auth is left out, which means pgmux's default trust: ` +
+          'set auth to md5 or scram-sha-256 (with auth_file) before exposing pgmux',
+      );
+    }
+  }
+
+  const authFile = get('auth_file');
+  if (authFile !== undefined) {
+    done.add('auth_file');
+    if (authFile.trim() !== '') {
+      if (out.set('auth_file', authFile.trim(), show('auth_file')) && !authFile.trim().startsWith('/')) {
+        out.warn(`auth_file = ${authFile}: a relative path; pgmux resolves it against the YAML file's directory`);
+      }
+    }
+  }
+
+  for (const k of PGBOUNCER_DURATIONS) {
+    const v = get(k);
+    if (v === undefined) continue;
+    done.add(k);
+    out.set(k, seconds(v), show(k));
+  }
+
+  const reset = get('server_reset_query');
+  if (reset !== undefined) {
+    done.add('server_reset_query');
+    out.set('server_reset_query', reset, show('server_reset_query'));
+  }
+
+  const packet = get('max_packet_size');
+  if (packet !== undefined) {
+    done.add('max_packet_size');
+    out.set('max_message_size', intOrString(packet), show('max_packet_size'));
+  }
+
+  for (const k of ['admin_users', 'stats_users']) {
+    const v = get(k);
+    if (v === undefined) continue;
+    done.add(k);
+    const users = v.split(',').map((u) => u.trim()).filter((u) => u !== '');
+    if (users.length > 0) out.set(k, users, show(k));
+  }
+
+  for (const [key, e] of settings) {
+    if (done.has(key)) continue;
+    let why = PGBOUNCER_HINTS[key];
+    if (why === undefined && /^(client|server)_tls_/.test(key)) why = 'TLS is not supported by pgmux; terminate TLS in front of it';
+    out.warn(`${e.key} = ${e.value}: no pgmux equivalent${why !== undefined ? ` (${why})` : ''}; not carried over`);
+  }
+
+  importPgbouncerDatabases(entries, out);
+
+  for (const e of entries) {
+    if (e.section === 'pgbouncer' || e.section === 'databases') continue;
+    if (e.section === 'users') {
+      out.warn(`[users] ${e.key} = ${e.value}: per-user settings are not carried over (pgmux pools per (node, database, user) with one pool_size and pool_mode)`);
+    } else if (e.section === 'peers') {
+      out.warn(`[peers] ${e.key} = ${e.value}: peering is not supported; not carried over`);
+    } else {
+      out.warn(`[${e.section || 'no section'}] ${e.key} = ${e.value}: unknown section; not carried over`);
+    }
+  }
+}
+
+function importPgbouncerDatabases(entries: IniEntry[], out: Output): void {
+  const dbs = entries.filter((e) => e.section === 'databases');
+  if (dbs.length === 0) return;
+  const nodes: string[] = [];
+  const seen = new Set<string>();
+  const passwords = new Set<string>();
+  const perDb: string[] = [];
+  for (const e of dbs) {
+    const conn = parseConnString(e.value);
+    const port = conn.get('port') ?? '5432';
+    const hosts = (conn.get('host') ?? '').split(',').map((h) => h.trim()).filter((h) => h !== '');
+    if (hosts.length === 0) {
+      out.warn(`[databases] ${e.key}: no host= (PgBouncer then uses a Unix socket); pgmux needs TCP nodes: add this server to nodes yourself`);
+    }
+    for (const host of hosts) {
+      if (host.startsWith('/')) {
+        out.warn(`[databases] ${e.key}: host=${host} is a Unix socket directory; pgmux connects over TCP only: add this server to nodes yourself`);
+        continue;
+      }
+      if (!isInteger(port)) {
+        out.warn(`[databases] ${e.key}: port=${port} is not a port; ${host} left out`);
+        continue;
+      }
+      const hp = hostPort(host, Number(port));
+      const id = hp.toLowerCase();
+      if (seen.has(id)) continue;
+      seen.add(id);
+      nodes.push(hp);
+    }
+    const pw = conn.get('password');
+    if (pw !== undefined && pw !== '') passwords.add(pw);
+    const extra = [...conn.keys()].filter((k) => !['host', 'port', 'password'].includes(k));
+    if (extra.length > 0) perDb.push(`${e.key} (${extra.map((k) => `${k}=${k === 'password' ? '***' : conn.get(k)}`).join(' ')})`);
+  }
+  if (nodes.length > 0) out.set('nodes', nodes, '[databases]');
+  if (passwords.size > 0) {
+    const [first] = passwords;
+    if (out.set('server_password', first, '[databases] password=')) {
+      out.warn('[databases] password= -> server_password: pgmux logs in to the nodes with it for every user whose auth_file entry holds no plain password');
+    }
+    if (passwords.size > 1) {
+      out.warn(`[databases]: ${passwords.size} different password= values; pgmux has one server_password, the first is used`);
+    }
+  }
+  out.warn(
+    `[databases]: ${dbs.length} entr${dbs.length === 1 ? 'y' : 'ies'} became ${nodes.length} node${nodes.length === 1 ? '' : 's'}; ` +
+      'per-database routing and aliases are not carried over: pgmux pools by the database name the client asks for, ' +
+      'on every node, and finds the primary itself',
+  );
+  if (perDb.length > 0) {
+    out.warn(`[databases]: per-database settings not carried over: ${perDb.join('; ')}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pgpool-II.
+
+interface ConfEntry {
+  key: string;
+  value: string;
+  line: number;
+}
+
+/** postgresql.conf-style: key = value | key = 'quoted ''value''', # comments. */
+function parseConf(text: string, out: Output): ConfEntry[] {
+  const entries: ConfEntry[] = [];
+  text.split(/\r?\n/).forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) return;
+    const m = /^([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*(?:'((?:[^'\\]|\\.|'')*)'|([^#\s]*))\s*(?:#.*)?$/.exec(line);
+    if (!m) {
+      out.warn(`line ${i + 1}: "${line}" is not "key = value"; ignored`);
+      return;
+    }
+    const value = m[2] !== undefined ? m[2].replace(/''/g, "'").replace(/\\(.)/g, '$1') : m[3]!;
+    entries.push({ key: m[1]!.toLowerCase(), value, line: i + 1 });
+  });
+  return entries;
+}
+
+/** Pgpool-II's real-number weights -> pgmux's whole numbers, keeping the ratios. */
+function wholeWeights(weights: number[]): { weights: number[]; scaled: boolean } {
+  if (weights.every((w) => Number.isInteger(w))) return { weights, scaled: false };
+  const decimals = Math.min(3, Math.max(...weights.map((w) => (String(w).split('.')[1] ?? '').length)));
+  const f = 10 ** decimals;
+  const ints = weights.map((w) => Math.round(w * f));
+  const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
+  const g = ints.reduce((a, b) => gcd(a, b), 0) || 1;
+  return { weights: ints.map((w) => w / g), scaled: true };
+}
+
+const PGPOOL_HINTS: Record<string, string> = {
+  child_life_time: 'pgmux has no child processes',
+  child_max_connections: 'pgmux has no child processes',
+  listen_backlog_multiplier: 'pgmux has no child processes',
+  serialize_accept: 'pgmux has no child processes',
+  reserved_connections: 'clients over max_client_conn are refused with SQLSTATE 53300',
+  socket_dir: 'pgmux listens on TCP only',
+  pcp_listen_addresses: 'pgmux has no PCP; use the admin console (database "pgmux") and the HTTP endpoints',
+  pcp_port: 'pgmux has no PCP; use the admin console (database "pgmux") and the HTTP endpoints',
+  pcp_socket_dir: 'pgmux has no PCP',
+  enable_pool_hba: 'hba files are not supported; pgmux authenticates from auth_file',
+  pool_passwd: 'pgmux reads a PgBouncer-style userlist.txt (auth_file, auth: md5 or scram-sha-256)',
+  allow_clear_text_frontend_auth: 'set auth: password to accept cleartext passwords',
+  reset_query_list: 'in session mode pgmux runs server_reset_query (default DISCARD ALL)',
+  statement_level_load_balance: 'pgmux balances every read transaction (transaction mode) independently',
+  disable_load_balance_on_write: 'pgmux routes per transaction; for reads after a client\'s own writes see read_your_writes',
+  read_only_function_list: 'pgmux knows read-only functions itself; list writing ones in write_functions',
+  white_function_list: 'pgmux knows read-only functions itself; list writing ones in write_functions',
+  primary_routing_query_pattern_list: 'use a /* pgmux:primary */ hint instead',
+  database_redirect_preference_list: 'no per-database routing',
+  app_name_redirect_preference_list: 'no per-application routing',
+  memory_cache_enabled: 'pgmux has no query cache',
+  use_watchdog: 'run several pgmux replicas behind a load balancer or Kubernetes Service instead',
+  failover_on_backend_error: 'pgmux marks a node down after health_check_max_retries failed checks',
+  search_primary_node_timeout: 'pgmux waits for a new primary up to failover_timeout',
+  connection_cache: 'pgmux always pools',
+  log_destination: 'pgmux logs JSON lines to standard output',
+  logging_collector: 'pgmux logs JSON lines to standard output',
+  log_statement: 'not supported',
+  log_per_node_statement: 'not supported',
+  pid_file_name: 'run pgmux under a supervisor (systemd, Kubernetes) instead',
+  logdir: 'pgmux keeps no status file',
+  ssl: 'TLS is not supported by pgmux; terminate TLS in front of it',
+  health_check_retry_delay: 'a failed check is retried on the next health_check_period',
+  auto_failback: 'pgmux uses a node as soon as its checks pass again',
+  detach_false_primary: 'pgmux never routes to a second primary it cannot confirm (it is fenced)',
+  recovery_user: 'pgmux does no online recovery',
+  recovery_password: 'pgmux does no online recovery',
+  recovery_1st_stage_command: 'pgmux does no online recovery',
+  recovery_2nd_stage_command: 'pgmux does no online recovery',
+  failback_command: 'pgmux reports role changes through on_role_change and never runs recovery actions',
+  prefer_lower_delay_standby: 'a replica over the lag limit simply gets no reads',
+  log_standby_delay: 'replica lag is on /metrics and SHOW NODES',
+};
+
+function importPgpool(text: string, out: Output): void {
+  const entries = parseConf(text, out);
+  const conf = new Map<string, ConfEntry>();
+  for (const e of entries) conf.set(e.key, e); // a later line wins, as in Pgpool-II
+  const get = (k: string): string | undefined => conf.get(k)?.value;
+  const done = new Set<string>();
+  const show = (k: string) => `${k} = ${get(k) ?? ''}`;
+
+  // Clustering mode: pgmux is for streaming replication only.
+  for (const k of ['backend_clustering_mode', 'master_slave_mode', 'master_slave_sub_mode', 'replication_mode']) {
+    if (get(k) !== undefined) done.add(k);
+  }
+  const mode = get('backend_clustering_mode')?.trim().toLowerCase().replace(/-/g, '_');
+  if (mode !== undefined && mode !== 'streaming_replication') {
+    out.warn(`backend_clustering_mode = ${get('backend_clustering_mode')}: pgmux only fronts a streaming-replication cluster (one primary, hot-standby replicas)`);
+  }
+  if (get('replication_mode') !== undefined && isOn(get('replication_mode')!)) {
+    out.warn('replication_mode = on: pgmux does not replicate writes itself; it needs PostgreSQL streaming replication');
+  }
+  const sub = get('master_slave_sub_mode');
+  if (get('master_slave_mode') !== undefined && isOn(get('master_slave_mode')!) && sub !== undefined && sub.trim().toLowerCase() !== 'stream') {
+    out.warn(`master_slave_sub_mode = ${sub}: pgmux only fronts a streaming-replication cluster`);
+  }
+
+  // Backends.
+  const ids = [...conf.keys()]
+    .map((k) => /^backend_hostname(\d+)$/.exec(k))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => Number(m[1]))
+    .sort((a, b) => a - b);
+  const backends: Array<{ id: number; host: string; port: number; weight: number }> = [];
+  for (const id of ids) {
+    const host = get(`backend_hostname${id}`)!.trim();
+    const portRaw = get(`backend_port${id}`) ?? '5432';
+    const weightRaw = get(`backend_weight${id}`) ?? '1';
+    done.add(`backend_hostname${id}`).add(`backend_port${id}`).add(`backend_weight${id}`);
+    if (host === '' || host.startsWith('/')) {
+      out.warn(`backend_hostname${id} = ${host}: ${host === '' ? 'empty' : 'a Unix socket directory'}; pgmux connects over TCP only: add this server to nodes yourself`);
+      continue;
+    }
+    const weight = Number(weightRaw);
+    if (!isInteger(portRaw) || !Number.isFinite(weight) || weight < 0) {
+      out.warn(`backend ${id} (${host}, port ${portRaw}, weight ${weightRaw}): not a valid port/weight; left out`);
+      continue;
+    }
+    backends.push({ id, host, port: Number(portRaw), weight });
+  }
+  for (const [key, e] of conf) {
+    const m = /^backend_(flag|data_directory|application_name)(\d+)$/.exec(key);
+    if (!m) continue;
+    done.add(key);
+    if (m[1] === 'flag' && /DISALLOW_TO_FAILOVER|ALWAYS_PRIMARY|ALWAYS_MASTER/i.test(e.value)) {
+      out.warn(`${key} = ${e.value}: pgmux has no per-node failover flags; it follows whatever node PostgreSQL promotes`);
+    } else if (m[1] === 'flag') {
+      // ALLOW_TO_FAILOVER is the default and what pgmux does.
+    } else {
+      out.warn(`${key} = ${e.value}: not needed by pgmux (no online recovery); not carried over`);
+    }
+  }
+  for (const key of conf.keys()) {
+    if (/^backend_(port|weight)\d+$/.test(key) && !done.has(key)) {
+      done.add(key);
+      out.warn(`${show(key)}: there is no backend_hostname with the same number; ignored`);
+    }
+  }
+
+  const lb = get('load_balance_mode');
+  if (lb !== undefined) done.add('load_balance_mode');
+  const lbOff = lb !== undefined && isOff(lb);
+  if (backends.length > 0) {
+    const { weights, scaled } = wholeWeights(backends.map((b) => b.weight));
+    if (scaled) {
+      out.warn(
+        `backend_weight: pgmux weights are whole numbers; ${backends.map((b) => b.weight).join(':')} became ${weights.join(':')} (same ratios)`,
+      );
+    }
+    const nodes = backends.map((b, i) => `${hostPort(b.host, b.port)}@${lbOff ? 0 : weights[i]}`);
+    out.set('nodes', nodes, 'backend_hostnameN');
+    if (lbOff) {
+      out.set('fallback_to_primary', true, show('load_balance_mode'));
+      out.warn(
+        'load_balance_mode = off: every node got weight 0 and fallback_to_primary is on, so all reads go to the current primary ' +
+          '(pgmux discovers the primary, so there is no per-role weight); give the replicas a weight to spread reads',
+      );
+    } else if (backends.some((b) => b.weight > 0)) {
+      const primaryWeighted = backends.filter((b) => b.weight > 0).length === backends.length;
+      if (primaryWeighted) {
+        out.warn(
+          'backend_weight: as in Pgpool-II, the primary takes reads too while its weight is above 0; ' +
+            'set the primary\'s weight to 0 (host:port@0) to keep reads on the replicas',
+        );
+      }
+    }
+  }
+
+  // Listening.
+  const la = get('listen_addresses');
+  const lp = get('port');
+  if (la !== undefined || lp !== undefined) {
+    done.add('listen_addresses').add('port');
+    const host = la === undefined ? 'localhost' : listenHost(la);
+    if (la !== undefined && la.trim() === '') out.warn('listen_addresses = \'\': Pgpool-II accepted no TCP clients; pgmux listens on TCP 0.0.0.0');
+    const p = lp ?? '9999';
+    if (isInteger(p)) out.set('listen', hostPort(host, Number(p)), `listen_addresses/port = ${la ?? '(default localhost)'}:${p}`);
+    else out.warn(`port = ${p}: not a port; listen left at pgmux's default`);
+  }
+
+  // Clients and pools.
+  const children = get('num_init_children');
+  if (children !== undefined) {
+    done.add('num_init_children');
+    if (out.set('max_client_conn', intOrString(children), show('num_init_children'))) {
+      out.warn(
+        `num_init_children = ${children} -> max_client_conn: Pgpool-II serves one client per child process; pgmux is not process-per-client ` +
+          'and multiplexes many clients over pool_size backends, so max_client_conn can usually be much higher',
+      );
+    }
+  }
+  const maxPool = get('max_pool');
+  if (maxPool !== undefined) {
+    done.add('max_pool');
+    const total = children !== undefined && isInteger(children) && isInteger(maxPool) ? Number(children) * Number(maxPool) : null;
+    out.warn(
+      `max_pool = ${maxPool}: not carried over: Pgpool-II caches up to max_pool connections per child${total !== null ? ` (up to ${total} per node)` : ''}; ` +
+        'pgmux shares pool_size backends per (node, database, user) between all clients; size pool_size from your concurrency (default 20)',
+    );
+  }
+  out.warn(
+    'Pgpool-II keeps one backend per client session; pgmux defaults to pool_mode transaction (SET, temporary tables, advisory locks ' +
+      'and LISTEN do not outlive a transaction); set pool_mode: session if your applications rely on session state',
+  );
+
+  // Timeouts with a pgmux counterpart.
+  for (const [from, to, unit] of [
+    ['client_idle_limit', 'client_idle_timeout', 's'],
+    ['authentication_timeout', 'client_login_timeout', 's'],
+    ['connect_timeout', 'server_connect_timeout', 'ms'],
+    ['connection_life_time', 'server_idle_timeout', 's'],
+  ] as const) {
+    const v = get(from);
+    if (v === undefined) continue;
+    done.add(from);
+    const d = pgTime(v, unit);
+    if (d === null) {
+      out.warn(`${from} = ${v}: not a time; not carried over`);
+      continue;
+    }
+    const value = unit === 's' && /^\d+$/.test(v.trim()) ? Number(v.trim()) : d;
+    if (out.set(to, value, show(from)) && from === 'connection_life_time') {
+      out.warn(`connection_life_time = ${v} -> server_idle_timeout: both close a backend idle this long (roughly; Pgpool-II counts from the end of the client session)`);
+    }
+  }
+
+  // Lag limits.
+  const dt = get('delay_threshold');
+  if (dt !== undefined) {
+    done.add('delay_threshold');
+    if (isInteger(dt) && Number(dt) === 0) out.set('max_lag_bytes', 'off', show('delay_threshold'));
+    else out.set('max_lag_bytes', intOrString(dt), show('delay_threshold'));
+  }
+  const dtt = get('delay_threshold_by_time');
+  if (dtt !== undefined) {
+    done.add('delay_threshold_by_time');
+    const d = pgTime(dtt, 'ms');
+    if (d === null) {
+      out.warn(`delay_threshold_by_time = ${dtt}: not a time; not carried over`);
+    } else if (d === '0') {
+      out.warn('delay_threshold_by_time = 0 (off in Pgpool-II): pgmux\'s default max_lag_ms (10s) applies; set max_lag_ms: off to switch the time limit off');
+    } else if (out.set('max_lag_ms', d, show('delay_threshold_by_time')) && /^\s*\d+(\.\d+)?\s*$/.test(dtt)) {
+      out.warn(`delay_threshold_by_time = ${dtt}: read as milliseconds (Pgpool-II 4.5 and later; 4.4 read it as seconds: then write ${dtt}s)`);
+    }
+  }
+  const sr = ['sr_check_period', 'sr_check_user', 'sr_check_password', 'sr_check_database'].filter((k) => get(k) !== undefined);
+  for (const k of sr) done.add(k);
+  if (get('health_check_user') === undefined && get('sr_check_user')?.trim()) {
+    // Pgpool-II finds the primary with the sr_check login: that is what pgmux's health check does.
+    for (const k of ['user', 'password', 'database']) {
+      const v = get(`sr_check_${k}`);
+      if (v !== undefined && get(`health_check_${k}`) === undefined) conf.set(`health_check_${k}`, { key: `health_check_${k}`, value: v, line: 0 });
+    }
+    out.warn('sr_check_user/password/database -> health_check_*: pgmux finds the primary and measures lag with its health check login (there is no health_check_user here)');
+  }
+  if (sr.length > 0) {
+    out.warn(
+      `${sr.join(', ')}: note: pgmux has no separate streaming-replication check; its health checks ` +
+        '(health_check_period, health_check_user/password/database) find the primary and measure replica lag',
+    );
+  }
+
+  // Health checks.
+  const hcp = get('health_check_period');
+  if (hcp !== undefined) {
+    done.add('health_check_period');
+    if (/^\s*0+\s*$/.test(hcp)) {
+      out.warn('health_check_period = 0 (off in Pgpool-II): pgmux always health-checks its nodes; its default (1s) applies');
+    } else {
+      const d = pgTime(hcp, 's');
+      out.set('health_check_period', /^\s*\d+\s*$/.test(hcp) ? Number(hcp) : d ?? hcp, show('health_check_period'));
+    }
+  }
+  const hct = get('health_check_timeout');
+  if (hct !== undefined) {
+    done.add('health_check_timeout');
+    if (/^\s*0+\s*$/.test(hct)) out.warn('health_check_timeout = 0 (no timeout in Pgpool-II): pgmux always times a check out; its default (5s) applies');
+    else out.set('health_check_timeout', /^\s*\d+\s*$/.test(hct) ? Number(hct) : pgTime(hct, 's') ?? hct, show('health_check_timeout'));
+  }
+  const hcr = get('health_check_max_retries');
+  if (hcr !== undefined) {
+    done.add('health_check_max_retries');
+    if (isInteger(hcr) && Number(hcr) >= 0) {
+      const n = Number(hcr) + 1;
+      if (out.set('health_check_max_retries', n, show('health_check_max_retries'))) {
+        out.warn(
+          `health_check_max_retries = ${hcr} -> ${n}: Pgpool-II retries a failed check that many times before failing the node over; ` +
+            'pgmux counts every failed check, so the same tolerance is one more',
+        );
+      }
+    } else {
+      out.set('health_check_max_retries', hcr, show('health_check_max_retries'));
+    }
+  }
+  for (const k of ['health_check_user', 'health_check_database']) {
+    const v = get(k);
+    if (v === undefined) continue;
+    done.add(k);
+    if (v.trim() !== '') out.set(k, v, show(k));
+  }
+  const hpw = get('health_check_password');
+  if (hpw !== undefined) {
+    done.add('health_check_password');
+    if (/^(AES|md5)/.test(hpw)) {
+      out.warn('health_check_password: an encrypted/hashed Pgpool-II password (AES… or md5…); pgmux needs the plain password: set health_check_password yourself');
+    } else if (hpw !== '') {
+      out.set('health_check_password', hpw, 'health_check_password');
+    } else {
+      out.warn('health_check_password = \'\': Pgpool-II then looks in pool_passwd; set health_check_password if the health check user needs one');
+    }
+  }
+  for (const key of conf.keys()) {
+    if (/^health_check_\w+\d+$/.test(key)) {
+      done.add(key);
+      out.warn(`${show(key)}: per-node health check settings are not supported; pgmux uses the global ones for every node`);
+    }
+  }
+
+  // Failover.
+  for (const k of ['failover_command', 'follow_primary_command', 'follow_master_command']) {
+    const v = get(k);
+    if (v === undefined) continue;
+    done.add(k);
+    if (v.trim() === '') continue;
+    out.warn(
+      `${k} = ${v}: not carried over: pgmux never promotes or re-points nodes itself; it follows whatever promotion your ` +
+        'HA tool (Patroni, repmgr, pg_auto_failover) does; to be told about role changes, use the on_role_change hook ' +
+        '(env PGMUX_EVENT, PGMUX_NODE, PGMUX_OLD_ROLE, PGMUX_NEW_ROLE)',
+    );
+  }
+
+  // Functions that write.
+  for (const k of ['write_function_list', 'black_function_list']) {
+    const v = get(k);
+    if (v === undefined) continue;
+    done.add(k);
+    const names = v.split(',').map((s) => s.trim()).filter((s) => s !== '');
+    const ok = names.filter((s) => /^[A-Za-z_][A-Za-z0-9_$.]*$/.test(s));
+    const bad = names.filter((s) => !ok.includes(s));
+    if (bad.length > 0) out.warn(`${k}: ${bad.join(', ')}: regular expressions are not supported; only plain function names are carried over`);
+    if (ok.length > 0) {
+      const prev = (out.values.get('write_functions') as string[] | undefined) ?? [];
+      out.set('write_functions', [...new Set([...prev, ...ok])], show(k));
+    }
+  }
+
+  const lmm = get('log_min_messages');
+  if (lmm !== undefined) {
+    done.add('log_min_messages');
+    const t = lmm.trim().toLowerCase();
+    const level = /^debug\d?$/.test(t) ? 'debug' : t === 'warning' ? 'warn' : ['info', 'notice', 'log'].includes(t) ? 'info' : t === 'error' ? 'error' : ['fatal', 'panic'].includes(t) ? 'fatal' : null;
+    if (level !== null) out.set('log_level', level, show('log_min_messages'));
+    else out.warn(`log_min_messages = ${lmm}: unknown level; not carried over`);
+  }
+
+  for (const [key, e] of conf) {
+    if (done.has(key)) continue;
+    const why = PGPOOL_HINTS[key] ?? (/^(wd_|heartbeat_|delegate_|other_pgpool|pgpool_port|trusted_servers|if_)/.test(key)
+      ? 'watchdog: run several pgmux replicas behind a load balancer or Kubernetes Service instead'
+      : /^memqcache_/.test(key) ? 'pgmux has no query cache'
+      : /^(ssl|log_|syslog_)/.test(key) ? 'not supported' : undefined);
+    const value = /password/.test(key) && e.value !== '' ? '***' : e.value;
+    out.warn(`${e.key} = ${value}: no pgmux equivalent${why !== undefined ? ` (${why})` : ''}; not carried over`);
+  }
+}
