@@ -35,6 +35,7 @@ const defaults: Config = {
   maxMessageBytes: 64 * MiB,
   serverResetQuery: 'DISCARD ALL',
   maxPreparedStatements: 200,
+  trackExtraParameters: Object.freeze(['search_path', 'statement_timeout', 'lock_timeout', 'role']) as unknown as string[],
   adminUsers: Object.freeze([]) as unknown as string[],
   statsUsers: Object.freeze([]) as unknown as string[],
   shutdownTimeoutMs: 30_000,
@@ -392,6 +393,7 @@ const KEYS: KeySpec[] = [
   { key: 'admin_users', field: 'adminUsers', parse: (v) => parseUserList(v) },
   { key: 'stats_users', field: 'statsUsers', parse: (v) => parseUserList(v) },
   { key: 'shutdown_timeout', field: 'shutdownTimeoutMs', parse: parseDuration },
+  { key: 'track_extra_parameters', field: 'trackExtraParameters', parse: (v) => parseNameList(v) },
   { key: 'max_prepared_statements', field: 'maxPreparedStatements', parse: (v) => parseInteger(v, 0, 100000) },
   {
     key: 'server_reset_query',

@@ -60,6 +60,11 @@ export interface Config {
   /** Largest message a client may send (bytes); larger gets 08P01 and a close. */
   maxMessageBytes: number;
 
+  /**
+   * Unreported parameters whose SET/RESET by a client is carried to its next backends in
+   * transaction mode (reported ones such as TimeZone always are).
+   */
+  trackExtraParameters: string[];
   /** Transaction mode: prepared statements kept per backend before the least recently used is closed; 0 = no cap. */
   maxPreparedStatements: number;
 

@@ -112,8 +112,8 @@ export class BackendConnection implements ScanSink {
 
   private scanner = new BackendScanner(this);
   private internal: { resolve: () => void; reject: (e: Error) => void; error: Map<string, string> | null } | null = null;
-  /** First column of the first row of the running internal query (queryValue). */
-  private capturedValue: string | null = null;
+  /** First row of the running internal query (queryRow). */
+  private capturedRow: Array<string | null> | null = null;
 
   /**
    * Proxy statement names prepared on this backend, least recently used first (a Map keeps
@@ -319,22 +319,33 @@ export class BackendConnection implements ScanSink {
     });
   }
 
-  /** Runs pgmux's own single-value query while no client is linked; resolves the first column. */
-  async queryValue(sql: string): Promise<string | null> {
-    this.capturedValue = null;
+  /** Runs pgmux's own one-row query while no client is linked; resolves its first row. */
+  async queryRow(sql: string): Promise<Array<string | null> | null> {
+    this.capturedRow = null;
     this.scanner.captureRows = true;
     try {
       await this.runInternal(sql);
-      return this.capturedValue;
+      return this.capturedRow;
     } finally {
       this.scanner.captureRows = false;
     }
   }
 
   onHiddenDataRow(body: Buffer, start: number, end: number): void {
-    if (this.capturedValue !== null || end - start < 6 || body.readInt16BE(start) < 1) return;
-    const len = body.readInt32BE(start + 2);
-    if (len >= 0) this.capturedValue = body.toString('utf8', start + 6, start + 6 + len);
+    if (this.capturedRow !== null || end - start < 2) return;
+    const n = body.readInt16BE(start);
+    const row: Array<string | null> = [];
+    let pos = start + 2;
+    for (let i = 0; i < n && pos + 4 <= end; i++) {
+      const len = body.readInt32BE(pos);
+      pos += 4;
+      if (len < 0) row.push(null);
+      else {
+        row.push(body.toString('utf8', pos, pos + len));
+        pos += len;
+      }
+    }
+    this.capturedRow = row;
   }
 
   onClose(fn: (b: BackendConnection) => void): void {

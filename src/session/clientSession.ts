@@ -18,6 +18,7 @@ import {
   parameterStatus,
   parseStartupParams,
   readCstr,
+  sqlLiteral,
   readyForQuery,
   SSL_REQUEST_CODE,
   authenticationRequest,
@@ -85,6 +86,18 @@ interface HeldMessage {
   end: number;
 }
 
+/** First word SET or RESET (case-insensitive, after blanks): a byte check, no string. */
+function startsWithSetOrReset(buf: Buffer, pos: number, end: number): boolean {
+  while (pos < end && (buf[pos] === 0x20 || buf[pos] === 0x0a || buf[pos] === 0x09 || buf[pos] === 0x0d)) pos++;
+  let c = buf[pos]! | 0x20;
+  if (c === 0x72 /* r */) {
+    if (((buf[pos + 1]! | 0x20) !== 0x65) || ((buf[pos + 2]! | 0x20) !== 0x73)) return false;
+    pos += 2;
+    c = buf[pos]! | 0x20;
+  }
+  return c === 0x73 && (buf[pos + 1]! | 0x20) === 0x65 && (buf[pos + 2]! | 0x20) === 0x74 && (buf[pos + 3] === 0x20 || buf[pos + 3] === 0x09 || buf[pos + 3] === 0x0a);
+}
+
 let nextClientId = 1;
 /** Re-routes of one transaction (failover waits, reads moved off a dead replica). */
 const MAX_ROUTE_ATTEMPTS = 3;
@@ -136,6 +149,8 @@ export class ClientSession implements BackendOwner, PoolWaiter {
   /** A transaction's first message arrived; route it after the rest of the read chunk. */
   private beginPending = false;
   private waitStartedAt = 0;
+  /** A SET/RESET ran in this transaction: re-read tracked unreported parameters at its end. */
+  private settingsDirty = false;
   private readonly statements = new Map<string, ClientStatement>();
   // Contiguous run of client bytes to forward with one write.
   private runBuf: Buffer | null = null;
@@ -273,6 +288,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     switch (type) {
       case Msg.Query:
         b.pendingRfq++;
+        if (tracking && startsWithSetOrReset(buf, start + 5, end)) this.settingsDirty = true;
         if (tracking) {
           b.expect(Expect.Rfq);
           if (dropsAllStatements(buf, start, end)) {
@@ -863,8 +879,10 @@ export class ClientSession implements BackendOwner, PoolWaiter {
       !this.extendedOpen &&
       this.ctx.config().poolMode === 'transaction'
     ) {
-      const ryw = this.ctx.config().readYourWrites;
-      if (this.routedWrite && ryw === 'lsn') this.releaseAfterLsn(b);
+      const cfg = this.ctx.config();
+      const needLsn = this.routedWrite && cfg.readYourWrites === 'lsn';
+      const needSettings = this.settingsDirty && cfg.trackExtraParameters.length > 0;
+      if (needLsn || needSettings) this.releaseAfterCapture(b, needLsn, needSettings ? cfg.trackExtraParameters : []);
       else {
         if (this.routedWrite) this.lastWriteAt = this.ctx.clock.now;
         this.releaseBackend(b);
@@ -873,27 +891,56 @@ export class ClientSession implements BackendOwner, PoolWaiter {
   }
 
   /**
-   * read_your_writes=lsn: before the backend goes back, learn how far the primary's WAL
-   * is (covers this client's commit); later reads only go to replicas that replayed that
-   * far. The client's next transaction waits for the answer (one round trip per write).
+   * Before the backend goes back, one hidden query on it learns what the client needs
+   * carried to its next backend:
+   * - read_your_writes=lsn: how far the primary's WAL is (covers this client's commit);
+   *   later reads only go to replicas that replayed that far;
+   * - after a SET/RESET: the current values of the tracked unreported parameters
+   *   (search_path, statement_timeout, ...), which PostgreSQL does not report.
+   * The client's next transaction waits for the answer (one round trip).
    */
-  private releaseAfterLsn(b: BackendConnection): void {
+  private releaseAfterCapture(b: BackendConnection, lsn: boolean, params: readonly string[]): void {
     this.backend = null;
     this.state = ClientState.Idle;
     this.attempts = 0;
     this.avoidNode = null;
+    this.settingsDirty = false;
     b.unlink();
     b.socket.resume();
     this.lsnPending = true;
     const pool = b.poolRef as Pool;
-    b.queryValue('SELECT pg_current_wal_insert_lsn()').then(
-      (v) => {
-        if (v !== null) this.minLsn = parseLsn(v);
+    // NULL when the parameter is at the database's default (its reset value).
+    const cols = params.map(
+      (p) => `(SELECT CASE WHEN current_setting(${sqlLiteral(p)}, true) IS DISTINCT FROM reset_val THEN current_setting(${sqlLiteral(p)}, true) END FROM pg_settings WHERE name = ${sqlLiteral(p)})`,
+    );
+    if (lsn) cols.unshift('pg_current_wal_insert_lsn()');
+    b.queryRow(`SELECT ${cols.join(', ')}`).then(
+      (row) => {
+        if (row !== null) {
+          let i = 0;
+          if (lsn) {
+            const v = row[i++];
+            if (v) this.minLsn = parseLsn(v);
+          }
+          for (const p of params) {
+            const v = row[i++];
+            // Carried to the client's next backends; this backend already has it.
+            if (v == null) {
+              this.settings.delete(p);
+              b.applied.delete(p);
+            } else {
+              this.settings.set(p, v);
+              b.applied.set(p, v);
+            }
+          }
+        }
         pool.release(b);
       },
       () => {
-        this.minLsn = null;
-        this.lastWriteAt = this.ctx.clock.now;
+        if (lsn) {
+          this.minLsn = null;
+          this.lastWriteAt = this.ctx.clock.now;
+        }
         if (b.clean) pool.release(b);
         else pool.discard(b, 'error');
       },
