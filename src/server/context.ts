@@ -9,6 +9,7 @@ import type { Pool } from '../pool/pool.js';
 import type { ClientSession } from '../session/clientSession.js';
 import type { Classification } from '../routing/classifier.js';
 import type { StatementNames } from '../session/preparedStatements.js';
+import type { NotificationHub } from '../session/notifications.js';
 
 export interface ProxyContext {
   config(): Config;
@@ -35,6 +36,8 @@ export interface ProxyContext {
   readonly shuttingDown: boolean;
   /** Proxy names of prepared statements, shared by all clients. */
   readonly statementNames: StatementNames;
+  /** Shared LISTEN connections and notification fan-out (transaction mode). */
+  readonly notifications: NotificationHub;
 
   // Routing (src/routing/): decisions only, no sockets.
   classify(sql: string): Classification;

@@ -14,6 +14,7 @@ import { cancelRequest } from '../protocol/messages.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import type { ProxyContext } from './context.js';
 import { StatementNames } from '../session/preparedStatements.js';
+import { NotificationHub } from '../session/notifications.js';
 import { AdminConsole } from '../admin/console.js';
 import type { BackendView, ClientView, PoolView, ProxyCounters, ProxyView } from '../admin/view.js';
 
@@ -76,6 +77,7 @@ export class Proxy implements ProxyContext, ProxyView {
   private janitor: NodeJS.Timeout | null = null;
   shuttingDown = false;
   readonly statementNames = new StatementNames();
+  readonly notifications: NotificationHub;
   readonly monitor: ClusterMonitor;
   private classifier: Classifier;
   private readonly balancer: ReadBalancer;
@@ -92,6 +94,13 @@ export class Proxy implements ProxyContext, ProxyView {
     this.balancer = new ReadBalancer(() => this.readPolicy);
     this.applyReadPolicy();
     this.admin = new AdminConsole(this);
+    // The listener connection for LISTEN/NOTIFY: one per (database, user), on the primary,
+    // outside the pools' size limits.
+    this.notifications = new NotificationHub(async (database, user) => {
+      const node = await this.primary(this.cfg.failoverTimeoutMs);
+      if (node === null) throw new PgmuxError(pgmuxError('noPrimary'));
+      return BackendConnection.connect({ node, user, database, credentials: this.credentialsFor(user), connectTimeoutMs: this.cfg.serverConnectTimeoutMs });
+    }, logger);
   }
 
   private applyReadPolicy(): void {
@@ -313,6 +322,7 @@ export class Proxy implements ProxyContext, ProxyView {
     while (this.connections.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const c of [...this.connections]) c.fatal(pgmuxError('adminShutdown', { detail: 'shutdown_timeout reached inside a transaction' }), 'shutdown');
     if (this.janitor) clearInterval(this.janitor);
+    this.notifications.close();
     for (const p of this.poolMap.values()) p.closeAll('shutdown');
     this.poolMap.clear();
     await this.monitor.stop();

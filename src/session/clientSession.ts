@@ -33,6 +33,8 @@ import { ClientAuthenticator } from './clientAuth.js';
 import { isSettableReported, parseStartup, StartupParamError } from './startupParams.js';
 import { buildSyncSql, settingsSignature } from './paramSync.js';
 import { parseLsn } from '../cluster/topology.js';
+import { parseListenCommand, type NotificationSink } from './notifications.js';
+import { commandComplete } from '../protocol/resultSet.js';
 import {
   bindStatement,
   buildParse,
@@ -104,7 +106,7 @@ const MAX_ROUTE_ATTEMPTS = 3;
 const WELCOME_CACHE_LIMIT = 256;
 const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
 
-export class ClientSession implements BackendOwner, PoolWaiter {
+export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink {
   readonly id = nextClientId++;
   state = ClientState.Startup;
   /** Proxy-issued cancel key (BackendKeyData). */
@@ -639,7 +641,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     this.state = ClientState.Waiting;
     this.socket.pause();
     if (this.lsnPending) return; // resumed once the last write's LSN is known
-    if (this.tracking && (this.answerPrepareLocally() || this.refuseSqlPrepared())) return;
+    if (this.tracking && (this.answerPrepareLocally() || this.refuseSqlPrepared() || this.handleListen())) return;
     if (this.ctx.isPaused(this.database)) {
       this.ctx.park(this); // PAUSE: the transaction starts on RESUME
       return;
@@ -745,6 +747,55 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     );
     this.socket.resume();
     return true;
+  }
+
+  /**
+   * LISTEN / UNLISTEN as a whole simple Query, in transaction mode: the subscription lives
+   * on pgmux's shared listener connection, not on a pooled backend (src/session/notifications.ts).
+   */
+  private handleListen(): boolean {
+    const m = this.held[0]!;
+    if (this.held.length !== 1 || m.type !== Msg.Query) return false;
+    const cmd = parseListenCommand(m.buf.toString('utf8', m.start + 5, m.end - 1));
+    if (cmd === null) return false;
+    this.held = [];
+    const done = (out: Buffer) => {
+      if (this.state !== ClientState.Waiting) return;
+      this.state = ClientState.Idle;
+      this.socket.write(Buffer.concat([out, readyForQuery('I')]));
+      this.socket.resume();
+      this.drain();
+    };
+    if (cmd.kind === 'unlisten') {
+      this.ctx.notifications.unsubscribe(this, this.database, this.user, cmd.channel);
+      if (cmd.channel === null) this.listening = false;
+      done(commandComplete('UNLISTEN'));
+      return true;
+    }
+    this.listening = true;
+    this.ctx.notifications.subscribe(this, this.database, this.user, cmd.channel!).then(
+      () => done(commandComplete('LISTEN')),
+      (err: Error) =>
+        done(errorResponse(err instanceof PgmuxError ? { ...err.spec, severity: 'ERROR' } : pgmuxError('backendUnavailable', { detail: err.message }))),
+    );
+    return true;
+  }
+
+  private listening = false;
+  private pendingNotifications: Buffer[] = [];
+
+  /** A notification for this client: now if between messages, else after the transaction. */
+  deliverNotification(msg: Buffer): void {
+    if (this.state === ClientState.Closed) return;
+    if (this.state === ClientState.Linked) this.pendingNotifications.push(msg);
+    else this.socket.write(msg);
+  }
+
+  private flushNotifications(): void {
+    if (this.pendingNotifications.length === 0 || this.state === ClientState.Closed) return;
+    const out = Buffer.concat(this.pendingNotifications);
+    this.pendingNotifications = [];
+    this.socket.write(out);
   }
 
   /** RESUME: the parked transaction goes on. */
@@ -907,6 +958,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     this.settingsDirty = false;
     b.unlink();
     b.socket.resume();
+    this.flushNotifications();
     this.lsnPending = true;
     const pool = b.poolRef as Pool;
     // NULL when the parameter is at the database's default (its reset value).
@@ -958,6 +1010,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     b.unlink();
     b.socket.resume();
     (b.poolRef as Pool).release(b);
+    this.flushNotifications();
     // Shutting down: the transaction is over, so this client's turn is too.
     if (this.ctx.shuttingDown) this.fatal(pgmuxError('adminShutdown'), 'shutdown');
   }
@@ -1075,6 +1128,7 @@ export class ClientSession implements BackendOwner, PoolWaiter {
     }
     this.ctx.unregister(this);
     this.ctx.untrack(this);
+    if (this.listening) this.ctx.notifications.unsubscribe(this, this.database, this.user, null);
     this.ctx.unpark(this);
     if (!this.socket.destroyed) {
       this.socket.end();

@@ -1,0 +1,200 @@
+// LISTEN/NOTIFY under transaction pooling. A client's LISTEN cannot live on a pooled
+// backend (the next transaction runs elsewhere and notifications go to whoever holds that
+// backend), so pgmux keeps one listening connection per (database, user) on the primary,
+// LISTENs there on the union of its clients' channels, and fans each notification out to
+// the clients subscribed to its channel. The listener reconnects (to the new primary after a
+// failover) and subscribes again.
+
+import type { Logger } from 'pino';
+import { FrameReader } from '../protocol/framer.js';
+import { Msg, queryMessage, readCstr } from '../protocol/messages.js';
+import { BackendConnection, type BackendOwner } from '../pool/backend.js';
+
+export interface NotificationSink {
+  /** A whole NotificationResponse message for this client. */
+  deliverNotification(msg: Buffer): void;
+}
+
+/** Opens a backend for the listener: on the current primary, as `user`, to `database`. */
+export type ListenerConnector = (database: string, user: string) => Promise<BackendConnection>;
+
+const RECONNECT_DELAY_MS = 200;
+
+class Listener implements BackendOwner {
+  private backend: BackendConnection | null = null;
+  private connecting: Promise<void> | null = null;
+  private readonly reader = new FrameReader(64 * 1024 * 1024);
+  readonly channels = new Map<string, Set<NotificationSink>>();
+  private closed = false;
+
+  constructor(
+    readonly database: string,
+    readonly user: string,
+    private connect: ListenerConnector,
+    private logger: Logger,
+  ) {}
+
+  async subscribe(sink: NotificationSink, channel: string): Promise<void> {
+    let subs = this.channels.get(channel);
+    const isNew = subs === undefined;
+    if (!subs) {
+      subs = new Set();
+      this.channels.set(channel, subs);
+    }
+    subs.add(sink);
+    try {
+      await this.ensureConnected();
+    } catch (err) {
+      subs.delete(sink);
+      if (subs.size === 0) this.channels.delete(channel);
+      throw err;
+    }
+    if (isNew) this.send(`LISTEN ${quoteIdent(channel)}`);
+  }
+
+  unsubscribe(sink: NotificationSink, channel: string | null): void {
+    for (const [ch, subs] of this.channels) {
+      if (channel !== null && ch !== channel) continue;
+      subs.delete(sink);
+      if (subs.size === 0) {
+        this.channels.delete(ch);
+        this.send(`UNLISTEN ${quoteIdent(ch)}`);
+      }
+    }
+  }
+
+  get empty(): boolean {
+    return this.channels.size === 0;
+  }
+
+  private send(sql: string): void {
+    const b = this.backend;
+    if (b === null) return; // resubscribed on reconnect
+    b.pendingRfq++;
+    b.write(queryMessage(sql));
+  }
+
+  private ensureConnected(): Promise<void> {
+    if (this.backend !== null) return Promise.resolve();
+    this.connecting ??= this.connect(this.database, this.user).then(
+      (b) => {
+        this.connecting = null;
+        if (this.closed) {
+          b.close('shutdown');
+          return;
+        }
+        this.backend = b;
+        b.link(this);
+        // Everything subscribed so far (also what was subscribed while we were away).
+        if (this.channels.size > 0) this.send([...this.channels.keys()].map((c) => `LISTEN ${quoteIdent(c)}`).join('; '));
+        this.logger.info({ db: this.database, user: this.user, channels: this.channels.size, pid: b.pid }, 'notification listener connected');
+      },
+      (err: Error) => {
+        this.connecting = null;
+        throw err;
+      },
+    );
+    return this.connecting;
+  }
+
+  close(): void {
+    this.closed = true;
+    this.backend?.close('shutdown');
+    this.backend = null;
+  }
+
+  // ---- BackendOwner: the listener connection's stream --------------------------------
+
+  onBackendData(buf: Buffer, start: number, end: number): void {
+    this.reader.push(Buffer.from(buf.subarray(start, end)));
+    while (this.reader.next()) {
+      if (this.reader.type !== Msg.NotificationResponse) continue;
+      const m = this.reader.msg;
+      const s = this.reader.bodyStart + 4; // after the notifying backend's pid
+      const ch = readCstr(m, s, this.reader.end);
+      if (!ch) continue;
+      const subs = this.channels.get(ch[0]);
+      if (!subs) continue;
+      const msg = Buffer.from(m.subarray(this.reader.msgStart, this.reader.end));
+      for (const sink of subs) sink.deliverNotification(msg);
+    }
+  }
+
+  onBackendReady(): void {}
+  onBackendParameter(): void {}
+  onBackendHiddenError(): void {}
+  onBackendDrain(): void {}
+
+  onBackendLost(_b: BackendConnection, why: string): void {
+    this.backend = null;
+    this.reader.takeRemaining();
+    if (this.closed || this.channels.size === 0) return;
+    this.logger.warn({ db: this.database, user: this.user, why }, 'notification listener lost; reconnecting');
+    const retry = (): void => {
+      if (this.closed || this.channels.size === 0) return;
+      this.ensureConnected().catch(() => setTimeout(retry, RECONNECT_DELAY_MS).unref());
+    };
+    setTimeout(retry, RECONNECT_DELAY_MS).unref();
+  }
+}
+
+export class NotificationHub {
+  private readonly listeners = new Map<string, Listener>();
+
+  constructor(
+    private connect: ListenerConnector,
+    private logger: Logger,
+  ) {}
+
+  subscribe(sink: NotificationSink, database: string, user: string, channel: string): Promise<void> {
+    const key = database + '\0' + user;
+    let l = this.listeners.get(key);
+    if (!l) {
+      l = new Listener(database, user, this.connect, this.logger);
+      this.listeners.set(key, l);
+    }
+    return l.subscribe(sink, channel);
+  }
+
+  /** UNLISTEN channel, UNLISTEN * (channel null), or the client left. */
+  unsubscribe(sink: NotificationSink, database: string, user: string, channel: string | null): void {
+    const key = database + '\0' + user;
+    const l = this.listeners.get(key);
+    if (!l) return;
+    l.unsubscribe(sink, channel);
+    if (l.empty) {
+      l.close();
+      this.listeners.delete(key);
+    }
+  }
+
+  /** Channels currently listened to, per (database, user), for the admin view. */
+  stats(): Array<{ database: string; user: string; channels: number; subscribers: number }> {
+    return [...this.listeners.values()].map((l) => ({
+      database: l.database,
+      user: l.user,
+      channels: l.channels.size,
+      subscribers: [...l.channels.values()].reduce((n, s) => n + s.size, 0),
+    }));
+  }
+
+  close(): void {
+    for (const l of this.listeners.values()) l.close();
+    this.listeners.clear();
+  }
+}
+
+function quoteIdent(s: string): string {
+  return '"' + s.replace(/"/g, '""') + '"';
+}
+
+/** `LISTEN x` / `UNLISTEN x` / `UNLISTEN *` as the whole of a simple Query; null otherwise. */
+export function parseListenCommand(sql: string): { kind: 'listen' | 'unlisten'; channel: string | null } | null {
+  const m = /^\s*(LISTEN|UNLISTEN)\s+("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*|\*)\s*;?\s*$/i.exec(sql);
+  if (!m) return null;
+  const kind = m[1]!.toLowerCase() as 'listen' | 'unlisten';
+  const raw = m[2]!;
+  if (raw === '*') return kind === 'unlisten' ? { kind, channel: null } : null;
+  const channel = raw.startsWith('"') ? raw.slice(1, -1).replace(/""/g, '"') : raw.toLowerCase();
+  return { kind, channel };
+}

@@ -1,0 +1,77 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type pg from 'pg';
+import { pgClient, primaryPort } from '../support/cluster.js';
+import { startProxy, type TestProxy } from '../support/pgmux.js';
+
+async function until(cond: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+// LISTEN/NOTIFY in transaction mode: subscriptions live on pgmux's shared listener.
+describe('LISTEN/NOTIFY under transaction pooling', () => {
+  let proxy: TestProxy;
+  beforeAll(async () => {
+    proxy = await startProxy({ poolSize: 2, poolMode: 'transaction' });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+  });
+
+  it('20 listeners over a pool of 2 each get every NOTIFY, also after the listener backend is killed', async () => {
+    const listeners: pg.Client[] = [];
+    const got: string[][] = [];
+    for (let i = 0; i < 20; i++) {
+      const c = await pgClient(proxy.port);
+      const mine: string[] = [];
+      got.push(mine);
+      c.on('notification', (n) => {
+        if (n.channel === 'jobs') mine.push(n.payload ?? '');
+      });
+      await c.query('LISTEN jobs');
+      listeners.push(c);
+    }
+    // Listeners keep running transactions meanwhile: notifications wait for their end.
+    const busy = listeners.slice(0, 5).map(async (c) => {
+      for (let k = 0; k < 10; k++) {
+        await c.query('BEGIN');
+        await c.query('SELECT pg_sleep(0.01)');
+        await c.query('COMMIT');
+      }
+    });
+    const sender = await pgClient(proxy.port);
+    for (let k = 0; k < 25; k++) await sender.query(`NOTIFY jobs, 'a${k}'`);
+    await Promise.all(busy);
+    await until(() => got.every((g) => g.length === 25), 5000);
+
+    // Kill the shared listener's backend on the primary; pgmux reconnects and re-LISTENs.
+    const direct = await pgClient(primaryPort());
+    const killed = await direct.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE '%LISTEN \"jobs\"%' AND pid <> pg_backend_pid()");
+    expect(killed.rowCount).toBeGreaterThanOrEqual(1);
+    await until(async () => {
+      const l = await direct.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query ILIKE '%LISTEN \"jobs\"%' AND pid <> pg_backend_pid()");
+      return l.rows[0].n >= 1;
+    }, 5000);
+    for (let k = 0; k < 25; k++) await sender.query(`NOTIFY jobs, 'b${k}'`);
+    await until(() => got.every((g) => g.length === 50), 5000);
+    for (const g of got) {
+      expect(g.slice(0, 25)).toEqual(Array.from({ length: 25 }, (_, k) => `a${k}`));
+      expect(g.slice(25)).toEqual(Array.from({ length: 25 }, (_, k) => `b${k}`));
+    }
+    // UNLISTEN stops delivery to that client only.
+    await listeners[0]!.query('UNLISTEN jobs');
+    await sender.query("NOTIFY jobs, 'c'");
+    await until(() => got.slice(1).every((g) => g.length === 51), 5000);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(got[0]!.length).toBe(50);
+    // Only one connection listens on the primary for all 20 clients.
+    const n = await direct.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query ILIKE '%LISTEN%' AND pid <> pg_backend_pid()");
+    expect(n.rows[0].n).toBe(1);
+    await direct.end();
+    await sender.end();
+    await Promise.all(listeners.map((c) => c.end()));
+  });
+});
