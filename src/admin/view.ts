@@ -21,6 +21,8 @@ export interface ClientView {
   backendPid: number | null;
   /** Named prepared statements the client has. */
   preparedStatements: number;
+  /** Why the client keeps its backend between transactions (session state), or null. */
+  pinned: string | null;
 }
 
 export interface BackendView {

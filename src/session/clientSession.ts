@@ -100,6 +100,29 @@ function startsWithSetOrReset(buf: Buffer, pos: number, end: number): boolean {
   return c === 0x73 && (buf[pos + 1]! | 0x20) === 0x65 && (buf[pos + 2]! | 0x20) === 0x74 && (buf[pos + 3] === 0x20 || buf[pos + 3] === 0x09 || buf[pos + 3] === 0x0a);
 }
 
+/**
+ * Byte prefilter for statements that may create session state: the text contains
+ * "temp", "advisory", "hold" or "listen" in any case. Only then is the regex run.
+ */
+function mayKeepSessionState(buf: Buffer, pos: number, end: number): boolean {
+  for (let i = pos; i < end - 3; i++) {
+    const c = buf[i]! | 0x20;
+    if (c === 0x74 /* t */) {
+      if ((buf[i + 1]! | 0x20) === 0x65 && (buf[i + 2]! | 0x20) === 0x6d && (buf[i + 3]! | 0x20) === 0x70) return true;
+    } else if (c === 0x61 /* a */) {
+      if ((buf[i + 1]! | 0x20) === 0x64 && (buf[i + 2]! | 0x20) === 0x76 && (buf[i + 3]! | 0x20) === 0x69) return true;
+    } else if (c === 0x68 /* h */) {
+      if ((buf[i + 1]! | 0x20) === 0x6f && (buf[i + 2]! | 0x20) === 0x6c && (buf[i + 3]! | 0x20) === 0x64) return true;
+    } else if (c === 0x6c /* l */) {
+      if ((buf[i + 1]! | 0x20) === 0x69 && (buf[i + 2]! | 0x20) === 0x73 && (buf[i + 3]! | 0x20) === 0x74) return true;
+    }
+  }
+  return false;
+}
+
+const SESSION_STATE =
+  /\bcreate\s+(?:(?:global|local)\s+)?temp(?:orary)?\s+(?:table|view|sequence)\b|\binto\s+temp(?:orary)?\b|\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(|\bwith\s+hold\b|^\s*listen\b/i;
+
 let nextClientId = 1;
 /** Re-routes of one transaction (failover waits, reads moved off a dead replica). */
 const MAX_ROUTE_ATTEMPTS = 3;
@@ -153,6 +176,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private waitStartedAt = 0;
   /** A SET/RESET ran in this transaction: re-read tracked unreported parameters at its end. */
   private settingsDirty = false;
+  /** Why this client keeps its backend between transactions (session state), or null. */
+  pinned: string | null = null;
   private readonly statements = new Map<string, ClientStatement>();
   // Contiguous run of client bytes to forward with one write.
   private runBuf: Buffer | null = null;
@@ -290,13 +315,15 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     switch (type) {
       case Msg.Query:
         b.pendingRfq++;
-        if (tracking && startsWithSetOrReset(buf, start + 5, end)) this.settingsDirty = true;
         if (tracking) {
+          if (startsWithSetOrReset(buf, start + 5, end)) this.settingsDirty = true;
+          if (this.pinned === null && mayKeepSessionState(buf, start + 5, end)) this.pinIfSessionState(buf.toString('utf8', start + 5, end - 1));
           b.expect(Expect.Rfq);
           if (dropsAllStatements(buf, start, end)) {
             // The client drops its statements (and the backend drops everything).
             this.statements.clear();
             b.prepared.clear();
+            this.unpin();
           }
         }
         break;
@@ -312,6 +339,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       case Msg.Parse:
         this.extendedOpen = true;
         if (tracking) {
+          if (this.pinned === null && mayKeepSessionState(buf, start + 5, end)) this.pinIfSessionState(buf.toString('utf8', start + 5, end));
           if (buf[start + 5] !== 0) {
             this.forwardNamedParse(b, buf, start, end);
             return;
@@ -370,6 +398,25 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.runBuf = buf;
     this.runStart = start;
     this.runEnd = end;
+  }
+
+  /**
+   * Session state pgmux cannot move between backends (temporary tables, session advisory
+   * locks, WITH HOLD cursors, LISTEN inside a transaction): rather than break silently, the
+   * client keeps its backend from now on, as in session mode, until DISCARD ALL or it
+   * disconnects. Counted in pgmux_pinned_clients and shown by SHOW CLIENTS.
+   */
+  private pinIfSessionState(sql: string): void {
+    const m = SESSION_STATE.exec(sql);
+    if (m === null) return;
+    this.pinned = m[0].replace(/\s+/g, ' ').toLowerCase();
+    this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, reason: this.pinned }, 'client pinned to its backend (session state)');
+  }
+
+  private unpin(): void {
+    if (this.pinned === null) return;
+    this.ctx.logger.info({ client: this.id, reason: this.pinned }, 'client unpinned');
+    this.pinned = null;
   }
 
   /** Writes a message pgmux built (after what is pending, keeping order). */
@@ -822,6 +869,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       backendNode: this.backend?.node.name ?? null,
       backendPid: this.backend?.pid ?? null,
       preparedStatements: this.statements.size,
+      pinned: this.pinned,
     };
   }
 
@@ -928,6 +976,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       status === 0x49 &&
       b.pendingRfq === 0 &&
       !this.extendedOpen &&
+      this.pinned === null &&
       this.ctx.config().poolMode === 'transaction'
     ) {
       const cfg = this.ctx.config();
