@@ -273,6 +273,17 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
       exitCodes.set(program, 0);
     });
 
+  program
+    .command('classify <sql>')
+    .description('print where pgmux routes a statement: primary or replica, and why')
+    .option('--write-functions <names>', 'extra functions that write, comma-separated (as write_functions)')
+    .action(async (sql: string, o: { writeFunctions?: string }) => {
+      const { classifySql, formatClassification } = await import('./routing/classifier.js');
+      const writeFunctions = o.writeFunctions ? o.writeFunctions.split(',').map((x) => x.trim()).filter(Boolean) : [];
+      out(formatClassification(classifySql(sql, { writeFunctions })) + '\n');
+      exitCodes.set(program, 0);
+    });
+
   program.addHelpText(
     'after',
     ({ command }) =>

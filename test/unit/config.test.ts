@@ -669,7 +669,7 @@ describe('CLI', () => {
   it('buildProgram has the three commands, start by default', () => {
     const program = buildProgram({});
     expect(program.name()).toBe('pgmux');
-    expect(program.commands.map((c) => c.name())).toEqual(['start', 'demo', 'check-config', 'import']);
+    expect(program.commands.map((c) => c.name())).toEqual(['start', 'demo', 'check-config', 'import', 'classify']);
     const start = program.commands[0]!;
     expect(start.options.map((o) => o.long)).toEqual(FLAGS);
   });
