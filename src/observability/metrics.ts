@@ -1,0 +1,185 @@
+// Prometheus metrics: a private prom-client Registry with the default process metrics plus
+// the pgmux_* series. Nothing here runs per transaction: every pgmux_* value is read from
+// the ProxyView's plain counters and snapshots when /metrics is scraped (collect()).
+//
+// Labels come from closed sets only: node = a configured host:port, state = a client or
+// backend state, route = read|write, role = primary|replica|unknown. Database and user
+// names never become labels.
+
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Metric } from 'prom-client';
+import type { ProxyView } from '../admin/view.js';
+
+export interface PgmuxMetrics {
+  registry: Registry;
+  /** The Prometheus text exposition format (version 0.0.4). */
+  render(): Promise<string>;
+  /** Content-Type of render()'s output. */
+  readonly contentType: string;
+}
+
+const CLIENT_STATES = ['startup', 'auth', 'login', 'idle', 'waiting', 'linked', 'admin'] as const;
+const SERVER_STATES = ['connecting', 'idle', 'linked', 'internal'] as const;
+const ROLES = ['primary', 'replica', 'unknown'] as const;
+
+interface Sample {
+  metricName?: string;
+  labels: Record<string, string | number>;
+  value: number;
+}
+
+/**
+ * A histogram whose buckets come from aggregates kept elsewhere (prom-client's Histogram
+ * can only observe single values). Registered with registry.registerMetric(); prom-client
+ * renders whatever get() returns.
+ */
+class AggregateHistogram {
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly read: () => { bucketsUpperBounds: readonly number[]; bucketCounts: readonly number[]; sum: number; count: number },
+  ) {}
+
+  async get(): Promise<{ name: string; help: string; type: 'histogram'; aggregator: 'sum'; values: Sample[] }> {
+    const h = this.read();
+    const values: Sample[] = [];
+    let cumulative = 0;
+    h.bucketsUpperBounds.forEach((le, i) => {
+      cumulative += h.bucketCounts[i] ?? 0;
+      values.push({ metricName: `${this.name}_bucket`, labels: { le }, value: cumulative });
+    });
+    values.push({ metricName: `${this.name}_bucket`, labels: { le: '+Inf' }, value: h.count });
+    values.push({ metricName: `${this.name}_sum`, labels: {}, value: h.sum });
+    values.push({ metricName: `${this.name}_count`, labels: {}, value: h.count });
+    return { name: this.name, help: this.help, type: 'histogram', aggregator: 'sum', values };
+  }
+
+  reset(): void {}
+}
+
+export function createMetrics(view: ProxyView): PgmuxMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+
+  /** The configured nodes' names, plus any a reload removed that still have counts. */
+  const nodeNames = (): string[] => {
+    const names = view.config().nodes.map((n) => `${n.host}:${n.port}`);
+    for (const n of view.topology().nodes) if (!names.includes(n.name)) names.push(n.name);
+    return names;
+  };
+
+  const gauge = (name: string, help: string, labelNames: string[], fill: (g: Gauge) => void): void => {
+    new Gauge({
+      name,
+      help,
+      labelNames,
+      registers: [registry],
+      collect() {
+        this.reset();
+        fill(this);
+      },
+    });
+  };
+
+  /** A counter whose value is read from the view (reset + inc to the current total). */
+  const counter = (name: string, help: string, labelNames: string[], fill: (set: (labels: Record<string, string>, v: number) => void) => void): void => {
+    new Counter({
+      name,
+      help,
+      labelNames,
+      registers: [registry],
+      collect() {
+        this.reset();
+        fill((labels, v) => this.inc(labels, Math.max(0, v)));
+      },
+    });
+  };
+
+  gauge('pgmux_client_connections', 'Client connections by state.', ['state'], (g) => {
+    const by = new Map<string, number>(CLIENT_STATES.map((s) => [s, 0]));
+    for (const c of view.clients()) if (by.has(c.state)) by.set(c.state, by.get(c.state)! + 1);
+    for (const [state, n] of by) g.set({ state }, n);
+  });
+
+  gauge('pgmux_server_connections', 'Backend connections by node and state.', ['node', 'state'], (g) => {
+    const names = nodeNames();
+    const by = new Map<string, number>();
+    for (const node of names) for (const s of SERVER_STATES) by.set(`${node}\0${s}`, 0);
+    for (const b of view.backends()) {
+      const k = `${b.node}\0${b.state}`;
+      if (by.has(k)) by.set(k, by.get(k)! + 1);
+    }
+    for (const [k, n] of by) {
+      const [node, state] = k.split('\0') as [string, string];
+      g.set({ node, state }, n);
+    }
+  });
+
+  gauge('pgmux_pool_waiting_clients', 'Clients waiting for a backend, by node.', ['node'], (g) => {
+    const by = new Map<string, number>(nodeNames().map((n) => [n, 0]));
+    for (const p of view.pools()) if (by.has(p.node)) by.set(p.node, by.get(p.node)! + p.stats.waiting);
+    for (const [node, n] of by) g.set({ node }, n);
+  });
+
+  registry.registerMetric(
+    new AggregateHistogram('pgmux_pool_wait_seconds', 'Time transactions waited for a backend.', () => {
+      const c = view.counters();
+      return {
+        bucketsUpperBounds: c.waitBucketsMs.map((ms) => ms / 1000),
+        bucketCounts: c.waitBucketCounts,
+        sum: c.waitMsSum / 1000,
+        count: c.waitCount,
+      };
+    }) as unknown as Metric,
+  );
+
+  counter('pgmux_transactions_total', 'Transactions routed, by node and route (read|write).', ['node', 'route'], (set) => {
+    const tx = view.counters().transactions;
+    const names = nodeNames();
+    for (const k of tx.keys()) if (!names.includes(k)) names.push(k);
+    for (const node of names) {
+      const t = tx.get(node) ?? { read: 0, write: 0 };
+      set({ node, route: 'read' }, t.read);
+      set({ node, route: 'write' }, t.write);
+    }
+  });
+
+  const scalarCounter = (name: string, help: string, read: () => number): void =>
+    counter(name, help, [], (set) => set({}, read()));
+
+  scalarCounter('pgmux_bytes_received_total', 'Bytes received from clients.', () => view.counters().bytesIn);
+  scalarCounter('pgmux_bytes_sent_total', 'Bytes sent to clients.', () => view.counters().bytesOut);
+  scalarCounter('pgmux_failovers_total', 'Primary changes followed.', () => view.counters().failovers);
+  scalarCounter('pgmux_read_retries_total', 'Reads re-run on another node after theirs failed.', () => view.counters().readRetries);
+  scalarCounter('pgmux_classifier_cache_hits_total', 'Read/write classifier cache hits.', () => view.classifierStats().hits);
+  scalarCounter('pgmux_classifier_cache_misses_total', 'Read/write classifier cache misses.', () => view.classifierStats().misses);
+  scalarCounter('pgmux_client_logins_total', 'Successful client logins.', () => view.counters().clientLogins);
+  scalarCounter('pgmux_client_login_failures_total', 'Failed client logins.', () => view.counters().clientLoginFailures);
+
+  gauge('pgmux_node_up', '1 when the node answers health checks and is usable (state up).', ['node'], (g) => {
+    for (const n of view.topology().nodes) g.set({ node: n.name }, n.state === 'up' ? 1 : 0);
+  });
+
+  gauge('pgmux_node_role', '1 for the role the node has now (last known while down).', ['node', 'role'], (g) => {
+    for (const n of view.topology().nodes) for (const role of ROLES) g.set({ node: n.name, role }, n.role === role ? 1 : 0);
+  });
+
+  gauge('pgmux_node_lag_bytes', 'Replica replay lag behind the primary in bytes (absent when not measurable).', ['node'], (g) => {
+    for (const n of view.topology().nodes) if (n.lagBytes !== null) g.set({ node: n.name }, n.lagBytes);
+  });
+
+  gauge('pgmux_node_lag_seconds', 'How stale the replica data is, in seconds (absent when not measurable).', ['node'], (g) => {
+    for (const n of view.topology().nodes) if (n.lagMs !== null) g.set({ node: n.name }, n.lagMs / 1000);
+  });
+
+  gauge('pgmux_config_version', 'Configuration version: increases with every successful reload.', [], (g) => g.set(view.configVersion()));
+  gauge('pgmux_paused', '1 while PAUSE (all databases) is in effect.', [], (g) => g.set(view.isPaused() ? 1 : 0));
+
+  return {
+    registry,
+    contentType: registry.contentType,
+    render: () => registry.metrics(),
+  };
+}
