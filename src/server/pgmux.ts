@@ -17,6 +17,8 @@ import { StatementNames } from '../session/preparedStatements.js';
 import { NotificationHub } from '../session/notifications.js';
 import { AdminConsole } from '../admin/console.js';
 import type { BackendView, ClientView, PoolView, ProxyCounters, ProxyView } from '../admin/view.js';
+import { startHttp, type RunningHttp } from '../admin/http.js';
+import { createMetrics } from '../observability/metrics.js';
 
 /** Upper bounds (ms) of the pool wait-time histogram buckets. */
 const WAIT_BUCKETS_MS = [0.1, 1, 5, 10, 50, 100, 500, 1000, 5000, 30000];
@@ -506,10 +508,20 @@ export async function startPgmux(config: Config, opts: StartOptions): Promise<Ru
   const port = (server.address() as net.AddressInfo).port;
   proxy.listening = true;
   logger.info({ listen: `${config.listen.host}:${port}`, nodes: config.nodes.map((n) => `${n.host}:${n.port}`), poolMode: config.poolMode, poolSize: config.poolSize }, 'pgmux listening');
+  let http: RunningHttp | null = null;
+  if (config.http) {
+    try {
+      http = await startHttp(proxy, createMetrics(proxy), config.http, logger);
+    } catch (err) {
+      server.close();
+      await proxy.close();
+      throw err;
+    }
+  }
   let closing: Promise<void> | null = null;
   const running: RunningPgmux = {
     port,
-    httpPort: null,
+    httpPort: http?.port ?? null,
     proxy,
     close(reason?: string) {
       closing ??= (async () => {
@@ -518,6 +530,7 @@ export async function startPgmux(config: Config, opts: StartOptions): Promise<Ru
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         await proxy.close();
         await closed;
+        await http?.close();
       })();
       return closing;
     },
