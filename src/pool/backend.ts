@@ -40,6 +40,8 @@ export interface BackendOwner {
   onBackendReady(status: number): void;
   onBackendParameter(name: string, value: string, hidden: boolean): void;
   onBackendHiddenError(fields: Map<string, string>): void;
+  /** An ErrorResponse forwarded to the client (already on its way). */
+  onBackendError?(fields: Map<string, string>): void;
   onBackendLost(backend: BackendConnection, reason: string): void;
   /** The backend socket drained: the client may send again. */
   onBackendDrain(): void;
@@ -467,6 +469,7 @@ export class BackendConnection implements ScanSink {
     if (!hidden) {
       // The client sees it as PostgreSQL sent it; statement bookkeeping skips to Sync too.
       if (this.expHead < this.expKind.length) this.dropExpected(true);
+      this.owner?.onBackendError?.(fields);
       return;
     }
     if (this.internal && !this.internal.error) this.internal.error = fields;

@@ -41,6 +41,7 @@ import {
   closeStatement,
   dropsAllStatements,
   isSqlPrepared,
+  isStalePlanError,
   NO_SUCH_STATEMENT,
   parseParse,
   renameIn,
@@ -179,6 +180,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** Why this client keeps its backend between transactions (session state), or null. */
   pinned: string | null = null;
   private readonly statements = new Map<string, ClientStatement>();
+  /** Client statements bound since the last ReadyForQuery (to invalidate on a stale-plan error). */
+  private boundInBatch: ClientStatement[] = [];
   // Contiguous run of client bytes to forward with one write.
   private runBuf: Buffer | null = null;
   private runStart = 0;
@@ -444,8 +447,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       b.expect(Expect.Parse);
       return;
     }
-    const proxyName = this.ctx.statementNames.nameFor(statementKey(p.query, p.rest));
-    const st: ClientStatement = { proxyName, parse: buildParse(proxyName, p.query, p.rest) };
+    const key = statementKey(p.query, p.rest);
+    const proxyName = this.ctx.statementNames.nameFor(key);
+    const st: ClientStatement = { key, proxyName, parse: buildParse(proxyName, p.query, p.rest), query: p.query, rest: p.rest };
     this.statements.set(p.name, st);
     if (b.prepared.has(proxyName)) {
       this.emit(closeStatement(proxyName));
@@ -459,6 +463,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** Bind / Describe of a client's named statement: prepare it here if needed, rename. */
   private forwardRewritten(b: BackendConnection, type: number, buf: Buffer, start: number, end: number, nameStart: number, nameEnd: number, clientName: string): void {
     const st = this.statements.get(clientName)!;
+    const names = this.ctx.statementNames;
+    if (names.current(st.key) !== st.proxyName) {
+      // Invalidated (DDL changed its result type) or never registered: take today's name.
+      st.proxyName = names.nameFor(st.key);
+      st.parse = buildParse(st.proxyName, st.query, st.rest);
+    }
+    if (type === Msg.Bind) this.boundInBatch.push(st);
     if (b.prepared.has(st.proxyName)) {
       b.prepared.delete(st.proxyName); // re-insert: most recently used
       b.prepared.set(st.proxyName, true);
@@ -755,8 +766,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       parsed.push(p);
     }
     for (const p of parsed) {
-      const proxyName = this.ctx.statementNames.nameFor(statementKey(p.query, p.rest));
-      this.statements.set(p.name, { proxyName, parse: buildParse(proxyName, p.query, p.rest) });
+      const key = statementKey(p.query, p.rest);
+      const proxyName = this.ctx.statementNames.nameFor(key);
+      this.statements.set(p.name, { key, proxyName, parse: buildParse(proxyName, p.query, p.rest), query: p.query, rest: p.rest });
     }
     const out = Buffer.allocUnsafe(parsed.length * 5 + 6);
     for (let i = 0; i < parsed.length; i++) PARSE_COMPLETE.copy(out, i * 5);
@@ -970,6 +982,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   onBackendReady(status: number): void {
     this.lastActiveAt = this.ctx.clock.now;
+    if (this.boundInBatch.length > 0) this.boundInBatch = [];
     const b = this.backend;
     if (
       b !== null &&
@@ -1070,6 +1083,17 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   onBackendDrain(): void {
     if (this.state === ClientState.Linked) this.socket.resume();
+  }
+
+  /**
+   * A visible error from the backend. "cached plan must not change result type": the
+   * statements bound in this batch are stale on every backend; PostgreSQL's error reaches
+   * the client once, and its retry prepares the statement afresh.
+   */
+  onBackendError(fields: Map<string, string>): void {
+    if (this.boundInBatch.length === 0 || !isStalePlanError(fields)) return;
+    for (const st of this.boundInBatch) this.ctx.statementNames.invalidate(st.key, st.proxyName);
+    this.boundInBatch = [];
   }
 
   onBackendHiddenError(fields: Map<string, string>): void {

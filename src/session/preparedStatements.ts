@@ -11,10 +11,14 @@
 import { Msg } from '../protocol/messages.js';
 
 export interface ClientStatement {
-  /** Proxy-chosen name used on every backend. */
-  readonly proxyName: string;
+  /** (query text, parameter types): the identity shared between clients. */
+  readonly key: string;
+  /** Proxy-chosen name used on every backend (changes when the statement goes stale). */
+  proxyName: string;
   /** A Parse message for `proxyName`, ready to put in front of a Bind/Describe. */
-  readonly parse: Buffer;
+  parse: Buffer;
+  readonly query: string;
+  readonly rest: Buffer;
 }
 
 /** One per process: (query text, parameter types) -> proxy name. */
@@ -31,9 +35,27 @@ export class StatementNames {
     return n;
   }
 
+  /** The name now in use for `key` (differs from an old one after invalidate). */
+  current(key: string): string | undefined {
+    return this.byKey.get(key);
+  }
+
+  /**
+   * The statement behind `proxyName` is stale everywhere (its result type changed under
+   * DDL): the next use of its key gets a fresh name, so every backend prepares it anew.
+   */
+  invalidate(key: string, proxyName: string): void {
+    if (this.byKey.get(key) === proxyName) this.byKey.delete(key);
+  }
+
   get size(): number {
     return this.byKey.size;
   }
+}
+
+/** PostgreSQL's error for a prepared statement whose result columns changed under DDL. */
+export function isStalePlanError(fields: Map<string, string>): boolean {
+  return fields.get('C') === '0A000' && /cached plan must not change result type/.test(fields.get('M') ?? '');
 }
 
 /** A name no statement ever has: closing it is a harmless no-op (CloseComplete). */

@@ -97,3 +97,32 @@ describe('SQL-level PREPARE in transaction mode', () => {
     await c.end();
   });
 });
+
+describe('DDL under cached plans', () => {
+  let proxy: TestProxy;
+  beforeAll(async () => {
+    proxy = await startProxy({ poolSize: 2, poolMode: 'transaction' });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+  });
+
+  it("ADD COLUMN between executions: PostgreSQL's 0A000 once, then the retry sees the new shape on any backend", async () => {
+    const direct = await pgClient((await import('../support/cluster.js')).primaryPort());
+    await direct.query('DROP TABLE IF EXISTS ddl_t; CREATE TABLE ddl_t (a int); INSERT INTO ddl_t VALUES (1)');
+    const clients = await Promise.all([pgClient(proxy.port), pgClient(proxy.port), pgClient(proxy.port)]);
+    const q = { name: 'all_of_t', text: '/* pgmux:primary */ SELECT * FROM ddl_t' };
+    for (const c of clients) expect((await c.query(q)).rows).toEqual([{ a: 1 }]);
+    await direct.query('ALTER TABLE ddl_t ADD COLUMN b int DEFAULT 2');
+    const first = await clients[0]!.query(q).catch((e: { code: string }) => e);
+    expect(first).toMatchObject({ code: '0A000' });
+    // Every client's next execution (whatever backend it lands on) prepares afresh.
+    for (const c of clients) {
+      let r = await c.query(q).catch((e: { code: string }) => e);
+      if ((r as { code?: string }).code === '0A000') r = await c.query(q); // pg keeps its own cache: at most one more
+      expect((r as { rows: unknown[] }).rows).toEqual([{ a: 1, b: 2 }]);
+    }
+    await Promise.all(clients.map((c) => c.end()));
+    await direct.end();
+  });
+});
