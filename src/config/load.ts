@@ -8,7 +8,9 @@
 import { accessSync, constants as fsConstants, readFileSync, statSync } from 'node:fs';
 import { dirname, resolve as resolvePath } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import type { AuthMethod, Config, HostPort, LogLevel, NodeConfig, PoolMode, ReadYourWrites } from './types.js';
+import type { AuthMethod, Config, HostPort, LogLevel, NodeConfig, PoolMode, ReadYourWrites, TlsMinVersion } from './types.js';
+import { CLIENT_TLS_MODES, reloadTls, SERVER_TLS_MODES, TlsConfigError } from '../server/tls.js';
+import { HbaError, reloadHba } from '../server/hba.js';
 
 const MiB = 1024 * 1024;
 
@@ -55,6 +57,18 @@ const defaults: Config = {
   readYourWrites: 'off',
   readYourWritesWindowMs: 1000,
   writeFunctions: Object.freeze([]) as unknown as string[],
+  clientTls: 'disable',
+  clientTlsCertFile: null,
+  clientTlsKeyFile: null,
+  clientTlsCaFile: null,
+  clientTlsMinVersion: 'TLSv1.2',
+  clientTlsCiphers: null,
+  serverTls: 'disable',
+  serverTlsCaFile: null,
+  hbaFile: null,
+  maxDbConnections: 0,
+  maxUserConnections: 0,
+  maxUnauthenticatedConnections: 1000,
 };
 
 /** Every default (frozen; loadConfig returns fresh copies). */
@@ -416,7 +430,42 @@ const KEYS: KeySpec[] = [
   { key: 'read_your_writes', field: 'readYourWrites', parse: (v) => parseEnum(v, READ_YOUR_WRITES) },
   { key: 'read_your_writes_window', field: 'readYourWritesWindowMs', parse: parseDuration },
   { key: 'write_functions', field: 'writeFunctions', parse: (v) => parseNameList(v) },
+  {
+    key: 'client_tls',
+    field: 'clientTls',
+    parse: (v) => parseEnum(v, CLIENT_TLS_MODES, { prefer: 'write it as allow', 'verify-ca': 'pgmux does not verify client certificates; use require', 'verify-full': 'pgmux does not verify client certificates; use require' }),
+  },
+  { key: 'client_tls_cert_file', field: 'clientTlsCertFile', parse: (v, base) => parsePath(v, base) },
+  { key: 'client_tls_key_file', field: 'clientTlsKeyFile', parse: (v, base) => parsePath(v, base) },
+  { key: 'client_tls_ca_file', field: 'clientTlsCaFile', parse: (v, base) => parsePath(v, base) },
+  { key: 'client_tls_min_version', field: 'clientTlsMinVersion', parse: (v) => parseTlsVersion(v) },
+  { key: 'client_tls_ciphers', field: 'clientTlsCiphers', parse: (v) => parseOptionalString(v, 'an OpenSSL cipher list') },
+  {
+    key: 'server_tls',
+    field: 'serverTls',
+    parse: (v) => parseEnum(v, SERVER_TLS_MODES, { allow: 'use prefer or disable' }),
+  },
+  { key: 'server_tls_ca_file', field: 'serverTlsCaFile', parse: (v, base) => parsePath(v, base) },
+  { key: 'hba_file', field: 'hbaFile', parse: (v, base) => parsePath(v, base) },
+  { key: 'max_db_connections', field: 'maxDbConnections', parse: (v) => parseInteger(v, 0, 1_000_000) },
+  { key: 'max_user_connections', field: 'maxUserConnections', parse: (v) => parseInteger(v, 0, 1_000_000) },
+  { key: 'max_unauthenticated_connections', field: 'maxUnauthenticatedConnections', parse: (v) => parseInteger(v, 0, 1_000_000) },
 ];
+
+/** An optional file path, resolved against the config file's directory (or the cwd). */
+function parsePath(v: Raw, base: string): string | null {
+  const s = parseOptionalString(v, 'a file path');
+  return s === null ? null : resolvePath(base, s);
+}
+
+function parseTlsVersion(v: Raw): TlsMinVersion {
+  const expected = 'expected TLSv1.2 or TLSv1.3';
+  const t = typeof v === 'number' ? v.toFixed(1) : typeof v === 'string' ? v.trim().toLowerCase().replace(/^tlsv?/, '') : '';
+  if (t === '1.2') return 'TLSv1.2';
+  if (t === '1.3') return 'TLSv1.3';
+  if (t === '1' || t === '1.0' || t === '1.1') throw new Invalid(`${show(v)} is too old (${expected})`);
+  throw new Invalid(`${show(v)} is not a TLS version (${expected})`);
+}
 
 export const READ_YOUR_WRITES: readonly ReadYourWrites[] = ['off', 'window', 'lsn'];
 
@@ -484,6 +533,10 @@ const RENAMED: Record<string, string> = {
   follow_primary_command: 'on_role_change',
   loglevel: 'log_level',
   log_min_messages: 'log_level',
+  client_tls_sslmode: 'client_tls',
+  client_tls_protocols: 'client_tls_min_version',
+  server_tls_sslmode: 'server_tls',
+  auth_hba_file: 'hba_file',
 };
 
 function levenshtein(a: string, b: string): number {
@@ -670,6 +723,20 @@ function validate(c: Config, requireNodes: boolean): void {
   ) {
     throw new ConfigError('http', `http: ${formatHostPort(c.http)} clashes with listen ${formatHostPort(c.listen)} (expected another port)`);
   }
+  if (c.clientTls !== 'disable' && (c.clientTlsCertFile === null || c.clientTlsKeyFile === null)) {
+    const key = c.clientTlsCertFile === null ? 'client_tls_cert_file' : 'client_tls_key_file';
+    throw new ConfigError(key, `${key}: client_tls ${c.clientTls} needs a certificate and its key (set client_tls_cert_file and client_tls_key_file), or use client_tls disable`);
+  }
+  // Certificates, keys and the HBA file are read now, so a bad one fails start, check-config
+  // and RELOAD (which keeps the running configuration) rather than the first client.
+  try {
+    reloadTls(c);
+    reloadHba(c);
+  } catch (err) {
+    if (err instanceof TlsConfigError) throw new ConfigError(err.key, err.message);
+    if (err instanceof HbaError) throw new ConfigError('hba_file', `hba_file: ${err.message}`);
+    throw err;
+  }
   if (requireNodes && c.nodes.length === 0) {
     throw new ConfigError('nodes', 'nodes: at least one --node HOST:PORT is required (or nodes in the config file, or PGMUX_NODES)');
   }
@@ -749,5 +816,17 @@ export function configToObject(c: Config, opts: { reveal?: boolean } = {}): Reco
     health_check_database: c.healthCheckDatabase,
     failover_timeout: formatDuration(c.failoverTimeoutMs),
     on_role_change: c.onRoleChange,
+    client_tls: c.clientTls,
+    client_tls_cert_file: c.clientTlsCertFile,
+    client_tls_key_file: c.clientTlsKeyFile,
+    client_tls_ca_file: c.clientTlsCaFile,
+    client_tls_min_version: c.clientTlsMinVersion,
+    client_tls_ciphers: c.clientTlsCiphers,
+    server_tls: c.serverTls,
+    server_tls_ca_file: c.serverTlsCaFile,
+    hba_file: c.hbaFile,
+    max_db_connections: c.maxDbConnections,
+    max_user_connections: c.maxUserConnections,
+    max_unauthenticated_connections: c.maxUnauthenticatedConnections,
   };
 }

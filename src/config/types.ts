@@ -17,6 +17,11 @@ export interface NodeConfig {
 }
 
 export type ReadYourWrites = 'off' | 'window' | 'lsn';
+/** TLS from clients: disable = answer SSLRequest 'N'; allow = TLS when asked; require = TLS only. */
+export type ClientTlsMode = 'disable' | 'allow' | 'require';
+/** TLS towards the nodes, libpq's sslmode names. */
+export type ServerTlsMode = 'disable' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
+export type TlsMinVersion = 'TLSv1.2' | 'TLSv1.3';
 
 export interface HostPort {
   host: string;
@@ -108,4 +113,24 @@ export interface Config {
   readYourWritesWindowMs: number;
   /** Extra functions that write or keep session state: statements calling them go to the primary. */
   writeFunctions: string[];
+
+  // TLS and access (src/server/tls.ts, src/server/hba.ts, src/server/limits.ts).
+  clientTls: ClientTlsMode;
+  clientTlsCertFile: string | null;
+  clientTlsKeyFile: string | null;
+  /** CA for client certificates: clients presenting one that does not verify are refused. */
+  clientTlsCaFile: string | null;
+  clientTlsMinVersion: TlsMinVersion;
+  /** OpenSSL cipher string; null = Node's default. */
+  clientTlsCiphers: string | null;
+  serverTls: ServerTlsMode;
+  /** CA bundle for server_tls verify-ca / verify-full; null = Node's built-in roots. */
+  serverTlsCaFile: string | null;
+  /** pg_hba.conf-format file deciding who may connect and how they authenticate; null = no check. */
+  hbaFile: string | null;
+  /** Client connections per database / per user (logged in or logging in); 0 = unlimited. */
+  maxDbConnections: number;
+  maxUserConnections: number;
+  /** Connections that have not finished authentication; more are refused at accept. 0 = unlimited. */
+  maxUnauthenticatedConnections: number;
 }

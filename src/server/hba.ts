@@ -21,6 +21,7 @@
 
 import { readFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
+import type { Config } from '../config/types.js';
 
 export type HbaConnType = 'local' | 'host' | 'hostssl' | 'hostnossl' | 'hostnogssenc';
 export type HbaMethod = 'trust' | 'reject' | 'md5' | 'scram-sha-256' | 'password';
@@ -477,4 +478,24 @@ export function hbaRefusal(rule: HbaRule | null, q: HbaQuery): string {
   return rule === null
     ? `no pg_hba.conf entry for host "${host}", user "${q.user}", database "${q.database}", ${enc}`
     : `pg_hba.conf rejects connection for host "${host}", user "${q.user}", database "${q.database}", ${enc}`;
+}
+
+// ---- per-configuration rules ------------------------------------------------------------
+
+const rulesByConfig = new WeakMap<Config, HbaRule[] | null>();
+
+/** The rules of this configuration's hba_file, read once (null = no HBA check). */
+export function hbaRulesFor(cfg: Config): HbaRule[] | null {
+  let r = rulesByConfig.get(cfg);
+  if (r === undefined) {
+    r = cfg.hbaFile === null ? null : loadHbaFile(cfg.hbaFile);
+    rulesByConfig.set(cfg, r);
+  }
+  return r;
+}
+
+/** Reads hba_file again for this configuration (start, RELOAD). Throws HbaError. */
+export function reloadHba(cfg: Config): HbaRule[] | null {
+  rulesByConfig.delete(cfg);
+  return hbaRulesFor(cfg);
 }

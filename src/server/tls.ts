@@ -15,9 +15,9 @@ import { readFileSync } from 'node:fs';
 import type net from 'node:net';
 import tls from 'node:tls';
 
-export type ClientTlsMode = 'disable' | 'allow' | 'require';
-export type ServerTlsMode = 'disable' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
-export type TlsMinVersion = 'TLSv1.2' | 'TLSv1.3';
+import type { ClientTlsMode, Config, ServerTlsMode, TlsMinVersion } from '../config/types.js';
+
+export type { ClientTlsMode, ServerTlsMode, TlsMinVersion };
 
 export const CLIENT_TLS_MODES: readonly ClientTlsMode[] = ['disable', 'allow', 'require'];
 export const SERVER_TLS_MODES: readonly ServerTlsMode[] = ['disable', 'prefer', 'require', 'verify-ca', 'verify-full'];
@@ -267,4 +267,49 @@ export function connectTls(socket: net.Socket, opts: ConnectTlsOptions): Promise
 
 function isIpLiteral(host: string): boolean {
   return /^[\d.]+$/.test(host) || host.includes(':');
+}
+
+// ---- per-configuration contexts ---------------------------------------------------------
+
+const serverContexts = new WeakMap<Config, ServerTls | null>();
+const backendContexts = new WeakMap<Config, BackendTls>();
+
+/** The client-side context for this configuration (null when client_tls is disable). */
+export function serverTlsFor(cfg: Config): ServerTls | null {
+  let s = serverContexts.get(cfg);
+  if (s === undefined) {
+    s = cfg.clientTls === 'disable' || cfg.clientTlsCertFile === null || cfg.clientTlsKeyFile === null
+      ? null
+      : buildServerContext({
+          certFile: cfg.clientTlsCertFile,
+          keyFile: cfg.clientTlsKeyFile,
+          caFile: cfg.clientTlsCaFile,
+          minVersion: cfg.clientTlsMinVersion,
+          ciphers: cfg.clientTlsCiphers,
+        });
+    serverContexts.set(cfg, s);
+  }
+  return s;
+}
+
+/** The backend-side TLS settings (CA read) for this configuration. */
+export function backendTlsFor(cfg: Config): BackendTls {
+  let b = backendContexts.get(cfg);
+  if (b === undefined) {
+    b = buildBackendTls(cfg.serverTls, cfg.serverTlsCaFile);
+    backendContexts.set(cfg, b);
+  }
+  return b;
+}
+
+/**
+ * Builds both sides' TLS state for a configuration from the files as they are now (start,
+ * RELOAD). Throws TlsConfigError, leaving any previously built state of other
+ * configurations alone, so a bad certificate refuses the reload instead of breaking TLS.
+ */
+export function reloadTls(cfg: Config): void {
+  serverContexts.delete(cfg);
+  backendContexts.delete(cfg);
+  serverTlsFor(cfg);
+  backendTlsFor(cfg);
 }

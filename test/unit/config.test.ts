@@ -16,6 +16,7 @@ import {
 import type { Config } from '../../src/config/types.js';
 import { buildProgram, main } from '../../src/cli.js';
 import { createLogger } from '../../src/observability/logger.js';
+import { makeTestPki } from '../support/certs.js';
 
 // Stand-ins for the server and the demo, so the CLI's start/demo wiring runs without them.
 const fake = vi.hoisted(() => ({
@@ -57,6 +58,9 @@ function writeTemp(name: string, text: string): string {
 }
 
 const userlist = writeTemp('userlist.txt', '"app" "secret"\n');
+const hbaFile = writeTemp('hba.conf', 'hostssl all all 0.0.0.0/0 scram-sha-256\n');
+const pki = makeTestPki();
+afterAll(() => pki.cleanup());
 const NODE = { node: ['db1:5432'] } satisfies CliFlags;
 
 function configError(fn: () => unknown): ConfigError {
@@ -118,6 +122,18 @@ describe('DEFAULTS', () => {
       readYourWrites: 'off',
       readYourWritesWindowMs: 1000,
       writeFunctions: [],
+      clientTls: 'disable',
+      clientTlsCertFile: null,
+      clientTlsKeyFile: null,
+      clientTlsCaFile: null,
+      clientTlsMinVersion: 'TLSv1.2',
+      clientTlsCiphers: null,
+      serverTls: 'disable',
+      serverTlsCaFile: null,
+      hbaFile: null,
+      maxDbConnections: 0,
+      maxUserConnections: 0,
+      maxUnauthenticatedConnections: 1000,
     } satisfies Config);
     expect(Object.isFrozen(DEFAULTS)).toBe(true);
   });
@@ -177,6 +193,18 @@ fallback_to_primary: off
 read_your_writes: lsn
 read_your_writes_window: 250ms
 write_functions: [audit_log, App.Bump]
+client_tls: require
+client_tls_cert_file: ${pki.server.cert}
+client_tls_key_file: ${pki.server.key}
+client_tls_ca_file: ${pki.ca.cert}
+client_tls_min_version: TLSv1.3
+client_tls_ciphers: HIGH:!aNULL
+server_tls: verify-full
+server_tls_ca_file: ${pki.ca.cert}
+hba_file: ${hbaFile}
+max_db_connections: 100
+max_user_connections: 20
+max_unauthenticated_connections: 50
 `,
     );
     expect(loadConfig({ config: file }, {})).toEqual({
@@ -223,6 +251,18 @@ write_functions: [audit_log, App.Bump]
       readYourWrites: 'lsn',
       readYourWritesWindowMs: 250,
       writeFunctions: ['audit_log', 'app.bump'],
+      clientTls: 'require',
+      clientTlsCertFile: pki.server.cert,
+      clientTlsKeyFile: pki.server.key,
+      clientTlsCaFile: pki.ca.cert,
+      clientTlsMinVersion: 'TLSv1.3',
+      clientTlsCiphers: 'HIGH:!aNULL',
+      serverTls: 'verify-full',
+      serverTlsCaFile: pki.ca.cert,
+      hbaFile,
+      maxDbConnections: 100,
+      maxUserConnections: 20,
+      maxUnauthenticatedConnections: 50,
     } satisfies Config);
   });
 
@@ -322,6 +362,18 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_READ_YOUR_WRITES: 'window',
       PGMUX_READ_YOUR_WRITES_WINDOW: '3s',
       PGMUX_WRITE_FUNCTIONS: 'f1,s.f2',
+      PGMUX_CLIENT_TLS: 'Allow',
+      PGMUX_CLIENT_TLS_CERT_FILE: pki.server.cert,
+      PGMUX_CLIENT_TLS_KEY_FILE: pki.server.key,
+      PGMUX_CLIENT_TLS_CA_FILE: pki.ca.cert,
+      PGMUX_CLIENT_TLS_MIN_VERSION: '1.2',
+      PGMUX_CLIENT_TLS_CIPHERS: 'ECDHE+AESGCM',
+      PGMUX_SERVER_TLS: 'prefer',
+      PGMUX_SERVER_TLS_CA_FILE: pki.otherCa.cert,
+      PGMUX_HBA_FILE: hbaFile,
+      PGMUX_MAX_DB_CONNECTIONS: '0',
+      PGMUX_MAX_USER_CONNECTIONS: '7',
+      PGMUX_MAX_UNAUTHENTICATED_CONNECTIONS: '0',
       PGMUX_SOMETHING_ELSE: 'ignored',
       PGMUX_EVENT: 'role_change', // set by the monitor for its hook; not a setting
     });
@@ -366,6 +418,18 @@ describe('precedence: defaults < file < env < flags', () => {
       readYourWrites: 'window',
       readYourWritesWindowMs: 3000,
       writeFunctions: ['f1', 's.f2'],
+      clientTls: 'allow',
+      clientTlsCertFile: pki.server.cert,
+      clientTlsKeyFile: pki.server.key,
+      clientTlsCaFile: pki.ca.cert,
+      clientTlsMinVersion: 'TLSv1.2',
+      clientTlsCiphers: 'ECDHE+AESGCM',
+      serverTls: 'prefer',
+      serverTlsCaFile: pki.otherCa.cert,
+      hbaFile,
+      maxDbConnections: 0,
+      maxUserConnections: 7,
+      maxUnauthenticatedConnections: 0,
     } satisfies Config);
   });
 
@@ -619,6 +683,75 @@ describe('unknown keys', () => {
   it('lists the known keys when nothing is close', () => {
     const e = configError(() => parseConfigObject({ frobnicate_everything: 1 }, 'test.yaml'));
     expect(e.message).toMatch(/^frobnicate_everything: unknown key \(in test\.yaml\); known keys: listen, http, nodes, pool_mode, pool_size, /);
+  });
+});
+
+describe('TLS and access', () => {
+  const load = (env: NodeJS.ProcessEnv) => loadConfig(NODE, env);
+
+  it('client_tls allow/require needs a certificate and key', () => {
+    const e = configError(() => load({ PGMUX_CLIENT_TLS: 'require' }));
+    expect(e.key).toBe('client_tls_cert_file');
+    expect(e.message).toBe('client_tls_cert_file: client_tls require needs a certificate and its key (set client_tls_cert_file and client_tls_key_file), or use client_tls disable');
+    expect(configError(() => load({ PGMUX_CLIENT_TLS: 'allow', PGMUX_CLIENT_TLS_CERT_FILE: pki.server.cert })).key).toBe('client_tls_key_file');
+    // Files are not read while client_tls is disable.
+    expect(load({ PGMUX_CLIENT_TLS_CERT_FILE: join(dir, 'none.crt') }).clientTlsCertFile).toBe(join(dir, 'none.crt'));
+  });
+
+  it('unreadable or mismatched certificate files fail loading, naming the key', () => {
+    const tlsEnv = { PGMUX_CLIENT_TLS: 'require', PGMUX_CLIENT_TLS_CERT_FILE: pki.server.cert, PGMUX_CLIENT_TLS_KEY_FILE: pki.server.key };
+    let e = configError(() => load({ ...tlsEnv, PGMUX_CLIENT_TLS_CERT_FILE: join(dir, 'none.crt') }));
+    expect(e.key).toBe('client_tls_cert_file');
+    expect(e.message).toMatch(/^client_tls_cert_file: cannot read ".*none\.crt": no such file$/);
+    e = configError(() => load({ ...tlsEnv, PGMUX_CLIENT_TLS_KEY_FILE: pki.ca.key }));
+    expect(e.key).toBe('client_tls_key_file');
+    expect(e.message).toMatch(/is not a usable private key/);
+    e = configError(() => load({ ...tlsEnv, PGMUX_CLIENT_TLS_CIPHERS: 'NOPE' }));
+    expect(e.key).toBe('client_tls_ciphers');
+    e = configError(() => load({ PGMUX_SERVER_TLS: 'verify-ca', PGMUX_SERVER_TLS_CA_FILE: userlist }));
+    expect(e.key).toBe('server_tls_ca_file');
+    expect(e.message).toMatch(/holds no PEM certificate/);
+  });
+
+  it('hba_file is parsed at load; its errors name the file and line', () => {
+    const bad = writeTemp('bad-hba.conf', 'host all all all trust\nhost all +grp all md5\n');
+    const e = configError(() => load({ PGMUX_HBA_FILE: bad }));
+    expect(e.key).toBe('hba_file');
+    expect(e.message).toBe(`hba_file: ${bad}:2: "+grp": group membership (+role) is not supported by pgmux; list the user names instead`);
+    expect(configError(() => load({ PGMUX_HBA_FILE: join(dir, 'none.conf') })).message).toMatch(/none\.conf:0: cannot read the HBA file: no such file/);
+  });
+
+  it('resolves relative TLS and HBA paths against the config file directory', () => {
+    const sub = join(dir, 'tls-sub');
+    mkdirSync(sub, { recursive: true });
+    writeFileSync(join(sub, 'hba.conf'), 'host all all all trust\n');
+    const file = join(sub, 'pgmux.yaml');
+    writeFileSync(file, 'hba_file: hba.conf\nserver_tls_ca_file: ca.crt\nnodes: [db1]\n');
+    const c = loadConfig({ config: file }, {}, { cwd: '/' });
+    expect(c.hbaFile).toBe(join(sub, 'hba.conf'));
+    expect(c.serverTlsCaFile).toBe(join(sub, 'ca.crt')); // server_tls disable: not read
+  });
+
+  it.each<[string, unknown, RegExp]>([
+    ['client_tls', 'prefer', /"prefer" is not supported \(write it as allow; expected one of disable, allow, require\)/],
+    ['client_tls', 'verify-full', /pgmux does not verify client certificates; use require/],
+    ['server_tls', 'allow', /use prefer or disable/],
+    ['client_tls_min_version', 'TLSv1.1', /"TLSv1.1" is too old \(expected TLSv1.2 or TLSv1.3\)/],
+    ['client_tls_min_version', 'SSLv3', /is not a TLS version/],
+    ['max_user_connections', -1, /out of range \(expected 0..1000000\)/],
+    ['max_unauthenticated_connections', 'many', /not a whole number/],
+  ])('%s: %j is refused', (key, value, message) => {
+    expect(() => yamlValue(key, value)).toThrow(message);
+  });
+
+  it('accepts TLS versions as 1.3, tlsv1.3 or a number', () => {
+    expect(yamlValue('client_tls_min_version', 1.3)).toBe('TLSv1.3');
+    expect(yamlValue('client_tls_min_version', 'tlsv1.2')).toBe('TLSv1.2');
+  });
+
+  it('points PgBouncer spellings at the pgmux keys', () => {
+    expect(configError(() => parseConfigObject({ client_tls_sslmode: 'require' }, 't.yaml')).message).toMatch(/did you mean client_tls\?/);
+    expect(configError(() => parseConfigObject({ auth_hba_file: 'x' }, 't.yaml')).message).toMatch(/did you mean hba_file\?/);
   });
 });
 
