@@ -731,7 +731,11 @@ function validate(c: Config, requireNodes: boolean): void {
   // and RELOAD (which keeps the running configuration) rather than the first client.
   try {
     reloadTls(c);
-    reloadHba(c);
+    const rules = reloadHba(c);
+    const needsSecret = rules?.find((r) => r.method !== 'trust' && r.method !== 'reject');
+    if (needsSecret && c.authFile === null) {
+      throw new ConfigError('auth_file', `auth_file: ${needsSecret.file}:${needsSecret.line} uses ${needsSecret.method}, which needs an auth file (set auth_file, PGMUX_AUTH_FILE or --auth-file)`);
+    }
   } catch (err) {
     if (err instanceof TlsConfigError) throw new ConfigError(err.key, err.message);
     if (err instanceof HbaError) throw new ConfigError('hba_file', `hba_file: ${err.message}`);

@@ -482,20 +482,24 @@ export function hbaRefusal(rule: HbaRule | null, q: HbaQuery): string {
 
 // ---- per-configuration rules ------------------------------------------------------------
 
-const rulesByConfig = new WeakMap<Config, HbaRule[] | null>();
+/** Rules by file path, replaced only by a successful reloadHba() (a bad RELOAD keeps them). */
+const rulesByFile = new Map<string, HbaRule[]>();
 
-/** The rules of this configuration's hba_file, read once (null = no HBA check). */
+/** The rules of this configuration's hba_file (null = no HBA check). */
 export function hbaRulesFor(cfg: Config): HbaRule[] | null {
-  let r = rulesByConfig.get(cfg);
+  if (cfg.hbaFile === null) return null;
+  let r = rulesByFile.get(cfg.hbaFile);
   if (r === undefined) {
-    r = cfg.hbaFile === null ? null : loadHbaFile(cfg.hbaFile);
-    rulesByConfig.set(cfg, r);
+    r = loadHbaFile(cfg.hbaFile);
+    rulesByFile.set(cfg.hbaFile, r);
   }
   return r;
 }
 
-/** Reads hba_file again for this configuration (start, RELOAD). Throws HbaError. */
+/** Reads hba_file again (config load, start, RELOAD). Throws HbaError. */
 export function reloadHba(cfg: Config): HbaRule[] | null {
-  rulesByConfig.delete(cfg);
-  return hbaRulesFor(cfg);
+  if (cfg.hbaFile === null) return null;
+  const r = loadHbaFile(cfg.hbaFile);
+  rulesByFile.set(cfg.hbaFile, r);
+  return r;
 }

@@ -270,46 +270,66 @@ function isIpLiteral(host: string): boolean {
 }
 
 // ---- per-configuration contexts ---------------------------------------------------------
+//
+// Built state is keyed by the settings that produce it (not by the Config object: RELOAD
+// copies the configuration), and replaced only by a successful reloadTls(). A reload whose
+// files are bad therefore leaves the running contexts in place.
 
-const serverContexts = new WeakMap<Config, ServerTls | null>();
-const backendContexts = new WeakMap<Config, BackendTls>();
+const serverContexts = new Map<string, ServerTls | null>();
+const backendContexts = new Map<string, BackendTls>();
+
+function serverKey(cfg: Config): string {
+  if (cfg.clientTls === 'disable') return 'disable';
+  return JSON.stringify([cfg.clientTlsCertFile, cfg.clientTlsKeyFile, cfg.clientTlsCaFile, cfg.clientTlsMinVersion, cfg.clientTlsCiphers]);
+}
+
+function backendKey(cfg: Config): string {
+  return JSON.stringify([cfg.serverTls, cfg.serverTls === 'disable' ? null : cfg.serverTlsCaFile]);
+}
+
+function buildServerTlsFor(cfg: Config): ServerTls | null {
+  if (cfg.clientTls === 'disable') return null;
+  if (cfg.clientTlsCertFile === null) throw new TlsConfigError('client_tls_cert_file', `client_tls ${cfg.clientTls} needs a certificate`);
+  if (cfg.clientTlsKeyFile === null) throw new TlsConfigError('client_tls_key_file', `client_tls ${cfg.clientTls} needs a private key`);
+  return buildServerContext({
+    certFile: cfg.clientTlsCertFile,
+    keyFile: cfg.clientTlsKeyFile,
+    caFile: cfg.clientTlsCaFile,
+    minVersion: cfg.clientTlsMinVersion,
+    ciphers: cfg.clientTlsCiphers,
+  });
+}
 
 /** The client-side context for this configuration (null when client_tls is disable). */
 export function serverTlsFor(cfg: Config): ServerTls | null {
-  let s = serverContexts.get(cfg);
+  const key = serverKey(cfg);
+  let s = serverContexts.get(key);
   if (s === undefined) {
-    s = cfg.clientTls === 'disable' || cfg.clientTlsCertFile === null || cfg.clientTlsKeyFile === null
-      ? null
-      : buildServerContext({
-          certFile: cfg.clientTlsCertFile,
-          keyFile: cfg.clientTlsKeyFile,
-          caFile: cfg.clientTlsCaFile,
-          minVersion: cfg.clientTlsMinVersion,
-          ciphers: cfg.clientTlsCiphers,
-        });
-    serverContexts.set(cfg, s);
+    s = buildServerTlsFor(cfg);
+    serverContexts.set(key, s);
   }
   return s;
 }
 
 /** The backend-side TLS settings (CA read) for this configuration. */
 export function backendTlsFor(cfg: Config): BackendTls {
-  let b = backendContexts.get(cfg);
+  const key = backendKey(cfg);
+  let b = backendContexts.get(key);
   if (b === undefined) {
     b = buildBackendTls(cfg.serverTls, cfg.serverTlsCaFile);
-    backendContexts.set(cfg, b);
+    backendContexts.set(key, b);
   }
   return b;
 }
 
 /**
- * Builds both sides' TLS state for a configuration from the files as they are now (start,
- * RELOAD). Throws TlsConfigError, leaving any previously built state of other
- * configurations alone, so a bad certificate refuses the reload instead of breaking TLS.
+ * Builds both sides' TLS state from the files as they are now (config load, start,
+ * RELOAD), replacing what was built for the same settings only when everything succeeds.
+ * Throws TlsConfigError naming the key at fault.
  */
 export function reloadTls(cfg: Config): void {
-  serverContexts.delete(cfg);
-  backendContexts.delete(cfg);
-  serverTlsFor(cfg);
-  backendTlsFor(cfg);
+  const server = buildServerTlsFor(cfg);
+  const backend = buildBackendTls(cfg.serverTls, cfg.serverTlsCaFile);
+  serverContexts.set(serverKey(cfg), server);
+  backendContexts.set(backendKey(cfg), backend);
 }

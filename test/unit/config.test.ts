@@ -721,6 +721,13 @@ describe('TLS and access', () => {
     expect(configError(() => load({ PGMUX_HBA_FILE: join(dir, 'none.conf') })).message).toMatch(/none\.conf:0: cannot read the HBA file: no such file/);
   });
 
+  it('an hba_file method other than trust/reject needs auth_file', () => {
+    const e = configError(() => load({ PGMUX_HBA_FILE: hbaFile }));
+    expect(e.key).toBe('auth_file');
+    expect(e.message).toBe(`auth_file: ${hbaFile}:1 uses scram-sha-256, which needs an auth file (set auth_file, PGMUX_AUTH_FILE or --auth-file)`);
+    expect(load({ PGMUX_HBA_FILE: hbaFile, PGMUX_AUTH_FILE: userlist }).hbaFile).toBe(hbaFile);
+  });
+
   it('resolves relative TLS and HBA paths against the config file directory', () => {
     const sub = join(dir, 'tls-sub');
     mkdirSync(sub, { recursive: true });
