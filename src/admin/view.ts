@@ -90,6 +90,7 @@ export interface ProxyView {
   reconnect(): void;
   /** Drains a node: no new transactions, busy backends closed when released. */
   disableNode(name: string): boolean;
+  isDisabled(name: string): boolean;
   enableNode(name: string): boolean;
   shutdown(): void;
 }

@@ -832,5 +832,17 @@ export function configToObject(c: Config, opts: { reveal?: boolean } = {}): Reco
     max_db_connections: c.maxDbConnections,
     max_user_connections: c.maxUserConnections,
     max_unauthenticated_connections: c.maxUnauthenticatedConnections,
+    max_prepared_statements: c.maxPreparedStatements,
+    track_extra_parameters: [...c.trackExtraParameters],
+    admin_users: [...c.adminUsers],
+    stats_users: [...c.statsUsers],
+    shutdown_timeout: formatDuration(c.shutdownTimeoutMs),
+    max_lag_bytes: c.maxLagBytes === null ? 'off' : formatSize(c.maxLagBytes),
+    max_lag_ms: c.maxLagMs === null ? 'off' : formatDuration(c.maxLagMs),
+    lag_hysteresis: c.lagHysteresis,
+    fallback_to_primary: c.fallbackToPrimary,
+    read_your_writes: c.readYourWrites,
+    read_your_writes_window: formatDuration(c.readYourWritesWindowMs),
+    write_functions: [...c.writeFunctions],
   };
 }

@@ -19,6 +19,7 @@ import {
 import { BackendError, PgmuxError, pgmuxError } from '../protocol/errors.js';
 import { md5Response } from '../auth/md5.js';
 import { ScramClientSession } from '../auth/scram.js';
+import { connectTls, type BackendTls } from '../server/tls.js';
 
 export interface NodeAddress {
   host: string;
@@ -87,6 +88,8 @@ export interface ConnectOptions {
   database: string;
   credentials: BackendCredentials;
   connectTimeoutMs: number;
+  /** server_tls: negotiated with SSLRequest before the StartupMessage; absent = plaintext. */
+  tls?: BackendTls;
 }
 
 export class BackendConnection implements ScanSink {
@@ -98,6 +101,13 @@ export class BackendConnection implements ScanSink {
   readonly params = new Map<string, string>();
   /** The same, as reported at login: this database's defaults for a client that sets nothing. */
   readonly defaults = new Map<string, string>();
+  /**
+   * Fingerprint of the client settings this backend was last aligned to; null once anything
+   * may have changed them (a ParameterStatus, a reset).
+   */
+  syncedFingerprint: string | null = null;
+  /** Its session state is not what pgmux recorded (a hidden query failed): close, don't pool. */
+  discardOnRelease = false;
   /** Unreported settings pgmux applied for clients (name -> value); RESET when not wanted. */
   readonly applied = new Map<string, string>();
   /** ReadyForQuery messages owed to the linked client (one per Query, Sync, FunctionCall). */
@@ -140,11 +150,21 @@ export class BackendConnection implements ScanSink {
   static connect(opts: ConnectOptions): Promise<BackendConnection> {
     const socket = net.connect({ host: opts.node.host, port: opts.node.port });
     socket.setNoDelay(true);
-    const b = new BackendConnection(socket, opts.node, opts.user, opts.database);
-    return b.login(opts);
+    const t = opts.tls;
+    if (t === undefined || t.mode === 'disable') return new BackendConnection(socket, opts.node, opts.user, opts.database).login(opts, false);
+    const started = Date.now();
+    return connectTls(socket, { mode: t.mode, ca: t.ca, host: opts.node.host, timeoutMs: opts.connectTimeoutMs }).then(
+      (s) => {
+        const left = opts.connectTimeoutMs > 0 ? Math.max(1, opts.connectTimeoutMs - (Date.now() - started)) : 0;
+        return new BackendConnection(s, opts.node, opts.user, opts.database).login({ ...opts, connectTimeoutMs: left }, true);
+      },
+      (err: Error) => {
+        throw new PgmuxError(pgmuxError('backendUnavailable', { detail: `${opts.node.name}: ${err.message}` }));
+      },
+    );
   }
 
-  private login(opts: ConnectOptions): Promise<BackendConnection> {
+  private login(opts: ConnectOptions, connected: boolean): Promise<BackendConnection> {
     return new Promise((resolve, reject) => {
       const socket = this.socket;
       const reader = new FrameReader(64 * 1024 * 1024, true);
@@ -249,9 +269,9 @@ export class BackendConnection implements ScanSink {
             break; // NoticeResponse, NegotiateProtocolVersion: nothing to do
         }
       };
-      socket.on('connect', () => {
-        socket.write(startupMessage({ user: opts.user, database: opts.database }));
-      });
+      const sendStartup = () => socket.write(startupMessage({ user: opts.user, database: opts.database }));
+      if (connected) sendStartup();
+      else socket.on('connect', sendStartup);
       socket.on('data', (chunk: Buffer) => {
         reader.push(chunk);
         try {
@@ -460,7 +480,10 @@ export class BackendConnection implements ScanSink {
   }
 
   onParameterStatus(name: string, value: string, hidden: boolean): void {
-    this.params.set(name, value);
+    if (this.params.get(name) !== value) {
+      this.params.set(name, value);
+      if (!hidden) this.syncedFingerprint = null;
+    }
     const owner = this.owner;
     if (owner !== null) owner.onBackendParameter(name, value, hidden);
   }

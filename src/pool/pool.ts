@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import { BackendConnection, BackendState, type BackendCloseReason, type BackendCredentials, type NodeAddress } from './backend.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
+import { backendTlsFor } from '../server/tls.js';
 
 export interface PoolWaiter {
   onBackendAcquired(backend: BackendConnection): void;
@@ -98,6 +99,11 @@ export class Pool {
       b.close('shutdown');
       return;
     }
+    if (b.discardOnRelease) {
+      b.close('dirty');
+      this.maybeConnect();
+      return;
+    }
     const cfg = this.config();
     if (b.createdAt <= this.recycleBefore || (cfg.serverLifetimeMs > 0 && Date.now() - b.createdAt > cfg.serverLifetimeMs)) {
       b.close(b.createdAt <= this.recycleBefore ? 'recycled' : 'lifetime');
@@ -163,6 +169,7 @@ export class Pool {
       database: this.database,
       credentials: this.credentials(),
       connectTimeoutMs: cfg.serverConnectTimeoutMs,
+      tls: backendTlsFor(cfg),
     }).then(
       (b) => {
         this.connecting--;

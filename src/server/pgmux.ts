@@ -13,6 +13,9 @@ import type { NodeSnapshot, TopologySnapshot } from '../cluster/topology.js';
 import { cancelRequest } from '../protocol/messages.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import type { ProxyContext } from './context.js';
+import { ConnectionLimits } from './limits.js';
+import { reloadTls } from './tls.js';
+import { reloadHba } from './hba.js';
 import { StatementNames } from '../session/preparedStatements.js';
 import { NotificationHub } from '../session/notifications.js';
 import { AdminConsole } from '../admin/console.js';
@@ -78,6 +81,7 @@ export class Proxy implements ProxyContext, ProxyView {
   private readonly learnedPasswords = new Map<string, string>();
   private janitor: NodeJS.Timeout | null = null;
   shuttingDown = false;
+  readonly limits = new ConnectionLimits();
   readonly statementNames = new StatementNames();
   readonly notifications: NotificationHub;
   readonly monitor: ClusterMonitor;
@@ -90,6 +94,9 @@ export class Proxy implements ProxyContext, ProxyView {
     readonly logger: Logger,
   ) {
     this.authEntries = cfg.authFile ? loadAuthFile(cfg.authFile) : new Map();
+    // Certificates and the HBA file, read now so a bad one fails the start, not a client.
+    reloadTls(cfg);
+    reloadHba(cfg);
     this.monitor = new ClusterMonitor(cfg, logger);
     this.monitor.on('snapshot', (s: TopologySnapshot) => this.onTopology(s));
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
@@ -273,6 +280,8 @@ export class Proxy implements ProxyContext, ProxyView {
   // ---- topology ---------------------------------------------------------------------
 
   private lastPrimary: string | null = null;
+  /** Last non-null primary: a different one later is a failover. */
+  private lastKnownPrimary: string | null = null;
   private readonly lastRole = new Map<string, string>();
 
   private onTopology(s: TopologySnapshot): void {
@@ -280,6 +289,13 @@ export class Proxy implements ProxyContext, ProxyView {
     if (primary !== this.lastPrimary) {
       this.logger.info({ from: this.lastPrimary, to: primary }, 'primary changed');
       this.lastPrimary = primary;
+      if (primary !== null) {
+        if (this.lastKnownPrimary !== null && this.lastKnownPrimary !== primary) {
+          this.stats.failovers++;
+          this.logger.warn({ from: this.lastKnownPrimary, to: primary }, 'failover: writes now go to the new primary');
+        }
+        this.lastKnownPrimary = primary;
+      }
     }
     const changed = new Set<string>();
     for (const n of s.nodes) {
@@ -495,6 +511,7 @@ export async function startPgmux(config: Config, opts: StartOptions): Promise<Ru
   proxy.reloadSource = opts.reloadConfig ?? null;
   await proxy.start();
   const server = net.createServer({ noDelay: true }, (socket) => {
+    if (!proxy.limits.acceptOrRefuse(socket, proxy.config(), (msg, fields) => logger.warn(fields, msg))) return;
     new ClientSession(socket, proxy);
   });
   server.maxConnections = config.maxClientConn + 100; // room to tell the excess why

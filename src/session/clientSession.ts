@@ -30,6 +30,8 @@ import type { Pool, PoolWaiter } from '../pool/pool.js';
 import type { ProxyContext } from '../server/context.js';
 import type { ClientView } from '../admin/view.js';
 import { ClientAuthenticator } from './clientAuth.js';
+import { serverTlsFor, upgradeServerSocket } from '../server/tls.js';
+import { hbaRefusal, hbaRulesFor, matchHba } from '../server/hba.js';
 import { isSettableReported, parseStartup, StartupParamError } from './startupParams.js';
 import { buildSyncSql, settingsSignature } from './paramSync.js';
 import { parseLsn } from '../cluster/topology.js';
@@ -124,6 +126,18 @@ function mayKeepSessionState(buf: Buffer, pos: number, end: number): boolean {
 const SESSION_STATE =
   /\bcreate\s+(?:(?:global|local)\s+)?temp(?:orary)?\s+(?:table|view|sequence)\b|\binto\s+temp(?:orary)?\b|\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(|\bwith\s+hold\b|^\s*listen\b/i;
 
+/** One string object per distinct settings fingerprint (cheap identity comparisons). */
+const fingerprints = new Map<string, string>();
+function interned(s: string): string {
+  let v = fingerprints.get(s);
+  if (v === undefined) {
+    if (fingerprints.size > 10_000) fingerprints.clear();
+    fingerprints.set(s, s);
+    v = s;
+  }
+  return v;
+}
+
 let nextClientId = 1;
 /** Re-routes of one transaction (failover waits, reads moved off a dead replica). */
 const MAX_ROUTE_ATTEMPTS = 3;
@@ -187,18 +201,51 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private runStart = 0;
   private runEnd = 0;
 
+  /** The client connection: the accepted socket, or the TLS socket over it after SSLRequest. */
+  private socket: net.Socket;
+  /** The connection is TLS-encrypted. */
+  private tls = false;
+  /** Counted in limits.unauthenticated until authentication ends. */
+  private unauthenticated = true;
+  /** Counted against max_db_connections / max_user_connections. */
+  private admitted = false;
+
   constructor(
-    readonly socket: net.Socket,
+    socket: net.Socket,
     private ctx: ProxyContext,
   ) {
+    this.socket = socket;
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
     this.connectedAt = this.lastActiveAt = ctx.clock.now;
     ctx.track(this);
+    ctx.limits.unauthenticated++;
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.backend?.socket.resume());
-    socket.on('error', () => this.close('client_gone'));
-    socket.on('close', () => this.close('client_gone'));
+    this.listen(socket);
+  }
+
+  private readonly onSocketData = (chunk: Buffer): void => this.onData(chunk);
+  private readonly onSocketDrain = (): void => void this.backend?.socket.resume();
+  private readonly onSocketGone = (): void => this.close('client_gone');
+
+  private listen(socket: net.Socket): void {
+    socket.on('data', this.onSocketData);
+    socket.on('drain', this.onSocketDrain);
+    socket.on('error', this.onSocketGone);
+    socket.on('close', this.onSocketGone);
+  }
+
+  private unlisten(socket: net.Socket): void {
+    socket.off('data', this.onSocketData);
+    socket.off('drain', this.onSocketDrain);
+    socket.off('error', this.onSocketGone);
+    socket.off('close', this.onSocketGone);
+  }
+
+  /** Authentication is over (or the connection is): one fewer connection logging in. */
+  private leaveUnauthenticated(): void {
+    if (!this.unauthenticated) return;
+    this.unauthenticated = false;
+    this.ctx.limits.unauthenticated--;
   }
 
   get remote(): string {
@@ -508,14 +555,28 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   private onStartupPacket(buf: Buffer, start: number, end: number): void {
     const code = end - start >= 8 ? buf.readInt32BE(start + 4) : 0;
-    if (code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) {
-      // TLS and GSS encryption are not offered (yet): 'N' lets the client go on in plaintext.
+    if (code === SSL_REQUEST_CODE) {
+      this.onSslRequest();
+      return;
+    }
+    if (code === GSSENC_REQUEST_CODE) {
+      // GSS encryption is not offered: 'N' lets the client go on (TLS or plaintext).
       this.socket.write('N');
       return;
     }
     if (code === CANCEL_REQUEST_CODE) {
       if (end - start === 16) this.ctx.cancel(buf.readInt32BE(start + 8), buf.readInt32BE(start + 12));
       this.close('cancel_request');
+      return;
+    }
+    if (!this.tls && this.ctx.config().clientTls === 'require') {
+      this.fatal(
+        pgmuxError('authMethodUnavailable', {
+          message: 'SSL required: client_tls is require, plaintext connections are refused',
+          hint: 'Connect with sslmode=require (or verify-ca, verify-full).',
+        }),
+        'protocol_error',
+      );
       return;
     }
     if (code >>> 16 !== 3) {
@@ -565,14 +626,81 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.settings.set(k, v);
       }
     }
+    const cfg = this.ctx.config();
+    // pg_hba.conf rules: who may connect, and how they authenticate.
+    let method = cfg.auth;
+    const rules = hbaRulesFor(cfg);
+    if (rules !== null) {
+      const q = { ssl: this.tls, database: this.database, user: this.user, address: this.socket.remoteAddress ?? '' };
+      const rule = matchHba(rules, q);
+      if (rule === null || rule.method === 'reject') {
+        this.ctx.stats.clientLoginFailures++;
+        this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, remote: this.remote, hbaLine: rule?.line ?? null }, 'connection refused by hba_file');
+        this.fatal(pgmuxError('authMethodUnavailable', { message: hbaRefusal(rule, q) }), 'auth_failed');
+        return;
+      }
+      method = rule.method;
+    }
     if (!this.ctx.register(this)) {
       this.fatal(pgmuxError('tooManyClients', { detail: `max_client_conn is ${this.ctx.config().maxClientConn}` }), 'too_many_clients');
       return;
     }
+    const refused = this.ctx.limits.admit(this.user, this.database, cfg);
+    if (refused !== null) {
+      this.fatal(refused, 'too_many_clients');
+      return;
+    }
+    this.admitted = true;
     this.tracking = this.ctx.config().poolMode === 'transaction';
     this.state = ClientState.Auth;
-    this.auth = new ClientAuthenticator(this.ctx.config().auth, this.user, this.ctx.authEntry(this.user));
+    this.auth = new ClientAuthenticator(method, this.user, this.ctx.authEntry(this.user));
     this.onAuthStep(this.auth.start());
+  }
+
+  /**
+   * SSLRequest: 'S' and the TLS handshake when client_tls allows it, else 'N'. Bytes sent
+   * after the SSLRequest but before the handshake would be read as if they came over TLS:
+   * refused, as PostgreSQL does (CVE-2021-23214).
+   */
+  private onSslRequest(): void {
+    const cfg = this.ctx.config();
+    if (this.tls) {
+      this.fatal(pgmuxError('protocolViolation', { message: 'SSLRequest on a connection that is already encrypted' }), 'protocol_error');
+      return;
+    }
+    if (cfg.clientTls === 'disable') {
+      this.socket.write('N');
+      return;
+    }
+    if (this.reader.pending > 0) {
+      this.fatal(
+        pgmuxError('protocolViolation', {
+          message: 'received unencrypted data after SSL request',
+          detail: 'This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.',
+        }),
+        'protocol_error',
+      );
+      return;
+    }
+    let server;
+    try {
+      server = serverTlsFor(cfg);
+    } catch (err) {
+      this.ctx.logger.error({ err: (err as Error).message }, 'TLS is configured but unusable');
+      server = null;
+    }
+    if (server === null) {
+      this.fatal({ severity: 'FATAL', code: '58000', message: 'TLS is not available', hint: 'See the pgmux log.' }, 'protocol_error');
+      return;
+    }
+    this.socket.write('S');
+    const plain = this.socket;
+    this.unlisten(plain);
+    // Errors of the accepted socket surface on the TLS socket; none may go unhandled.
+    plain.on('error', () => {});
+    this.socket = upgradeServerSocket(plain, server, { alpn: true });
+    this.tls = true;
+    this.listen(this.socket);
   }
 
   private onPasswordMessage(buf: Buffer, bodyStart: number, end: number): void {
@@ -591,12 +719,16 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         return;
       case 'ok':
         this.auth = null;
+        this.leaveUnauthenticated();
         if (step.password !== undefined) this.ctx.learnPassword(this.user, step.password);
         if (step.message) this.socket.write(step.message);
         this.socket.write(authenticationRequest(AuthCode.Ok));
         this.state = ClientState.Login;
         this.socket.pause();
-        this.finishLogin().catch((err: Error) => this.failWith(err, 'login_failed'));
+        this.finishLogin().catch((err: Error) => {
+          this.ctx.stats.clientLoginFailures++;
+          this.failWith(err, 'login_failed');
+        });
         return;
     }
   }
@@ -659,8 +791,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         const sql = buildSyncSql(this, b);
         if (sql !== null) await b.runInternal(sql);
       } catch (err) {
-        if (b.clean) pool.release(b);
-        else pool.discard(b, 'reset_failed');
+        // What pgmux believes this backend carries is now uncertain: never reuse it.
+        pool.discard(b, 'reset_failed');
         throw err;
       }
       welcome = [...b.params];
@@ -670,6 +802,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     if (this.state !== ClientState.Login) return;
     this.reported = new Map(welcome);
+    this.fingerprint = null;
     const parts: Buffer[] = [];
     for (const [k, v] of welcome) parts.push(parameterStatus(k, v));
     parts.push(backendKeyData(this.pid, this.secret), readyForQuery('I'));
@@ -934,8 +1067,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.retry = this.retryable ? this.held.slice() : null;
     const sock = b.socket;
     sock.cork();
-    const sql = buildSyncSql(this, b);
-    if (sql !== null) b.sendHidden(sql);
+    // Fast path: the backend already carries exactly these settings (clients with the same
+    // settings share one fingerprint string).
+    const fp = this.settingsFingerprint();
+    if (b.syncedFingerprint !== fp) {
+      const sql = buildSyncSql(this, b);
+      if (sql !== null) b.sendHidden(sql);
+      b.syncedFingerprint = fp;
+    }
     const held = this.held;
     this.held = [];
     for (let i = 0; i < held.length && this.state === ClientState.Linked; i++) {
@@ -1047,6 +1186,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
               b.applied.set(p, v);
             }
           }
+          this.fingerprint = null;
+          b.syncedFingerprint = null;
         }
         pool.release(b);
       },
@@ -1078,7 +1219,17 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   onBackendParameter(name: string, value: string): void {
-    this.reported.set(name, value);
+    if (this.reported.get(name) !== value) {
+      this.reported.set(name, value);
+      this.fingerprint = null;
+    }
+  }
+
+  /** Identifies this client's session settings; equal strings mean equal settings. */
+  private fingerprint: string | null = null;
+  private settingsFingerprint(): string {
+    this.fingerprint ??= interned(settingsSignature(this.reported) + '\x01' + settingsSignature(this.settings));
+    return this.fingerprint;
   }
 
   onBackendDrain(): void {
@@ -1097,6 +1248,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   onBackendHiddenError(fields: Map<string, string>): void {
+    // The settings pgmux tried to apply failed: its record of this backend is wrong.
+    if (this.backend) this.backend.discardOnRelease = true;
     this.ctx.logger.warn({ client: this.id, code: fields.get('C'), message: fields.get('M') }, 'applying client settings on a backend failed');
   }
 
@@ -1201,6 +1354,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     this.ctx.unregister(this);
     this.ctx.untrack(this);
+    this.leaveUnauthenticated();
+    if (this.admitted) {
+      this.admitted = false;
+      this.ctx.limits.release(this.user, this.database);
+    }
     if (this.listening) this.ctx.notifications.unsubscribe(this, this.database, this.user, null);
     this.ctx.unpark(this);
     if (!this.socket.destroyed) {
@@ -1232,12 +1390,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       const reset = this.ctx.config().serverResetQuery;
       if (!reset) {
         b.applied.clear();
+        b.syncedFingerprint = null;
         pool.release(b);
         return;
       }
       b.runInternal(reset).then(
         () => {
           b.applied.clear();
+          b.syncedFingerprint = null;
           b.prepared.clear();
           pool.release(b);
         },
