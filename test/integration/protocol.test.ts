@@ -87,12 +87,19 @@ function runBytes(bin: string, args: string[], input?: Buffer): Promise<{ code: 
   });
 }
 
-afterAll(async () => {
-  for (const c of clients) {
+/**
+ * Clients leave before their proxy closes: a graceful shutdown waits (shutdown_timeout) for
+ * clients still linked to a backend, which in session mode is every connected client.
+ */
+async function closeClients(): Promise<void> {
+  const all = clients.splice(0);
+  for (const c of all) {
     if (c instanceof RawClient) c.destroy();
     else await c.end().catch(() => {});
   }
-});
+}
+
+afterAll(closeClients);
 
 describe('protocol through pgmux (transaction mode, pool_size 5)', () => {
   let proxy: TestProxy;
@@ -100,6 +107,7 @@ describe('protocol through pgmux (transaction mode, pool_size 5)', () => {
     proxy = await startProxy({ ...primaryOnly(), poolSize: 5, poolMode: 'transaction' });
   });
   afterAll(async () => {
+    await closeClients();
     await proxy?.close();
   });
 
@@ -430,6 +438,7 @@ describe('protocol through pgmux (transaction mode, pool_size 5)', () => {
       expect(firstError(bm)).toBeUndefined();
       expect(rows(bm)[0]![0]).toBe(pid1);
     } finally {
+      await closeClients();
       await p1.close();
     }
   });
@@ -441,6 +450,7 @@ describe('protocol through pgmux (session mode)', () => {
     proxy = await startProxy({ ...primaryOnly(), poolSize: 12, poolMode: 'session' });
   });
   afterAll(async () => {
+    await closeClients();
     await proxy?.close();
   });
 
