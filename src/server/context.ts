@@ -9,6 +9,7 @@ import type { Pool } from '../pool/pool.js';
 import type { ClientSession } from '../session/clientSession.js';
 import type { Classification } from '../routing/classifier.js';
 import type { StatementNames } from '../session/preparedStatements.js';
+import type { ConnectionLimits } from './limits.js';
 import type { NotificationHub } from '../session/notifications.js';
 
 export interface ProxyContext {
@@ -34,6 +35,8 @@ export interface ProxyContext {
   /** Cancels whatever runs on this backend (its real key). */
   cancelBackend(backend: BackendConnection): void;
   readonly shuttingDown: boolean;
+  /** max_unauthenticated_connections, max_db_connections, max_user_connections bookkeeping. */
+  readonly limits: ConnectionLimits;
   /** Proxy names of prepared statements, shared by all clients. */
   readonly statementNames: StatementNames;
   /** Shared LISTEN connections and notification fan-out (transaction mode). */
