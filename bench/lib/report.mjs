@@ -1,0 +1,310 @@
+// Summaries, the console table, the Markdown report and the SVG chart.
+
+import { TARGETS, TARGET_LABEL } from './targets.mjs';
+import { WORKLOADS } from './pgbench.mjs';
+
+export function median(xs) {
+  const v = xs.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return null;
+  const m = v.length >> 1;
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+}
+
+/**
+ * cell = { status: 'ok'|'fails'|'n/a'|'skipped', reason, runs: [{ ok, tps, latencyMs, cpuUsPerTxn, transactions, error }] }
+ * -> { status, reason, tps, latencyMs, cpuUs, rounds, okRounds, tpsList }
+ * A cell whose runs all failed is 'fails' with the first error; some failed: 'ok' with a note.
+ */
+export function summarize(cell) {
+  if (!cell) return { status: 'skipped', reason: 'not run' };
+  if (cell.status !== 'ok') return { status: cell.status, reason: cell.reason };
+  const ok = cell.runs.filter((r) => r.ok);
+  if (ok.length === 0) return { status: 'fails', reason: cell.runs[0]?.error ?? 'no run', rounds: cell.runs.length };
+  const failedRuns = cell.runs.filter((r) => !r.ok);
+  return {
+    status: 'ok',
+    reason: failedRuns.length ? `${failedRuns.length} of ${cell.runs.length} runs failed: ${failedRuns[0].error}` : null,
+    tps: median(ok.map((r) => r.tps)),
+    latencyMs: median(ok.map((r) => r.latencyMs)),
+    cpuUs: median(ok.map((r) => r.cpuUsPerTxn)),
+    rounds: cell.runs.length,
+    okRounds: ok.length,
+    tpsList: cell.runs.map((r) => (r.ok ? r.tps : null)),
+    share: shareOf(ok),
+  };
+}
+
+/** Share of the transactions each node ran (summed over the runs), or null. */
+function shareOf(runs) {
+  const sums = [];
+  for (const r of runs) (r.commitDelta ?? []).forEach((x, i) => (sums[i] = (sums[i] ?? 0) + x));
+  const total = sums.reduce((a, b) => a + b, 0);
+  return total > 0 ? sums.map((x) => x / total) : null;
+}
+
+export function ratio(a, b) {
+  return a && b && a.status === 'ok' && b.status === 'ok' && b.tps ? a.tps / b.tps : null;
+}
+
+const fmtInt = (n) => (n === null || n === undefined ? '—' : Math.round(n).toLocaleString('en-US'));
+const fmt = (n, d = 2) => (n === null || n === undefined ? '—' : n.toFixed(d));
+const fmtRatio = (r) => (r === null ? '—' : `${r.toFixed(2)}×`);
+
+/** Rows for both the console and Markdown: one per (workload, target). */
+export function tableRows(results, workloads, targets) {
+  const rows = [];
+  for (const w of workloads) {
+    const sums = Object.fromEntries(targets.map((t) => [t, summarize(results[w]?.[t])]));
+    for (const t of targets) {
+      const s = sums[t];
+      const shown =
+        s.status === 'ok'
+          ? { tps: fmtInt(s.tps), lat: fmt(s.latencyMs, 2), cpu: t === 'direct' ? '—' : fmt(s.cpuUs, 1) }
+          : { tps: s.status, lat: '—', cpu: '—' };
+      rows.push({
+        workload: w,
+        target: t,
+        ...shown,
+        xDirect: t === 'direct' ? (s.status === 'ok' ? '1.00×' : '—') : fmtRatio(ratio(s, sums.direct)),
+        xBouncer: t === 'pgbouncer' ? (s.status === 'ok' ? '1.00×' : '—') : fmtRatio(ratio(s, sums.pgbouncer)),
+        perRound: s.tpsList ? s.tpsList.map((x) => (x === null ? 'x' : fmtInt(x))).join(' / ') : '',
+        share: s.share ? s.share.map((x) => `${Math.round(x * 100)}`).join(' / ') : '—',
+        note: s.status === 'ok' ? (s.reason ?? '') : s.reason ?? '',
+        summary: s,
+      });
+    }
+  }
+  return rows;
+}
+
+function pad(s, n, right = false) {
+  s = String(s);
+  if (s.length >= n) return s;
+  return right ? ' '.repeat(n - s.length) + s : s + ' '.repeat(n - s.length);
+}
+
+export function consoleTable(rows) {
+  const head = ['workload', 'target', 'tps', 'lat ms', 'CPU µs/txn', '×direct', '×PgBouncer', 'note'];
+  const data = rows.map((r) => [r.workload, TARGET_LABEL[r.target], r.tps, r.lat, r.cpu, r.xDirect, r.xBouncer, shorten(r.note, 70)]);
+  const widths = head.map((h, i) => Math.max(h.length, ...data.map((d) => String(d[i]).length)));
+  const rightCols = new Set([2, 3, 4, 5, 6]);
+  const line = (cells) => cells.map((c, i) => pad(c, widths[i], rightCols.has(i))).join('  ').trimEnd();
+  const out = [line(head), widths.map((w) => '-'.repeat(w)).join('  ')];
+  let last = null;
+  for (let i = 0; i < data.length; i++) {
+    if (last !== null && rows[i].workload !== last) out.push('');
+    last = rows[i].workload;
+    out.push(line(data[i]));
+  }
+  return out.join('\n');
+}
+
+function shorten(s, n) {
+  s = String(s ?? '');
+  return s.length > n ? s.slice(0, n - 1) + '…' : s;
+}
+
+const mdCell = (s) => String(s ?? '').replace(/\|/g, '\\|').replace(/\n/g, ' ');
+
+export function memoryRows(memory) {
+  return memory.map((m) => ({
+    target: TARGET_LABEL[m.target],
+    clients: m.error && !m.clients ? '—' : String(m.clients),
+    requested: String(m.requested),
+    before: m.beforeBytes != null ? (m.beforeBytes / 2 ** 20).toFixed(1) : '—',
+    after: m.afterBytes != null ? (m.afterBytes / 2 ** 20).toFixed(1) : '—',
+    perClient: m.perClientBytes != null ? Math.round(m.perClientBytes).toLocaleString('en-US') : '—',
+    processes: m.processes != null ? String(m.processes) : '—',
+    note: m.note ?? m.error ?? '',
+  }));
+}
+
+export function consoleMemory(memory) {
+  const head = ['target', 'clients', 'RSS before MiB', 'RSS after MiB', 'bytes/client', 'procs', 'note'];
+  const data = memoryRows(memory).map((r) => [r.target, `${r.clients}/${r.requested}`, r.before, r.after, r.perClient, r.processes, shorten(r.note, 70)]);
+  const widths = head.map((h, i) => Math.max(h.length, ...data.map((d) => String(d[i]).length)));
+  const line = (cells) => cells.map((c, i) => pad(c, widths[i], i > 0 && i < 6)).join('  ').trimEnd();
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...data.map(line)].join('\n');
+}
+
+export function markdown(ctx) {
+  const { date, rows, memory, machine, commands, configs, options, incidents, proxyLogs = [], workloads, targets, durationS, svgName } = ctx;
+  const L = [];
+  L.push(`# pgmux benchmark, ${date}`);
+  L.push('');
+  L.push(
+    `${options.rounds} interleaved round${options.rounds === 1 ? '' : 's'} of ${options.seconds} s per workload and target` +
+      `${options.quick ? ' (`--quick`: a smoke run, not figures to quote)' : ''}; pgbench scale ${options.scale}; ` +
+      `pool size ${options.poolSize}; all on one ${machine.nproc}-core machine (clients, proxies and three PostgreSQL servers share the cores). ` +
+      `The whole run took ${Math.round(durationS / 60)} min.`,
+  );
+  L.push('');
+  L.push(`![ratio of tps to direct](${svgName})`);
+  L.push('');
+  L.push('## Throughput, latency, proxy CPU');
+  L.push('');
+  L.push('Median over the rounds. *% on primary / replica 1 / replica 2*: where the transactions ran, from pg_stat_database (xact_commit + xact_rollback of the bench database on each node, summed over the rounds; idle backends report their counts up to ~10 s late, so a few % can belong to the run before). *CPU µs/txn*: user + system CPU of the proxy (every process of it) during the run, divided by the transactions pgbench completed. *×direct*, *×PgBouncer*: median tps relative to the same workload straight against the primary, and through PgBouncer.');
+  L.push('');
+  for (const w of workloads) {
+    const wl = WORKLOADS[w];
+    L.push(`### ${w}: ${wl.title}, ${wl.clients} clients`);
+    L.push('');
+    L.push('| target | tps | latency ms | CPU µs/txn | × direct | × PgBouncer | tps per round | % on primary / replica 1 / replica 2 | note |');
+    L.push('| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |');
+    for (const r of rows.filter((x) => x.workload === w)) {
+      L.push(`| ${TARGET_LABEL[r.target]} | ${r.tps} | ${r.lat} | ${r.cpu} | ${r.xDirect} | ${r.xBouncer} | ${r.perRound} | ${r.share} | ${mdCell(r.note)} |`);
+    }
+    L.push('');
+  }
+  L.push('## Memory: idle authenticated clients');
+  L.push('');
+  L.push('Each client connects, runs `SELECT 1` once (so it is authenticated and has been through a backend), then stays idle. RSS is VmRSS summed over every process of the proxy; *bytes/client* = (RSS with the clients − RSS before) / clients.');
+  L.push('');
+  if (memory.length === 0) L.push('(not measured in this run)');
+  else {
+    L.push('| target | clients held / asked | RSS before MiB | RSS with clients MiB | bytes per client | processes | note |');
+    L.push('| --- | ---: | ---: | ---: | ---: | ---: | --- |');
+    for (const r of memoryRows(memory)) L.push(`| ${r.target} | ${r.clients} / ${r.requested} | ${r.before} | ${r.after} | ${r.perClient} | ${r.processes} | ${mdCell(r.note)} |`);
+  }
+  L.push('');
+  if (incidents.length) {
+    L.push('## Incidents during the run');
+    L.push('');
+    for (const i of incidents) L.push(`- ${mdCell(i)}`);
+    L.push('');
+  }
+  if (proxyLogs.length) {
+    L.push('## What the proxies logged (warnings and errors)');
+    L.push('');
+    for (const l of proxyLogs) {
+      L.push(`${TARGET_LABEL[l.target]}: ${l.count} line(s); distinct ones:`);
+      L.push('');
+      L.push('```');
+      for (const x of l.lines) L.push(x);
+      if (l.more) L.push(`… and ${l.more} more distinct lines`);
+      L.push('```');
+      L.push('');
+    }
+  }
+  L.push('## Machine');
+  L.push('');
+  for (const [k, v] of Object.entries(machine)) if (k !== 'pgShort') L.push(`- ${k}: ${v}`);
+  L.push('');
+  L.push('## How it was run');
+  L.push('');
+  L.push('```');
+  for (const c of commands) L.push(c);
+  L.push('```');
+  L.push('');
+  for (const c of configs) {
+    L.push(`<details><summary>${c.name}</summary>`);
+    L.push('');
+    L.push('```ini');
+    L.push(c.text.trimEnd());
+    L.push('```');
+    L.push('');
+    L.push('</details>');
+    L.push('');
+  }
+  L.push('## Caveats');
+  L.push('');
+  L.push('- Everything runs on one small machine: the proxies compete with pgbench and with PostgreSQL for the same cores, so a proxy that uses more CPU per transaction also slows the servers down. Figures compare the proxies with each other on this machine; they are not capacity numbers.');
+  L.push('- direct and PgBouncer send every query to the primary. Pgpool-II (per session) and pgmux (per transaction, as it routes reads) spread select-only work over the primary and the two replicas; on one machine that buys no extra CPU.');
+  L.push(`- Pool sizes: PgBouncer keeps up to ${options.poolSize} server connections (to the primary); pgmux up to ${options.poolSize} per node; Pgpool-II has one process per client (num_init_children = ${options.pgpoolChildren}), each connected to every node.`);
+  L.push('- Before every TPC-B-like run the primary is vacuumed (pgbench_branches, pgbench_tellers) and pgbench_history truncated, as pgbench itself would do without `-n`.');
+  if (!targets.includes('direct')) L.push('- direct was left out (`--only`): no ratios to direct.');
+  L.push('');
+  return L.join('\n');
+}
+
+const COLORS = { pgbouncer: '#4e79a7', pgpool: '#f28e2b', pgmux: '#2ca25f', direct: '#9e9e9e' };
+
+function esc(s) {
+  return String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+/** Grouped bars: for each workload, one bar per proxy with its tps relative to direct. */
+export function svgChart({ results, workloads, targets, date, machine, quick }) {
+  const proxies = targets.filter((t) => t !== 'direct');
+  const W = 980;
+  const H = 520;
+  const m = { left: 70, right: 20, top: 92, bottom: 96 };
+  const plotW = W - m.left - m.right;
+  const plotH = H - m.top - m.bottom;
+  const cells = workloads.map((w) => {
+    const sums = Object.fromEntries(targets.map((t) => [t, summarize(results[w]?.[t])]));
+    return { w, sums, ratios: Object.fromEntries(proxies.map((t) => [t, ratio(sums[t], sums.direct)])) };
+  });
+  const maxRatio = Math.max(1.2, ...cells.flatMap((c) => Object.values(c.ratios).filter((x) => x !== null)));
+  // Connection churn can put a pooler at 10x direct: the axis stops at 2x and taller bars
+  // are drawn broken, with their value, so the bars near 1x stay readable.
+  const Y_CAP = 2;
+  const yMax = maxRatio * 1.1 > Y_CAP ? Y_CAP + 0.25 : Math.ceil(maxRatio * 1.1 * 4) / 4;
+  const y = (v) => m.top + plotH - (v / yMax) * plotH;
+  const groupW = plotW / Math.max(1, workloads.length);
+  const barW = Math.min(46, (groupW * 0.8) / Math.max(1, proxies.length));
+  const s = [];
+  s.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif">`);
+  s.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`);
+  s.push(`<text x="${m.left}" y="30" font-size="20" font-weight="bold" fill="#222">Throughput relative to PostgreSQL direct (higher is better)</text>`);
+  s.push(
+    `<text x="${m.left}" y="52" font-size="13" fill="#555">${esc(
+      `median tps of each proxy ÷ median tps straight to the primary · ${date} · ${machine.nproc} cores, PostgreSQL ${machine.pgShort}${quick ? ' · quick smoke run' : ''}`,
+    )}</text>`,
+  );
+  // Legend.
+  let lx = m.left;
+  for (const t of proxies) {
+    s.push(`<rect x="${lx}" y="64" width="14" height="14" fill="${COLORS[t]}"/>`);
+    s.push(`<text x="${lx + 20}" y="76" font-size="13" fill="#222">${esc(TARGET_LABEL[t])}</text>`);
+    lx += 40 + TARGET_LABEL[t].length * 8;
+  }
+  // Grid and axis.
+  for (let v = 0; v <= Math.min(yMax, Y_CAP) + 1e-9; v += 0.25) {
+    const yy = y(v).toFixed(1);
+    const major = Math.abs(v - Math.round(v * 2) / 2) < 1e-9;
+    s.push(`<line x1="${m.left}" x2="${W - m.right}" y1="${yy}" y2="${yy}" stroke="${major ? '#ddd' : '#f0f0f0'}"/>`);
+    if (major) s.push(`<text x="${m.left - 8}" y="${(+yy + 4).toFixed(1)}" font-size="12" text-anchor="end" fill="#666">${v.toFixed(1)}×</text>`);
+  }
+  if (targets.includes('direct')) {
+    s.push(`<line x1="${m.left}" x2="${W - m.right}" y1="${y(1).toFixed(1)}" y2="${y(1).toFixed(1)}" stroke="#333" stroke-width="1.5" stroke-dasharray="6 4"/>`);
+    s.push(`<text x="${W - m.right - 4}" y="${(y(1) - 6).toFixed(1)}" font-size="12" text-anchor="end" fill="#333">direct = 1.0×</text>`);
+  }
+  s.push(`<line x1="${m.left}" x2="${W - m.right}" y1="${y(0)}" y2="${y(0)}" stroke="#888"/>`);
+  cells.forEach((c, gi) => {
+    const gx = m.left + gi * groupW;
+    const x0 = gx + (groupW - barW * proxies.length) / 2;
+    proxies.forEach((t, bi) => {
+      const bx = x0 + bi * barW;
+      const r = c.ratios[t];
+      if (r !== null) {
+        const broken = r > yMax;
+        const top = y(Math.min(r, yMax));
+        s.push(`<rect x="${(bx + 2).toFixed(1)}" y="${top.toFixed(1)}" width="${(barW - 4).toFixed(1)}" height="${(y(0) - top).toFixed(1)}" fill="${COLORS[t]}"><title>${esc(`${TARGET_LABEL[t]} ${c.w}: ${Math.round(c.sums[t].tps)} tps, ${r.toFixed(2)}× direct`)}</title></rect>`);
+        if (broken) {
+          // Two white slashes across the bar: it goes on beyond the axis.
+          const yb = y(yMax - 0.35);
+          for (const dy of [0, 7]) {
+            s.push(`<line x1="${(bx + 1).toFixed(1)}" x2="${(bx + barW - 1).toFixed(1)}" y1="${(yb + dy + 4).toFixed(1)}" y2="${(yb + dy - 4).toFixed(1)}" stroke="#fff" stroke-width="3"/>`);
+          }
+        }
+        s.push(`<text x="${(bx + barW / 2).toFixed(1)}" y="${(top - 4).toFixed(1)}" font-size="11" font-weight="${broken ? 'bold' : 'normal'}" text-anchor="middle" fill="#222">${r.toFixed(2)}</text>`);
+      } else {
+        const st = c.sums[t];
+        const label = st.status === 'ok' ? 'no direct' : st.status === 'fails' ? 'fails' : st.status === 'n/a' ? 'n/a' : 'not run';
+        const cx = bx + barW / 2;
+        s.push(`<rect x="${(bx + 2).toFixed(1)}" y="${(y(0) - 3).toFixed(1)}" width="${(barW - 4).toFixed(1)}" height="3" fill="${COLORS[t]}" opacity="0.5"/>`);
+        s.push(`<text x="${cx.toFixed(1)}" y="${(y(0) - 8).toFixed(1)}" font-size="11" text-anchor="start" fill="#b00" transform="rotate(-90 ${cx.toFixed(1)} ${(y(0) - 8).toFixed(1)})">${esc(label)}</text>`);
+      }
+    });
+    const cx = gx + groupW / 2;
+    s.push(`<text x="${cx.toFixed(1)}" y="${(y(0) + 20).toFixed(1)}" font-size="13" font-weight="bold" text-anchor="middle" fill="#222">${esc(c.w)}</text>`);
+    s.push(`<text x="${cx.toFixed(1)}" y="${(y(0) + 36).toFixed(1)}" font-size="11" text-anchor="middle" fill="#666">${esc(`${WORKLOADS[c.w].clients} clients`)}</text>`);
+    const d = c.sums.direct;
+    const dl = d && d.status === 'ok' ? `direct ${Math.round(d.tps).toLocaleString('en-US')} tps` : d && d.status !== 'skipped' ? `direct ${d.status}` : '';
+    if (dl) s.push(`<text x="${cx.toFixed(1)}" y="${(y(0) + 51).toFixed(1)}" font-size="11" text-anchor="middle" fill="#666">${esc(dl)}</text>`);
+  });
+  s.push(`<text x="${m.left}" y="${H - 14}" font-size="11" fill="#888">Proxies, pgbench and the primary + 2 replicas share one machine; see the .md file next to this chart for tps, latency, CPU per transaction and memory.</text>`);
+  s.push('</svg>');
+  return s.join('\n') + '\n';
+}

@@ -1,0 +1,609 @@
+#!/usr/bin/env node
+// `npm run bench`: pgmux against PostgreSQL direct, PgBouncer and Pgpool-II on a throw-away
+// local primary + 2 streaming replicas. pgbench workloads in interleaved rounds, proxy CPU
+// per transaction from /proc, RSS per idle client; writes bench/results/<date>.md and .svg.
+//
+//   npm run bench                         3 rounds x 15 s per workload and target (~20 min)
+//   npm run bench -- --quick              1 round x 5 s (smoke run, ~5 min)
+//   npm run bench -- --full               also 5000 idle clients in the memory test
+//   npm run bench -- --only pgmux,direct --workloads select-simple,tpcb
+//
+// Plain ESM JavaScript: only the proxy itself (dist/) needs `npm run build`.
+
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { dirname, join, relative } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import {
+  IS_ROOT,
+  alive,
+  isAborting,
+  registerTempDir,
+  setAborting,
+  runCommand,
+  shq,
+  sleep,
+  startProcess,
+  stopAll,
+  stopAllSync,
+  stopTree,
+  treeCpuSeconds,
+  treePss,
+  treeRss,
+  withUlimit,
+} from './lib/procs.mjs';
+import { TARGETS, TARGET_LABEL, canQuery, startPgBouncer, startPgmux, startPgpool, versionOf, which } from './lib/targets.mjs';
+import { WORKLOADS, WORKLOAD_NAMES, pgbenchDisplay, runPgbench, runSeconds } from './lib/pgbench.mjs';
+import { consoleMemory, consoleTable, markdown, svgChart, tableRows } from './lib/report.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repoDir = dirname(here);
+const DATABASE = 'bench';
+// Direct with 1000 clients needs 1000 backends on the primary, on top of what the pools keep
+// open (PgBouncer 20, pgmux 20 per node, Pgpool-II one per child): 1200 covers it.
+const MAX_CONNECTIONS = 1200;
+
+// ---- options -----------------------------------------------------------------------
+
+const HELP = `usage: npm run bench -- [options]     (or: node bench/run.mjs [options] after npm run build)
+
+  --quick               1 round of 5 s per workload and target (a smoke run)
+  --full                memory test with 5000 idle clients too (default 1000 only)
+  --rounds <n>          interleaved rounds (default 3; --quick 1)
+  --seconds <n>         pgbench -T per run (default 15; --quick 5)
+  --scale <n>           pgbench -i -s (default 10)
+  --pool-size <n>       PgBouncer default_pool_size and pgmux --pool-size (default 20)
+  --pgpool-children <n> Pgpool-II num_init_children (default 50)
+  --only <t,...>        targets: ${TARGETS.join(',')}
+  --workloads <w,...>   workloads: ${WORKLOAD_NAMES.join(',')}
+  --no-memory           skip the idle-client memory test
+  --out <dir>           where to write <date>.md and <date>.svg (default bench/results)
+  -h, --help            this text
+`;
+
+function parseArgs(argv) {
+  const o = {
+    quick: false,
+    full: false,
+    rounds: null,
+    seconds: null,
+    scale: 10,
+    poolSize: 20,
+    pgpoolChildren: 50,
+    targets: [...TARGETS],
+    workloads: [...WORKLOAD_NAMES],
+    memory: true,
+    out: join(here, 'results'),
+  };
+  const list = (v, allowed, what) => {
+    const items = String(v ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
+    const bad = items.filter((i) => !allowed.includes(i));
+    if (items.length === 0 || bad.length) die(`${what}: unknown ${bad.join(', ') || '(empty)'}; choose from ${allowed.join(', ')}`);
+    return allowed.filter((a) => items.includes(a)); // keep the canonical order
+  };
+  const int = (v, name, min = 1) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) die(`${name} must be a whole number >= ${min}, got ${JSON.stringify(v)}`);
+    return n;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const [flag, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
+    const val = () => inline ?? argv[++i];
+    switch (flag) {
+      case '--quick': o.quick = true; break;
+      case '--full': o.full = true; break;
+      case '--rounds': o.rounds = int(val(), '--rounds'); break;
+      case '--seconds': case '--duration': o.seconds = int(val(), '--seconds'); break;
+      case '--scale': o.scale = int(val(), '--scale'); break;
+      case '--pool-size': o.poolSize = int(val(), '--pool-size'); break;
+      case '--pgpool-children': o.pgpoolChildren = int(val(), '--pgpool-children'); break;
+      case '--only': o.targets = list(val(), TARGETS, '--only'); break;
+      case '--workloads': o.workloads = list(val(), WORKLOAD_NAMES, '--workloads'); break;
+      case '--no-memory': o.memory = false; break;
+      case '--out': o.out = val(); break;
+      case '-h': case '--help': process.stdout.write(HELP); process.exit(0); break;
+      default: die(`unknown option ${a}\n${HELP}`);
+    }
+  }
+  o.rounds ??= o.quick ? 1 : 3;
+  o.seconds ??= o.quick ? 5 : 15;
+  return o;
+}
+
+function die(msg) {
+  process.stderr.write(`bench: ${msg}\n`);
+  process.exit(2);
+}
+
+// ---- progress ----------------------------------------------------------------------
+
+const T0 = Date.now();
+const LOAD_AT_START = os.loadavg().map((x) => x.toFixed(2)).join(' / ');
+function log(line) {
+  const s = Math.round((Date.now() - T0) / 1000);
+  process.stdout.write(`[${String(Math.floor(s / 60)).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}] ${line}\n`);
+}
+
+// ---- teardown ----------------------------------------------------------------------
+
+let cluster = null;
+let cleaning = null;
+
+async function cleanup() {
+  cleaning ??= (async () => {
+    await stopAll().catch(() => {});
+    if (cluster) await cluster.stop().catch(() => {});
+  })();
+  return cleaning;
+}
+
+function installHandlers() {
+  let signalled = false;
+  const onSignal = (sig) => {
+    if (signalled) {
+      stopAllSync();
+      cluster?.stopSync?.();
+      process.exit(130);
+    }
+    signalled = true;
+    setAborting();
+    process.stdout.write(`\nbench: ${sig}, stopping everything it started (again to force)\n`);
+    void cleanup().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal);
+  process.on('exit', () => {
+    stopAllSync();
+    cluster?.stopSync?.();
+  });
+}
+
+// ---- helpers -----------------------------------------------------------------------
+
+async function waitReplicasCaughtUp(c, timeoutMs = 120_000) {
+  const [{ lsn }] = await c.query('node0', 'select pg_current_wal_lsn()::text as lsn');
+  const deadline = Date.now() + timeoutMs;
+  for (const n of c.nodes.slice(1)) {
+    for (;;) {
+      const [{ ok }] = await c.query(n.name, 'select coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false) as ok', { params: [lsn] });
+      if (ok) break;
+      if (Date.now() > deadline) throw new Error(`${n.name} has not replayed up to ${lsn} after ${timeoutMs / 1000} s`);
+      await sleep(200);
+    }
+  }
+}
+
+/** xact_commit + xact_rollback of the bench database on every node (where transactions ran). */
+async function nodeCommits(c) {
+  // pg_stat_database is updated by each backend at most every 0.5 s (and at its exit):
+  // the readings lag a little, the same way for every target.
+  return Promise.all(
+    c.nodes.map(async (n) => {
+      try {
+        const [row] = await c.query(n.name, 'select (xact_commit + xact_rollback)::float8 as x from pg_stat_database where datname = $1', { params: [DATABASE] });
+        return row?.x ?? 0;
+      } catch {
+        return 0;
+      }
+    }),
+  );
+}
+
+async function waitBackendsBelow(c, limit, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const [{ n }] = await c.query('node0', "select count(*)::int as n from pg_stat_activity where backend_type = 'client backend'");
+    if (n < limit) return;
+    await sleep(250);
+  }
+}
+
+/** The warnings and errors each proxy logged (first distinct lines), for the report. */
+function collectLogs(running) {
+  const out = [];
+  for (const r of Object.values(running)) {
+    if (!r.logFile) continue;
+    let text = '';
+    try {
+      text = readFileSync(r.logFile, 'utf8');
+    } catch {
+      continue;
+    }
+    const lines = text.split('\n').filter((l) => /warn|error|fatal|panic|"level":(40|50|60)/i.test(l));
+    if (lines.length === 0) continue;
+    const distinct = [];
+    const seen = new Set();
+    for (const l of lines) {
+      // Strip timestamps, pids and numbers so repeats of one message count once.
+      const key = l.replace(/\d+/g, '#').slice(0, 200);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      distinct.push(l.length > 400 ? l.slice(0, 400) + '…' : l);
+    }
+    out.push({ target: r.name, count: lines.length, lines: distinct.slice(0, 8), more: Math.max(0, distinct.length - 8) });
+  }
+  return out;
+}
+
+function freePortFn(mod) {
+  return mod.freePort;
+}
+
+function fmtBytes(b) {
+  return `${(b / 2 ** 20).toFixed(1)} MiB`;
+}
+
+function machineFacts(binDir, pgbenchBin) {
+  const sh = (cmd) => {
+    const r = spawnSync('sh', ['-c', cmd], { encoding: 'utf8', cwd: repoDir });
+    return r.status === 0 ? r.stdout.trim() : '';
+  };
+  const cpu = (os.cpus()[0]?.model ?? 'unknown').replace(/\s+/g, ' ').trim();
+  const pgVersion = versionOf([join(binDir, 'postgres'), '--version']);
+  const bouncer = which('pgbouncer');
+  const pgpool = which('pgpool');
+  const commit = sh('git rev-parse --short HEAD');
+  const dirty = sh('git status --porcelain -- src package.json | head -1') ? ' (uncommitted changes in src/ too)' : '';
+  return {
+    date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+    'load average at start (1/5/15 min)': LOAD_AT_START,
+    nproc: sh('nproc') || String(os.cpus().length),
+    cpu,
+    memory: `${(os.totalmem() / 2 ** 30).toFixed(1)} GiB`,
+    kernel: `${os.type()} ${os.release()}`,
+    node: process.version,
+    postgres: pgVersion,
+    pgShort: (/(\d+(\.\d+)?)/.exec(pgVersion) ?? [])[1] ?? '?',
+    pgbench: versionOf([pgbenchBin, '--version']),
+    pgbouncer: bouncer ? versionOf([bouncer, '--version']) : 'not installed',
+    pgpool: pgpool ? versionOf([pgpool, '--version']) : 'not installed',
+    pgmux: `${JSON.parse(readFileSync(join(repoDir, 'package.json'), 'utf8')).version} at ${commit || 'unknown commit'}${dirty}`,
+  };
+}
+
+// ---- memory: idle clients ------------------------------------------------------------
+
+class IdleHolder {
+  constructor(nofile) {
+    const script = join(here, 'lib', 'idle-clients.mjs');
+    this.proc = startProcess('idle-clients', ['sh', '-c', withUlimit([process.execPath, script], nofile)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    this.waiters = [];
+    createInterface({ input: this.proc.stdout }).on('line', (l) => this.waiters.shift()?.(JSON.parse(l)));
+  }
+  send(cmd, timeoutMs = 300_000) {
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`idle-clients: no answer to ${cmd.cmd} in ${timeoutMs / 1000} s`)), timeoutMs);
+      this.waiters.push((r) => (clearTimeout(t), resolve(r)));
+      this.proc.stdin.write(JSON.stringify(cmd) + '\n');
+    });
+  }
+  async stop() {
+    this.proc.stdin.end();
+    await stopTree(this.proc.pid, 'SIGTERM', 3000);
+  }
+}
+
+async function measureMemory(target, counts, opts) {
+  const out = [];
+  const holder = new IdleHolder(opts.full ? 16384 : 8192);
+  try {
+    // RSS of a garbage-collected runtime moves on its own: use the median of a few samples.
+    const sampleRss = async (n) => {
+      const xs = [];
+      for (let i = 0; i < n; i++) {
+        if (i) await sleep(1000);
+        xs.push(treeRss(target.pid));
+      }
+      xs.sort((a, b) => a.bytes - b.bytes);
+      return xs[xs.length >> 1];
+    };
+    const before = await sampleRss(3);
+    let held = 0;
+    for (const want of counts) {
+      let requested = want;
+      let note = null;
+      if (target.name === 'pgpool' && want > target.children) {
+        requested = want;
+        note = `Pgpool-II holds at most num_init_children = ${target.children} clients (one process each); figures are for ${target.children}`;
+      }
+      const goal = target.name === 'pgpool' ? Math.min(want, target.children) : want;
+      if (goal > held) {
+        const r = await holder.send({ cmd: 'open', port: target.port, database: DATABASE, count: goal - held, concurrency: 50, timeoutMs: 20_000 });
+        held = r.total;
+        if (r.failed) note = `${note ? note + '; ' : ''}${r.failed} of ${r.opened + r.failed} connections failed: ${r.error}`;
+      }
+      await sleep(2000);
+      const after = await sampleRss(5);
+      if (target.name === 'pgpool') {
+        const pss = treePss(target.pid);
+        const perChild = pss / Math.max(1, after.processes);
+        note =
+          `${note ? note + '; ' : ''}each client occupies one preforked child, already connected to the nodes by the warm-up, so the RSS hardly moves; ` +
+          `the real cost per client is a child process: PSS ${fmtBytes(perChild)} per process (${fmtBytes(pss)} over ${after.processes})`;
+      }
+      const row = {
+        target: target.name,
+        requested,
+        clients: held,
+        beforeBytes: before.bytes,
+        afterBytes: after.bytes,
+        perClientBytes: held > 0 ? (after.bytes - before.bytes) / held : null,
+        processes: after.processes,
+        note,
+      };
+      out.push(row);
+      log(
+        `memory ${TARGET_LABEL[target.name]}: ${held} idle clients, RSS ${fmtBytes(before.bytes)} -> ${fmtBytes(after.bytes)}` +
+          (row.perClientBytes !== null ? `, ${Math.round(row.perClientBytes).toLocaleString('en-US')} bytes/client` : '') +
+          (note ? ` (${note})` : ''),
+      );
+      if (target.name === 'pgpool' && goal >= target.children) {
+        // Asking for more would only repeat the same figures.
+        for (const more of counts.slice(counts.indexOf(want) + 1)) out.push({ ...row, requested: more });
+        break;
+      }
+    }
+    await holder.send({ cmd: 'close' }, 60_000);
+  } catch (e) {
+    out.push({ target: target.name, requested: counts[0], clients: 0, error: e.message });
+    log(`memory ${TARGET_LABEL[target.name]}: ${e.message}`);
+  } finally {
+    await holder.stop();
+  }
+  await sleep(1000);
+  return out;
+}
+
+// ---- main --------------------------------------------------------------------------
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  const date = new Date().toISOString().slice(0, 10);
+  installHandlers();
+
+  const lcPath = join(repoDir, 'dist', 'embedded', 'localCluster.js');
+  if (!existsSync(lcPath)) die(`${relative(process.cwd(), lcPath)} not found: run npm run build first (npm run bench does)`);
+  const lc = await import(pathToFileURL(lcPath).href);
+  const freePort = freePortFn(lc);
+  const binDir = lc.findPgBinDir();
+  const pgbenchBin = existsSync(join(binDir, 'pgbench')) ? join(binDir, 'pgbench') : which('pgbench');
+  if (!pgbenchBin) die('pgbench not found (apt-get install postgresql-contrib or postgresql-client)');
+
+  const secondsPlanned = opts.workloads.reduce(
+    (acc, w) =>
+      acc + opts.rounds * (runSeconds(w, opts.seconds) + 2) * opts.targets.filter((t) => !(t === 'pgpool' && WORKLOADS[w].clients > opts.pgpoolChildren)).length,
+    0,
+  );
+  const runsPlanned = opts.workloads.reduce(
+    (acc, w) => acc + opts.rounds * opts.targets.filter((t) => !(t === 'pgpool' && WORKLOADS[w].clients > opts.pgpoolChildren)).length,
+    0,
+  );
+  const pause = 1000;
+  const eta = (secondsPlanned + (runsPlanned * pause) / 1000 + 60 + (opts.memory ? 60 : 0)) / 60;
+  log(
+    `pgmux bench: targets ${opts.targets.join(', ')}; workloads ${opts.workloads.join(', ')}; ${opts.rounds} round(s) x ${opts.seconds} s; ` +
+      `${runsPlanned} pgbench runs, about ${Math.ceil(eta)} min`,
+  );
+
+  // 1. Cluster and data.
+  const settings = { max_connections: String(MAX_CONNECTIONS), shared_buffers: '256MB' };
+  log(`starting PostgreSQL primary + 2 replicas (${binDir}; max_connections=${MAX_CONNECTIONS}, shared_buffers=256MB)`);
+  cluster = await lc.LocalCluster.start({ replicas: 2, settings, log: (l) => log(`  cluster: ${l}`) });
+  lc.registerCleanup(cluster);
+  const primary = cluster.nodes[0];
+  await cluster.query('node0', `create database ${DATABASE}`);
+  log(`pgbench -i -s ${opts.scale} on ${DATABASE} (primary ${primary.host}:${primary.port})`);
+  const init = await runCommand('pgbench-init', [pgbenchBin, '-i', '-q', '-s', String(opts.scale), '-h', primary.host, '-p', String(primary.port), '-U', 'postgres', DATABASE], {
+    timeoutMs: 600_000,
+  });
+  if (init.code !== 0) throw new Error(`pgbench -i failed:\n${init.stderr.trim()}`);
+  await cluster.query('node0', 'vacuum analyze', { database: DATABASE });
+  await waitReplicasCaughtUp(cluster);
+  log('data loaded, vacuumed on the primary, replicas caught up');
+
+  // 2. Proxies.
+  const work = mkdtempSync(join(os.tmpdir(), 'pgmux-bench-'));
+  registerTempDir(work);
+  chmodSync(work, 0o755);
+  if (IS_ROOT) spawnSync('chown', ['postgres:postgres', work]);
+  const running = {}; // target -> { port, pid?, stop?, ... }
+  const unavailable = {}; // target -> reason
+  const incidents = [];
+  if (opts.targets.includes('direct')) running.direct = { name: 'direct', port: primary.port, pid: null, command: `PostgreSQL primary ${primary.host}:${primary.port}` };
+  const nofile = opts.full ? 16384 : 8192;
+  const starters = {
+    pgbouncer: async () =>
+      startPgBouncer({
+        dir: join(work, 'pgbouncer'),
+        port: await freePort(),
+        primary,
+        database: DATABASE,
+        poolSize: opts.poolSize,
+        maxClientConn: opts.full ? 6000 : 2000,
+        nofile,
+      }),
+    pgpool: async () =>
+      startPgpool({ dir: join(work, 'pgpool'), port: await freePort(), pcpPort: await freePort(), nodes: cluster.nodes, database: DATABASE, children: opts.pgpoolChildren, nofile }),
+    pgmux: async (port) =>
+      startPgmux({ dir: join(work, 'pgmux'), repoDir, port: port ?? (await freePort()), nodes: cluster.nodes, database: DATABASE, poolSize: opts.poolSize, nofile }),
+  };
+  for (const t of opts.targets.filter((x) => x !== 'direct')) {
+    log(`starting ${TARGET_LABEL[t]}`);
+    try {
+      const r = await starters[t]();
+      if (r.missing) {
+        process.stdout.write(r.missing + '\n');
+        unavailable[t] = r.missing.replace(/; skipping.*/, '');
+        continue;
+      }
+      running[t] = r;
+      log(`  ${TARGET_LABEL[t]} on 127.0.0.1:${r.port} (pid ${r.pid})`);
+    } catch (e) {
+      const first = e.message.split('\n')[0];
+      log(`${TARGET_LABEL[t]} failed to start: ${e.message}`);
+      unavailable[t] = `failed to start: ${first}`;
+      incidents.push(`${TARGET_LABEL[t]} failed to start: ${e.message.replace(/\n/g, ' | ')}`);
+    }
+  }
+
+  // Keep a proxy that died during the run out of the remaining runs (one restart attempt each time).
+  async function ensureUp(t) {
+    const r = running[t];
+    if (isAborting()) return false;
+    if (!r || t === 'direct' || alive(r.pid)) return !!r;
+    let logTail = '';
+    try {
+      logTail = readFileSync(r.logFile, 'utf8').trimEnd().split('\n').slice(-5).join(' | ');
+    } catch {}
+    incidents.push(`${TARGET_LABEL[t]} (pid ${r.pid}) was found dead; log tail: ${logTail || '(empty)'}`);
+    log(`${TARGET_LABEL[t]} is not running any more; restarting it`);
+    try {
+      running[t] = await starters[t](r.port);
+      return true;
+    } catch (e) {
+      incidents.push(`${TARGET_LABEL[t]} restart failed: ${e.message.split('\n')[0]}`);
+      delete running[t];
+      unavailable[t] = 'died during the run and did not restart';
+      return false;
+    }
+  }
+
+  // 3. Warm-up (pools filled, caches hot), not recorded.
+  for (const t of Object.keys(running)) {
+    const r = await runPgbench(pgbenchBin, 'select-simple', { port: running[t].port, database: DATABASE, seconds: opts.quick ? 2 : 3, nofile, timeoutMs: 60_000 });
+    log(`warm-up ${TARGET_LABEL[t]}: ${r.ok ? `${Math.round(r.tps)} tps` : `failed: ${r.error}`}`);
+  }
+
+  // 4. Memory with idle clients (before the workloads: a fresh proxy is the baseline).
+  const memory = [];
+  if (opts.memory) {
+    const counts = opts.full ? [1000, 5000] : [1000];
+    for (const t of Object.keys(running).filter((x) => x !== 'direct')) {
+      if (!(await ensureUp(t))) continue;
+      memory.push(...(await measureMemory(running[t], counts, opts)));
+      await ensureUp(t);
+    }
+    for (const t of opts.targets.filter((x) => x !== 'direct' && unavailable[x])) memory.push({ target: t, requested: counts[0], clients: 0, error: unavailable[t] });
+  }
+
+  // 5. Workloads, interleaved rounds.
+  const results = {};
+  let n = 0;
+  for (const w of opts.workloads) {
+    const wl = WORKLOADS[w];
+    results[w] = {};
+    for (const t of opts.targets) {
+      if (unavailable[t]) results[w][t] = { status: /^(failed|died)/.test(unavailable[t]) ? 'fails' : 'n/a', reason: unavailable[t], runs: [] };
+      else if (t === 'pgpool' && wl.clients > opts.pgpoolChildren)
+        results[w][t] = {
+          status: 'n/a',
+          reason:
+            `Pgpool-II serves one client per child process (num_init_children = ${opts.pgpoolChildren}); ${wl.clients} clients would need ${wl.clients} children, ` +
+            `each holding a connection to all ${cluster.nodes.length} nodes (${wl.clients * cluster.nodes.length} backends on this ${os.cpus().length}-core machine)`,
+        };
+      else results[w][t] = { status: 'ok', reason: null, runs: [] };
+    }
+    log(`== ${w}: ${wl.title}, ${wl.clients} clients`);
+    for (let round = 1; round <= opts.rounds; round++) {
+      for (const t of opts.targets) {
+        const cell = results[w][t];
+        if (isAborting()) return new Promise(() => {}); // the signal handler exits
+        if (cell.status !== 'ok' || unavailable[t]) continue;
+        if (!(await ensureUp(t))) {
+          cell.status = 'fails';
+          cell.reason = unavailable[t];
+          continue;
+        }
+        const target = running[t];
+        if (w === 'tpcb') {
+          // What pgbench does itself without -n, on the primary directly.
+          await cluster.query('node0', 'vacuum pgbench_branches', { database: DATABASE });
+          await cluster.query('node0', 'vacuum pgbench_tellers', { database: DATABASE });
+          await cluster.query('node0', 'truncate pgbench_history', { database: DATABASE });
+          await cluster.query('node0', 'checkpoint');
+        }
+        n++;
+        const commits0 = await nodeCommits(cluster);
+        const cpu0 = target.pid ? treeCpuSeconds(target.pid) : null;
+        const r = await runPgbench(pgbenchBin, w, {
+          port: target.port,
+          database: DATABASE,
+          seconds: opts.seconds,
+          nofile,
+          timeoutMs: (runSeconds(w, opts.seconds) + (wl.clients > 100 ? 180 : 90)) * 1000,
+        });
+        if (isAborting()) return new Promise(() => {});
+        const cpu1 = target.pid ? treeCpuSeconds(target.pid) : null;
+        const cpuUsPerTxn = cpu0 !== null && r.transactions ? ((cpu1 - cpu0) * 1e6) / r.transactions : null;
+        // PgBouncer 1.18 and prepared statements: expected, and said in the table already.
+        const expected = t === 'pgbouncer' && w === 'select-prepared' && /prepared statement .* already exists/.test(r.error ?? '');
+        if (!r.ok && !expected) {
+          const tailLines = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-4).join(' | ');
+          incidents.push(`${w} round ${round} ${TARGET_LABEL[t]}: pgbench exit ${r.code}: ${r.error}; output ends: ${tailLines}`);
+        }
+        const commits1 = await nodeCommits(cluster);
+        const commitDelta = commits1.map((c, i) => Math.max(0, c - commits0[i]));
+        cell.runs.push({ ok: r.ok, tps: r.tps, latencyMs: r.latencyMs, transactions: r.transactions, cpuUsPerTxn, error: r.error, commitDelta });
+        log(
+          `[${n}/${runsPlanned}] ${w} round ${round}/${opts.rounds} ${TARGET_LABEL[t]}: ` +
+            (r.ok
+              ? `${Math.round(r.tps).toLocaleString('en-US')} tps, ${r.latencyMs} ms` + (cpuUsPerTxn !== null ? `, ${cpuUsPerTxn.toFixed(1)} µs CPU/txn` : '')
+              : `FAILED: ${r.error}`),
+        );
+        if (wl.clients > 100 && t === 'direct') await waitBackendsBelow(cluster, 200);
+        await sleep(pause);
+      }
+    }
+  }
+
+  // 6. Teardown before writing (so a slow write does not keep servers up).
+  log('stopping proxies and the cluster');
+  const commands = [
+    `npm run bench${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).map(shq).join(' ') : ''}`,
+    `# cluster: LocalCluster primary + 2 streaming replicas, fsync=off, max_connections=${MAX_CONNECTIONS}, shared_buffers=256MB (${binDir})`,
+    `createdb ${DATABASE}; pgbench -i -q -s ${opts.scale} -h 127.0.0.1 -p PRIMARY -U postgres ${DATABASE}; vacuum analyze (on the primary)`,
+    ...Object.values(running)
+      .filter((r) => r.name !== 'direct')
+      .map((r) => `# ${TARGET_LABEL[r.name]}: ${r.command.replaceAll(work, '$TMPDIR')}`),
+    '# each run; PORT = the primary (direct) or the proxy; -T seconds as above',
+    ...opts.workloads.map((w) => pgbenchDisplay(w, { seconds: opts.seconds, database: DATABASE }) + (WORKLOADS[w].clients > 100 ? '   # via sh -c "ulimit -n 8192; exec ..."' : '')),
+    '# before each tpcb run, on the primary: vacuum pgbench_branches; vacuum pgbench_tellers; truncate pgbench_history; checkpoint',
+  ];
+  const configs = Object.values(running)
+    .filter((r) => r.config)
+    .map((r) => ({ name: `${TARGET_LABEL[r.name]}: ${r.configName}`, text: r.config.replaceAll(work, '$TMPDIR') }));
+  const machine = machineFacts(binDir, pgbenchBin);
+  const proxyLogs = collectLogs(running);
+  await cleanup();
+
+  // 7. Report.
+  const durationS = (Date.now() - T0) / 1000;
+  const rows = tableRows(results, opts.workloads, opts.targets);
+  process.stdout.write('\n' + consoleTable(rows) + '\n');
+  if (memory.length) process.stdout.write('\nIdle clients, RSS:\n' + consoleMemory(memory) + '\n');
+  if (incidents.length) process.stdout.write('\nIncidents:\n' + incidents.map((i) => `- ${i}`).join('\n') + '\n');
+  for (const l of proxyLogs) process.stdout.write(`\n${TARGET_LABEL[l.target]} logged ${l.count} warning/error line(s), e.g.:\n  ${l.lines.slice(0, 3).join('\n  ')}\n`);
+  mkdirSync(opts.out, { recursive: true });
+  const svgName = `${date}.svg`;
+  const md = markdown({ date, rows, memory, machine, commands, configs, options: opts, incidents, proxyLogs, workloads: opts.workloads, targets: opts.targets, durationS, svgName });
+  writeFileSync(join(opts.out, `${date}.md`), md);
+  writeFileSync(join(opts.out, svgName), svgChart({ results, workloads: opts.workloads, targets: opts.targets, date, machine, quick: opts.quick }));
+  log(`wrote ${relative(process.cwd(), join(opts.out, `${date}.md`))} and ${svgName} (${Math.round(durationS / 60)} min in all)`);
+}
+
+main().then(
+  () => process.exit(0),
+  async (e) => {
+    if (isAborting()) return; // the signal handler is tearing down and exits
+    process.stderr.write(`bench: ${e?.stack ?? e}\n`);
+    await cleanup();
+    process.exit(1);
+  },
+);
