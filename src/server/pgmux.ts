@@ -440,6 +440,9 @@ export class Proxy implements ProxyContext, ProxyView {
     try {
       next = this.reloadSource();
       entries = next.authFile ? loadAuthFile(next.authFile) : new Map();
+      // Certificates and the HBA file as they are on disk now (rotation); bad ones refuse the reload.
+      reloadTls(next);
+      reloadHba(next);
     } catch (err) {
       const message = (err as Error).message;
       this.logger.error({ err: message }, 'reload refused: the running configuration stays');
