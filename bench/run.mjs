@@ -290,6 +290,35 @@ class IdleHolder {
   }
 }
 
+/** Full GC + process.memoryUsage() of pgmux through its inspector (see lib/v8probe.mjs). */
+class V8Probe {
+  constructor(target) {
+    this.target = target;
+    this.opened = false;
+  }
+  async open() {
+    process.kill(this.target.pid, 'SIGUSR1'); // the node process itself: sh exec'd into it
+    this.opened = true;
+  }
+  async run(extra = []) {
+    const r = await runCommand(
+      'v8probe',
+      [process.execPath, '--experimental-websocket', '--no-warnings', join(here, 'lib', 'v8probe.mjs'), String(this.target.inspectPort), ...extra],
+      { timeoutMs: 60_000 },
+    );
+    if (r.code !== 0) throw new Error(`v8probe: ${(r.stderr || r.stdout).trim().split('\n').pop()}`);
+    return JSON.parse(r.stdout.trim().split('\n').pop());
+  }
+  usage() {
+    return this.run();
+  }
+  async close() {
+    if (!this.opened) return;
+    this.opened = false;
+    await this.run(['--close']);
+  }
+}
+
 async function measureMemory(target, counts, opts) {
   const out = [];
   const holder = new IdleHolder(opts.full ? 16384 : 8192);
@@ -304,6 +333,10 @@ async function measureMemory(target, counts, opts) {
       xs.sort((a, b) => a.bytes - b.bytes);
       return xs[xs.length >> 1];
     };
+    // pgmux: a full garbage collection before each reading, and the V8 heap figures too.
+    const v8 = target.inspectPort ? new V8Probe(target) : null;
+    if (v8) await v8.open();
+    const v8Before = v8 ? await v8.usage() : null;
     const before = await sampleRss(3);
     let held = 0;
     for (const want of counts) {
@@ -320,6 +353,7 @@ async function measureMemory(target, counts, opts) {
         if (r.failed) note = `${note ? note + '; ' : ''}${r.failed} of ${r.opened + r.failed} connections failed: ${r.error}`;
       }
       await sleep(2000);
+      const v8After = v8 ? await v8.usage() : null;
       const after = await sampleRss(5);
       if (target.name === 'pgpool') {
         const pss = treePss(target.pid);
@@ -337,11 +371,19 @@ async function measureMemory(target, counts, opts) {
         perClientBytes: held > 0 ? (after.bytes - before.bytes) / held : null,
         processes: after.processes,
         note,
+        heapPerClientBytes:
+          v8Before && v8After && held > 0 ? (v8After.heapUsed + v8After.external - (v8Before.heapUsed + v8Before.external)) / held : null,
       };
+      if (v8Before && v8After) {
+        row.note =
+          `${row.note ? row.note + '; ' : ''}full GC before each reading; V8 heap used + external ` +
+          `${fmtBytes(v8Before.heapUsed + v8Before.external)} -> ${fmtBytes(v8After.heapUsed + v8After.external)}`;
+      }
       out.push(row);
       log(
         `memory ${TARGET_LABEL[target.name]}: ${held} idle clients, RSS ${fmtBytes(before.bytes)} -> ${fmtBytes(after.bytes)}` +
           (row.perClientBytes !== null ? `, ${Math.round(row.perClientBytes).toLocaleString('en-US')} bytes/client` : '') +
+          (row.heapPerClientBytes != null ? ` (V8 heap + external after GC: ${Math.round(row.heapPerClientBytes).toLocaleString('en-US')} bytes/client)` : '') +
           (note ? ` (${note})` : ''),
       );
       if (target.name === 'pgpool' && goal >= target.children) {
@@ -351,7 +393,9 @@ async function measureMemory(target, counts, opts) {
       }
     }
     await holder.send({ cmd: 'close' }, 60_000);
+    if (v8) await v8.close();
   } catch (e) {
+    if (v8) await v8.close().catch(() => {});
     out.push({ target: target.name, requested: counts[0], clients: 0, error: e.message });
     log(`memory ${TARGET_LABEL[target.name]}: ${e.message}`);
   } finally {
@@ -432,7 +476,16 @@ async function main() {
     pgpool: async () =>
       startPgpool({ dir: join(work, 'pgpool'), port: await freePort(), pcpPort: await freePort(), nodes: cluster.nodes, database: DATABASE, children: opts.pgpoolChildren, nofile }),
     pgmux: async (port) =>
-      startPgmux({ dir: join(work, 'pgmux'), repoDir, port: port ?? (await freePort()), nodes: cluster.nodes, database: DATABASE, poolSize: opts.poolSize, nofile }),
+      startPgmux({
+        dir: join(work, 'pgmux'),
+        repoDir,
+        port: port ?? (await freePort()),
+        inspectPort: opts.memory ? await freePort() : undefined,
+        nodes: cluster.nodes,
+        database: DATABASE,
+        poolSize: opts.poolSize,
+        nofile,
+      }),
   };
   for (const t of opts.targets.filter((x) => x !== 'direct')) {
     log(`starting ${TARGET_LABEL[t]}`);

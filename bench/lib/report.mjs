@@ -114,16 +114,17 @@ export function memoryRows(memory) {
     before: m.beforeBytes != null ? (m.beforeBytes / 2 ** 20).toFixed(1) : '—',
     after: m.afterBytes != null ? (m.afterBytes / 2 ** 20).toFixed(1) : '—',
     perClient: m.perClientBytes != null ? Math.round(m.perClientBytes).toLocaleString('en-US') : '—',
+    heapPerClient: m.heapPerClientBytes != null ? Math.round(m.heapPerClientBytes).toLocaleString('en-US') : '—',
     processes: m.processes != null ? String(m.processes) : '—',
     note: m.note ?? m.error ?? '',
   }));
 }
 
 export function consoleMemory(memory) {
-  const head = ['target', 'clients', 'RSS before MiB', 'RSS after MiB', 'bytes/client', 'procs', 'note'];
-  const data = memoryRows(memory).map((r) => [r.target, `${r.clients}/${r.requested}`, r.before, r.after, r.perClient, r.processes, shorten(r.note, 70)]);
+  const head = ['target', 'clients', 'RSS before MiB', 'RSS after MiB', 'RSS B/client', 'V8 heap B/client', 'procs', 'note'];
+  const data = memoryRows(memory).map((r) => [r.target, `${r.clients}/${r.requested}`, r.before, r.after, r.perClient, r.heapPerClient, r.processes, shorten(r.note, 60)]);
   const widths = head.map((h, i) => Math.max(h.length, ...data.map((d) => String(d[i]).length)));
-  const line = (cells) => cells.map((c, i) => pad(c, widths[i], i > 0 && i < 6)).join('  ').trimEnd();
+  const line = (cells) => cells.map((c, i) => pad(c, widths[i], i > 0 && i < 7)).join('  ').trimEnd();
   return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...data.map(line)].join('\n');
 }
 
@@ -158,13 +159,14 @@ export function markdown(ctx) {
   }
   L.push('## Memory: idle authenticated clients');
   L.push('');
-  L.push('Each client connects, runs `SELECT 1` once (so it is authenticated and has been through a backend), then stays idle. RSS is VmRSS summed over every process of the proxy; *bytes/client* = (RSS with the clients − RSS before) / clients.');
+  L.push('Each client connects, runs `SELECT 1` once (so it is authenticated and has been through a backend), then stays idle. RSS is VmRSS summed over every process of the proxy; *RSS bytes per client* = (RSS with the clients − RSS before) / clients. pgmux is a garbage-collected runtime whose RSS also moves with collections and with heap pages it has not given back: before each of its readings the bench forces a full collection through the inspector (opened with SIGUSR1 on the port named by `--inspect-port`, closed again before the workloads), and also reports *V8 heap bytes per client*, the growth of live JavaScript objects plus Buffers (heapUsed + external) per client, the steadier figure.');
   L.push('');
   if (memory.length === 0) L.push('(not measured in this run)');
   else {
-    L.push('| target | clients held / asked | RSS before MiB | RSS with clients MiB | bytes per client | processes | note |');
-    L.push('| --- | ---: | ---: | ---: | ---: | ---: | --- |');
-    for (const r of memoryRows(memory)) L.push(`| ${r.target} | ${r.clients} / ${r.requested} | ${r.before} | ${r.after} | ${r.perClient} | ${r.processes} | ${mdCell(r.note)} |`);
+    L.push('| target | clients held / asked | RSS before MiB | RSS with clients MiB | RSS bytes per client | V8 heap bytes per client | processes | note |');
+    L.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
+    for (const r of memoryRows(memory))
+      L.push(`| ${r.target} | ${r.clients} / ${r.requested} | ${r.before} | ${r.after} | ${r.perClient} | ${r.heapPerClient} | ${r.processes} | ${mdCell(r.note)} |`);
   }
   L.push('');
   if (incidents.length) {

@@ -221,10 +221,14 @@ log_statement = off
 
 // ---- pgmux -------------------------------------------------------------------------
 
-export async function startPgmux({ dir, repoDir, port, nodes, database, poolSize, nofile }) {
+export async function startPgmux({ dir, repoDir, port, inspectPort, nodes, database, poolSize, nofile }) {
   mkdirSync(dir, { recursive: true });
   const cli = join(repoDir, 'dist', 'cli.js');
-  const args = [process.execPath, cli, 'start', '--listen', `${HOST}:${port}`];
+  // --inspect-port only names the port the inspector would use if SIGUSR1 opened it: the
+  // memory test does, to force a garbage collection before reading the heap; closed again
+  // before the workloads.
+  const nodeFlags = inspectPort ? [`--inspect-port=${HOST}:${inspectPort}`] : [];
+  const args = [process.execPath, ...nodeFlags, cli, 'start', '--listen', `${HOST}:${port}`];
   for (const n of nodes) args.push('--node', `${n.host}:${n.port}`);
   args.push('--pool-size', String(poolSize), '--log-level', 'warn');
   const argv = ['sh', '-c', withUlimit(args, nofile)];
@@ -239,7 +243,8 @@ export async function startPgmux({ dir, repoDir, port, nodes, database, poolSize
     port,
     pid: proc.pid,
     logFile,
-    command: `node dist/cli.js ${args.slice(2).map(shq).join(' ')}`,
+    command: `node ${nodeFlags.map(shq).join(' ')}${nodeFlags.length ? ' ' : ''}dist/cli.js ${args.slice(2 + nodeFlags.length).map(shq).join(' ')}`,
+    inspectPort,
     config: null,
     stop: () => stopTree(proc.pid, 'SIGTERM', 5000),
   };
