@@ -71,6 +71,9 @@ export type BackendCloseReason =
 let nextId = 1;
 
 const PARSE_COMPLETE = 0x31; // '1'
+const NOTICE_RESPONSE = 0x4e; // 'N'
+const ROW_DESCRIPTION = 0x54; // 'T'
+const PARAMETER_STATUS = 0x53; // 'S'
 const CLOSE_COMPLETE = 0x33; // '3'
 
 export enum Expect {
@@ -294,14 +297,30 @@ export class BackendConnection implements ScanSink {
 
   // ---- linking to a client ----------------------------------------------------------
 
+  /**
+   * Since link(): an answer went to the owner, i.e. a message other than NoticeResponse,
+   * RowDescription or ParameterStatus, which come before any row or result.
+   */
+  answered = false;
+
   link(owner: BackendOwner): void {
     this.owner = owner;
+    this.answered = false;
     this.state = BackendState.Linked;
   }
 
   unlink(): void {
     this.owner = null;
     if (this.state === BackendState.Linked) this.state = BackendState.Idle;
+    // Nothing is owed any more: a Parse never confirmed means no such statement here.
+    for (let i = this.expHead; i < this.expKind.length; i++) {
+      const k = this.expKind[i];
+      const name = this.expName[i];
+      if (name != null && (k === Expect.Parse || k === Expect.ParseHidden)) this.prepared.delete(name);
+    }
+    this.expKind = [];
+    this.expName = [];
+    this.expHead = 0;
   }
 
   write(buf: Buffer): boolean {
@@ -418,6 +437,7 @@ export class BackendConnection implements ScanSink {
 
   hiding(type: number): boolean {
     if (this.hiddenRfq > 0 || this.owner === null) return true;
+    if (type !== NOTICE_RESPONSE && type !== ROW_DESCRIPTION && type !== PARAMETER_STATUS) this.answered = true;
     if (this.expHead < this.expKind.length && (type === PARSE_COMPLETE || type === CLOSE_COMPLETE)) {
       const k = this.expKind[this.expHead]!;
       if (type === PARSE_COMPLETE ? k === Expect.Parse || k === Expect.ParseHidden : k === Expect.Close || k === Expect.CloseHidden) {

@@ -19,6 +19,7 @@ import {
   parseStartupParams,
   readCstr,
   sqlLiteral,
+  queryMessage,
   readyForQuery,
   SSL_REQUEST_CODE,
   authenticationRequest,
@@ -41,7 +42,8 @@ import {
   bindStatement,
   buildParse,
   closeStatement,
-  dropsAllStatements,
+  DROPS_ALL_SQL,
+  deallocateName,
   isSqlPrepared,
   isStalePlanError,
   NO_SUCH_STATEMENT,
@@ -89,6 +91,12 @@ interface HeldMessage {
   buf: Buffer;
   start: number;
   end: number;
+}
+
+/** After blanks, a d/D: the cheap gate before looking for DEALLOCATE / DISCARD. */
+function startsWithD(buf: Buffer, pos: number, end: number): boolean {
+  while (pos < end && (buf[pos] === 0x20 || buf[pos] === 0x0a || buf[pos] === 0x09 || buf[pos] === 0x0d)) pos++;
+  return buf[pos] === 0x64 || buf[pos] === 0x44;
 }
 
 /** First word SET or RESET (case-insensitive, after blanks): a byte check, no string. */
@@ -176,6 +184,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private retryable = false;
   /** Copy of the transaction's messages while it may still be re-run elsewhere. */
   private retry: HeldMessage[] | null = null;
+  /** Response bytes held back while `retry` is set (no answer yet). */
+  private heldReply: Buffer[] = [];
   private attempts = 0;
   private avoidNode: string | null = null;
   /** Named statements -> where their Parse was classified (routes a later Bind). */
@@ -368,13 +378,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         if (tracking) {
           if (startsWithSetOrReset(buf, start + 5, end)) this.settingsDirty = true;
           if (this.pinned === null && mayKeepSessionState(buf, start + 5, end)) this.pinIfSessionState(buf.toString('utf8', start + 5, end - 1));
+          if (startsWithD(buf, start + 5, end) && this.forwardDeallocate(b, buf.toString('utf8', start + 5, end - 1), queryMessage, Expect.Rfq)) return;
           b.expect(Expect.Rfq);
-          if (dropsAllStatements(buf, start, end)) {
-            // The client drops its statements (and the backend drops everything).
-            this.statements.clear();
-            b.prepared.clear();
-            this.unpin();
-          }
         }
         break;
       case Msg.FunctionCall:
@@ -393,6 +398,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
           if (buf[start + 5] !== 0) {
             this.forwardNamedParse(b, buf, start, end);
             return;
+          }
+          // Drivers (psycopg) also send DEALLOCATE through the extended protocol.
+          if (startsWithD(buf, start + 6, end)) {
+            const p = parseParse(buf, start, end);
+            if (p !== null && this.forwardDeallocate(b, p.query, (sql) => buildParse('', sql, p.rest), Expect.Parse)) return;
           }
           b.expect(Expect.Parse);
         }
@@ -467,6 +477,41 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (this.pinned === null) return;
     this.ctx.logger.info({ client: this.id, reason: this.pinned }, 'client unpinned');
     this.pinned = null;
+  }
+
+  /**
+   * DEALLOCATE name / DEALLOCATE ALL / DISCARD ALL sent by the client (as a Query, or as
+   * an unnamed Parse): its statements are shared proxy statements on this backend.
+   * DEALLOCATE of one of the client's names becomes DEALLOCATE of the proxy name (prepared
+   * first if this backend lacks it, so PostgreSQL answers exactly as it would have); other
+   * clients re-prepare it when they next need it. `build` wraps the rewritten SQL in the
+   * same kind of message; `expect` is what that message will be answered with.
+   */
+  private forwardDeallocate(b: BackendConnection, sql: string, build: (sql: string) => Buffer, expect: Expect): boolean {
+    if (DROPS_ALL_SQL.test(sql)) {
+      // Every statement on this backend is gone (other clients' too: they re-prepare).
+      this.statements.clear();
+      b.prepared.clear();
+      if (/^\s*discard/i.test(sql)) {
+        // DISCARD ALL also resets settings and drops temporary state.
+        this.unpin();
+        b.applied.clear();
+        b.syncedFingerprint = null;
+      }
+      return false; // forwarded as is
+    }
+    const name = deallocateName(sql);
+    const st = name === null ? undefined : this.statements.get(name);
+    if (st === undefined) return false;
+    this.statements.delete(name!);
+    if (!b.prepared.has(st.proxyName)) {
+      this.emit(st.parse);
+      b.expect(Expect.ParseHidden, st.proxyName);
+    }
+    b.prepared.delete(st.proxyName);
+    b.expect(expect);
+    this.emit(build(`DEALLOCATE "${st.proxyName}"`));
+    return true;
   }
 
   /** Writes a message pgmux built (after what is pending, keeping order). */
@@ -997,7 +1042,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   /** True while a transaction holds (or waits for) a backend. */
   get inTransaction(): boolean {
-    return this.state === ClientState.Linked || this.state === ClientState.Waiting;
+    if (this.state === ClientState.Waiting) return true;
+    const b = this.backend;
+    // Session mode keeps a backend linked while idle: only a running transaction counts.
+    return this.state === ClientState.Linked && b !== null && (b.txStatus !== 0x49 || b.pendingRfq > 0 || this.extendedOpen);
   }
 
   view(): ClientView {
@@ -1092,7 +1140,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   onAcquireFailed(err: Error): void {
     if (this.state !== ClientState.Waiting) return;
     const failed = this.routedTo;
-    const unreachable = err instanceof PgmuxError && err.spec.code === '08006';
+    // Unreachable, or a node shutting down / starting up: nothing was sent yet, try elsewhere.
+    const unreachable =
+      (err instanceof PgmuxError && err.spec.code === '08006') ||
+      (err instanceof BackendError && (err.code === '57P01' || err.code === '57P02' || err.code === '57P03'));
     if (unreachable && failed !== null && this.attempts < MAX_ROUTE_ATTEMPTS) {
       this.attempts++;
       if (!this.routedWrite) {
@@ -1113,9 +1164,21 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   onBackendData(buf: Buffer, start: number, end: number): void {
-    this.retry = null; // the client has seen an answer: never re-run
     this.ctx.stats.bytesOut += end - start;
-    const out = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
+    let out = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
+    if (this.retry !== null) {
+      // A lone read that may still be re-run elsewhere: hold back what is not an answer
+      // yet (notices, RowDescription), so a re-run does not show the client two.
+      if (this.backend !== null && !this.backend.answered) {
+        this.heldReply.push(Buffer.from(out));
+        return;
+      }
+      this.retry = null; // the client sees an answer now: never re-run
+      if (this.heldReply.length > 0) {
+        out = Buffer.concat([...this.heldReply, out]);
+        this.heldReply = [];
+      }
+    }
     if (!this.socket.write(out)) this.backend?.socket.pause();
   }
 
@@ -1263,6 +1326,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.attempts++;
       this.held = this.retry;
       this.retry = null;
+      this.heldReply = []; // from the dead node: the re-run answers anew
       this.avoidNode = b.node.name;
       this.state = ClientState.Idle;
       this.beginTransaction();

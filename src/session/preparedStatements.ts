@@ -131,19 +131,20 @@ export function closeStatement(name: string): Buffer {
 }
 
 /** DEALLOCATE ALL / DISCARD ALL drop every prepared statement of the session. */
-const DROPS_ALL = /^\s*(deallocate\s+(prepare\s+)?all|discard\s+all)\s*;?\s*$/i;
+export const DROPS_ALL_SQL = /^\s*(deallocate\s+(prepare\s+)?all|discard\s+all)\s*;?\s*$/i;
 
-export function dropsAllStatements(buf: Buffer, start: number, end: number): boolean {
-  // Cheap first look: the text must start (after blanks) with d/D.
-  let p = start + 5;
-  while (p < end && (buf[p] === 0x20 || buf[p] === 0x0a || buf[p] === 0x09 || buf[p] === 0x0d)) p++;
-  if (buf[p] !== 0x64 && buf[p] !== 0x44) return false;
-  return DROPS_ALL.test(buf.toString('utf8', start + 5, end - 1));
+
+/** `DEALLOCATE [PREPARE] name` as a whole statement: the statement name, else null. */
+export function deallocateName(sql: string): string | null {
+  const m = /^\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\s*;?\s*$/i.exec(sql);
+  if (!m || /^all$/i.test(m[1]!)) return null;
+  const raw = m[1]!;
+  return raw.startsWith('"') ? raw.slice(1, -1).replace(/""/g, '"') : raw.toLowerCase();
 }
 
 /** SQL-level PREPARE / EXECUTE / DEALLOCATE (not ALL): session state pgmux does not move. */
-const SQL_PREPARED = /^\s*(prepare|execute|deallocate)\b/i;
+const SQL_PREPARED = /^\s*(prepare|execute)\b/i;
 
 export function isSqlPrepared(sql: string): boolean {
-  return SQL_PREPARED.test(sql) && !DROPS_ALL.test(sql);
+  return SQL_PREPARED.test(sql) && !DROPS_ALL_SQL.test(sql);
 }
