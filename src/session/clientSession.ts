@@ -350,7 +350,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     // Commands run one at a time (PAUSE may wait); later ones stay in the reader.
     this.adminBusy = true;
-    this.socket.pause();
+    this.pauseReading();
     const sql = buf.toString('utf8', bodyStart, end - 1);
     this.ctx
       .adminQuery(sql, this.adminRole)
@@ -362,7 +362,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       .finally(() => {
         this.adminBusy = false;
         if (this.state === ClientState.Admin) {
-          this.socket.resume();
+          this.resumeReading();
           this.drain();
         }
       });
@@ -517,7 +517,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** Writes a message pgmux built (after what is pending, keeping order). */
   private emit(msg: Buffer): void {
     this.flushRun();
-    if (!this.backend!.write(msg)) this.socket.pause();
+    if (!this.backend!.write(msg)) this.pauseReading();
   }
 
   /**
@@ -593,7 +593,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const b = this.backend;
     if (b === null) return;
     const out = this.runStart === 0 && this.runEnd === buf.length ? buf : buf.subarray(this.runStart, this.runEnd);
-    if (!b.write(out)) this.socket.pause();
+    if (!b.write(out)) this.pauseReading();
   }
 
   // ---- startup and authentication ---------------------------------------------------
@@ -769,7 +769,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         if (step.message) this.socket.write(step.message);
         this.socket.write(authenticationRequest(AuthCode.Ok));
         this.state = ClientState.Login;
-        this.socket.pause();
+        this.pauseReading();
         this.finishLogin().catch((err: Error) => {
           this.ctx.stats.clientLoginFailures++;
           this.failWith(err, 'login_failed');
@@ -809,7 +809,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.socket.write(Buffer.concat([...params.map(([k, v]) => parameterStatus(k, v)), backendKeyData(this.pid, this.secret), readyForQuery('I')]));
       this.state = ClientState.Admin;
       this.ctx.stats.clientLogins++;
-      this.socket.resume();
+      this.resumeReading();
       this.drain();
       return;
     }
@@ -855,7 +855,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.state = ClientState.Idle;
     this.ctx.stats.clientLogins++;
     this.ctx.logger.debug({ client: this.id, user: this.user, db: this.database, remote: this.remote }, 'client logged in');
-    this.socket.resume();
+    this.resumeReading();
     this.drain();
   }
 
@@ -875,7 +875,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    */
   private beginTransaction(): void {
     this.state = ClientState.Waiting;
-    this.socket.pause();
+    this.routeTransaction();
+    // Stop reading only if the backend does not come at once: pause/resume cost a
+    // syscall each, and most transactions find an idle backend.
+    if (this.state === ClientState.Waiting) this.pauseReading();
+  }
+
+  private routeTransaction(): void {
     if (this.lsnPending) return; // resumed once the last write's LSN is known
     if (this.tracking && (this.answerPrepareLocally() || this.refuseSqlPrepared() || this.handleListen())) return;
     if (this.ctx.isPaused(this.database)) {
@@ -888,7 +894,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.retryable = route !== null && route.retryable;
     if (route !== null && route.target === 'replica' && !this.mustReadFromPrimary(cfg)) {
       const choice = this.ctx.chooseRead(cfg.readYourWrites === 'lsn' ? this.minLsn : null, route.maxLagMs ?? null, this.avoidNode);
-      this.ctx.logger.debug({ client: this.id, node: choice.node?.name ?? null, reason: `${route.reason}; ${choice.reason}` }, 'route');
+      if (this.ctx.logger.isLevelEnabled('debug')) {
+        this.ctx.logger.debug({ client: this.id, node: choice.node?.name ?? null, reason: `${route.reason}; ${choice.reason}` }, 'route');
+      }
       if (choice.node === null) {
         this.fatal(pgmuxError('noReadNode', { detail: choice.reason }), 'backend_lost');
         return;
@@ -954,7 +962,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.held = [];
     this.state = ClientState.Idle;
     this.socket.write(out);
-    this.socket.resume();
+    this.resumeReading();
     return true;
   }
 
@@ -982,7 +990,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         readyForQuery('I'),
       ]),
     );
-    this.socket.resume();
+    this.resumeReading();
     return true;
   }
 
@@ -1000,7 +1008,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       if (this.state !== ClientState.Waiting) return;
       this.state = ClientState.Idle;
       this.socket.write(Buffer.concat([out, readyForQuery('I')]));
-      this.socket.resume();
+      this.resumeReading();
       this.drain();
     };
     if (cmd.kind === 'unlisten') {
@@ -1033,6 +1041,22 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const out = Buffer.concat(this.pendingNotifications);
     this.pendingNotifications = [];
     this.socket.write(out);
+  }
+
+  private readPaused = false;
+
+  private pauseReading(): void {
+    if (!this.readPaused) {
+      this.readPaused = true;
+      this.socket.pause();
+    }
+  }
+
+  private resumeReading(): void {
+    if (this.readPaused) {
+      this.readPaused = false;
+      this.socket.resume();
+    }
   }
 
   /** RESUME: the parked transaction goes on. */
@@ -1132,7 +1156,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.flushRun();
     sock.uncork();
     if (this.state === ClientState.Linked) {
-      this.socket.resume();
+      this.resumeReading();
       this.drain();
     }
   }
@@ -1221,7 +1245,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.avoidNode = null;
     this.settingsDirty = false;
     b.unlink();
-    b.socket.resume();
+    if (b.socket.isPaused()) b.socket.resume();
     this.flushNotifications();
     this.lsnPending = true;
     const pool = b.poolRef as Pool;
@@ -1274,7 +1298,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.attempts = 0;
     this.avoidNode = null;
     b.unlink();
-    b.socket.resume();
+    if (b.socket.isPaused()) b.socket.resume();
     (b.poolRef as Pool).release(b);
     this.flushNotifications();
     // Shutting down: the transaction is over, so this client's turn is too.
@@ -1296,7 +1320,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   onBackendDrain(): void {
-    if (this.state === ClientState.Linked) this.socket.resume();
+    if (this.state === ClientState.Linked) this.resumeReading();
   }
 
   /**
@@ -1444,7 +1468,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private returnBackend(b: BackendConnection): void {
     const pool = b.poolRef as Pool;
     b.unlink();
-    b.socket.resume();
+    if (b.socket.isPaused()) b.socket.resume();
     if (!b.clean) {
       if (b.pendingRfq > 0) this.ctx.cancelBackend(b);
       pool.discard(b, 'client_gone');
