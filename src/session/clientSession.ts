@@ -539,6 +539,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       b.expect(Expect.Parse);
       return;
     }
+    this.statementTargets.set(p.name, this.ctx.classify(p.query).target);
     const key = statementKey(p.query, p.rest);
     const proxyName = this.ctx.statementNames.nameFor(key);
     const st: ClientStatement = { key, proxyName, parse: buildParse(proxyName, p.query, p.rest), query: p.query, rest: p.rest };
@@ -952,6 +953,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       parsed.push(p);
     }
     for (const p of parsed) {
+      // Remembered for routing: a later Bind of a read statement may go to a replica.
+      this.statementTargets.set(p.name, this.ctx.classify(p.query).target);
       const key = statementKey(p.query, p.rest);
       const proxyName = this.ctx.statementNames.nameFor(key);
       this.statements.set(p.name, { key, proxyName, parse: buildParse(proxyName, p.query, p.rest), query: p.query, rest: p.rest });

@@ -50,3 +50,30 @@ describe('read/write splitting', () => {
     await c.end();
   });
 });
+
+describe('routing of prepared statements', () => {
+  it('a Bind of a read statement prepared earlier (Parse + Sync on its own) goes to a replica', async () => {
+    const { startProxy } = await import('../support/pgmux.js');
+    const { pgbenchBin, runPg } = await import('../support/cluster.js');
+    const [p, r1, r2] = clusterInfo().nodes;
+    const proxy = await startProxy({
+      nodes: [
+        { host: p!.host, port: p!.port, weight: 0 },
+        { host: r1!.host, port: r1!.port, weight: 1 },
+        { host: r2!.host, port: r2!.port, weight: 1 },
+      ],
+    });
+    try {
+      // pgbench -M prepared: PQprepare (Parse + Sync), then Bind/Execute per transaction.
+      const r = await runPg(pgbenchBin(), ['-h', '127.0.0.1', '-p', String(proxy.port), '-U', 'postgres', '-n', '-S', '-M', 'prepared', '-c', '4', '-t', '200', 'app'], { timeoutMs: 60_000 });
+      expect(r.code).toBe(0);
+      const routed = proxy.proxy.counters().transactions;
+      const onPrimary = routed.get(`${p!.host}:${p!.port}`);
+      const reads = [...routed.values()].reduce((n, c) => n + c.read, 0);
+      expect(reads).toBeGreaterThanOrEqual(800);
+      expect(onPrimary?.read ?? 0).toBe(0);
+    } finally {
+      await proxy.close();
+    }
+  });
+});
