@@ -81,6 +81,10 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
     flags: '--log-level <level>',
     description: `${LOG_LEVELS.join(', ')} (env: PGMUX_LOG_LEVEL; default: ${DEFAULTS.logLevel})`,
   },
+  {
+    flags: '--workers <n>',
+    description: `worker processes sharing the listen port, 1..64; pool_size and max_client_conn are split across them (env: PGMUX_WORKERS; default: ${DEFAULTS.workers})`,
+  },
 ];
 
 const DEMO_OPTIONS: readonly OptionSpec[] = [

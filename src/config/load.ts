@@ -22,6 +22,7 @@ const defaults: Config = {
   poolSize: 20,
   minPoolSize: 0,
   maxClientConn: 10000,
+  workers: 1,
   auth: 'trust',
   authFile: null,
   serverPassword: null,
@@ -94,6 +95,7 @@ export interface CliFlags {
   authFile?: string;
   http?: string;
   logLevel?: string;
+  workers?: string;
 }
 
 export interface LoadOptions {
@@ -375,6 +377,7 @@ const KEYS: KeySpec[] = [
   { key: 'pool_size', field: 'poolSize', aliases: ['default_pool_size'], parse: (v) => parseInteger(v, 1, 10000) },
   { key: 'min_pool_size', field: 'minPoolSize', parse: (v) => parseInteger(v, 0, 10000) },
   { key: 'max_client_conn', field: 'maxClientConn', parse: (v) => parseInteger(v, 1, 1_000_000) },
+  { key: 'workers', field: 'workers', parse: (v) => parseInteger(v, 1, 64) },
   {
     key: 'auth',
     field: 'auth',
@@ -653,6 +656,7 @@ const FLAG_KEYS: Array<[keyof CliFlags, string, string]> = [
   ['auth', 'auth', '--auth'],
   ['authFile', 'auth_file', '--auth-file'],
   ['logLevel', 'log_level', '--log-level'],
+  ['workers', 'workers', '--workers'],
 ];
 
 function parseFlags(flags: CliFlags, cwd: string): Partial<Config> {
@@ -799,6 +803,7 @@ export function configToObject(c: Config, opts: { reveal?: boolean } = {}): Reco
     pool_size: c.poolSize,
     min_pool_size: c.minPoolSize,
     max_client_conn: c.maxClientConn,
+    workers: c.workers,
     auth: c.auth,
     auth_file: c.authFile,
     server_password: mask(c.serverPassword),

@@ -40,6 +40,8 @@ export interface Config {
   /** Idle backends kept open per pool once it has been used. */
   minPoolSize: number;
   maxClientConn: number;
+  /** Worker processes sharing the listen port (start --workers); pool_size and max_client_conn are split across them. */
+  workers: number;
 
   /** How clients authenticate to pgmux. */
   auth: AuthMethod;

@@ -89,6 +89,7 @@ describe('DEFAULTS', () => {
       poolSize: 20,
       minPoolSize: 0,
       maxClientConn: 10000,
+      workers: 1,
       auth: 'trust',
       authFile: null,
       serverPassword: null,
@@ -161,6 +162,7 @@ pool_mode: session
 pool_size: 30
 min_pool_size: 5
 max_client_conn: 500
+workers: 4
 auth: md5
 auth_file: ${userlist}
 server_password: hunter2
@@ -218,6 +220,7 @@ max_unauthenticated_connections: 50
       poolSize: 30,
       minPoolSize: 5,
       maxClientConn: 500,
+      workers: 4,
       auth: 'md5',
       authFile: userlist,
       serverPassword: 'hunter2',
@@ -329,6 +332,7 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_DEFAULT_POOL_SIZE: '3',
       PGMUX_MIN_POOL_SIZE: '1',
       PGMUX_MAX_CLIENT_CONN: '50',
+      PGMUX_WORKERS: '3',
       PGMUX_AUTH_TYPE: 'md5',
       PGMUX_AUTH_FILE: userlist,
       PGMUX_SERVER_PASSWORD: 'pw',
@@ -385,6 +389,7 @@ describe('precedence: defaults < file < env < flags', () => {
       poolSize: 3,
       minPoolSize: 1,
       maxClientConn: 50,
+      workers: 3,
       auth: 'md5',
       authFile: userlist,
       serverPassword: 'pw',
@@ -443,6 +448,7 @@ describe('precedence: defaults < file < env < flags', () => {
       authFile: userlist,
       http: '127.0.0.1:0',
       logLevel: 'silent',
+      workers: '2',
     }, {});
     expect(c).toMatchObject({
       listen: { host: '::1', port: 0 },
@@ -453,6 +459,7 @@ describe('precedence: defaults < file < env < flags', () => {
       authFile: userlist,
       http: { host: '127.0.0.1', port: 0 },
       logLevel: 'silent',
+      workers: 2,
     });
   });
 
@@ -620,6 +627,7 @@ describe('validation errors name the key', () => {
     ['default_pool_size alias', { default_pool_size: -3 }, 'pool_size', 'default_pool_size: -3 is out of range (expected 1..10000) (in test.yaml)'],
     ['min_pool_size', { min_pool_size: 'x' }, 'min_pool_size', 'min_pool_size: "x" is not a whole number (expected 0..10000) (in test.yaml)'],
     ['max_client_conn', { max_client_conn: 0 }, 'max_client_conn', 'max_client_conn: 0 is out of range (expected 1..1000000) (in test.yaml)'],
+    ['workers', { workers: 65 }, 'workers', 'workers: 65 is out of range (expected 1..64) (in test.yaml)'],
     ['pool_mode', { pool_mode: 'statement' }, 'pool_mode', 'pool_mode: "statement" is not supported (statement pooling breaks multi-statement transactions and is not offered; expected one of transaction, session) (in test.yaml)'],
     ['auth', { auth: 'ldap' }, 'auth', 'auth: "ldap" is not supported (expected one of trust, password, md5, scram-sha-256) (in test.yaml)'],
     ['auth_type alias', { auth_type: 'scram' }, 'auth', 'auth_type: "scram" is not supported (write it as scram-sha-256; expected one of trust, password, md5, scram-sha-256) (in test.yaml)'],
@@ -788,7 +796,7 @@ describe('CLI', () => {
     return io;
   }
 
-  const FLAGS = ['--config', '--listen', '--node', '--pool-mode', '--pool-size', '--auth', '--auth-file', '--http', '--log-level'];
+  const FLAGS = ['--config', '--listen', '--node', '--pool-mode', '--pool-size', '--auth', '--auth-file', '--http', '--log-level', '--workers'];
   const ENVS = ['PGMUX_CONFIG', 'PGMUX_LISTEN', 'PGMUX_NODES', 'PGMUX_POOL_MODE', 'PGMUX_POOL_SIZE', 'PGMUX_AUTH', 'PGMUX_AUTH_FILE', 'PGMUX_HTTP', 'PGMUX_LOG_LEVEL'];
   const DEFAULT_TEXTS = ['default: 0.0.0.0:6432', 'default: transaction', 'default: 20', 'default: trust', 'default: info', 'default: off'];
 
