@@ -262,8 +262,13 @@ export class Proxy implements ProxyContext, ProxyView {
     if (this.byPid.get(client.pid) === client) this.byPid.delete(client.pid);
   }
 
-  cancel(pid: number, secret: number): void {
+  /** Called for a cancel key no local client has (start --workers: another worker may own it). */
+  onUnknownCancel: ((pid: number, secret: number) => void) | null = null;
+
+  /** `forwarded`: the key came from another worker, so it is not passed on again. */
+  cancel(pid: number, secret: number, forwarded = false): void {
     const c = this.byPid.get(pid);
+    if (!c && !forwarded) this.onUnknownCancel?.(pid, secret);
     // Unknown key or wrong secret: ignored, as PostgreSQL does.
     if (!c || c.secret !== secret) return;
     const b = c.cancelTarget;

@@ -152,11 +152,14 @@ const MAX_ROUTE_ATTEMPTS = 3;
 const WELCOME_CACHE_LIMIT = 256;
 const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
 
+/** Proxy-issued cancel pids: start --workers puts the worker index in the high bits so keys are unique per group. */
+export const cancelPidSpace = { high: 0, mask: 0x7fffffff };
+
 export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink {
   readonly id = nextClientId++;
   state = ClientState.Startup;
   /** Proxy-issued cancel key (BackendKeyData). */
-  readonly pid = randomInt32() & 0x7fffffff;
+  readonly pid = cancelPidSpace.high | (randomInt32() & cancelPidSpace.mask);
   readonly secret = randomInt32();
   user = '';
   database = '';
