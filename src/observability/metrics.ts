@@ -180,6 +180,8 @@ export function createMetrics(view: ProxyView): PgmuxMetrics {
   return {
     registry,
     contentType: registry.contentType,
-    render: () => registry.metrics(),
+    // prom-client prints NaN as "Nan" (e.g. event-loop lag before the first sample);
+    // the exposition format only knows "NaN", and strict parsers reject the line.
+    render: async () => (await registry.metrics()).replace(/ Nan$/gm, ' NaN'),
   };
 }
