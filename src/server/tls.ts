@@ -13,6 +13,7 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type net from 'node:net';
+import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 
 import type { ClientTlsMode, Config, ServerTlsMode, TlsMinVersion } from '../config/types.js';
@@ -134,6 +135,43 @@ export function upgradeServerSocket(socket: net.Socket, server: ServerTls, opts:
       if (why !== null) t.destroy(new Error(`client certificate rejected: ${why}`));
     });
   }
+  return t;
+}
+
+/**
+ * Direct TLS (PostgreSQL 17's sslnegotiation=direct): the client's first bytes are a TLS
+ * ClientHello, already read as `head`. They are replayed into the handshake through a
+ * stream over the socket. ALPN "postgresql" is required, as PostgreSQL requires it (it keeps
+ * a TLS connection meant for another protocol from being taken for PostgreSQL).
+ */
+export function upgradeDirectTls(socket: net.Socket, head: Buffer, server: ServerTls): tls.TLSSocket {
+  const stream = new Duplex({
+    read() {
+      socket.resume();
+    },
+    write(chunk: Buffer, _enc, cb) {
+      socket.write(chunk, cb);
+    },
+    final(cb) {
+      socket.end();
+      cb();
+    },
+    destroy(err, cb) {
+      socket.destroy();
+      cb(err);
+    },
+  });
+  socket.on('data', (d: Buffer) => {
+    if (!stream.push(d)) socket.pause();
+  });
+  socket.on('end', () => stream.push(null));
+  socket.on('close', () => stream.destroy());
+  socket.on('error', (err) => stream.destroy(err));
+  stream.push(head);
+  const t = upgradeServerSocket(stream as unknown as net.Socket, server, { alpn: true });
+  t.once('secure', () => {
+    if (t.alpnProtocol !== PG_ALPN) t.destroy(new Error(`direct TLS connection without ALPN "${PG_ALPN}"`));
+  });
   return t;
 }
 

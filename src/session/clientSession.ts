@@ -31,7 +31,7 @@ import type { Pool, PoolWaiter } from '../pool/pool.js';
 import type { ProxyContext } from '../server/context.js';
 import type { ClientView } from '../admin/view.js';
 import { ClientAuthenticator } from './clientAuth.js';
-import { serverTlsFor, upgradeServerSocket } from '../server/tls.js';
+import { serverTlsFor, upgradeDirectTls, upgradeServerSocket } from '../server/tls.js';
 import { hbaRefusal, hbaRulesFor, matchHba } from '../server/hba.js';
 import { isSettableReported, parseStartup, StartupParamError } from './startupParams.js';
 import { buildSyncSql, settingsSignature } from './paramSync.js';
@@ -222,12 +222,19 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private unauthenticated = true;
   /** Counted against max_db_connections / max_user_connections. */
   private admitted = false;
+  /** The client's address as accepted (a TLS socket over a stream has none of its own). */
+  private readonly peerAddress: string;
+  private readonly peerPort: number;
+  /** Nothing read yet: a TLS ClientHello now means direct TLS. */
+  private firstData = true;
 
   constructor(
     socket: net.Socket,
     private ctx: ProxyContext,
   ) {
     this.socket = socket;
+    this.peerAddress = socket.remoteAddress ?? '';
+    this.peerPort = socket.remotePort ?? 0;
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
     this.connectedAt = this.lastActiveAt = ctx.clock.now;
     ctx.track(this);
@@ -262,12 +269,20 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   get remote(): string {
-    return `${this.socket.remoteAddress}:${this.socket.remotePort}`;
+    return `${this.peerAddress}:${this.peerPort}`;
   }
 
   // ---- client -> pgmux ------------------------------------------------------------
 
   private onData(chunk: Buffer): void {
+    if (this.firstData) {
+      this.firstData = false;
+      // 0x16: a TLS handshake record where a startup packet's length would be.
+      if (chunk[0] === 0x16 && this.state === ClientState.Startup) {
+        this.onDirectTls(chunk);
+        return;
+      }
+    }
     this.lastActiveAt = this.ctx.clock.now;
     this.ctx.stats.bytesIn += chunk.length;
     this.reader.push(chunk);
@@ -680,7 +695,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     let method = cfg.auth;
     const rules = hbaRulesFor(cfg);
     if (rules !== null) {
-      const q = { ssl: this.tls, database: this.database, user: this.user, address: this.socket.remoteAddress ?? '' };
+      const q = { ssl: this.tls, database: this.database, user: this.user, address: this.peerAddress };
       const rule = matchHba(rules, q);
       if (rule === null || rule.method === 'reject') {
         this.ctx.stats.clientLoginFailures++;
@@ -748,6 +763,29 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // Errors of the accepted socket surface on the TLS socket; none may go unhandled.
     plain.on('error', () => {});
     this.socket = upgradeServerSocket(plain, server, { alpn: true });
+    this.tls = true;
+    this.listen(this.socket);
+  }
+
+  /** Direct TLS (PostgreSQL 17 clients with sslnegotiation=direct): TLS from the first byte. */
+  private onDirectTls(first: Buffer): void {
+    const cfg = this.ctx.config();
+    let server = null;
+    try {
+      server = serverTlsFor(cfg);
+    } catch (err) {
+      this.ctx.logger.error({ err: (err as Error).message }, 'TLS is configured but unusable');
+    }
+    if (server === null) {
+      // A TLS client cannot read a plaintext error: just close, as PostgreSQL does.
+      this.close('protocol_error');
+      return;
+    }
+    this.ctx.stats.bytesIn += first.length;
+    const plain = this.socket;
+    this.unlisten(plain);
+    plain.on('error', () => {});
+    this.socket = upgradeDirectTls(plain, first, server);
     this.tls = true;
     this.listen(this.socket);
   }

@@ -14,7 +14,7 @@ import type { Config } from '../../src/config/types.js';
 import { pgClient, psqlBin, runPg } from '../support/cluster.js';
 import { startProxy, testConfig, type TestProxy } from '../support/pgmux.js';
 import { makeTestPki, type TestPki } from '../support/certs.js';
-import { firstError, RawClient, sendCancel, sslRequest, startupPacket } from '../support/rawClient.js';
+import { firstError, parseErrorFields, queryMsg, RawClient, sendCancel, sslRequest, startupPacket } from '../support/rawClient.js';
 
 let pki: TestPki;
 let dir: string;
@@ -56,6 +56,47 @@ async function connectError(port: number, opts: Parameters<typeof pgClient>[1] =
     return { code: (err as { code?: string }).code, message: (err as Error).message };
   }
   throw new Error('connected, expected a refusal');
+}
+
+/** A TLS connection from the first byte (PostgreSQL 17's sslnegotiation=direct). */
+function directTls(port: number, alpn: string[] | undefined): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const t = tls.connect({ host: '127.0.0.1', port, ca: readFileSync(pki.ca.cert), servername: 'localhost', ...(alpn ? { ALPNProtocols: alpn } : {}) });
+    t.once('secureConnect', () => resolve(t));
+    t.once('error', reject);
+  });
+}
+
+/** Sends `bytes`, then collects the server's messages until ReadyForQuery or close. */
+function exchange(t: tls.TLSSocket, bytes: Buffer, timeoutMs = 5000): Promise<{ types: string; errors: Array<ReturnType<typeof parseErrorFields>>; rows: string[]; closed: boolean }> {
+  return new Promise((resolve) => {
+    let buf = Buffer.alloc(0);
+    const types: string[] = [];
+    const errors: Array<ReturnType<typeof parseErrorFields>> = [];
+    const rows: string[] = [];
+    const done = (closed: boolean) => {
+      clearTimeout(timer);
+      t.off('data', onData);
+      resolve({ types: types.join(''), errors, rows, closed });
+    };
+    const onData = (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      while (buf.length >= 5 && buf.length >= 1 + buf.readInt32BE(1)) {
+        const type = String.fromCharCode(buf[0]!);
+        const body = buf.subarray(5, 1 + buf.readInt32BE(1));
+        buf = buf.subarray(1 + buf.readInt32BE(1));
+        types.push(type);
+        if (type === 'E') errors.push(parseErrorFields(body));
+        if (type === 'D') rows.push(body.toString('utf8', 6));
+        if (type === 'Z') return done(false);
+      }
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    t.on('data', onData);
+    t.once('close', () => done(true));
+    t.once('error', () => {});
+    t.write(bytes);
+  });
 }
 
 describe('client TLS', () => {
@@ -107,6 +148,24 @@ describe('client TLS', () => {
     } finally {
       await c.end();
     }
+  });
+
+  it('direct TLS with ALPN "postgresql" logs in and queries; without ALPN it is closed', async () => {
+    const t = await directTls(proxy.port, ['postgresql']);
+    try {
+      expect(t.alpnProtocol).toBe('postgresql');
+      const login = await exchange(t, startupPacket({ user: 'postgres', database: 'app' }));
+      expect(login.errors).toEqual([]);
+      expect(login.types).toMatch(/^R.*KZ$/);
+      const q = await exchange(t, queryMsg('SELECT 6 * 7'));
+      expect(q.rows).toEqual(['42']);
+    } finally {
+      t.destroy();
+    }
+    const bare = await directTls(proxy.port, undefined).catch((e: Error) => e);
+    if (bare instanceof Error) return; // refused during the handshake: fine too
+    const r = await exchange(bare, startupPacket({ user: 'postgres', database: 'app' }));
+    expect(r).toMatchObject({ closed: true, types: '' });
   });
 
   it('bytes sent after SSLRequest before the handshake are refused (08P01)', async () => {
@@ -258,12 +317,37 @@ describe('hba_file', () => {
     expect(blocked.message).toBe('pg_hba.conf rejects connection for host "127.0.0.1", user "blocked", database "app", SSL encryption');
   });
 
+  it('direct TLS connections are matched with the real client address and as SSL', async () => {
+    const t = await directTls(proxy.port, ['postgresql']);
+    const r = await exchange(t, startupPacket({ user: 'blocked', database: 'app' }));
+    expect(r.errors.map((e) => [e.code, e.message])).toEqual([
+      ['28000', 'pg_hba.conf rejects connection for host "127.0.0.1", user "blocked", database "app", SSL encryption'],
+    ]);
+    t.destroy();
+  });
+
   it("the matched rule's method replaces auth: md5 for app_md5", async () => {
     const bad = await connectError(proxy.port, { user: 'app_md5', password: 'wrong' });
     expect(bad.code).toBe('28P01');
     const c = await pgClient(proxy.port, { user: 'app_md5', password: 'md5pass' });
     expect((await c.query('SELECT current_user AS u')).rows).toEqual([{ u: 'app_md5' }]);
     await c.end();
+  });
+});
+
+describe('client_tls disable', () => {
+  it('answers SSLRequest with N and closes a direct TLS connection', async () => {
+    const proxy = await startProxy();
+    try {
+      const c = await RawClient.connect(proxy.port);
+      c.send(sslRequest());
+      expect((await c.readBytes(1)).toString()).toBe('N');
+      c.destroy();
+      await expect(directTls(proxy.port, ['postgresql'])).rejects.toThrow(/socket disconnected|ECONNRESET|closed/);
+      expect(await connectCode(proxy.port)).toBe('ok');
+    } finally {
+      await proxy.close();
+    }
   });
 });
 
