@@ -709,12 +709,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.fatal(pgmuxError('tooManyClients', { detail: `max_client_conn is ${this.ctx.config().maxClientConn}` }), 'too_many_clients');
       return;
     }
-    const refused = this.ctx.limits.admit(this.user, this.database, cfg);
-    if (refused !== null) {
-      this.fatal(refused, 'too_many_clients');
-      return;
-    }
-    this.admitted = true;
     this.tracking = this.ctx.config().poolMode === 'transaction';
     this.state = ClientState.Auth;
     this.auth = new ClientAuthenticator(method, this.user, this.ctx.authEntry(this.user));
@@ -804,9 +798,17 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, remote: this.remote, code: step.error.code }, 'client authentication failed');
         this.fatal(step.error, 'auth_failed');
         return;
-      case 'ok':
+      case 'ok': {
         this.auth = null;
         this.leaveUnauthenticated();
+        // Per-database / per-user limits count authenticated clients only (as PostgreSQL's
+        // CONNECTION LIMIT does): nobody can lock a user out without its password.
+        const refused = this.ctx.limits.admit(this.user, this.database, this.ctx.config());
+        if (refused !== null) {
+          this.fatal(refused, 'too_many_clients');
+          return;
+        }
+        this.admitted = true;
         if (step.password !== undefined) this.ctx.learnPassword(this.user, step.password);
         if (step.message) this.socket.write(step.message);
         this.socket.write(authenticationRequest(AuthCode.Ok));
@@ -817,6 +819,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
           this.failWith(err, 'login_failed');
         });
         return;
+      }
     }
   }
 

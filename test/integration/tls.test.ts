@@ -373,6 +373,28 @@ describe('connection limits', () => {
     }
   });
 
+  it('per-user limits count authenticated clients only: a stalled login cannot lock the user out', async () => {
+    const users = join(dir, 'limit-users.txt');
+    writeFileSync(users, '"app_scram" "scrampass"\n');
+    const proxy = await startProxy({ auth: 'password', authFile: users, maxUserConnections: 1 });
+    const stalled: RawClient[] = [];
+    try {
+      for (let i = 0; i < 3; i++) {
+        const c = await RawClient.connect(proxy.port);
+        c.send(startupPacket({ user: 'app_scram', database: 'app' }));
+        expect((await c.read())?.type).toBe('R'); // asked for the password; never answered
+        stalled.push(c);
+      }
+      const ok = await pgClient(proxy.port, { user: 'app_scram', password: 'scrampass' });
+      const e = await connectError(proxy.port, { user: 'app_scram', password: 'scrampass' });
+      expect(e).toMatchObject({ code: '53300', message: 'too many connections for role "app_scram"' });
+      await ok.end();
+    } finally {
+      for (const c of stalled) c.destroy();
+      await proxy.close();
+    }
+  });
+
   it('max_unauthenticated_connections: half-open connections past it are refused at accept', async () => {
     const proxy = await startProxy({ maxUnauthenticatedConnections: 2 });
     const idle: RawClient[] = [];
