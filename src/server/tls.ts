@@ -307,6 +307,24 @@ function isIpLiteral(host: string): boolean {
   return /^[\d.]+$/.test(host) || host.includes(':');
 }
 
+/**
+ * server_tls as node-postgres's `ssl` option, for pgmux's own pg.Client connections (the
+ * health-check monitor). pg has no fallback, so prefer means plaintext there.
+ */
+export function pgClientSsl(t: BackendTls): false | tls.ConnectionOptions {
+  switch (t.mode) {
+    case 'disable':
+    case 'prefer':
+      return false;
+    case 'require':
+      return { rejectUnauthorized: false };
+    case 'verify-ca':
+      return { rejectUnauthorized: true, checkServerIdentity: () => undefined, ...(t.ca ? { ca: t.ca } : {}) };
+    case 'verify-full':
+      return { rejectUnauthorized: true, ...(t.ca ? { ca: t.ca } : {}) };
+  }
+}
+
 // ---- per-configuration contexts ---------------------------------------------------------
 //
 // Built state is keyed by the settings that produce it (not by the Config object: RELOAD

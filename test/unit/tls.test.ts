@@ -3,7 +3,7 @@ import tls from 'node:tls';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildBackendTls, buildServerContext, connectTls, upgradeServerSocket, type ServerTls, type ServerTlsMode } from '../../src/server/tls.js';
+import { buildBackendTls, buildServerContext, connectTls, pgClientSsl, upgradeServerSocket, type ServerTls, type ServerTlsMode } from '../../src/server/tls.js';
 import { makeTestPki, type TestPki } from '../support/certs.js';
 
 let pki: TestPki;
@@ -136,6 +136,19 @@ describe('connectTls (backend side)', () => {
     writeFileSync(junk, 'hello\n');
     expect(() => buildBackendTls('verify-ca', junk)).toThrow(/^server_tls_ca_file: ".*junk\.crt" holds no PEM certificate$/);
     expect(() => buildServerContext({ certFile: pki.server.cert, keyFile: pki.server.key, caFile: junk, minVersion: 'TLSv1.2', ciphers: null })).toThrow(/^client_tls_ca_file: .* holds no PEM certificate/);
+  });
+});
+
+describe('pgClientSsl (health checks through node-postgres)', () => {
+  it('maps server_tls to pg\'s ssl option', () => {
+    const ca = Buffer.from('CA');
+    expect(pgClientSsl({ mode: 'disable', ca: null })).toBe(false);
+    expect(pgClientSsl({ mode: 'prefer', ca })).toBe(false);
+    expect(pgClientSsl({ mode: 'require', ca })).toEqual({ rejectUnauthorized: false });
+    expect(pgClientSsl({ mode: 'verify-full', ca })).toEqual({ rejectUnauthorized: true, ca });
+    const vca = pgClientSsl({ mode: 'verify-ca', ca: null });
+    expect(vca).toMatchObject({ rejectUnauthorized: true });
+    expect(vca && vca.checkServerIdentity?.('x', {} as never)).toBeUndefined();
   });
 });
 
