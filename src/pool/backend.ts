@@ -302,6 +302,8 @@ export class BackendConnection implements ScanSink {
    * RowDescription or ParameterStatus, which come before any row or result.
    */
   answered = false;
+  /** Type of the message the scanner is in now (the last one started). */
+  lastType = 0;
 
   link(owner: BackendOwner): void {
     this.owner = owner;
@@ -436,6 +438,7 @@ export class BackendConnection implements ScanSink {
   }
 
   hiding(type: number): boolean {
+    this.lastType = type;
     if (this.hiddenRfq > 0 || this.owner === null) return true;
     if (type !== NOTICE_RESPONSE && type !== ROW_DESCRIPTION && type !== PARAMETER_STATUS) this.answered = true;
     if (this.expHead < this.expKind.length && (type === PARSE_COMPLETE || type === CLOSE_COMPLETE)) {

@@ -150,6 +150,7 @@ let nextClientId = 1;
 /** Re-routes of one transaction (failover waits, reads moved off a dead replica). */
 const MAX_ROUTE_ATTEMPTS = 3;
 const WELCOME_CACHE_LIMIT = 256;
+const ERROR_RESPONSE = 0x45; // 'E'
 const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
 
 /** Proxy-issued cancel pids: start --workers puts the worker index in the high bits so keys are unique per group. */
@@ -187,6 +188,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private retryable = false;
   /** Copy of the transaction's messages while it may still be re-run elsewhere. */
   private retry: HeldMessage[] | null = null;
+  /** A batch that may be re-run once if its statement turns out stale (DDL), and its state. */
+  private replayBatch: HeldMessage[] | null = null;
+  private replayBuf: Buffer[] = [];
+  private replaying = false;
   /** Response bytes held back while `retry` is set (no answer yet). */
   private heldReply: Buffer[] = [];
   private attempts = 0;
@@ -1184,6 +1189,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.transactions++;
     this.ctx.countRouted(b.node, this.routedWrite ? 'write' : 'read', this.ctx.clock.now - this.waitStartedAt);
     this.retry = this.retryable ? this.held.slice() : null;
+    this.replayBatch = this.retry === null && this.tracking && this.replayEligible() ? this.held.slice() : null;
     const sock = b.socket;
     sock.cork();
     // Fast path: the backend already carries exactly these settings (clients with the same
@@ -1237,6 +1243,20 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   onBackendData(buf: Buffer, start: number, end: number): void {
     this.ctx.stats.bytesOut += end - start;
     let out = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
+    if (this.replayBatch !== null) {
+      if (this.replaying) return; // the failed attempt's tail, up to its ReadyForQuery
+      // An ErrorResponse may be the stale-plan error that the batch is re-run for: hold it
+      // until onBackendError has read it. Anything else means the batch is under way.
+      if (this.backend !== null && this.backend.lastType === ERROR_RESPONSE) {
+        this.replayBuf.push(Buffer.from(out));
+        return;
+      }
+      this.replayBatch = null;
+      if (this.replayBuf.length > 0) {
+        out = Buffer.concat([...this.replayBuf, out]);
+        this.replayBuf = [];
+      }
+    }
     if (this.retry !== null) {
       // A lone read that may still be re-run elsewhere: hold back what is not an answer
       // yet (notices, RowDescription), so a re-run does not show the client two.
@@ -1257,6 +1277,20 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.lastActiveAt = this.ctx.clock.now;
     if (this.boundInBatch.length > 0) this.boundInBatch = [];
     const b = this.backend;
+    if (this.replaying && b !== null) {
+      // Re-run the batch on the same backend: its statements now carry fresh proxy names,
+      // so they are prepared again (hidden) with the new result type.
+      const batch = this.replayBatch!;
+      this.replaying = false;
+      this.replayBatch = null;
+      this.ctx.logger.info({ client: this.id }, 're-running a batch whose prepared statement changed shape (DDL)');
+      b.socket.cork();
+      for (const m of batch) this.forwardMessage(m.type, m.buf, m.start, m.end);
+      this.flushRun();
+      b.socket.uncork();
+      return;
+    }
+    this.replayBatch = null;
     if (
       b !== null &&
       status === 0x49 &&
@@ -1376,9 +1410,43 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    * the client once, and its retry prepares the statement afresh.
    */
   onBackendError(fields: Map<string, string>): void {
-    if (this.boundInBatch.length === 0 || !isStalePlanError(fields)) return;
-    for (const st of this.boundInBatch) this.ctx.statementNames.invalidate(st.key, st.proxyName);
-    this.boundInBatch = [];
+    const stale = this.boundInBatch.length > 0 && isStalePlanError(fields);
+    if (stale) {
+      for (const st of this.boundInBatch) this.ctx.statementNames.invalidate(st.key, st.proxyName);
+      this.boundInBatch = [];
+    }
+    if (this.replayBatch === null || this.replaying) return;
+    if (stale) {
+      // Nothing reached the client: drop the error, re-run the batch at ReadyForQuery.
+      this.replaying = true;
+      this.replayBuf = [];
+      return;
+    }
+    const held = this.replayBuf;
+    this.replayBatch = null;
+    this.replayBuf = [];
+    if (held.length > 0) this.socket.write(Buffer.concat(held));
+  }
+
+  /**
+   * "cached plan must not change result type" can be hidden only when the client will see
+   * the new shape: a whole batch, outside a transaction, that binds one of its named
+   * statements and asks for a fresh description (node-postgres describes every execution).
+   */
+  private replayEligible(): boolean {
+    const held = this.held;
+    const n = held.length;
+    if (n < 3 || held[0]!.type !== Msg.Bind || held[n - 1]!.type !== Msg.Sync) return false;
+    let describe = false;
+    for (let i = 0; i < n; i++) {
+      const t = held[i]!.type;
+      if (t === Msg.Describe) describe = true;
+      else if (t === Msg.Parse || t === Msg.Query || (t === Msg.Sync && i !== n - 1)) return false;
+    }
+    if (!describe) return false;
+    const m = held[0]!;
+    const st = bindStatement(m.buf, m.start, m.end);
+    return st !== null && this.statements.has(st.name);
   }
 
   onBackendHiddenError(fields: Map<string, string>): void {
