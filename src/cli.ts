@@ -203,6 +203,15 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
   start.action(async (flags: CliFlags) => {
     const config = loadConfig(flags, env);
     const logger = createLogger(config.logLevel);
+    if (config.workers > 1) {
+      // --workers: this process supervises (primary) or is one of the workers.
+      const w = await import('./server/workers.js');
+      const code = w.isPrimaryProcess()
+        ? await w.runSupervisor(config, logger, signals)
+        : await w.runWorker(config, { logger, reloadConfig: () => loadConfig(flags, env), serve: serveUntilSignal });
+      exitCodes.set(program, code);
+      return;
+    }
     const { startPgmux } = await import('./server/pgmux.js');
     // RELOAD / SIGHUP re-read the same sources: file, PGMUX_* environment, flags.
     const server = await startPgmux(config, { logger, reloadConfig: () => loadConfig(flags, env) }); // logs its own 'listening' line

@@ -1,0 +1,362 @@
+// `pgmux start --workers N`: N worker processes (node:cluster) share the listen port; the
+// primary process only supervises.
+//
+//   - Limits hold for the whole group: each worker gets ceil(limit / N) (at least 1) of
+//     pool_size, min_pool_size, max_client_conn and the per-database / per-user /
+//     unauthenticated client limits (0 = off stays off).
+//   - Cancel keys are unique across workers (worker index in the top bits of the 31-bit
+//     pid). A worker that receives a CancelRequest for a key it does not know sends it to
+//     the primary, which broadcasts it to the other workers; Proxy.cancel ignores keys it
+//     does not own, so broadcasting is safe.
+//   - The primary serves the HTTP port: /metrics aggregates every worker's registry
+//     (prom-client AggregatorRegistry over cluster IPC), /readyz is 200 when at least one
+//     worker is ready, /healthz 200 while the primary runs, /status lists the workers.
+//   - SIGINT/SIGTERM to the primary: every worker shuts down gracefully; exit 0 once all
+//     have exited cleanly. SIGHUP is passed on (each worker reloads). A worker that dies
+//     while the group runs is restarted; one that keeps dying before it listens stops the
+//     group (exit 1).
+//
+// Messages (cluster IPC, objects with a `pgmux` field):
+//   worker -> primary: cancel {pid, secret}, ready {ready}, listening, shutdown (admin SHUTDOWN)
+//   primary -> worker: cancel {pid, secret}, shutdown
+
+import cluster, { type Worker } from 'node:cluster';
+import http from 'node:http';
+import { EventEmitter } from 'node:events';
+import { AggregatorRegistry, Gauge, type PrometheusContentType } from 'prom-client';
+import type { Config } from '../config/types.js';
+import type { Logger } from '../observability/logger.js';
+import { cancelPidSpace } from '../session/clientSession.js';
+import type { RunningPgmux } from './pgmux.js';
+
+/** Set by the primary for each worker it forks. */
+export const WORKER_INDEX_ENV = 'PGMUX_WORKER_INDEX';
+/** Bits of the 31-bit cancel pid that carry the worker index (workers is at most 64). */
+const WORKER_BITS = 6;
+const READY_POLL_MS = 250;
+/** A worker that exits this many times in a row before listening stops the group. */
+const MAX_START_FAILURES = 3;
+const RESTART_DELAY_MS = 1000;
+
+type Message =
+  | { pgmux: 'cancel'; pid: number; secret: number }
+  | { pgmux: 'ready'; ready: boolean }
+  | { pgmux: 'listening' }
+  | { pgmux: 'shutdown' };
+
+function isMessage(m: unknown): m is Message {
+  return typeof m === 'object' && m !== null && typeof (m as { pgmux?: unknown }).pgmux === 'string';
+}
+
+export function isPrimaryProcess(): boolean {
+  return cluster.isPrimary;
+}
+
+/** One worker's share of a group-wide limit: ceil(total / workers), at least 1. */
+export function workerShare(total: number, workers: number): number {
+  return Math.max(1, Math.ceil(total / Math.max(1, workers)));
+}
+
+/** The configuration one worker runs with: limits split, no HTTP listener (the primary has it). */
+export function workerConfig(c: Config): Config {
+  const n = c.workers;
+  if (n <= 1) return c;
+  const split = (v: number): number => (v > 0 ? workerShare(v, n) : v);
+  const poolSize = workerShare(c.poolSize, n);
+  return {
+    ...c,
+    poolSize,
+    minPoolSize: Math.min(split(c.minPoolSize), poolSize),
+    maxClientConn: workerShare(c.maxClientConn, n),
+    maxDbConnections: split(c.maxDbConnections),
+    maxUserConnections: split(c.maxUserConnections),
+    maxUnauthenticatedConnections: split(c.maxUnauthenticatedConnections),
+    http: null,
+  };
+}
+
+/** Cancel pids of worker `index`: the index in the top WORKER_BITS bits of the 31. */
+export function setWorkerPidSpace(index: number): void {
+  const low = 31 - WORKER_BITS;
+  cancelPidSpace.mask = (1 << low) - 1;
+  cancelPidSpace.high = (index & ((1 << WORKER_BITS) - 1)) << low;
+}
+
+// ---- worker ---------------------------------------------------------------------------
+
+export interface WorkerOptions {
+  logger: Logger;
+  reloadConfig: () => Config;
+  /** Runs the service until its signals emitter says SIGINT/SIGTERM; resolves with the exit code. */
+  serve(service: RunningPgmux, logger: Logger, signals: NodeJS.EventEmitter): Promise<number>;
+}
+
+function send(m: Message): void {
+  if (process.connected && process.send) process.send(m);
+}
+
+/** A worker process: startPgmux with its share of the limits, wired to the primary. */
+export async function runWorker(config: Config, opts: WorkerOptions): Promise<number> {
+  const index = Number(process.env[WORKER_INDEX_ENV] ?? 0);
+  setWorkerPidSpace(index);
+  const logger = opts.logger.child({ worker: index });
+  const { startPgmux } = await import('./pgmux.js');
+  const { createMetrics } = await import('../observability/metrics.js');
+  const server = await startPgmux(workerConfig(config), { logger, reloadConfig: () => workerConfig(opts.reloadConfig()) });
+  const proxy = server.proxy;
+
+  // /metrics: the primary's AggregatorRegistry asks every worker for this registry.
+  const metrics = createMetrics(proxy);
+  new Gauge({ name: 'pgmux_worker_info', help: 'One series per worker process (start --workers), value 1.', labelNames: ['worker', 'pid'], registers: [metrics.registry] }).set(
+    { worker: String(index), pid: String(process.pid) },
+    1,
+  );
+  new AggregatorRegistry(); // installs the worker side of prom-client's cluster IPC
+  AggregatorRegistry.setRegistries([metrics.registry]);
+
+  // Signals from the primary (IPC) or straight at this process, passed on once.
+  const signals = new EventEmitter();
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    signals.emit(signal, signal);
+  };
+  const onSigterm = () => stop('SIGTERM');
+  const onSigint = () => stop('SIGINT');
+  const onSighup = () => void proxy.reload();
+  process.on('SIGTERM', onSigterm);
+  process.on('SIGINT', onSigint);
+  process.on('SIGHUP', onSighup);
+
+  proxy.onUnknownCancel = (pid, secret) => send({ pgmux: 'cancel', pid, secret });
+  proxy.onShutdownRequest = () => send({ pgmux: 'shutdown' });
+  const onMessage = (m: unknown) => {
+    if (!isMessage(m)) return;
+    if (m.pgmux === 'cancel') proxy.cancel(m.pid, m.secret, true);
+    else if (m.pgmux === 'shutdown') stop('SIGTERM');
+  };
+  process.on('message', onMessage);
+
+  let lastReady: boolean | null = null;
+  const poll = () => {
+    const ready = proxy.isReady();
+    if (ready !== lastReady) send({ pgmux: 'ready', ready });
+    lastReady = ready;
+  };
+  send({ pgmux: 'listening' });
+  poll();
+  const timer = setInterval(poll, READY_POLL_MS);
+  timer.unref();
+
+  const code = await opts.serve(server, logger, signals);
+  clearInterval(timer);
+  send({ pgmux: 'ready', ready: false });
+  process.off('SIGTERM', onSigterm);
+  process.off('SIGINT', onSigint);
+  process.off('SIGHUP', onSighup);
+  process.off('message', onMessage);
+  // The CLI exits with `code` (its exit timer also ends the IPC channel).
+  return code;
+}
+
+// ---- primary --------------------------------------------------------------------------
+
+interface Slot {
+  index: number;
+  worker: Worker | null;
+  ready: boolean;
+  listening: boolean;
+  startFailures: number;
+  restarts: number;
+}
+
+/** The primary process: forks and supervises the workers, serves HTTP. Resolves with the exit code. */
+export async function runSupervisor(config: Config, logger: Logger, signals: NodeJS.EventEmitter): Promise<number> {
+  const n = config.workers;
+  const slots: Slot[] = Array.from({ length: n }, (_, index) => ({ index, worker: null, ready: false, listening: false, startFailures: 0, restarts: 0 }));
+  const byWorker = new Map<Worker, Slot>();
+  const aggregator = new AggregatorRegistry<PrometheusContentType>();
+  let stopping = false;
+  let failed = false;
+  let badExit = false;
+  let resolveDone!: (code: number) => void;
+  const done = new Promise<number>((r) => (resolveDone = r));
+
+  const fork = (slot: Slot) => {
+    const w = cluster.fork({ [WORKER_INDEX_ENV]: String(slot.index) });
+    slot.worker = w;
+    slot.ready = false;
+    slot.listening = false;
+    byWorker.set(w, slot);
+  };
+
+  const alive = () => slots.filter((s) => s.worker !== null);
+
+  const onMessage = (w: Worker, m: unknown) => {
+    if (!isMessage(m)) return;
+    const slot = byWorker.get(w);
+    if (!slot) return;
+    switch (m.pgmux) {
+      case 'cancel':
+        logger.debug({ worker: slot.index, cancelPid: m.pid }, 'cancel key unknown to its worker: asking the others');
+        for (const s of slots) if (s.worker && s.worker !== w && s.worker.isConnected()) s.worker.send({ pgmux: 'cancel', pid: m.pid, secret: m.secret });
+        break;
+      case 'ready':
+        slot.ready = m.ready;
+        break;
+      case 'listening':
+        slot.listening = true;
+        slot.startFailures = 0;
+        logger.debug({ worker: slot.index, workerPid: w.process.pid }, 'worker listening');
+        break;
+      case 'shutdown':
+        logger.info({ worker: slot.index }, 'admin SHUTDOWN in a worker: shutting down all workers');
+        shutdown('SIGTERM');
+        break;
+    }
+  };
+
+  const onExit = (w: Worker, code: number | null, signal: string | null) => {
+    const slot = byWorker.get(w);
+    if (!slot) return;
+    byWorker.delete(w);
+    slot.worker = null;
+    slot.ready = false;
+    if (stopping) {
+      if (code !== 0) badExit = true;
+      logger.debug({ worker: slot.index, code, signal }, 'worker exited');
+      if (alive().length === 0) finish();
+      return;
+    }
+    if (!slot.listening) slot.startFailures++;
+    if (slot.startFailures >= MAX_START_FAILURES) {
+      logger.error({ worker: slot.index, code, signal, attempts: slot.startFailures }, 'worker keeps failing before it listens: stopping');
+      failed = true;
+      shutdown('SIGTERM');
+      if (alive().length === 0) finish();
+      return;
+    }
+    slot.restarts++;
+    const delay = slot.listening ? 0 : RESTART_DELAY_MS;
+    logger.warn({ worker: slot.index, workerPid: w.process.pid, code, signal, restarts: slot.restarts }, 'worker exited unexpectedly: restarting');
+    setTimeout(() => {
+      if (!stopping) fork(slot);
+    }, delay);
+  };
+
+  let httpServer: http.Server | null = null;
+  const finish = () => {
+    cluster.off('message', onMessage);
+    cluster.off('exit', onExit);
+    signals.off('SIGINT', onSignal);
+    signals.off('SIGTERM', onSignal);
+    signals.off('SIGHUP', onHup);
+    const end = () => resolveDone(failed || badExit ? 1 : 0);
+    if (httpServer) {
+      httpServer.close(() => end());
+      httpServer.closeAllConnections();
+    } else end();
+  };
+
+  const shutdown = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal, workers: alive().length }, 'pgmux shutting down: stopping workers');
+    for (const s of alive()) {
+      const w = s.worker!;
+      if (w.isConnected()) w.send({ pgmux: 'shutdown' });
+      else w.process.kill('SIGTERM');
+    }
+  };
+
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      logger.warn({ signal }, 'second signal while shutting down: killing workers');
+      for (const s of alive()) s.worker!.process.kill('SIGKILL');
+      process.exit(1);
+    }
+    shutdown(signal);
+    if (alive().length === 0) finish();
+  };
+  const onHup = () => {
+    for (const s of alive()) s.worker!.process.kill('SIGHUP');
+  };
+
+  cluster.on('message', onMessage);
+  cluster.on('exit', onExit);
+  signals.on('SIGINT', onSignal);
+  signals.on('SIGTERM', onSignal);
+  signals.on('SIGHUP', onHup);
+
+  if (config.http) {
+    httpServer = await startSupervisorHttp(config.http, aggregator, slots, logger);
+  }
+  for (const s of slots) fork(s);
+  logger.info({ workers: n, poolSizePerWorker: workerShare(config.poolSize, n), maxClientConnPerWorker: workerShare(config.maxClientConn, n) }, 'pgmux supervising workers');
+  return done;
+}
+
+async function startSupervisorHttp(hostPort: { host: string; port: number }, aggregator: AggregatorRegistry<PrometheusContentType>, slots: readonly Slot[], logger: Logger): Promise<http.Server> {
+  const server = http.createServer((req, res) => {
+    const method = req.method ?? 'GET';
+    const head = method === 'HEAD';
+    const reply = (status: number, contentType: string, body: string, extra: Record<string, string> = {}): void => {
+      const buf = Buffer.from(body);
+      res.writeHead(status, { 'Content-Type': contentType, 'Content-Length': String(buf.length), 'Cache-Control': 'no-store', ...extra });
+      res.end(head ? undefined : buf);
+    };
+    const text = 'text/plain; charset=utf-8';
+    if (method !== 'GET' && !head) {
+      reply(405, text, 'method not allowed\n', { Allow: 'GET, HEAD' });
+      return;
+    }
+    const path = (req.url ?? '/').split('?')[0]!;
+    switch (path) {
+      case '/metrics':
+        aggregator.clusterMetrics().then(
+          (body: string) => reply(200, aggregator.contentType, body),
+          (err: Error) => {
+            logger.error({ err: err.message }, 'metrics collection failed');
+            reply(500, text, `metrics collection failed: ${err.message}\n`);
+          },
+        );
+        return;
+      case '/healthz':
+        reply(200, text, 'ok\n');
+        return;
+      case '/readyz': {
+        const ready = slots.filter((s) => s.worker !== null && s.ready).length;
+        if (ready > 0) reply(200, text, 'ready\n');
+        else reply(503, text, 'not ready: no worker ready\n');
+        return;
+      }
+      case '/status':
+        reply(
+          200,
+          'application/json; charset=utf-8',
+          JSON.stringify(
+            { workers: slots.map((s) => ({ index: s.index, pid: s.worker?.process.pid ?? null, ready: s.ready, listening: s.listening, restarts: s.restarts })) },
+            null,
+            2,
+          ) + '\n',
+        );
+        return;
+      default:
+        reply(404, text, 'not found: try /metrics, /healthz, /readyz or /status\n');
+    }
+  });
+  server.on('clientError', (_err, socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+    else socket.destroy();
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(hostPort.port, hostPort.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  logger.info({ http: `${hostPort.host}:${(server.address() as { port: number }).port}` }, 'http listening: /metrics /healthz /readyz /status');
+  return server;
+}

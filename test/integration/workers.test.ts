@@ -1,0 +1,184 @@
+// `pgmux start --workers 2` as a real process tree: the built CLI (npm run build first)
+// supervising two workers that share the listen port.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type pg from 'pg';
+import { clusterInfo, pgClient } from '../support/cluster.js';
+import { DEFAULTS } from '../../src/config/load.js';
+import { workerConfig, workerShare } from '../../src/server/workers.js';
+
+const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url));
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function get(port: number, path: string): Promise<{ status: number; body: string }> {
+  const r = await fetch(`http://127.0.0.1:${port}${path}`);
+  return { status: r.status, body: await r.text() };
+}
+
+async function waitFor<T>(what: string, fn: () => Promise<T | null>, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn().catch(() => null);
+    if (v !== null) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Sum of every sample of one metric in a Prometheus text body. */
+function metricSum(body: string, name: string): number {
+  let sum = 0;
+  for (const line of body.split('\n')) {
+    if (line.startsWith(name + '{') || line.startsWith(name + ' ')) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sum;
+}
+
+interface KeyedClient extends pg.Client {
+  processID: number;
+  secretKey: number;
+}
+
+/** The worker index carried in the top bits of a proxy-issued cancel pid. */
+const workerOf = (c: pg.Client) => (c as KeyedClient).processID >>> 25;
+
+function sendCancel(port: number, c: pg.Client): Promise<void> {
+  const k = c as KeyedClient;
+  const msg = Buffer.alloc(16);
+  msg.writeInt32BE(16, 0);
+  msg.writeInt32BE(80877102, 4);
+  msg.writeInt32BE(k.processID, 8);
+  msg.writeInt32BE(k.secretKey, 12);
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: '127.0.0.1', port }, () => s.end(msg));
+    s.on('error', reject);
+    s.on('close', () => resolve());
+  });
+}
+
+describe('workerConfig', () => {
+  it('splits the group limits across workers, at least 1 each, and leaves HTTP to the primary', () => {
+    expect(workerShare(20, 3)).toBe(7);
+    expect(workerShare(1, 4)).toBe(1);
+    const c = workerConfig({ ...DEFAULTS, workers: 4, poolSize: 10, minPoolSize: 2, maxClientConn: 101, maxDbConnections: 0, maxUserConnections: 9, http: { host: '127.0.0.1', port: 1 } });
+    expect(c).toMatchObject({ poolSize: 3, minPoolSize: 1, maxClientConn: 26, maxDbConnections: 0, maxUserConnections: 3, http: null });
+    expect(workerConfig({ ...DEFAULTS })).toEqual(DEFAULTS);
+  });
+});
+
+describe('start --workers 2', () => {
+  let child: ChildProcess;
+  let port: number;
+  let httpPort: number;
+  let output = '';
+  let exited: Promise<number | null>;
+
+  beforeAll(async () => {
+    port = await freePort();
+    httpPort = await freePort();
+    const nodes = clusterInfo().nodes.flatMap((n) => ['--node', `${n.host}:${n.port}`]);
+    child = spawn(process.execPath, [CLI, 'start', '--workers', '2', '--listen', `127.0.0.1:${port}`, '--http', `127.0.0.1:${httpPort}`, ...nodes, '--log-level', process.env.PGMUX_TEST_LOG ?? 'warn'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, PGMUX_HEALTH_CHECK_PERIOD: '200ms' },
+    });
+    // pgmux logs to stdout; errors of the process itself go to stderr.
+    child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+    exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+    await waitFor('/readyz 200', async () => ((await get(httpPort, '/readyz')).status === 200 ? true : null));
+    // Both workers ready, so connections spread over both.
+    await waitFor('both workers ready', async () => {
+      const s = JSON.parse((await get(httpPort, '/status')).body) as { workers: { ready: boolean }[] };
+      return s.workers.filter((w) => w.ready).length === 2 ? true : null;
+    });
+  });
+
+  afterAll(async () => {
+    if (child && child.exitCode === null && child.pid) {
+      try {
+        process.kill(child.pid, 'SIGKILL');
+      } catch {
+        // gone already
+      }
+    }
+    if (process.env.PGMUX_TEST_LOG) console.log('pgmux output:\n' + output);
+  });
+
+  it('serves clients from both workers and aggregates /metrics', async () => {
+    const before = metricSum((await get(httpPort, '/metrics')).body, 'pgmux_transactions_total');
+    const clients = await Promise.all(Array.from({ length: 40 }, () => pgClient(port)));
+    try {
+      await Promise.all(clients.map(async (c, i) => {
+        for (let j = 0; j < 5; j++) expect((await c.query('SELECT $1::int AS v', [i * 10 + j])).rows[0].v).toBe(i * 10 + j);
+      }));
+      expect(new Set(clients.map(workerOf))).toEqual(new Set([0, 1]));
+    } finally {
+      await Promise.all(clients.map((c) => c.end()));
+    }
+    const body = (await get(httpPort, '/metrics')).body;
+    expect(metricSum(body, 'pgmux_transactions_total') - before).toBe(200);
+    expect(body).toMatch(/pgmux_worker_info\{[^}]*worker="0"[^}]*\} 1/);
+    expect(body).toMatch(/pgmux_worker_info\{[^}]*worker="1"[^}]*\} 1/);
+    expect(metricSum(body, 'pgmux_worker_info')).toBe(2);
+  });
+
+  it('cancels a query whichever worker the CancelRequest lands on', async () => {
+    // Two sleepers on each worker; the four cancel connections alternate between the
+    // workers, so some land on the worker that does not own the key.
+    const clients: pg.Client[] = [];
+    while (clients.filter((c) => workerOf(c) === 0).length < 2 || clients.filter((c) => workerOf(c) === 1).length < 2) {
+      clients.push(await pgClient(port));
+    }
+    const on = (w: number) => clients.filter((c) => workerOf(c) === w).slice(0, 2);
+    const [a0, b0] = on(0) as [pg.Client, pg.Client];
+    const [a1, b1] = on(1) as [pg.Client, pg.Client];
+    try {
+      const sleepers = [a0, a1, b1, b0];
+      const results = sleepers.map((c) => c.query('SELECT pg_sleep(10)').then(() => 'finished', (e: { code?: string }) => e.code ?? 'error'));
+      await new Promise((r) => setTimeout(r, 300));
+      const started = Date.now();
+      for (const c of sleepers) await sendCancel(port, c);
+      expect(await Promise.all(results)).toEqual(['57014', '57014', '57014', '57014']);
+      expect(Date.now() - started).toBeLessThan(1500);
+    } finally {
+      await Promise.all(clients.map((c) => c.end().catch(() => {})));
+    }
+  });
+
+  it('restarts a worker that dies', async () => {
+    type Status = { workers: { index: number; pid: number | null; ready: boolean; restarts: number }[] };
+    const s = JSON.parse((await get(httpPort, '/status')).body) as Status;
+    const victim = s.workers[1]!;
+    process.kill(victim.pid!, 'SIGKILL');
+    const after = await waitFor('worker 1 back', async () => {
+      const t = JSON.parse((await get(httpPort, '/status')).body) as Status;
+      const w = t.workers[1]!;
+      return w.pid !== null && w.pid !== victim.pid && w.ready ? w : null;
+    });
+    expect(after.restarts).toBe(1);
+    expect(output).toMatch(/worker exited unexpectedly: restarting/);
+    const c = await pgClient(port);
+    expect((await c.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+    await c.end();
+  });
+
+  it('SIGTERM stops every worker and exits 0', async () => {
+    const s = JSON.parse((await get(httpPort, '/status')).body) as { workers: { pid: number }[] };
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    for (const w of s.workers) expect(() => process.kill(w.pid, 0)).toThrow();
+  });
+});
