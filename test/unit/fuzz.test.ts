@@ -382,7 +382,8 @@ function errorFields(body: Buffer): Map<string, string> {
   return f;
 }
 
-const PASSWORDS: Record<string, string> = { alice: 'secret', bob: 'pw', carol: 'scrampw', admin: 'adminpw' };
+// A Map: user names such as "valueOf" or "__proto__" must not find Object.prototype.
+const PASSWORDS = new Map<string, string>([['alice', 'secret'], ['bob', 'pw'], ['carol', 'scrampw'], ['admin', 'adminpw']]);
 const AUTH_ENTRIES = new Map<string, AuthEntry>([
   ['alice', { user: 'alice', secret: 'secret', kind: 'plain' }],
   ['bob', { user: 'bob', secret: md5Secret('bob', 'pw'), kind: 'md5' }],
@@ -471,7 +472,7 @@ type Action =
   | { kind: 'typed'; type: number; body: Uint8Array }
   | { kind: 'raw'; bytes: Uint8Array };
 
-const nameArb = fc.oneof(fc.constantFrom('alice', 'bob', 'carol', 'admin', 'dave', 'app', ''), fc.string({ maxLength: 12 }));
+const nameArb = fc.oneof(fc.constantFrom('alice', 'bob', 'carol', 'admin', 'dave', 'app', '', '__proto__', 'constructor'), fc.string({ maxLength: 12 }));
 const actionArb: fc.Arbitrary<{ action: Action; keep: number | null }> = fc.record({
   action: fc.oneof(
     { weight: 5, arbitrary: fc.record({
@@ -576,7 +577,7 @@ function actionBytesAndSecret(a: Action, sock: FakeSocket, conv: Conversation): 
       // Answer the last authentication request correctly, for the last user named.
       const auth = parseServerOutput(sock.writes).messages.filter((m) => m.type === 'R');
       const last = auth[auth.length - 1];
-      const password = PASSWORDS[conv.user] ?? 'nobody-knows';
+      const password = PASSWORDS.get(conv.user) ?? 'nobody-knows';
       if (!last) return { bytes: passwordMessage(password), proves: false };
       const code = last.body.readInt32BE(0);
       switch (code) {
@@ -677,7 +678,8 @@ describe('fuzz: client startup and authentication', () => {
               : matchHba(rules, { ssl: false, database: session.database, user: session.user, address: '127.0.0.1' })?.method;
             if (method !== 'trust') {
               const stream = Buffer.concat(allSent);
-              const known = [...conv.secrets, ...(PASSWORDS[session.user] ? [Buffer.from(PASSWORDS[session.user]!)] : [])];
+              const plain = PASSWORDS.get(session.user);
+              const known = [...conv.secrets, ...(plain !== undefined ? [Buffer.from(plain)] : [])];
               expect(known.some((k) => stream.includes(k))).toBe(true);
             }
             expect(AUTH_ENTRIES.has(session.user) || method === 'trust').toBe(true);
