@@ -204,7 +204,16 @@ describe('failover (private cluster)', () => {
     expect(loopRows).toBeLessThanOrEqual(acks.length + insertErrors.length);
 
     // ---- node0 comes back as a primary on the old timeline: fenced ----
-    await cluster.waitForStreaming(30_000); // node2 streams from node1 (before node0 makes two primaries)
+    // node2 streams from node1 (before node0 makes two primaries). The asynchronous node2
+    // may have received WAL from node0 that the synchronous node1 had not when node0 died;
+    // it then cannot follow node1's timeline (pg_rewind territory), so it is stopped: the
+    // rest of the test needs only node0 and node1.
+    let node2Streams = true;
+    await cluster.waitForStreaming(10_000).catch(async (err: Error) => {
+      console.log(`[failover] node2 cannot follow node1 (${err.message.split('\n')[0]}); stopping it`);
+      node2Streams = false;
+      await cluster.stopNode('node2', 'immediate');
+    });
     await cluster.startNode('node0');
     // Its auto.conf still waits for node1 as synchronous standby: drop that so that a write
     // wrongly sent there would commit (and be counted) instead of hanging.
@@ -246,8 +255,9 @@ describe('failover (private cluster)', () => {
     expect(after0).toEqual(before0);
     expect(node0.state).toBe('fenced');
     expect(mon.snapshot().primary?.name).toBe(nameOf(port1));
-    // node2, streaming from node1, still serves reads.
-    expect(ports.get(port2) ?? 0).toBeGreaterThan(0);
+    // node2, streaming from node1, still serves reads (when it could follow node1).
+    if (node2Streams) expect(ports.get(port2) ?? 0).toBeGreaterThan(0);
+    else expect(ports.get(port2) ?? 0).toBe(0);
     await idle.end();
     await gapWriter.end().catch(() => {});
   });
