@@ -17,6 +17,7 @@
 //   PGMUX_OLD_PRIMARY / PGMUX_NEW_PRIMARY  host:port of the primary before/after ('' if none)
 // role_change fires only for a node whose role was known before (not on first discovery).
 
+import { backendTlsFor, pgClientSsl } from '../server/tls.js';
 import { EventEmitter } from 'node:events';
 import { spawn } from 'node:child_process';
 import pg from 'pg';
@@ -323,6 +324,8 @@ export class ClusterMonitor extends EventEmitter {
       query_timeout: this.timeoutMs,
       statement_timeout: this.timeoutMs,
       keepAlive: true,
+      // Health checks use the same TLS as the pools (a hostssl-only node must not look down).
+      ssl: pgClientSsl(backendTlsFor(this.config)),
     });
     rt.client = client;
     rt.broken = false;

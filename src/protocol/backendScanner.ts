@@ -95,7 +95,7 @@ export class BackendScanner {
         this.hdrFill = 0;
         this.type = this.hdr[0]!;
         this.beginBody(this.hdr.readInt32BE(1) - 4);
-        if (this.remaining === 0) {
+        if (this.remaining === 0 && this.isDecoded(this.type)) {
           if (runStart >= 0) {
             this.sink.forward(chunk, runStart, pos);
             runStart = -1;
