@@ -78,7 +78,16 @@ export function statusObject(view: ProxyView): Record<string, unknown> {
   };
 }
 
-export async function startHttp(view: ProxyView, metrics: PgmuxMetrics, hostPort: HostPort, logger: Logger): Promise<RunningHttp> {
+/** What the probe endpoints answer: one process (a Proxy) or a worker supervisor. */
+export interface ProbeSource {
+  metrics(): Promise<{ contentType: string; body: string }>;
+  /** null when ready, else why not (503 body). */
+  notReady(): string | null;
+  status(): unknown;
+}
+
+/** GET /metrics, /healthz, /readyz, /status over node:http; 405 for other methods. */
+export async function startProbeServer(hostPort: HostPort, source: ProbeSource, logger: Logger): Promise<RunningHttp> {
   const server = http.createServer((req, res) => {
     const method = req.method ?? 'GET';
     const head = method === 'HEAD';
@@ -95,8 +104,8 @@ export async function startHttp(view: ProxyView, metrics: PgmuxMetrics, hostPort
     const path = (req.url ?? '/').split('?')[0]!;
     switch (path) {
       case '/metrics':
-        metrics.render().then(
-          (body) => send(200, metrics.contentType, body),
+        source.metrics().then(
+          (m) => send(200, m.contentType, m.body),
           (err: Error) => {
             logger.error({ err: err.message }, 'metrics collection failed');
             send(500, text, `metrics collection failed: ${err.message}\n`);
@@ -107,13 +116,13 @@ export async function startHttp(view: ProxyView, metrics: PgmuxMetrics, hostPort
         send(200, text, 'ok\n');
         return;
       case '/readyz': {
-        const reason = notReadyReason(view);
+        const reason = source.notReady();
         if (reason === null) send(200, text, 'ready\n');
         else send(503, text, `not ready: ${reason}\n`);
         return;
       }
       case '/status':
-        send(200, 'application/json; charset=utf-8', JSON.stringify(statusObject(view), null, 2) + '\n');
+        send(200, 'application/json; charset=utf-8', JSON.stringify(source.status(), null, 2) + '\n');
         return;
       default:
         send(404, text, 'not found: try /metrics, /healthz, /readyz or /status\n');
@@ -145,4 +154,16 @@ export async function startHttp(view: ProxyView, metrics: PgmuxMetrics, hostPort
       return closing;
     },
   };
+}
+
+export function startHttp(view: ProxyView, metrics: PgmuxMetrics, hostPort: HostPort, logger: Logger): Promise<RunningHttp> {
+  return startProbeServer(
+    hostPort,
+    {
+      metrics: async () => ({ contentType: metrics.contentType, body: await metrics.render() }),
+      notReady: () => notReadyReason(view),
+      status: () => statusObject(view),
+    },
+    logger,
+  );
 }

@@ -21,7 +21,7 @@
 //   primary -> worker: cancel {pid, secret}, shutdown
 
 import cluster, { type Worker } from 'node:cluster';
-import http from 'node:http';
+import { startProbeServer, type RunningHttp } from '../admin/http.js';
 import { EventEmitter } from 'node:events';
 import { AggregatorRegistry, Gauge, type PrometheusContentType } from 'prom-client';
 import type { Config } from '../config/types.js';
@@ -245,7 +245,7 @@ export async function runSupervisor(config: Config, logger: Logger, signals: Nod
     }, delay);
   };
 
-  let httpServer: http.Server | null = null;
+  let httpServer: RunningHttp | null = null;
   const finish = () => {
     cluster.off('message', onMessage);
     cluster.off('exit', onExit);
@@ -253,10 +253,8 @@ export async function runSupervisor(config: Config, logger: Logger, signals: Nod
     signals.off('SIGTERM', onSignal);
     signals.off('SIGHUP', onHup);
     const end = () => resolveDone(failed || badExit ? 1 : 0);
-    if (httpServer) {
-      httpServer.close(() => end());
-      httpServer.closeAllConnections();
-    } else end();
+    if (httpServer) void httpServer.close().then(end);
+    else end();
   };
 
   const shutdown = (signal: NodeJS.Signals) => {
@@ -297,66 +295,14 @@ export async function runSupervisor(config: Config, logger: Logger, signals: Nod
   return done;
 }
 
-async function startSupervisorHttp(hostPort: { host: string; port: number }, aggregator: AggregatorRegistry<PrometheusContentType>, slots: readonly Slot[], logger: Logger): Promise<http.Server> {
-  const server = http.createServer((req, res) => {
-    const method = req.method ?? 'GET';
-    const head = method === 'HEAD';
-    const reply = (status: number, contentType: string, body: string, extra: Record<string, string> = {}): void => {
-      const buf = Buffer.from(body);
-      res.writeHead(status, { 'Content-Type': contentType, 'Content-Length': String(buf.length), 'Cache-Control': 'no-store', ...extra });
-      res.end(head ? undefined : buf);
-    };
-    const text = 'text/plain; charset=utf-8';
-    if (method !== 'GET' && !head) {
-      reply(405, text, 'method not allowed\n', { Allow: 'GET, HEAD' });
-      return;
-    }
-    const path = (req.url ?? '/').split('?')[0]!;
-    switch (path) {
-      case '/metrics':
-        aggregator.clusterMetrics().then(
-          (body: string) => reply(200, aggregator.contentType, body),
-          (err: Error) => {
-            logger.error({ err: err.message }, 'metrics collection failed');
-            reply(500, text, `metrics collection failed: ${err.message}\n`);
-          },
-        );
-        return;
-      case '/healthz':
-        reply(200, text, 'ok\n');
-        return;
-      case '/readyz': {
-        const ready = slots.filter((s) => s.worker !== null && s.ready).length;
-        if (ready > 0) reply(200, text, 'ready\n');
-        else reply(503, text, 'not ready: no worker ready\n');
-        return;
-      }
-      case '/status':
-        reply(
-          200,
-          'application/json; charset=utf-8',
-          JSON.stringify(
-            { workers: slots.map((s) => ({ index: s.index, pid: s.worker?.process.pid ?? null, ready: s.ready, listening: s.listening, restarts: s.restarts })) },
-            null,
-            2,
-          ) + '\n',
-        );
-        return;
-      default:
-        reply(404, text, 'not found: try /metrics, /healthz, /readyz or /status\n');
-    }
-  });
-  server.on('clientError', (_err, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
-    else socket.destroy();
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(hostPort.port, hostPort.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  logger.info({ http: `${hostPort.host}:${(server.address() as { port: number }).port}` }, 'http listening: /metrics /healthz /readyz /status');
-  return server;
+function startSupervisorHttp(hostPort: { host: string; port: number }, aggregator: AggregatorRegistry<PrometheusContentType>, slots: readonly Slot[], logger: Logger): Promise<RunningHttp> {
+  return startProbeServer(
+    hostPort,
+    {
+      metrics: async () => ({ contentType: aggregator.contentType, body: await aggregator.clusterMetrics() }),
+      notReady: () => (slots.some((s) => s.worker !== null && s.ready) ? null : 'no worker ready'),
+      status: () => ({ workers: slots.map((s) => ({ index: s.index, pid: s.worker?.process.pid ?? null, ready: s.ready, listening: s.listening, restarts: s.restarts })) }),
+    },
+    logger,
+  );
 }
