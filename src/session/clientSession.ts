@@ -37,22 +37,9 @@ import { isSettableReported, parseStartup, StartupParamError } from './startupPa
 import { buildSyncSql, settingsSignature } from './paramSync.js';
 import { parseLsn } from '../cluster/topology.js';
 import { parseListenCommand, type NotificationSink } from './notifications.js';
+import { StatementForwarder } from './statementForwarder.js';
 import { commandComplete } from '../protocol/resultSet.js';
-import {
-  bindStatement,
-  buildParse,
-  closeStatement,
-  DROPS_ALL_SQL,
-  deallocateName,
-  isSqlPrepared,
-  isStalePlanError,
-  NO_SUCH_STATEMENT,
-  parseParse,
-  renameIn,
-  statementKey,
-  targetOf,
-  type ClientStatement,
-} from './preparedStatements.js';
+import { bindStatement, isSqlPrepared, parseParse, targetOf } from './preparedStatements.js';
 
 export enum ClientState {
   Startup = 'startup',
@@ -211,9 +198,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private settingsDirty = false;
   /** Why this client keeps its backend between transactions (session state), or null. */
   pinned: string | null = null;
-  private readonly statements = new Map<string, ClientStatement>();
-  /** Client statements bound since the last ReadyForQuery (to invalidate on a stale-plan error). */
-  private boundInBatch: ClientStatement[] = [];
+  /** This client's named prepared statements (transaction mode). */
+  private readonly stmts: StatementForwarder;
   // Contiguous run of client bytes to forward with one write.
   private runBuf: Buffer | null = null;
   private runStart = 0;
@@ -241,6 +227,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.peerAddress = socket.remoteAddress ?? '';
     this.peerPort = socket.remotePort ?? 0;
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
+    this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.emit(msg));
     this.connectedAt = this.lastActiveAt = ctx.clock.now;
     ctx.track(this);
     ctx.limits.unauthenticated++;
@@ -401,7 +388,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         if (tracking) {
           if (startsWithSetOrReset(buf, start + 5, end)) this.settingsDirty = true;
           if (this.pinned === null && mayKeepSessionState(buf, start + 5, end)) this.pinIfSessionState(buf.toString('utf8', start + 5, end - 1));
-          if (startsWithD(buf, start + 5, end) && this.forwardDeallocate(b, buf.toString('utf8', start + 5, end - 1), queryMessage, Expect.Rfq)) return;
+          if (startsWithD(buf, start + 5, end) && this.onDeallocate(b, this.stmts.deallocate(b, buf.toString('utf8', start + 5, end - 1), queryMessage, Expect.Rfq))) return;
           b.expect(Expect.Rfq);
         }
         break;
@@ -419,14 +406,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         if (tracking) {
           if (this.pinned === null && mayKeepSessionState(buf, start + 5, end)) this.pinIfSessionState(buf.toString('utf8', start + 5, end));
           if (buf[start + 5] !== 0) {
-            this.forwardNamedParse(b, buf, start, end);
+            this.flushRun();
+            const p = parseParse(buf, start, end);
+            if (p !== null && !this.stmts.has(p.name)) this.statementTargets.set(p.name, this.ctx.classify(p.query).target);
+            this.stmts.parse(b, buf, start, end, p);
             return;
           }
           // Drivers (psycopg) also send DEALLOCATE through the extended protocol.
-          if (startsWithD(buf, start + 6, end)) {
-            const p = parseParse(buf, start, end);
-            if (p !== null && this.forwardDeallocate(b, p.query, (sql) => buildParse('', sql, p.rest), Expect.Parse)) return;
-          }
+          if (startsWithD(buf, start + 6, end) && this.onDeallocate(b, this.stmts.deallocateParse(b, buf, start, end))) return;
           b.expect(Expect.Parse);
         }
         break;
@@ -435,8 +422,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         // Unnamed portal + unnamed statement (the common case) is forwarded as is.
         if (tracking && !(buf[start + 5] === 0 && buf[start + 6] === 0)) {
           const st = bindStatement(buf, start, end);
-          if (st !== null && st.name !== '' && this.statements.has(st.name)) {
-            this.forwardRewritten(b, type, buf, start, end, st.nameStart, st.nameEnd, st.name);
+          if (st !== null && st.name !== '' && this.stmts.has(st.name)) {
+            this.flushRun();
+            this.stmts.rewrite(b, type, buf, start, end, st.nameStart, st.nameEnd, st.name);
             return;
           }
         }
@@ -447,15 +435,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         if (tracking) {
           if (buf[start + 5] === 0x53 /* S */ && buf[start + 6] !== 0) {
             const t = targetOf(buf, start, end);
-            if (t !== null && this.statements.has(t.name)) {
-              if (type === Msg.Close) {
-                // The statement may be shared: forget the client's name, close nothing real.
-                this.statements.delete(t.name);
-                this.emit(renameIn(type, buf, start, end, t.nameStart, t.nameEnd, NO_SUCH_STATEMENT));
-                b.expect(Expect.Close);
-                return;
-              }
-              this.forwardRewritten(b, type, buf, start, end, t.nameStart, t.nameEnd, t.name);
+            if (t !== null && this.stmts.has(t.name)) {
+              this.flushRun();
+              if (type === Msg.Close) this.stmts.close(b, buf, start, end, t.nameStart, t.nameEnd, t.name);
+              else this.stmts.rewrite(b, type, buf, start, end, t.nameStart, t.nameEnd, t.name);
               return;
             }
           }
@@ -502,112 +485,21 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.pinned = null;
   }
 
-  /**
-   * DEALLOCATE name / DEALLOCATE ALL / DISCARD ALL sent by the client (as a Query, or as
-   * an unnamed Parse): its statements are shared proxy statements on this backend.
-   * DEALLOCATE of one of the client's names becomes DEALLOCATE of the proxy name (prepared
-   * first if this backend lacks it, so PostgreSQL answers exactly as it would have); other
-   * clients re-prepare it when they next need it. `build` wraps the rewritten SQL in the
-   * same kind of message; `expect` is what that message will be answered with.
-   */
-  private forwardDeallocate(b: BackendConnection, sql: string, build: (sql: string) => Buffer, expect: Expect): boolean {
-    if (DROPS_ALL_SQL.test(sql)) {
-      // Every statement on this backend is gone (other clients' too: they re-prepare).
-      this.statements.clear();
-      b.prepared.clear();
-      if (/^\s*discard/i.test(sql)) {
-        // DISCARD ALL also resets settings and drops temporary state.
-        this.unpin();
-        b.applied.clear();
-        b.syncedFingerprint = null;
-      }
-      return false; // forwarded as is
+  /** After stmts.deallocate(): true when the message was written (nothing more to do). */
+  private onDeallocate(b: BackendConnection, r: 'sent' | 'drops-all' | 'discard-all' | null): boolean {
+    if (r === 'discard-all') {
+      // DISCARD ALL also resets settings and drops temporary state.
+      this.unpin();
+      b.applied.clear();
+      b.syncedFingerprint = null;
     }
-    const name = deallocateName(sql);
-    const st = name === null ? undefined : this.statements.get(name);
-    if (st === undefined) return false;
-    this.statements.delete(name!);
-    if (!b.prepared.has(st.proxyName)) {
-      this.emit(st.parse);
-      b.expect(Expect.ParseHidden, st.proxyName);
-    }
-    b.prepared.delete(st.proxyName);
-    b.expect(expect);
-    this.emit(build(`DEALLOCATE "${st.proxyName}"`));
-    return true;
+    return r === 'sent';
   }
 
   /** Writes a message pgmux built (after what is pending, keeping order). */
   private emit(msg: Buffer): void {
     this.flushRun();
     if (!this.backend!.write(msg)) this.pauseReading();
-  }
-
-  /**
-   * Parse of a named statement: remembered for this client under its proxy name and sent
-   * under that name (re-parsed if the backend already had it, so the client's own
-   * ParseComplete and any error are exactly PostgreSQL's).
-   */
-  private forwardNamedParse(b: BackendConnection, buf: Buffer, start: number, end: number): void {
-    const p = parseParse(buf, start, end);
-    if (p === null) {
-      this.emit(Buffer.from(buf.subarray(start, end))); // malformed: let PostgreSQL say so
-      b.expect(Expect.Parse);
-      return;
-    }
-    const existing = this.statements.get(p.name);
-    if (existing !== undefined) {
-      // PostgreSQL refuses to redefine a named statement without Close: keep that error.
-      this.emit(buildParse(existing.proxyName, p.query, p.rest));
-      b.expect(Expect.Parse);
-      return;
-    }
-    this.statementTargets.set(p.name, this.ctx.classify(p.query).target);
-    const key = statementKey(p.query, p.rest);
-    const proxyName = this.ctx.statementNames.nameFor(key);
-    const st: ClientStatement = { key, proxyName, parse: buildParse(proxyName, p.query, p.rest), query: p.query, rest: p.rest };
-    this.statements.set(p.name, st);
-    if (b.prepared.has(proxyName)) {
-      this.emit(closeStatement(proxyName));
-      b.expect(Expect.CloseHidden);
-    }
-    this.emit(st.parse);
-    b.expect(Expect.Parse, proxyName);
-    this.notePrepared(b, proxyName);
-  }
-
-  /** Bind / Describe of a client's named statement: prepare it here if needed, rename. */
-  private forwardRewritten(b: BackendConnection, type: number, buf: Buffer, start: number, end: number, nameStart: number, nameEnd: number, clientName: string): void {
-    const st = this.statements.get(clientName)!;
-    const names = this.ctx.statementNames;
-    if (names.current(st.key) !== st.proxyName) {
-      // Invalidated (DDL changed its result type) or never registered: take today's name.
-      st.proxyName = names.nameFor(st.key);
-      st.parse = buildParse(st.proxyName, st.query, st.rest);
-    }
-    if (type === Msg.Bind) this.boundInBatch.push(st);
-    if (b.prepared.has(st.proxyName)) {
-      b.prepared.delete(st.proxyName); // re-insert: most recently used
-      b.prepared.set(st.proxyName, true);
-    } else {
-      this.emit(st.parse);
-      b.expect(Expect.ParseHidden, st.proxyName);
-      this.notePrepared(b, st.proxyName);
-    }
-    this.emit(renameIn(type, buf, start, end, nameStart, nameEnd, st.proxyName));
-  }
-
-  /** Marks a statement prepared on `b`, closing the least recently used beyond the cap. */
-  private notePrepared(b: BackendConnection, proxyName: string): void {
-    b.prepared.set(proxyName, true);
-    const cap = this.ctx.config().maxPreparedStatements;
-    while (cap > 0 && b.prepared.size > cap) {
-      const oldest = b.prepared.keys().next().value as string;
-      if (oldest === proxyName) break;
-      b.prepared.delete(oldest);
-      this.emit(closeStatement(oldest));
-      b.expect(Expect.CloseHidden);
-    }
   }
 
   private flushRun(): void {
@@ -998,16 +890,12 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       const m = held[i]!;
       if (m.type !== Msg.Parse || m.buf[m.start + 5] === 0) return false;
       const p = parseParse(m.buf, m.start, m.end);
-      if (p === null || this.statements.has(p.name)) return false; // PostgreSQL must answer
+      if (p === null || this.stmts.has(p.name)) return false; // PostgreSQL must answer
       parsed.push(p);
     }
-    for (const p of parsed) {
-      // Remembered for routing: a later Bind of a read statement may go to a replica.
-      this.statementTargets.set(p.name, this.ctx.classify(p.query).target);
-      const key = statementKey(p.query, p.rest);
-      const proxyName = this.ctx.statementNames.nameFor(key);
-      this.statements.set(p.name, { key, proxyName, parse: buildParse(proxyName, p.query, p.rest), query: p.query, rest: p.rest });
-    }
+    // Remembered for routing: a later Bind of a read statement may go to a replica.
+    for (const p of parsed) this.statementTargets.set(p.name, this.ctx.classify(p.query).target);
+    this.stmts.remember(parsed);
     const out = Buffer.allocUnsafe(parsed.length * 5 + 6);
     for (let i = 0; i < parsed.length; i++) PARSE_COMPLETE.copy(out, i * 5);
     readyForQuery('I').copy(out, parsed.length * 5);
@@ -1137,7 +1025,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       transactions: this.transactions,
       backendNode: this.backend?.node.name ?? null,
       backendPid: this.backend?.pid ?? null,
-      preparedStatements: this.statements.size,
+      preparedStatements: this.stmts.size,
       pinned: this.pinned,
     };
   }
@@ -1275,7 +1163,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   onBackendReady(status: number): void {
     this.lastActiveAt = this.ctx.clock.now;
-    if (this.boundInBatch.length > 0) this.boundInBatch = [];
+    this.stmts.batchDone();
     const b = this.backend;
     if (this.replaying && b !== null) {
       // Re-run the batch on the same backend: its statements now carry fresh proxy names,
@@ -1410,11 +1298,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    * the client once, and its retry prepares the statement afresh.
    */
   onBackendError(fields: Map<string, string>): void {
-    const stale = this.boundInBatch.length > 0 && isStalePlanError(fields);
-    if (stale) {
-      for (const st of this.boundInBatch) this.ctx.statementNames.invalidate(st.key, st.proxyName);
-      this.boundInBatch = [];
-    }
+    const stale = this.stmts.onError(fields);
     if (this.replayBatch === null || this.replaying) return;
     if (stale) {
       // Nothing reached the client: drop the error, re-run the batch at ReadyForQuery.
@@ -1446,7 +1330,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (!describe) return false;
     const m = held[0]!;
     const st = bindStatement(m.buf, m.start, m.end);
-    return st !== null && this.statements.has(st.name);
+    return st !== null && this.stmts.has(st.name);
   }
 
   onBackendHiddenError(fields: Map<string, string>): void {
