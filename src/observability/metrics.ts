@@ -176,6 +176,9 @@ export function createMetrics(view: ProxyView): PgmuxMetrics {
 
   gauge('pgmux_config_version', 'Configuration version: increases with every successful reload.', [], (g) => g.set(view.configVersion()));
   gauge('pgmux_paused', '1 while PAUSE (all databases) is in effect.', [], (g) => g.set(view.isPaused() ? 1 : 0));
+  gauge('pgmux_pinned_clients', 'Clients kept on their backend between transactions for session state (temp tables, advisory locks, ...).', [], (g) =>
+    g.set(view.clients().filter((c) => c.pinned !== null).length),
+  );
 
   return {
     registry,

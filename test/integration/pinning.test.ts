@@ -17,6 +17,8 @@ describe('pinning for session state in transaction mode', () => {
     const others = await Promise.all([pgClient(proxy.port), pgClient(proxy.port), pgClient(proxy.port)]);
     await a.query('CREATE TEMP TABLE scratch (v int)');
     expect(proxy.proxy.clients().find((c) => c.pinned !== null)?.pinned).toMatch(/temp/);
+    const { createMetrics } = await import('../../src/observability/metrics.js');
+    expect(await createMetrics(proxy.proxy).render()).toMatch(/^pgmux_pinned_clients 1$/m);
     for (let i = 0; i < 10; i++) {
       await a.query('INSERT INTO scratch VALUES ($1)', [i]);
       // Other clients keep running on the remaining backend meanwhile.
