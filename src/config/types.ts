@@ -53,6 +53,17 @@ export interface Config {
    * cleartext/plain auth-file password.
    */
   serverPassword: string | null;
+  /**
+   * auth_query: users missing from the auth file are looked up on the primary, logged in as
+   * this user (null = off).
+   */
+  authUser: string | null;
+  /** Returns (user name, stored secret) for $1. */
+  authQuery: string;
+  /** Database the auth_query runs in. */
+  authDbname: string;
+  /** Password of auth_user (null: the auth file's entry for it, or none). */
+  authUserPassword: string | null;
 
   // Timeouts, all in milliseconds; 0 disables.
   queryWaitTimeoutMs: number;

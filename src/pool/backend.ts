@@ -33,6 +33,11 @@ export interface BackendCredentials {
   password?: string | null;
   /** 'md5' + hex, as stored by PostgreSQL / an auth file. */
   md5Secret?: string | null;
+  /**
+   * SCRAM pass-through: the ClientKey a client proved against the user's stored verifier and
+   * that verifier's ServerKey. Used for SCRAM when there is no password.
+   */
+  scramKeys?: { clientKey: Buffer; serverKey: Buffer };
 }
 
 /** The client side of a link; implemented by ClientSession. */
@@ -226,7 +231,8 @@ export class BackendConnection implements ScanSink {
                 if (!mechs.includes('SCRAM-SHA-256')) {
                   throw new PgmuxError(pgmuxError('authMethodUnavailable', { detail: `backend offers SASL mechanisms ${mechs.filter(Boolean).join(', ')}` }));
                 }
-                scram = new ScramClientSession(needPassword('SCRAM-SHA-256'));
+                const keys = opts.credentials.password == null ? opts.credentials.scramKeys : undefined;
+                scram = new ScramClientSession(keys ?? needPassword('SCRAM-SHA-256'));
                 socket.write(saslInitialResponse('SCRAM-SHA-256', scram.clientFirst()));
                 break;
               }

@@ -20,6 +20,13 @@ export interface ProxyContext {
   authEntry(user: string): AuthEntry | undefined;
   /** Remembers a cleartext password a client proved, for logging in to backends as that user. */
   learnPassword(user: string, password: string): void;
+  /** Remembers the SCRAM keys a client proved against a stored verifier (pass-through login). */
+  learnScramKeys(user: string, clientKey: Buffer, serverKey: Buffer): void;
+  /**
+   * auth_query: the stored secret of a user not in the auth file, looked up on the primary
+   * (cached). undefined = no such user; rejects when the lookup cannot be done.
+   */
+  lookupAuthEntry(user: string): Promise<AuthEntry | undefined>;
   /** The node that takes writes now, waiting up to `timeoutMs` for one during a failover. */
   primary(timeoutMs: number): Promise<NodeAddress | null>;
   currentPrimary(): NodeAddress | null;

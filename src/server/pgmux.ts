@@ -2,9 +2,10 @@
 // and the janitor that drives every timeout from one timer.
 
 import net from 'node:net';
+import pg from 'pg';
 import type { Config } from '../config/types.js';
 import type { Logger } from '../observability/logger.js';
-import { loadAuthFile, type AuthEntry } from '../auth/authFile.js';
+import { loadAuthFile, secretKind, type AuthEntry } from '../auth/authFile.js';
 import { BackendConnection, type BackendCredentials, type NodeAddress } from '../pool/backend.js';
 import { Pool } from '../pool/pool.js';
 import { ClientSession } from '../session/clientSession.js';
@@ -14,7 +15,7 @@ import { cancelRequest } from '../protocol/messages.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import type { ProxyContext } from './context.js';
 import { ConnectionLimits } from './limits.js';
-import { reloadTls } from './tls.js';
+import { backendTlsFor, pgClientSsl, reloadTls } from './tls.js';
 import { reloadHba } from './hba.js';
 import { StatementNames } from '../session/preparedStatements.js';
 import { NotificationHub } from '../session/notifications.js';
@@ -39,6 +40,8 @@ export interface RunningPgmux {
 }
 
 const JANITOR_INTERVAL_MS = 200;
+/** How long an auth_query result is reused. */
+const AUTH_QUERY_CACHE_MS = 30_000;
 
 const VERSION = '0.1.0';
 
@@ -79,6 +82,13 @@ export class Proxy implements ProxyContext, ProxyView {
   private readonly nodes = new Map<string, NodeAddress>();
   private authEntries: Map<string, AuthEntry>;
   private readonly learnedPasswords = new Map<string, string>();
+  /** SCRAM pass-through keys clients proved (memory only). */
+  private readonly learnedScramKeys = new Map<string, { clientKey: Buffer; serverKey: Buffer }>();
+  /** auth_query results (entry or undefined for an unknown user), with when they expire. */
+  private readonly authQueryCache = new Map<string, { entry: AuthEntry | undefined; expires: number }>();
+  private readonly authQueryInFlight = new Map<string, Promise<AuthEntry | undefined>>();
+  /** Lookups that went to the database (for tests and SHOW-style stats). */
+  authQueryLookups = 0;
   private janitor: NodeJS.Timeout | null = null;
   shuttingDown = false;
   readonly limits = new ConnectionLimits();
@@ -193,12 +203,80 @@ export class Proxy implements ProxyContext, ProxyView {
     this.learnedPasswords.set(user, password);
   }
 
+  learnScramKeys(user: string, clientKey: Buffer, serverKey: Buffer): void {
+    this.learnedScramKeys.set(user, { clientKey, serverKey });
+  }
+
+  /**
+   * auth_query: the user's stored secret, looked up on the primary as auth_user. Results
+   * (including "no such user") are cached for AUTH_QUERY_CACHE_MS; concurrent logins of
+   * one user share one lookup. Rejects when the lookup itself fails.
+   */
+  async lookupAuthEntry(user: string): Promise<AuthEntry | undefined> {
+    const cached = this.authQueryCache.get(user);
+    if (cached && cached.expires > Date.now()) return cached.entry;
+    let p = this.authQueryInFlight.get(user);
+    if (!p) {
+      p = this.runAuthQuery(user).finally(() => this.authQueryInFlight.delete(user));
+      this.authQueryInFlight.set(user, p);
+    }
+    return p;
+  }
+
+  private async runAuthQuery(user: string): Promise<AuthEntry | undefined> {
+    const cfg = this.cfg;
+    const authUser = cfg.authUser;
+    if (authUser === null) return undefined;
+    const node = await this.primary(cfg.serverConnectTimeoutMs);
+    if (node === null) throw new Error('no primary is available to run auth_query');
+    const fileEntry = this.authEntries.get(authUser);
+    const password = cfg.authUserPassword ?? (fileEntry?.kind === 'plain' ? fileEntry.secret : undefined);
+    this.authQueryLookups++;
+    const client = new pg.Client({
+      host: node.host,
+      port: node.port,
+      user: authUser,
+      password,
+      database: cfg.authDbname,
+      application_name: 'pgmux-auth-query',
+      connectionTimeoutMillis: cfg.serverConnectTimeoutMs || undefined,
+      query_timeout: cfg.serverConnectTimeoutMs || undefined,
+      ssl: pgClientSsl(backendTlsFor(cfg)),
+    });
+    client.on('error', () => {});
+    let entry: AuthEntry | undefined;
+    try {
+      await client.connect();
+      const r = await client.query({ text: cfg.authQuery, values: [user], rowMode: 'array' });
+      const row = r.rows[0] as unknown[] | undefined;
+      const secret = row?.[1];
+      if (typeof secret === 'string' && secret !== '') {
+        const kind = secretKind(secret);
+        entry = { user, secret: kind === 'md5' ? secret.toLowerCase() : secret, kind };
+      }
+    } catch (err) {
+      // Never log the secret: only the error text of the lookup.
+      this.logger.warn({ user, node: node.name, err: (err as Error).message }, 'auth_query failed');
+      throw err;
+    } finally {
+      client.end().catch(() => {});
+    }
+    if (this.authQueryCache.size >= 10_000) {
+      // Unknown names are not worth keeping: drop the expired ones (secrets stay for credentialsFor).
+      const now = Date.now();
+      for (const [k, v] of this.authQueryCache) if (v.entry === undefined && v.expires <= now) this.authQueryCache.delete(k);
+    }
+    this.authQueryCache.set(user, { entry, expires: Date.now() + AUTH_QUERY_CACHE_MS });
+    return entry;
+  }
+
   private credentialsFor(user: string): BackendCredentials {
-    const e = this.authEntries.get(user);
+    const e = this.authEntries.get(user) ?? this.authQueryCache.get(user)?.entry;
     if (e?.kind === 'plain') return { password: e.secret };
     const learned = this.learnedPasswords.get(user) ?? this.cfg.serverPassword;
     if (e?.kind === 'md5') return { md5Secret: e.secret, password: learned };
-    return { password: learned };
+    const keys = this.learnedScramKeys.get(user);
+    return keys ? { password: learned, scramKeys: keys } : { password: learned };
   }
 
   currentPrimary(): NodeAddress | null {

@@ -16,7 +16,17 @@ import { pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 
 export type AuthStep =
   | { kind: 'send'; message: Buffer }
-  | { kind: 'ok'; message?: Buffer; password?: string }
+  | {
+      kind: 'ok';
+      message?: Buffer;
+      password?: string;
+      /**
+       * SCRAM against a stored verifier: the ClientKey the client proved and the verifier's
+       * ServerKey, enough to log in to a backend holding the same verifier (pass-through).
+       */
+      clientKey?: Buffer;
+      serverKey?: Buffer;
+    }
   | { kind: 'fail'; error: ErrorSpec };
 
 type Phase = 'password' | 'md5' | 'sasl-initial' | 'sasl-final' | 'done';
@@ -110,7 +120,12 @@ export class ClientAuthenticator {
         try {
           const r = this.scram!.handleClientFinal(buf.toString('utf8', start, end));
           if (!r.ok || !this.entry) return failed();
-          return { kind: 'ok', message: authenticationRequest(AuthCode.SASLFinal, Buffer.from(r.serverFinal)) };
+          const step: AuthStep = { kind: 'ok', message: authenticationRequest(AuthCode.SASLFinal, Buffer.from(r.serverFinal)) };
+          if (this.entry.kind === 'scram' && r.clientKey) {
+            step.clientKey = r.clientKey;
+            step.serverKey = verifierFor(this.entry).serverKey;
+          }
+          return step;
         } catch (err) {
           return this.protocolError((err as Error).message);
         }

@@ -287,7 +287,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // One write per read chunk, even when pgmux adds or rewrites messages in it.
     const corked = this.backend?.socket ?? null;
     corked?.cork();
-    while (this.state !== ClientState.Login && this.state !== ClientState.Closed && !this.adminBusy && r.next()) {
+    while (this.state !== ClientState.Login && this.state !== ClientState.Closed && !this.adminBusy && !this.authLookup && r.next()) {
       if (this.state === ClientState.Linked) this.forwardMessage(r.type, r.msg, r.msgStart, r.end);
       else this.handleMessage(r.type, r.msg, r.msgStart, r.bodyStart, r.end);
     }
@@ -608,9 +608,39 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     this.tracking = this.ctx.config().poolMode === 'transaction';
     this.state = ClientState.Auth;
-    this.auth = new ClientAuthenticator(method, this.user, this.ctx.authEntry(this.user));
-    this.onAuthStep(this.auth.start());
+    const entry = this.ctx.authEntry(this.user);
+    if (entry !== undefined || cfg.authUser === null || method === 'trust') {
+      this.auth = new ClientAuthenticator(method, this.user, entry);
+      this.onAuthStep(this.auth.start());
+      return;
+    }
+    // auth_query: fetch the user's secret from the primary; nothing is read meanwhile.
+    this.authLookup = true;
+    this.pauseReading();
+    this.ctx.lookupAuthEntry(this.user).then(
+      (found) => {
+        this.authLookup = false;
+        if (this.state !== ClientState.Auth) return;
+        this.resumeReading();
+        // An unknown user still goes through the exchange and fails at its end (28P01).
+        this.auth = new ClientAuthenticator(method, this.user, found);
+        this.onAuthStep(this.auth.start());
+        this.drain();
+      },
+      (err: Error) => {
+        this.authLookup = false;
+        if (this.state !== ClientState.Auth) return;
+        this.ctx.stats.clientLoginFailures++;
+        this.fatal(
+          { severity: 'FATAL', code: '08006', message: `pgmux could not look up the password of user "${this.user}" (auth_query)`, detail: err.message },
+          'auth_failed',
+        );
+      },
+    );
   }
+
+  /** An auth_query lookup is running: messages wait in the reader. */
+  private authLookup = false;
 
   /**
    * SSLRequest: 'S' and the TLS handshake when client_tls allows it, else 'N'. Bytes sent
@@ -707,6 +737,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         }
         this.admitted = true;
         if (step.password !== undefined) this.ctx.learnPassword(this.user, step.password);
+        if (step.clientKey && step.serverKey) this.ctx.learnScramKeys(this.user, step.clientKey, step.serverKey);
         if (step.message) this.socket.write(step.message);
         this.socket.write(authenticationRequest(AuthCode.Ok));
         this.state = ClientState.Login;

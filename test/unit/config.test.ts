@@ -93,6 +93,10 @@ describe('DEFAULTS', () => {
       auth: 'trust',
       authFile: null,
       serverPassword: null,
+      authUser: null,
+      authQuery: 'SELECT usename, passwd FROM pg_shadow WHERE usename = $1',
+      authDbname: 'postgres',
+      authUserPassword: null,
       queryWaitTimeoutMs: 120_000,
       serverIdleTimeoutMs: 600_000,
       serverLifetimeMs: 3_600_000,
@@ -166,6 +170,10 @@ workers: 4
 auth: md5
 auth_file: ${userlist}
 server_password: hunter2
+auth_user: pgmux_auth
+auth_query: SELECT usename, passwd FROM pgmux.user_lookup($1)
+auth_dbname: app
+auth_user_password: authpw
 query_wait_timeout: 30
 server_idle_timeout: 10m
 server_lifetime: 1h
@@ -224,6 +232,10 @@ max_unauthenticated_connections: 50
       auth: 'md5',
       authFile: userlist,
       serverPassword: 'hunter2',
+      authUser: 'pgmux_auth',
+      authQuery: 'SELECT usename, passwd FROM pgmux.user_lookup($1)',
+      authDbname: 'app',
+      authUserPassword: 'authpw',
       queryWaitTimeoutMs: 30_000,
       serverIdleTimeoutMs: 600_000,
       serverLifetimeMs: 3_600_000,
@@ -336,6 +348,10 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_AUTH_TYPE: 'md5',
       PGMUX_AUTH_FILE: userlist,
       PGMUX_SERVER_PASSWORD: 'pw',
+      PGMUX_AUTH_USER: 'au',
+      PGMUX_AUTH_QUERY: 'SELECT 1',
+      PGMUX_AUTH_DBNAME: 'adb',
+      PGMUX_AUTH_USER_PASSWORD: 'apw',
       PGMUX_QUERY_WAIT_TIMEOUT: '1',
       PGMUX_SERVER_IDLE_TIMEOUT: '2s',
       PGMUX_SERVER_LIFETIME: '3m',
@@ -393,6 +409,10 @@ describe('precedence: defaults < file < env < flags', () => {
       auth: 'md5',
       authFile: userlist,
       serverPassword: 'pw',
+      authUser: 'au',
+      authQuery: 'SELECT 1',
+      authDbname: 'adb',
+      authUserPassword: 'apw',
       queryWaitTimeoutMs: 1000,
       serverIdleTimeoutMs: 2000,
       serverLifetimeMs: 180_000,

@@ -425,6 +425,8 @@ function fakeContext(v: Variant): { ctx: ProxyContext; tracked: Set<unknown>; re
     clock: { now: Date.now() },
     authEntry: (user: string) => AUTH_ENTRIES.get(user),
     learnPassword: () => {},
+    learnScramKeys: () => {},
+    lookupAuthEntry: async () => undefined,
     primary: async () => null,
     currentPrimary: () => null,
     pool: unused('pool()'),
