@@ -187,12 +187,29 @@ function encodeSaslName(name: string): string {
 
 type ServerState = 'init' | 'first-sent' | 'done';
 
+/**
+ * tls-server-end-point channel-binding data (RFC 5929 section 4.1): the hash of the server's
+ * DER certificate with its signature's hash, MD5 and SHA-1 replaced by SHA-256.
+ */
+export function tlsServerEndPoint(certDer: Buffer): Buffer {
+  // The signature algorithm OIDs, as DER, looked up in the certificate bytes.
+  const has = (hex: string) => certDer.includes(Buffer.from(hex, 'hex'));
+  let alg = 'sha256';
+  if (has('06092a864886f70d01010c') || has('06082a8648ce3d040303')) alg = 'sha384';
+  else if (has('06092a864886f70d01010d') || has('06082a8648ce3d040304')) alg = 'sha512';
+  return createHash(alg).update(certDer).digest();
+}
+
 /** Server side (pgmux towards a client). One instance per login attempt. */
 export class ScramServerSession {
   private state: ServerState = 'init';
   private readonly nonceBytes: number;
   private readonly fixedNonce: string | undefined;
-  private cbindFlag: 'n' | 'y' = 'n';
+  private cbindFlag: 'n' | 'y' | 'p' = 'n';
+  /** gs2 header as the client sent it (its base64, plus binding data, comes back in c=). */
+  private gs2Header = '';
+  private readonly channelBinding: Buffer | null;
+  private readonly plus: boolean;
   private clientFirstBare = '';
   private serverFirst = '';
   private fullNonce = '';
@@ -203,8 +220,21 @@ export class ScramServerSession {
    */
   constructor(
     private readonly verifier: ScramVerifier,
-    opts: { nonceBytes?: number; nonce?: string } = {},
+    opts: {
+      nonceBytes?: number;
+      nonce?: string;
+      /**
+       * tls-server-end-point data (RFC 5929) when the client is on TLS: the server offers
+       * SCRAM-SHA-256-PLUS, and a client that supports binding must use it.
+       */
+      channelBinding?: Buffer | null;
+      /** The mechanism the client chose. */
+      mechanism?: 'SCRAM-SHA-256' | 'SCRAM-SHA-256-PLUS';
+    } = {},
   ) {
+    this.channelBinding = opts.channelBinding ?? null;
+    this.plus = opts.mechanism === 'SCRAM-SHA-256-PLUS';
+    if (this.plus && this.channelBinding === null) throw new ScramError('SCRAM-SHA-256-PLUS needs a TLS connection');
     this.nonceBytes = opts.nonceBytes ?? SCRAM_RAW_NONCE_LEN;
     if (!Number.isInteger(this.nonceBytes) || this.nonceBytes < 1) throw new RangeError('nonceBytes must be >= 1');
     if (opts.nonce !== undefined && (opts.nonce.length === 0 || !isPrintable(opts.nonce))) {
@@ -225,12 +255,24 @@ export class ScramServerSession {
     const flag = clientFirst[0];
     let rest: string;
     if (flag === 'p') {
-      throw new ScramError(
-        'The client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data.',
-      );
+      if (!this.plus) {
+        throw new ScramError(
+          'The client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data.',
+        );
+      }
+      if (!clientFirst.startsWith('p=tls-server-end-point,')) {
+        throw new ScramError('unsupported SCRAM channel-binding type (only tls-server-end-point is supported)');
+      }
+      this.cbindFlag = 'p';
+      rest = clientFirst.slice('p=tls-server-end-point,'.length);
+    } else if (this.plus) {
+      throw new ScramError('The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data.');
     } else if ((flag === 'n' || flag === 'y') && clientFirst[1] === ',') {
-      // 'y': the client supports channel binding but thinks the server does not. We do not
-      // offer SCRAM-SHA-256-PLUS, so that is correct and not a downgrade.
+      // 'y': the client supports channel binding but thinks the server does not. When we
+      // offered SCRAM-SHA-256-PLUS that is a downgrade attempt (as PostgreSQL judges it).
+      if (flag === 'y' && this.channelBinding !== null) {
+        throw new ScramError('SCRAM channel binding negotiation error: the client supports SCRAM channel binding but thinks the server does not; this server does.');
+      }
       this.cbindFlag = flag;
       rest = clientFirst.slice(2);
     } else {
@@ -239,6 +281,7 @@ export class ScramServerSession {
     if (rest.startsWith('a=')) throw new ScramError('client uses authorization identity, but it is not supported');
     if (rest[0] !== ',') throw new ScramError('malformed SCRAM message: unexpected attribute in client-first-message');
     const bare = rest.slice(1);
+    this.gs2Header = clientFirst.slice(0, clientFirst.length - bare.length);
 
     const attrs = parseAttributes(bare, 'client-first-message');
     if (attrs[0]?.[0] === 'm') throw new ScramError('client requires an unsupported SCRAM extension');
@@ -271,8 +314,14 @@ export class ScramServerSession {
 
     const attrs = parseAttributes(clientFinal, 'client-final-message');
     const cbind = expectAttr(attrs, 0, 'c', 'client-final-message');
-    // Without channel binding the value is base64 of the gs2 header: 'n,,' -> biws, 'y,,' -> eSws.
-    const expectedCbind = this.cbindFlag === 'n' ? 'biws' : 'eSws';
+    // Without channel binding the value is base64 of the gs2 header: 'n,,' -> biws, 'y,,' -> eSws;
+    // with it, base64 of the gs2 header followed by the binding data.
+    const expectedCbind =
+      this.cbindFlag === 'p'
+        ? Buffer.concat([Buffer.from(this.gs2Header), this.channelBinding!]).toString('base64')
+        : this.cbindFlag === 'n'
+          ? 'biws'
+          : 'eSws';
     if (cbind !== expectedCbind) {
       throw new ScramError('unexpected SCRAM channel-binding attribute in client-final-message');
     }

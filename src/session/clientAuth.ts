@@ -52,11 +52,14 @@ export class ClientAuthenticator {
   private phase: Phase = 'done';
   private salt = Buffer.alloc(0);
   private scram: ScramServerSession | null = null;
+  private verifier: ScramVerifier = DUMMY_VERIFIER;
 
   constructor(
     private method: AuthMethod,
     private user: string,
     private entry: AuthEntry | undefined,
+    /** tls-server-end-point data when the client is on TLS: SCRAM-SHA-256-PLUS is offered. */
+    private channelBinding: Buffer | null = null,
   ) {}
 
   start(): AuthStep {
@@ -75,8 +78,11 @@ export class ClientAuthenticator {
         return { kind: 'send', message: authenticationRequest(AuthCode.MD5Password, this.salt) };
       default:
         this.phase = 'sasl-initial';
-        this.scram = new ScramServerSession(entry ? verifierFor(entry) : DUMMY_VERIFIER);
-        return { kind: 'send', message: authenticationSASL(['SCRAM-SHA-256']) };
+        this.verifier = entry ? verifierFor(entry) : DUMMY_VERIFIER;
+        return {
+          kind: 'send',
+          message: authenticationSASL(this.channelBinding ? ['SCRAM-SHA-256-PLUS', 'SCRAM-SHA-256'] : ['SCRAM-SHA-256']),
+        };
     }
   }
 
@@ -102,13 +108,18 @@ export class ClientAuthenticator {
       case 'sasl-initial': {
         const mech = readCstr(buf, start, end);
         if (!mech || end - mech[1] < 4) return this.protocolError('malformed SASLInitialResponse');
-        if (mech[0] !== 'SCRAM-SHA-256') {
+        const plus = mech[0] === 'SCRAM-SHA-256-PLUS' && this.channelBinding !== null;
+        if (mech[0] !== 'SCRAM-SHA-256' && !plus) {
           return { kind: 'fail', error: pgmuxError('protocolViolation', { message: `client selected an invalid SASL authentication mechanism "${mech[0]}"` }) };
         }
         const len = buf.readInt32BE(mech[1]);
         const data = buf.toString('utf8', mech[1] + 4, len < 0 ? mech[1] + 4 : Math.min(end, mech[1] + 4 + len));
         try {
-          const serverFirst = this.scram!.handleClientFirst(data);
+          this.scram = new ScramServerSession(this.verifier, {
+            channelBinding: this.channelBinding,
+            mechanism: plus ? 'SCRAM-SHA-256-PLUS' : 'SCRAM-SHA-256',
+          });
+          const serverFirst = this.scram.handleClientFirst(data);
           this.phase = 'sasl-final';
           return { kind: 'send', message: authenticationRequest(AuthCode.SASLContinue, Buffer.from(serverFirst)) };
         } catch (err) {

@@ -38,6 +38,8 @@ import { buildSyncSql, settingsSignature } from './paramSync.js';
 import { parseLsn } from '../cluster/topology.js';
 import { parseListenCommand, type NotificationSink } from './notifications.js';
 import { StatementForwarder } from './statementForwarder.js';
+import { tlsServerEndPoint } from '../auth/scram.js';
+import type tls from 'node:tls';
 import { commandComplete } from '../protocol/resultSet.js';
 import { bindStatement, isSqlPrepared, parseParse, targetOf } from './preparedStatements.js';
 
@@ -610,7 +612,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.state = ClientState.Auth;
     const entry = this.ctx.authEntry(this.user);
     if (entry !== undefined || cfg.authUser === null || method === 'trust') {
-      this.auth = new ClientAuthenticator(method, this.user, entry);
+      this.auth = new ClientAuthenticator(method, this.user, entry, this.channelBinding());
       this.onAuthStep(this.auth.start());
       return;
     }
@@ -623,7 +625,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         if (this.state !== ClientState.Auth) return;
         this.resumeReading();
         // An unknown user still goes through the exchange and fails at its end (28P01).
-        this.auth = new ClientAuthenticator(method, this.user, found);
+        this.auth = new ClientAuthenticator(method, this.user, found, this.channelBinding());
         this.onAuthStep(this.auth.start());
         this.drain();
       },
@@ -709,6 +711,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.socket = upgradeDirectTls(plain, first, server);
     this.tls = true;
     this.listen(this.socket);
+  }
+
+  /** On TLS: the tls-server-end-point binding data of our certificate (SCRAM-SHA-256-PLUS). */
+  private channelBinding(): Buffer | null {
+    if (!this.tls) return null;
+    const cert = (this.socket as tls.TLSSocket).getCertificate?.();
+    const raw = cert && 'raw' in cert ? (cert.raw as Buffer | undefined) : undefined;
+    return raw ? tlsServerEndPoint(raw) : null;
   }
 
   private onPasswordMessage(buf: Buffer, bodyStart: number, end: number): void {

@@ -509,3 +509,50 @@ describe('server TLS (pgmux -> PostgreSQL)', () => {
     }
   });
 });
+
+describe('SCRAM channel binding (SCRAM-SHA-256-PLUS, tls-server-end-point)', () => {
+  let proxy: TestProxy;
+  beforeAll(async () => {
+    const users = join(dir, 'cb-users.txt');
+    writeFileSync(users, '"postgres" "cbsecret"\n');
+    proxy = await startProxy(tlsOverrides('allow', { auth: 'scram-sha-256', authFile: users }));
+  });
+  afterAll(async () => {
+    await proxy?.close();
+  });
+
+  it('psql with channel_binding=require logs in over TLS and the binding is checked', async () => {
+    const ok = await runPg(psqlBin(), ['-X', '-At', '-c', 'SELECT 7', `host=localhost port=${proxy.port} user=postgres dbname=app sslmode=require channel_binding=require`], {
+      timeoutMs: 30_000,
+      env: { PGPASSWORD: 'cbsecret' },
+    });
+    expect(ok.stderr).toBe('');
+    expect(ok.stdout.trim()).toBe('7');
+    const wrong = await runPg(psqlBin(), ['-X', '-At', '-c', 'SELECT 7', `host=localhost port=${proxy.port} user=postgres dbname=app sslmode=require channel_binding=require`], {
+      timeoutMs: 30_000,
+      env: { PGPASSWORD: 'nope' },
+    });
+    expect(wrong.code).not.toBe(0);
+    expect(wrong.stderr).toMatch(/password authentication failed/);
+  });
+
+  it('without TLS only SCRAM-SHA-256 is offered: channel_binding=require is refused by the client, prefer logs in', async () => {
+    const req = await runPg(psqlBin(), ['-X', '-At', '-c', 'SELECT 1', `host=localhost port=${proxy.port} user=postgres dbname=app sslmode=disable channel_binding=require`], {
+      timeoutMs: 30_000,
+      env: { PGPASSWORD: 'cbsecret' },
+    });
+    expect(req.code).not.toBe(0);
+    expect(req.stderr).toMatch(/channel binding/i);
+    const pref = await runPg(psqlBin(), ['-X', '-At', '-c', 'SELECT 1', `host=localhost port=${proxy.port} user=postgres dbname=app sslmode=disable channel_binding=prefer`], {
+      timeoutMs: 30_000,
+      env: { PGPASSWORD: 'cbsecret' },
+    });
+    expect(pref.stdout.trim()).toBe('1');
+  });
+
+  it('node-postgres over TLS (it does SCRAM-SHA-256-PLUS when offered) logs in', async () => {
+    const c = await pgClient(proxy.port, { host: 'localhost', password: 'cbsecret', ssl: { ca: readFileSync(pki.ca.cert), servername: 'localhost' } });
+    expect((await c.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+    await c.end();
+  });
+});

@@ -377,3 +377,30 @@ describe('interoperability with the pg package client (pg/lib/crypto/sasl.js)', 
     pgSasl.finalizeSession(session, res.serverFinal);
   });
 });
+
+describe('SCRAM-SHA-256-PLUS (tls-server-end-point)', () => {
+  it('accepts the right binding data and refuses other data, a missing binding and a downgrade', async () => {
+    const { ScramServerSession, makeScramVerifier, ScramError, tlsServerEndPoint } = await import('../../src/auth/scram.js');
+    const v = makeScramVerifier('pw');
+    const cb = tlsServerEndPoint(Buffer.from('not really a certificate'));
+    expect(cb.length).toBe(32); // SHA-256 when no stronger signature hash is named
+    const gs2 = 'p=tls-server-end-point,,';
+    const first = (s: InstanceType<typeof ScramServerSession>) => s.handleClientFirst(`${gs2}n=,r=clientnonce`);
+    const final = (serverFirst: string, data: Buffer) => {
+      const nonce = /r=([^,]+)/.exec(serverFirst)![1];
+      return `c=${Buffer.concat([Buffer.from(gs2), data]).toString('base64')},r=${nonce},p=${Buffer.alloc(32).toString('base64')}`;
+    };
+    // Right binding data: the exchange reaches the proof check (wrong proof -> ok false).
+    const good = new ScramServerSession(v, { channelBinding: cb, mechanism: 'SCRAM-SHA-256-PLUS' });
+    expect(good.handleClientFinal(final(first(good), cb)).ok).toBe(false);
+    // Other binding data (a man in the middle's certificate): refused before the proof.
+    const bad = new ScramServerSession(v, { channelBinding: cb, mechanism: 'SCRAM-SHA-256-PLUS' });
+    expect(() => bad.handleClientFinal(final(first(bad), Buffer.alloc(32, 1)))).toThrow(ScramError);
+    // PLUS chosen but no binding in the message.
+    const none = new ScramServerSession(v, { channelBinding: cb, mechanism: 'SCRAM-SHA-256-PLUS' });
+    expect(() => none.handleClientFirst('n,,n=,r=x')).toThrow(ScramError);
+    // Plain SCRAM chosen by a client that supports binding while PLUS was offered: downgrade.
+    const down = new ScramServerSession(v, { channelBinding: cb, mechanism: 'SCRAM-SHA-256' });
+    expect(() => down.handleClientFirst('y,,n=,r=x')).toThrow(/negotiation/);
+  });
+});
