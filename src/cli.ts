@@ -67,7 +67,7 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   },
   {
     flags: '--auth <method>',
-    description: `how clients authenticate: ${AUTH_METHODS.join(', ')}; all but trust need --auth-file (env: PGMUX_AUTH; default: ${DEFAULTS.auth})`,
+    description: `how clients authenticate: ${AUTH_METHODS.join(', ')}; all but trust need --auth-file or auth_user (env: PGMUX_AUTH; default: ${DEFAULTS.auth})`,
   },
   {
     flags: '--auth-file <file>',

@@ -714,8 +714,8 @@ function validate(c: Config, requireNodes: boolean): void {
   if (c.minPoolSize > c.poolSize) {
     throw new ConfigError('min_pool_size', `min_pool_size: ${c.minPoolSize} is larger than pool_size ${c.poolSize} (expected 0..${c.poolSize})`);
   }
-  if (c.auth !== 'trust' && c.authFile === null) {
-    throw new ConfigError('auth_file', `auth_file: auth ${c.auth} needs an auth file (set auth_file, PGMUX_AUTH_FILE or --auth-file), or use auth trust`);
+  if (c.auth !== 'trust' && c.authFile === null && c.authUser === null) {
+    throw new ConfigError('auth_file', `auth_file: auth ${c.auth} needs an auth file (set auth_file, PGMUX_AUTH_FILE or --auth-file) or auth_user for auth_query, or use auth trust`);
   }
   if (c.authFile !== null) {
     let st;
@@ -745,7 +745,7 @@ function validate(c: Config, requireNodes: boolean): void {
     reloadTls(c);
     const rules = reloadHba(c);
     const needsSecret = rules?.find((r) => r.method !== 'trust' && r.method !== 'reject');
-    if (needsSecret && c.authFile === null) {
+    if (needsSecret && c.authFile === null && c.authUser === null) {
       throw new ConfigError('auth_file', `auth_file: ${needsSecret.file}:${needsSecret.line} uses ${needsSecret.method}, which needs an auth file (set auth_file, PGMUX_AUTH_FILE or --auth-file)`);
     }
   } catch (err) {

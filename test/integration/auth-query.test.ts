@@ -36,12 +36,10 @@ afterAll(async () => {
 describe('auth_query with SCRAM pass-through', () => {
   let proxy: TestProxy;
   beforeAll(async () => {
-    // auth needs an auth file; it holds only an unrelated user, so every login below uses auth_query.
-    const file = join(dir, 'users.txt');
-    writeFileSync(file, '"somebody_else" "irrelevant"\n');
+    // No auth file at all: every login below uses auth_query.
     proxy = await startProxy({
       auth: 'scram-sha-256',
-      authFile: file,
+      authFile: null,
       authUser: 'postgres',
       nodes: [{ host: '127.0.0.1', port: primaryPort(), weight: 1 }],
     });

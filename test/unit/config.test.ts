@@ -677,13 +677,17 @@ describe('validation errors name the key', () => {
     ['flag pool mode', { ...NODE, poolMode: 'stmt' }, {}, 'pool_mode', '--pool-mode: "stmt" is not supported (expected one of transaction, session)'],
     ['env alias and name', NODE, { PGMUX_AUTH: 'md5', PGMUX_AUTH_TYPE: 'md5' }, 'auth', 'PGMUX_AUTH_TYPE: given twice, also as PGMUX_AUTH; keep one'],
     ['min above pool', { ...NODE, poolSize: '5' }, { PGMUX_MIN_POOL_SIZE: '6' }, 'min_pool_size', 'min_pool_size: 6 is larger than pool_size 5 (expected 0..5)'],
-    ['auth without file', { ...NODE, auth: 'md5' }, {}, 'auth_file', 'auth_file: auth md5 needs an auth file (set auth_file, PGMUX_AUTH_FILE or --auth-file), or use auth trust'],
+    ['auth without file', { ...NODE, auth: 'md5' }, {}, 'auth_file', 'auth_file: auth md5 needs an auth file (set auth_file, PGMUX_AUTH_FILE or --auth-file) or auth_user for auth_query, or use auth trust'],
     ['missing auth file', { ...NODE, authFile: '/nonexistent/users.txt' }, {}, 'auth_file', 'auth_file: "/nonexistent/users.txt" does not exist (expected a readable userlist file)'],
     ['auth file is a directory', { ...NODE, authFile: dir }, {}, 'auth_file', `auth_file: ${JSON.stringify(dir)} is not a file (expected a readable userlist file)`],
   ])('%s', (_name, flags, env, key, message) => {
     const e = configError(() => loadConfig(flags, env));
     expect(e.key).toBe(key);
     expect(e.message).toBe(message);
+  });
+
+  it('auth_user (auth_query) stands in for an auth file', () => {
+    expect(loadConfig({ ...NODE, auth: 'scram-sha-256' }, { PGMUX_AUTH_USER: 'pgmux_auth' }).authUser).toBe('pgmux_auth');
   });
 
   it('relative --auth-file resolves against cwd', () => {
