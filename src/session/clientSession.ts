@@ -84,13 +84,19 @@ interface HeldMessage {
 
 /** After blanks, a d/D: the cheap gate before looking for DEALLOCATE / DISCARD. */
 function startsWithD(buf: Buffer, pos: number, end: number): boolean {
-  while (pos < end && (buf[pos] === 0x20 || buf[pos] === 0x0a || buf[pos] === 0x09 || buf[pos] === 0x0d)) pos++;
+  pos = skipBlanks(buf, pos, end);
   return buf[pos] === 0x64 || buf[pos] === 0x44;
+}
+
+/** Position of the first byte after spaces, tabs and line breaks. */
+function skipBlanks(buf: Buffer, pos: number, end: number): number {
+  while (pos < end && (buf[pos] === 0x20 || buf[pos] === 0x0a || buf[pos] === 0x09 || buf[pos] === 0x0d)) pos++;
+  return pos;
 }
 
 /** First word SET or RESET (case-insensitive, after blanks): a byte check, no string. */
 function startsWithSetOrReset(buf: Buffer, pos: number, end: number): boolean {
-  while (pos < end && (buf[pos] === 0x20 || buf[pos] === 0x0a || buf[pos] === 0x09 || buf[pos] === 0x0d)) pos++;
+  pos = skipBlanks(buf, pos, end);
   let c = buf[pos]! | 0x20;
   if (c === 0x72 /* r */) {
     if (((buf[pos + 1]! | 0x20) !== 0x65) || ((buf[pos + 2]! | 0x20) !== 0x73)) return false;

@@ -11,6 +11,7 @@ import pg from 'pg';
 import { LocalCluster } from '../../src/embedded/localCluster.js';
 import { pgClient } from '../support/cluster.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
+import { sleep, waitFor } from '../support/wait.js';
 
 const PERIOD = 200;
 /**
@@ -22,17 +23,6 @@ const PERIOD = 200;
  */
 const RESUME_SLACK_MS = 600;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor<T>(fn: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs: number, what: () => string): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what()}`);
-    await sleep(20);
-  }
-}
 
 interface Ack {
   id: number;

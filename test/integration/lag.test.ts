@@ -10,6 +10,7 @@ import type { TopologySnapshot } from '../../src/cluster/topology.js';
 import { LocalCluster } from '../../src/embedded/localCluster.js';
 import { pgClient } from '../support/cluster.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
+import { sleep, waitFor } from '../support/wait.js';
 
 const PERIOD = 200;
 /** Byte limit of the byte-lag proxy; the write burst below makes replica A lag far more. */
@@ -17,17 +18,6 @@ const LAG_LIMIT_BYTES = 1024 * 1024;
 /** Time limit of the time-lag proxy. */
 const LAG_LIMIT_MS = 500;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor<T>(fn: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs: number, what: () => string): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what()}`);
-    await sleep(20);
-  }
-}
 
 function describeSnap(s: TopologySnapshot): string {
   return JSON.stringify(
