@@ -51,7 +51,7 @@ export interface ClassifierOptions {
    * entry also matches unqualified calls (search_path may resolve to it).
    */
   writeFunctions?: string[];
-  /** Entries kept in the LRU cache; default 10000, 0 disables caching. */
+  /** Entries kept in the cache (at most); default 10000, 0 disables caching. */
   cacheSize?: number;
 }
 
@@ -756,22 +756,30 @@ export function formatClassification(c: Classification): string {
 }
 
 /**
- * A classifier with a bounded LRU cache keyed by query text, so a repeated query costs a
- * Map lookup. Results are frozen and shared between callers.
+ * A classifier with a bounded cache keyed by query text, so a repeated query costs a Map
+ * lookup. Results are frozen and shared between callers.
+ *
+ * The cache is two generations of Maps rather than an exact LRU: an exact LRU deletes and
+ * re-inserts on every hit and evicts by iterating from the oldest key, and V8's ordered
+ * Maps make that iteration skip every deleted slot before the table is compacted. With
+ * queries that carry literals (each text new, as pgbench -S sends them) that cost several
+ * microseconds per query. Here a miss is two lookups and one insert; when the young
+ * generation is full it becomes the old one and the previous old one is dropped whole;
+ * an entry used again while old moves back to the young generation.
  */
 export class Classifier {
   readonly #fns: FunctionSet;
-  readonly #capacity: number;
-  readonly #cache = new Map<string, Classification>();
-  /** The most recently used key: a repeat of it skips the LRU re-insertion. */
-  #last: string | undefined;
+  /** Entries per generation: both together hold at most the configured size. */
+  readonly #generationSize: number;
+  #young = new Map<string, Classification>();
+  #old = new Map<string, Classification>();
   #hits = 0;
   #misses = 0;
 
   constructor(opts: ClassifierOptions = {}) {
     const size = opts.cacheSize ?? 10_000;
     if (!Number.isInteger(size) || size < 0) throw new RangeError(`cacheSize must be a non-negative integer, got ${size}`);
-    this.#capacity = size;
+    this.#generationSize = size === 0 ? 0 : Math.max(1, size >> 1);
     this.#fns = compileFunctions(opts.writeFunctions);
   }
 
@@ -785,28 +793,33 @@ export class Classifier {
 
   /** Entries currently cached. */
   get cacheEntries(): number {
-    return this.#cache.size;
+    return this.#young.size + this.#old.size;
   }
 
   classify(sql: string): Classification {
-    const cache = this.#cache;
-    const hit = cache.get(sql);
-    if (hit !== undefined) {
+    const young = this.#young.get(sql);
+    if (young !== undefined) {
       this.#hits++;
-      if (sql !== this.#last) {
-        cache.delete(sql);
-        cache.set(sql, hit);
-        this.#last = sql;
-      }
-      return hit;
+      return young;
+    }
+    const old = this.#old.size === 0 ? undefined : this.#old.get(sql);
+    if (old !== undefined) {
+      this.#hits++;
+      this.#old.delete(sql);
+      this.#remember(sql, old);
+      return old;
     }
     this.#misses++;
     const result = classifyWith(sql, this.#fns);
-    if (this.#capacity > 0 && sql.length <= MAX_CACHED_SQL_LENGTH) {
-      cache.set(sql, result);
-      this.#last = sql;
-      if (cache.size > this.#capacity) cache.delete(cache.keys().next().value as string);
-    }
+    if (this.#generationSize > 0 && sql.length <= MAX_CACHED_SQL_LENGTH) this.#remember(sql, result);
     return result;
+  }
+
+  #remember(sql: string, c: Classification): void {
+    if (this.#young.size >= this.#generationSize) {
+      this.#old = this.#young;
+      this.#young = new Map();
+    }
+    this.#young.set(sql, c);
   }
 }

@@ -545,20 +545,31 @@ describe('Classifier cache', () => {
     expect([c.cacheHits, c.cacheMisses, c.cacheEntries]).toEqual([2, 2, 2]);
   });
 
-  it('evicts the least recently used entry', () => {
-    const c = new Classifier({ cacheSize: 2 });
+  it('keeps what is used again and drops what went unused for a generation', () => {
+    const c = new Classifier({ cacheSize: 4 }); // two generations of 2
     c.classify('A'); // miss
     c.classify('B'); // miss
-    c.classify('A'); // hit: A is now most recent
-    c.classify('C'); // miss: evicts B
-    expect(c.cacheEntries).toBe(2);
+    c.classify('C'); // miss: A and B become the old generation
+    c.classify('A'); // hit in the old generation: moves back to the young one
+    c.classify('D'); // miss: C and A become old, B (unused) is dropped
+    expect([c.cacheHits, c.cacheMisses]).toEqual([1, 4]);
+    expect(c.cacheEntries).toBeLessThanOrEqual(4);
     c.classify('A'); // hit
     c.classify('C'); // hit
-    expect([c.cacheHits, c.cacheMisses]).toEqual([3, 3]);
-    c.classify('B'); // miss: was evicted (and now evicts A)
     expect([c.cacheHits, c.cacheMisses]).toEqual([3, 4]);
-    c.classify('A');
+    c.classify('B'); // miss: was dropped
     expect([c.cacheHits, c.cacheMisses]).toEqual([3, 5]);
+  });
+
+  it('stays within its size under a flood of distinct queries and keeps a hot one', () => {
+    const c = new Classifier({ cacheSize: 100 });
+    for (let i = 0; i < 10_000; i++) {
+      c.classify(`SELECT abalance FROM pgbench_accounts WHERE aid = ${i}`);
+      if (i % 10 === 0) c.classify('SELECT 1');
+      expect(c.cacheEntries).toBeLessThanOrEqual(100);
+    }
+    expect(c.cacheHits).toBe(999); // every SELECT 1 after the first
+    expect(c.classify('UPDATE t SET a = 1').target).toBe('primary');
   });
 
   it('does not cache with cacheSize 0 or for long queries', () => {
