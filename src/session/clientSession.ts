@@ -151,6 +151,9 @@ const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
 /** Proxy-issued cancel pids: start --workers puts the worker index in the high bits so keys are unique per group. */
 export const cancelPidSpace = { high: 0, mask: 0x7fffffff };
 
+const MALFORMED_PARSE = { target: 'primary', reason: 'malformed Parse' } as const;
+const UNKNOWN_STATEMENT = { target: 'primary', reason: 'unknown statement' } as const;
+
 export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink {
   readonly id = nextClientId++;
   state = ClientState.Startup;
@@ -879,8 +882,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     this.waitStartedAt = this.ctx.clock.now;
     const cfg = this.ctx.config();
+    this.retryable = false;
     const route = cfg.poolMode === 'session' ? null : this.classifyFirst();
-    this.retryable = route !== null && route.retryable;
     if (route !== null && route.target === 'replica' && !this.mustReadFromPrimary(cfg)) {
       const choice = this.ctx.chooseRead(cfg.readYourWrites === 'lsn' ? this.minLsn : null, route.maxLagMs ?? null, this.avoidNode);
       if (this.ctx.logger.isLevelEnabled('debug')) {
@@ -1083,33 +1086,35 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   /** Classifies the first held message: Query text, Parse text, or a named statement's class. */
-  private classifyFirst(): { target: 'primary' | 'replica'; reason: string; maxLagMs?: number; retryable: boolean } {
+  /** Sets `this.retryable` as a side result (no object per transaction for it). */
+  private classifyFirst(): { readonly target: 'primary' | 'replica'; readonly reason: string; readonly maxLagMs?: number } {
     const m = this.held[0]!;
+    this.retryable = false;
     const body = m.start + 5;
     switch (m.type) {
       case Msg.Query: {
         const c = this.ctx.classify(m.buf.toString('utf8', body, m.end - 1));
         // A lone read outside a transaction may be re-run elsewhere if its replica dies
         // before answering; nothing else may.
-        const retryable = c.target === 'replica' && c.statements === 1 && !c.beginsTransaction && this.held.length === 1;
-        return { ...c, retryable };
+        this.retryable = c.target === 'replica' && c.statements === 1 && !c.beginsTransaction && this.held.length === 1;
+        return c;
       }
       case Msg.Parse: {
         const name = readCstr(m.buf, body, m.end);
         const query = name && readCstr(m.buf, name[1], m.end);
-        if (!name || !query) return { target: 'primary', reason: 'malformed Parse', retryable: false };
+        if (!name || !query) return MALFORMED_PARSE;
         const c = this.ctx.classify(query[0]);
         if (name[0] !== '') this.statementTargets.set(name[0], c.target);
-        return { ...c, retryable: false };
+        return c;
       }
       case Msg.Bind: {
         const portal = readCstr(m.buf, body, m.end);
         const stmt = portal && readCstr(m.buf, portal[1], m.end);
         const target = stmt ? this.statementTargets.get(stmt[0]) : undefined;
-        return target ? { target, reason: `prepared statement "${stmt![0]}"`, retryable: false } : { target: 'primary', reason: 'unknown statement', retryable: false };
+        return target ? { target, reason: `prepared statement "${stmt![0]}"` } : UNKNOWN_STATEMENT;
       }
       default:
-        return { target: 'primary', reason: `starts with message "${String.fromCharCode(m.type)}"`, retryable: false };
+        return { target: 'primary', reason: `starts with message "${String.fromCharCode(m.type)}"` };
     }
   }
 
