@@ -15,7 +15,9 @@
 //    elsewhere, this node's history has diverged from the cluster's.
 //  - A node becomes `down` after `maxRetries` consecutive failed checks; before that it
 //    keeps its previous state (a primary keeps being primary) with the failures counted.
-//  - Lag of a replica is measured against the primary's current WAL position.
+//  - Lag of a replica is measured against the primary's current WAL position; its age is
+//    the tighter of two upper bounds: the age of the last commit it replayed, and the
+//    time since the primary was (at one of its recent checks) where the replica is now.
 
 import type { NodeConfig } from '../config/types.js';
 
@@ -61,7 +63,22 @@ export interface TopologySnapshot {
   primary: NodeSnapshot | null;
   /** The cluster's system identifier (first seen primary's). */
   systemId: string | null;
+  /**
+   * The primary's WAL position at its recent checks, oldest first (reset when another node
+   * becomes primary): a replica that has replayed up to a position the primary had at time
+   * T shows data at most now - T old, whether or not anything committed since.
+   */
+  primaryWal?: readonly WalMark[];
 }
+
+export interface WalMark {
+  /** Epoch ms of the check. */
+  at: number;
+  lsn: bigint;
+}
+
+/** Checks of the primary remembered for lag (at 1 s intervals: the last two minutes). */
+const WAL_MARKS_KEPT = 120;
 
 /** One health check of one node. */
 export interface ProbeResult {
@@ -290,6 +307,7 @@ export function deriveTopology(
   // 6. Lag of the replicas that answered this round (the others keep their last values).
   const primary = winner?.draft;
   const primaryFresh = !!winner?.fresh;
+  const primaryWal = nextWalMarks(prev, winner);
   for (const w of work) {
     const d = w.draft;
     if (d.state === 'fenced' || d.state === 'misconfigured') {
@@ -313,7 +331,12 @@ export function deriveTopology(
       // earlier round, the replica's data is at most that old.
       d.lagMs = primaryFresh ? 0 : Math.max(0, now - primary.lastOkAt);
     } else {
-      d.lagMs = replayAge;
+      // Behind: the age of its last replayed commit overstates the lag when the primary
+      // writes WAL without commits (hint bits, vacuum, checkpoints): a replica replaying
+      // as fast as that WAL comes would look older and older and lose its reads.
+      const reached = lastMarkAtOrBelow(primaryWal, d.walLsn);
+      const byProgress = reached === null ? null : Math.max(0, now - reached.at);
+      d.lagMs = replayAge === null ? byProgress : byProgress === null ? replayAge : Math.min(replayAge, byProgress);
     }
   }
 
@@ -324,5 +347,23 @@ export function deriveTopology(
     nodes: Object.freeze(nodes),
     primary: winner ? nodes[winner.draft.index]! : null,
     systemId,
+    primaryWal,
   });
+}
+
+/** The primary's WAL marks with this round's check added (a new primary starts afresh). */
+function nextWalMarks(prev: TopologySnapshot | null, winner: Work | undefined): readonly WalMark[] {
+  if (!winner || winner.draft.walLsn === null) return [];
+  const kept = prev?.primary?.name === winner.draft.name ? (prev.primaryWal ?? []) : [];
+  if (!winner.fresh) return kept;
+  const mark = { at: winner.draft.lastOkAt, lsn: winner.draft.walLsn };
+  const last = kept[kept.length - 1];
+  if (last !== undefined && (last.at >= mark.at || last.lsn > mark.lsn)) return kept;
+  return Object.freeze([...kept.slice(Math.max(0, kept.length - WAL_MARKS_KEPT + 1)), Object.freeze(mark)]);
+}
+
+/** The latest mark at or below `lsn` (marks ascend in time and LSN), or null. */
+function lastMarkAtOrBelow(marks: readonly WalMark[], lsn: bigint): WalMark | null {
+  for (let i = marks.length - 1; i >= 0; i--) if (marks[i]!.lsn <= lsn) return marks[i]!;
+  return null;
 }

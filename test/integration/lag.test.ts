@@ -1,7 +1,7 @@
 // Lag-aware read routing on a private cluster (primary node0 + replicas node1, node2):
 // replay paused on one replica takes it out of the read rotation after the next poll and
-// puts it back after the resume; an idle primary does not make caught-up replicas look
-// lagging; a replica stopped mid-stream costs the clients nothing (reads re-run elsewhere).
+// puts it back after the resume; an idle primary, or one writing WAL without commits, does
+// not make replicas that keep up look lagging; a replica stopped mid-stream costs the clients nothing (reads re-run elsewhere).
 //
 // Destructive (replay pause, immediate stop), so the shared cluster is left alone.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -176,6 +176,57 @@ describe('replica lag and read routing (private cluster)', () => {
     expect(counts.get(portB) ?? 0).toBeGreaterThan(30);
     for (const n of mon.snapshot().nodes.filter((x) => x.role === 'replica')) expect(n.lagMs).toBe(0);
     await c.end();
+  });
+
+  it('does not age replicas that keep up with WAL written without commits (maxLagMs 500)', async () => {
+    // Hint bits, vacuum or checkpoints after a bulk write make WAL but no commits: the
+    // replicas' last replayed commit ages while they replay everything within a poll.
+    // Non-transactional logical messages make such WAL on demand.
+    await cluster.query('node0', "INSERT INTO lag_t (pad) VALUES ('before wal without commits')");
+    const mon = msProxy.proxy.monitor;
+    await waitFor(
+      () => mon.snapshot().nodes.filter((n) => n.role === 'replica').every((n) => n.lagBytes === 0),
+      20 * PERIOD,
+      () => `replicas caught up: ${describeSnap(mon.snapshot())}`,
+    );
+    const writer = await pgClient(port0, { database: 'postgres' });
+    let emitting = true;
+    let messages = 0;
+    const emitter = (async () => {
+      while (emitting) {
+        await writer.query("SELECT pg_logical_emit_message(false, 'pgmux-test', repeat('x', 4000))");
+        messages++;
+      }
+    })();
+    // Sample the snapshots meanwhile: the replicas must be seen behind (else the test
+    // would only repeat the idle-primary case) and never lagging.
+    let behind = 0;
+    let worstLagMs = 0;
+    const t0 = Date.now();
+    while (Date.now() - t0 < 2500) {
+      for (const n of mon.snapshot().nodes.filter((x) => x.role === 'replica')) {
+        if ((n.lagBytes ?? 0) > 0) behind++;
+        worstLagMs = Math.max(worstLagMs, n.lagMs ?? Infinity);
+      }
+      await sleep(PERIOD / 2);
+    }
+    const replayAge = await cluster.query('node1', 'SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS ms');
+    const c = await pgClient(msProxy.port, { database: 'postgres' });
+    const counts = await readPorts(c, 100);
+    emitting = false;
+    await emitter;
+    await writer.end();
+    await c.end();
+    console.log(
+      `[lag] ${messages} WAL-only messages in 2.5 s: replicas seen behind in ${behind} samples, worst lagMs ${worstLagMs}, ` +
+        `node1 last commit ${Math.round(Number(replayAge[0].ms))} ms old; reads ${JSON.stringify([...counts])}`,
+    );
+    expect(behind).toBeGreaterThan(0);
+    expect(Number(replayAge[0].ms)).toBeGreaterThan(LAG_LIMIT_MS);
+    expect(worstLagMs).toBeLessThan(LAG_LIMIT_MS);
+    expect(counts.get(port0) ?? 0).toBe(0);
+    expect(counts.get(portA) ?? 0).toBeGreaterThan(30);
+    expect(counts.get(portB) ?? 0).toBeGreaterThan(30);
   });
 
   it('re-runs reads elsewhere when a replica is stopped mid-stream: no client error', async () => {

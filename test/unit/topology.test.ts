@@ -311,6 +311,57 @@ describe('deriveTopology', () => {
       expect(ss[1]!.nodes[1]).toMatchObject({ lagBytes: 0, lagMs: 1000 });
     });
 
+    it('WAL without commits: a replica keeping up is as old as the primary check it has reached', () => {
+      // The primary writes WAL (hint bits, vacuum) but commits nothing: the replica's last
+      // replayed commit grows old (replayLagMs), yet each round it has replayed what the
+      // primary had one round earlier.
+      const lsn = (mb: number) => BigInt(mb) << 20n;
+      const ss = rounds(
+        [primary(0, 1000, { walLsn: lsn(10) }), replica(1, 1000, { walLsn: lsn(9), replayLagMs: 30_000 }), replica(2, 1000, { walLsn: lsn(9), replayLagMs: 30_000 })],
+        [primary(0, 2000, { walLsn: lsn(11) }), replica(1, 2000, { walLsn: lsn(10), replayLagMs: 31_000 }), replica(2, 2000, { walLsn: lsn(9), replayLagMs: 31_000 })],
+        [primary(0, 3000, { walLsn: lsn(12) }), replica(1, 3000, { walLsn: lsn(11), replayLagMs: 32_000 }), replica(2, 3000, { walLsn: lsn(9), replayLagMs: 32_000 })],
+      );
+      // Round 1: no earlier primary check to compare with: the commit age is all there is.
+      expect(ss[0]!.nodes[1]!.lagMs).toBe(30_000);
+      // Round 3: node 1 is where the primary was at 2000 (1 s ago); node 2 stopped at the
+      // first check's position minus 1 MB, which no check of the primary is at or below.
+      expect(ss[2]!.nodes[1]).toMatchObject({ lagBytes: 1 << 20, lagMs: 1000 });
+      expect(ss[2]!.nodes[2]).toMatchObject({ lagBytes: 3 << 20, lagMs: 32_000 });
+      // The commit age still wins when it is the tighter bound.
+      const [t] = rounds(
+        [primary(0, 1000, { walLsn: lsn(10) }), replica(1, 1000, { walLsn: lsn(10) }), replica(2, 1000)],
+      );
+      const t2 = deriveTopology(t!, [primary(0, 5000, { walLsn: lsn(20) }), replica(1, 5000, { walLsn: lsn(15), replayLagMs: 200 }), replica(2, 5000)], 5000, OPTS);
+      expect(t2.nodes[1]!.lagMs).toBe(200);
+      // A replica stuck at an old position ages with the clock.
+      const t3 = deriveTopology(t2, [primary(0, 9000, { walLsn: lsn(30) }), replica(1, 9000, { walLsn: lsn(10), replayLagMs: null }), replica(2, 9000)], 9000, OPTS);
+      expect(t3.nodes[1]!.lagMs).toBe(8000);
+    });
+
+    it('a new primary starts its WAL marks afresh', () => {
+      const lsn = (mb: number) => BigInt(mb) << 20n;
+      const s1 = deriveTopology(null, [primary(0, 1000, { walLsn: lsn(50) }), replica(1, 1000, { walLsn: lsn(50) }), replica(2, 1000, { walLsn: lsn(50) })], 1000, OPTS);
+      expect(s1.primaryWal?.map((m) => m.at)).toEqual([1000]);
+      // Node 1 promoted (timeline 2); node 0 gone.
+      const s2 = deriveTopology(
+        s1,
+        [fail(0, 2000), primary(1, 2000, { timeline: 2, walLsn: lsn(60) }), replica(2, 2000, { timeline: 2, walLsn: lsn(55), replayLagMs: 40_000 })],
+        2000,
+        { ...OPTS, maxRetries: 1 },
+      );
+      expect(s2.primary?.index).toBe(1);
+      expect(s2.primaryWal?.map((m) => m.at)).toEqual([2000]);
+      // Node 0's old mark at 50 MB must not vouch for node 2 on the new primary.
+      expect(s2.nodes[2]!.lagMs).toBe(40_000);
+    });
+
+    it('keeps a bounded number of marks', () => {
+      let s: TopologySnapshot | null = null;
+      for (let i = 1; i <= 500; i++) s = deriveTopology(s, [primary(0, i * 1000, { walLsn: BigInt(i) << 20n }), replica(1, i * 1000), replica(2, i * 1000)], i * 1000, OPTS);
+      expect(s!.primaryWal!.length).toBeLessThanOrEqual(120);
+      expect(s!.primaryWal!.at(-1)!.at).toBe(500_000);
+    });
+
     it('negative differences clamp to 0', () => {
       const [s] = rounds([
         primary(0, 1000, { walLsn: parseLsn('0/5000000') }),
