@@ -603,11 +603,13 @@ async function main() {
         }
         const commits1 = await nodeCommits(cluster);
         const commitDelta = commits1.map((c, i) => Math.max(0, c - commits0[i]));
-        cell.runs.push({ ok: r.ok, tps: r.tps, latencyMs: r.latencyMs, transactions: r.transactions, cpuUsPerTxn, error: r.error, commitDelta });
+        cell.runs.push({ ok: r.ok, tps: r.tps, latencyMs: r.latencyMs, transactions: r.transactions, failed: r.failed, cpuUsPerTxn, error: r.error, commitDelta });
         log(
           `[${n}/${runsPlanned}] ${w} round ${round}/${opts.rounds} ${TARGET_LABEL[t]}: ` +
             (r.ok
-              ? `${Math.round(r.tps).toLocaleString('en-US')} tps, ${r.latencyMs} ms` + (cpuUsPerTxn !== null ? `, ${cpuUsPerTxn.toFixed(1)} µs CPU/txn` : '')
+              ? `${Math.round(r.tps).toLocaleString('en-US')} tps, ${r.latencyMs} ms` +
+                (cpuUsPerTxn !== null ? `, ${cpuUsPerTxn.toFixed(1)} µs CPU/txn` : '') +
+                (wl.writes && r.failed !== null ? `, ${r.failed} failed` : '')
               : `FAILED: ${r.error}`),
         );
         if (wl.clients > 100 && t === 'direct') await waitBackendsBelow(cluster, 200);

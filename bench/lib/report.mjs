@@ -31,6 +31,8 @@ export function summarize(cell) {
     okRounds: ok.length,
     tpsList: cell.runs.map((r) => (r.ok ? r.tps : null)),
     share: shareOf(ok),
+    // pgbench's "number of failed transactions", summed over the runs that reported it.
+    failed: cell.runs.some((r) => typeof r.failed === 'number') ? cell.runs.reduce((a, r) => a + (r.failed ?? 0), 0) : null,
   };
 }
 
@@ -156,6 +158,11 @@ export function markdown(ctx) {
       L.push(`| ${TARGET_LABEL[r.target]} | ${r.tps} | ${r.lat} | ${r.cpu} | ${r.xDirect} | ${r.xBouncer} | ${r.perRound} | ${r.share} | ${mdCell(r.note)} |`);
     }
     L.push('');
+    if (wl.writes) {
+      const counted = rows.filter((x) => x.workload === w && x.summary.failed != null);
+      if (counted.length)
+        L.push(`pgbench's failed transactions (summed over the rounds): ${counted.map((x) => `${TARGET_LABEL[x.target]} ${x.summary.failed}`).join(', ')}.`, '');
+    }
   }
   L.push('## Memory: idle authenticated clients');
   L.push('');
