@@ -199,11 +199,22 @@ function cappedBottleneckNote(capped) {
   const notes = [];
   const cap = capped.cpus;
   if (sum.nodesBound.spread === false) {
+    const cores = sum.use.spread.nodeCores;
+    const atCap = cores.map((c) => c >= 0.85 * cap);
     const px = sum.use.spread.proxyCores;
-    notes.push(
-      `in (b) not every node ran at its cap (${sum.use.spread.nodeCores.map((c) => c.toFixed(2)).join(' / ')} of ${cap} cores): ` +
-        `something else limited it${px != null && px > 0.8 ? ` — pgmux used ${px.toFixed(2)} cores, near the one core a single pgmux process can use` : ' (pgbench, pgmux, or the machine being busy)'}; a lower --node-cpu makes the nodes the bottleneck again`,
-    );
+    const shown = `${cores.map((c) => c.toFixed(2)).join(' / ')} of ${cap} cores`;
+    if (atCap.some(Boolean)) {
+      notes.push(
+        `in (b) some nodes ran at their cap and others did not (${shown}): reads are split by weight (smooth weighted round-robin), not by how busy a node is, ` +
+          `so the node that is slowest per transaction sets the pace and the others wait for work`,
+      );
+    } else {
+      notes.push(
+        `in (b) no node ran at its cap (${shown}): something else limited it` +
+          (px != null && px > 0.8 ? ` — pgmux used ${px.toFixed(2)} cores, near the one core a single pgmux process can use` : ' (pgbench, pgmux, or the machine being busy)') +
+          '; a lower --node-cpu makes the nodes the bottleneck again',
+      );
+    }
   }
   if (sum.nodesBound['primary-alone'] === false) notes.push(`in (a) the primary did not run at its cap (${sum.use['primary-alone'].nodeCores[0].toFixed(2)} of ${cap} cores)`);
   return notes;
@@ -279,7 +290,7 @@ function cappedMarkdown(capped, options) {
   L.push(
     `Why the pool is small: under a CPU quota, the CPU a transaction costs grows with the number of busy backends per node ` +
       `(measured while choosing the defaults: at 0.25 CPU, 5 pgbench clients straight to a node ran at the cap at ~50 µs per transaction, 50 clients at ~130 µs with the node ` +
-      `well under its cap — backends stopped by the quota while holding a lock stall the others). A node with a fraction of a CPU gains nothing from more than a couple ` +
+      `well under its cap: likely backends stopped by the quota while holding a lock, stalling the others). A node with a fraction of a CPU gains nothing from more than a couple ` +
       `of busy backends, so pgmux gets ${capped.poolSize} per node; the direct reference opens ${capped.clients} and shows that cost. ` +
       `The groups also get ten times the default CPU weight, so that other work on the machine cannot take a node's quota from it.`,
   );
