@@ -5,8 +5,9 @@
 // held to a CPU quota by a cgroup: pgmux reads on the primary alone vs spread over the
 // replicas). Writes bench/results/<date>.md and .svg.
 //
-//   npm run bench                         3 rounds x 15 s per workload and target (~20 min)
+//   npm run bench                         3 rounds x 15 s per workload and target (~25 min)
 //   npm run bench -- --quick              1 round x 5 s (smoke run, ~5 min)
+//   npm run bench -- --no-capped          without the capped-nodes scenario (which needs root)
 //   npm run bench -- --full               also 5000 idle clients in the memory test
 //   npm run bench -- --only pgmux,direct --workloads select-simple,tpcb
 //
@@ -647,6 +648,11 @@ async function main() {
   let capped = null;
   if (opts.capped) {
     for (const r of Object.values(running)) await r.stop?.();
+    // After the write workloads: vacuum (prunes, sets hint bits and the visibility map) and a
+    // checkpoint, so that the select-only runs do not leave that to the primary's capped CPU
+    // (on-access pruning and, with wal_log_hints, full-page images) while the replicas never do it.
+    await cluster.query('node0', 'vacuum pgbench_accounts', { database: DATABASE });
+    await cluster.query('node0', 'checkpoint');
     await waitReplicasCaughtUp(cluster);
     capped = await runCapped({ cluster, opts, pgbenchBin, database: DATABASE, work, freePort, repoDir, nofile, log, nodeCommits });
     if (isAborting()) return new Promise(() => {});

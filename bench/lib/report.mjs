@@ -277,6 +277,7 @@ function cappedMarkdown(capped, options) {
   L.push(
     `*node CPU used*: user + system CPU of each node's process tree during the run (reaped backends included), divided by the run's wall time; ` +
       `at the cap it is ${capped.cpus}. *node CPU µs/txn*: all nodes' CPU over the transactions pgbench completed. ` +
+      `*% on primary / replica*: from pg_stat_database as in the tables above (a few % can belong to the run before). ` +
       (bound
         ? `The nodes serving reads ran at (≥ 85 % of) their cap in both (a) and (b): the nodes were the bottleneck, not pgmux or pgbench. ` +
           `With every node at its cap, b/a = ${nodes} × (node CPU per transaction in (a)) / (in (b))` +
