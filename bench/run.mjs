@@ -648,13 +648,7 @@ async function main() {
   let capped = null;
   if (opts.capped) {
     for (const r of Object.values(running)) await r.stop?.();
-    // After the write workloads: vacuum (prunes, sets hint bits and the visibility map) and a
-    // checkpoint, so that the select-only runs do not leave that to the primary's capped CPU
-    // (on-access pruning and, with wal_log_hints, full-page images) while the replicas never do it.
-    await cluster.query('node0', 'vacuum pgbench_accounts', { database: DATABASE });
-    await cluster.query('node0', 'checkpoint');
-    await waitReplicasCaughtUp(cluster);
-    capped = await runCapped({ cluster, opts, pgbenchBin, database: DATABASE, work, freePort, repoDir, nofile, log, nodeCommits });
+    capped = await runCapped({ cluster, opts, pgbenchBin, database: DATABASE, work, freePort, repoDir, nofile, log, nodeCommits, waitReplicasCaughtUp });
     if (isAborting()) return new Promise(() => {});
     if (capped.skipped) log(`capped-nodes scenario skipped: ${capped.skipped}`);
     incidents.push(...capped.incidents);

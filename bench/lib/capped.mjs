@@ -8,7 +8,7 @@
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { capTrees } from './cgroup.mjs';
+import { capTrees, findCpuController } from './cgroup.mjs';
 import { WORKLOADS, runPgbench, runSeconds } from './pgbench.mjs';
 import { isAborting, shq, sleep, treeCpuSeconds } from './procs.mjs';
 import { startPgmux } from './targets.mjs';
@@ -24,6 +24,37 @@ export const CAPPED_VARIANTS = {
   spread: { label: 'pgmux, reads spread over primary + replicas (b)', weights: (nodes) => nodes.map(() => 1) },
 };
 
+/**
+ * Leave the primary nothing to write during the select-only runs. The write workloads leave
+ * dead tuples that hot_standby_feedback kept a first VACUUM from removing; select-only
+ * would then prune them and WAL-log hint bits (wal_log_hints) on the primary alone, inside
+ * its cap, and that trickle of WAL keeps the replicas a few kB behind at every health check,
+ * where pgmux's lag check (age of the last replayed commit, 10 s by default) holds them out
+ * of reads. So: wait until the replicas' feedback xmin has passed every transaction so far
+ * (it is sent every wal_receiver_status_interval, 10 s), VACUUM, CHECKPOINT, catch up.
+ */
+async function quiesce(cluster, database, waitReplicasCaughtUp, timeoutMs = 30_000) {
+  const [{ x }] = await cluster.query('node0', "select (txid_current() % 4294967296)::text as x", { database });
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const [{ n }] = await cluster.query(
+      'node0',
+      'select count(*)::int as n from pg_stat_replication where backend_xmin is not null and backend_xmin::text::bigint <= $1::bigint',
+      { params: [x] },
+    );
+    if (n === 0 || Date.now() > deadline) break;
+    await sleep(500);
+  }
+  await cluster.query('node0', 'vacuum pgbench_accounts', { database });
+  await cluster.query('node0', 'checkpoint');
+  await waitReplicasCaughtUp(cluster);
+}
+
+async function primaryLsn(cluster) {
+  const [{ b }] = await cluster.query('node0', "select (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8 as b");
+  return b;
+}
+
 function postmasterPid(node) {
   const pid = Number(readFileSync(join(node.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
   if (!Number.isInteger(pid) || pid <= 0) throw new Error(`no postmaster pid in ${node.dataDir}/postmaster.pid`);
@@ -37,7 +68,7 @@ function postmasterPid(node) {
  * instances }. The caps are removed before it returns (and by procs.mjs's undo list on
  * any abort).
  */
-export async function runCapped({ cluster, opts, pgbenchBin, database, work, freePort, repoDir, nofile, log, nodeCommits }) {
+export async function runCapped({ cluster, opts, pgbenchBin, database, work, freePort, repoDir, nofile, log, nodeCommits, waitReplicasCaughtUp }) {
   const wl = WORKLOADS[CAPPED_WORKLOAD];
   const out = {
     cpus: opts.nodeCpu,
@@ -55,6 +86,11 @@ export async function runCapped({ cluster, opts, pgbenchBin, database, work, fre
     instances: [],
     incidents: [],
   };
+  const ctl = findCpuController();
+  if (!ctl.ok) {
+    out.skipped = ctl.reason;
+    return out;
+  }
   let trees;
   try {
     trees = cluster.nodes.map((n) => ({ name: n.name, pid: postmasterPid(n) }));
@@ -62,10 +98,11 @@ export async function runCapped({ cluster, opts, pgbenchBin, database, work, fre
     out.skipped = e.message;
     return out;
   }
+  await quiesce(cluster, database, waitReplicasCaughtUp);
   // Before any of the scenario's connections: the backends they fork are born capped.
   let caps;
   try {
-    caps = capTrees(trees, opts.nodeCpu);
+    caps = capTrees(trees, opts.nodeCpu, { ctl });
   } catch (e) {
     out.skipped = e.message;
     return out;
@@ -113,6 +150,7 @@ export async function runCapped({ cluster, opts, pgbenchBin, database, work, fre
         if (cell.status !== 'ok') continue;
         const inst = instances[key];
         const commits0 = await nodeCommits(cluster);
+        const lsn0 = await primaryLsn(cluster);
         const node0 = trees.map((t) => treeCpuSeconds(t.pid));
         const proxy0 = inst ? treeCpuSeconds(inst.pid) : null;
         const t0 = Date.now();
@@ -127,17 +165,19 @@ export async function runCapped({ cluster, opts, pgbenchBin, database, work, fre
         const wall = (Date.now() - t0) / 1000;
         const nodeCores = trees.map((t, i) => (treeCpuSeconds(t.pid) - node0[i]) / wall);
         const proxyCores = inst ? (treeCpuSeconds(inst.pid) - proxy0) / wall : null;
+        const walBytes = (await primaryLsn(cluster)) - lsn0;
         const commits1 = await nodeCommits(cluster);
         const commitDelta = commits1.map((c, i) => Math.max(0, c - commits0[i]));
         const cpuUsPerTxn = inst && r.transactions ? (proxyCores * wall * 1e6) / r.transactions : null;
         const nodeUsPerTxn = r.transactions ? (nodeCores.reduce((a, b) => a + b, 0) * wall * 1e6) / r.transactions : null;
-        cell.runs.push({ ok: r.ok, tps: r.tps, latencyMs: r.latencyMs, transactions: r.transactions, failed: r.failed, cpuUsPerTxn, error: r.error, commitDelta, nodeCores, proxyCores, nodeUsPerTxn });
+        cell.runs.push({ ok: r.ok, tps: r.tps, latencyMs: r.latencyMs, transactions: r.transactions, failed: r.failed, cpuUsPerTxn, error: r.error, commitDelta, nodeCores, proxyCores, nodeUsPerTxn, walBytes });
         if (!r.ok) out.incidents.push(`capped nodes round ${round} ${key}: pgbench exit ${r.code}: ${r.error}`);
         log(
           `capped round ${round}/${opts.rounds} ${CAPPED_VARIANTS[key].label}: ` +
             (r.ok ? `${Math.round(r.tps).toLocaleString('en-US')} tps, ${r.latencyMs} ms` : `FAILED: ${r.error}`) +
             `; node CPU ${nodeCores.map((c) => c.toFixed(2)).join(' / ')} cores` +
-            (proxyCores !== null ? `, pgmux ${proxyCores.toFixed(2)} cores` : ''),
+            (proxyCores !== null ? `, pgmux ${proxyCores.toFixed(2)} cores` : '') +
+            `; primary wrote ${Math.round(walBytes / 1024)} kB of WAL`,
         );
         await sleep(1000);
       }

@@ -8,7 +8,7 @@
 // processes moved back where they came from) and removed on normal exit, on error, on
 // Ctrl-C and, through the watchdog shell, when the bench is killed.
 
-import { mkdirSync, readFileSync, rmdirSync, writeFileSync, existsSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { processTree, registerUndo, shq, unregisterUndo } from './procs.mjs';
 
@@ -42,9 +42,20 @@ function sleepSync(ms) {
  * Where the cpu controller can be used: { ok: true, version: 2|1, root } or
  * { ok: false, reason }. From /proc/self/mountinfo: a cgroup2 mount whose
  * cgroup.controllers lists cpu (a controller is on one hierarchy only), else a v1 mount
- * with the cpu option.
+ * with the cpu option; and its root must be writable by us.
  */
 export function findCpuController(mountinfo = '/proc/self/mountinfo') {
+  const ctl = findCpuMount(mountinfo);
+  if (!ctl.ok) return ctl;
+  try {
+    accessSync(ctl.root, constants.W_OK);
+  } catch (e) {
+    return { ok: false, reason: `${ctl.root} (cgroup v${ctl.version} cpu controller) is not writable: ${errText(e)}` };
+  }
+  return ctl;
+}
+
+function findCpuMount(mountinfo) {
   const text = read(mountinfo);
   if (text === null) return { ok: false, reason: `cannot read ${mountinfo}` };
   const v1 = [];

@@ -149,6 +149,7 @@ export function cappedSummary(capped) {
       nodeCores: runs.length ? runs[0].nodeCores.map((_, i) => median(runs.map((r) => r.nodeCores[i]))) : null,
       proxyCores: median(runs.map((r) => r.proxyCores)),
       nodeUsPerTxn: median(runs.map((r) => r.nodeUsPerTxn)),
+      walBytes: median(runs.map((r) => r.walBytes)),
     };
   }
   const a = s['primary-alone'];
@@ -181,6 +182,7 @@ function cappedRows(capped) {
       nodeCores: sum.use[k].nodeCores ? sum.use[k].nodeCores.map((c) => fmt(c, 2)).join(' / ') : '—',
       proxyCores: sum.use[k].proxyCores != null ? fmt(sum.use[k].proxyCores, 2) : '—',
       nodeUs: sum.use[k].nodeUsPerTxn != null ? fmt(sum.use[k].nodeUsPerTxn, 0) : '—',
+      walKb: sum.use[k].walBytes != null ? fmtInt(sum.use[k].walBytes / 1024) : '—',
       share: st.share ? st.share.map((x) => `${Math.round(x * 100)}`).join(' / ') : '—',
       note: ok ? (st.reason ?? '') : (st.reason ?? ''),
     };
@@ -198,7 +200,17 @@ function cappedBottleneckNote(capped) {
   const sum = cappedSummary(capped);
   const notes = [];
   const cap = capped.cpus;
-  if (sum.nodesBound.spread === false) {
+  const share = sum.s.spread.share;
+  const starved = share ? share.map((x, i) => (i > 0 && x < 0.05 ? capped.moved[i]?.name : null)).filter(Boolean) : [];
+  if (starved.length) {
+    const wal = sum.use.spread.walBytes;
+    notes.push(
+      `in (b) pgmux sent (almost) no reads to ${starved.join(' and ')}: it held them out as down or lagging` +
+        (wal != null && wal > 64 * 1024
+          ? ` — the primary wrote ${fmtInt(wal / 1024)} kB of WAL during the run and no commits, so a replica a few kB behind looks as old as its last replayed commit to the max_lag_ms check`
+          : ''),
+    );
+  } else if (sum.nodesBound.spread === false) {
     const cores = sum.use.spread.nodeCores;
     const atCap = cores.map((c) => c >= 0.85 * cap);
     const px = sum.use.spread.proxyCores;
@@ -222,10 +234,10 @@ function cappedBottleneckNote(capped) {
 
 export function consoleCapped(capped) {
   if (capped.skipped) return `Capped nodes: skipped (${capped.skipped})`;
-  const head = ['capped nodes', 'tps', 'lat ms', '×(a)', 'node cores', 'node µs/txn', 'pgmux cores', '% per node'];
-  const data = cappedRows(capped).map((r) => [r.label, r.tps, r.lat, r.xAlone, r.nodeCores, r.nodeUs, r.proxyCores, r.share]);
+  const head = ['capped nodes', 'tps', 'lat ms', '×(a)', 'node cores', 'node µs/txn', 'pgmux cores', '% per node', 'WAL kB'];
+  const data = cappedRows(capped).map((r) => [r.label, r.tps, r.lat, r.xAlone, r.nodeCores, r.nodeUs, r.proxyCores, r.share, r.walKb]);
   const widths = head.map((h, i) => Math.max(h.length, ...data.map((d) => String(d[i]).length)));
-  const line = (cells) => cells.map((c, i) => pad(c, widths[i], (i > 0 && i < 4) || i === 5 || i === 6)).join('  ').trimEnd();
+  const line = (cells) => cells.map((c, i) => pad(c, widths[i], (i > 0 && i < 4) || i === 5 || i === 6 || i === 8)).join('  ').trimEnd();
   const out = [
     `Capped nodes: ${capped.cpus} CPU per node (${capped.method})`,
     line(head),
@@ -266,9 +278,9 @@ function cappedMarkdown(capped, options) {
       `(b) weight 1 on every node, pgmux's normal routing. (a) and (b) swap order every round; straight to the capped primary (${capped.clients} backends) is the reference.`,
   );
   L.push('');
-  L.push('| scenario | tps (median) | latency ms | × primary alone (a) | tps per round | node CPU used, cores (primary / replica 1 / replica 2) | node CPU µs/txn | pgmux CPU, cores | % on primary / replica 1 / replica 2 | note |');
-  L.push('| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | --- | --- |');
-  for (const r of cappedRows(capped)) L.push(`| ${r.label} | ${r.tps} | ${r.lat} | ${r.xAlone} | ${r.perRound} | ${r.nodeCores} | ${r.nodeUs} | ${r.proxyCores} | ${r.share} | ${mdCell(r.note)} |`);
+  L.push('| scenario | tps (median) | latency ms | × primary alone (a) | tps per round | node CPU used, cores (primary / replica 1 / replica 2) | node CPU µs/txn | pgmux CPU, cores | % on primary / replica 1 / replica 2 | WAL written by the primary, kB | note |');
+  L.push('| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | --- | ---: | --- |');
+  for (const r of cappedRows(capped)) L.push(`| ${r.label} | ${r.tps} | ${r.lat} | ${r.xAlone} | ${r.perRound} | ${r.nodeCores} | ${r.nodeUs} | ${r.proxyCores} | ${r.share} | ${r.walKb} | ${mdCell(r.note)} |`);
   L.push('');
   L.push(`**${cappedVerdict(capped)}** (issue #5).`);
   L.push('');
@@ -278,6 +290,7 @@ function cappedMarkdown(capped, options) {
     `*node CPU used*: user + system CPU of each node's process tree during the run (reaped backends included), divided by the run's wall time; ` +
       `at the cap it is ${capped.cpus}. *node CPU µs/txn*: all nodes' CPU over the transactions pgbench completed. ` +
       `*% on primary / replica*: from pg_stat_database as in the tables above (a few % can belong to the run before). ` +
+      `*WAL written by the primary*: during the run; select-only should write none (before the scenario the bench waits for the replicas' feedback xmin, vacuums pgbench_accounts and checkpoints). ` +
       (bound
         ? `The nodes serving reads ran at (≥ 85 % of) their cap in both (a) and (b): the nodes were the bottleneck, not pgmux or pgbench. ` +
           `With every node at its cap, b/a = ${nodes} × (node CPU per transaction in (a)) / (in (b))` +
