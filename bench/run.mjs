@@ -1,10 +1,13 @@
 #!/usr/bin/env node
 // `npm run bench`: pgmux against PostgreSQL direct, PgBouncer and Pgpool-II on a throw-away
 // local primary + 2 streaming replicas. pgbench workloads in interleaved rounds, proxy CPU
-// per transaction from /proc, RSS per idle client; writes bench/results/<date>.md and .svg.
+// per transaction from /proc, RSS per idle client; then the capped-nodes scenario (each node
+// held to a CPU quota by a cgroup: pgmux reads on the primary alone vs spread over the
+// replicas). Writes bench/results/<date>.md and .svg.
 //
-//   npm run bench                         3 rounds x 15 s per workload and target (~20 min)
+//   npm run bench                         3 rounds x 15 s per workload and target (~25 min)
 //   npm run bench -- --quick              1 round x 5 s (smoke run, ~5 min)
+//   npm run bench -- --no-capped          without the capped-nodes scenario (which needs root)
 //   npm run bench -- --full               also 5000 idle clients in the memory test
 //   npm run bench -- --only pgmux,direct --workloads select-simple,tpcb
 //
@@ -36,7 +39,8 @@ import {
 } from './lib/procs.mjs';
 import { TARGETS, TARGET_LABEL, canQuery, startPgBouncer, startPgmux, startPgpool, versionOf, which } from './lib/targets.mjs';
 import { WORKLOADS, WORKLOAD_NAMES, pgbenchDisplay, runPgbench, runSeconds } from './lib/pgbench.mjs';
-import { consoleMemory, consoleTable, markdown, svgChart, tableRows } from './lib/report.mjs';
+import { consoleCapped, consoleMemory, consoleTable, markdown, svgChart, tableRows } from './lib/report.mjs';
+import { CAPPED_VARIANTS, runCapped } from './lib/capped.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repoDir = dirname(here);
@@ -59,6 +63,11 @@ const HELP = `usage: npm run bench -- [options]     (or: node bench/run.mjs [opt
   --only <t,...>        targets: ${TARGETS.join(',')}
   --workloads <w,...>   workloads: ${WORKLOAD_NAMES.join(',')}
   --no-memory           skip the idle-client memory test
+  --node-cpu <x>        CPU quota per PostgreSQL node in the capped-nodes scenario (default 0.2)
+  --capped-pool-size <n> pgmux pool size per node in the capped-nodes scenario (default 2)
+  --no-capped           skip the capped-nodes scenario (each node held to --node-cpu CPU by a
+                        cgroup quota, then select-only through pgmux with reads on the primary
+                        alone vs spread over primary + replicas; needs root for the cgroups)
   --out <dir>           where to write <date>.md and <date>.svg (default bench/results)
   -h, --help            this text
 `;
@@ -75,6 +84,9 @@ function parseArgs(argv) {
     targets: [...TARGETS],
     workloads: [...WORKLOAD_NAMES],
     memory: true,
+    capped: true,
+    nodeCpu: 0.2,
+    cappedPoolSize: 2,
     out: join(here, 'results'),
   };
   const list = (v, allowed, what) => {
@@ -89,6 +101,11 @@ function parseArgs(argv) {
   const int = (v, name, min = 1) => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < min) die(`${name} must be a whole number >= ${min}, got ${JSON.stringify(v)}`);
+    return n;
+  };
+  const cpus = (v, name) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0.01 || n > os.cpus().length) die(`${name} must be a number of CPUs from 0.01 to ${os.cpus().length}, got ${JSON.stringify(v)}`);
     return n;
   };
   for (let i = 0; i < argv.length; i++) {
@@ -106,6 +123,9 @@ function parseArgs(argv) {
       case '--only': o.targets = list(val(), TARGETS, '--only'); break;
       case '--workloads': o.workloads = list(val(), WORKLOAD_NAMES, '--workloads'); break;
       case '--no-memory': o.memory = false; break;
+      case '--node-cpu': o.nodeCpu = cpus(val(), '--node-cpu'); break;
+      case '--no-capped': o.capped = false; break;
+      case '--capped-pool-size': o.cappedPoolSize = int(val(), '--capped-pool-size'); break;
       case '--out': o.out = val(); break;
       case '-h': case '--help': process.stdout.write(HELP); process.exit(0); break;
       default: die(`unknown option ${a}\n${HELP}`);
@@ -227,7 +247,7 @@ function collectLogs(running) {
       seen.add(key);
       distinct.push(l.length > 400 ? l.slice(0, 400) + '…' : l);
     }
-    out.push({ target: r.name, count: lines.length, lines: distinct.slice(0, 8), more: Math.max(0, distinct.length - 8) });
+    out.push({ target: r.name, label: r.label, count: lines.length, lines: distinct.slice(0, 8), more: Math.max(0, distinct.length - 8) });
   }
   return out;
 }
@@ -430,10 +450,14 @@ async function main() {
     0,
   );
   const pause = 1000;
-  const eta = (secondsPlanned + (runsPlanned * pause) / 1000 + 60 + (opts.memory ? 60 : 0)) / 60;
+  const cappedRuns = opts.capped ? opts.rounds * Object.keys(CAPPED_VARIANTS).length : 0;
+  const cappedSeconds = opts.capped ? cappedRuns * (runSeconds('select-simple', opts.seconds) + 3) + 20 : 0;
+  const eta = (secondsPlanned + (runsPlanned * pause) / 1000 + 60 + (opts.memory ? 60 : 0) + cappedSeconds) / 60;
   log(
     `pgmux bench: targets ${opts.targets.join(', ')}; workloads ${opts.workloads.join(', ')}; ${opts.rounds} round(s) x ${opts.seconds} s; ` +
-      `${runsPlanned} pgbench runs, about ${Math.ceil(eta)} min`,
+      `${runsPlanned} pgbench runs` +
+      (opts.capped ? ` + ${cappedRuns} with capped nodes (${opts.nodeCpu} CPU each)` : '') +
+      `, about ${Math.ceil(eta)} min`,
   );
 
   // 1. Cluster and data.
@@ -603,11 +627,13 @@ async function main() {
         }
         const commits1 = await nodeCommits(cluster);
         const commitDelta = commits1.map((c, i) => Math.max(0, c - commits0[i]));
-        cell.runs.push({ ok: r.ok, tps: r.tps, latencyMs: r.latencyMs, transactions: r.transactions, cpuUsPerTxn, error: r.error, commitDelta });
+        cell.runs.push({ ok: r.ok, tps: r.tps, latencyMs: r.latencyMs, transactions: r.transactions, failed: r.failed, cpuUsPerTxn, error: r.error, commitDelta });
         log(
           `[${n}/${runsPlanned}] ${w} round ${round}/${opts.rounds} ${TARGET_LABEL[t]}: ` +
             (r.ok
-              ? `${Math.round(r.tps).toLocaleString('en-US')} tps, ${r.latencyMs} ms` + (cpuUsPerTxn !== null ? `, ${cpuUsPerTxn.toFixed(1)} µs CPU/txn` : '')
+              ? `${Math.round(r.tps).toLocaleString('en-US')} tps, ${r.latencyMs} ms` +
+                (cpuUsPerTxn !== null ? `, ${cpuUsPerTxn.toFixed(1)} µs CPU/txn` : '') +
+                (wl.writes && r.failed !== null ? `, ${r.failed} failed` : '')
               : `FAILED: ${r.error}`),
         );
         if (wl.clients > 100 && t === 'direct') await waitBackendsBelow(cluster, 200);
@@ -616,7 +642,20 @@ async function main() {
     }
   }
 
-  // 6. Teardown before writing (so a slow write does not keep servers up).
+  // 6. Capped nodes: the workloads' proxies stop first (their logs read before), the
+  // scenario starts its own two pgmux instances.
+  const proxyLogs = collectLogs(running);
+  let capped = null;
+  if (opts.capped) {
+    for (const r of Object.values(running)) await r.stop?.();
+    capped = await runCapped({ cluster, opts, pgbenchBin, database: DATABASE, work, freePort, repoDir, nofile, log, nodeCommits, waitReplicasCaughtUp });
+    if (isAborting()) return new Promise(() => {});
+    if (capped.skipped) log(`capped-nodes scenario skipped: ${capped.skipped}`);
+    incidents.push(...capped.incidents);
+    proxyLogs.push(...collectLogs(capped.instances));
+  }
+
+  // 7. Teardown before writing (so a slow write does not keep servers up).
   log('stopping proxies and the cluster');
   const commands = [
     `npm run bench${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).map(shq).join(' ') : ''}`,
@@ -628,26 +667,27 @@ async function main() {
     '# each run; PORT = the primary (direct) or the proxy; -T seconds as above',
     ...opts.workloads.map((w) => pgbenchDisplay(w, { seconds: opts.seconds, database: DATABASE }) + (WORKLOADS[w].clients > 100 ? '   # via sh -c "ulimit -n 8192; exec ..."' : '')),
     '# before each tpcb run, on the primary: vacuum pgbench_branches; vacuum pgbench_tellers; truncate pgbench_history; checkpoint',
+    ...(capped?.commands ?? []).map((c) => c.replaceAll(work, '$TMPDIR')),
   ];
   const configs = Object.values(running)
     .filter((r) => r.config)
     .map((r) => ({ name: `${TARGET_LABEL[r.name]}: ${r.configName}`, text: r.config.replaceAll(work, '$TMPDIR') }));
   const machine = machineFacts(binDir, pgbenchBin);
-  const proxyLogs = collectLogs(running);
   await cleanup();
 
-  // 7. Report.
+  // 8. Report.
   const durationS = (Date.now() - T0) / 1000;
   const rows = tableRows(results, opts.workloads, opts.targets);
   process.stdout.write('\n' + consoleTable(rows) + '\n');
   if (memory.length) process.stdout.write('\nIdle clients, RSS:\n' + consoleMemory(memory) + '\n');
+  if (capped) process.stdout.write('\n' + consoleCapped(capped) + '\n');
   if (incidents.length) process.stdout.write('\nIncidents:\n' + incidents.map((i) => `- ${i}`).join('\n') + '\n');
-  for (const l of proxyLogs) process.stdout.write(`\n${TARGET_LABEL[l.target]} logged ${l.count} warning/error line(s), e.g.:\n  ${l.lines.slice(0, 3).join('\n  ')}\n`);
+  for (const l of proxyLogs) process.stdout.write(`\n${l.label ?? TARGET_LABEL[l.target]} logged ${l.count} warning/error line(s), e.g.:\n  ${l.lines.slice(0, 3).join('\n  ')}\n`);
   mkdirSync(opts.out, { recursive: true });
   const svgName = `${date}.svg`;
-  const md = markdown({ date, rows, memory, machine, commands, configs, options: opts, incidents, proxyLogs, workloads: opts.workloads, targets: opts.targets, durationS, svgName });
+  const md = markdown({ date, rows, memory, machine, commands, configs, options: opts, incidents, proxyLogs, workloads: opts.workloads, targets: opts.targets, durationS, svgName, capped });
   writeFileSync(join(opts.out, `${date}.md`), md);
-  writeFileSync(join(opts.out, svgName), svgChart({ results, workloads: opts.workloads, targets: opts.targets, date, machine, quick: opts.quick }));
+  writeFileSync(join(opts.out, svgName), svgChart({ results, workloads: opts.workloads, targets: opts.targets, date, machine, quick: opts.quick, capped }));
   log(`wrote ${relative(process.cwd(), join(opts.out, `${date}.md`))} and ${svgName} (${Math.round(durationS / 60)} min in all)`);
 }
 

@@ -10,7 +10,16 @@ export const WORKLOADS = {
   'select-simple': { title: 'select-only, simple protocol', clients: 50, args: ['-S', '-M', 'simple'] },
   'select-extended': { title: 'select-only, extended protocol', clients: 50, args: ['-S', '-M', 'extended'] },
   'select-prepared': { title: 'select-only, prepared statements', clients: 50, args: ['-S', '-M', 'prepared'] },
-  tpcb: { title: 'TPC-B-like read/write', clients: 20, args: ['-M', 'simple'] },
+  // Read-heavy mix (issue #5): 9 of 10 transactions are pgbench's select-only, the 10th its
+  // simple-update (BEGIN; UPDATE accounts; SELECT; INSERT history; END). pgmux sends the
+  // selects to the replicas and the updates to the primary.
+  'read-mix': {
+    title: 'read-heavy mix: 90% select-only, 10% simple-update, simple protocol',
+    clients: 50,
+    args: ['-b', 'select-only@9', '-b', 'simple-update@1', '-M', 'simple'],
+    writes: true,
+  },
+  tpcb: { title: 'TPC-B-like read/write', clients: 20, args: ['-M', 'simple'], writes: true },
   churn: { title: 'connection churn (-C), select-only', clients: 20, args: ['-S', '-M', 'simple', '-C'] },
   // pgbench's -T clock starts before its clients have connected: 1000 connections (1000
   // forked backends when direct) take several seconds here, so these runs last >= 15 s.

@@ -1,6 +1,7 @@
 // Process bookkeeping for the benchmark: every process the bench starts is registered
 // here by PID and stopped by PID (never by name) on normal exit, error, Ctrl-C or when
-// the bench itself is killed (a detached watchdog shell). Also reads CPU time and RSS of
+// the bench itself is killed (a detached watchdog shell); so are other changes to undo
+// (registerUndo: the cgroups of the capped-nodes scenario). Also reads CPU time and RSS of
 // a process tree from /proc.
 
 import { spawn, spawnSync } from 'node:child_process';
@@ -157,6 +158,8 @@ export function isAborting() {
 const started = new Map();
 /** Temp dirs to remove at the end. */
 const tempDirs = new Set();
+/** Other changes to undo at the end (cgroups): key -> { sync(), shell }, undone newest first. */
+const undos = new Map();
 let watchdogPid;
 
 /**
@@ -180,6 +183,33 @@ export function startProcess(name, argv, opts = {}) {
 export function registerTempDir(dir) {
   tempDirs.add(dir);
   refreshWatchdog();
+}
+
+/**
+ * Something besides a process or a temp dir that must be undone at the end (e.g. a cgroup
+ * the bench made): `sync()` undoes it from the bench (stopAll, stopAllSync; must not
+ * throw), `shell` is the same as an sh snippet for the watchdog when the bench was killed.
+ * Undone newest first, after the processes are stopped.
+ */
+export function registerUndo(key, { sync, shell }) {
+  undos.set(key, { sync, shell });
+  refreshWatchdog();
+}
+
+/** The change was undone by its owner. */
+export function unregisterUndo(key) {
+  if (undos.delete(key)) refreshWatchdog();
+}
+
+function runUndos() {
+  for (const [key, u] of [...undos].reverse()) {
+    try {
+      u.sync();
+    } catch {
+      // best effort
+    }
+    undos.delete(key);
+  }
 }
 
 /**
@@ -216,6 +246,7 @@ export async function stopTree(pid, signal = 'SIGTERM', graceMs = 5000) {
 /** Stop every registered process (async, graceful first) and remove temp dirs. */
 export async function stopAll() {
   await Promise.all([...started.keys()].map((pid) => stopTree(pid, 'SIGTERM', 5000)));
+  runUndos();
   removeTempDirs();
   killWatchdog();
 }
@@ -236,6 +267,7 @@ export function stopAllSync() {
     }
     started.delete(pid);
   }
+  runUndos();
   removeTempDirs();
   killWatchdog();
 }
@@ -278,7 +310,7 @@ function refreshWatchdog() {
       // gone
     }
   };
-  if (started.size === 0 && tempDirs.size === 0) return stopPrevious();
+  if (started.size === 0 && tempDirs.size === 0 && undos.size === 0) return stopPrevious();
   const checks = [];
   for (const pid of started.keys()) {
     const st = startTime(pid);
@@ -286,6 +318,7 @@ function refreshWatchdog() {
     checks.push(`[ "$(awk '{print $22}' /proc/${pid}/stat 2>/dev/null)" = "${st}" ] && killtree ${pid}`);
   }
   const dirs = [...tempDirs].map(shq).join(' ');
+  const undoLines = [...undos.values()].reverse().map((u) => u.shell);
   // Top-down: stop the parent, list its children, kill it, then them (killing children
   // first would let a Pgpool-II parent fork replacements that then outlive it). The child
   // list is read with the shell's own `read`: awk over /proc/*/stat gives up at the first
@@ -296,7 +329,7 @@ function refreshWatchdog() {
     'kill -9 "$1" 2>/dev/null; for c in $cs; do killtree "$c"; done; }';
   const script =
     `${killtree}; while kill -0 ${process.pid} 2>/dev/null; do sleep 1; done; cd /; ` +
-    `${checks.join('; ')}${checks.length ? '; ' : ''}${dirs ? `rm -rf ${dirs}` : 'true'}`;
+    `${[...checks, ...undoLines].map((l) => `${l}; `).join('')}${dirs ? `rm -rf ${dirs}` : 'true'}`;
   try {
     const w = spawn('sh', ['-c', script], { detached: true, stdio: 'ignore' });
     w.on('error', () => {});

@@ -2,6 +2,7 @@
 
 import { TARGETS, TARGET_LABEL } from './targets.mjs';
 import { WORKLOADS } from './pgbench.mjs';
+import { CAPPED_TARGET_RATIO, CAPPED_VARIANTS } from './capped.mjs';
 
 export function median(xs) {
   const v = xs.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b);
@@ -31,6 +32,8 @@ export function summarize(cell) {
     okRounds: ok.length,
     tpsList: cell.runs.map((r) => (r.ok ? r.tps : null)),
     share: shareOf(ok),
+    // pgbench's "number of failed transactions", summed over the runs that reported it.
+    failed: cell.runs.some((r) => typeof r.failed === 'number') ? cell.runs.reduce((a, r) => a + (r.failed ?? 0), 0) : null,
   };
 }
 
@@ -128,8 +131,194 @@ export function consoleMemory(memory) {
   return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...data.map(line)].join('\n');
 }
 
+// ---- capped nodes ----------------------------------------------------------------
+
+/**
+ * The capped-nodes figures: per variant the summary (as for a workload), the median CPU
+ * the nodes and pgmux used (cores), b/a, whether it meets the target, and whether the
+ * nodes serving reads ran at (>= 85 % of) their cap, i.e. were the bottleneck.
+ */
+export function cappedSummary(capped) {
+  if (!capped || capped.skipped) return null;
+  const keys = Object.keys(CAPPED_VARIANTS);
+  const s = Object.fromEntries(keys.map((k) => [k, summarize(capped.variants[k])]));
+  const use = {};
+  for (const k of keys) {
+    const runs = (capped.variants[k]?.runs ?? []).filter((r) => r.ok);
+    use[k] = {
+      nodeCores: runs.length ? runs[0].nodeCores.map((_, i) => median(runs.map((r) => r.nodeCores[i]))) : null,
+      proxyCores: median(runs.map((r) => r.proxyCores)),
+      nodeUsPerTxn: median(runs.map((r) => r.nodeUsPerTxn)),
+      walBytes: median(runs.map((r) => r.walBytes)),
+    };
+  }
+  const a = s['primary-alone'];
+  const b = s.spread;
+  const r = a.status === 'ok' && b.status === 'ok' && a.tps ? b.tps / a.tps : null;
+  const atCap = (k, nodes) => (use[k].nodeCores ? nodes.every((i) => use[k].nodeCores[i] >= 0.85 * capped.cpus) : null);
+  const all = [...Array(use.spread.nodeCores?.length ?? 0).keys()];
+  return {
+    s,
+    use,
+    ratio: r,
+    met: r === null ? null : r >= CAPPED_TARGET_RATIO,
+    nodesBound: { 'primary-alone': atCap('primary-alone', [0]), spread: atCap('spread', all) },
+  };
+}
+
+function cappedRows(capped) {
+  const sum = cappedSummary(capped);
+  const a = sum.s['primary-alone'];
+  return Object.entries(CAPPED_VARIANTS).map(([k, v]) => {
+    const st = sum.s[k];
+    const ok = st.status === 'ok';
+    return {
+      key: k,
+      label: v.label,
+      tps: ok ? fmtInt(st.tps) : st.status,
+      lat: ok ? fmt(st.latencyMs, 2) : '—',
+      xAlone: k === 'primary-alone' ? (ok ? '1.00×' : '—') : fmtRatio(ratio(st, a)),
+      perRound: st.tpsList ? st.tpsList.map((x) => (x === null ? 'x' : fmtInt(x))).join(' / ') : '',
+      nodeCores: sum.use[k].nodeCores ? sum.use[k].nodeCores.map((c) => fmt(c, 2)).join(' / ') : '—',
+      proxyCores: sum.use[k].proxyCores != null ? fmt(sum.use[k].proxyCores, 2) : '—',
+      nodeUs: sum.use[k].nodeUsPerTxn != null ? fmt(sum.use[k].nodeUsPerTxn, 0) : '—',
+      walKb: sum.use[k].walBytes != null ? fmtInt(sum.use[k].walBytes / 1024) : '—',
+      share: st.share ? st.share.map((x) => `${Math.round(x * 100)}`).join(' / ') : '—',
+      note: ok ? (st.reason ?? '') : (st.reason ?? ''),
+    };
+  });
+}
+
+function cappedVerdict(capped) {
+  const sum = cappedSummary(capped);
+  if (sum.ratio === null) return `b/a: — (a run failed); target ≥ ${CAPPED_TARGET_RATIO}×`;
+  return `b/a = ${sum.ratio.toFixed(2)}×; target ≥ ${CAPPED_TARGET_RATIO}×: ${sum.met ? 'met' : 'missed'}`;
+}
+
+/** Why the figures may not show what the nodes can do: the nodes were not at their cap. */
+function cappedBottleneckNote(capped) {
+  const sum = cappedSummary(capped);
+  const notes = [];
+  const cap = capped.cpus;
+  const share = sum.s.spread.share;
+  const starved = share ? share.map((x, i) => (i > 0 && x < 0.05 ? capped.moved[i]?.name : null)).filter(Boolean) : [];
+  if (starved.length) {
+    const wal = sum.use.spread.walBytes;
+    notes.push(
+      `in (b) pgmux sent (almost) no reads to ${starved.join(' and ')}: it held them out as down or lagging` +
+        (wal != null && wal > 64 * 1024
+          ? ` — the primary wrote ${fmtInt(wal / 1024)} kB of WAL during the run and no commits, so a replica a few kB behind looks as old as its last replayed commit to the max_lag_ms check`
+          : ''),
+    );
+  } else if (sum.nodesBound.spread === false) {
+    const cores = sum.use.spread.nodeCores;
+    const atCap = cores.map((c) => c >= 0.85 * cap);
+    const px = sum.use.spread.proxyCores;
+    const shown = `${cores.map((c) => c.toFixed(2)).join(' / ')} of ${cap} cores`;
+    if (atCap.some(Boolean)) {
+      notes.push(
+        `in (b) some nodes ran at their cap and others did not (${shown}): reads are split by weight (smooth weighted round-robin), not by how busy a node is, ` +
+          `so the node that is slowest per transaction sets the pace and the others wait for work`,
+      );
+    } else {
+      notes.push(
+        `in (b) no node ran at its cap (${shown}): something else limited it` +
+          (px != null && px > 0.8 ? ` — pgmux used ${px.toFixed(2)} cores, near the one core a single pgmux process can use` : ' (pgbench, pgmux, or the machine being busy)') +
+          '; a lower --node-cpu makes the nodes the bottleneck again',
+      );
+    }
+  }
+  if (sum.nodesBound['primary-alone'] === false) notes.push(`in (a) the primary did not run at its cap (${sum.use['primary-alone'].nodeCores[0].toFixed(2)} of ${cap} cores)`);
+  return notes;
+}
+
+export function consoleCapped(capped) {
+  if (capped.skipped) return `Capped nodes: skipped (${capped.skipped})`;
+  const head = ['capped nodes', 'tps', 'lat ms', '×(a)', 'node cores', 'node µs/txn', 'pgmux cores', '% per node', 'WAL kB'];
+  const data = cappedRows(capped).map((r) => [r.label, r.tps, r.lat, r.xAlone, r.nodeCores, r.nodeUs, r.proxyCores, r.share, r.walKb]);
+  const widths = head.map((h, i) => Math.max(h.length, ...data.map((d) => String(d[i]).length)));
+  const line = (cells) => cells.map((c, i) => pad(c, widths[i], (i > 0 && i < 4) || i === 5 || i === 6 || i === 8)).join('  ').trimEnd();
+  const out = [
+    `Capped nodes: ${capped.cpus} CPU per node (${capped.method})`,
+    line(head),
+    widths.map((w) => '-'.repeat(w)).join('  '),
+    ...data.map(line),
+    cappedVerdict(capped),
+    ...cappedBottleneckNote(capped).map((n) => `note: ${n}`),
+  ];
+  return out.join('\n');
+}
+
+function cappedMarkdown(capped, options) {
+  const L = [];
+  L.push('## Capped nodes: reads spread over the replicas vs the primary alone');
+  L.push('');
+  if (!capped) {
+    L.push('Not run (`--no-capped`).');
+    L.push('');
+    return L;
+  }
+  if (capped.skipped) {
+    L.push(`Skipped: ${capped.skipped}. The scenario needs a writable cgroup cpu controller (cgroup v2 with \`cpu\` in cgroup.controllers, or a cgroup v1 cpu hierarchy), which normally means running as root.`);
+    L.push('');
+    return L;
+  }
+  const nodes = capped.moved.length;
+  L.push(
+    `On one machine, spreading reads cannot add capacity: every node takes its CPU from the same cores. Here each PostgreSQL node ` +
+      `(primary + ${nodes - 1} replicas) is held to **${capped.cpus} CPU** by a cgroup CPU quota, as ${nodes} separate small machines would be: ` +
+      `${capped.method}. Every process of each node's postmaster tree (${capped.moved.map((m) => `${m.name} ${m.processes}`).join(', ')} processes) ` +
+      `was moved in before the scenario's connections were opened, so the backends they fork are born capped. pgmux and pgbench are not capped.`,
+  );
+  L.push('');
+  L.push(
+    `Workload: pgbench select-only, ${capped.clients} clients, simple protocol (\`${capped.workload}\`), ${capped.rounds} round${capped.rounds === 1 ? '' : 's'} of ${capped.seconds} s. ` +
+      `Two pgmux instances against the same capped cluster, pool size ${capped.poolSize} per node (\`--capped-pool-size\`): ` +
+      `(a) read weight 1 on the primary and 0 on the replicas, so every read goes to the primary; ` +
+      `(b) weight 1 on every node, pgmux's normal routing. (a) and (b) swap order every round; straight to the capped primary (${capped.clients} backends) is the reference.`,
+  );
+  L.push('');
+  L.push('| scenario | tps (median) | latency ms | × primary alone (a) | tps per round | node CPU used, cores (primary / replica 1 / replica 2) | node CPU µs/txn | pgmux CPU, cores | % on primary / replica 1 / replica 2 | WAL written by the primary, kB | note |');
+  L.push('| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | --- | ---: | --- |');
+  for (const r of cappedRows(capped)) L.push(`| ${r.label} | ${r.tps} | ${r.lat} | ${r.xAlone} | ${r.perRound} | ${r.nodeCores} | ${r.nodeUs} | ${r.proxyCores} | ${r.share} | ${r.walKb} | ${mdCell(r.note)} |`);
+  L.push('');
+  L.push(`**${cappedVerdict(capped)}** (issue #5).`);
+  L.push('');
+  const sum = cappedSummary(capped);
+  const bound = sum.nodesBound.spread && sum.nodesBound['primary-alone'];
+  L.push(
+    `*node CPU used*: user + system CPU of each node's process tree during the run (reaped backends included), divided by the run's wall time; ` +
+      `at the cap it is ${capped.cpus}. *node CPU µs/txn*: all nodes' CPU over the transactions pgbench completed. ` +
+      `*% on primary / replica*: from pg_stat_database as in the tables above (a few % can belong to the run before). ` +
+      `*WAL written by the primary*: during the run; select-only should write none (before the scenario the bench waits for the replicas' feedback xmin, vacuums pgbench_accounts and checkpoints). ` +
+      (bound
+        ? `The nodes serving reads ran at (≥ 85 % of) their cap in both (a) and (b): the nodes were the bottleneck, not pgmux or pgbench. ` +
+          `With every node at its cap, b/a = ${nodes} × (node CPU per transaction in (a)) / (in (b))` +
+          (sum.use['primary-alone'].nodeUsPerTxn && sum.use.spread.nodeUsPerTxn
+            ? `; here ${sum.use['primary-alone'].nodeUsPerTxn.toFixed(0)} vs ${sum.use.spread.nodeUsPerTxn.toFixed(0)} µs, so at most ${((nodes * sum.use['primary-alone'].nodeUsPerTxn) / sum.use.spread.nodeUsPerTxn).toFixed(2)}× ` +
+              `(a transaction costing more in (b) is likely the machine: ${nodes} nodes busy at once share its caches and cores, where separate machines would not).`
+            : '.')
+        : ''),
+  );
+  L.push('');
+  L.push(
+    `Why the pool is small: under a CPU quota, the CPU a transaction costs grows with the number of busy backends per node ` +
+      `(measured while choosing the defaults: at 0.25 CPU, 5 pgbench clients straight to a node ran at the cap at ~50 µs per transaction, 50 clients at ~130 µs with the node ` +
+      `well under its cap: likely backends stopped by the quota while holding a lock, stalling the others). A node with a fraction of a CPU gains nothing from more than a couple ` +
+      `of busy backends, so pgmux gets ${capped.poolSize} per node; the direct reference opens ${capped.clients} and shows that cost. ` +
+      `The groups also get ten times the default CPU weight, so that other work on the machine cannot take a node's quota from it.`,
+  );
+  for (const n of cappedBottleneckNote(capped)) L.push(`- Note: ${n}.`);
+  if (capped.throttle.some((t) => t.periods)) {
+    L.push('');
+    L.push(`Throttling over the scenario (cgroup cpu.stat): ${capped.throttle.map((t) => `${t.name} throttled in ${t.throttled} of ${t.periods} periods`).join('; ')}.`);
+  }
+  L.push('');
+  return L;
+}
+
 export function markdown(ctx) {
-  const { date, rows, memory, machine, commands, configs, options, incidents, proxyLogs = [], workloads, targets, durationS, svgName } = ctx;
+  const { date, rows, memory, machine, commands, configs, options, incidents, proxyLogs = [], workloads, targets, durationS, svgName, capped = null } = ctx;
   const L = [];
   L.push(`# pgmux benchmark, ${date}`);
   L.push('');
@@ -156,7 +345,13 @@ export function markdown(ctx) {
       L.push(`| ${TARGET_LABEL[r.target]} | ${r.tps} | ${r.lat} | ${r.cpu} | ${r.xDirect} | ${r.xBouncer} | ${r.perRound} | ${r.share} | ${mdCell(r.note)} |`);
     }
     L.push('');
+    if (wl.writes) {
+      const counted = rows.filter((x) => x.workload === w && x.summary.failed != null);
+      if (counted.length)
+        L.push(`pgbench's failed transactions (summed over the rounds): ${counted.map((x) => `${TARGET_LABEL[x.target]} ${x.summary.failed}`).join(', ')}.`, '');
+    }
   }
+  L.push(...cappedMarkdown(capped, options));
   L.push('## Memory: idle authenticated clients');
   L.push('');
   L.push('Each client connects, runs `SELECT 1` once (so it is authenticated and has been through a backend), then stays idle. RSS is VmRSS summed over every process of the proxy; *RSS bytes per client* = (RSS with the clients − RSS before) / clients. pgmux is a garbage-collected runtime whose RSS also moves with collections and with heap pages it has not given back: before each of its readings the bench forces a full collection through the inspector (opened with SIGUSR1 on the port named by `--inspect-port`, closed again before the workloads), and also reports *V8 heap bytes per client*, the growth of live JavaScript objects plus Buffers (heapUsed + external) per client, the steadier figure.');
@@ -179,7 +374,7 @@ export function markdown(ctx) {
     L.push('## What the proxies logged (warnings and errors)');
     L.push('');
     for (const l of proxyLogs) {
-      L.push(`${TARGET_LABEL[l.target]}: ${l.count} line(s); distinct ones:`);
+      L.push(`${l.label ?? TARGET_LABEL[l.target]}: ${l.count} line(s); distinct ones:`);
       L.push('');
       L.push('```');
       for (const x of l.lines) L.push(x);
@@ -211,7 +406,7 @@ export function markdown(ctx) {
   L.push('## Caveats');
   L.push('');
   L.push('- Everything runs on one small machine: the proxies compete with pgbench and with PostgreSQL for the same cores, so a proxy that uses more CPU per transaction also slows the servers down. Figures compare the proxies with each other on this machine; they are not capacity numbers.');
-  L.push('- direct and PgBouncer send every query to the primary. Pgpool-II (per session) and pgmux (per transaction, as it routes reads) spread select-only work over the primary and the two replicas; on one machine that buys no extra CPU.');
+  L.push('- direct and PgBouncer send every query to the primary. Pgpool-II (per session) and pgmux (per transaction, as it routes reads) spread select-only work over the primary and the two replicas; on one machine that buys no extra CPU (the capped-nodes section measures what it buys when each node has CPU of its own).');
   L.push(`- Pool sizes: PgBouncer keeps up to ${options.poolSize} server connections (to the primary); pgmux up to ${options.poolSize} per node; Pgpool-II has one process per client (num_init_children = ${options.pgpoolChildren}), each connected to every node.`);
   L.push('- Before every TPC-B-like run the primary is vacuumed (pgbench_branches, pgbench_tellers) and pgbench_history truncated, as pgbench itself would do without `-n`.');
   if (!targets.includes('direct')) L.push('- direct was left out (`--only`): no ratios to direct.');
@@ -226,13 +421,14 @@ function esc(s) {
 }
 
 /** Grouped bars: for each workload, one bar per proxy with its tps relative to direct. */
-export function svgChart({ results, workloads, targets, date, machine, quick }) {
+export function svgChart({ results, workloads, targets, date, machine, quick, capped = null }) {
   const proxies = targets.filter((t) => t !== 'direct');
   const W = 980;
-  const H = 520;
+  const H0 = 520; // the ratio chart; the capped-nodes panel (when run or skipped) goes below it
+  const H = H0 + (capped ? (capped.skipped ? CAPPED_PANEL_SKIPPED : CAPPED_PANEL) : 0);
   const m = { left: 70, right: 20, top: 92, bottom: 96 };
   const plotW = W - m.left - m.right;
-  const plotH = H - m.top - m.bottom;
+  const plotH = H0 - m.top - m.bottom;
   const cells = workloads.map((w) => {
     const sums = Object.fromEntries(targets.map((t) => [t, summarize(results[w]?.[t])]));
     return { w, sums, ratios: Object.fromEntries(proxies.map((t) => [t, ratio(sums[t], sums.direct)])) };
@@ -306,7 +502,51 @@ export function svgChart({ results, workloads, targets, date, machine, quick }) 
     const dl = d && d.status === 'ok' ? `direct ${Math.round(d.tps).toLocaleString('en-US')} tps` : d && d.status !== 'skipped' ? `direct ${d.status}` : '';
     if (dl) s.push(`<text x="${cx.toFixed(1)}" y="${(y(0) + 51).toFixed(1)}" font-size="11" text-anchor="middle" fill="#666">${esc(dl)}</text>`);
   });
-  s.push(`<text x="${m.left}" y="${H - 14}" font-size="11" fill="#888">Proxies, pgbench and the primary + 2 replicas share one machine; see the .md file next to this chart for tps, latency, CPU per transaction and memory.</text>`);
+  s.push(`<text x="${m.left}" y="${H0 - 14}" font-size="11" fill="#888">Proxies, pgbench and the primary + 2 replicas share one machine; see the .md file next to this chart for tps, latency, CPU per transaction and memory.</text>`);
+  if (capped) s.push(...cappedPanel(capped, H0, W, m.left, m.right));
   s.push('</svg>');
   return s.join('\n') + '\n';
+}
+
+const CAPPED_PANEL = 200;
+const CAPPED_PANEL_SKIPPED = 80;
+const CAPPED_COLORS = { direct: '#9e9e9e', 'primary-alone': '#a1d99b', spread: '#2ca25f' };
+
+/** Below the ratio chart: tps of the three capped-nodes runs as horizontal bars, and b/a. */
+function cappedPanel(capped, top, W, left, right) {
+  const s = [];
+  s.push(`<line x1="${left}" x2="${W - right}" y1="${top + 4}" y2="${top + 4}" stroke="#ccc"/>`);
+  const title = capped.skipped
+    ? `Capped nodes (each PostgreSQL node held to ${capped.cpus} CPU): not run`
+    : `Capped nodes: each PostgreSQL node held to ${capped.cpus} CPU by a cgroup quota`;
+  s.push(`<text x="${left}" y="${top + 32}" font-size="18" font-weight="bold" fill="#222">${esc(title)}</text>`);
+  if (capped.skipped) {
+    s.push(`<text x="${left}" y="${top + 56}" font-size="13" fill="#b00">${esc(`skipped: ${capped.skipped}`)}</text>`);
+    return s;
+  }
+  const sum = cappedSummary(capped);
+  const verdict = cappedVerdict(capped);
+  s.push(
+    `<text x="${left}" y="${top + 54}" font-size="13" fill="#555">${esc(`pgbench select-only, ${capped.clients} clients, simple protocol; pgmux pool ${capped.poolSize} per node; median tps · `)}` +
+      `<tspan font-weight="bold" fill="${sum.met ? '#1a7f37' : '#b00'}">${esc(verdict)}</tspan></text>`,
+  );
+  const labelW = 300;
+  const x0 = left + labelW;
+  const maxW = W - right - 170 - x0;
+  const keys = Object.keys(CAPPED_VARIANTS);
+  const maxTps = Math.max(1, ...keys.map((k) => (sum.s[k].status === 'ok' ? sum.s[k].tps : 0)));
+  keys.forEach((k, i) => {
+    const yy = top + 72 + i * 38;
+    const st = sum.s[k];
+    s.push(`<text x="${x0 - 10}" y="${yy + 17}" font-size="13" text-anchor="end" fill="#222">${esc(CAPPED_VARIANTS[k].label)}</text>`);
+    if (st.status !== 'ok') {
+      s.push(`<text x="${x0 + 4}" y="${yy + 17}" font-size="12" fill="#b00">${esc(st.status)}</text>`);
+      return;
+    }
+    const w = Math.max(1, (st.tps / maxTps) * maxW);
+    const x = k === 'primary-alone' ? '' : ` · ${(st.tps / (sum.s['primary-alone'].tps || NaN)).toFixed(2)}× (a)`;
+    s.push(`<rect x="${x0}" y="${yy}" width="${w.toFixed(1)}" height="24" fill="${CAPPED_COLORS[k]}"><title>${esc(`${CAPPED_VARIANTS[k].label}: ${Math.round(st.tps)} tps`)}</title></rect>`);
+    s.push(`<text x="${(x0 + w + 6).toFixed(1)}" y="${yy + 17}" font-size="12" fill="#222">${esc(`${fmtInt(st.tps)} tps${x.includes('NaN') ? '' : x}`)}</text>`);
+  });
+  return s;
 }

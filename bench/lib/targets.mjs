@@ -221,7 +221,8 @@ log_statement = off
 
 // ---- pgmux -------------------------------------------------------------------------
 
-export async function startPgmux({ dir, repoDir, port, inspectPort, nodes, database, poolSize, nofile }) {
+/** weights: read weight per node (--node host:port@w), default pgmux's own (1 each). */
+export async function startPgmux({ dir, repoDir, port, inspectPort, nodes, weights, database, poolSize, nofile }) {
   mkdirSync(dir, { recursive: true });
   const cli = join(repoDir, 'dist', 'cli.js');
   // --inspect-port only names the port the inspector would use if SIGUSR1 opened it: the
@@ -229,7 +230,7 @@ export async function startPgmux({ dir, repoDir, port, inspectPort, nodes, datab
   // before the workloads.
   const nodeFlags = inspectPort ? [`--inspect-port=${HOST}:${inspectPort}`] : [];
   const args = [process.execPath, ...nodeFlags, cli, 'start', '--listen', `${HOST}:${port}`];
-  for (const n of nodes) args.push('--node', `${n.host}:${n.port}`);
+  nodes.forEach((n, i) => args.push('--node', `${n.host}:${n.port}${weights ? `@${weights[i]}` : ''}`));
   args.push('--pool-size', String(poolSize), '--log-level', 'warn');
   const argv = ['sh', '-c', withUlimit(args, nofile)];
   const logFile = join(dir, 'pgmux.log');
