@@ -499,12 +499,25 @@ async function main() {
       }),
     pgpool: async () =>
       startPgpool({ dir: join(work, 'pgpool'), port: await freePort(), pcpPort: await freePort(), nodes: cluster.nodes, database: DATABASE, children: opts.pgpoolChildren, nofile }),
+    // In front of the primary alone, as PgBouncer is (the memory test runs on this one).
     pgmux: async (port) =>
       startPgmux({
         dir: join(work, 'pgmux'),
         repoDir,
         port: port ?? (await freePort()),
         inspectPort: opts.memory ? await freePort() : undefined,
+        nodes: [primary],
+        database: DATABASE,
+        poolSize: opts.poolSize,
+        nofile,
+      }),
+    // In front of all three nodes, reads spread over them, as Pgpool-II is.
+    'pgmux-routed': async (port) =>
+      startPgmux({
+        name: 'pgmux-routed',
+        dir: join(work, 'pgmux-routed'),
+        repoDir,
+        port: port ?? (await freePort()),
         nodes: cluster.nodes,
         database: DATABASE,
         poolSize: opts.poolSize,
@@ -562,12 +575,14 @@ async function main() {
   const memory = [];
   if (opts.memory) {
     const counts = opts.full ? [1000, 5000] : [1000];
-    for (const t of Object.keys(running).filter((x) => x !== 'direct')) {
+    // pgmux routed is the same program holding the same client state: measured once, as pgmux.
+    const memoryTargets = (x) => x !== 'direct' && x !== 'pgmux-routed';
+    for (const t of Object.keys(running).filter(memoryTargets)) {
       if (!(await ensureUp(t))) continue;
       memory.push(...(await measureMemory(running[t], counts, opts)));
       await ensureUp(t);
     }
-    for (const t of opts.targets.filter((x) => x !== 'direct' && unavailable[x])) memory.push({ target: t, requested: counts[0], clients: 0, error: unavailable[t] });
+    for (const t of opts.targets.filter((x) => memoryTargets(x) && unavailable[x])) memory.push({ target: t, requested: counts[0], clients: 0, error: unavailable[t] });
   }
 
   // 5. Workloads, interleaved rounds.

@@ -70,6 +70,7 @@ export function tableRows(results, workloads, targets) {
         ...shown,
         xDirect: t === 'direct' ? (s.status === 'ok' ? '1.00×' : '—') : fmtRatio(ratio(s, sums.direct)),
         xBouncer: t === 'pgbouncer' ? (s.status === 'ok' ? '1.00×' : '—') : fmtRatio(ratio(s, sums.pgbouncer)),
+        xPgpool: t === 'pgpool' ? (s.status === 'ok' ? '1.00×' : '—') : fmtRatio(ratio(s, sums.pgpool)),
         perRound: s.tpsList ? s.tpsList.map((x) => (x === null ? 'x' : fmtInt(x))).join(' / ') : '',
         share: s.share ? s.share.map((x) => `${Math.round(x * 100)}`).join(' / ') : '—',
         note: s.status === 'ok' ? (s.reason ?? '') : s.reason ?? '',
@@ -87,10 +88,10 @@ function pad(s, n, right = false) {
 }
 
 export function consoleTable(rows) {
-  const head = ['workload', 'target', 'tps', 'lat ms', 'CPU µs/txn', '×direct', '×PgBouncer', 'note'];
-  const data = rows.map((r) => [r.workload, TARGET_LABEL[r.target], r.tps, r.lat, r.cpu, r.xDirect, r.xBouncer, shorten(r.note, 70)]);
+  const head = ['workload', 'target', 'tps', 'lat ms', 'CPU µs/txn', '×direct', '×PgBouncer', '×Pgpool-II', 'note'];
+  const data = rows.map((r) => [r.workload, TARGET_LABEL[r.target], r.tps, r.lat, r.cpu, r.xDirect, r.xBouncer, r.xPgpool, shorten(r.note, 60)]);
   const widths = head.map((h, i) => Math.max(h.length, ...data.map((d) => String(d[i]).length)));
-  const rightCols = new Set([2, 3, 4, 5, 6]);
+  const rightCols = new Set([2, 3, 4, 5, 6, 7]);
   const line = (cells) => cells.map((c, i) => pad(c, widths[i], rightCols.has(i))).join('  ').trimEnd();
   const out = [line(head), widths.map((w) => '-'.repeat(w)).join('  ')];
   let last = null;
@@ -333,16 +334,16 @@ export function markdown(ctx) {
   L.push('');
   L.push('## Throughput, latency, proxy CPU');
   L.push('');
-  L.push('Median over the rounds. *% on primary / replica 1 / replica 2*: where the transactions ran, from pg_stat_database (xact_commit + xact_rollback of the bench database on each node, summed over the rounds; idle backends report their counts up to ~10 s late, so a few % can belong to the run before). *CPU µs/txn*: user + system CPU of the proxy (every process of it) during the run, divided by the transactions pgbench completed. *×direct*, *×PgBouncer*: median tps relative to the same workload straight against the primary, and through PgBouncer.');
+  L.push('Median over the rounds. *% on primary / replica 1 / replica 2*: where the transactions ran, from pg_stat_database (xact_commit + xact_rollback of the bench database on each node, summed over the rounds; idle backends report their counts up to ~10 s late, so a few % can belong to the run before). *CPU µs/txn*: user + system CPU of the proxy (every process of it) during the run, divided by the transactions pgbench completed. *×direct*, *×PgBouncer*, *×Pgpool-II*: median tps relative to the same workload straight against the primary, through PgBouncer, and through Pgpool-II. *pgmux* sits in front of the primary alone, as PgBouncer does; *pgmux routed* in front of all three nodes with reads spread over them, as Pgpool-II does.');
   L.push('');
   for (const w of workloads) {
     const wl = WORKLOADS[w];
     L.push(`### ${w}: ${wl.title}, ${wl.clients} clients`);
     L.push('');
-    L.push('| target | tps | latency ms | CPU µs/txn | × direct | × PgBouncer | tps per round | % on primary / replica 1 / replica 2 | note |');
-    L.push('| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |');
+    L.push('| target | tps | latency ms | CPU µs/txn | × direct | × PgBouncer | × Pgpool-II | tps per round | % on primary / replica 1 / replica 2 | note |');
+    L.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |');
     for (const r of rows.filter((x) => x.workload === w)) {
-      L.push(`| ${TARGET_LABEL[r.target]} | ${r.tps} | ${r.lat} | ${r.cpu} | ${r.xDirect} | ${r.xBouncer} | ${r.perRound} | ${r.share} | ${mdCell(r.note)} |`);
+      L.push(`| ${TARGET_LABEL[r.target]} | ${r.tps} | ${r.lat} | ${r.cpu} | ${r.xDirect} | ${r.xBouncer} | ${r.xPgpool} | ${r.perRound} | ${r.share} | ${mdCell(r.note)} |`);
     }
     L.push('');
     if (wl.writes) {
@@ -406,15 +407,15 @@ export function markdown(ctx) {
   L.push('## Caveats');
   L.push('');
   L.push('- Everything runs on one small machine: the proxies compete with pgbench and with PostgreSQL for the same cores, so a proxy that uses more CPU per transaction also slows the servers down. Figures compare the proxies with each other on this machine; they are not capacity numbers.');
-  L.push('- direct and PgBouncer send every query to the primary. Pgpool-II (per session) and pgmux (per transaction, as it routes reads) spread select-only work over the primary and the two replicas; on one machine that buys no extra CPU (the capped-nodes section measures what it buys when each node has CPU of its own).');
-  L.push(`- Pool sizes: PgBouncer keeps up to ${options.poolSize} server connections (to the primary); pgmux up to ${options.poolSize} per node; Pgpool-II has one process per client (num_init_children = ${options.pgpoolChildren}), each connected to every node.`);
+  L.push('- direct, PgBouncer and pgmux send every query to the primary. Pgpool-II (per session) and pgmux routed (per transaction) spread select-only work over the primary and the two replicas; on one machine that buys no extra CPU, and three servers sharing two cores and their caches cost more per transaction than one (the capped-nodes section measures what routing buys when each node has CPU of its own).');
+  L.push(`- Pool sizes: PgBouncer and pgmux keep up to ${options.poolSize} server connections to the primary; pgmux routed up to ${options.poolSize} per node; Pgpool-II has one process per client (num_init_children = ${options.pgpoolChildren}), each connected to every node.`);
   L.push('- Before every TPC-B-like run the primary is vacuumed (pgbench_branches, pgbench_tellers) and pgbench_history truncated, as pgbench itself would do without `-n`.');
   if (!targets.includes('direct')) L.push('- direct was left out (`--only`): no ratios to direct.');
   L.push('');
   return L.join('\n');
 }
 
-const COLORS = { pgbouncer: '#4e79a7', pgpool: '#f28e2b', pgmux: '#2ca25f', direct: '#9e9e9e' };
+const COLORS = { pgbouncer: '#4e79a7', pgpool: '#f28e2b', pgmux: '#2ca25f', 'pgmux-routed': '#99d8c9', direct: '#9e9e9e' };
 
 function esc(s) {
   return String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');

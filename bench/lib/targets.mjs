@@ -8,8 +8,11 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { IS_ROOT, alive, shAs, shq, sleep, startProcess, stopTree, withUlimit } from './procs.mjs';
 
-export const TARGETS = ['direct', 'pgbouncer', 'pgpool', 'pgmux'];
-export const TARGET_LABEL = { direct: 'direct', pgbouncer: 'PgBouncer', pgpool: 'Pgpool-II', pgmux: 'pgmux' };
+// pgmux runs twice: `pgmux` in front of the primary alone, the topology PgBouncer gets
+// (pooling compared like for like), and `pgmux-routed` in front of the primary and both
+// replicas with reads spread over all three, the topology Pgpool-II gets.
+export const TARGETS = ['direct', 'pgbouncer', 'pgpool', 'pgmux', 'pgmux-routed'];
+export const TARGET_LABEL = { direct: 'direct', pgbouncer: 'PgBouncer', pgpool: 'Pgpool-II', pgmux: 'pgmux', 'pgmux-routed': 'pgmux routed' };
 
 const HOST = '127.0.0.1';
 
@@ -222,7 +225,7 @@ log_statement = off
 // ---- pgmux -------------------------------------------------------------------------
 
 /** weights: read weight per node (--node host:port@w), default pgmux's own (1 each). */
-export async function startPgmux({ dir, repoDir, port, inspectPort, nodes, weights, database, poolSize, nofile }) {
+export async function startPgmux({ name = 'pgmux', dir, repoDir, port, inspectPort, nodes, weights, database, poolSize, nofile }) {
   mkdirSync(dir, { recursive: true });
   const cli = join(repoDir, 'dist', 'cli.js');
   // --inspect-port only names the port the inspector would use if SIGUSR1 opened it: the
@@ -240,7 +243,7 @@ export async function startPgmux({ dir, repoDir, port, inspectPort, nodes, weigh
   const proc = startProcess('pgmux', argv, { stdio: ['ignore', out, out], cwd: repoDir, env });
   closeSync(out);
   const t = {
-    name: 'pgmux',
+    name,
     port,
     pid: proc.pid,
     logFile,
