@@ -702,8 +702,12 @@ async function main() {
   const svgName = `${date}.svg`;
   const md = markdown({ date, rows, memory, machine, commands, configs, options: opts, incidents, proxyLogs, workloads: opts.workloads, targets: opts.targets, durationS, svgName, capped });
   writeFileSync(join(opts.out, `${date}.md`), md);
-  writeFileSync(join(opts.out, svgName), svgChart({ results, workloads: opts.workloads, targets: opts.targets, date, machine, quick: opts.quick, capped }));
-  log(`wrote ${relative(process.cwd(), join(opts.out, `${date}.md`))} and ${svgName} (${Math.round(durationS / 60)} min in all)`);
+  const chart = { results, workloads: opts.workloads, targets: opts.targets, date, machine, quick: opts.quick, capped };
+  writeFileSync(join(opts.out, svgName), svgChart(chart));
+  // The chart's data, so a change to the chart drawing can be re-rendered without a new run
+  // (node bench/render-chart.mjs bench/results/<date>.json).
+  writeFileSync(join(opts.out, `${date}.json`), JSON.stringify(chart, (_, v) => (typeof v === 'bigint' ? v.toString() : v), 1) + '\n');
+  log(`wrote ${relative(process.cwd(), join(opts.out, `${date}.md`))}, ${svgName} and ${date}.json (${Math.round(durationS / 60)} min in all)`);
 }
 
 main().then(

@@ -487,7 +487,15 @@ export function svgChart({ results, workloads, targets, date, machine, quick, ca
             s.push(`<line x1="${(bx + 1).toFixed(1)}" x2="${(bx + barW - 1).toFixed(1)}" y1="${(yb + dy + 4).toFixed(1)}" y2="${(yb + dy - 4).toFixed(1)}" stroke="#fff" stroke-width="3"/>`);
           }
         }
-        s.push(`<text x="${(bx + barW / 2).toFixed(1)}" y="${(top - 4).toFixed(1)}" font-size="11" font-weight="${broken ? 'bold' : 'normal'}" text-anchor="middle" fill="#222">${r.toFixed(2)}</text>`);
+        if (broken) {
+          // Side by side, the labels of tall bars would run into each other: written up the
+          // bar, below the slashes.
+          const lx = (bx + barW / 2 + 4).toFixed(1);
+          const ly = (y(yMax - 0.35) + 16).toFixed(1);
+          s.push(`<text x="${lx}" y="${ly}" font-size="12" font-weight="bold" text-anchor="end" fill="#fff" transform="rotate(-90 ${lx} ${ly})">${r.toFixed(2)}×</text>`);
+        } else {
+          s.push(`<text x="${(bx + barW / 2).toFixed(1)}" y="${(top - 4).toFixed(1)}" font-size="11" text-anchor="middle" fill="#222">${r.toFixed(2)}</text>`);
+        }
       } else {
         const st = c.sums[t];
         const label = st.status === 'ok' ? 'no direct' : st.status === 'fails' ? 'fails' : st.status === 'n/a' ? 'n/a' : 'not run';
