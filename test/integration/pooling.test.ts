@@ -211,6 +211,31 @@ describe('query_wait_timeout', () => {
   });
 });
 
+describe('a client that keeps sending while it waits for a backend', () => {
+  it('is read up to a bound, not without limit, and every statement runs once a backend is free', async () => {
+    const proxy = await proxyWith({ poolSize: 1, queryWaitTimeoutMs: 30_000 });
+    const flood = await RawClient.login(proxy.port, { database: 'app' });
+    open.push(flood);
+    const holder = await connect(proxy.port);
+    await holder.query('BEGIN');
+    await holder.query('SELECT 1');
+    // 120 pipelined queries of ~100 kB each (12 MB), sent while the only backend is taken.
+    const pad = 'x'.repeat(100_000);
+    const N = 120;
+    for (let i = 0; i < N; i++) flood.send(queryMsg(`SELECT ${i} AS n /* ${pad} */`));
+    await sleep(700);
+    // pgmux holds at most ~256 kB of it and leaves the rest in the socket: the client's
+    // own send buffer is still full.
+    const unsent = flood.socket.writableLength;
+    expect(unsent).toBeGreaterThan(1_000_000);
+    await holder.query('COMMIT');
+    const got = [];
+    for (let i = 0; i < N; i++) got.push(...(await flood.readUntil('Z', 30_000)));
+    expect(firstError(got)).toBeUndefined();
+    expect(rows(got).map((r) => Number(r[0]))).toEqual([...Array(N).keys()]);
+  }, 90_000);
+});
+
 describe('transaction pooling correctness over pool_size 1', () => {
   it('two clients interleave transactions on one backend and each sees its own data', async () => {
     const proxy = await proxyWith({ poolSize: 1 });
