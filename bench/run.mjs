@@ -3,7 +3,7 @@
 // local primary + 2 streaming replicas. pgbench workloads in interleaved rounds, proxy CPU
 // per transaction from /proc, RSS per idle client; then the capped-nodes scenario (each node
 // held to a CPU quota by a cgroup: pgmux reads on the primary alone vs spread over the
-// replicas). Writes bench/results/<date>.md and .svg.
+// replicas). Writes bench/results/<date>.md, .svg and .json (the chart data).
 //
 //   npm run bench                         3 rounds x 15 s per workload and target (~25 min)
 //   npm run bench -- --quick              1 round x 5 s (smoke run, ~5 min)
@@ -68,7 +68,7 @@ const HELP = `usage: npm run bench -- [options]     (or: node bench/run.mjs [opt
   --no-capped           skip the capped-nodes scenario (each node held to --node-cpu CPU by a
                         cgroup quota, then select-only through pgmux with reads on the primary
                         alone vs spread over primary + replicas; needs root for the cgroups)
-  --out <dir>           where to write <date>.md and <date>.svg (default bench/results)
+  --out <dir>           where to write <date>.md, <date>.svg and <date>.json (default bench/results)
   -h, --help            this text
 `;
 
