@@ -183,6 +183,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** Bytes in `held`: reading stops above MAX_HELD_BYTES while no backend is free. */
   private heldBytes = 0;
 
+  private hold(m: HeldMessage): void {
+    this.held.push(m);
+    this.heldBytes += m.end - m.start;
+  }
+
   private clearHeld(): void {
     this.held = [];
     this.heldBytes = 0;
@@ -347,15 +352,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
           return;
         }
         // The route is chosen once everything already received is held (see drain()).
-        this.held.push({ type, buf, start, end });
-        this.heldBytes += end - start;
+        this.hold({ type, buf, start, end });
         this.state = ClientState.Waiting;
         this.beginPending = true;
         return;
       case ClientState.Waiting:
         // No backend yet: what the client sends meanwhile waits here, up to a bound.
-        this.held.push({ type, buf, start, end });
-        this.heldBytes += end - start;
+        this.hold({ type, buf, start, end });
         if (this.heldBytes > MAX_HELD_BYTES) this.pauseReading();
         return;
       case ClientState.Admin:
@@ -1100,18 +1103,19 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     return cfg.readYourWrites === 'window' && this.ctx.clock.now - this.lastWriteAt < cfg.readYourWritesWindowMs;
   }
 
-  /** Classifies the first held message: Query text, Parse text, or a named statement's class. */
-  /** Sets `this.retryable` as a side result (no object per transaction for it). */
+  /**
+   * Classifies the first held message: Query text, Parse text, or a named statement's class.
+   * A lone read sets `this.retryable` as a side result (no object per transaction for it).
+   */
   private classifyFirst(): { readonly target: 'primary' | 'replica'; readonly reason: string; readonly maxLagMs?: number } {
     const m = this.held[0]!;
-    this.retryable = false;
     const body = m.start + 5;
     switch (m.type) {
       case Msg.Query: {
         const c = this.ctx.classify(m.buf.toString('utf8', body, m.end - 1));
         // A lone read outside a transaction may be re-run elsewhere if its replica dies
-        // before answering; nothing else may.
-        this.retryable = c.target === 'replica' && c.statements === 1 && !c.beginsTransaction && this.held.length === 1;
+        // before answering; nothing else may (onBackendAcquired checks it is still alone).
+        this.retryable = c.target === 'replica' && c.statements === 1 && !c.beginsTransaction;
         return c;
       }
       case Msg.Parse: {
@@ -1143,7 +1147,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.state = ClientState.Linked;
     this.transactions++;
     this.ctx.countRouted(b.node, this.routedWrite ? 'write' : 'read', this.ctx.clock.now - this.waitStartedAt);
-    // Messages that came while waiting make it more than a lone read: never re-run.
+    // Only a read that is still alone (nothing more arrived with it or while it waited).
     this.retry = this.retryable && this.held.length === 1 ? this.held.slice() : null;
     this.replayBatch = this.retry === null && this.tracking && this.replayEligible() ? this.held.slice() : null;
     const sock = b.socket;
@@ -1415,8 +1419,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.ctx.logger.info({ client: this.id, node: b.node.name, why }, 're-running a read on another node');
       this.ctx.stats.readRetries++;
       this.attempts++;
-      this.held = this.retry;
-      this.heldBytes = this.held.reduce((n, m) => n + m.end - m.start, 0);
+      this.clearHeld();
+      for (const m of this.retry) this.hold(m);
       this.retry = null;
       this.heldReply = []; // from the dead node: the re-run answers anew
       this.avoidNode = b.node.name;
