@@ -70,6 +70,20 @@ async function waitReady(name, proc, port, database, logFile, timeoutMs = 30_000
 }
 
 /**
+ * A just-started proxy `t` once it answers SELECT 1; if it does not, it is stopped and the
+ * error passed on (with `moreOnError()` appended when given).
+ */
+async function readyOrStopped(t, label, proc, database, timeoutMs, moreOnError) {
+  try {
+    await waitReady(label, proc, t.port, database, t.logFile, timeoutMs);
+  } catch (e) {
+    await t.stop();
+    throw moreOnError ? new Error(e.message + '\n' + moreOnError()) : e;
+  }
+  return t;
+}
+
+/**
  * A running proxy: { name, port, pid (root of its process tree), logFile, command, config,
  * stop() }. `pid` is what CPU and RSS are read from (the whole tree under it).
  */
@@ -124,13 +138,8 @@ log_pooler_errors = 1
     configName: 'pgbouncer.ini',
     stop: () => stopTree(proc.pid, 'SIGTERM', 5000),
   };
-  try {
-    await waitReady('PgBouncer', proc, port, database, logFile);
-  } catch (e) {
-    await t.stop();
-    throw new Error(e.message + '\n' + tail(join(dir, 'pgbouncer.stderr')));
-  }
-  return t;
+  // PgBouncer says why it would not start on stderr, not in its log.
+  return readyOrStopped(t, 'PgBouncer', proc, database, undefined, () => tail(join(dir, 'pgbouncer.stderr')));
 }
 
 // ---- Pgpool-II ---------------------------------------------------------------------
@@ -213,13 +222,7 @@ log_statement = off
     // SIGINT = fast shutdown (SIGTERM would wait for clients).
     stop: () => stopTree(proc.pid, 'SIGINT', 8000),
   };
-  try {
-    await waitReady('Pgpool-II', proc, port, database, logFile, 60_000);
-  } catch (e) {
-    await t.stop();
-    throw e;
-  }
-  return t;
+  return readyOrStopped(t, 'Pgpool-II', proc, database, 60_000);
 }
 
 // ---- pgmux -------------------------------------------------------------------------
@@ -252,11 +255,5 @@ export async function startPgmux({ name = 'pgmux', dir, repoDir, port, inspectPo
     config: null,
     stop: () => stopTree(proc.pid, 'SIGTERM', 5000),
   };
-  try {
-    await waitReady('pgmux', proc, port, database, logFile);
-  } catch (e) {
-    await t.stop();
-    throw e;
-  }
-  return t;
+  return readyOrStopped(t, 'pgmux', proc, database);
 }
