@@ -54,6 +54,18 @@ describe('replica lag and read routing (private cluster)', () => {
     msProxy = await startProxy({ nodes, healthCheckPeriodMs: PERIOD, maxLagBytes: null, maxLagMs: LAG_LIMIT_MS, poolSize: 4 });
   });
 
+  /** Commits one row on the primary and waits until msProxy sees both replicas replay it. */
+  async function commitAndWaitCaughtUp(pad: string) {
+    await cluster.query('node0', 'INSERT INTO lag_t (pad) VALUES ($1)', { params: [pad] });
+    const mon = msProxy.proxy.monitor;
+    await waitFor(
+      () => mon.snapshot().nodes.filter((n) => n.role === 'replica').every((n) => n.lagBytes === 0),
+      20 * PERIOD,
+      () => `replicas caught up: ${describeSnap(mon.snapshot())}`,
+    );
+    return mon;
+  }
+
   afterAll(async () => {
     await bytesProxy?.close();
     await msProxy?.close();
@@ -156,13 +168,7 @@ describe('replica lag and read routing (private cluster)', () => {
 
   it('does not count an idle primary against caught-up replicas (no writes for 2 s, maxLagMs 500)', async () => {
     // A last write, so both replicas have a replayed commit timestamp that then ages.
-    await cluster.query('node0', "INSERT INTO lag_t (pad) VALUES ('last')");
-    const mon = msProxy.proxy.monitor;
-    await waitFor(
-      () => mon.snapshot().nodes.filter((n) => n.role === 'replica').every((n) => n.lagBytes === 0),
-      20 * PERIOD,
-      () => `replicas caught up: ${describeSnap(mon.snapshot())}`,
-    );
+    const mon = await commitAndWaitCaughtUp('last');
     await sleep(2000);
     // The replicas' newest commit is now > 2 s old: replay age alone would call them lagging.
     const replayAge = await cluster.query('node1', 'SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS ms');
@@ -182,13 +188,7 @@ describe('replica lag and read routing (private cluster)', () => {
     // Hint bits, vacuum or checkpoints after a bulk write make WAL but no commits: the
     // replicas' last replayed commit ages while they replay everything within a poll.
     // Non-transactional logical messages make such WAL on demand.
-    await cluster.query('node0', "INSERT INTO lag_t (pad) VALUES ('before wal without commits')");
-    const mon = msProxy.proxy.monitor;
-    await waitFor(
-      () => mon.snapshot().nodes.filter((n) => n.role === 'replica').every((n) => n.lagBytes === 0),
-      20 * PERIOD,
-      () => `replicas caught up: ${describeSnap(mon.snapshot())}`,
-    );
+    const mon = await commitAndWaitCaughtUp('before wal without commits');
     const writer = await pgClient(port0, { database: 'postgres' });
     let emitting = true;
     let messages = 0;
