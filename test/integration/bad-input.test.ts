@@ -14,6 +14,7 @@ import {
   startupPacket,
   typedMessage,
   untypedPacket,
+  type PgErrorFields,
   type PgMessage,
 } from '../support/rawClient.js';
 
@@ -41,6 +42,21 @@ async function readToClose(c: RawClient, timeoutMs = 3000): Promise<{ msgs: PgMe
   return { msgs, closed: c.closed };
 }
 
+/**
+ * Sends `bytes` on a new connection and expects an ErrorResponse with `code`, then the
+ * connection closed, and pgmux still serving a normal client. Returns the error.
+ */
+async function expectRejected(port: number, bytes: Buffer, code: string): Promise<PgErrorFields | undefined> {
+  const c = await RawClient.connect(port);
+  c.send(bytes);
+  const { msgs, closed } = await readToClose(c);
+  const e = firstError(msgs);
+  expect(e?.code).toBe(code);
+  expect(closed).toBe(true);
+  await assertHealthy(port);
+  return e;
+}
+
 describe('bad client input', () => {
   let proxy: TestProxy;
   beforeAll(async () => {
@@ -55,54 +71,28 @@ describe('bad client input', () => {
   });
 
   it('unknown protocol version 2.0 -> 0A000 and close', async () => {
-    const c = await RawClient.connect(proxy.port);
-    c.send(startupPacket({ user: 'postgres', database: 'app' }, 2 << 16));
-    const { msgs, closed } = await readToClose(c);
-    expect(firstError(msgs)?.code).toBe('0A000');
-    expect(closed).toBe(true);
-    await assertHealthy(proxy.port);
+    await expectRejected(proxy.port, startupPacket({ user: 'postgres', database: 'app' }, 2 << 16), '0A000');
   });
 
   it('startup packet without user -> 28000 and close', async () => {
-    const c = await RawClient.connect(proxy.port);
-    c.send(startupPacket({ database: 'app' }));
-    const { msgs, closed } = await readToClose(c);
-    const e = firstError(msgs);
-    expect(e?.code).toBe('28000');
+    const e = await expectRejected(proxy.port, startupPacket({ database: 'app' }), '28000');
     expect(e?.severity).toBe('FATAL');
-    expect(closed).toBe(true);
-    await assertHealthy(proxy.port);
   });
 
   it('malformed startup packet (no terminating NUL) -> 08P01 and close', async () => {
-    const c = await RawClient.connect(proxy.port);
     // "user\0postgres\0database\0app\0" without the final NUL that ends the list.
-    c.send(untypedPacket(PROTOCOL_3_0, Buffer.from('user\0postgres\0database\0app\0')));
-    const { msgs, closed } = await readToClose(c);
-    expect(firstError(msgs)?.code).toBe('08P01');
-    expect(closed).toBe(true);
-    await assertHealthy(proxy.port);
+    await expectRejected(proxy.port, untypedPacket(PROTOCOL_3_0, Buffer.from('user\0postgres\0database\0app\0')), '08P01');
   });
 
   it('startup packet whose value lacks its NUL -> 08P01 and close', async () => {
-    const c = await RawClient.connect(proxy.port);
-    c.send(untypedPacket(PROTOCOL_3_0, Buffer.from('user\0postgres')));
-    const { msgs, closed } = await readToClose(c);
-    expect(firstError(msgs)?.code).toBe('08P01');
-    expect(closed).toBe(true);
-    await assertHealthy(proxy.port);
+    await expectRejected(proxy.port, untypedPacket(PROTOCOL_3_0, Buffer.from('user\0postgres')), '08P01');
   });
 
   it('startup packet with a length below 8 -> 08P01 and close', async () => {
-    const c = await RawClient.connect(proxy.port);
     const b = Buffer.alloc(8);
     b.writeInt32BE(3, 0);
     b.writeInt32BE(PROTOCOL_3_0, 4);
-    c.send(b);
-    const { msgs, closed } = await readToClose(c);
-    expect(firstError(msgs)?.code).toBe('08P01');
-    expect(closed).toBe(true);
-    await assertHealthy(proxy.port);
+    await expectRejected(proxy.port, b, '08P01');
   });
 
   it('a typed message with length < 4 after login -> 08P01 and close', async () => {
@@ -133,15 +123,10 @@ describe('bad client input', () => {
   });
 
   it('a startup packet larger than maxMessageBytes -> 08P01 and close', async () => {
-    const c = await RawClient.connect(proxy.port);
     const b = Buffer.alloc(8);
     b.writeInt32BE(10 * MiB, 0);
     b.writeInt32BE(PROTOCOL_3_0, 4);
-    c.send(b);
-    const { msgs, closed } = await readToClose(c);
-    expect(firstError(msgs)?.code).toBe('08P01');
-    expect(closed).toBe(true);
-    await assertHealthy(proxy.port);
+    await expectRejected(proxy.port, b, '08P01');
   });
 
   it('a message just under maxMessageBytes still works', async () => {
@@ -219,21 +204,11 @@ describe('bad client input', () => {
   });
 
   it('replication=database -> 0A000 and close', async () => {
-    const c = await RawClient.connect(proxy.port);
-    c.send(startupPacket({ user: 'postgres', database: 'app', replication: 'database' }));
-    const { msgs, closed } = await readToClose(c);
-    expect(firstError(msgs)?.code).toBe('0A000');
-    expect(closed).toBe(true);
-    await assertHealthy(proxy.port);
+    await expectRejected(proxy.port, startupPacket({ user: 'postgres', database: 'app', replication: 'database' }), '0A000');
   });
 
   it('replication=true -> 0A000 and close', async () => {
-    const c = await RawClient.connect(proxy.port);
-    c.send(startupPacket({ user: 'postgres', database: 'app', replication: 'true' }));
-    const { msgs, closed } = await readToClose(c);
-    expect(firstError(msgs)?.code).toBe('0A000');
-    expect(closed).toBe(true);
-    await assertHealthy(proxy.port);
+    await expectRejected(proxy.port, startupPacket({ user: 'postgres', database: 'app', replication: 'true' }), '0A000');
   });
 
   it('an unknown message type after login gets PostgreSQL\'s 08P01 and the proxy stays healthy', async () => {
