@@ -208,8 +208,8 @@ export class AdminConsole {
     const rows: Cell[][] = this.view
       .backends()
       .sort((a, b) => a.id - b.id)
-      .map((b) => [b.id, b.node, b.database, b.user, b.state, b.pid, iso(b.createdAt), b.clientId, b.preparedStatements]);
-    return resultSet(['id', 'node', 'database', 'user', 'state', 'pid', 'connect_time', 'client_id', 'prepared_statements'], rows);
+      .map((b) => [b.id, b.node, b.database, b.user, b.state, b.pid, iso(b.createdAt), b.clientId, b.preparedStatements, b.resets]);
+    return resultSet(['id', 'node', 'database', 'user', 'state', 'pid', 'connect_time', 'client_id', 'prepared_statements', 'resets'], rows);
   }
 
   private isDisabled(name: string): boolean {

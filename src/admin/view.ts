@@ -35,6 +35,8 @@ export interface BackendView {
   createdAt: number;
   lastReleasedAt: number;
   preparedStatements: number;
+  /** Times reset for the next client (server_reset_query). */
+  resets: number;
   /** Client id when linked. */
   clientId: number | null;
 }
@@ -62,6 +64,8 @@ export interface ProxyCounters {
   waitBucketCounts: number[];
   failovers: number;
   readRetries: number;
+  /** Backends reset with server_reset_query before reuse (pinned clients left, session mode). */
+  backendResets: number;
 }
 
 export interface ProxyView {

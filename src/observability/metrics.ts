@@ -152,6 +152,11 @@ export function createMetrics(view: ProxyView): PgmuxMetrics {
   scalarCounter('pgmux_bytes_received_total', 'Bytes received from clients.', () => view.counters().bytesIn);
   scalarCounter('pgmux_bytes_sent_total', 'Bytes sent to clients.', () => view.counters().bytesOut);
   scalarCounter('pgmux_failovers_total', 'Primary changes followed.', () => view.counters().failovers);
+  scalarCounter(
+    'pgmux_backend_resets_total',
+    'Backends reset with server_reset_query before another client got them (a pinned client left, or session mode).',
+    () => view.counters().backendResets,
+  );
   scalarCounter('pgmux_read_retries_total', 'Reads re-run on another node after theirs failed.', () => view.counters().readRetries);
   scalarCounter('pgmux_classifier_cache_hits_total', 'Read/write classifier cache hits.', () => view.classifierStats().hits);
   scalarCounter('pgmux_classifier_cache_misses_total', 'Read/write classifier cache misses.', () => view.classifierStats().misses);

@@ -116,6 +116,14 @@ export class BackendConnection implements ScanSink {
   syncedFingerprint: string | null = null;
   /** Its session state is not what pgmux recorded (a hidden query failed): close, don't pool. */
   discardOnRelease = false;
+  /**
+   * It carries session state pgmux cannot vouch for (a pinned client's temp tables, locks,
+   * LISTEN, untracked settings): the pool resets it with server_reset_query before anyone
+   * else gets it, or closes it.
+   */
+  needsReset = false;
+  /** Times the pool reset it for the next client. */
+  resets = 0;
   /** Unreported settings pgmux applied for clients (name -> value); RESET when not wanted. */
   readonly applied = new Map<string, string>();
   /** ReadyForQuery messages owed to the linked client (one per Query, Sync, FunctionCall). */

@@ -47,6 +47,8 @@ export class Pool {
     private config: () => Config,
     private credentials: () => BackendCredentials,
     private logger: Logger,
+    /** Process-wide counters this pool adds to (they outlive the pool). */
+    private counters: { backendResets: number } = { backendResets: 0 },
   ) {}
 
   get size(): number {
@@ -90,6 +92,10 @@ export class Pool {
 
   /** Gives a clean backend back: straight to the next waiter, else to the idle list. */
   release(b: BackendConnection): void {
+    if (b.needsReset && b.state !== BackendState.Closed && !this.closed && !b.discardOnRelease) {
+      this.reset(b);
+      return;
+    }
     this.active.delete(b);
     if (b.state === BackendState.Closed) {
       this.maybeConnect();
@@ -119,6 +125,38 @@ export class Pool {
     b.lastReleasedAt = Date.now();
     this.idle.push(b);
   }
+
+  /**
+   * Nothing a client left on a backend reaches the next one: server_reset_query (DISCARD ALL
+   * by default) runs first, still counted as active; a failed reset, or none configured,
+   * closes the backend instead.
+   */
+  private reset(b: BackendConnection): void {
+    const query = this.config().serverResetQuery;
+    if (!query) {
+      this.discard(b, 'reset_failed');
+      return;
+    }
+    this.resets++;
+    this.counters.backendResets++;
+    b.resets++;
+    b.runInternal(query).then(
+      () => {
+        b.needsReset = false;
+        b.applied.clear();
+        b.syncedFingerprint = null;
+        b.prepared.clear();
+        this.release(b);
+      },
+      (err: Error) => {
+        this.logger.warn({ node: this.node.name, db: this.database, user: this.user, err: err.message }, 'server_reset_query failed; closing the backend');
+        this.discard(b, 'reset_failed');
+      },
+    );
+  }
+
+  /** Backends reset before reuse (server_reset_query), over this pool's life. */
+  resets = 0;
 
   /** Backends created before this are closed when next released (RECONNECT). */
   private recycleBefore = 0;

@@ -29,6 +29,9 @@
 //   A replica hint is obeyed even for a write: the replica will refuse it.
 
 import { lex, type Comment, type Token } from './lexer.js';
+import { EffectsBuilder, type SessionEffects } from './sessionEffects.js';
+
+export type { ListenOp, SessionEffects } from './sessionEffects.js';
 
 export type Target = 'primary' | 'replica';
 
@@ -42,6 +45,8 @@ export interface Classification {
   statements: number;
   /** True when a statement of the message is BEGIN / START TRANSACTION. */
   beginsTransaction?: boolean;
+  /** What the message does to session state; absent when nothing (most queries). */
+  session?: SessionEffects;
 }
 
 export interface ClassifierOptions {
@@ -682,13 +687,25 @@ function isDigits(s: string): boolean {
   return true;
 }
 
+/** A statement the analysis failed on may have changed anything: the client keeps its backend. */
+const UNANALYSED: SessionEffects = Object.freeze({
+  settings: Object.freeze([]) as readonly string[],
+  resetsAll: true,
+  pin: 'statement pgmux could not analyse',
+  discardAll: false,
+  dropsAllStatements: false,
+  deallocate: null,
+  sqlPrepared: false,
+  listen: null,
+});
+
 function classifyWith(sql: string, fns: FunctionSet): Classification {
   let result: Classification;
   try {
     result = analyze(sql, fns);
   } catch (err) {
     // Never let a query take the proxy down: unknown means primary.
-    result = { target: 'primary', reason: `classifier error: ${(err as Error)?.message ?? String(err)}`, statements: 1 };
+    result = { target: 'primary', reason: `classifier error: ${(err as Error)?.message ?? String(err)}`, statements: 1, session: UNANALYSED };
   }
   return Object.freeze(result);
 }
@@ -706,7 +723,9 @@ function analyze(sql: string, fns: FunctionSet): Classification {
   let firstWriteReason = '';
   let anyRead = false;
   let only = '';
+  const effects = new EffectsBuilder(tokens);
   for (let k = 0; k < n; k++) {
+    effects.statement(ranges[2 * k]!, ranges[2 * k + 1]!, n);
     const v = a.statement(ranges[2 * k]!, ranges[2 * k + 1]!, 0);
     if (v.begins) begins = true;
     if (v.kind === 'write' && firstWrite < 0) {
@@ -741,6 +760,9 @@ function analyze(sql: string, fns: FunctionSet): Classification {
     }
   }
   if (begins) result.beginsTransaction = true;
+  // Unterminated input never runs: PostgreSQL rejects it, so it changes nothing.
+  const session = complete ? effects.build() : null;
+  if (session !== null) result.session = session;
   return result;
 }
 

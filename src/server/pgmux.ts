@@ -66,6 +66,7 @@ export class Proxy implements ProxyContext, ProxyView {
     waitBucketCounts: new Array(WAIT_BUCKETS_MS.length + 1).fill(0),
     failovers: 0,
     readRetries: 0,
+    backendResets: 0,
   };
   /** Databases paused by PAUSE (null entry = everything). */
   private readonly paused = new Set<string | null>();
@@ -305,7 +306,7 @@ export class Proxy implements ProxyContext, ProxyView {
     const key = node.name + '\0' + database + '\0' + user;
     let p = this.poolMap.get(key);
     if (!p || p.isClosed) {
-      p = new Pool(node, database, user, () => this.cfg, () => this.credentialsFor(user), this.logger);
+      p = new Pool(node, database, user, () => this.cfg, () => this.credentialsFor(user), this.logger, this.stats);
       this.poolMap.set(key, p);
     }
     return p;
@@ -453,6 +454,7 @@ export class Proxy implements ProxyContext, ProxyView {
           createdAt: b.createdAt,
           lastReleasedAt: b.lastReleasedAt,
           preparedStatements: b.prepared.size,
+          resets: b.resets,
           clientId: (b.owner as ClientSession | null)?.id ?? null,
         });
       }

@@ -36,12 +36,15 @@ import { hbaRefusal, hbaRulesFor, matchHba } from '../server/hba.js';
 import { isSettableReported, parseStartup, StartupParamError } from './startupParams.js';
 import { buildSyncSql, settingsSignature } from './paramSync.js';
 import { parseLsn } from '../cluster/topology.js';
-import { parseListenCommand, type NotificationSink } from './notifications.js';
+import type { NotificationSink } from './notifications.js';
+import { planListen, type ListenPlan } from './listenRequests.js';
+import { readBackColumns, SettingsTracker } from './settingsTracker.js';
+import type { Classification, ListenOp, SessionEffects } from '../routing/classifier.js';
 import { StatementForwarder } from './statementForwarder.js';
 import { tlsServerEndPoint } from '../auth/scram.js';
 import type tls from 'node:tls';
 import { commandComplete } from '../protocol/resultSet.js';
-import { bindStatement, isSqlPrepared, parseParse, targetOf } from './preparedStatements.js';
+import { bindStatement, buildParse, parseParse, targetOf, type ParsedParse } from './preparedStatements.js';
 
 export enum ClientState {
   Startup = 'startup',
@@ -82,53 +85,6 @@ interface HeldMessage {
   end: number;
 }
 
-/** After blanks, a d/D: the cheap gate before looking for DEALLOCATE / DISCARD. */
-function startsWithD(buf: Buffer, pos: number, end: number): boolean {
-  pos = skipBlanks(buf, pos, end);
-  return buf[pos] === 0x64 || buf[pos] === 0x44;
-}
-
-/** Position of the first byte after spaces, tabs and line breaks. */
-function skipBlanks(buf: Buffer, pos: number, end: number): number {
-  while (pos < end && (buf[pos] === 0x20 || buf[pos] === 0x0a || buf[pos] === 0x09 || buf[pos] === 0x0d)) pos++;
-  return pos;
-}
-
-/** First word SET or RESET (case-insensitive, after blanks): a byte check, no string. */
-function startsWithSetOrReset(buf: Buffer, pos: number, end: number): boolean {
-  pos = skipBlanks(buf, pos, end);
-  let c = buf[pos]! | 0x20;
-  if (c === 0x72 /* r */) {
-    if (((buf[pos + 1]! | 0x20) !== 0x65) || ((buf[pos + 2]! | 0x20) !== 0x73)) return false;
-    pos += 2;
-    c = buf[pos]! | 0x20;
-  }
-  return c === 0x73 && (buf[pos + 1]! | 0x20) === 0x65 && (buf[pos + 2]! | 0x20) === 0x74 && (buf[pos + 3] === 0x20 || buf[pos + 3] === 0x09 || buf[pos + 3] === 0x0a);
-}
-
-/**
- * Byte prefilter for statements that may create session state: the text contains
- * "temp", "advisory", "hold" or "listen" in any case. Only then is the regex run.
- */
-function mayKeepSessionState(buf: Buffer, pos: number, end: number): boolean {
-  for (let i = pos; i < end - 3; i++) {
-    const c = buf[i]! | 0x20;
-    if (c === 0x74 /* t */) {
-      if ((buf[i + 1]! | 0x20) === 0x65 && (buf[i + 2]! | 0x20) === 0x6d && (buf[i + 3]! | 0x20) === 0x70) return true;
-    } else if (c === 0x61 /* a */) {
-      if ((buf[i + 1]! | 0x20) === 0x64 && (buf[i + 2]! | 0x20) === 0x76 && (buf[i + 3]! | 0x20) === 0x69) return true;
-    } else if (c === 0x68 /* h */) {
-      if ((buf[i + 1]! | 0x20) === 0x6f && (buf[i + 2]! | 0x20) === 0x6c && (buf[i + 3]! | 0x20) === 0x64) return true;
-    } else if (c === 0x6c /* l */) {
-      if ((buf[i + 1]! | 0x20) === 0x69 && (buf[i + 2]! | 0x20) === 0x73 && (buf[i + 3]! | 0x20) === 0x74) return true;
-    }
-  }
-  return false;
-}
-
-const SESSION_STATE =
-  /\bcreate\s+(?:(?:global|local)\s+)?temp(?:orary)?\s+(?:table|view|sequence)\b|\binto\s+temp(?:orary)?\b|\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(|\bwith\s+hold\b|^\s*listen\b/i;
-
 /** One string object per distinct settings fingerprint (cheap identity comparisons). */
 const fingerprints = new Map<string, string>();
 function interned(s: string): string {
@@ -147,6 +103,7 @@ const MAX_ROUTE_ATTEMPTS = 3;
 const WELCOME_CACHE_LIMIT = 256;
 const ERROR_RESPONSE = 0x45; // 'E'
 const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
+const NONE: readonly string[] = [];
 
 /** Proxy-issued cancel pids: start --workers puts the worker index in the high bits so keys are unique per group. */
 export const cancelPidSpace = { high: 0, mask: 0x7fffffff };
@@ -209,8 +166,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private heldReply: Buffer[] = [];
   private attempts = 0;
   private avoidNode: string | null = null;
-  /** Named statements -> where their Parse was classified (routes a later Bind). */
-  private readonly statementTargets = new Map<string, 'primary' | 'replica'>();
+  /** Named statements -> their Parse's analysis (routes a later Bind, and its session effects). */
+  private readonly statementClasses = new Map<string, Classification>();
+  /** Named statements that are LISTEN / UNLISTEN, answered by pgmux (see listenRequests.ts). */
+  private readonly listenStatements = new Map<string, readonly ListenOp[]>();
+  /** The analysis of the message classifyFirst() read, so forwarding it does not decode it again. */
+  private firstClass: Classification | null = null;
+  private firstClassBuf: Buffer | null = null;
+  private firstClassAt = -1;
   // Read-your-writes.
   private lastWriteAt = -Infinity;
   private minLsn: bigint | null = null;
@@ -220,8 +183,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** A transaction's first message arrived; route it after the rest of the read chunk. */
   private beginPending = false;
   private waitStartedAt = 0;
-  /** A SET/RESET ran in this transaction: re-read tracked unreported parameters at its end. */
-  private settingsDirty = false;
+  /** Settings this client's statements may have changed: read back when the backend goes back. */
+  private readonly settingsTracker = new SettingsTracker();
   /** Why this client keeps its backend between transactions (session state), or null. */
   pinned: string | null = null;
   /** This client's named prepared statements (transaction mode). */
@@ -414,9 +377,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       case Msg.Query:
         b.pendingRfq++;
         if (tracking) {
-          if (startsWithSetOrReset(buf, start + 5, end)) this.settingsDirty = true;
-          if (this.pinned === null && mayKeepSessionState(buf, start + 5, end)) this.pinIfSessionState(buf.toString('utf8', start + 5, end - 1));
-          if (startsWithD(buf, start + 5, end) && this.onDeallocate(b, this.stmts.deallocate(b, buf.toString('utf8', start + 5, end - 1), queryMessage, Expect.Rfq))) return;
+          const fx = this.queryClass(buf, start, end).session;
+          if (fx !== undefined && this.onSessionEffects(b, fx, null)) return;
           b.expect(Expect.Rfq);
         }
         break;
@@ -432,16 +394,17 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       case Msg.Parse:
         this.extendedOpen = true;
         if (tracking) {
-          if (this.pinned === null && mayKeepSessionState(buf, start + 5, end)) this.pinIfSessionState(buf.toString('utf8', start + 5, end));
+          const p = parseParse(buf, start, end);
+          const c = p === null ? null : this.ctx.classify(p.query);
           if (buf[start + 5] !== 0) {
             this.flushRun();
-            const p = parseParse(buf, start, end);
-            if (p !== null && !this.stmts.has(p.name)) this.statementTargets.set(p.name, this.ctx.classify(p.query).target);
+            if (p !== null && c !== null && !this.stmts.has(p.name)) this.statementClasses.set(p.name, c);
+            if (c?.session !== undefined) this.onSessionEffects(b, c.session, undefined);
             this.stmts.parse(b, buf, start, end, p);
             return;
           }
           // Drivers (psycopg) also send DEALLOCATE through the extended protocol.
-          if (startsWithD(buf, start + 6, end) && this.onDeallocate(b, this.stmts.deallocateParse(b, buf, start, end))) return;
+          if (c?.session !== undefined && this.onSessionEffects(b, c.session, p)) return;
           b.expect(Expect.Parse);
         }
         break;
@@ -451,6 +414,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         if (tracking && !(buf[start + 5] === 0 && buf[start + 6] === 0)) {
           const st = bindStatement(buf, start, end);
           if (st !== null && st.name !== '' && this.stmts.has(st.name)) {
+            // A statement prepared earlier does what its text does, each time it runs.
+            const fx = this.statementClasses.get(st.name)?.session;
+            if (fx !== undefined) this.onSessionEffects(b, fx, undefined);
             this.flushRun();
             this.stmts.rewrite(b, type, buf, start, end, st.nameStart, st.nameEnd, st.name);
             return;
@@ -495,33 +461,58 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   /**
-   * Session state pgmux cannot move between backends (temporary tables, session advisory
-   * locks, WITH HOLD cursors, LISTEN inside a transaction): rather than break silently, the
-   * client keeps its backend from now on, as in session mode, until DISCARD ALL or it
-   * disconnects. Counted in pgmux_pinned_clients and shown by SHOW CLIENTS.
+   * Acts on what a statement does to session state (src/routing/sessionEffects.ts), before
+   * it is forwarded. `deallocateVia` says how a DEALLOCATE arrived: null for a Query, the
+   * Parse for an unnamed Parse, undefined where it cannot be rewritten (a named statement).
+   * Returns true when the message was written here (a rewritten DEALLOCATE).
    */
-  private pinIfSessionState(sql: string): void {
-    const m = SESSION_STATE.exec(sql);
-    if (m === null) return;
-    this.pinned = m[0].replace(/\s+/g, ' ').toLowerCase();
-    this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, reason: this.pinned }, 'client pinned to its backend (session state)');
+  private onSessionEffects(b: BackendConnection, fx: SessionEffects, deallocateVia: ParsedParse | null | undefined): boolean {
+    this.settingsTracker.note(fx);
+    if (fx.pin !== null) this.pin(b, fx.pin);
+    // Forwarded LISTEN runs on this backend: the client must stay where it listens.
+    else if (fx.listen !== null) this.pin(b, 'LISTEN inside a transaction');
+    if (fx.discardAll) {
+      // DISCARD ALL also resets settings and drops temporary state.
+      this.unpin();
+      b.applied.clear();
+      b.syncedFingerprint = null;
+    }
+    if (deallocateVia === undefined || (!fx.dropsAllStatements && fx.deallocate === null)) return false;
+    const r =
+      deallocateVia === null
+        ? this.stmts.deallocate(b, fx, queryMessage, Expect.Rfq)
+        : this.stmts.deallocate(b, fx, (sql) => buildParse('', sql, deallocateVia.rest), Expect.Parse);
+    return r === 'sent';
+  }
+
+  /**
+   * Session state pgmux cannot move between backends (temporary tables, session advisory
+   * locks, WITH HOLD cursors, LISTEN inside a transaction, SQL PREPARE, DO blocks): rather
+   * than break silently, the client keeps its backend from now on, as in session mode, until
+   * DISCARD ALL or it disconnects; then the backend is reset before anyone else gets it.
+   * Counted in pgmux_pinned_clients and shown by SHOW CLIENTS.
+   */
+  private pin(b: BackendConnection, reason: string): void {
+    b.needsReset = true;
+    if (this.pinned !== null) return;
+    this.pinned = reason;
+    this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, reason }, 'client pinned to its backend (session state)');
   }
 
   private unpin(): void {
     if (this.pinned === null) return;
     this.ctx.logger.info({ client: this.id, reason: this.pinned }, 'client unpinned');
     this.pinned = null;
+    if (this.backend !== null) this.backend.needsReset = false;
   }
 
-  /** After stmts.deallocate(): true when the message was written (nothing more to do). */
-  private onDeallocate(b: BackendConnection, r: 'sent' | 'drops-all' | 'discard-all' | null): boolean {
-    if (r === 'discard-all') {
-      // DISCARD ALL also resets settings and drops temporary state.
-      this.unpin();
-      b.applied.clear();
-      b.syncedFingerprint = null;
+  /** The analysis of a Query message (the first message's is already at hand). */
+  private queryClass(buf: Buffer, start: number, end: number): Classification {
+    if (this.firstClassBuf === buf && this.firstClassAt === start) {
+      this.firstClassBuf = null;
+      return this.firstClass!;
     }
-    return r === 'sent';
+    return this.ctx.classify(buf.toString('utf8', start + 5, end - 1));
   }
 
   /** Writes a message pgmux built (after what is pending, keeping order). */
@@ -962,7 +953,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       parsed.push(p);
     }
     // Remembered for routing: a later Bind of a read statement may go to a replica.
-    for (const p of parsed) this.statementTargets.set(p.name, this.ctx.classify(p.query).target);
+    for (const p of parsed) {
+      const c = this.ctx.classify(p.query);
+      this.statementClasses.set(p.name, c);
+      // A prepared LISTEN: its later Bind/Execute batches go to the shared listener too.
+      const ops = c.session?.listen;
+      if (ops && ops.length === 1) this.listenStatements.set(p.name, ops);
+    }
     this.stmts.remember(parsed);
     const out = Buffer.allocUnsafe(parsed.length * 5 + 6);
     for (let i = 0; i < parsed.length; i++) PARSE_COMPLETE.copy(out, i * 5);
@@ -982,8 +979,12 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private refuseSqlPrepared(): boolean {
     const m = this.held[0]!;
     if (this.held.length !== 1 || m.type !== Msg.Query) return false;
-    const sql = m.buf.toString('utf8', m.start + 5, m.end - 1);
-    if (!isSqlPrepared(sql)) return false;
+    const c = this.queryClass(m.buf, m.start, m.end);
+    // Kept for forwarding when not refused (classifyFirst reads it next).
+    this.firstClass = c;
+    this.firstClassBuf = m.buf;
+    this.firstClassAt = m.start;
+    if (c.statements !== 1 || c.session?.sqlPrepared !== true) return false;
     this.clearHeld();
     this.state = ClientState.Idle;
     this.socket.write(
@@ -1003,35 +1004,58 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   /**
-   * LISTEN / UNLISTEN as a whole simple Query, in transaction mode: the subscription lives
-   * on pgmux's shared listener connection, not on a pooled backend (src/session/notifications.ts).
+   * LISTEN / UNLISTEN alone at a transaction's start, simple or extended protocol: the
+   * subscription lives on pgmux's shared listener connection, not on a pooled backend
+   * (src/session/notifications.ts); pgmux answers as PostgreSQL would.
    */
   private handleListen(): boolean {
-    const m = this.held[0]!;
-    if (this.held.length !== 1 || m.type !== Msg.Query) return false;
-    const cmd = parseListenCommand(m.buf.toString('utf8', m.start + 5, m.end - 1));
-    if (cmd === null) return false;
+    const plan = planListen(this.held, (sql) => this.ctx.classify(sql), this.listenStatements);
+    if (plan === null) return false;
     this.clearHeld();
-    const done = (out: Buffer) => {
-      if (this.state !== ClientState.Waiting) return;
-      this.state = ClientState.Idle;
-      this.socket.write(Buffer.concat([out, readyForQuery('I')]));
-      this.resumeReading();
-      this.drain();
-    };
-    if (cmd.kind === 'unlisten') {
-      this.ctx.notifications.unsubscribe(this, this.database, this.user, cmd.channel);
-      if (cmd.channel === null) this.listening = false;
-      done(commandComplete('UNLISTEN'));
-      return true;
+    this.firstClassBuf = null;
+    if (plan.parsed.length > 0) {
+      // Named like any other statement, so a later batch that mixes it with others still works.
+      const fresh = plan.parsed.filter((p) => !this.stmts.has(p.name));
+      for (const p of fresh) this.statementClasses.set(p.name, this.ctx.classify(p.query));
+      this.stmts.remember(fresh);
     }
-    this.listening = true;
-    this.ctx.notifications.subscribe(this, this.database, this.user, cmd.channel!).then(
-      () => done(commandComplete('LISTEN')),
-      (err: Error) =>
-        done(errorResponse(err instanceof PgmuxError ? { ...err.spec, severity: 'ERROR' } : pgmuxError('backendUnavailable', { detail: err.message }))),
-    );
+    this.runListenPlan(plan, 0, []);
     return true;
+  }
+
+  /** Carries out a LISTEN plan: replies in order, each subscription finished before what follows it. */
+  private runListenPlan(plan: ListenPlan, from: number, out: Buffer[]): void {
+    const steps = plan.steps;
+    for (let i = from; i < steps.length; i++) {
+      const step = steps[i]!;
+      if (Buffer.isBuffer(step)) {
+        out.push(step);
+        continue;
+      }
+      if (step.kind === 'unlisten') {
+        this.ctx.notifications.unsubscribe(this, this.database, this.user, step.channel);
+        continue;
+      }
+      this.listening = true;
+      this.ctx.notifications.subscribe(this, this.database, this.user, step.channel!).then(
+        () => this.runListenPlan(plan, i + 1, out),
+        (err: Error) => {
+          out.push(errorResponse(err instanceof PgmuxError ? { ...err.spec, severity: 'ERROR' } : pgmuxError('backendUnavailable', { detail: err.message })));
+          this.finishListen(out);
+        },
+      );
+      return;
+    }
+    this.finishListen(out);
+  }
+
+  private finishListen(out: Buffer[]): void {
+    if (this.state !== ClientState.Waiting) return;
+    this.state = ClientState.Idle;
+    out.push(readyForQuery('I'));
+    this.socket.write(Buffer.concat(out));
+    this.resumeReading();
+    this.drain();
   }
 
   private listening = false;
@@ -1112,7 +1136,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const body = m.start + 5;
     switch (m.type) {
       case Msg.Query: {
-        const c = this.ctx.classify(m.buf.toString('utf8', body, m.end - 1));
+        const c = this.queryClass(m.buf, m.start, m.end);
+        this.firstClass = c;
+        this.firstClassBuf = m.buf;
+        this.firstClassAt = m.start;
         // A lone read outside a transaction may be re-run elsewhere if its replica dies
         // before answering; nothing else may (onBackendAcquired checks it is still alone).
         this.retryable = c.target === 'replica' && c.statements === 1 && !c.beginsTransaction;
@@ -1123,13 +1150,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         const query = name && readCstr(m.buf, name[1], m.end);
         if (!name || !query) return MALFORMED_PARSE;
         const c = this.ctx.classify(query[0]);
-        if (name[0] !== '') this.statementTargets.set(name[0], c.target);
+        if (name[0] !== '') this.statementClasses.set(name[0], c);
         return c;
       }
       case Msg.Bind: {
         const portal = readCstr(m.buf, body, m.end);
         const stmt = portal && readCstr(m.buf, portal[1], m.end);
-        const target = stmt ? this.statementTargets.get(stmt[0]) : undefined;
+        const target = stmt ? this.statementClasses.get(stmt[0])?.target : undefined;
         return target ? { target, reason: `prepared statement "${stmt![0]}"` } : UNKNOWN_STATEMENT;
       }
       default:
@@ -1261,8 +1288,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     ) {
       const cfg = this.ctx.config();
       const needLsn = this.routedWrite && cfg.readYourWrites === 'lsn';
-      const needSettings = this.settingsDirty && cfg.trackExtraParameters.length > 0;
-      if (needLsn || needSettings) this.releaseAfterCapture(b, needLsn, needSettings ? cfg.trackExtraParameters : []);
+      const settings = this.settingsTracker.dirty ? this.settingsTracker.take(this.settings, b.applied, cfg.trackExtraParameters) : NONE;
+      if (needLsn || settings.length > 0) this.releaseAfterCapture(b, needLsn, settings);
       else {
         if (this.routedWrite) this.lastWriteAt = this.ctx.clock.now;
         this.releaseBackend(b);
@@ -1275,25 +1302,25 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    * carried to its next backend:
    * - read_your_writes=lsn: how far the primary's WAL is (covers this client's commit);
    *   later reads only go to replicas that replayed that far;
-   * - after a SET/RESET: the current values of the tracked unreported parameters
-   *   (search_path, statement_timeout, ...), which PostgreSQL does not report.
+   * - after a SET / RESET / set_config(): the current values of the unreported settings it
+   *   named (search_path, statement_timeout, custom GUCs, ...), which PostgreSQL does not
+   *   report (src/session/settingsTracker.ts).
    * The client's next transaction waits for the answer (one round trip).
    */
   private releaseAfterCapture(b: BackendConnection, lsn: boolean, params: readonly string[]): void {
+    if (params.length > 0 && this.ctx.logger.isLevelEnabled('debug')) {
+      this.ctx.logger.debug({ client: this.id, settings: params }, 'reading back settings the transaction may have changed');
+    }
     this.backend = null;
     this.state = ClientState.Idle;
     this.attempts = 0;
     this.avoidNode = null;
-    this.settingsDirty = false;
     b.unlink();
     if (b.socket.isPaused()) b.socket.resume();
     this.flushNotifications();
     this.lsnPending = true;
     const pool = b.poolRef as Pool;
-    // NULL when the parameter is at the database's default (its reset value).
-    const cols = params.map(
-      (p) => `(SELECT CASE WHEN current_setting(${sqlLiteral(p)}, true) IS DISTINCT FROM reset_val THEN current_setting(${sqlLiteral(p)}, true) END FROM pg_settings WHERE name = ${sqlLiteral(p)})`,
-    );
+    const cols = readBackColumns(params);
     if (lsn) cols.unshift('pg_current_wal_insert_lsn()');
     b.queryRow(`SELECT ${cols.join(', ')}`).then(
       (row) => {
@@ -1534,8 +1561,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   /**
-   * A client that leaves mid-transaction must leave nothing behind: its backend is closed
+   * A client that leaves must leave nothing behind. Mid-transaction: its backend is closed
    * (PostgreSQL rolls back and frees locks), after a cancel if a query is still running.
+   * Pinned (session state pgmux could not carry) or in session mode: the backend is reset
+   * with server_reset_query before anyone else gets it, and closed if that fails or no
+   * reset query is configured.
    */
   private returnBackend(b: BackendConnection): void {
     const pool = b.poolRef as Pool;
@@ -1547,24 +1577,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       return;
     }
     if (this.ctx.config().poolMode === 'session') {
-      const reset = this.ctx.config().serverResetQuery;
-      if (!reset) {
+      // Session mode: PgBouncer's rule, the reset query runs when one is configured.
+      if (this.ctx.config().serverResetQuery) b.needsReset = true;
+      else {
         b.applied.clear();
         b.syncedFingerprint = null;
-        pool.release(b);
-        return;
       }
-      b.runInternal(reset).then(
-        () => {
-          b.applied.clear();
-          b.syncedFingerprint = null;
-          b.prepared.clear();
-          pool.release(b);
-        },
-        () => pool.discard(b, 'reset_failed'),
-      );
-      return;
     }
-    pool.release(b);
+    pool.release(b); // resets first when needsReset (pinned, or session mode)
   }
 }

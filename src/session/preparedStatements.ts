@@ -129,22 +129,3 @@ export function targetOf(buf: Buffer, start: number, end: number): { kind: numbe
 export function closeStatement(name: string): Buffer {
   return typed(Msg.Close, ['S' + name]);
 }
-
-/** DEALLOCATE ALL / DISCARD ALL drop every prepared statement of the session. */
-export const DROPS_ALL_SQL = /^\s*(deallocate\s+(prepare\s+)?all|discard\s+all)\s*;?\s*$/i;
-
-
-/** `DEALLOCATE [PREPARE] name` as a whole statement: the statement name, else null. */
-export function deallocateName(sql: string): string | null {
-  const m = /^\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\s*;?\s*$/i.exec(sql);
-  if (!m || /^all$/i.test(m[1]!)) return null;
-  const raw = m[1]!;
-  return raw.startsWith('"') ? raw.slice(1, -1).replace(/""/g, '"') : raw.toLowerCase();
-}
-
-/** SQL-level PREPARE / EXECUTE / DEALLOCATE (not ALL): session state pgmux does not move. */
-const SQL_PREPARED = /^\s*(prepare|execute)\b/i;
-
-export function isSqlPrepared(sql: string): boolean {
-  return SQL_PREPARED.test(sql) && !DROPS_ALL_SQL.test(sql);
-}

@@ -10,11 +10,10 @@
 import type { BackendConnection } from '../pool/backend.js';
 import { Expect } from '../pool/backend.js';
 import { Msg } from '../protocol/messages.js';
+import type { SessionEffects } from '../routing/classifier.js';
 import {
   buildParse,
   closeStatement,
-  deallocateName,
-  DROPS_ALL_SQL,
   isStalePlanError,
   NO_SUCH_STATEMENT,
   parseParse,
@@ -119,17 +118,17 @@ export class StatementForwarder {
    * first if this backend lacks it, so PostgreSQL answers exactly as it would have); other
    * clients re-prepare it when they next need it. `build` wraps the rewritten SQL in the
    * same kind of message; `expect` is what that message is answered with.
-   * Returns 'sent' when it wrote the message, 'drops-all' / 'discard-all' when the message
-   * must be forwarded as is and everything on the backend is gone, or null.
+   * Returns 'sent' when it wrote the message, 'drops-all' when the message must be
+   * forwarded as is and everything on the backend is gone, or null.
    */
-  deallocate(b: BackendConnection, sql: string, build: (sql: string) => Buffer, expect: Expect): 'sent' | 'drops-all' | 'discard-all' | null {
-    if (DROPS_ALL_SQL.test(sql)) {
+  deallocate(b: BackendConnection, fx: SessionEffects, build: (sql: string) => Buffer, expect: Expect): 'sent' | 'drops-all' | null {
+    if (fx.dropsAllStatements) {
       // Every statement on this backend is gone (other clients' too: they re-prepare).
       this.statements.clear();
       b.prepared.clear();
-      return /^\s*discard/i.test(sql) ? 'discard-all' : 'drops-all';
+      return 'drops-all';
     }
-    const name = deallocateName(sql);
+    const name = fx.deallocate;
     const st = name === null ? undefined : this.statements.get(name);
     if (st === undefined) return null;
     this.statements.delete(name!);
@@ -141,12 +140,6 @@ export class StatementForwarder {
     b.expect(expect);
     this.emit(build(`DEALLOCATE "${st.proxyName}"`));
     return 'sent';
-  }
-
-  /** An unnamed Parse whose text is DEALLOCATE / DISCARD: see deallocate(). */
-  deallocateParse(b: BackendConnection, buf: Buffer, start: number, end: number): 'sent' | 'drops-all' | 'discard-all' | null {
-    const p = parseParse(buf, start, end);
-    return p === null ? null : this.deallocate(b, p.query, (sql) => buildParse('', sql, p.rest), Expect.Parse);
   }
 
   /** ReadyForQuery: the batch is over. */

@@ -1,0 +1,143 @@
+// LISTEN / UNLISTEN that pgmux answers itself, so the subscription lives on the shared
+// listener (src/session/notifications.ts) and not on a pooled backend.
+//
+// A request qualifies when it arrives at a transaction's start and does nothing else: a
+// simple Query whose statements are all LISTEN / UNLISTEN (any comments, quoting or
+// number of statements), or an extended-protocol batch (Parse / Bind / Describe / Execute
+// / Close / Flush, ending in Sync) whose statements are all such (postgres.js, pgJDBC,
+// psycopg send LISTEN that way). Anything else runs on a backend, and the session pins the
+// client there, so it still hears its notifications.
+//
+// This module only plans: it turns the held messages into the replies PostgreSQL would
+// send, with the subscription steps in between; the session carries the plan out.
+
+import { Msg, readCstr } from '../protocol/messages.js';
+import type { Classification, ListenOp } from '../routing/classifier.js';
+import { commandComplete } from '../protocol/resultSet.js';
+import { bindStatement, parseParse, targetOf, type ParsedParse } from './preparedStatements.js';
+
+export interface HeldMessage {
+  type: number;
+  buf: Buffer;
+  start: number;
+  end: number;
+}
+
+/** Replies to write, and subscription changes to make before the replies that follow them. */
+export type ListenStep = Buffer | ListenOp;
+
+export interface ListenPlan {
+  steps: ListenStep[];
+  /** Named statements the batch prepared: the session remembers them like any Parse. */
+  parsed: ParsedParse[];
+}
+
+const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
+const BIND_COMPLETE = Buffer.from([0x32, 0, 0, 0, 4]);
+const CLOSE_COMPLETE = Buffer.from([0x33, 0, 0, 0, 4]);
+const NO_DATA = Buffer.from([0x6e, 0, 0, 0, 4]);
+/** ParameterDescription with no parameters (LISTEN takes none). */
+const NO_PARAMETERS = Buffer.from([0x74, 0, 0, 0, 6, 0, 0]);
+
+export const tagOf = (op: ListenOp): Buffer => commandComplete(op.kind === 'listen' ? 'LISTEN' : 'UNLISTEN');
+
+/**
+ * The plan for `held`, or null when the request is not (only) LISTEN / UNLISTEN.
+ * `known` maps the client's named statements that are LISTEN / UNLISTEN to their operations
+ * (filled here as the batch prepares them).
+ */
+export function planListen(
+  held: readonly HeldMessage[],
+  classify: (sql: string) => Classification,
+  known: Map<string, readonly ListenOp[]>,
+): ListenPlan | null {
+  const n = held.length;
+  if (n === 0) return null;
+  const first = held[0]!;
+  if (first.type === Msg.Query) {
+    if (n !== 1) return null;
+    const ops = classify(first.buf.toString('utf8', first.start + 5, first.end - 1)).session?.listen;
+    if (!ops) return null;
+    const steps: ListenStep[] = [];
+    for (const op of ops) steps.push(op, tagOf(op));
+    return { steps, parsed: [] };
+  }
+  if (held[n - 1]!.type !== Msg.Sync) return null;
+  // Statements and portals of this batch; portals end with it (an implicit transaction).
+  const statements = new Map<string, readonly ListenOp[]>();
+  const portals = new Map<string, readonly ListenOp[]>();
+  const lookup = (name: string): readonly ListenOp[] | undefined => statements.get(name) ?? (name === '' ? undefined : known.get(name));
+  const steps: ListenStep[] = [];
+  const parsed: ParsedParse[] = [];
+  let newKnown: Array<[string, readonly ListenOp[] | null]> | null = null;
+  for (let i = 0; i < n - 1; i++) {
+    const m = held[i]!;
+    switch (m.type) {
+      case Msg.Parse: {
+        const p = parseParse(m.buf, m.start, m.end);
+        const ops = p === null ? null : classify(p.query).session?.listen;
+        // Several statements in one Parse is PostgreSQL's error to report, on a backend.
+        if (!ops || ops.length !== 1 || p === null) return null;
+        statements.set(p.name, ops);
+        if (p.name !== '') {
+          parsed.push(p);
+          (newKnown ??= []).push([p.name, ops]);
+        }
+        steps.push(PARSE_COMPLETE);
+        break;
+      }
+      case Msg.Bind: {
+        const st = bindStatement(m.buf, m.start, m.end);
+        const portal = readCstr(m.buf, m.start + 5, m.end);
+        const ops = st === null ? undefined : lookup(st.name);
+        if (ops === undefined || portal === null) return null;
+        portals.set(portal[0], ops);
+        steps.push(BIND_COMPLETE);
+        break;
+      }
+      case Msg.Describe: {
+        const t = targetOf(m.buf, m.start, m.end);
+        if (t === null) return null;
+        if (t.kind === 0x53 /* S */) {
+          if (lookup(t.name) === undefined) return null;
+          steps.push(NO_PARAMETERS, NO_DATA);
+        } else {
+          if (!portals.has(t.name)) return null;
+          steps.push(NO_DATA);
+        }
+        break;
+      }
+      case Msg.Execute: {
+        const portal = readCstr(m.buf, m.start + 5, m.end);
+        const ops = portal === null ? undefined : portals.get(portal[0]);
+        if (ops === undefined) return null;
+        for (const op of ops) steps.push(op);
+        // One statement per extended-protocol Execute: the tag is the last one's.
+        steps.push(tagOf(ops[ops.length - 1]!));
+        break;
+      }
+      case Msg.Close: {
+        const t = targetOf(m.buf, m.start, m.end);
+        if (t === null) return null;
+        if (t.kind === 0x53 /* S */) {
+          if (lookup(t.name) === undefined) return null;
+          statements.delete(t.name);
+          if (t.name !== '') (newKnown ??= []).push([t.name, null]);
+        } else portals.delete(t.name);
+        steps.push(CLOSE_COMPLETE);
+        break;
+      }
+      case Msg.Flush:
+        break;
+      default:
+        return null;
+    }
+  }
+  if (newKnown !== null) {
+    for (const [name, ops] of newKnown) {
+      if (ops === null) known.delete(name);
+      else known.set(name, ops);
+    }
+  }
+  return { steps, parsed };
+}
