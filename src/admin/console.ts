@@ -5,6 +5,7 @@
 // trailing ";". Stats users (stats_users) may run the SHOW commands; admin users
 // (admin_users) every command. Times are ISO 8601 strings (UTC), never-happened times NULL.
 
+import { lex } from '../routing/lexer.js';
 import { configToObject } from '../config/load.js';
 import type { Config } from '../config/types.js';
 import type { ErrorSpec } from '../protocol/errors.js';
@@ -112,11 +113,16 @@ export class AdminConsole {
 
   /** Response bytes for one Query (without ReadyForQuery). */
   async run(sql: string, role: AdminRole): Promise<Buffer> {
-    const text = sql.trim().replace(/(\s*;)+\s*$/, '').trim();
-    if (text === '') return EMPTY_QUERY;
-    if (text.includes(';')) {
+    // The SQL lexer finds the command: comments (psql scripts, sqlcommenter) and trailing
+    // semicolons are not part of it.
+    const { tokens } = lex(sql);
+    let last = tokens.length - 1;
+    while (last >= 0 && tokens[last]!.kind === 'punct' && tokens[last]!.value === ';') last--;
+    if (last < 0) return EMPTY_QUERY;
+    if (tokens.some((t, i) => i < last && t.kind === 'punct' && t.value === ';')) {
       return error('42601', 'the admin console runs one command per query', `Send the commands one at a time. Valid commands: ${VALID_LIST}.`);
     }
+    const text = sql.slice(tokens[0]!.start, tokens[last]!.end);
     const words = text.split(/\s+/);
     const verb = words[0]!.toUpperCase();
     const args = words.slice(1);

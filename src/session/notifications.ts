@@ -187,14 +187,3 @@ export class NotificationHub {
 function quoteIdent(s: string): string {
   return '"' + s.replace(/"/g, '""') + '"';
 }
-
-/** `LISTEN x` / `UNLISTEN x` / `UNLISTEN *` as the whole of a simple Query; null otherwise. */
-export function parseListenCommand(sql: string): { kind: 'listen' | 'unlisten'; channel: string | null } | null {
-  const m = /^\s*(LISTEN|UNLISTEN)\s+("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*|\*)\s*;?\s*$/i.exec(sql);
-  if (!m) return null;
-  const kind = m[1]!.toLowerCase() as 'listen' | 'unlisten';
-  const raw = m[2]!;
-  if (raw === '*') return kind === 'unlisten' ? { kind, channel: null } : null;
-  const channel = raw.startsWith('"') ? raw.slice(1, -1).replace(/""/g, '"') : raw.toLowerCase();
-  return { kind, channel };
-}
