@@ -42,7 +42,8 @@ const defaults: Config = {
   maxMessageBytes: 64 * MiB,
   serverResetQuery: 'DISCARD ALL',
   maxPreparedStatements: 200,
-  trackExtraParameters: Object.freeze(['search_path', 'statement_timeout', 'lock_timeout', 'role']) as unknown as string[],
+  // Every SET / RESET / set_config() is tracked by name now; this only adds names to read back.
+  trackExtraParameters: Object.freeze([]) as unknown as string[],
   adminUsers: Object.freeze([]) as unknown as string[],
   statsUsers: Object.freeze([]) as unknown as string[],
   shutdownTimeoutMs: 30_000,

@@ -79,8 +79,9 @@ export interface Config {
   maxMessageBytes: number;
 
   /**
-   * Unreported parameters whose SET/RESET by a client is carried to its next backends in
-   * transaction mode (reported ones such as TimeZone always are).
+   * Settings read back, besides those the client's statements named, whenever a
+   * transaction's settings are read back (transaction mode). Every SET / RESET /
+   * set_config() with a literal name is tracked without it.
    */
   trackExtraParameters: string[];
   /** Transaction mode: prepared statements kept per backend before the least recently used is closed; 0 = no cap. */

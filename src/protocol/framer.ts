@@ -6,6 +6,14 @@
 // only a message split across chunks costs one concatenation (done once, when the last
 // piece arrives, not once per piece).
 
+/** One whole message inside a read chunk, kept by reference (type byte at buf[start]). */
+export interface HeldMessage {
+  type: number;
+  buf: Buffer;
+  start: number;
+  end: number;
+}
+
 export enum FrameError {
   None = 0,
   BadLength = 1,

@@ -7,7 +7,7 @@
 // a pipelining client still expects answers on the same backend.
 
 import type net from 'node:net';
-import { FrameError, FrameReader } from '../protocol/framer.js';
+import { FrameError, FrameReader, type HeldMessage } from '../protocol/framer.js';
 import {
   backendKeyData,
   CANCEL_REQUEST_CODE,
@@ -37,10 +37,11 @@ import { isSettableReported, parseStartup, StartupParamError } from './startupPa
 import { buildSyncSql, settingsSignature } from './paramSync.js';
 import { parseLsn } from '../cluster/topology.js';
 import type { NotificationSink } from './notifications.js';
-import { planListen, type ListenPlan } from './listenRequests.js';
-import { readBackColumns, SettingsTracker } from './settingsTracker.js';
+import { planListen, runListenPlan } from './listenRequests.js';
+import { readBack, SettingsTracker } from './settingsTracker.js';
 import type { Classification, ListenOp, SessionEffects } from '../routing/classifier.js';
 import { StatementForwarder } from './statementForwarder.js';
+import { ReplayGuard } from './replayGuard.js';
 import { tlsServerEndPoint } from '../auth/scram.js';
 import type tls from 'node:tls';
 import { commandComplete } from '../protocol/resultSet.js';
@@ -77,14 +78,6 @@ export type ClientCloseReason =
   | 'shutdown'
   | 'too_many_clients';
 
-/** A client message that arrived while no backend was linked. */
-interface HeldMessage {
-  type: number;
-  buf: Buffer;
-  start: number;
-  end: number;
-}
-
 /** One string object per distinct settings fingerprint (cheap identity comparisons). */
 const fingerprints = new Map<string, string>();
 function interned(s: string): string {
@@ -101,7 +94,6 @@ let nextClientId = 1;
 /** Re-routes of one transaction (failover waits, reads moved off a dead replica). */
 const MAX_ROUTE_ATTEMPTS = 3;
 const WELCOME_CACHE_LIMIT = 256;
-const ERROR_RESPONSE = 0x45; // 'E'
 const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
 const NONE: readonly string[] = [];
 
@@ -156,14 +148,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private routedTo: NodeAddress | null = null;
   private routedWrite = true;
   private retryable = false;
-  /** Copy of the transaction's messages while it may still be re-run elsewhere. */
-  private retry: HeldMessage[] | null = null;
-  /** A batch that may be re-run once if its statement turns out stale (DDL), and its state. */
-  private replayBatch: HeldMessage[] | null = null;
-  private replayBuf: Buffer[] = [];
-  private replaying = false;
-  /** Response bytes held back while `retry` is set (no answer yet). */
-  private heldReply: Buffer[] = [];
+  /** Lone reads re-run elsewhere, stale-plan batches re-run here (replayGuard.ts). */
+  private readonly replay = new ReplayGuard();
   private attempts = 0;
   private avoidNode: string | null = null;
   /** Named statements -> their Parse's analysis (routes a later Bind, and its session effects). */
@@ -1019,35 +1005,22 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       for (const p of fresh) this.statementClasses.set(p.name, this.ctx.classify(p.query));
       this.stmts.remember(fresh);
     }
-    this.runListenPlan(plan, 0, []);
+    runListenPlan(plan, this.changeSubscription, (out) => this.finishListen(out));
     return true;
   }
 
-  /** Carries out a LISTEN plan: replies in order, each subscription finished before what follows it. */
-  private runListenPlan(plan: ListenPlan, from: number, out: Buffer[]): void {
-    const steps = plan.steps;
-    for (let i = from; i < steps.length; i++) {
-      const step = steps[i]!;
-      if (Buffer.isBuffer(step)) {
-        out.push(step);
-        continue;
-      }
-      if (step.kind === 'unlisten') {
-        this.ctx.notifications.unsubscribe(this, this.database, this.user, step.channel);
-        continue;
-      }
-      this.listening = true;
-      this.ctx.notifications.subscribe(this, this.database, this.user, step.channel!).then(
-        () => this.runListenPlan(plan, i + 1, out),
-        (err: Error) => {
-          out.push(errorResponse(err instanceof PgmuxError ? { ...err.spec, severity: 'ERROR' } : pgmuxError('backendUnavailable', { detail: err.message })));
-          this.finishListen(out);
-        },
-      );
-      return;
+  /** One LISTEN / UNLISTEN on the shared listener; an ErrorResponse when it failed. */
+  private readonly changeSubscription = (op: ListenOp): Promise<Buffer | null> | null => {
+    if (op.kind === 'unlisten') {
+      this.ctx.notifications.unsubscribe(this, this.database, this.user, op.channel);
+      return null;
     }
-    this.finishListen(out);
-  }
+    this.listening = true;
+    return this.ctx.notifications.subscribe(this, this.database, this.user, op.channel!).then(
+      () => null,
+      (err: Error) => errorResponse(err instanceof PgmuxError ? { ...err.spec, severity: 'ERROR' } : pgmuxError('backendUnavailable', { detail: err.message })),
+    );
+  };
 
   private finishListen(out: Buffer[]): void {
     if (this.state !== ClientState.Waiting) return;
@@ -1175,8 +1148,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.transactions++;
     this.ctx.countRouted(b.node, this.routedWrite ? 'write' : 'read', this.ctx.clock.now - this.waitStartedAt);
     // Only a read that is still alone (nothing more arrived with it or while it waited).
-    this.retry = this.retryable && this.held.length === 1 ? this.held.slice() : null;
-    this.replayBatch = this.retry === null && this.tracking && this.replayEligible() ? this.held.slice() : null;
+    this.replay.arm(this.held, this.retryable, this.tracking ? this.statementKnown : null);
     const sock = b.socket;
     sock.cork();
     // Fast path: the backend already carries exactly these settings (clients with the same
@@ -1229,34 +1201,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   onBackendData(buf: Buffer, start: number, end: number): void {
     this.ctx.stats.bytesOut += end - start;
-    let out = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
-    if (this.replayBatch !== null) {
-      if (this.replaying) return; // the failed attempt's tail, up to its ReadyForQuery
-      // An ErrorResponse may be the stale-plan error that the batch is re-run for: hold it
-      // until onBackendError has read it. Anything else means the batch is under way.
-      if (this.backend !== null && this.backend.lastType === ERROR_RESPONSE) {
-        this.replayBuf.push(Buffer.from(out));
-        return;
-      }
-      this.replayBatch = null;
-      if (this.replayBuf.length > 0) {
-        out = Buffer.concat([...this.replayBuf, out]);
-        this.replayBuf = [];
-      }
-    }
-    if (this.retry !== null) {
-      // A lone read that may still be re-run elsewhere: hold back what is not an answer
-      // yet (notices, RowDescription), so a re-run does not show the client two.
-      if (this.backend !== null && !this.backend.answered) {
-        this.heldReply.push(Buffer.from(out));
-        return;
-      }
-      this.retry = null; // the client sees an answer now: never re-run
-      if (this.heldReply.length > 0) {
-        out = Buffer.concat([...this.heldReply, out]);
-        this.heldReply = [];
-      }
-    }
+    const out = this.replay.filter(start === 0 && end === buf.length ? buf : buf.subarray(start, end), this.backend);
+    if (out === null) return;
     if (!this.socket.write(out)) this.backend?.socket.pause();
   }
 
@@ -1264,12 +1210,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.lastActiveAt = this.ctx.clock.now;
     this.stmts.batchDone();
     const b = this.backend;
-    if (this.replaying && b !== null) {
+    const batch = this.replay.takeReplay();
+    if (batch !== null && b !== null) {
       // Re-run the batch on the same backend: its statements now carry fresh proxy names,
       // so they are prepared again (hidden) with the new result type.
-      const batch = this.replayBatch!;
-      this.replaying = false;
-      this.replayBatch = null;
       this.ctx.logger.info({ client: this.id }, 're-running a batch whose prepared statement changed shape (DDL)');
       b.socket.cork();
       for (const m of batch) this.forwardMessage(m.type, m.buf, m.start, m.end);
@@ -1277,7 +1221,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       b.socket.uncork();
       return;
     }
-    this.replayBatch = null;
     if (
       b !== null &&
       status === 0x49 &&
@@ -1320,30 +1263,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.flushNotifications();
     this.lsnPending = true;
     const pool = b.poolRef as Pool;
-    const cols = readBackColumns(params);
-    if (lsn) cols.unshift('pg_current_wal_insert_lsn()');
-    b.queryRow(`SELECT ${cols.join(', ')}`).then(
-      (row) => {
-        if (row !== null) {
-          let i = 0;
-          if (lsn) {
-            const v = row[i++];
-            if (v) this.minLsn = parseLsn(v);
-          }
-          for (const p of params) {
-            const v = row[i++];
-            // Carried to the client's next backends; this backend already has it.
-            if (v == null) {
-              this.settings.delete(p);
-              b.applied.delete(p);
-            } else {
-              this.settings.set(p, v);
-              b.applied.set(p, v);
-            }
-          }
-          this.fingerprint = null;
-          b.syncedFingerprint = null;
-        }
+    readBack(b, lsn, params, this.settings).then(
+      (walLsn) => {
+        if (walLsn !== null) this.minLsn = parseLsn(walLsn);
+        if (params.length > 0) this.fingerprint = null;
         pool.release(b);
       },
       () => {
@@ -1351,7 +1274,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
           this.minLsn = null;
           this.lastWriteAt = this.ctx.clock.now;
         }
-        if (b.clean) pool.release(b);
+        // What the backend carries is no longer known: never hand it to another client.
+        if (b.clean && params.length === 0) pool.release(b);
         else pool.discard(b, 'error');
       },
     ).finally(() => {
@@ -1397,40 +1321,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    * the client once, and its retry prepares the statement afresh.
    */
   onBackendError(fields: Map<string, string>): void {
-    const stale = this.stmts.onError(fields);
-    if (this.replayBatch === null || this.replaying) return;
-    if (stale) {
-      // Nothing reached the client: drop the error, re-run the batch at ReadyForQuery.
-      this.replaying = true;
-      this.replayBuf = [];
-      return;
-    }
-    const held = this.replayBuf;
-    this.replayBatch = null;
-    this.replayBuf = [];
-    if (held.length > 0) this.socket.write(Buffer.concat(held));
+    const held = this.replay.onError(this.stmts.onError(fields));
+    if (held !== null) this.socket.write(held);
   }
 
-  /**
-   * "cached plan must not change result type" can be hidden only when the client will see
-   * the new shape: a whole batch, outside a transaction, that binds one of its named
-   * statements and asks for a fresh description (node-postgres describes every execution).
-   */
-  private replayEligible(): boolean {
-    const held = this.held;
-    const n = held.length;
-    if (n < 3 || held[0]!.type !== Msg.Bind || held[n - 1]!.type !== Msg.Sync) return false;
-    let describe = false;
-    for (let i = 0; i < n; i++) {
-      const t = held[i]!.type;
-      if (t === Msg.Describe) describe = true;
-      else if (t === Msg.Parse || t === Msg.Query || (t === Msg.Sync && i !== n - 1)) return false;
-    }
-    if (!describe) return false;
-    const m = held[0]!;
-    const st = bindStatement(m.buf, m.start, m.end);
-    return st !== null && this.stmts.has(st.name);
-  }
+  private readonly statementKnown = (name: string): boolean => this.stmts.has(name);
 
   onBackendHiddenError(fields: Map<string, string>): void {
     // The settings pgmux tried to apply failed: its record of this backend is wrong.
@@ -1441,15 +1336,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   onBackendLost(b: BackendConnection, why: string): void {
     this.backend = null;
     if (this.state === ClientState.Closed) return;
-    if (this.retry !== null && this.attempts < MAX_ROUTE_ATTEMPTS) {
+    const read = this.replay.takeRead();
+    if (read !== null && this.attempts < MAX_ROUTE_ATTEMPTS) {
       // A lone read whose node died before any answer reached the client: run it elsewhere.
       this.ctx.logger.info({ client: this.id, node: b.node.name, why }, 're-running a read on another node');
       this.ctx.stats.readRetries++;
       this.attempts++;
       this.clearHeld();
-      for (const m of this.retry) this.hold(m);
-      this.retry = null;
-      this.heldReply = []; // from the dead node: the re-run answers anew
+      for (const m of read) this.hold(m);
       this.avoidNode = b.node.name;
       this.state = ClientState.Idle;
       this.beginTransaction();

@@ -12,16 +12,10 @@
 // send, with the subscription steps in between; the session carries the plan out.
 
 import { Msg, readCstr } from '../protocol/messages.js';
+import type { HeldMessage } from '../protocol/framer.js';
 import type { Classification, ListenOp } from '../routing/classifier.js';
 import { commandComplete } from '../protocol/resultSet.js';
 import { bindStatement, parseParse, targetOf, type ParsedParse } from './preparedStatements.js';
-
-export interface HeldMessage {
-  type: number;
-  buf: Buffer;
-  start: number;
-  end: number;
-}
 
 /** Replies to write, and subscription changes to make before the replies that follow them. */
 export type ListenStep = Buffer | ListenOp;
@@ -140,4 +134,38 @@ export function planListen(
     }
   }
   return { steps, parsed };
+}
+
+/**
+ * Carries out a plan: replies in order, each subscription change finished before the
+ * replies that follow it; an error (the listener could not connect) ends the request as
+ * PostgreSQL would, with the ErrorResponse last. `done` gets the replies, without the
+ * ReadyForQuery.
+ */
+export function runListenPlan(
+  plan: ListenPlan,
+  change: (op: ListenOp) => Promise<Buffer | null> | null,
+  done: (replies: Buffer[]) => void,
+  from = 0,
+  out: Buffer[] = [],
+): void {
+  const steps = plan.steps;
+  for (let i = from; i < steps.length; i++) {
+    const step = steps[i]!;
+    if (Buffer.isBuffer(step)) {
+      out.push(step);
+      continue;
+    }
+    const pending = change(step);
+    if (pending === null) continue;
+    pending.then((err) => {
+      if (err === null) runListenPlan(plan, change, done, i + 1, out);
+      else {
+        out.push(err);
+        done(out);
+      }
+    });
+    return;
+  }
+  done(out);
 }

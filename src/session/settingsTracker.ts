@@ -11,6 +11,7 @@
 // PostgreSQL sends ParameterStatus when they change.
 
 import { sqlLiteral } from '../protocol/messages.js';
+import type { BackendConnection } from '../pool/backend.js';
 import type { SessionEffects } from '../routing/classifier.js';
 import { reportedName } from './startupParams.js';
 
@@ -52,6 +53,38 @@ export class SettingsTracker {
     this.all = false;
     return names;
   }
+}
+
+/**
+ * One hidden query on `b` (no client linked) reads back `names` into `client` (the client's
+ * unreported settings) and `b.applied` (what the backend carries), and with `lsn` the
+ * primary's WAL insert position, which it resolves (read_your_writes=lsn).
+ */
+export async function readBack(
+  b: BackendConnection,
+  lsn: boolean,
+  names: readonly string[],
+  client: Map<string, string>,
+): Promise<string | null> {
+  const cols = readBackColumns(names);
+  if (lsn) cols.unshift('pg_current_wal_insert_lsn()');
+  const row = await b.queryRow(`SELECT ${cols.join(', ')}`);
+  if (row === null) throw new Error('reading back session settings returned no row');
+  let i = 0;
+  const walLsn = lsn ? (row[i++] ?? null) : null;
+  for (const p of names) {
+    const v = row[i++];
+    // Carried to the client's next backends; this backend already has it.
+    if (v == null) {
+      client.delete(p);
+      b.applied.delete(p);
+    } else {
+      client.set(p, v);
+      b.applied.set(p, v);
+    }
+  }
+  if (names.length > 0) b.syncedFingerprint = null;
+  return walLsn;
 }
 
 /**
