@@ -380,17 +380,18 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       case Msg.Parse:
         this.extendedOpen = true;
         if (tracking) {
-          const p = parseParse(buf, start, end);
-          const c = p === null ? null : this.ctx.classify(p.query);
           if (buf[start + 5] !== 0) {
             this.flushRun();
+            const p = parseParse(buf, start, end);
+            const c = p === null ? null : this.ctx.classify(p.query);
             if (p !== null && c !== null && !this.stmts.has(p.name)) this.statementClasses.set(p.name, c);
             if (c?.session !== undefined) this.onSessionEffects(b, c.session, undefined);
             this.stmts.parse(b, buf, start, end, p);
             return;
           }
           // Drivers (psycopg) also send DEALLOCATE through the extended protocol.
-          if (c?.session !== undefined && this.onSessionEffects(b, c.session, p)) return;
+          const fx = this.unnamedParseClass(buf, start, end)?.session;
+          if (fx !== undefined && this.onSessionEffects(b, fx, parseParse(buf, start, end))) return;
           b.expect(Expect.Parse);
         }
         break;
@@ -490,6 +491,23 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.ctx.logger.info({ client: this.id, reason: this.pinned }, 'client unpinned');
     this.pinned = null;
     if (this.backend !== null) this.backend.needsReset = false;
+  }
+
+  /** Keeps the analysis of the held message `m` for when it is forwarded. */
+  private rememberFirst(c: Classification, m: HeldMessage): void {
+    this.firstClass = c;
+    this.firstClassBuf = m.buf;
+    this.firstClassAt = m.start;
+  }
+
+  /** The analysis of an unnamed Parse's query (the first message's is already at hand). */
+  private unnamedParseClass(buf: Buffer, start: number, end: number): Classification | null {
+    if (this.firstClassBuf === buf && this.firstClassAt === start) {
+      this.firstClassBuf = null;
+      return this.firstClass!;
+    }
+    const q = readCstr(buf, start + 6, end);
+    return q === null ? null : this.ctx.classify(q[0]);
   }
 
   /** The analysis of a Query message (the first message's is already at hand). */
@@ -967,9 +985,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (this.held.length !== 1 || m.type !== Msg.Query) return false;
     const c = this.queryClass(m.buf, m.start, m.end);
     // Kept for forwarding when not refused (classifyFirst reads it next).
-    this.firstClass = c;
-    this.firstClassBuf = m.buf;
-    this.firstClassAt = m.start;
+    this.rememberFirst(c, m);
     if (c.statements !== 1 || c.session?.sqlPrepared !== true) return false;
     this.clearHeld();
     this.state = ClientState.Idle;
@@ -1110,9 +1126,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     switch (m.type) {
       case Msg.Query: {
         const c = this.queryClass(m.buf, m.start, m.end);
-        this.firstClass = c;
-        this.firstClassBuf = m.buf;
-        this.firstClassAt = m.start;
+        this.rememberFirst(c, m);
         // A lone read outside a transaction may be re-run elsewhere if its replica dies
         // before answering; nothing else may (onBackendAcquired checks it is still alone).
         this.retryable = c.target === 'replica' && c.statements === 1 && !c.beginsTransaction;
@@ -1124,6 +1138,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         if (!name || !query) return MALFORMED_PARSE;
         const c = this.ctx.classify(query[0]);
         if (name[0] !== '') this.statementClasses.set(name[0], c);
+        else {
+          this.rememberFirst(c, m);
+        }
         return c;
       }
       case Msg.Bind: {
