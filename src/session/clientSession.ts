@@ -42,37 +42,9 @@ import { tlsServerEndPoint } from '../auth/scram.js';
 import type tls from 'node:tls';
 import { commandComplete } from '../protocol/resultSet.js';
 import { bindStatement, isSqlPrepared, parseParse, targetOf } from './preparedStatements.js';
+import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientState.js';
 
-export enum ClientState {
-  Startup = 'startup',
-  Auth = 'auth',
-  Login = 'login',
-  Idle = 'idle',
-  Waiting = 'waiting',
-  Linked = 'linked',
-  /** Logged in to the admin console (virtual database "pgmux"). */
-  Admin = 'admin',
-  Closed = 'closed',
-}
-
-/** The admin console's virtual database. */
-export const ADMIN_DATABASE = 'pgmux';
-
-export type ClientCloseReason =
-  | 'client_terminate'
-  | 'client_gone'
-  | 'protocol_error'
-  | 'auth_failed'
-  | 'login_failed'
-  | 'login_timeout'
-  | 'idle_timeout'
-  | 'idle_transaction_timeout'
-  | 'pool_timeout'
-  | 'backend_lost'
-  | 'cancel_request'
-  | 'ssl_request'
-  | 'shutdown'
-  | 'too_many_clients';
+export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
 
 /** A client message that arrived while no backend was linked. */
 interface HeldMessage {
