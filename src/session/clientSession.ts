@@ -42,6 +42,7 @@ import { tlsServerEndPoint } from '../auth/scram.js';
 import type tls from 'node:tls';
 import { commandComplete } from '../protocol/resultSet.js';
 import { bindStatement, isSqlPrepared, parseParse, targetOf } from './preparedStatements.js';
+import { AdminSession, adminWelcome, type AdminHost } from './adminSession.js';
 import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientState.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
@@ -285,7 +286,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // One write per read chunk, even when pgmux adds or rewrites messages in it.
     const corked = this.backend?.socket ?? null;
     corked?.cork();
-    while (this.state !== ClientState.Login && this.state !== ClientState.Closed && !this.adminBusy && !this.authLookup && r.next()) {
+    while (this.state !== ClientState.Login && this.state !== ClientState.Closed && !this.suspended && !this.authLookup && r.next()) {
       if (this.state === ClientState.Linked) this.forwardMessage(r.type, r.msg, r.msgStart, r.end);
       else this.handleMessage(r.type, r.msg, r.msgStart, r.bodyStart, r.end);
     }
@@ -304,6 +305,34 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         'protocol_error',
       );
     }
+  }
+
+  /** An async step runs (admin command): later messages wait in the reader. */
+  private suspended = false;
+
+  private suspend(): void {
+    this.suspended = true;
+    this.pauseReading();
+  }
+
+  /** The async step ended: handle what waited, unless the connection closed meanwhile. */
+  private resume(): void {
+    this.suspended = false;
+    if (this.state === ClientState.Closed) return;
+    this.resumeReading();
+    this.drain();
+  }
+
+  /** The admin console session, once logged in to it. */
+  private admin: AdminSession | null = null;
+
+  private adminHost(): AdminHost {
+    return {
+      write: (data) => this.socket.write(data),
+      close: (reason) => this.close(reason),
+      suspend: () => this.suspend(),
+      resume: () => this.resume(),
+    };
   }
 
   private handleMessage(type: number, buf: Buffer, start: number, bodyStart: number, end: number): void {
@@ -334,48 +363,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         if (this.heldBytes > MAX_HELD_BYTES) this.pauseReading();
         return;
       case ClientState.Admin:
-        this.onAdminMessage(type, buf, bodyStart, end);
+        this.admin!.onMessage(type, buf, bodyStart, end);
         return;
       default:
         return;
     }
-  }
-
-  private adminRole: 'admin' | 'stats' = 'stats';
-  private adminBusy = false;
-
-  private onAdminMessage(type: number, buf: Buffer, bodyStart: number, end: number): void {
-    if (type === Msg.Terminate) {
-      this.close('client_terminate');
-      return;
-    }
-    if (type !== Msg.Query) {
-      this.socket.write(
-        Buffer.concat([
-          errorResponse(pgmuxError('featureNotSupported', { message: 'the admin console accepts simple queries only', hint: 'Use psql, or a simple-protocol query.' })),
-          readyForQuery('I'),
-        ]),
-      );
-      return;
-    }
-    // Commands run one at a time (PAUSE may wait); later ones stay in the reader.
-    this.adminBusy = true;
-    this.pauseReading();
-    const sql = buf.toString('utf8', bodyStart, end - 1);
-    this.ctx
-      .adminQuery(sql, this.adminRole)
-      .then(
-        (out) => this.socket.write(Buffer.concat([out, readyForQuery('I')])),
-        (err: Error) =>
-          this.socket.write(Buffer.concat([errorResponse({ severity: 'ERROR', code: 'XX000', message: err.message }), readyForQuery('I')])),
-      )
-      .finally(() => {
-        this.adminBusy = false;
-        if (this.state === ClientState.Admin) {
-          this.resumeReading();
-          this.drain();
-        }
-      });
   }
 
   /** Hot path: bookkeeping by type, then extend the current forward run. */
@@ -768,26 +760,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private async finishLogin(): Promise<void> {
     const cfg = this.ctx.config();
     if (this.database === ADMIN_DATABASE) {
-      const role = this.ctx.adminRole(this.user);
-      if (role === null) {
-        throw new PgmuxError(
-          pgmuxError('authMethodUnavailable', {
-            message: `user "${this.user}" may not use the admin console`,
-            hint: 'List the user in admin_users or stats_users.',
-          }),
-        );
-      }
-      this.adminRole = role;
-      const params: Array<[string, string]> = [
-        ['server_version', '15.0 (pgmux)'],
-        ['server_encoding', 'UTF8'],
-        ['client_encoding', 'UTF8'],
-        ['DateStyle', 'ISO, MDY'],
-        ['integer_datetimes', 'on'],
-        ['standard_conforming_strings', 'on'],
-        ['application_name', this.applicationName],
-      ];
-      this.socket.write(Buffer.concat([...params.map(([k, v]) => parameterStatus(k, v)), backendKeyData(this.pid, this.secret), readyForQuery('I')]));
+      const { role, welcome } = adminWelcome(this.ctx, this.user, this.applicationName, this.pid, this.secret);
+      this.admin = new AdminSession(this.ctx, this.adminHost(), role);
+      this.socket.write(welcome);
       this.state = ClientState.Admin;
       this.ctx.stats.clientLogins++;
       this.resumeReading();
