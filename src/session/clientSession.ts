@@ -275,6 +275,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       if (this.state === ClientState.Waiting) this.beginTransaction();
     }
     if (r.error !== FrameError.None && this.state !== ClientState.Closed) {
+      if (this.state === ClientState.Startup) {
+        this.handshake.onStartupFrameError(r.errorLength);
+        return;
+      }
       const tooLarge = r.error === FrameError.TooLarge;
       this.fatal(
         tooLarge

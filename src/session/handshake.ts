@@ -251,6 +251,27 @@ export class ClientHandshake {
     );
   }
 
+  /**
+   * The reader failed on a startup-phase packet. node-postgres's end() while it is still
+   * connecting queues Terminate ahead of the startup packet, so a typed message can sit
+   * where a startup packet belongs; its type byte then reads as the high byte of the length
+   * (no startup packet is that long). Terminate closes quietly, as PostgreSQL does.
+   */
+  onStartupFrameError(declaredLength: number): void {
+    const type = declaredLength >>> 24;
+    if (type === Msg.Terminate) {
+      this.host.close('client_terminate');
+      return;
+    }
+    const letter = (type >= 0x41 && type <= 0x5a) || (type >= 0x61 && type <= 0x7a);
+    this.host.fatal(
+      letter
+        ? pgmuxError('protocolViolation', { message: `expected startup packet, got message type "${String.fromCharCode(type)}"` })
+        : pgmuxError('protocolViolation', { message: 'invalid length of startup packet', detail: `declared length ${declaredLength}` }),
+      'protocol_error',
+    );
+  }
+
   // ---- TLS ------------------------------------------------------------------------------
 
   /**
