@@ -1,5 +1,6 @@
-// One client connection: startup and authentication, then its transactions, each run on a
-// backend taken from a pool when the transaction starts and given back when it ends.
+// One client connection: its transactions, each run on a backend taken from a pool when the
+// transaction starts and given back when it ends. Startup and login are delegated to
+// handshake.ts, the admin console to adminSession.ts.
 //
 // Transaction boundaries come from counting: every Query, Sync and FunctionCall forwarded
 // owes one ReadyForQuery. The backend goes back to its pool on ReadyForQuery 'I' when none
