@@ -14,6 +14,13 @@ export interface HeldMessage {
   end: number;
 }
 
+/**
+ * PostgreSQL's cap on startup-phase packets (MAX_STARTUP_PACKET_LENGTH). A typed message
+ * sent where a startup packet belongs reads as a length of at least 16 MiB (its type byte
+ * is the high byte), so it fails at once instead of waiting for bytes that never come.
+ */
+export const MAX_STARTUP_PACKET_BYTES = 10_000;
+
 export enum FrameError {
   None = 0,
   BadLength = 1,
@@ -32,6 +39,8 @@ export class FrameReader {
 
   /** Startup packets have no type byte; everything after them has one. */
   private typed: boolean;
+  /** Longest declared length accepted in the current mode. */
+  private limit: number;
 
   // The last message returned by next(): buf[msgStart..end) is the whole message, and
   // buf[bodyStart..end) its body. `type` is 0 for untyped (startup-phase) packets.
@@ -49,10 +58,16 @@ export class FrameReader {
     typed = true,
   ) {
     this.typed = typed;
+    this.limit = this.limitFor(typed);
   }
 
   setTyped(typed: boolean): void {
     this.typed = typed;
+    this.limit = this.limitFor(typed);
+  }
+
+  private limitFor(typed: boolean): number {
+    return typed ? this.maxMessageBytes : Math.min(this.maxMessageBytes, MAX_STARTUP_PACKET_BYTES);
   }
 
   push(chunk: Buffer): void {
@@ -97,7 +112,7 @@ export class FrameReader {
       this.errorLength = len;
       return false;
     }
-    if (len > this.maxMessageBytes) {
+    if (len > this.limit) {
       this.error = FrameError.TooLarge;
       this.errorLength = len;
       return false;

@@ -1,5 +1,6 @@
-// One client connection: startup and authentication, then its transactions, each run on a
-// backend taken from a pool when the transaction starts and given back when it ends.
+// One client connection: its transactions, each run on a backend taken from a pool when the
+// transaction starts and given back when it ends. Startup and login are delegated to
+// handshake.ts, the admin console to adminSession.ts.
 //
 // Transaction boundaries come from counting: every Query, Sync and FunctionCall forwarded
 // owes one ReadyForQuery. The backend goes back to its pool on ReadyForQuery 'I' when none
@@ -9,31 +10,17 @@
 import type net from 'node:net';
 import { FrameError, FrameReader, type HeldMessage } from '../protocol/framer.js';
 import {
-  backendKeyData,
-  CANCEL_REQUEST_CODE,
   errorResponse,
-  GSSENC_REQUEST_CODE,
   Msg,
-  negotiateProtocolVersion,
-  parameterStatus,
-  parseStartupParams,
   readCstr,
-  sqlLiteral,
   queryMessage,
   readyForQuery,
-  SSL_REQUEST_CODE,
-  authenticationRequest,
-  AuthCode,
 } from '../protocol/messages.js';
 import { BackendError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 import { BackendConnection, Expect, randomInt32, type BackendOwner, type NodeAddress } from '../pool/backend.js';
 import type { Pool, PoolWaiter } from '../pool/pool.js';
 import type { ProxyContext } from '../server/context.js';
 import type { ClientView } from '../admin/view.js';
-import { ClientAuthenticator } from './clientAuth.js';
-import { serverTlsFor, upgradeDirectTls, upgradeServerSocket } from '../server/tls.js';
-import { hbaRefusal, hbaRulesFor, matchHba } from '../server/hba.js';
-import { isSettableReported, parseStartup, StartupParamError } from './startupParams.js';
 import { buildSyncSql, settingsSignature } from './paramSync.js';
 import { parseLsn } from '../cluster/topology.js';
 import type { NotificationSink } from './notifications.js';
@@ -42,41 +29,12 @@ import { readBack, SettingsTracker } from './settingsTracker.js';
 import type { Classification, ListenOp, SessionEffects } from '../routing/classifier.js';
 import { StatementForwarder } from './statementForwarder.js';
 import { ReplayGuard } from './replayGuard.js';
-import { tlsServerEndPoint } from '../auth/scram.js';
-import type tls from 'node:tls';
-import { commandComplete } from '../protocol/resultSet.js';
 import { bindStatement, buildParse, parseParse, targetOf, type ParsedParse } from './preparedStatements.js';
+import { AdminSession, type AdminHost } from './adminSession.js';
+import { ClientHandshake, type HandshakeHost, type LoggedIn } from './handshake.js';
+import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientState.js';
 
-export enum ClientState {
-  Startup = 'startup',
-  Auth = 'auth',
-  Login = 'login',
-  Idle = 'idle',
-  Waiting = 'waiting',
-  Linked = 'linked',
-  /** Logged in to the admin console (virtual database "pgmux"). */
-  Admin = 'admin',
-  Closed = 'closed',
-}
-
-/** The admin console's virtual database. */
-export const ADMIN_DATABASE = 'pgmux';
-
-export type ClientCloseReason =
-  | 'client_terminate'
-  | 'client_gone'
-  | 'protocol_error'
-  | 'auth_failed'
-  | 'login_failed'
-  | 'login_timeout'
-  | 'idle_timeout'
-  | 'idle_transaction_timeout'
-  | 'pool_timeout'
-  | 'backend_lost'
-  | 'cancel_request'
-  | 'ssl_request'
-  | 'shutdown'
-  | 'too_many_clients';
+export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
 
 /** One string object per distinct settings fingerprint (cheap identity comparisons). */
 const fingerprints = new Map<string, string>();
@@ -93,7 +51,6 @@ function interned(s: string): string {
 let nextClientId = 1;
 /** Re-routes of one transaction (failover waits, reads moved off a dead replica). */
 const MAX_ROUTE_ATTEMPTS = 3;
-const WELCOME_CACHE_LIMIT = 256;
 const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
 const NONE: readonly string[] = [];
 
@@ -126,7 +83,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   transactions = 0;
 
   private readonly reader: FrameReader;
-  private auth: ClientAuthenticator | null = null;
+  /** Startup, TLS, authentication and login; afterwards what the connection counts against. */
+  private readonly handshake: ClientHandshake;
   private extendedOpen = false;
   private held: HeldMessage[] = [];
   /** Bytes in `held`: reading stops above MAX_HELD_BYTES while no backend is free. */
@@ -143,7 +101,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
   private pool: Pool | null = null;
   private poolNode: NodeAddress | null = null;
-  private loginWaiter: PoolWaiter | null = null;
   // Routing of the current transaction.
   private routedTo: NodeAddress | null = null;
   private routedWrite = true;
@@ -182,12 +139,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   /** The client connection: the accepted socket, or the TLS socket over it after SSLRequest. */
   private socket: net.Socket;
-  /** The connection is TLS-encrypted. */
-  private tls = false;
-  /** Counted in limits.unauthenticated until authentication ends. */
-  private unauthenticated = true;
-  /** Counted against max_db_connections / max_user_connections. */
-  private admitted = false;
   /** The client's address as accepted (a TLS socket over a stream has none of its own). */
   private readonly peerAddress: string;
   private readonly peerPort: number;
@@ -205,7 +156,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.emit(msg));
     this.connectedAt = this.lastActiveAt = ctx.clock.now;
     ctx.track(this);
-    ctx.limits.unauthenticated++;
+    this.handshake = new ClientHandshake(ctx, this.handshakeHost(), this.reader, {
+      id: this.id,
+      address: this.peerAddress,
+      remote: this.remote,
+      pid: this.pid,
+      secret: this.secret,
+    });
     socket.setNoDelay(true);
     this.listen(socket);
   }
@@ -228,13 +185,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     socket.off('close', this.onSocketGone);
   }
 
-  /** Authentication is over (or the connection is): one fewer connection logging in. */
-  private leaveUnauthenticated(): void {
-    if (!this.unauthenticated) return;
-    this.unauthenticated = false;
-    this.ctx.limits.unauthenticated--;
-  }
-
   get remote(): string {
     return `${this.peerAddress}:${this.peerPort}`;
   }
@@ -246,7 +196,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.firstData = false;
       // 0x16: a TLS handshake record where a startup packet's length would be.
       if (chunk[0] === 0x16 && this.state === ClientState.Startup) {
-        this.onDirectTls(chunk);
+        this.handshake.onDirectTls(chunk);
         return;
       }
     }
@@ -262,7 +212,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // One write per read chunk, even when pgmux adds or rewrites messages in it.
     const corked = this.backend?.socket ?? null;
     corked?.cork();
-    while (this.state !== ClientState.Login && this.state !== ClientState.Closed && !this.adminBusy && !this.authLookup && r.next()) {
+    while (this.state !== ClientState.Closed && !this.suspended && r.next()) {
       if (this.state === ClientState.Linked) this.forwardMessage(r.type, r.msg, r.msgStart, r.end);
       else this.handleMessage(r.type, r.msg, r.msgStart, r.bodyStart, r.end);
     }
@@ -273,6 +223,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       if (this.state === ClientState.Waiting) this.beginTransaction();
     }
     if (r.error !== FrameError.None && this.state !== ClientState.Closed) {
+      if (this.state === ClientState.Startup) {
+        this.handshake.onStartupFrameError(r.errorLength);
+        return;
+      }
       const tooLarge = r.error === FrameError.TooLarge;
       this.fatal(
         tooLarge
@@ -283,17 +237,41 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
   }
 
+  /** An async step runs (login, auth_query lookup, admin command): later messages wait in the reader. */
+  private suspended = false;
+
+  private suspend(): void {
+    this.suspended = true;
+    this.pauseReading();
+  }
+
+  /** The async step ended: handle what waited, unless the connection closed meanwhile. */
+  private resume(): void {
+    this.suspended = false;
+    if (this.state === ClientState.Closed) return;
+    this.resumeReading();
+    this.drain();
+  }
+
+  /** The admin console session, once logged in to it. */
+  private admin: AdminSession | null = null;
+
+  private adminHost(): AdminHost {
+    return {
+      write: (data) => this.socket.write(data),
+      close: (reason) => this.close(reason),
+      suspend: () => this.suspend(),
+      resume: () => this.resume(),
+    };
+  }
+
   private handleMessage(type: number, buf: Buffer, start: number, bodyStart: number, end: number): void {
     switch (this.state) {
       case ClientState.Startup:
-        this.onStartupPacket(buf, start, end);
+        this.handshake.onStartupPacket(buf, start, end);
         return;
       case ClientState.Auth:
-        if (type !== Msg.Password) {
-          this.fatal(pgmuxError('protocolViolation', { message: `expected password response, got message type "${String.fromCharCode(type)}"` }), 'protocol_error');
-          return;
-        }
-        this.onPasswordMessage(buf, bodyStart, end);
+        this.handshake.onAuthMessage(type, buf, bodyStart, end);
         return;
       case ClientState.Idle:
         if (type === Msg.Terminate) {
@@ -311,48 +289,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         if (this.heldBytes > MAX_HELD_BYTES) this.pauseReading();
         return;
       case ClientState.Admin:
-        this.onAdminMessage(type, buf, bodyStart, end);
+        this.admin!.onMessage(type, buf, bodyStart, end);
         return;
       default:
         return;
     }
-  }
-
-  private adminRole: 'admin' | 'stats' = 'stats';
-  private adminBusy = false;
-
-  private onAdminMessage(type: number, buf: Buffer, bodyStart: number, end: number): void {
-    if (type === Msg.Terminate) {
-      this.close('client_terminate');
-      return;
-    }
-    if (type !== Msg.Query) {
-      this.socket.write(
-        Buffer.concat([
-          errorResponse(pgmuxError('featureNotSupported', { message: 'the admin console accepts simple queries only', hint: 'Use psql, or a simple-protocol query.' })),
-          readyForQuery('I'),
-        ]),
-      );
-      return;
-    }
-    // Commands run one at a time (PAUSE may wait); later ones stay in the reader.
-    this.adminBusy = true;
-    this.pauseReading();
-    const sql = buf.toString('utf8', bodyStart, end - 1);
-    this.ctx
-      .adminQuery(sql, this.adminRole)
-      .then(
-        (out) => this.socket.write(Buffer.concat([out, readyForQuery('I')])),
-        (err: Error) =>
-          this.socket.write(Buffer.concat([errorResponse({ severity: 'ERROR', code: 'XX000', message: err.message }), readyForQuery('I')])),
-      )
-      .finally(() => {
-        this.adminBusy = false;
-        if (this.state === ClientState.Admin) {
-          this.resumeReading();
-          this.drain();
-        }
-      });
   }
 
   /** Hot path: bookkeeping by type, then extend the current forward run. */
@@ -535,330 +476,61 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (!b.write(out)) this.pauseReading();
   }
 
-  // ---- startup and authentication ---------------------------------------------------
+  // ---- startup and authentication (src/session/handshake.ts) -------------------------
 
-  private onStartupPacket(buf: Buffer, start: number, end: number): void {
-    const code = end - start >= 8 ? buf.readInt32BE(start + 4) : 0;
-    if (code === SSL_REQUEST_CODE) {
-      this.onSslRequest();
-      return;
-    }
-    if (code === GSSENC_REQUEST_CODE) {
-      // GSS encryption is not offered: 'N' lets the client go on (TLS or plaintext).
-      this.socket.write('N');
-      return;
-    }
-    if (code === CANCEL_REQUEST_CODE) {
-      if (end - start === 16) this.ctx.cancel(buf.readInt32BE(start + 8), buf.readInt32BE(start + 12));
-      this.close('cancel_request');
-      return;
-    }
-    if (!this.tls && this.ctx.config().clientTls === 'require') {
-      this.fatal(
-        pgmuxError('authMethodUnavailable', {
-          message: 'SSL required: client_tls is require, plaintext connections are refused',
-          hint: 'Connect with sslmode=require (or verify-ca, verify-full).',
-        }),
-        'protocol_error',
-      );
-      return;
-    }
-    if (code >>> 16 !== 3) {
-      this.fatal(pgmuxError('unsupportedProtocol', { detail: `client asked for protocol ${code >>> 16}.${code & 0xffff}; pgmux speaks 3.0` }), 'protocol_error');
-      return;
-    }
-    const params = parseStartupParams(buf, start + 8, end);
-    if (params === null) {
-      this.fatal(pgmuxError('protocolViolation', { message: 'invalid startup packet layout', detail: 'expected NUL-terminated name/value pairs ending with a NUL byte' }), 'protocol_error');
-      return;
-    }
-    let req;
-    try {
-      req = parseStartup(params);
-    } catch (err) {
-      if (err instanceof StartupParamError) {
-        this.fatal({ severity: 'FATAL', code: '42704', message: err.message }, 'protocol_error');
-        return;
-      }
-      throw err;
-    }
-    this.reader.setTyped(true);
-    if ((code & 0xffff) > 0 || req.protocolOptions.length > 0) {
-      this.socket.write(negotiateProtocolVersion(0, req.protocolOptions));
-    }
-    if (!req.user) {
-      this.fatal(pgmuxError('missingUser'), 'protocol_error');
-      return;
-    }
-    if (req.replication !== null && req.replication !== 'false' && req.replication !== 'off' && req.replication !== '0') {
-      this.fatal(
-        pgmuxError('featureNotSupported', { message: 'replication connections are not supported through pgmux', hint: 'Connect to the database node directly for replication.' }),
-        'protocol_error',
-      );
-      return;
-    }
-    this.user = req.user;
-    this.database = req.database;
-    this.settings = new Map();
-    this.reported = new Map();
-    for (const [k, v] of req.settings) {
-      if (k === 'application_name') this.applicationName = v;
-      // Reported names come back canonical from parseStartup (e.g. 'TimeZone').
-      if (isSettableReported(k)) {
-        this.reported.set(k, v);
-      } else {
-        this.settings.set(k, v);
-      }
-    }
-    const cfg = this.ctx.config();
-    // pg_hba.conf rules: who may connect, and how they authenticate.
-    let method = cfg.auth;
-    const rules = hbaRulesFor(cfg);
-    if (rules !== null) {
-      const q = { ssl: this.tls, database: this.database, user: this.user, address: this.peerAddress };
-      const rule = matchHba(rules, q);
-      if (rule === null || rule.method === 'reject') {
-        this.ctx.stats.clientLoginFailures++;
-        this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, remote: this.remote, hbaLine: rule?.line ?? null }, 'connection refused by hba_file');
-        this.fatal(pgmuxError('authMethodUnavailable', { message: hbaRefusal(rule, q) }), 'auth_failed');
-        return;
-      }
-      method = rule.method;
-    }
-    if (!this.ctx.register(this)) {
-      this.fatal(pgmuxError('tooManyClients', { detail: `max_client_conn is ${this.ctx.config().maxClientConn}` }), 'too_many_clients');
-      return;
-    }
-    this.tracking = this.ctx.config().poolMode === 'transaction';
-    this.state = ClientState.Auth;
-    const entry = this.ctx.authEntry(this.user);
-    if (entry !== undefined || cfg.authUser === null || method === 'trust') {
-      this.auth = new ClientAuthenticator(method, this.user, entry, this.channelBinding());
-      this.onAuthStep(this.auth.start());
-      return;
-    }
-    // auth_query: fetch the user's secret from the primary; nothing is read meanwhile.
-    this.authLookup = true;
-    this.pauseReading();
-    this.ctx.lookupAuthEntry(this.user).then(
-      (found) => {
-        this.authLookup = false;
-        if (this.state !== ClientState.Auth) return;
-        this.resumeReading();
-        // An unknown user still goes through the exchange and fails at its end (28P01).
-        this.auth = new ClientAuthenticator(method, this.user, found, this.channelBinding());
-        this.onAuthStep(this.auth.start());
-        this.drain();
+  private handshakeHost(): HandshakeHost {
+    const session = this;
+    return {
+      get state() {
+        return session.state;
       },
-      (err: Error) => {
-        this.authLookup = false;
-        if (this.state !== ClientState.Auth) return;
-        this.ctx.stats.clientLoginFailures++;
-        this.fatal(
-          { severity: 'FATAL', code: '08006', message: `pgmux could not look up the password of user "${this.user}" (auth_query)`, detail: err.message },
-          'auth_failed',
-        );
+      write: (data) => this.socket.write(data),
+      fatal: (spec, reason) => this.fatal(spec, reason),
+      close: (reason) => this.close(reason),
+      failWith: (err, reason) => this.failWith(err, reason),
+      swapSocket: (upgrade) => {
+        const plain = this.socket;
+        this.unlisten(plain);
+        // Errors of the accepted socket surface on the TLS socket; none may go unhandled.
+        plain.on('error', () => {});
+        this.socket = upgrade(plain);
+        this.listen(this.socket);
       },
-    );
+      identify: (who) => {
+        this.user = who.user;
+        this.database = who.database;
+        this.applicationName = who.applicationName;
+        this.reported = who.reported;
+        this.settings = who.settings;
+      },
+      register: () => {
+        if (!this.ctx.register(this)) return false;
+        this.tracking = this.ctx.config().poolMode === 'transaction';
+        return true;
+      },
+      setState: (state) => {
+        this.state = state;
+      },
+      suspend: () => this.suspend(),
+      resume: () => this.resume(),
+      poolFor: (node) => this.poolFor(node),
+      loggedIn: (how) => this.loggedIn(how),
+    };
   }
 
-  /** An auth_query lookup is running: messages wait in the reader. */
-  private authLookup = false;
-
-  /**
-   * SSLRequest: 'S' and the TLS handshake when client_tls allows it, else 'N'. Bytes sent
-   * after the SSLRequest but before the handshake would be read as if they came over TLS:
-   * refused, as PostgreSQL does (CVE-2021-23214).
-   */
-  private onSslRequest(): void {
-    const cfg = this.ctx.config();
-    if (this.tls) {
-      this.fatal(pgmuxError('protocolViolation', { message: 'SSLRequest on a connection that is already encrypted' }), 'protocol_error');
-      return;
-    }
-    if (cfg.clientTls === 'disable') {
-      this.socket.write('N');
-      return;
-    }
-    if (this.reader.pending > 0) {
-      this.fatal(
-        pgmuxError('protocolViolation', {
-          message: 'received unencrypted data after SSL request',
-          detail: 'This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.',
-        }),
-        'protocol_error',
-      );
-      return;
-    }
-    let server;
-    try {
-      server = serverTlsFor(cfg);
-    } catch (err) {
-      this.ctx.logger.error({ err: (err as Error).message }, 'TLS is configured but unusable');
-      server = null;
-    }
-    if (server === null) {
-      this.fatal({ severity: 'FATAL', code: '58000', message: 'TLS is not available', hint: 'See the pgmux log.' }, 'protocol_error');
-      return;
-    }
-    this.socket.write('S');
-    const plain = this.socket;
-    this.unlisten(plain);
-    // Errors of the accepted socket surface on the TLS socket; none may go unhandled.
-    plain.on('error', () => {});
-    this.socket = upgradeServerSocket(plain, server, { alpn: true });
-    this.tls = true;
-    this.listen(this.socket);
-  }
-
-  /** Direct TLS (PostgreSQL 17 clients with sslnegotiation=direct): TLS from the first byte. */
-  private onDirectTls(first: Buffer): void {
-    const cfg = this.ctx.config();
-    let server = null;
-    try {
-      server = serverTlsFor(cfg);
-    } catch (err) {
-      this.ctx.logger.error({ err: (err as Error).message }, 'TLS is configured but unusable');
-    }
-    if (server === null) {
-      // A TLS client cannot read a plaintext error: just close, as PostgreSQL does.
-      this.close('protocol_error');
-      return;
-    }
-    this.ctx.stats.bytesIn += first.length;
-    const plain = this.socket;
-    this.unlisten(plain);
-    plain.on('error', () => {});
-    this.socket = upgradeDirectTls(plain, first, server);
-    this.tls = true;
-    this.listen(this.socket);
-  }
-
-  /** On TLS: the tls-server-end-point binding data of our certificate (SCRAM-SHA-256-PLUS). */
-  private channelBinding(): Buffer | null {
-    if (!this.tls) return null;
-    const cert = (this.socket as tls.TLSSocket).getCertificate?.();
-    const raw = cert && 'raw' in cert ? (cert.raw as Buffer | undefined) : undefined;
-    return raw ? tlsServerEndPoint(raw) : null;
-  }
-
-  private onPasswordMessage(buf: Buffer, bodyStart: number, end: number): void {
-    this.onAuthStep(this.auth!.onPasswordMessage(buf, bodyStart, end));
-  }
-
-  private onAuthStep(step: ReturnType<ClientAuthenticator['start']>): void {
-    switch (step.kind) {
-      case 'send':
-        this.socket.write(step.message);
-        return;
-      case 'fail':
-        this.ctx.stats.clientLoginFailures++;
-        this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, remote: this.remote, code: step.error.code }, 'client authentication failed');
-        this.fatal(step.error, 'auth_failed');
-        return;
-      case 'ok': {
-        this.auth = null;
-        this.leaveUnauthenticated();
-        // Per-database / per-user limits count authenticated clients only (as PostgreSQL's
-        // CONNECTION LIMIT does): nobody can lock a user out without its password.
-        const refused = this.ctx.limits.admit(this.user, this.database, this.ctx.config());
-        if (refused !== null) {
-          this.fatal(refused, 'too_many_clients');
-          return;
-        }
-        this.admitted = true;
-        if (step.password !== undefined) this.ctx.learnPassword(this.user, step.password);
-        if (step.clientKey && step.serverKey) this.ctx.learnScramKeys(this.user, step.clientKey, step.serverKey);
-        if (step.message) this.socket.write(step.message);
-        this.socket.write(authenticationRequest(AuthCode.Ok));
-        this.state = ClientState.Login;
-        this.pauseReading();
-        this.finishLogin().catch((err: Error) => {
-          this.ctx.stats.clientLoginFailures++;
-          this.failWith(err, 'login_failed');
-        });
-        return;
-      }
-    }
-  }
-
-  /**
-   * Sends what PostgreSQL sends after AuthenticationOk. The ParameterStatus values come
-   * from a real backend carrying this client's settings, so bad settings fail the login
-   * with PostgreSQL's own error, as they would on a direct connection. Clients with
-   * settings already seen on this pool skip the backend round trip.
-   */
-  private async finishLogin(): Promise<void> {
-    const cfg = this.ctx.config();
-    if (this.database === ADMIN_DATABASE) {
-      const role = this.ctx.adminRole(this.user);
-      if (role === null) {
-        throw new PgmuxError(
-          pgmuxError('authMethodUnavailable', {
-            message: `user "${this.user}" may not use the admin console`,
-            hint: 'List the user in admin_users or stats_users.',
-          }),
-        );
-      }
-      this.adminRole = role;
-      const params: Array<[string, string]> = [
-        ['server_version', '15.0 (pgmux)'],
-        ['server_encoding', 'UTF8'],
-        ['client_encoding', 'UTF8'],
-        ['DateStyle', 'ISO, MDY'],
-        ['integer_datetimes', 'on'],
-        ['standard_conforming_strings', 'on'],
-        ['application_name', this.applicationName],
-      ];
-      this.socket.write(Buffer.concat([...params.map(([k, v]) => parameterStatus(k, v)), backendKeyData(this.pid, this.secret), readyForQuery('I')]));
+  private loggedIn(how: LoggedIn): void {
+    this.suspended = false;
+    if (how.kind === 'admin') {
+      this.admin = new AdminSession(this.ctx, this.adminHost(), how.role);
       this.state = ClientState.Admin;
       this.ctx.stats.clientLogins++;
-      this.resumeReading();
-      this.drain();
-      return;
+    } else {
+      this.reported = new Map(how.welcome);
+      this.fingerprint = null;
+      this.state = ClientState.Idle;
+      this.ctx.stats.clientLogins++;
+      this.ctx.logger.debug({ client: this.id, user: this.user, db: this.database, remote: this.remote }, 'client logged in');
     }
-    const node = await this.ctx.primary(cfg.failoverTimeoutMs);
-    if (this.state !== ClientState.Login) return;
-    if (node === null) throw new PgmuxError(pgmuxError('noPrimary'));
-    const pool = this.poolFor(node);
-    const settingsKey = settingsSignature(this.reported) + '\x01' + settingsSignature(this.settings);
-    let welcome = pool.welcomeBySettings.get(settingsKey);
-    if (welcome === undefined) {
-      const b = await new Promise<BackendConnection>((resolve, reject) => {
-        this.loginWaiter = { onBackendAcquired: resolve, onAcquireFailed: reject };
-        pool.acquire(this.loginWaiter, this.ctx.clock.now);
-      });
-      this.loginWaiter = null;
-      if (this.state !== ClientState.Login) {
-        pool.release(b);
-        return;
-      }
-      // What the client did not set is the database's default, not whatever the
-      // backend's previous client left there.
-      for (const [k, v] of b.defaults) if (isSettableReported(k) && !this.reported.has(k)) this.reported.set(k, v);
-      try {
-        const sql = buildSyncSql(this, b);
-        if (sql !== null) await b.runInternal(sql);
-      } catch (err) {
-        // What pgmux believes this backend carries is now uncertain: never reuse it.
-        pool.discard(b, 'reset_failed');
-        throw err;
-      }
-      welcome = [...b.params];
-      pool.release(b);
-      if (pool.welcomeBySettings.size >= WELCOME_CACHE_LIMIT) pool.welcomeBySettings.clear();
-      pool.welcomeBySettings.set(settingsKey, welcome);
-    }
-    if (this.state !== ClientState.Login) return;
-    this.reported = new Map(welcome);
-    this.fingerprint = null;
-    const parts: Buffer[] = [];
-    for (const [k, v] of welcome) parts.push(parameterStatus(k, v));
-    parts.push(backendKeyData(this.pid, this.secret), readyForQuery('I'));
-    this.socket.write(Buffer.concat(parts));
-    this.state = ClientState.Idle;
-    this.ctx.stats.clientLogins++;
-    this.ctx.logger.debug({ client: this.id, user: this.user, db: this.database, remote: this.remote }, 'client logged in');
     this.resumeReading();
     this.drain();
   }
@@ -1443,7 +1115,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.closeReason = reason;
     this.clearHeld();
     this.runBuf = null;
-    if (this.loginWaiter && this.pool) this.pool.cancelWait(this.loginWaiter);
+    this.handshake.release();
     if (this.pool) this.pool.cancelWait(this);
     const b = this.backend;
     if (b !== null) {
@@ -1452,11 +1124,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     this.ctx.unregister(this);
     this.ctx.untrack(this);
-    this.leaveUnauthenticated();
-    if (this.admitted) {
-      this.admitted = false;
-      this.ctx.limits.release(this.user, this.database);
-    }
     if (this.listening) this.ctx.notifications.unsubscribe(this, this.database, this.user, null);
     this.ctx.unpark(this);
     if (!this.socket.destroyed) {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FrameError, FrameReader } from '../../src/protocol/framer.js';
+import { FrameError, FrameReader, MAX_STARTUP_PACKET_BYTES } from '../../src/protocol/framer.js';
 import { BackendScanner, type ScanSink } from '../../src/protocol/backendScanner.js';
 import { errorResponse, parameterStatus, queryMessage, readyForQuery, startupMessage } from '../../src/protocol/messages.js';
 
@@ -81,6 +81,22 @@ describe('FrameReader', () => {
     expect(big.next()).toBe(false);
     expect(big.error).toBe(FrameError.TooLarge);
     expect(big.errorLength).toBe(10 * 1024 * 1024);
+  });
+
+  it('caps startup-phase packets at PostgreSQL\'s limit, so a typed message there fails at once', () => {
+    const r = new FrameReader(1 << 30, false);
+    // Terminate where a startup packet belongs: 'X' 0 0 0 reads as a length of 0x58000000.
+    r.push(Buffer.concat([typed('X', Buffer.alloc(0)), startupMessage({ user: 'u' })]));
+    expect(r.next()).toBe(false);
+    expect(r.error).toBe(FrameError.TooLarge);
+    expect(r.errorLength >>> 24).toBe('X'.charCodeAt(0));
+
+    const after = new FrameReader(1 << 20, false);
+    after.push(startupMessage({ user: 'u' }));
+    expect(after.next()).toBe(true);
+    after.setTyped(true);
+    after.push(queryMessage('SELECT ' + 'x'.repeat(MAX_STARTUP_PACKET_BYTES)));
+    expect(after.next()).toBe(true);
   });
 });
 
