@@ -417,7 +417,7 @@ function render(sc: Scenario, upTo = sc.steps.length - 1): string {
   const lines: string[] = [];
   sc.steps.slice(0, upTo + 1).forEach((s, i) => {
     const n = `#${String(i).padStart(3)}`;
-    if (s.kind === 'sql') lines.push(`${n} c${s.c}${s.proto === 'ext' ? ' [extended]' : ''}: ${s.sql === OBSERVE_ALL ? '<observe all>' : s.sql.replace(/\n/g, '\\n')}`);
+    if (s.kind === 'sql') lines.push(`${n} c${s.c}${s.proto === 'ext' ? ' [extended]' : ''}: ${s.sql.replace(OBSERVE_ALL, '<observe all>').replace(/\n/g, '\\n')}`);
     else if (s.kind === 'connect') lines.push(`${n} c${s.c}: <connect>`);
     else if (s.kind === 'disconnect') lines.push(`${n} c${s.c}: <disconnect>${s.locks ? ' (then count advisory locks left)' : ''}`);
     else lines.push(`${n} <notifications so far of c${s.clients.join(', c')}${s.final ? ', final' : ''}>`);
@@ -648,7 +648,7 @@ function firstDifference(sc: Scenario, ref: Obs[], got: Obs[], nonce: number): s
     if (r?.v === g?.v && r?.step === g?.step) continue;
     const at = (r ?? g)!;
     const step = sc.steps[at.step]!;
-    const what = step.kind === 'sql' ? fill(step.sql, nonce).replace(/\n/g, '\\n') : `<${step.kind}>`;
+    const what = step.kind !== 'sql' ? `<${step.kind}>` : fill(step.sql.replace(OBSERVE_ALL, '<observe all>'), nonce).replace(/\n/g, '\\n');
     return [
       `step #${at.step}, client c${at.c}: ${what}`,
       `  direct: ${r?.v ?? '(no observation)'}`,
@@ -664,6 +664,8 @@ function firstDifference(sc: Scenario, ref: Obs[], got: Obs[], nonce: number): s
 
 const RUNS = Number(process.env.PGMUX_DIFF_RUNS ?? 1000);
 const SEED = process.env.PGMUX_DIFF_SEED === undefined ? undefined : Number(process.env.PGMUX_DIFF_SEED);
+/** fast-check's replay path (printed with the seed on failure). */
+const PATH = process.env.PGMUX_DIFF_PATH;
 const DIRECT_ONLY = process.env.PGMUX_DIFF_TARGET === 'direct';
 const TIME_LIMIT_MS = Number(process.env.PGMUX_DIFF_TIME_LIMIT_MS ?? (RUNS > 1000 ? 24 * 3600_000 : 240_000));
 
@@ -690,36 +692,55 @@ describe('session state through pgmux = session state on a direct connection (di
     await control?.end();
   });
 
+  /** Stops the shared pgmux and starts a fresh one (nothing left from earlier scenarios). */
+  async function restartProxy(): Promise<void> {
+    await Promise.race([proxy!.close(), sleep(5000)]);
+    proxy = await startDiffProxy();
+  }
+
   /** Runs one scenario both ways; the difference (readable) or null. */
   async function diff(sc: Scenario): Promise<string | null> {
     const nonce = ++nonceCounter;
     const ref = await runScenario(sc, control, { port: primaryPort(), nonce });
     const got = await runScenario(sc, control, { port: DIRECT_ONLY ? primaryPort() : proxy!.port, ref, nonce });
-    const d = firstDifference(sc, ref, got, nonce);
-    if (d !== null && !DIRECT_ONLY) {
-      // Later scenarios (and shrinking) start from a fresh pgmux, so each counterexample
-      // stands on its own; leaks between passing scenarios are still caught.
-      await Promise.race([proxy!.close(), sleep(5000)]);
-      proxy = await startDiffProxy();
-    }
-    return d;
+    return firstDifference(sc, ref, got, nonce);
   }
 
   async function expectSame(b: ScenarioBuilder): Promise<void> {
+    // Each example on a fresh pgmux: its failure must not depend on what ran before.
+    if (!DIRECT_ONLY) await restartProxy();
     const d = await diff(b.finish());
-    expect(d, d ?? '').toBeNull();
+    if (d !== null) expect.fail(`pgmux differs from a direct connection:\n${d}`);
   }
 
   it(`${RUNS} random scenarios: every client sees what it would see on its own connection${DIRECT_ONLY ? ' (direct-vs-direct sanity run)' : ''}`, async () => {
     const t0 = Date.now();
     let n = 0;
+    // Until the first failure all scenarios share one pgmux, so state leaking from one
+    // scenario into a later one is caught too. After it, fast-check shrinks: every candidate
+    // then runs on a fresh pgmux, or state left by an earlier (passing) candidate would make
+    // the "minimal" counterexample meaningless.
+    let shrinking = false;
+    let previous: Scenario | null = null;
     await fc.assert(
       fc.asyncProperty(scenarioArb, async (sc) => {
         n++;
+        if (shrinking && !DIRECT_ONLY) await restartProxy();
         const d = await diff(sc);
-        if (d !== null) throw new Error(`pgmux differs from a direct connection:\n${d}`);
+        const before = previous;
+        previous = sc;
+        if (d === null) return;
+        if (shrinking || DIRECT_ONLY) throw new Error(`pgmux differs from a direct connection:\n${d}`);
+        shrinking = true;
+        await restartProxy();
+        const fresh = await diff(sc);
+        if (fresh !== null) throw new Error(`pgmux differs from a direct connection (also on a fresh pgmux):\n${fresh}`);
+        throw new Error(
+          'pgmux differs from a direct connection, but only after earlier scenarios ran on the same pgmux ' +
+            `(state leaked between clients of different scenarios):\n${d}\nthe scenario that ran just before on that pgmux:\n${before ? render(before) : '(none)'}`,
+        );
       }),
-      { numRuns: RUNS, seed: SEED, interruptAfterTimeLimit: TIME_LIMIT_MS, markInterruptAsFailure: false },
+      { numRuns: RUNS, seed: SEED, path: PATH, interruptAfterTimeLimit: TIME_LIMIT_MS, markInterruptAsFailure: false },
     );
     if (process.env.PGMUX_DIFF_PROFILE) console.log([...PROFILE].map(([k, v]) => `${k} ${(v / 1000).toFixed(1)} s`).join('\n'));
     console.log(`[session-diff] ${n} scenarios in ${((Date.now() - t0) / 1000).toFixed(1)} s${DIRECT_ONLY ? ' (direct vs direct)' : ''}`);
