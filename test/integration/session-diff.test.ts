@@ -498,6 +498,7 @@ async function runScenario(sc: Scenario, control: pg.Client, o: RunOptions): Pro
   const obs: Obs[] = [];
   const conns: (Conn | null)[] = Array.from({ length: sc.clients }, () => null);
   const isRef = o.ref === undefined;
+  let opened: pg.Client[] = [];
   const keys = [keyOf(o.nonce, 0), keyOf(o.nonce, 1)];
   const deliver = (ch: string, payload: string) => {
     for (const c of conns) if (c?.listening.has(ch)) c.expected.push(`${ch}:${payload}`);
@@ -508,7 +509,13 @@ async function runScenario(sc: Scenario, control: pg.Client, o: RunOptions): Pro
       const t0 = performance.now();
       try {
         if (s.kind === 'connect') {
-          const client = await timed(pgClient(o.port));
+          // The opening connects of a scenario are made all at once (fresh sessions either way).
+          if (i === 0) {
+            const first = sc.steps.findIndex((x) => x.kind !== 'connect');
+            const opening = sc.steps.slice(0, first < 0 ? sc.steps.length : first) as ConnectStep[];
+            opened = await timed(Promise.all(opening.map(() => pgClient(o.port))));
+          }
+          const client = opened.shift() ?? (await timed(pgClient(o.port)));
           const conn: Conn = { client, pid: (client as unknown as { processID: number }).processID, received: [], expected: [], listening: new Set(), pending: [] };
           client.on('error', () => {});
           client.on('notification', (n) => conn.received.push(`${n.channel}:${n.payload ?? ''}`));
@@ -603,7 +610,7 @@ async function runScenario(sc: Scenario, control: pg.Client, o: RunOptions): Pro
             }
             if (s.final && s.listened && vals.every((v, j) => v === want[j])) {
               // Nothing extra may arrive afterwards either.
-              await sleep(30);
+              await sleep(20);
               vals = snap();
             }
           }
