@@ -96,7 +96,7 @@ interface Scenario {
 const COMMENTS = ['', '/* app=shop,route=/cart */ ', '-- traceparent=00-abc\n'];
 
 /** Built-in and custom settings: SET value (SQL), set_config value (text), observation. */
-const PARAMS: { set: string; show: string | null; cfg: string; vals: string[]; cfgVals: string[] }[] = [
+const ALL_PARAMS: { set: string; show: string | null; cfg: string; vals: string[]; cfgVals: string[] }[] = [
   { set: 'search_path', show: 'search_path', cfg: 'search_path', vals: ['public', 'pg_catalog, public', '"$user", public'], cfgVals: ['pg_catalog'] },
   { set: 'statement_timeout', show: 'statement_timeout', cfg: 'statement_timeout', vals: ["'30s'", '0', "'1min'"], cfgVals: ['45s'] },
   { set: 'lock_timeout', show: 'lock_timeout', cfg: 'lock_timeout', vals: ["'10s'", '0'], cfgVals: ['20s'] },
@@ -121,7 +121,7 @@ const OBSERVE_ALL =
   "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS my_advisory_locks, " +
   '(SELECT count(*) FROM pg_cursors) AS cursors';
 
-const OPS = [
+const ALL_OPS = [
   'observe', 'observe', 'show', 'showCustom',
   'set', 'set', 'set', 'setLocal', 'reset', 'setDefault', 'resetAll', 'setConfig', 'setConfig', 'setConfigLocal',
   'begin', 'begin', 'end', 'end',
@@ -131,7 +131,14 @@ const OPS = [
   'listen', 'listen', 'unlisten', 'notify', 'notify', 'notify',
   'discard', 'prepare', 'execute', 'deallocate', 'error', 'disconnect',
 ] as const;
-type Op = (typeof OPS)[number];
+type Op = (typeof ALL_OPS)[number];
+/**
+ * PGMUX_DIFF_EXCLUDE=op,op,...: leave ops out (e.g. to look past one known bug while fixing
+ * another); "custom" leaves out the custom GUCs. By hand only: npm test runs everything.
+ */
+const EXCLUDE = new Set((process.env.PGMUX_DIFF_EXCLUDE ?? '').split(',').filter(Boolean));
+const OPS = ALL_OPS.filter((op) => !EXCLUDE.has(op));
+const PARAMS = ALL_PARAMS.filter((p) => !(EXCLUDE.has('custom') && p.show === null));
 
 /** Ops after which the client holds its backend (pgmux pins, or the transaction is open). */
 const HOLDING: ReadonlySet<Op> = new Set<Op>(['begin', 'createTemp', 'lock', 'tryLock', 'declare', 'prepare', 'execute']);
@@ -296,7 +303,7 @@ export class ScenarioBuilder {
         else this.sql(c, `SELECT coalesce(current_setting('${p.cfg}', true), '') AS v`);
         return;
       case 'showCustom':
-        this.sql(c, `SELECT coalesce(current_setting('${r.a % 2 === 0 ? 'myapp.tenant_id' : 'MyApp.x'}', true), '') AS v`);
+        this.sql(c, `SELECT coalesce(current_setting('${r.a % 2 === 0 ? 'myapp.tenant_id' : 'MyApp.x'}', true), '') AS v`); // read-only
         return;
       case 'set':
         this.sql(c, `SET ${p.set} ${r.b % 3 === 0 ? 'TO' : '='} ${v}`);
@@ -380,7 +387,7 @@ export class ScenarioBuilder {
         return;
       case 'execute':
         if (!m.inTx) this.begin(c);
-        else if (m.prepared.length === 0) this.apply({ ...r, op: OPS.indexOf('prepare') });
+        else if (m.prepared.length === 0) this.apply({ ...r, op: Math.max(0, OPS.indexOf('prepare')) });
         else this.sql(c, `EXECUTE {ps:${m.prepared[r.a % m.prepared.length]}}(41)`);
         return;
       case 'deallocate':
@@ -678,6 +685,8 @@ const TIME_LIMIT_MS = Number(process.env.PGMUX_DIFF_TIME_LIMIT_MS ?? (RUNS > 100
 
 describe('session state through pgmux = session state on a direct connection (differential)', () => {
   let proxy: TestProxy | null = null;
+  /** pgmux close() calls that had not finished after 1 s (reported; not what this test checks). */
+  let closeTimeouts = 0;
   let control: pg.Client;
 
   const startDiffProxy = () =>
@@ -701,7 +710,11 @@ describe('session state through pgmux = session state on a direct connection (di
 
   /** Stops the shared pgmux and starts a fresh one (nothing left from earlier scenarios). */
   async function restartProxy(): Promise<void> {
-    await Promise.race([proxy!.close(), sleep(5000)]);
+    const closing = proxy!.close().then(() => true);
+    if (!(await Promise.race([closing, sleep(1000).then(() => false)]))) closeTimeouts++;
+    // Whatever the old pgmux still holds on the primary goes too (no client of ours is
+    // connected now, so every other session of database app is a pgmux backend or listener).
+    await control.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'app' AND pid <> pg_backend_pid()");
     proxy = await startDiffProxy();
   }
 
@@ -750,6 +763,7 @@ describe('session state through pgmux = session state on a direct connection (di
       { numRuns: RUNS, seed: SEED, path: PATH, interruptAfterTimeLimit: TIME_LIMIT_MS, markInterruptAsFailure: false },
     );
     if (process.env.PGMUX_DIFF_PROFILE) console.log([...PROFILE].map(([k, v]) => `${k} ${(v / 1000).toFixed(1)} s`).join('\n'));
+    if (closeTimeouts > 0) console.log(`[session-diff] pgmux close() took over 1 s ${closeTimeouts} time(s)`);
     console.log(`[session-diff] ${n} scenarios in ${((Date.now() - t0) / 1000).toFixed(1)} s${DIRECT_ONLY ? ' (direct vs direct)' : ''}`);
   }, 3 * 3600_000);
 
