@@ -696,6 +696,7 @@ const UNANALYSED: SessionEffects = Object.freeze({
   dropsAllStatements: false,
   deallocate: null,
   sqlPrepared: false,
+  dirtiesBackend: true,
   listen: null,
 });
 

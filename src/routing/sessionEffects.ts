@@ -32,6 +32,12 @@ export interface SessionEffects {
   readonly deallocate: string | null;
   /** SQL-level PREPARE or EXECUTE. */
   readonly sqlPrepared: boolean;
+  /**
+   * Leaves state on the backend that need not follow the client but must not reach another
+   * one (a SQL-level prepared statement outlives its transaction): the backend is reset
+   * before it is reused.
+   */
+  readonly dirtiesBackend: boolean;
   /** The message holds only LISTEN / UNLISTEN statements: what they do, in order. */
   readonly listen: readonly ListenOp[] | null;
 }
@@ -45,6 +51,7 @@ export class EffectsBuilder {
   dropsAll = false;
   deallocate: string | null = null;
   sqlPrepared = false;
+  dirtiesBackend = false;
   listen: ListenOp[] = [];
   /** Statements that are not LISTEN / UNLISTEN. */
   others = 0;
@@ -105,9 +112,12 @@ export class EffectsBuilder {
       }
       case 'prepare':
         // PREPARE TRANSACTION is two-phase commit, not a prepared statement.
+        // In transaction mode a SQL-level prepared statement lives for its transaction: at
+        // a transaction's start the session refuses it (0A000); inside one it works there.
         if (this.w(s + 1) !== 'transaction') {
+          this.any = true;
           this.sqlPrepared = true;
-          this.pinFor('SQL-level PREPARE');
+          this.dirtiesBackend = true;
         }
         break;
       case 'execute':
@@ -305,6 +315,7 @@ export class EffectsBuilder {
       dropsAllStatements: this.dropsAll,
       deallocate: this.deallocate,
       sqlPrepared: this.sqlPrepared,
+      dirtiesBackend: this.dirtiesBackend,
       listen: this.others === 0 && this.listen.length > 0 ? Object.freeze(this.listen) : null,
     });
   }

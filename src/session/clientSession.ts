@@ -396,14 +396,20 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    */
   private onSessionEffects(b: BackendConnection, fx: SessionEffects, deallocateVia: ParsedParse | null | undefined): boolean {
     this.settingsTracker.note(fx);
+    if (fx.dirtiesBackend) b.needsReset = true;
     if (fx.pin !== null) this.pin(b, fx.pin);
     // Forwarded LISTEN runs on this backend: the client must stay where it listens.
     else if (fx.listen !== null) this.pin(b, 'LISTEN inside a transaction');
-    if (fx.discardAll) {
-      // DISCARD ALL also resets settings and drops temporary state.
+    // DISCARD ALL resets settings, drops temporary state and ends every LISTEN; inside a
+    // transaction block it fails and changes nothing.
+    if (fx.discardAll && b.txStatus === 0x49 /* I */) {
       this.unpin();
       b.applied.clear();
       b.syncedFingerprint = null;
+      if (this.listening) {
+        this.listening = false;
+        this.ctx.notifications.unsubscribe(this, this.database, this.user, null);
+      }
     }
     if (deallocateVia === undefined || (!fx.dropsAllStatements && fx.deallocate === null)) return false;
     const r =
@@ -725,16 +731,26 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** A notification for this client: now if between messages, else after the transaction. */
   deliverNotification(msg: Buffer): void {
     if (this.state === ClientState.Closed) return;
-    if (this.state === ClientState.Linked) this.pendingNotifications.push(msg);
+    // Inside a transaction it waits for the transaction's end, as PostgreSQL's own would.
+    if (this.state === ClientState.Linked && !this.atTransactionBoundary(this.backend!)) this.pendingNotifications.push(msg);
     else this.socket.write(msg);
   }
 
-  private flushNotifications(): void {
+  /**
+   * The linked backend owes the client nothing and holds no transaction or open batch: the
+   * one point where a backend may go back to its pool and notifications may be delivered.
+   * (A pipelining client still expects answers on the same backend.)
+   */
+  private atTransactionBoundary(b: BackendConnection): boolean {
+    return b.txStatus === 0x49 /* I */ && b.pendingRfq === 0 && !this.extendedOpen;
+  }
+
+  private readonly flushNotifications = (): void => {
     if (this.pendingNotifications.length === 0 || this.state === ClientState.Closed) return;
     const out = Buffer.concat(this.pendingNotifications);
     this.pendingNotifications = [];
     this.socket.write(out);
-  }
+  };
 
   private readPaused = false;
 
@@ -762,7 +778,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (this.state === ClientState.Waiting) return true;
     const b = this.backend;
     // Session mode keeps a backend linked while idle: only a running transaction counts.
-    return this.state === ClientState.Linked && b !== null && (b.txStatus !== 0x49 || b.pendingRfq > 0 || this.extendedOpen);
+    return this.state === ClientState.Linked && b !== null && !this.atTransactionBoundary(b);
   }
 
   view(): ClientView {
@@ -910,14 +926,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       b.socket.uncork();
       return;
     }
-    if (
-      b !== null &&
-      status === 0x49 &&
-      b.pendingRfq === 0 &&
-      !this.extendedOpen &&
-      this.pinned === null &&
-      this.ctx.config().poolMode === 'transaction'
-    ) {
+    if (b === null || !this.atTransactionBoundary(b)) return;
+    if (this.pinned !== null) {
+      // The client keeps its backend; what the shared listener heard meanwhile goes out
+      // after the ReadyForQuery now on its way.
+      if (this.pendingNotifications.length > 0) queueMicrotask(this.flushNotifications);
+      return;
+    }
+    if (this.ctx.config().poolMode === 'transaction') {
       const cfg = this.ctx.config();
       const needLsn = this.routedWrite && cfg.readYourWrites === 'lsn';
       const settings = this.settingsTracker.dirty ? this.settingsTracker.take(this.settings, b.applied, cfg.trackExtraParameters) : NONE;

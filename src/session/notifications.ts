@@ -50,6 +50,9 @@ class Listener implements BackendOwner {
       throw err;
     }
     if (isNew) this.send(`LISTEN ${quoteIdent(channel)}`);
+    // As on a direct connection, LISTEN is answered once it is in effect: a NOTIFY
+    // committed after the client saw LISTEN must reach it.
+    await this.lastSent;
   }
 
   unsubscribe(sink: NotificationSink, channel: string | null): void {
@@ -67,11 +70,22 @@ class Listener implements BackendOwner {
     return this.channels.size === 0;
   }
 
+  /** Settles when the listener connection has run everything sent so far. */
+  private lastSent: Promise<void> = Promise.resolve();
+  /** One per query in flight on the listener connection, settled by its ReadyForQuery. */
+  private readonly acks: Array<() => void> = [];
+
   private send(sql: string): void {
     const b = this.backend;
     if (b === null) return; // resubscribed on reconnect
     b.pendingRfq++;
+    this.lastSent = new Promise<void>((resolve) => this.acks.push(resolve));
     b.write(queryMessage(sql));
+  }
+
+  /** The connection is gone: nothing sent on it will be answered (the reconnect re-listens). */
+  private settleAll(): void {
+    for (const ack of this.acks.splice(0)) ack();
   }
 
   private ensureConnected(): Promise<void> {
@@ -99,6 +113,7 @@ class Listener implements BackendOwner {
 
   close(): void {
     this.closed = true;
+    this.settleAll();
     this.backend?.close('shutdown');
     this.backend = null;
   }
@@ -120,13 +135,16 @@ class Listener implements BackendOwner {
     }
   }
 
-  onBackendReady(): void {}
+  onBackendReady(): void {
+    this.acks.shift()?.();
+  }
   onBackendParameter(): void {}
   onBackendHiddenError(): void {}
   onBackendDrain(): void {}
 
   onBackendLost(_b: BackendConnection, why: string): void {
     this.backend = null;
+    this.settleAll();
     this.reader.takeRemaining();
     if (this.closed || this.channels.size === 0) return;
     this.logger.warn({ db: this.database, user: this.user, why }, 'notification listener lost; reconnecting');

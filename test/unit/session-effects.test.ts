@@ -78,10 +78,14 @@ describe('session state that pins the client', () => {
     ["LOAD 'auto_explain'", 'LOAD'],
     ['SELECT set_config(current_user || \'.x\', \'1\', false)', 'set_config'],
     ['SELECT set_config($1, $2, false)', 'set_config'],
-    ['PREPARE q AS SELECT 1', 'PREPARE'],
     ['SELECT 1; LISTEN jobs', 'LISTEN'],
   ])('%j pins (%s)', (sql, why) => {
     for (const c of COMMENTS) expect(fx(c + sql)?.pin, c + sql).toContain(why);
+  });
+
+  it('a SQL-level PREPARE does not pin: the backend is reset before it is reused', () => {
+    expect(fx('/* c */ PREPARE q AS SELECT 1')).toMatchObject({ pin: null, sqlPrepared: true, dirtiesBackend: true });
+    expect(fx('EXECUTE q')).toMatchObject({ pin: null, sqlPrepared: true, dirtiesBackend: false });
   });
 
   it('transaction-scoped state does not pin', () => {
