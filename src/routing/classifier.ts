@@ -698,6 +698,7 @@ const UNANALYSED: SessionEffects = Object.freeze({
   sqlPrepared: false,
   dirtiesBackend: true,
   listen: null,
+  onlyListen: false,
 });
 
 function classifyWith(sql: string, fns: FunctionSet): Classification {

@@ -38,8 +38,10 @@ export interface SessionEffects {
    * before it is reused.
    */
   readonly dirtiesBackend: boolean;
-  /** The message holds only LISTEN / UNLISTEN statements: what they do, in order. */
+  /** The LISTEN / UNLISTEN statements of the message: what they do, in order. */
   readonly listen: readonly ListenOp[] | null;
+  /** The message holds LISTEN / UNLISTEN only: the shared listener can answer it all. */
+  readonly onlyListen: boolean;
 }
 
 /** Mutable accumulator over the statements of one message. */
@@ -316,7 +318,8 @@ export class EffectsBuilder {
       deallocate: this.deallocate,
       sqlPrepared: this.sqlPrepared,
       dirtiesBackend: this.dirtiesBackend,
-      listen: this.others === 0 && this.listen.length > 0 ? Object.freeze(this.listen) : null,
+      listen: this.listen.length > 0 ? Object.freeze(this.listen) : null,
+      onlyListen: this.others === 0 && this.listen.length > 0,
     });
   }
 }

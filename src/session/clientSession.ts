@@ -2,22 +2,16 @@
 // transaction starts and given back when it ends. Startup and login are delegated to
 // handshake.ts, the admin console to adminSession.ts.
 //
-// Transaction boundaries come from counting: every Query, Sync and FunctionCall forwarded
-// owes one ReadyForQuery. The backend goes back to its pool on ReadyForQuery 'I' when none
-// is owed and no extended-protocol batch is open (Parse/Bind/... sent without their Sync):
-// a pipelining client still expects answers on the same backend.
+// What each message does on the linked backend, and when that backend may go back, is
+// requestTracker.ts's; this file acts on it: it takes a backend when a transaction starts
+// (routing), gives it back at the transaction boundary (after reading back what the client
+// must carry), and handles what pgmux answers itself (LISTEN, local prepares).
 
 import type net from 'node:net';
 import { FrameError, FrameReader, type HeldMessage } from '../protocol/framer.js';
-import {
-  errorResponse,
-  Msg,
-  readCstr,
-  queryMessage,
-  readyForQuery,
-} from '../protocol/messages.js';
+import { errorResponse, Msg, readCstr, readyForQuery } from '../protocol/messages.js';
 import { BackendError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
-import { BackendConnection, Expect, randomInt32, type BackendOwner, type NodeAddress } from '../pool/backend.js';
+import { BackendConnection, randomInt32, type BackendOwner, type NodeAddress } from '../pool/backend.js';
 import type { Pool, PoolWaiter } from '../pool/pool.js';
 import type { ProxyContext } from '../server/context.js';
 import type { ClientView } from '../admin/view.js';
@@ -25,11 +19,12 @@ import { buildSyncSql, settingsSignature } from './paramSync.js';
 import { parseLsn } from '../cluster/topology.js';
 import type { NotificationSink } from './notifications.js';
 import { planListen, runListenPlan } from './listenRequests.js';
-import { readBack, SettingsTracker } from './settingsTracker.js';
-import type { Classification, ListenOp, SessionEffects } from '../routing/classifier.js';
+import { readBack } from './settingsTracker.js';
+import type { ListenOp } from '../routing/classifier.js';
 import { StatementForwarder } from './statementForwarder.js';
+import { RequestTracker, type RequestHost } from './requestTracker.js';
 import { ReplayGuard } from './replayGuard.js';
-import { bindStatement, buildParse, parseParse, targetOf, type ParsedParse } from './preparedStatements.js';
+import { parseParse } from './preparedStatements.js';
 import { AdminSession, type AdminHost } from './adminSession.js';
 import { ClientHandshake, type HandshakeHost, type LoggedIn } from './handshake.js';
 import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientState.js';
@@ -51,7 +46,6 @@ function interned(s: string): string {
 let nextClientId = 1;
 /** Re-routes of one transaction (failover waits, reads moved off a dead replica). */
 const MAX_ROUTE_ATTEMPTS = 3;
-const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
 const NONE: readonly string[] = [];
 
 /** Proxy-issued cancel pids: start --workers puts the worker index in the high bits so keys are unique per group. */
@@ -60,11 +54,10 @@ export const cancelPidSpace = { high: 0, mask: 0x7fffffff };
 /** What a client may send while it waits for a backend before pgmux stops reading it. */
 const MAX_HELD_BYTES = 256 * 1024;
 
-const MALFORMED_PARSE = { target: 'primary', reason: 'malformed Parse' } as const;
-const UNKNOWN_STATEMENT = { target: 'primary', reason: 'unknown statement' } as const;
 
 export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink {
   readonly id = nextClientId++;
+  /** Where the client is in its life; changed only by setState(). */
   state = ClientState.Startup;
   /** Proxy-issued cancel key (BackendKeyData). */
   readonly pid = cancelPidSpace.high | (randomInt32() & cancelPidSpace.mask);
@@ -85,10 +78,23 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private readonly reader: FrameReader;
   /** Startup, TLS, authentication and login; afterwards what the connection counts against. */
   private readonly handshake: ClientHandshake;
-  private extendedOpen = false;
   private held: HeldMessage[] = [];
   /** Bytes in `held`: reading stops above MAX_HELD_BYTES while no backend is free. */
   private heldBytes = 0;
+
+  /**
+   * The one place the client's state changes (as PgBouncer's change_client_state): a
+   * closed client never comes back, which every asynchronous continuation relies on.
+   */
+  private setState(next: ClientState): void {
+    if (this.state === ClientState.Closed) return;
+    this.state = next;
+  }
+
+  /** Still linked (forwarding may have closed the client). */
+  private get linked(): boolean {
+    return this.state === ClientState.Linked;
+  }
 
   private hold(m: HeldMessage): void {
     this.held.push(m);
@@ -109,33 +115,17 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private readonly replay = new ReplayGuard();
   private attempts = 0;
   private avoidNode: string | null = null;
-  /** Named statements -> their Parse's analysis (routes a later Bind, and its session effects). */
-  private readonly statementClasses = new Map<string, Classification>();
-  /** Named statements that are LISTEN / UNLISTEN, answered by pgmux (see listenRequests.ts). */
-  private readonly listenStatements = new Map<string, readonly ListenOp[]>();
-  /** The analysis of the message classifyFirst() read, so forwarding it does not decode it again. */
-  private firstClass: Classification | null = null;
-  private firstClassBuf: Buffer | null = null;
-  private firstClassAt = -1;
   // Read-your-writes.
   private lastWriteAt = -Infinity;
   private minLsn: bigint | null = null;
   private lsnPending = false;
-  /** Transaction mode: named prepared statements are tracked and moved between backends. */
-  private tracking = false;
   /** A transaction's first message arrived; route it after the rest of the read chunk. */
   private beginPending = false;
   private waitStartedAt = 0;
-  /** Settings this client's statements may have changed: read back when the backend goes back. */
-  private readonly settingsTracker = new SettingsTracker();
-  /** Why this client keeps its backend between transactions (session state), or null. */
-  pinned: string | null = null;
   /** This client's named prepared statements (transaction mode). */
   private readonly stmts: StatementForwarder;
-  // Contiguous run of client bytes to forward with one write.
-  private runBuf: Buffer | null = null;
-  private runStart = 0;
-  private runEnd = 0;
+  /** Per message on the linked backend: release bookkeeping, session effects, forwarding. */
+  private readonly requests: RequestTracker;
 
   /** The client connection: the accepted socket, or the TLS socket over it after SSLRequest. */
   private socket: net.Socket;
@@ -153,7 +143,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.peerAddress = socket.remoteAddress ?? '';
     this.peerPort = socket.remotePort ?? 0;
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
-    this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.emit(msg));
+    this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.requests.emit(msg));
+    this.requests = new RequestTracker(this.requestHost(), this.stmts);
     this.connectedAt = this.lastActiveAt = ctx.clock.now;
     ctx.track(this);
     this.handshake = new ClientHandshake(ctx, this.handshakeHost(), this.reader, {
@@ -213,10 +204,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const corked = this.backend?.socket ?? null;
     corked?.cork();
     while (this.state !== ClientState.Closed && !this.suspended && r.next()) {
-      if (this.state === ClientState.Linked) this.forwardMessage(r.type, r.msg, r.msgStart, r.end);
+      if (this.state === ClientState.Linked) this.requests.forward(this.backend!, r.type, r.msg, r.msgStart, r.end);
       else this.handleMessage(r.type, r.msg, r.msgStart, r.bodyStart, r.end);
     }
-    this.flushRun();
+    this.requests.flushRun();
     corked?.uncork();
     if (this.beginPending) {
       this.beginPending = false;
@@ -280,7 +271,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         }
         // The route is chosen once everything already received is held (see drain()).
         this.hold({ type, buf, start, end });
-        this.state = ClientState.Waiting;
+        this.setState(ClientState.Waiting);
         this.beginPending = true;
         return;
       case ClientState.Waiting:
@@ -296,190 +287,22 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
   }
 
-  /** Hot path: bookkeeping by type, then extend the current forward run. */
-  private forwardMessage(type: number, buf: Buffer, start: number, end: number): void {
-    const b = this.backend!;
-    const tracking = this.tracking;
-    switch (type) {
-      case Msg.Query:
-        b.pendingRfq++;
-        if (tracking) {
-          const fx = this.queryClass(buf, start, end).session;
-          if (fx !== undefined && this.onSessionEffects(b, fx, null)) return;
-          b.expect(Expect.Rfq);
-        }
-        break;
-      case Msg.FunctionCall:
-        b.pendingRfq++;
-        if (tracking) b.expect(Expect.Rfq);
-        break;
-      case Msg.Sync:
-        b.pendingRfq++;
-        this.extendedOpen = false;
-        if (tracking) b.expect(Expect.Rfq);
-        break;
-      case Msg.Parse:
-        this.extendedOpen = true;
-        if (tracking) {
-          if (buf[start + 5] !== 0) {
-            this.flushRun();
-            const p = parseParse(buf, start, end);
-            const c = p === null ? null : this.ctx.classify(p.query);
-            if (p !== null && c !== null && !this.stmts.has(p.name)) this.statementClasses.set(p.name, c);
-            if (c?.session !== undefined) this.onSessionEffects(b, c.session, undefined);
-            this.stmts.parse(b, buf, start, end, p);
-            return;
-          }
-          // Drivers (psycopg) also send DEALLOCATE through the extended protocol.
-          const fx = this.unnamedParseClass(buf, start, end)?.session;
-          if (fx !== undefined && this.onSessionEffects(b, fx, parseParse(buf, start, end))) return;
-          b.expect(Expect.Parse);
-        }
-        break;
-      case Msg.Bind:
-        this.extendedOpen = true;
-        // Unnamed portal + unnamed statement (the common case) is forwarded as is.
-        if (tracking && !(buf[start + 5] === 0 && buf[start + 6] === 0)) {
-          const st = bindStatement(buf, start, end);
-          if (st !== null && st.name !== '' && this.stmts.has(st.name)) {
-            // A statement prepared earlier does what its text does, each time it runs.
-            const fx = this.statementClasses.get(st.name)?.session;
-            if (fx !== undefined) this.onSessionEffects(b, fx, undefined);
-            this.flushRun();
-            this.stmts.rewrite(b, type, buf, start, end, st.nameStart, st.nameEnd, st.name);
-            return;
-          }
-        }
-        break;
-      case Msg.Describe:
-      case Msg.Close:
-        this.extendedOpen = true;
-        if (tracking) {
-          if (buf[start + 5] === 0x53 /* S */ && buf[start + 6] !== 0) {
-            const t = targetOf(buf, start, end);
-            if (t !== null && this.stmts.has(t.name)) {
-              this.flushRun();
-              if (type === Msg.Close) this.stmts.close(b, buf, start, end, t.nameStart, t.nameEnd, t.name);
-              else this.stmts.rewrite(b, type, buf, start, end, t.nameStart, t.nameEnd, t.name);
-              return;
-            }
-          }
-          if (type === Msg.Close) b.expect(Expect.Close);
-        }
-        break;
-      case Msg.Execute:
-      case Msg.Flush:
-        this.extendedOpen = true;
-        break;
-      case Msg.Terminate:
-        this.flushRun();
-        this.close('client_terminate');
-        return;
-      default:
-        break; // CopyData / CopyDone / CopyFail: part of a running statement
-    }
-    if (this.runBuf === buf && this.runEnd === start) {
-      this.runEnd = end;
-      return;
-    }
-    this.flushRun();
-    this.runBuf = buf;
-    this.runStart = start;
-    this.runEnd = end;
-  }
-
-  /**
-   * Acts on what a statement does to session state (src/routing/sessionEffects.ts), before
-   * it is forwarded. `deallocateVia` says how a DEALLOCATE arrived: null for a Query, the
-   * Parse for an unnamed Parse, undefined where it cannot be rewritten (a named statement).
-   * Returns true when the message was written here (a rewritten DEALLOCATE).
-   */
-  private onSessionEffects(b: BackendConnection, fx: SessionEffects, deallocateVia: ParsedParse | null | undefined): boolean {
-    this.settingsTracker.note(fx);
-    if (fx.dirtiesBackend) b.needsReset = true;
-    if (fx.pin !== null) this.pin(b, fx.pin);
-    // Forwarded LISTEN runs on this backend: the client must stay where it listens.
-    else if (fx.listen !== null) this.pin(b, 'LISTEN inside a transaction');
-    // DISCARD ALL resets settings, drops temporary state and ends every LISTEN; inside a
-    // transaction block it fails and changes nothing.
-    if (fx.discardAll && b.txStatus === 0x49 /* I */) {
-      this.unpin();
-      b.applied.clear();
-      b.syncedFingerprint = null;
-      if (this.listening) {
+  private requestHost(): RequestHost {
+    return {
+      classify: (sql) => this.ctx.classify(sql),
+      pauseReading: () => this.pauseReading(),
+      terminated: () => this.close('client_terminate'),
+      listensOnBackend: (ops) => {
+        if (!this.listening) return;
+        for (const op of ops) this.ctx.notifications.unsubscribe(this, this.database, this.user, op.channel);
+      },
+      discardedAll: () => {
+        if (!this.listening) return;
         this.listening = false;
         this.ctx.notifications.unsubscribe(this, this.database, this.user, null);
-      }
-    }
-    if (deallocateVia === undefined || (!fx.dropsAllStatements && fx.deallocate === null)) return false;
-    const r =
-      deallocateVia === null
-        ? this.stmts.deallocate(b, fx, queryMessage, Expect.Rfq)
-        : this.stmts.deallocate(b, fx, (sql) => buildParse('', sql, deallocateVia.rest), Expect.Parse);
-    return r === 'sent';
-  }
-
-  /**
-   * Session state pgmux cannot move between backends (temporary tables, session advisory
-   * locks, WITH HOLD cursors, LISTEN inside a transaction, SQL PREPARE, DO blocks): rather
-   * than break silently, the client keeps its backend from now on, as in session mode, until
-   * DISCARD ALL or it disconnects; then the backend is reset before anyone else gets it.
-   * Counted in pgmux_pinned_clients and shown by SHOW CLIENTS.
-   */
-  private pin(b: BackendConnection, reason: string): void {
-    b.needsReset = true;
-    if (this.pinned !== null) return;
-    this.pinned = reason;
-    this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, reason }, 'client pinned to its backend (session state)');
-  }
-
-  private unpin(): void {
-    if (this.pinned === null) return;
-    this.ctx.logger.info({ client: this.id, reason: this.pinned }, 'client unpinned');
-    this.pinned = null;
-    if (this.backend !== null) this.backend.needsReset = false;
-  }
-
-  /** Keeps the analysis of the held message `m` for when it is forwarded. */
-  private rememberFirst(c: Classification, m: HeldMessage): void {
-    this.firstClass = c;
-    this.firstClassBuf = m.buf;
-    this.firstClassAt = m.start;
-  }
-
-  /** The analysis of an unnamed Parse's query (the first message's is already at hand). */
-  private unnamedParseClass(buf: Buffer, start: number, end: number): Classification | null {
-    if (this.firstClassBuf === buf && this.firstClassAt === start) {
-      this.firstClassBuf = null;
-      return this.firstClass!;
-    }
-    const q = readCstr(buf, start + 6, end);
-    return q === null ? null : this.ctx.classify(q[0]);
-  }
-
-  /** The analysis of a Query message (the first message's is already at hand). */
-  private queryClass(buf: Buffer, start: number, end: number): Classification {
-    if (this.firstClassBuf === buf && this.firstClassAt === start) {
-      this.firstClassBuf = null;
-      return this.firstClass!;
-    }
-    return this.ctx.classify(buf.toString('utf8', start + 5, end - 1));
-  }
-
-  /** Writes a message pgmux built (after what is pending, keeping order). */
-  private emit(msg: Buffer): void {
-    this.flushRun();
-    if (!this.backend!.write(msg)) this.pauseReading();
-  }
-
-  private flushRun(): void {
-    const buf = this.runBuf;
-    if (buf === null) return;
-    this.runBuf = null;
-    const b = this.backend;
-    if (b === null) return;
-    const out = this.runStart === 0 && this.runEnd === buf.length ? buf : buf.subarray(this.runStart, this.runEnd);
-    if (!b.write(out)) this.pauseReading();
+      },
+      log: (fields, msg) => this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, ...fields }, msg),
+    };
   }
 
   // ---- startup and authentication (src/session/handshake.ts) -------------------------
@@ -511,11 +334,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       },
       register: () => {
         if (!this.ctx.register(this)) return false;
-        this.tracking = this.ctx.config().poolMode === 'transaction';
+        this.requests.tracking = this.ctx.config().poolMode === 'transaction';
         return true;
       },
       setState: (state) => {
-        this.state = state;
+        this.setState(state);
       },
       suspend: () => this.suspend(),
       resume: () => this.resume(),
@@ -528,12 +351,12 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.suspended = false;
     if (how.kind === 'admin') {
       this.admin = new AdminSession(this.ctx, this.adminHost(), how.role);
-      this.state = ClientState.Admin;
+      this.setState(ClientState.Admin);
       this.ctx.stats.clientLogins++;
     } else {
       this.reported = new Map(how.welcome);
       this.fingerprint = null;
-      this.state = ClientState.Idle;
+      this.setState(ClientState.Idle);
       this.ctx.stats.clientLogins++;
       this.ctx.logger.debug({ client: this.id, user: this.user, db: this.database, remote: this.remote }, 'client logged in');
     }
@@ -556,7 +379,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    * classifier) to a replica chosen by the balancer, everything else to the primary.
    */
   private beginTransaction(): void {
-    this.state = ClientState.Waiting;
+    this.setState(ClientState.Waiting);
     this.routeTransaction();
     // Waiting for a backend does not stop reading from the client: a client that waits
     // sends nothing more (or little, held above), and pausing and resuming its socket cost
@@ -566,15 +389,15 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   private routeTransaction(): void {
     if (this.lsnPending) return; // resumed once the last write's LSN is known
-    if (this.tracking && (this.answerPrepareLocally() || this.refuseSqlPrepared() || this.handleListen())) return;
+    if (this.requests.tracking && this.answerLocally()) return;
     if (this.ctx.isPaused(this.database)) {
       this.ctx.park(this); // PAUSE: the transaction starts on RESUME
       return;
     }
     this.waitStartedAt = this.ctx.clock.now;
     const cfg = this.ctx.config();
-    this.retryable = false;
-    const route = cfg.poolMode === 'session' ? null : this.classifyFirst();
+    const route = cfg.poolMode === 'session' ? null : this.requests.classifyFirst(this.held[0]!);
+    this.retryable = route !== null && this.requests.loneRead;
     if (route !== null && route.target === 'replica' && !this.mustReadFromPrimary(cfg)) {
       const choice = this.ctx.chooseRead(cfg.readYourWrites === 'lsn' ? this.minLsn : null, route.maxLagMs ?? null, this.avoidNode);
       if (this.ctx.logger.isLevelEnabled('debug')) {
@@ -613,72 +436,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.poolFor(n).acquire(this, this.ctx.clock.now);
   }
 
-  /**
-   * A batch of only named Parse messages and a Sync, outside a transaction (libpq's
-   * PQprepare, pgbench -M prepared, psycopg's prepare): pgmux records the statements and
-   * answers ParseComplete itself; the Parse runs on a backend when a Bind or Describe
-   * first needs it there. Taking a backend for it would make a synchronous prepare wait
-   * for the pool while the same client program holds a backend in another connection's
-   * open transaction: a deadlock with more clients than backends. The cost: an invalid
-   * statement reports PostgreSQL's error at its first use instead of at Parse.
-   */
-  private answerPrepareLocally(): boolean {
-    const held = this.held;
-    const n = held.length;
-    if (n < 2 || held[n - 1]!.type !== Msg.Sync) return false;
-    const parsed = [];
-    for (let i = 0; i < n - 1; i++) {
-      const m = held[i]!;
-      if (m.type !== Msg.Parse || m.buf[m.start + 5] === 0) return false;
-      const p = parseParse(m.buf, m.start, m.end);
-      if (p === null || this.stmts.has(p.name)) return false; // PostgreSQL must answer
-      parsed.push(p);
-    }
-    // Remembered for routing: a later Bind of a read statement may go to a replica.
-    for (const p of parsed) {
-      const c = this.ctx.classify(p.query);
-      this.statementClasses.set(p.name, c);
-      // A prepared LISTEN: its later Bind/Execute batches go to the shared listener too.
-      const ops = c.session?.listen;
-      if (ops && ops.length === 1) this.listenStatements.set(p.name, ops);
-    }
-    this.stmts.remember(parsed);
-    const out = Buffer.allocUnsafe(parsed.length * 5 + 6);
-    for (let i = 0; i < parsed.length; i++) PARSE_COMPLETE.copy(out, i * 5);
-    readyForQuery('I').copy(out, parsed.length * 5);
+  /** What pgmux answers itself at a transaction's start, without a backend. */
+  private answerLocally(): boolean {
+    const reply = this.requests.prepareLocally(this.held) ?? this.requests.refuseSqlPrepared(this.held);
+    if (reply === null) return this.handleListen();
     this.clearHeld();
-    this.state = ClientState.Idle;
-    this.socket.write(out);
-    this.resumeReading();
-    return true;
-  }
-
-  /**
-   * SQL-level PREPARE / EXECUTE / DEALLOCATE outside a transaction, in transaction mode:
-   * the statement would live on one backend and the next EXECUTE land on another, so
-   * pgmux says so up front (protocol-level prepared statements do work).
-   */
-  private refuseSqlPrepared(): boolean {
-    const m = this.held[0]!;
-    if (this.held.length !== 1 || m.type !== Msg.Query) return false;
-    const c = this.queryClass(m.buf, m.start, m.end);
-    // Kept for forwarding when not refused (classifyFirst reads it next).
-    this.rememberFirst(c, m);
-    if (c.statements !== 1 || c.session?.sqlPrepared !== true) return false;
-    this.clearHeld();
-    this.state = ClientState.Idle;
-    this.socket.write(
-      Buffer.concat([
-        errorResponse(
-          pgmuxError('featureNotSupported', {
-            message: 'SQL-level PREPARE, EXECUTE and DEALLOCATE are not supported in transaction pooling mode',
-            detail: 'The prepared statement would stay on one database connection while the next transaction may run on another.',
-            hint: 'Use protocol-level prepared statements (your driver\'s prepare/named statements), run them inside one transaction, or use pool_mode session.',
-          }),
-        ),
-        readyForQuery('I'),
-      ]),
-    );
+    this.setState(ClientState.Idle);
+    this.socket.write(reply);
     this.resumeReading();
     return true;
   }
@@ -689,16 +453,12 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    * (src/session/notifications.ts); pgmux answers as PostgreSQL would.
    */
   private handleListen(): boolean {
-    const plan = planListen(this.held, (sql) => this.ctx.classify(sql), this.listenStatements);
+    const plan = planListen(this.held, (sql) => this.ctx.classify(sql), this.requests.listenStatements);
     if (plan === null) return false;
     this.clearHeld();
-    this.firstClassBuf = null;
-    if (plan.parsed.length > 0) {
-      // Named like any other statement, so a later batch that mixes it with others still works.
-      const fresh = plan.parsed.filter((p) => !this.stmts.has(p.name));
-      for (const p of fresh) this.statementClasses.set(p.name, this.ctx.classify(p.query));
-      this.stmts.remember(fresh);
-    }
+    this.requests.forgetFirst();
+    // Named like any other statement, so a later batch that mixes it with others still works.
+    if (plan.parsed.length > 0) this.requests.remember(plan.parsed.filter((p) => !this.stmts.has(p.name)));
     runListenPlan(plan, this.changeSubscription, (out) => this.finishListen(out));
     return true;
   }
@@ -718,7 +478,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   private finishListen(out: Buffer[]): void {
     if (this.state !== ClientState.Waiting) return;
-    this.state = ClientState.Idle;
+    this.setState(ClientState.Idle);
     out.push(readyForQuery('I'));
     this.socket.write(Buffer.concat(out));
     this.resumeReading();
@@ -732,18 +492,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   deliverNotification(msg: Buffer): void {
     if (this.state === ClientState.Closed) return;
     // Inside a transaction it waits for the transaction's end, as PostgreSQL's own would.
-    if (this.state === ClientState.Linked && !this.atTransactionBoundary(this.backend!)) this.pendingNotifications.push(msg);
+    if (this.state === ClientState.Linked && !this.requests.atTransactionBoundary(this.backend!)) this.pendingNotifications.push(msg);
     else this.socket.write(msg);
   }
 
-  /**
-   * The linked backend owes the client nothing and holds no transaction or open batch: the
-   * one point where a backend may go back to its pool and notifications may be delivered.
-   * (A pipelining client still expects answers on the same backend.)
-   */
-  private atTransactionBoundary(b: BackendConnection): boolean {
-    return b.txStatus === 0x49 /* I */ && b.pendingRfq === 0 && !this.extendedOpen;
-  }
 
   private readonly flushNotifications = (): void => {
     if (this.pendingNotifications.length === 0 || this.state === ClientState.Closed) return;
@@ -778,7 +530,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (this.state === ClientState.Waiting) return true;
     const b = this.backend;
     // Session mode keeps a backend linked while idle: only a running transaction counts.
-    return this.state === ClientState.Linked && b !== null && !this.atTransactionBoundary(b);
+    return this.state === ClientState.Linked && b !== null && !this.requests.atTransactionBoundary(b);
   }
 
   view(): ClientView {
@@ -795,51 +547,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       backendNode: this.backend?.node.name ?? null,
       backendPid: this.backend?.pid ?? null,
       preparedStatements: this.stmts.size,
-      pinned: this.pinned,
+      pinned: this.requests.pinned,
     };
   }
 
   /** read_your_writes=window: reads stay on the primary for a while after a write. */
   private mustReadFromPrimary(cfg: ReturnType<ProxyContext['config']>): boolean {
     return cfg.readYourWrites === 'window' && this.ctx.clock.now - this.lastWriteAt < cfg.readYourWritesWindowMs;
-  }
-
-  /**
-   * Classifies the first held message: Query text, Parse text, or a named statement's class.
-   * A lone read sets `this.retryable` as a side result (no object per transaction for it).
-   */
-  private classifyFirst(): { readonly target: 'primary' | 'replica'; readonly reason: string; readonly maxLagMs?: number } {
-    const m = this.held[0]!;
-    const body = m.start + 5;
-    switch (m.type) {
-      case Msg.Query: {
-        const c = this.queryClass(m.buf, m.start, m.end);
-        this.rememberFirst(c, m);
-        // A lone read outside a transaction may be re-run elsewhere if its replica dies
-        // before answering; nothing else may (onBackendAcquired checks it is still alone).
-        this.retryable = c.target === 'replica' && c.statements === 1 && !c.beginsTransaction;
-        return c;
-      }
-      case Msg.Parse: {
-        const name = readCstr(m.buf, body, m.end);
-        const query = name && readCstr(m.buf, name[1], m.end);
-        if (!name || !query) return MALFORMED_PARSE;
-        const c = this.ctx.classify(query[0]);
-        if (name[0] !== '') this.statementClasses.set(name[0], c);
-        else {
-          this.rememberFirst(c, m);
-        }
-        return c;
-      }
-      case Msg.Bind: {
-        const portal = readCstr(m.buf, body, m.end);
-        const stmt = portal && readCstr(m.buf, portal[1], m.end);
-        const target = stmt ? this.statementClasses.get(stmt[0])?.target : undefined;
-        return target ? { target, reason: `prepared statement "${stmt![0]}"` } : UNKNOWN_STATEMENT;
-      }
-      default:
-        return { target: 'primary', reason: `starts with message "${String.fromCharCode(m.type)}"` };
-    }
   }
 
   onBackendAcquired(b: BackendConnection): void {
@@ -849,11 +563,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     this.backend = b;
     b.link(this);
-    this.state = ClientState.Linked;
+    this.setState(ClientState.Linked);
     this.transactions++;
     this.ctx.countRouted(b.node, this.routedWrite ? 'write' : 'read', this.ctx.clock.now - this.waitStartedAt);
     // Only a read that is still alone (nothing more arrived with it or while it waited).
-    this.replay.arm(this.held, this.retryable, this.tracking ? this.statementKnown : null);
+    this.replay.arm(this.held, this.retryable, this.requests.tracking ? this.statementKnown : null);
     const sock = b.socket;
     sock.cork();
     // Fast path: the backend already carries exactly these settings (clients with the same
@@ -866,13 +580,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     const held = this.held;
     this.clearHeld();
-    for (let i = 0; i < held.length && this.state === ClientState.Linked; i++) {
+    for (let i = 0; i < held.length && this.linked; i++) {
       const m = held[i]!;
-      this.forwardMessage(m.type, m.buf, m.start, m.end);
+      this.requests.forward(b, m.type, m.buf, m.start, m.end);
     }
-    this.flushRun();
+    this.requests.flushRun();
     sock.uncork();
-    if (this.state === ClientState.Linked) {
+    if (this.linked) {
       this.resumeReading();
       this.drain();
     }
@@ -921,13 +635,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       // so they are prepared again (hidden) with the new result type.
       this.ctx.logger.info({ client: this.id }, 're-running a batch whose prepared statement changed shape (DDL)');
       b.socket.cork();
-      for (const m of batch) this.forwardMessage(m.type, m.buf, m.start, m.end);
-      this.flushRun();
+      for (const m of batch) this.requests.forward(b, m.type, m.buf, m.start, m.end);
+      this.requests.flushRun();
       b.socket.uncork();
       return;
     }
-    if (b === null || !this.atTransactionBoundary(b)) return;
-    if (this.pinned !== null) {
+    if (b === null || !this.requests.atTransactionBoundary(b)) return;
+    if (this.requests.pinned !== null) {
       // The client keeps its backend; what the shared listener heard meanwhile goes out
       // after the ReadyForQuery now on its way.
       if (this.pendingNotifications.length > 0) queueMicrotask(this.flushNotifications);
@@ -936,7 +650,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (this.ctx.config().poolMode === 'transaction') {
       const cfg = this.ctx.config();
       const needLsn = this.routedWrite && cfg.readYourWrites === 'lsn';
-      const settings = this.settingsTracker.dirty ? this.settingsTracker.take(this.settings, b.applied, cfg.trackExtraParameters) : NONE;
+      const settings = this.requests.settings.dirty ? this.requests.settings.take(this.settings, b.applied, cfg.trackExtraParameters) : NONE;
       if (needLsn || settings.length > 0) this.releaseAfterCapture(b, needLsn, settings);
       else {
         if (this.routedWrite) this.lastWriteAt = this.ctx.clock.now;
@@ -960,7 +674,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.ctx.logger.debug({ client: this.id, settings: params }, 'reading back settings the transaction may have changed');
     }
     this.backend = null;
-    this.state = ClientState.Idle;
+    this.requests.detach();
+    this.setState(ClientState.Idle);
     this.attempts = 0;
     this.avoidNode = null;
     b.unlink();
@@ -991,7 +706,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   private releaseBackend(b: BackendConnection): void {
     this.backend = null;
-    this.state = ClientState.Idle;
+    this.requests.detach();
+    this.setState(ClientState.Idle);
     this.attempts = 0;
     this.avoidNode = null;
     b.unlink();
@@ -1040,6 +756,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   onBackendLost(b: BackendConnection, why: string): void {
     this.backend = null;
+    this.requests.detach();
     if (this.state === ClientState.Closed) return;
     const read = this.replay.takeRead();
     if (read !== null && this.attempts < MAX_ROUTE_ATTEMPTS) {
@@ -1050,7 +767,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.clearHeld();
       for (const m of read) this.hold(m);
       this.avoidNode = b.node.name;
-      this.state = ClientState.Idle;
+      this.setState(ClientState.Idle);
       this.beginTransaction();
       return;
     }
@@ -1127,10 +844,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   close(reason: ClientCloseReason): void {
     if (this.state === ClientState.Closed) return;
     const wasLoggedIn = this.state !== ClientState.Startup && this.state !== ClientState.Auth;
-    this.state = ClientState.Closed;
+    this.setState(ClientState.Closed);
     this.closeReason = reason;
     this.clearHeld();
-    this.runBuf = null;
+    this.requests.detach();
     this.handshake.release();
     if (this.pool) this.pool.cancelWait(this);
     const b = this.backend;

@@ -50,8 +50,9 @@ export function planListen(
   const first = held[0]!;
   if (first.type === Msg.Query) {
     if (n !== 1) return null;
-    const ops = classify(first.buf.toString('utf8', first.start + 5, first.end - 1)).session?.listen;
-    if (!ops) return null;
+    const fx = classify(first.buf.toString('utf8', first.start + 5, first.end - 1)).session;
+    if (!fx?.onlyListen) return null;
+    const ops = fx.listen!;
     const steps: ListenStep[] = [];
     for (const op of ops) steps.push(op, tagOf(op));
     return { steps, parsed: [] };
@@ -69,9 +70,10 @@ export function planListen(
     switch (m.type) {
       case Msg.Parse: {
         const p = parseParse(m.buf, m.start, m.end);
-        const ops = p === null ? null : classify(p.query).session?.listen;
+        const fx = p === null ? undefined : classify(p.query).session;
         // Several statements in one Parse is PostgreSQL's error to report, on a backend.
-        if (!ops || ops.length !== 1 || p === null) return null;
+        if (!fx?.onlyListen || fx.listen!.length !== 1 || p === null) return null;
+        const ops = fx.listen!;
         statements.set(p.name, ops);
         if (p.name !== '') {
           parsed.push(p);

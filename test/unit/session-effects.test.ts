@@ -109,7 +109,8 @@ describe('LISTEN / UNLISTEN', () => {
   });
 
   it('LISTEN beside other statements is not for the shared listener', () => {
-    expect(fx('BEGIN; LISTEN a; COMMIT')?.listen).toBeNull();
+    expect(fx('BEGIN; LISTEN a; COMMIT')).toMatchObject({ onlyListen: false, listen: [{ kind: 'listen', channel: 'a' }] });
+    expect(fx('LISTEN a')?.onlyListen).toBe(true);
     expect(fx('NOTIFY a')).toBeUndefined();
   });
 });

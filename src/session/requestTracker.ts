@@ -1,0 +1,387 @@
+// The requests of one client on the backend it holds (transaction mode): per message, the
+// bookkeeping that decides when the backend may go back to its pool (ReadyForQuery owed,
+// an extended-protocol batch open), what each statement does to session state (from the
+// statement analysis in src/routing/: settings to read back, state that pins the client,
+// DEALLOCATE / DISCARD ALL), the rewriting of named prepared statements
+// (statementForwarder.ts), and the coalescing of forwarded bytes into one write per run.
+//
+// The one release rule lives here: atTransactionBoundary(). The client session acts on it.
+
+import type { BackendConnection } from '../pool/backend.js';
+import { Expect } from '../pool/backend.js';
+import type { HeldMessage } from '../protocol/framer.js';
+import { errorResponse, Msg, queryMessage, readCstr, readyForQuery } from '../protocol/messages.js';
+import { pgmuxError } from '../protocol/errors.js';
+import type { Classification, ListenOp, SessionEffects } from '../routing/classifier.js';
+import { bindStatement, buildParse, parseParse, targetOf, type ParsedParse } from './preparedStatements.js';
+import { SettingsTracker } from './settingsTracker.js';
+import type { StatementForwarder } from './statementForwarder.js';
+
+/** What the tracker needs from the client session. */
+export interface RequestHost {
+  classify(sql: string): Classification;
+  /** Writing to the backend must wait ('drain'): stop reading the client. */
+  pauseReading(): void;
+  /** The client sent Terminate. */
+  terminated(): void;
+  /** DISCARD ALL ran: it ended the client's LISTENs too. */
+  discardedAll(): void;
+  /** LISTEN / UNLISTEN run on the pinned backend: the shared listener drops those channels. */
+  listensOnBackend(ops: readonly ListenOp[]): void;
+  log(fields: Record<string, unknown>, msg: string): void;
+}
+
+/** What routing needs of a transaction's first message. */
+export interface RouteClass {
+  readonly target: 'primary' | 'replica';
+  readonly reason: string;
+  readonly maxLagMs?: number;
+}
+
+const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
+const READY_IDLE = readyForQuery('I');
+const MALFORMED_PARSE = { target: 'primary', reason: 'malformed Parse' } as const;
+const UNKNOWN_STATEMENT = { target: 'primary', reason: 'unknown statement' } as const;
+
+export class RequestTracker {
+  /** Parse/Bind/... sent without their Sync: the backend still owes this batch's answers. */
+  extendedOpen = false;
+  /** Why this client keeps its backend between transactions (session state), or null. */
+  pinned: string | null = null;
+  /** Named statements -> their Parse's analysis (routes a later Bind, and its session effects). */
+  readonly statementClasses = new Map<string, Classification>();
+  /** Named statements that are LISTEN / UNLISTEN, answered by pgmux (see listenRequests.ts). */
+  readonly listenStatements = new Map<string, readonly ListenOp[]>();
+  /** The last classifyFirst() read one read-only statement outside a transaction. */
+  loneRead = false;
+  /** Settings this client's statements may have changed: read back when the backend goes back. */
+  readonly settings = new SettingsTracker();
+  /** The analysis of the message routing read first, so forwarding it does not decode it again. */
+  private firstClass: Classification | null = null;
+  private firstClassBuf: Buffer | null = null;
+  private firstClassAt = -1;
+  /** The backend of the message being forwarded (set by forward()). */
+  private backend: BackendConnection | null = null;
+  // Contiguous run of client bytes to forward with one write.
+  private runBuf: Buffer | null = null;
+  private runStart = 0;
+  private runEnd = 0;
+
+  /** Transaction mode: statements and session state are tracked (session mode only forwards). */
+  tracking = false;
+
+  constructor(
+    private readonly host: RequestHost,
+    /** This client's named prepared statements (transaction mode). */
+    readonly stmts: StatementForwarder,
+  ) {}
+
+  /**
+   * The backend owes the client nothing and holds no transaction or open batch: the one
+   * point where a backend may go back to its pool and notifications may be delivered.
+   * (A pipelining client still expects answers on the same backend.)
+   */
+  atTransactionBoundary(b: BackendConnection): boolean {
+    return b.txStatus === 0x49 /* I */ && b.pendingRfq === 0 && !this.extendedOpen;
+  }
+
+  /** The backend went back or is gone: nothing of it is kept. */
+  detach(): void {
+    this.backend = null;
+    this.runBuf = null;
+  }
+
+  /** Hot path: bookkeeping by type, then extend the current forward run. */
+  forward(b: BackendConnection, type: number, buf: Buffer, start: number, end: number): void {
+    this.backend = b;
+    const tracking = this.tracking;
+    switch (type) {
+      case Msg.Query:
+        b.pendingRfq++;
+        if (tracking) {
+          const fx = this.queryClass(buf, start, end).session;
+          if (fx !== undefined && this.onSessionEffects(b, fx, null)) return;
+          b.expect(Expect.Rfq);
+        }
+        break;
+      case Msg.FunctionCall:
+        b.pendingRfq++;
+        if (tracking) b.expect(Expect.Rfq);
+        break;
+      case Msg.Sync:
+        b.pendingRfq++;
+        this.extendedOpen = false;
+        if (tracking) b.expect(Expect.Rfq);
+        break;
+      case Msg.Parse:
+        this.extendedOpen = true;
+        if (tracking) {
+          if (buf[start + 5] !== 0) {
+            this.flushRun();
+            const p = parseParse(buf, start, end);
+            const c = p === null ? null : this.host.classify(p.query);
+            if (p !== null && c !== null && !this.stmts.has(p.name)) this.statementClasses.set(p.name, c);
+            if (c?.session !== undefined) this.onSessionEffects(b, c.session, undefined);
+            this.stmts.parse(b, buf, start, end, p);
+            return;
+          }
+          // Drivers (psycopg) also send DEALLOCATE through the extended protocol.
+          const fx = this.unnamedParseClass(buf, start, end)?.session;
+          if (fx !== undefined && this.onSessionEffects(b, fx, parseParse(buf, start, end))) return;
+          b.expect(Expect.Parse);
+        }
+        break;
+      case Msg.Bind:
+        this.extendedOpen = true;
+        // Unnamed portal + unnamed statement (the common case) is forwarded as is.
+        if (tracking && !(buf[start + 5] === 0 && buf[start + 6] === 0)) {
+          const st = bindStatement(buf, start, end);
+          if (st !== null && st.name !== '' && this.stmts.has(st.name)) {
+            // A statement prepared earlier does what its text does, each time it runs.
+            const fx = this.statementClasses.get(st.name)?.session;
+            if (fx !== undefined) this.onSessionEffects(b, fx, undefined);
+            this.flushRun();
+            this.stmts.rewrite(b, type, buf, start, end, st.nameStart, st.nameEnd, st.name);
+            return;
+          }
+        }
+        break;
+      case Msg.Describe:
+      case Msg.Close:
+        this.extendedOpen = true;
+        if (tracking) {
+          if (buf[start + 5] === 0x53 /* S */ && buf[start + 6] !== 0) {
+            const t = targetOf(buf, start, end);
+            if (t !== null && this.stmts.has(t.name)) {
+              this.flushRun();
+              if (type === Msg.Close) this.stmts.close(b, buf, start, end, t.nameStart, t.nameEnd, t.name);
+              else this.stmts.rewrite(b, type, buf, start, end, t.nameStart, t.nameEnd, t.name);
+              return;
+            }
+          }
+          if (type === Msg.Close) b.expect(Expect.Close);
+        }
+        break;
+      case Msg.Execute:
+      case Msg.Flush:
+        this.extendedOpen = true;
+        break;
+      case Msg.Terminate:
+        this.flushRun();
+        this.host.terminated();
+        return;
+      default:
+        break; // CopyData / CopyDone / CopyFail: part of a running statement
+    }
+    if (this.runBuf === buf && this.runEnd === start) {
+      this.runEnd = end;
+      return;
+    }
+    this.flushRun();
+    this.runBuf = buf;
+    this.runStart = start;
+    this.runEnd = end;
+  }
+
+  /**
+   * Acts on what a statement does to session state (src/routing/sessionEffects.ts), before
+   * it is forwarded. `deallocateVia` says how a DEALLOCATE arrived: null for a Query, the
+   * Parse for an unnamed Parse, undefined where it cannot be rewritten (a named statement).
+   * Returns true when the message was written here (a rewritten DEALLOCATE).
+   */
+  private onSessionEffects(b: BackendConnection, fx: SessionEffects, deallocateVia: ParsedParse | null | undefined): boolean {
+    this.settings.note(fx);
+    if (fx.dirtiesBackend) b.needsReset = true;
+    if (fx.pin !== null) this.pin(b, fx.pin);
+    if (fx.listen !== null) {
+      // Forwarded LISTEN runs on this backend: the client must stay where it listens, and
+      // hear each channel from one place only (not also from the shared listener).
+      if (fx.pin === null) this.pin(b, 'LISTEN inside a transaction');
+      this.host.listensOnBackend(fx.listen);
+    }
+    // DISCARD ALL resets settings, drops temporary state and ends every LISTEN; inside a
+    // transaction block it fails and changes nothing.
+    if (fx.discardAll && b.txStatus === 0x49 /* I */) {
+      this.unpin();
+      b.applied.clear();
+      b.syncedFingerprint = null;
+      this.host.discardedAll();
+    }
+    if (deallocateVia === undefined || (!fx.dropsAllStatements && fx.deallocate === null)) return false;
+    const r =
+      deallocateVia === null
+        ? this.stmts.deallocate(b, fx, queryMessage, Expect.Rfq)
+        : this.stmts.deallocate(b, fx, (sql) => buildParse('', sql, deallocateVia.rest), Expect.Parse);
+    return r === 'sent';
+  }
+
+  /**
+   * Session state pgmux cannot move between backends (temporary tables, session advisory
+   * locks, WITH HOLD cursors, LISTEN inside a transaction, SQL PREPARE, DO blocks): rather
+   * than break silently, the client keeps its backend from now on, as in session mode, until
+   * DISCARD ALL or it disconnects; then the backend is reset before anyone else gets it.
+   * Counted in pgmux_pinned_clients and shown by SHOW CLIENTS.
+   */
+  private pin(b: BackendConnection, reason: string): void {
+    b.needsReset = true;
+    if (this.pinned !== null) return;
+    this.pinned = reason;
+    this.host.log({ reason }, 'client pinned to its backend (session state)');
+  }
+
+  unpin(): void {
+    if (this.pinned === null) return;
+    this.host.log({ reason: this.pinned }, 'client unpinned');
+    this.pinned = null;
+    if (this.backend !== null) this.backend.needsReset = false;
+  }
+
+  /**
+   * Classifies a transaction's first message for routing: Query text, Parse text, or a
+   * named statement's class. Whether it is a lone read is left in `loneRead` (no object per
+   * transaction for it).
+   */
+  classifyFirst(m: HeldMessage): RouteClass {
+    this.loneRead = false;
+    const body = m.start + 5;
+    switch (m.type) {
+      case Msg.Query: {
+        const c = this.queryClass(m.buf, m.start, m.end);
+        this.rememberFirst(c, m);
+        // A lone read outside a transaction may be re-run elsewhere if its replica dies
+        // before answering; nothing else may (the session checks it is still alone).
+        this.loneRead = c.target === 'replica' && c.statements === 1 && !c.beginsTransaction;
+        return c;
+      }
+      case Msg.Parse: {
+        const name = readCstr(m.buf, body, m.end);
+        const query = name && readCstr(m.buf, name[1], m.end);
+        if (!name || !query) return MALFORMED_PARSE;
+        const c = this.host.classify(query[0]);
+        if (name[0] !== '') this.statementClasses.set(name[0], c);
+        else this.rememberFirst(c, m);
+        return c;
+      }
+      case Msg.Bind: {
+        const portal = readCstr(m.buf, body, m.end);
+        const stmt = portal && readCstr(m.buf, portal[1], m.end);
+        const target = stmt ? this.statementClasses.get(stmt[0])?.target : undefined;
+        return target ? { target, reason: `prepared statement "${stmt![0]}"` } : UNKNOWN_STATEMENT;
+      }
+      default:
+        return { target: 'primary', reason: `starts with message "${String.fromCharCode(m.type)}"` };
+    }
+  }
+
+  /**
+   * A batch of only named Parse messages and a Sync, outside a transaction (libpq's
+   * PQprepare, pgbench -M prepared, psycopg's prepare): pgmux records the statements and
+   * answers ParseComplete itself; the Parse runs on a backend when a Bind or Describe
+   * first needs it there. Taking a backend for it would make a synchronous prepare wait
+   * for the pool while the same client program holds a backend in another connection's
+   * open transaction: a deadlock with more clients than backends. The cost: an invalid
+   * statement reports PostgreSQL's error at its first use instead of at Parse.
+   */
+  prepareLocally(held: readonly HeldMessage[]): Buffer | null {
+    const n = held.length;
+    if (n < 2 || held[n - 1]!.type !== Msg.Sync) return null;
+    const parsed = [];
+    for (let i = 0; i < n - 1; i++) {
+      const m = held[i]!;
+      if (m.type !== Msg.Parse || m.buf[m.start + 5] === 0) return null;
+      const p = parseParse(m.buf, m.start, m.end);
+      if (p === null || this.stmts.has(p.name)) return null; // PostgreSQL must answer
+      parsed.push(p);
+    }
+    this.remember(parsed);
+    const out = Buffer.allocUnsafe(parsed.length * 5 + 6);
+    for (let i = 0; i < parsed.length; i++) PARSE_COMPLETE.copy(out, i * 5);
+    READY_IDLE.copy(out, parsed.length * 5);
+    return out;
+  }
+
+  /**
+   * Named statements prepared without a backend: remembered for routing (a later Bind of a
+   * read statement may go to a replica) and, for a LISTEN, for the shared listener.
+   */
+  remember(parsed: ParsedParse[]): void {
+    for (const p of parsed) {
+      const c = this.host.classify(p.query);
+      this.statementClasses.set(p.name, c);
+      const fx = c.session;
+      if (fx?.onlyListen && fx.listen!.length === 1) this.listenStatements.set(p.name, fx.listen!);
+    }
+    this.stmts.remember(parsed);
+  }
+
+  /**
+   * SQL-level PREPARE / EXECUTE / DEALLOCATE outside a transaction, in transaction mode:
+   * the statement would live on one backend and the next EXECUTE land on another, so
+   * pgmux says so up front (protocol-level prepared statements do work).
+   */
+  refuseSqlPrepared(held: readonly HeldMessage[]): Buffer | null {
+    const m = held[0]!;
+    if (held.length !== 1 || m.type !== Msg.Query) return null;
+    const c = this.queryClass(m.buf, m.start, m.end);
+    // Kept for forwarding when not refused (classifyFirst reads it next).
+    this.rememberFirst(c, m);
+    if (c.statements !== 1 || c.session?.sqlPrepared !== true) return null;
+    return Buffer.concat([
+      errorResponse(
+        pgmuxError('featureNotSupported', {
+          message: 'SQL-level PREPARE, EXECUTE and DEALLOCATE are not supported in transaction pooling mode',
+          detail: 'The prepared statement would stay on one database connection while the next transaction may run on another.',
+          hint: 'Use protocol-level prepared statements (your driver\'s prepare/named statements), run them inside one transaction, or use pool_mode session.',
+        }),
+      ),
+      READY_IDLE,
+    ]);
+  }
+
+  /** The held message routing read was answered by pgmux itself: never forwarded. */
+  forgetFirst(): void {
+    this.firstClassBuf = null;
+  }
+
+  /** Keeps the analysis of the held message `m` for when it is forwarded. */
+  rememberFirst(c: Classification, m: HeldMessage): void {
+    this.firstClass = c;
+    this.firstClassBuf = m.buf;
+    this.firstClassAt = m.start;
+  }
+
+  /** The analysis of an unnamed Parse's query (the first message's is already at hand). */
+  private unnamedParseClass(buf: Buffer, start: number, end: number): Classification | null {
+    if (this.firstClassBuf === buf && this.firstClassAt === start) {
+      this.firstClassBuf = null;
+      return this.firstClass!;
+    }
+    const q = readCstr(buf, start + 6, end);
+    return q === null ? null : this.host.classify(q[0]);
+  }
+
+  /** The analysis of a Query message (the first message's is already at hand). */
+  queryClass(buf: Buffer, start: number, end: number): Classification {
+    if (this.firstClassBuf === buf && this.firstClassAt === start) {
+      this.firstClassBuf = null;
+      return this.firstClass!;
+    }
+    return this.host.classify(buf.toString('utf8', start + 5, end - 1));
+  }
+
+  /** Writes a message pgmux built (after what is pending, keeping order). */
+  emit(msg: Buffer): void {
+    this.flushRun();
+    if (!this.backend!.write(msg)) this.host.pauseReading();
+  }
+
+  flushRun(): void {
+    const buf = this.runBuf;
+    if (buf === null) return;
+    this.runBuf = null;
+    const b = this.backend;
+    if (b === null) return;
+    const out = this.runStart === 0 && this.runEnd === buf.length ? buf : buf.subarray(this.runStart, this.runEnd);
+    if (!b.write(out)) this.host.pauseReading();
+  }
+}
