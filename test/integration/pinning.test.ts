@@ -45,4 +45,28 @@ describe('pinning for session state in transaction mode', () => {
     await a.end();
     await b.end();
   });
+
+  it('the backend a pinned client leaves is reset before the next client, counted in /metrics and SHOW SERVERS', async () => {
+    const { createMetrics } = await import('../../src/observability/metrics.js');
+    const resets = async (): Promise<number> => Number(/^pgmux_backend_resets_total (\d+)$/m.exec(await createMetrics(proxy.proxy).render())![1]);
+    const before = await resets();
+    const a = await pgClient(proxy.port);
+    await a.query('/* app=x */ CREATE TEMP TABLE person (id int)');
+    const pid = (await a.query('SELECT pg_backend_pid() AS p')).rows[0].p;
+    const resetsOf = (): number | undefined => proxy.proxy.backends().find((b) => b.pid === pid)?.resets;
+    const was = resetsOf()!;
+    await a.end();
+    await expect.poll(resets, { timeout: 5000 }).toBe(before + 1);
+    expect(resetsOf()).toBe(was + 1);
+    // Whoever gets that backend next can create the same temporary table.
+    const clients = await Promise.all([pgClient(proxy.port), pgClient(proxy.port)]);
+    for (const c of clients) {
+      await c.query('BEGIN');
+      await c.query('CREATE TEMP TABLE person (id int) ON COMMIT DROP');
+    }
+    for (const c of clients) {
+      await c.query('COMMIT');
+      await c.end();
+    }
+  });
 });
