@@ -19,8 +19,8 @@ import { buildSyncSql, settingsSignature } from './paramSync.js';
 import { parseLsn } from '../cluster/topology.js';
 import type { NotificationSink } from './notifications.js';
 import { planListen, runListenPlan } from './listenRequests.js';
+import { ClientListens } from './clientListens.js';
 import { readBack } from './settingsTracker.js';
-import type { ListenOp } from '../routing/classifier.js';
 import { StatementForwarder } from './statementForwarder.js';
 import { RequestTracker, type RequestHost } from './requestTracker.js';
 import { ReplayGuard } from './replayGuard.js';
@@ -126,6 +126,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private readonly stmts: StatementForwarder;
   /** Per message on the linked backend: release bookkeeping, session effects, forwarding. */
   private readonly requests: RequestTracker;
+  /** Subscriptions on the shared listener, and notifications waiting for a transaction's end. */
+  private readonly listens: ClientListens;
 
   /** The client connection: the accepted socket, or the TLS socket over it after SSLRequest. */
   private socket: net.Socket;
@@ -145,6 +147,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
     this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.requests.emit(msg));
     this.requests = new RequestTracker(this.requestHost(), this.stmts);
+    this.listens = new ClientListens(ctx.notifications, this, () => this);
     this.connectedAt = this.lastActiveAt = ctx.clock.now;
     ctx.track(this);
     this.handshake = new ClientHandshake(ctx, this.handshakeHost(), this.reader, {
@@ -292,15 +295,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       classify: (sql) => this.ctx.classify(sql),
       pauseReading: () => this.pauseReading(),
       terminated: () => this.close('client_terminate'),
-      listensOnBackend: (ops) => {
-        if (!this.listening) return;
-        for (const op of ops) this.ctx.notifications.unsubscribe(this, this.database, this.user, op.channel);
-      },
-      discardedAll: () => {
-        if (!this.listening) return;
-        this.listening = false;
-        this.ctx.notifications.unsubscribe(this, this.database, this.user, null);
-      },
+      listensOnBackend: (ops) => this.listens.movedToBackend(ops),
+      discardedAll: () => this.listens.endAll(),
       log: (fields, msg) => this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, ...fields }, msg),
     };
   }
@@ -459,22 +455,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.requests.forgetFirst();
     // Named like any other statement, so a later batch that mixes it with others still works.
     if (plan.parsed.length > 0) this.requests.remember(plan.parsed.filter((p) => !this.stmts.has(p.name)));
-    runListenPlan(plan, this.changeSubscription, (out) => this.finishListen(out));
+    runListenPlan(plan, this.listens.change, (out) => this.finishListen(out));
     return true;
   }
-
-  /** One LISTEN / UNLISTEN on the shared listener; an ErrorResponse when it failed. */
-  private readonly changeSubscription = (op: ListenOp): Promise<Buffer | null> | null => {
-    if (op.kind === 'unlisten') {
-      this.ctx.notifications.unsubscribe(this, this.database, this.user, op.channel);
-      return null;
-    }
-    this.listening = true;
-    return this.ctx.notifications.subscribe(this, this.database, this.user, op.channel!).then(
-      () => null,
-      (err: Error) => errorResponse(err instanceof PgmuxError ? { ...err.spec, severity: 'ERROR' } : pgmuxError('backendUnavailable', { detail: err.message })),
-    );
-  };
 
   private finishListen(out: Buffer[]): void {
     if (this.state !== ClientState.Waiting) return;
@@ -485,23 +468,17 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.drain();
   }
 
-  private listening = false;
-  private pendingNotifications: Buffer[] = [];
-
   /** A notification for this client: now if between messages, else after the transaction. */
   deliverNotification(msg: Buffer): void {
     if (this.state === ClientState.Closed) return;
     // Inside a transaction it waits for the transaction's end, as PostgreSQL's own would.
-    if (this.state === ClientState.Linked && !this.requests.atTransactionBoundary(this.backend!)) this.pendingNotifications.push(msg);
+    if (this.state === ClientState.Linked && !this.requests.atTransactionBoundary(this.backend!)) this.listens.hold(msg);
     else this.socket.write(msg);
   }
 
-
   private readonly flushNotifications = (): void => {
-    if (this.pendingNotifications.length === 0 || this.state === ClientState.Closed) return;
-    const out = Buffer.concat(this.pendingNotifications);
-    this.pendingNotifications = [];
-    this.socket.write(out);
+    const out = this.state === ClientState.Closed ? null : this.listens.take();
+    if (out !== null) this.socket.write(out);
   };
 
   private readPaused = false;
@@ -644,7 +621,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (this.requests.pinned !== null) {
       // The client keeps its backend; what the shared listener heard meanwhile goes out
       // after the ReadyForQuery now on its way.
-      if (this.pendingNotifications.length > 0) queueMicrotask(this.flushNotifications);
+      if (this.listens.anyWaiting) queueMicrotask(this.flushNotifications);
       return;
     }
     if (this.ctx.config().poolMode === 'transaction') {
@@ -857,7 +834,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     this.ctx.unregister(this);
     this.ctx.untrack(this);
-    if (this.listening) this.ctx.notifications.unsubscribe(this, this.database, this.user, null);
+    this.listens.endAll();
     this.ctx.unpark(this);
     if (!this.socket.destroyed) {
       this.socket.end();
