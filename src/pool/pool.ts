@@ -137,7 +137,6 @@ export class Pool {
       this.discard(b, 'reset_failed');
       return;
     }
-    this.resets++;
     this.counters.backendResets++;
     b.resets++;
     b.runInternal(query).then(
@@ -154,9 +153,6 @@ export class Pool {
       },
     );
   }
-
-  /** Backends reset before reuse (server_reset_query), over this pool's life. */
-  resets = 0;
 
   /** Backends created before this are closed when next released (RECONNECT). */
   private recycleBefore = 0;

@@ -350,23 +350,24 @@ export class RequestTracker {
     this.firstClassAt = m.start;
   }
 
+  /** The kept analysis when the message at buf[start] is the one routing read, once; else null. */
+  private takeFirst(buf: Buffer, start: number): Classification | null {
+    if (this.firstClassBuf !== buf || this.firstClassAt !== start) return null;
+    this.firstClassBuf = null;
+    return this.firstClass;
+  }
+
   /** The analysis of an unnamed Parse's query (the first message's is already at hand). */
   private unnamedParseClass(buf: Buffer, start: number, end: number): Classification | null {
-    if (this.firstClassBuf === buf && this.firstClassAt === start) {
-      this.firstClassBuf = null;
-      return this.firstClass!;
-    }
+    const first = this.takeFirst(buf, start);
+    if (first !== null) return first;
     const q = readCstr(buf, start + 6, end);
     return q === null ? null : this.host.classify(q[0]);
   }
 
   /** The analysis of a Query message (the first message's is already at hand). */
   queryClass(buf: Buffer, start: number, end: number): Classification {
-    if (this.firstClassBuf === buf && this.firstClassAt === start) {
-      this.firstClassBuf = null;
-      return this.firstClass!;
-    }
-    return this.host.classify(buf.toString('utf8', start + 5, end - 1));
+    return this.takeFirst(buf, start) ?? this.host.classify(buf.toString('utf8', start + 5, end - 1));
   }
 
   /** Writes a message pgmux built (after what is pending, keeping order). */
