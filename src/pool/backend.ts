@@ -76,10 +76,29 @@ export type BackendCloseReason =
 let nextId = 1;
 
 const PARSE_COMPLETE = 0x31; // '1'
+const BIND_COMPLETE = 0x32; // '2'
+const PARAMETER_DESCRIPTION = 0x74; // 't'
+const NO_DATA = 0x6e; // 'n'
 const NOTICE_RESPONSE = 0x4e; // 'N'
 const ROW_DESCRIPTION = 0x54; // 'T'
 const PARAMETER_STATUS = 0x53; // 'S'
 const CLOSE_COMPLETE = 0x33; // '3'
+
+/**
+ * What a backend sends before a statement has a result: a re-run elsewhere sends it again,
+ * so it does not count as an answer (see `answered`).
+ */
+function preamble(type: number): boolean {
+  return (
+    type === NOTICE_RESPONSE ||
+    type === ROW_DESCRIPTION ||
+    type === PARAMETER_STATUS ||
+    type === PARSE_COMPLETE ||
+    type === BIND_COMPLETE ||
+    type === PARAMETER_DESCRIPTION ||
+    type === NO_DATA
+  );
+}
 
 export enum Expect {
   Parse = 1,
@@ -313,7 +332,8 @@ export class BackendConnection implements ScanSink {
 
   /**
    * Since link(): an answer went to the owner, i.e. a message other than NoticeResponse,
-   * RowDescription or ParameterStatus, which come before any row or result.
+   * ParameterStatus, or the extended protocol's ParseComplete, BindComplete,
+   * ParameterDescription, NoData and RowDescription, which come before any row or result.
    */
   answered = false;
   /** Type of the message the scanner is in now (the last one started). */
@@ -454,14 +474,15 @@ export class BackendConnection implements ScanSink {
   hiding(type: number): boolean {
     this.lastType = type;
     if (this.hiddenRfq > 0 || this.owner === null) return true;
-    if (type !== NOTICE_RESPONSE && type !== ROW_DESCRIPTION && type !== PARAMETER_STATUS) this.answered = true;
     if (this.expHead < this.expKind.length && (type === PARSE_COMPLETE || type === CLOSE_COMPLETE)) {
       const k = this.expKind[this.expHead]!;
       if (type === PARSE_COMPLETE ? k === Expect.Parse || k === Expect.ParseHidden : k === Expect.Close || k === Expect.CloseHidden) {
         this.expHead++;
-        return k === Expect.ParseHidden || k === Expect.CloseHidden;
+        // A hidden CloseComplete never reaches the client: it is no answer.
+        if (k === Expect.ParseHidden || k === Expect.CloseHidden) return true;
       }
     }
+    if (!this.answered && !preamble(type)) this.answered = true;
     return false;
   }
 
