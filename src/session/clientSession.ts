@@ -206,12 +206,20 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // One write per read chunk, even when pgmux adds or rewrites messages in it.
     const corked = this.backend?.socket ?? null;
     corked?.cork();
+    let forwarded = false;
     while (this.state !== ClientState.Closed && !this.suspended && r.next()) {
-      if (this.state === ClientState.Linked) this.requests.forward(this.backend!, r.type, r.msg, r.msgStart, r.end);
-      else this.handleMessage(r.type, r.msg, r.msgStart, r.bodyStart, r.end);
+      if (this.state === ClientState.Linked) {
+        this.requests.forward(this.backend!, r.type, r.msg, r.msgStart, r.end);
+        forwarded = true;
+      } else this.handleMessage(r.type, r.msg, r.msgStart, r.bodyStart, r.end);
     }
     this.requests.flushRun();
     corked?.uncork();
+    if (forwarded) {
+      // A request sent after a lone read went to its backend too: the read may no longer run elsewhere.
+      const held = this.replay.moreRequests();
+      if (held !== null && this.state !== ClientState.Closed) this.socket.write(held);
+    }
     if (this.beginPending) {
       this.beginPending = false;
       if (this.state === ClientState.Waiting) this.beginTransaction();
@@ -719,7 +727,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    * the client once, and its retry prepares the statement afresh.
    */
   onBackendError(fields: Map<string, string>): void {
-    const held = this.replay.onError(this.stmts.onError(fields));
+    const held = this.replay.onError(fields, this.stmts.onError(fields));
     if (held !== null) this.socket.write(held);
   }
 
@@ -741,8 +749,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.ctx.logger.info({ client: this.id, node: b.node.name, why }, 're-running a read on another node');
       this.ctx.stats.readRetries++;
       this.attempts++;
+      // The statement its Parse defined lived on the dead backend only: the re-run defines it.
+      if (read.parsed !== null) this.stmts.forget(read.parsed);
+      this.stmts.batchDone();
       this.clearHeld();
-      for (const m of read) this.hold(m);
+      for (const m of read.messages) this.hold(m);
       this.avoidNode = b.node.name;
       this.setState(ClientState.Idle);
       this.beginTransaction();

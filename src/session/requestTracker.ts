@@ -52,7 +52,11 @@ export class RequestTracker {
   readonly statementClasses = new Map<string, Classification>();
   /** Named statements that are LISTEN / UNLISTEN, answered by pgmux (see listenRequests.ts). */
   readonly listenStatements = new Map<string, readonly ListenOp[]>();
-  /** The last classifyFirst() read one read-only statement outside a transaction. */
+  /**
+   * The last classifyFirst() read one read-only statement outside a transaction (a Query,
+   * or a Parse or Bind of one): it may be re-run elsewhere if its replica dies before
+   * answering, when the request is alone (replayGuard.ts checks its shape).
+   */
   loneRead = false;
   /** Settings this client's statements may have changed: read back when the backend goes back. */
   readonly settings = new SettingsTracker();
@@ -248,9 +252,7 @@ export class RequestTracker {
       case Msg.Query: {
         const c = this.queryClass(m.buf, m.start, m.end);
         this.rememberFirst(c, m);
-        // A lone read outside a transaction may be re-run elsewhere if its replica dies
-        // before answering; nothing else may (the session checks it is still alone).
-        this.loneRead = c.target === 'replica' && c.statements === 1 && !c.beginsTransaction;
+        this.loneRead = oneRead(c);
         return c;
       }
       case Msg.Parse: {
@@ -260,13 +262,16 @@ export class RequestTracker {
         const c = this.host.classify(query[0]);
         if (name[0] !== '') this.statementClasses.set(name[0], c);
         else this.rememberFirst(c, m);
+        this.loneRead = oneRead(c);
         return c;
       }
       case Msg.Bind: {
         const portal = readCstr(m.buf, body, m.end);
         const stmt = portal && readCstr(m.buf, portal[1], m.end);
-        const target = stmt ? this.statementClasses.get(stmt[0])?.target : undefined;
-        return target ? { target, reason: `prepared statement "${stmt![0]}"` } : UNKNOWN_STATEMENT;
+        const c = stmt ? this.statementClasses.get(stmt[0]) : undefined;
+        if (c === undefined) return UNKNOWN_STATEMENT;
+        this.loneRead = oneRead(c);
+        return { target: c.target, reason: `prepared statement "${stmt![0]}"` };
       }
       default:
         return { target: 'primary', reason: `starts with message "${String.fromCharCode(m.type)}"` };
@@ -385,4 +390,9 @@ export class RequestTracker {
     const out = this.runStart === 0 && this.runEnd === buf.length ? buf : buf.subarray(this.runStart, this.runEnd);
     if (!b.write(out)) this.host.pauseReading();
   }
+}
+
+/** One read-only statement that opens no transaction: nothing is done twice if it runs again. */
+function oneRead(c: Classification): boolean {
+  return c.target === 'replica' && c.statements === 1 && !c.beginsTransaction;
 }

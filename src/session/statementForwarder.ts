@@ -45,6 +45,11 @@ export class StatementForwarder {
     return this.statements.has(name);
   }
 
+  /** A Parse that never reached a live backend (its read re-runs): as if never sent. */
+  forget(name: string): void {
+    this.statements.delete(name);
+  }
+
   /** Registers statements whose Parse pgmux answered itself (prepared on first use). */
   remember(parsed: readonly ParsedParse[]): void {
     for (const p of parsed) this.statements.set(p.name, this.statementFor(p));
