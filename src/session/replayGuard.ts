@@ -58,9 +58,12 @@ export class ReplayGuard {
 
   /**
    * The client sent more on the backend (a pipelined request): the read is no longer alone,
-   * so it is never re-run. Returns what was held for it, which the client must now see.
+   * so it is never re-run (the later request would go unanswered), nor is a batch not yet
+   * failing (its re-run would come after the later request). Returns what was held for the
+   * read, which the client must now see.
    */
   moreRequests(): Buffer | null {
+    if (this.batch !== null && !this.replaying) this.batch = null; // nothing held yet: no error came
     if (this.read === null) return null;
     this.read = null;
     const held = this.readReplies;

@@ -119,4 +119,24 @@ describe('ReplayGuard: reply bytes and answers', () => {
     expect(g.filter(Buffer.from('D'), backend(true, 'D'))?.toString()).toBe('D');
     expect(g.takeRead()).toBeNull();
   });
+
+  it('a request sent after a batch of a named statement: a stale-plan error is not replayed behind it', () => {
+    const g = new ReplayGuard();
+    const batch = held(bindMsg('', 's1'), describeMsg('P', ''), executeMsg(), syncMsg());
+    g.arm(batch, false, (n) => n === 's1');
+    expect(g.moreRequests()).toBeNull();
+    expect(g.filter(Buffer.from('E'), backend(true, 'E'))?.toString()).toBe('E');
+    expect(g.onError(new Map([['C', '0A000'], ['M', 'cached plan must not change result type']]), true)).toBeNull();
+    expect(g.takeReplay()).toBeNull();
+  });
+
+  it('without a later request, the stale-plan batch is replayed', () => {
+    const g = new ReplayGuard();
+    const batch = held(bindMsg('', 's1'), describeMsg('P', ''), executeMsg(), syncMsg());
+    g.arm(batch, false, (n) => n === 's1');
+    expect(g.filter(Buffer.from('E'), backend(true, 'E'))).toBeNull();
+    expect(g.onError(new Map([['C', '0A000'], ['M', 'cached plan must not change result type']]), true)).toBeNull();
+    expect(g.filter(Buffer.from('Z'), backend(true, 'Z'))).toBeNull();
+    expect(g.takeReplay()).toHaveLength(4);
+  });
 });
