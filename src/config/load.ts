@@ -36,6 +36,7 @@ const defaults: Config = {
   clientIdleTimeoutMs: 0,
   idleTransactionTimeoutMs: 0,
   serverConnectTimeoutMs: 15_000,
+  serverLoginRetryMs: 15_000,
   clientLoginTimeoutMs: 60_000,
   // 64 MiB: far above any sane single query or row, small enough that one misbehaving
   // client cannot make pgmux buffer a gigabyte. PostgreSQL itself stops at 1 GiB per field.
@@ -414,6 +415,7 @@ const KEYS: KeySpec[] = [
   { key: 'client_idle_timeout', field: 'clientIdleTimeoutMs', parse: parseDuration },
   { key: 'idle_transaction_timeout', field: 'idleTransactionTimeoutMs', parse: parseDuration },
   { key: 'server_connect_timeout', field: 'serverConnectTimeoutMs', parse: parseDuration },
+  { key: 'server_login_retry', field: 'serverLoginRetryMs', parse: (v) => parseDurationAtLeast(v, 100) },
   { key: 'client_login_timeout', field: 'clientLoginTimeoutMs', parse: parseDuration },
   { key: 'max_message_size', field: 'maxMessageBytes', parse: parseSize },
   { key: 'admin_users', field: 'adminUsers', parse: (v) => parseUserList(v) },
@@ -826,6 +828,7 @@ export function configToObject(c: Config, opts: { reveal?: boolean } = {}): Reco
     client_idle_timeout: formatDuration(c.clientIdleTimeoutMs),
     idle_transaction_timeout: formatDuration(c.idleTransactionTimeoutMs),
     server_connect_timeout: formatDuration(c.serverConnectTimeoutMs),
+    server_login_retry: formatDuration(c.serverLoginRetryMs),
     client_login_timeout: formatDuration(c.clientLoginTimeoutMs),
     max_message_size: formatSize(c.maxMessageBytes),
     server_reset_query: c.serverResetQuery,

@@ -72,6 +72,8 @@ export interface Config {
   clientIdleTimeoutMs: number;
   idleTransactionTimeoutMs: number;
   serverConnectTimeoutMs: number;
+  /** Cap of the delay between connect attempts of a pool whose connects keep failing (server_login_retry). */
+  serverLoginRetryMs: number;
   /** Startup + authentication must finish within this. */
   clientLoginTimeoutMs: number;
 

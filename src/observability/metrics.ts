@@ -157,6 +157,11 @@ export function createMetrics(view: ProxyView): PgmuxMetrics {
     'Backends reset with server_reset_query before another client got them (a pinned client left, or session mode).',
     () => view.counters().backendResets,
   );
+  scalarCounter(
+    'pgmux_backend_connect_failures_total',
+    'Failed attempts to connect to and log in to a node (each attempt; retries back off up to server_login_retry).',
+    () => view.counters().backendConnectFailures,
+  );
   scalarCounter('pgmux_read_retries_total', 'Reads re-run on another node after theirs failed.', () => view.counters().readRetries);
   scalarCounter('pgmux_classifier_cache_hits_total', 'Read/write classifier cache hits.', () => view.classifierStats().hits);
   scalarCounter('pgmux_classifier_cache_misses_total', 'Read/write classifier cache misses.', () => view.classifierStats().misses);

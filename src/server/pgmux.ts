@@ -67,6 +67,7 @@ export class Proxy implements ProxyContext, ProxyView {
     failovers: 0,
     readRetries: 0,
     backendResets: 0,
+    backendConnectFailures: 0,
   };
   /** Databases paused by PAUSE (null entry = everything). */
   private readonly paused = new Set<string | null>();
@@ -306,11 +307,24 @@ export class Proxy implements ProxyContext, ProxyView {
     const key = node.name + '\0' + database + '\0' + user;
     let p = this.poolMap.get(key);
     if (!p || p.isClosed) {
-      p = new Pool(node, database, user, () => this.cfg, () => this.credentialsFor(user), this.logger, this.stats);
+      const knownFailure = this.droppedPoolFailures.get(key) ?? null;
+      this.droppedPoolFailures.delete(key);
+      const onDrop = (dropped: Pool) => {
+        if (this.poolMap.get(key) === dropped) this.poolMap.delete(key);
+        if (this.droppedPoolFailures.size >= 1000) this.droppedPoolFailures.clear();
+        if (dropped.lastFailure !== null) this.droppedPoolFailures.set(key, dropped.lastFailure);
+      };
+      p = new Pool(node, database, user, () => this.cfg, () => this.credentialsFor(user), this.logger, this.stats, { onDrop, knownFailure });
       this.poolMap.set(key, p);
     }
     return p;
   }
+
+  /**
+   * Why the pools dropped for a login failure failed (pool key -> logged text), so a client
+   * asking again for a missing database does not log the same warning again.
+   */
+  private readonly droppedPoolFailures = new Map<string, string>();
 
   allPools(): Pool[] {
     return [...this.poolMap.values()];
@@ -541,6 +555,7 @@ export class Proxy implements ProxyContext, ProxyView {
     this.applyReadPolicy();
     this.logger.level = next.logLevel;
     this.monitor.setNodes(next.nodes);
+    for (const p of this.poolMap.values()) p.fitToSize(); // pool_size applies now, not at the next sweep
     this.cfgVersion++;
     const message = `configuration ${this.cfgVersion} loaded` + (restartNeeded.length ? `; ${restartNeeded.join(', ')} change only on restart` : '');
     this.logger.info({ version: this.cfgVersion, nodes: next.nodes.map((n) => `${n.host}:${n.port}@${n.weight}`) }, message);

@@ -103,6 +103,7 @@ describe('DEFAULTS', () => {
       clientIdleTimeoutMs: 0,
       idleTransactionTimeoutMs: 0,
       serverConnectTimeoutMs: 15_000,
+      serverLoginRetryMs: 15_000,
       clientLoginTimeoutMs: 60_000,
       maxMessageBytes: 64 * 1024 * 1024,
       serverResetQuery: 'DISCARD ALL',
@@ -180,6 +181,7 @@ server_lifetime: 1h
 client_idle_timeout: 0.5
 idle_transaction_timeout: 250ms
 server_connect_timeout: 5s
+server_login_retry: 2s
 client_login_timeout: 1m
 max_message_size: 16MB
 server_reset_query: ''
@@ -242,6 +244,7 @@ max_unauthenticated_connections: 50
       clientIdleTimeoutMs: 500,
       idleTransactionTimeoutMs: 250,
       serverConnectTimeoutMs: 5000,
+      serverLoginRetryMs: 2000,
       clientLoginTimeoutMs: 60_000,
       maxMessageBytes: 16 * 1024 * 1024,
       serverResetQuery: '',
@@ -358,6 +361,7 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_CLIENT_IDLE_TIMEOUT: '4h',
       PGMUX_IDLE_TRANSACTION_TIMEOUT: '5ms',
       PGMUX_SERVER_CONNECT_TIMEOUT: '6',
+      PGMUX_SERVER_LOGIN_RETRY: '500ms',
       PGMUX_CLIENT_LOGIN_TIMEOUT: '7',
       PGMUX_MAX_MESSAGE_SIZE: '1MB',
       PGMUX_SERVER_RESET_QUERY: 'RESET ALL',
@@ -419,6 +423,7 @@ describe('precedence: defaults < file < env < flags', () => {
       clientIdleTimeoutMs: 14_400_000,
       idleTransactionTimeoutMs: 5,
       serverConnectTimeoutMs: 6000,
+      serverLoginRetryMs: 500,
       clientLoginTimeoutMs: 7000,
       maxMessageBytes: 1024 * 1024,
       serverResetQuery: 'RESET ALL',
@@ -657,6 +662,7 @@ describe('validation errors name the key', () => {
     ['auth_file', { auth_file: { a: 1 } }, 'auth_file', 'auth_file: a mapping is not a file path (in test.yaml)'],
     ['health_check_period 0', { health_check_period: 0 }, 'health_check_period', 'health_check_period: 0 is too short (at least 100ms) (in test.yaml)'],
     ['health_check_timeout', { health_check_timeout: '50ms' }, 'health_check_timeout', 'health_check_timeout: "50ms" is too short (at least 100ms) (in test.yaml)'],
+    ['server_login_retry', { server_login_retry: '10ms' }, 'server_login_retry', 'server_login_retry: "10ms" is too short (at least 100ms) (in test.yaml)'],
     ['health_check_max_retries', { health_check_max_retries: 0 }, 'health_check_max_retries', 'health_check_max_retries: 0 is out of range (expected 1..1000) (in test.yaml)'],
     ['health_check_user empty', { health_check_user: '' }, 'health_check_user', 'health_check_user: "" is not a user name (expected a non-empty string) (in test.yaml)'],
     ['health_check_database', { health_check_database: null }, 'health_check_database', 'health_check_database: an empty value is not a database name (expected a non-empty string) (in test.yaml)'],
