@@ -52,7 +52,7 @@ const KEY_ORDER = [
   'listen', 'nodes', 'pool_mode', 'pool_size', 'min_pool_size', 'max_client_conn',
   'auth', 'auth_file', 'server_password',
   'query_wait_timeout', 'server_idle_timeout', 'server_lifetime', 'client_idle_timeout',
-  'idle_transaction_timeout', 'server_connect_timeout', 'client_login_timeout',
+  'idle_transaction_timeout', 'server_connect_timeout', 'server_login_retry', 'client_login_timeout',
   'max_message_size', 'max_prepared_statements', 'server_reset_query',
   'admin_users', 'stats_users', 'log_level',
   'health_check_period', 'health_check_timeout', 'health_check_max_retries',
@@ -223,7 +223,7 @@ function parseConnString(s: string): Map<string, string> {
 
 const PGBOUNCER_DURATIONS = [
   'query_wait_timeout', 'server_idle_timeout', 'server_lifetime', 'client_idle_timeout',
-  'idle_transaction_timeout', 'server_connect_timeout', 'client_login_timeout',
+  'idle_transaction_timeout', 'server_connect_timeout', 'server_login_retry', 'client_login_timeout',
 ];
 
 /** Why some common PgBouncer settings have no pgmux counterpart. */

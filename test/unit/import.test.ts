@@ -67,6 +67,7 @@ describe('pgbouncer.ini', () => {
       clientIdleTimeoutMs: 0,
       idleTransactionTimeoutMs: 60_000,
       serverConnectTimeoutMs: 5000,
+      serverLoginRetryMs: 3000,
       clientLoginTimeoutMs: 20_000,
       maxMessageBytes: 16_777_216,
       maxPreparedStatements: 100,
