@@ -273,7 +273,7 @@ export class Pool {
         this.everConnected = true;
         const recovered = this.connectFailures > 0 || this.loggedFailure !== null;
         if (recovered) {
-          if (this.loggedFailure !== null) {
+          if (this.loggedFailure !== null && !this.closed) {
             this.logger.info({ node: this.node.name, db: this.database, user: this.user, failures: this.connectFailures }, 'backend connect recovered');
           }
           this.connectFailures = 0;

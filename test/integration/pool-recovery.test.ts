@@ -103,6 +103,24 @@ describe('pool_size follows RELOAD', () => {
     expect(backendsOf(proxy, 'app')).toBeLessThanOrEqual(2);
   });
 
+  it('lowered while idle: the backends above the new size are closed by the RELOAD itself', async () => {
+    const proxy = await startProxy({ ...primaryOnly(), poolSize: 4, adminUsers: ['postgres'] });
+    proxies.push(proxy);
+    const clients = await Promise.all(Array.from({ length: 4 }, () => connect(proxy.port)));
+    await Promise.all(clients.map((c) => oneTransaction(c, 0.3)));
+    expect(backendsOf(proxy, 'app')).toBe(4);
+    const pids = proxy.proxy.backends().map((b) => b.pid);
+    await reloadTo(proxy, 1);
+    expect(backendsOf(proxy, 'app')).toBe(1);
+    const direct = await connect(primaryPort());
+    await waitFor(
+      async () => (await direct.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ANY($1::int[])', [pids])).rows[0].n === 1,
+      5000,
+      () => 'the closed backends gone from the primary',
+    );
+    await Promise.all(clients.map((c) => c.query('SELECT 1')));
+  });
+
   it('raised: clients already waiting get new backends at once, not when the busy ones come back', async () => {
     const proxy = await startProxy({ ...primaryOnly(), poolSize: 1, adminUsers: ['postgres'] });
     proxies.push(proxy);
