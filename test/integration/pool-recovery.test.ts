@@ -125,7 +125,7 @@ describe('pool_size follows RELOAD', () => {
     const proxy = await startProxy({ ...primaryOnly(), poolSize: 1, adminUsers: ['postgres'] });
     proxies.push(proxy);
     const clients = await Promise.all(Array.from({ length: 4 }, () => connect(proxy.port)));
-    const holder = oneTransaction(clients[0]!, 3);
+    const holder = oneTransaction(clients[0]!, 4);
     await waitFor(() => proxy.proxy.pools()[0]?.stats.active === 1, 5000, () => 'the one backend busy');
     let holderDone = false;
     void holder.then(() => (holderDone = true));
