@@ -20,7 +20,7 @@ import { compileFunctionList, type FunctionRef, type FunctionSet } from './class
  * client's search_path.
  */
 export const VOLATILE_FUNCTIONS_SQL =
-  "SELECT pg_catalog.coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(f.nspname, f.proname)), '[]') " +
+  "SELECT COALESCE(pg_catalog.json_agg(pg_catalog.json_build_array(f.nspname, f.proname)), '[]') " +
   'FROM (SELECT DISTINCT n.nspname, p.proname FROM pg_catalog.pg_proc p ' +
   'JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace ' +
   "WHERE p.provolatile = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema')) f";
