@@ -493,7 +493,13 @@ class Analysis {
         if (i + 1 < e && isPunct(tokens[i + 1], '(')) {
           const schema = i - 2 >= s && isPunct(tokens[i - 1], '.') && isNameTok(tokens[i - 2]) ? tokens[i - 2]!.value : null;
           if (this.fns.matches(schema, t.value)) return write(`calls ${t.value}()`);
-          if (schema !== null || t.kind === 'quotedIdent' || !NOT_A_CALL.has(t.value)) this.noteCall(schema, t.value);
+          if (schema !== null || t.kind === 'quotedIdent' || !NOT_A_CALL.has(t.value)) {
+            // `FROM t v(x)`, `AS v(x)`: an alias with its column names. (After `)` it may be
+            // either: `DISTINCT ON (a) f()` is a call, so it counts as one.)
+            const prevTok = i > s ? tokens[i - 1]! : undefined;
+            const alias = schema === null && prevTok !== undefined && (prevTok.kind === 'ident' || prevTok.kind === 'quotedIdent' || this.w(i - 1) === 'as');
+            if (!alias) this.noteCall(schema, t.value);
+          }
         }
         if (t.kind === 'quotedIdent') continue;
         if (t.value === 'for') {
