@@ -152,8 +152,12 @@ export class Proxy implements ProxyContext, ProxyView {
     return this.functionCatalogs.check(database, user, calls, this.clock.now);
   }
 
+  /** Set by start --workers: the other workers' catalogs of `database` are stale too. */
+  onFunctionsChanged: ((database: string) => void) | null = null;
+
   functionsChanged(database: string): void {
     this.functionCatalogs.changed(database);
+    this.onFunctionsChanged?.(database);
   }
 
   /** pg_proc is the same on every node: the primary's (newest), else any node reads serve from. */
