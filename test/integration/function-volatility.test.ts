@@ -78,6 +78,11 @@ describe('function volatility from the catalog', () => {
       expect(simple.rows[0].standby).toBe(false);
       const extended = await c.query(`SELECT ${createOrder}($1) AS id, pg_is_in_recovery() AS standby`, ['extended']);
       expect(extended.rows[0].standby).toBe(false);
+      // A named statement: the second run is a Bind of the statement prepared by the first.
+      for (const note of ['named 1', 'named 2']) {
+        const named = await c.query({ name: 'create_order', text: `SELECT ${createOrder}($1) AS id, pg_is_in_recovery() AS standby`, values: [note] });
+        expect(named.rows[0].standby).toBe(false);
+      }
       const commented = await c.query(`/* controller='orders',action='create',framework='django' */ SELECT ${createOrder}('commented') AS id`);
       expect(commented.rows[0].id).toBeGreaterThan(0);
       const qualified = await c.query(`SELECT * FROM public.${createOrder}('qualified in FROM')`);
@@ -88,9 +93,9 @@ describe('function volatility from the catalog', () => {
       await c.end();
     }
     const rows = await primary.query(`SELECT note FROM ${orders} ORDER BY id`);
-    expect(rows.rows.map((r) => r.note)).toEqual(['simple', 'extended', 'commented', 'qualified in FROM', 'mixed']);
+    expect(rows.rows.map((r) => r.note).slice(0, 7)).toEqual(['simple', 'extended', 'named 1', 'named 2', 'commented', 'qualified in FROM', 'mixed']);
     const routed = proxy.proxy.counters().transactions.get(`${nodes()[0]!.host}:${nodes()[0]!.port}`);
-    expect(routed?.write).toBe(5);
+    expect(routed?.write).toBe(7);
   });
 
   it('STABLE and IMMUTABLE user functions and volatile built-ins stay on the replicas', async () => {
@@ -123,6 +128,10 @@ describe('function volatility from the catalog', () => {
       expect((await b.query(sql)).rows[0].standby).toBe(true);
       // The override names one function: the INSERTing one still goes to the primary.
       expect((await b.query(`SELECT ${createOrder}('still primary'), pg_is_in_recovery() AS standby`)).rows[0].standby).toBe(false);
+      // RELOAD picks up a new list.
+      plain.proxy.reloadSource = () => ({ ...plain.proxy.config(), readOnlyFunctions: [readingVolatile] });
+      expect((await plain.proxy.reload()).ok).toBe(true);
+      expect((await a.query(sql)).rows[0].standby).toBe(true);
     } finally {
       await a.end();
       await b.end();
