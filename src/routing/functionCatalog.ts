@@ -134,6 +134,7 @@ interface DatabaseCatalog {
 export interface CatalogLog {
   warn(fields: Record<string, unknown>, msg: string): void;
   info(fields: Record<string, unknown>, msg: string): void;
+  debug(fields: Record<string, unknown>, msg: string): void;
 }
 
 /** The volatile-function sets of every database clients use, and their loading. */
@@ -216,6 +217,7 @@ export class FunctionCatalogs {
         d.retryAt = 0;
         if (d.generation === generation) d.stale = false;
         if (recovered) this.log.info({ db: database, volatileFunctions: functions.size }, 'function catalog loaded again');
+        else this.log.debug({ db: database, volatileFunctions: functions.size }, 'function catalog loaded');
       },
       (err: Error) => {
         d.failures++;

@@ -128,7 +128,7 @@ describe('FunctionCatalogs', () => {
       const a = answers.shift() ?? new Error('no more answers');
       return new Promise((resolve, reject) => pending.push(() => (a instanceof Error ? reject(a) : resolve(a))));
     };
-    const log = { warn: (_f: Record<string, unknown>, m: string) => void warnings.push(m), info: () => {} };
+    const log = { warn: (_f: Record<string, unknown>, m: string) => void warnings.push(m), info: () => {}, debug: () => {} };
     const catalogs = new FunctionCatalogs(load, log, { readOnlyFunctions: [], refreshMs: 0, loadTimeoutMs: 5000 });
     const answerNext = async () => {
       pending.shift()!();
