@@ -399,11 +399,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const cfg = this.ctx.config();
     const route = cfg.poolMode === 'session' ? null : this.requests.classifyFirst(this.held[0]!);
     this.retryable = route !== null && this.requests.loneRead;
-    // A read calling a function the database's catalog says is VOLATILE may write.
+    // A read calling a function the database's catalog says is VOLATILE may write (checked
+    // even when read_your_writes sends the read to the primary: it must not be re-run).
     const volatile =
-      route !== null && route.target === 'replica' && route.calls !== undefined && !this.mustReadFromPrimary(cfg)
-        ? this.ctx.volatileCall(this.database, this.user, route.calls)
-        : null;
+      route !== null && route.target === 'replica' && route.calls !== undefined ? this.ctx.volatileCall(this.database, this.user, route.calls) : null;
     if (volatile !== null && typeof volatile === 'object') {
       void volatile.then(this.routeAgain); // the catalog is loading: once per database and after DDL
       return;
