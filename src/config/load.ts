@@ -11,6 +11,8 @@ import { parse as parseYaml } from 'yaml';
 import type { AuthMethod, Config, HostPort, LogLevel, NodeConfig, PoolMode, ReadYourWrites, TlsMinVersion } from './types.js';
 import { CLIENT_TLS_MODES, reloadTls, SERVER_TLS_MODES, TlsConfigError } from '../server/tls.js';
 import { HbaError, reloadHba } from '../server/hba.js';
+import { parseFunctionEntry } from '../routing/classifier.js';
+import { quoteName } from '../routing/functionCatalog.js';
 
 const MiB = 1024 * 1024;
 
@@ -64,6 +66,8 @@ const defaults: Config = {
   readYourWrites: 'off',
   readYourWritesWindowMs: 1000,
   writeFunctions: Object.freeze([]) as unknown as string[],
+  readOnlyFunctions: Object.freeze([]) as unknown as string[],
+  functionCatalogRefreshMs: 60_000,
   clientTls: 'disable',
   clientTlsCertFile: null,
   clientTlsKeyFile: null,
@@ -443,7 +447,9 @@ const KEYS: KeySpec[] = [
   { key: 'fallback_to_primary', field: 'fallbackToPrimary', parse: (v) => parseBoolean(v) },
   { key: 'read_your_writes', field: 'readYourWrites', parse: (v) => parseEnum(v, READ_YOUR_WRITES) },
   { key: 'read_your_writes_window', field: 'readYourWritesWindowMs', parse: parseDuration },
-  { key: 'write_functions', field: 'writeFunctions', parse: (v) => parseNameList(v) },
+  { key: 'write_functions', field: 'writeFunctions', parse: (v) => parseFunctionList(v, 'write_functions') },
+  { key: 'read_only_functions', field: 'readOnlyFunctions', parse: (v) => parseFunctionList(v, 'read_only_functions') },
+  { key: 'function_catalog_refresh', field: 'functionCatalogRefreshMs', parse: parseDuration },
   {
     key: 'client_tls',
     field: 'clientTls',
@@ -522,6 +528,26 @@ function parseNameList(v: Raw): string[] {
   return items.map((x) => {
     if (typeof x !== 'string' || !/^\s*[A-Za-z_][A-Za-z0-9_$.]*\s*$/.test(x)) throw new Invalid(`${show(x as Raw)} is not a function name`);
     return x.trim().toLowerCase();
+  });
+}
+
+/**
+ * write_functions / read_only_functions: a list (or comma-separated string) of `name`,
+ * `schema.name`, `"Quoted"` or `prefix*` entries, as the classifier reads them. Kept in a
+ * canonical form: unquoted names lowercased, quotes only where needed.
+ */
+function parseFunctionList(v: Raw, setting: string): string[] {
+  const items = typeof v === 'string' ? v.split(',').filter((x) => x.trim() !== '') : Array.isArray(v) ? v : null;
+  if (items === null) throw new Invalid(`${show(v)} is not a list of function names`);
+  return items.map((x) => {
+    if (typeof x !== 'string') throw new Invalid(`${show(x as Raw)} is not a function name`);
+    let e: { schema: string | null; name: string; prefix: boolean };
+    try {
+      e = parseFunctionEntry(x.trim(), setting);
+    } catch {
+      throw new Invalid(`${show(x)} is not a function name (expected name, schema.name, "Quoted" or a prefix ending in *)`);
+    }
+    return (e.schema === null ? '' : `${quoteName(e.schema)}.`) + quoteName(e.name) + (e.prefix ? '*' : '');
   });
 }
 
@@ -865,5 +891,7 @@ export function configToObject(c: Config, opts: { reveal?: boolean } = {}): Reco
     read_your_writes: c.readYourWrites,
     read_your_writes_window: formatDuration(c.readYourWritesWindowMs),
     write_functions: [...c.writeFunctions],
+    read_only_functions: [...c.readOnlyFunctions],
+    function_catalog_refresh: formatDuration(c.functionCatalogRefreshMs),
   };
 }

@@ -129,6 +129,10 @@ export interface Config {
   readYourWritesWindowMs: number;
   /** Extra functions that write or keep session state: statements calling them go to the primary. */
   writeFunctions: string[];
+  /** Functions that stay reads even when the database's catalog says VOLATILE. */
+  readOnlyFunctions: string[];
+  /** How often each database's list of volatile functions is reloaded; 0 = only after DDL. */
+  functionCatalogRefreshMs: number;
 
   // TLS and access (src/server/tls.ts, src/server/hba.ts, src/server/limits.ts).
   clientTls: ClientTlsMode;

@@ -113,6 +113,34 @@ export class Pool {
     this.maybeConnect();
   }
 
+  /**
+   * Runs one of pgmux's own one-row queries on a backend of this pool, taken in turn like a
+   * client's, and gives the backend back: no other login or credentials needed.
+   */
+  queryRow(sql: string): Promise<Array<string | null> | null> {
+    return new Promise((resolve, reject) => {
+      this.acquire(
+        {
+          onBackendAcquired: (b) => {
+            b.queryRow(sql).then(
+              (row) => {
+                this.release(b);
+                resolve(row);
+              },
+              (err: Error) => {
+                if (b.clean) this.release(b);
+                else this.discard(b, 'error');
+                reject(err);
+              },
+            );
+          },
+          onAcquireFailed: reject,
+        },
+        Date.now(),
+      );
+    });
+  }
+
   /** Forgets a waiter that left (client closed) before it got a backend. */
   cancelWait(waiter: PoolWaiter): void {
     const i = this.waiters.findIndex((w) => w.waiter === waiter);

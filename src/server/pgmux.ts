@@ -26,7 +26,8 @@ import { createMetrics } from '../observability/metrics.js';
 
 /** Upper bounds (ms) of the pool wait-time histogram buckets. */
 const WAIT_BUCKETS_MS = [0.1, 1, 5, 10, 50, 100, 500, 1000, 5000, 30000];
-import { Classifier, type Classification } from '../routing/classifier.js';
+import { Classifier, type Classification, type FunctionRef } from '../routing/classifier.js';
+import { FunctionCatalogs, VOLATILE_FUNCTIONS_SQL, type CatalogOptions } from '../routing/functionCatalog.js';
 import { ReadBalancer, type LagLimits, type ReadPolicy } from '../routing/balancer.js';
 
 export interface RunningPgmux {
@@ -98,6 +99,8 @@ export class Proxy implements ProxyContext, ProxyView {
   readonly notifications: NotificationHub;
   readonly monitor: ClusterMonitor;
   private classifier: Classifier;
+  /** Per database: its volatile functions (reads calling one go to the primary). */
+  readonly functionCatalogs: FunctionCatalogs;
   private readonly balancer: ReadBalancer;
   private readPolicy!: ReadPolicy;
 
@@ -112,6 +115,7 @@ export class Proxy implements ProxyContext, ProxyView {
     this.monitor = new ClusterMonitor(cfg, logger);
     this.monitor.on('snapshot', (s: TopologySnapshot) => this.onTopology(s));
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
+    this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
     this.balancer = new ReadBalancer(() => this.readPolicy);
     this.applyReadPolicy();
     this.admin = new AdminConsole(this);
@@ -143,6 +147,26 @@ export class Proxy implements ProxyContext, ProxyView {
 
   classify(sql: string): Classification {
     return this.classifier.classify(sql);
+  }
+
+  volatileCall(database: string, user: string, calls: readonly FunctionRef[]): string | null | Promise<void> {
+    return this.functionCatalogs.check(database, user, calls, this.clock.now);
+  }
+
+  /** Set by start --workers: the other workers' catalogs of `database` are stale too. */
+  onFunctionsChanged: ((database: string) => void) | null = null;
+
+  functionsChanged(database: string): void {
+    this.functionCatalogs.changed(database);
+    this.onFunctionsChanged?.(database);
+  }
+
+  /** pg_proc is the same on every node: the primary's (newest), else any node reads serve from. */
+  private async loadFunctionCatalog(database: string, user: string): Promise<string | null> {
+    const node = this.currentPrimary() ?? this.chooseRead(null, null, null).node;
+    if (node === null) throw new Error('no node is up');
+    const row = await this.pool(node, database, user).queryRow(VOLATILE_FUNCTIONS_SQL);
+    return row?.[0] ?? null;
   }
 
   chooseRead(minLsn: bigint | null, maxLagMsHint: number | null, avoid: string | null): { node: NodeAddress | null; reason: string } {
@@ -552,6 +576,7 @@ export class Proxy implements ProxyContext, ProxyView {
     this.cfg = { ...next, listen: prev.listen, http: prev.http };
     this.authEntries = entries;
     if (JSON.stringify(prev.writeFunctions) !== JSON.stringify(next.writeFunctions)) this.classifier = new Classifier({ writeFunctions: next.writeFunctions });
+    this.functionCatalogs.configure(catalogOptions(next));
     this.applyReadPolicy();
     this.logger.level = next.logLevel;
     this.monitor.setNodes(next.nodes);
@@ -600,6 +625,14 @@ export class Proxy implements ProxyContext, ProxyView {
   adminQuery(sql: string, role: 'admin' | 'stats'): Promise<Buffer> {
     return this.admin.run(sql, role);
   }
+}
+
+function catalogOptions(cfg: Config): CatalogOptions {
+  return {
+    readOnlyFunctions: cfg.readOnlyFunctions,
+    refreshMs: cfg.functionCatalogRefreshMs,
+    loadTimeoutMs: cfg.serverConnectTimeoutMs > 0 ? cfg.serverConnectTimeoutMs : 15_000,
+  };
 }
 
 export interface StartOptions {

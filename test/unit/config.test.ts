@@ -128,6 +128,8 @@ describe('DEFAULTS', () => {
       readYourWrites: 'off',
       readYourWritesWindowMs: 1000,
       writeFunctions: [],
+      readOnlyFunctions: [],
+      functionCatalogRefreshMs: 60_000,
       clientTls: 'disable',
       clientTlsCertFile: null,
       clientTlsKeyFile: null,
@@ -204,7 +206,9 @@ lag_hysteresis: 0.5
 fallback_to_primary: off
 read_your_writes: lsn
 read_your_writes_window: 250ms
-write_functions: [audit_log, App.Bump]
+write_functions: [audit_log, App.Bump, 'queue_*']
+read_only_functions: [uuid_next, '"Audit".Peek', '"Mixed Case"()']
+function_catalog_refresh: 5m
 client_tls: require
 client_tls_cert_file: ${pki.server.cert}
 client_tls_key_file: ${pki.server.key}
@@ -268,7 +272,9 @@ max_unauthenticated_connections: 50
       fallbackToPrimary: false,
       readYourWrites: 'lsn',
       readYourWritesWindowMs: 250,
-      writeFunctions: ['audit_log', 'app.bump'],
+      writeFunctions: ['audit_log', 'app.bump', 'queue_*'],
+      readOnlyFunctions: ['uuid_next', '"Audit".peek', '"Mixed Case"'],
+      functionCatalogRefreshMs: 300_000,
       clientTls: 'require',
       clientTlsCertFile: pki.server.cert,
       clientTlsKeyFile: pki.server.key,
@@ -386,6 +392,8 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_READ_YOUR_WRITES: 'window',
       PGMUX_READ_YOUR_WRITES_WINDOW: '3s',
       PGMUX_WRITE_FUNCTIONS: 'f1,s.f2',
+      PGMUX_READ_ONLY_FUNCTIONS: 'r1, S.R2',
+      PGMUX_FUNCTION_CATALOG_REFRESH: '0',
       PGMUX_CLIENT_TLS: 'Allow',
       PGMUX_CLIENT_TLS_CERT_FILE: pki.server.cert,
       PGMUX_CLIENT_TLS_KEY_FILE: pki.server.key,
@@ -448,6 +456,8 @@ describe('precedence: defaults < file < env < flags', () => {
       readYourWrites: 'window',
       readYourWritesWindowMs: 3000,
       writeFunctions: ['f1', 's.f2'],
+      readOnlyFunctions: ['r1', 's.r2'],
+      functionCatalogRefreshMs: 0,
       clientTls: 'allow',
       clientTlsCertFile: pki.server.cert,
       clientTlsKeyFile: pki.server.key,
@@ -785,6 +795,9 @@ describe('TLS and access', () => {
     ['client_tls_min_version', 'SSLv3', /is not a TLS version/],
     ['max_user_connections', -1, /out of range \(expected 0..1000000\)/],
     ['max_unauthenticated_connections', 'many', /not a whole number/],
+    ['read_only_functions', ['a.b.c'], /"a.b.c" is not a function name \(expected name, schema.name, "Quoted" or a prefix ending in \*\)/],
+    ['write_functions', ['f(1)'], /"f\(1\)" is not a function name/],
+    ['function_catalog_refresh', 'often', /not a duration/],
   ])('%s: %j is refused', (key, value, message) => {
     expect(() => yamlValue(key, value)).toThrow(message);
   });

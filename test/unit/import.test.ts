@@ -245,6 +245,13 @@ describe('pgpool.conf', () => {
     expect(x.warnings.some((w) => /^load_balance_mode = off: every node got weight 0 .* all reads go to the current primary/.test(w))).toBe(true);
   });
 
+  it('read_only_function_list and white_function_list become read_only_functions', () => {
+    const x = run("backend_hostname0 = 'a'\nread_only_function_list = 'peek,app.look,^get_.*'\nwhite_function_list = 'peek,uuid_next'\n");
+    expect(x.config.readOnlyFunctions).toEqual(['peek', 'app.look', 'uuid_next']);
+    expect(x.warnings.some((w) => /^read_only_function_list: \^get_\.\*: regular expressions are not supported/.test(w))).toBe(true);
+    expect(warningFor(x.warnings, 'white_function_list')).toHaveLength(0);
+  });
+
   it('warns that a weighted primary takes reads, like Pgpool-II', () => {
     const x = run("backend_hostname0 = 'a'\nbackend_hostname1 = 'b'\n");
     expect(x.config.nodes?.map((n) => n.weight)).toEqual([1, 1]);
