@@ -52,20 +52,24 @@ const MAX_PENDING_HOOKS = 100;
  * One query that works on a primary and a replica alike. pg_is_in_recovery() is read once
  * (a promotion between two reads would make pg_current_wal_lsn() fail). Timeline: exact
  * on a primary from the current WAL file name (pg_control_checkpoint() lags behind a
- * promotion until the next checkpoint); on a replica the timeline it is receiving, else
- * its last restartpoint's.
+ * promotion until the next checkpoint); on a replica the timeline its WAL receiver
+ * receives (NULL unless the user is a superuser or has pg_read_all_stats, e.g. through
+ * pg_monitor), else the newest of its last restartpoint's and its minimum recovery point's,
+ * which can lag behind a timeline switch for minutes (tli_exact says which it is).
  */
-export const PROBE_SQL = `WITH r AS MATERIALIZED (SELECT pg_is_in_recovery() AS rec)
+export const PROBE_SQL = `WITH r AS MATERIALIZED (SELECT pg_is_in_recovery() AS rec),
+w AS MATERIALIZED (SELECT (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1) AS tli)
 SELECT r.rec,
   CASE WHEN r.rec
-    THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1), (SELECT timeline_id FROM pg_control_checkpoint()))
+    THEN coalesce(w.tli, (SELECT greatest(c.timeline_id, nullif(v.min_recovery_end_timeline, 0)) FROM pg_control_checkpoint() c, pg_control_recovery() v))
     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
   END AS tli,
+  (NOT r.rec OR w.tli IS NOT NULL) AS tli_exact,
   (SELECT system_identifier::text FROM pg_control_system()) AS sysid,
   CASE WHEN r.rec THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END AS lsn,
   pg_last_wal_receive_lsn()::text AS recv,
   extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS replay_age_ms
-FROM r`;
+FROM r, w`;
 
 export interface NodeStateEvent {
   node: NodeSnapshot;
@@ -403,6 +407,7 @@ export class ClusterMonitor extends EventEmitter {
     };
     const tli = num(row.tli);
     if (tli !== null) out.timeline = tli;
+    if (typeof row.tli_exact === 'boolean') out.timelineExact = row.tli_exact;
     if (typeof row.sysid === 'string') out.systemId = row.sysid;
     const wal = lsn(row.lsn);
     if (wal !== null) out.walLsn = wal;

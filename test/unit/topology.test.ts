@@ -631,6 +631,13 @@ describe('diverged replicas', () => {
     expect(ss[3]!.nodes[2]!.state).toBe('up');
   });
 
+  it('a timeline read from the control file says so, and what the health-check user needs', () => {
+    const s = failover({ timelineExact: false })[4]!;
+    expect(s.nodes[2]!.state).toBe('diverged');
+    expect(s.nodes[2]!.reason).toMatch(/grant the health-check user pg_monitor or pg_read_all_stats/);
+    expect(failover({})[4]!.nodes[2]!.reason).not.toMatch(/pg_read_all_stats/);
+  });
+
   it('at or below the fork point an old reported timeline is no divergence (it can still switch)', () => {
     const s = failover({ walLsn: 10n * MB })[4]!;
     expect(s.nodes[2]).toMatchObject({ state: 'up', timeline: 1, lagBytes: 4096 });
