@@ -55,16 +55,18 @@ const MAX_PENDING_HOOKS = 100;
  * promotion until the next checkpoint); on a replica the timeline its WAL receiver
  * receives (NULL unless the user is a superuser or has pg_read_all_stats, e.g. through
  * pg_monitor), else the newest of its last restartpoint's and its minimum recovery point's,
- * which can lag behind a timeline switch for minutes (tli_exact says which it is).
+ * which can lag behind a timeline switch for minutes. tli_hidden: a WAL receiver runs but
+ * this user may not see its timeline.
  */
 export const PROBE_SQL = `WITH r AS MATERIALIZED (SELECT pg_is_in_recovery() AS rec),
-w AS MATERIALIZED (SELECT (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1) AS tli)
+w AS MATERIALIZED (SELECT (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1) AS tli,
+  EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status IS NULL) AS hidden)
 SELECT r.rec,
   CASE WHEN r.rec
     THEN coalesce(w.tli, (SELECT greatest(c.timeline_id, nullif(v.min_recovery_end_timeline, 0)) FROM pg_control_checkpoint() c, pg_control_recovery() v))
     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
   END AS tli,
-  (NOT r.rec OR w.tli IS NOT NULL) AS tli_exact,
+  (r.rec AND w.hidden) AS tli_hidden,
   (SELECT system_identifier::text FROM pg_control_system()) AS sysid,
   CASE WHEN r.rec THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END AS lsn,
   pg_last_wal_receive_lsn()::text AS recv,
@@ -407,7 +409,7 @@ export class ClusterMonitor extends EventEmitter {
     };
     const tli = num(row.tli);
     if (tli !== null) out.timeline = tli;
-    if (typeof row.tli_exact === 'boolean') out.timelineExact = row.tli_exact;
+    if (row.tli_hidden === true) out.timelineHidden = true;
     if (typeof row.sysid === 'string') out.systemId = row.sysid;
     const wal = lsn(row.lsn);
     if (wal !== null) out.walLsn = wal;

@@ -201,10 +201,11 @@ export interface ProbeResult {
   inRecovery?: boolean;
   timeline?: number;
   /**
-   * false: a replica's timeline from its control file (its WAL receiver was not visible),
-   * which can be older than the one it follows. Absent = exact.
+   * true: a replica's WAL receiver runs but the health-check user may not see its timeline
+   * (no pg_read_all_stats), so `timeline` is its control file's, which can be older than
+   * the one it follows.
    */
-  timelineExact?: boolean;
+  timelineHidden?: boolean;
   systemId?: string;
   /** Primary: pg_current_wal_lsn(); replica: pg_last_wal_replay_lsn(). */
   walLsn?: bigint;
@@ -444,7 +445,7 @@ export function deriveTopology(
   for (const w of work) {
     const d = w.draft;
     if (!w.fresh || d.state !== 'up' || d.role !== 'replica') continue;
-    const why = divergedReason(d, clusterTl, fork, winner?.draft, w.fresh.timelineExact !== false);
+    const why = divergedReason(d, clusterTl, fork, winner?.draft, w.fresh.timelineHidden === true);
     if (why !== null) {
       d.state = 'diverged';
       d.reason = why;
@@ -615,15 +616,15 @@ function nextFork(prev: TopologySnapshot | null, winner: Work | undefined): Time
 }
 
 /** Why a replica reporting `d` cannot be read from (its WAL left the cluster's history), or null. */
-function divergedReason(d: Draft, clusterTl: number | null, fork: TimelineFork | null, primary: Draft | undefined, exact: boolean): string | null {
+function divergedReason(d: Draft, clusterTl: number | null, fork: TimelineFork | null, primary: Draft | undefined, hidden: boolean): string | null {
   if (clusterTl === null || d.timeline === null || d.timeline >= clusterTl) return null;
   const onTl = `on timeline ${d.timeline} while ` + (primary ? `the primary ${primary.name} is on timeline ${clusterTl}` : `the cluster is on timeline ${clusterTl}`);
   const advice =
     ': its WAL may hold writes the primary never had; re-clone it or pg_rewind it to follow the primary' +
-    (exact
-      ? ''
-      : ' (its timeline is read from its control file, which lags behind a switch: grant the health-check user ' +
-        'pg_monitor or pg_read_all_stats so its WAL receiver\'s timeline can be read)');
+    (hidden
+      ? ' (its timeline is read from its control file, which lags behind a switch: grant the health-check user ' +
+        'pg_monitor or pg_read_all_stats so its WAL receiver\'s timeline can be read)'
+      : '');
   const known = fork !== null && fork.timeline === clusterTl && fork.lsn !== null ? fork.lsn : null;
   if (known !== null) {
     // At or below the fork point it can still switch to the new timeline.

@@ -13,6 +13,9 @@
 // (phase 3 excepted, the last).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Config } from '../../src/config/types.js';
 import type { TopologySnapshot } from '../../src/cluster/topology.js';
 import { LocalCluster } from '../../src/embedded/localCluster.js';
@@ -226,7 +229,13 @@ describe('node states: lagging, reads with no primary, diverged (private cluster
 
   it('a replica that replayed past the fork point cannot follow the new primary: diverged, no reads from it', async () => {
     // Every read may go anywhere (weight 1 everywhere): the promoted node1 keeps serving.
-    const p = await proxy({ nodes: cluster.nodes.map((n) => ({ host: n.host, port: n.port, weight: 1 })), maxLagMs: null, maxLagBytes: null });
+    const hookLog = join(mkdtempSync(join(tmpdir(), 'pgmux-states-')), 'hooks.log');
+    const p = await proxy({
+      nodes: cluster.nodes.map((n) => ({ host: n.host, port: n.port, weight: 1 })),
+      maxLagMs: null,
+      maxLagBytes: null,
+      onRoleChange: `echo "$PGMUX_EVENT $PGMUX_NODE $PGMUX_NEW_PRIMARY" >> '${hookLog}'`,
+    });
     const admin = await client(p.port, 'pgmux');
     const c = await client(p.port);
     await cluster.query('node0', 'CREATE TABLE ghost_t (id int PRIMARY KEY)');
@@ -286,6 +295,8 @@ describe('node states: lagging, reads with no primary, diverged (private cluster
     const errorLines = p.logs.filter((l) => l.level === 50 && l.msg.startsWith(`DIVERGED ${nameOf(port2)}`));
     expect(errorLines.length).toBe(1);
     expect((await createMetrics(p.proxy).render())).toContain(`pgmux_node_state{node="${nameOf(port2)}",state="diverged"} 1`);
+    await waitFor(() => existsSync(hookLog) && readFileSync(hookLog, 'utf8').includes('diverged'), 5000, () => `a diverged hook in ${hookLog}`);
+    expect(readFileSync(hookLog, 'utf8')).toContain(`diverged ${nameOf(port2)} ${nameOf(port1)}\n`);
     console.log(`[states] ${errorLines[0]!.msg}`);
   });
 });
