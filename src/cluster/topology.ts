@@ -48,8 +48,11 @@ export function currentRole(n: NodeSnapshot): NodeRole {
   return n.state === 'down' ? 'unknown' : n.role;
 }
 
-/** A node in one of these states takes traffic (a lagging replica only what its pools already run). */
-export function isAnswering(state: NodeState): boolean {
+/**
+ * Answers its checks and belongs to the cluster's current history: keeps its backends (a
+ * lagging replica only finishes what they already run; it gets no new reads).
+ */
+export function isHealthy(state: NodeState): boolean {
   return state === 'up' || state === 'lagging';
 }
 
@@ -461,7 +464,7 @@ export function deriveTopology(
   if (!primary) {
     for (const w of work) {
       const d = w.draft;
-      if (!isAnswering(d.state) || d.role !== 'replica' || d.walLsn === null) continue;
+      if (!isHealthy(d.state) || d.role !== 'replica' || d.walLsn === null) continue;
       if (!top || d.walLsn > top.draft.walLsn!) top = w;
     }
   }
@@ -518,7 +521,7 @@ export function deriveTopology(
   const readsStopped = primaryLostAt !== null && timeout > 0 && now - primaryLostAt >= timeout;
   for (const w of work) {
     const d = w.draft;
-    if (d.role !== 'replica' || !isAnswering(d.state)) continue;
+    if (d.role !== 'replica' || !isHealthy(d.state)) continue;
     if (readsStopped) {
       // Lag means nothing any more: a primary unreachable from here may be taking writes.
       d.state = 'lagging';

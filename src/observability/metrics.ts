@@ -10,7 +10,7 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Metric } from 'prom-client';
 import type { ProxyView } from '../admin/view.js';
-import { isAnswering, type NodeState } from '../cluster/topology.js';
+import { isHealthy, type NodeState } from '../cluster/topology.js';
 
 export interface PgmuxMetrics {
   registry: Registry;
@@ -167,7 +167,7 @@ export function createMetrics(view: ProxyView): PgmuxMetrics {
   scalarCounter('pgmux_client_login_failures_total', 'Failed client logins.', () => view.counters().clientLoginFailures);
 
   gauge('pgmux_node_up', '1 when the node answers health checks and belongs to the cluster (state up or lagging).', ['node'], (g) => {
-    for (const n of view.topology().nodes) g.set({ node: n.name }, isAnswering(n.state) ? 1 : 0);
+    for (const n of view.topology().nodes) g.set({ node: n.name }, isHealthy(n.state) ? 1 : 0);
   });
 
   gauge('pgmux_node_state', '1 for the state the node is in now (up, lagging, down, fenced, diverged, misconfigured).', ['node', 'state'], (g) => {

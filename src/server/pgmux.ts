@@ -10,7 +10,7 @@ import { BackendConnection, type BackendCredentials, type NodeAddress } from '..
 import { Pool } from '../pool/pool.js';
 import { ClientSession } from '../session/clientSession.js';
 import { ClusterMonitor } from '../cluster/monitor.js';
-import { isAnswering, lagPolicyOf, type NodeSnapshot, type TopologySnapshot } from '../cluster/topology.js';
+import { isHealthy, lagPolicyOf, type NodeSnapshot, type TopologySnapshot } from '../cluster/topology.js';
 import { cancelRequest } from '../protocol/messages.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import type { ProxyContext } from './context.js';
@@ -374,7 +374,7 @@ export class Proxy implements ProxyContext, ProxyView {
     for (const n of s.nodes) {
       // up <-> lagging is not a change here: a lagging replica keeps its backends (reads in
       // flight finish; the balancer sends it no new ones).
-      const role = `${n.role}/${isAnswering(n.state) ? 'up' : n.state}`;
+      const role = `${n.role}/${isHealthy(n.state) ? 'up' : n.state}`;
       if (this.lastRole.get(n.name) !== role) changed.add(n.name);
       this.lastRole.set(n.name, role);
     }
@@ -383,7 +383,7 @@ export class Proxy implements ProxyContext, ProxyView {
     // backends closed now, busy ones when their transactions end.
     for (const [key, pool] of this.poolMap) {
       const n = s.nodes.find((x) => x.name === pool.node.name);
-      if (!n || !isAnswering(n.state)) {
+      if (!n || !isHealthy(n.state)) {
         pool.closeAll('node_gone');
         this.poolMap.delete(key);
       } else if (changed.has(n.name)) {
