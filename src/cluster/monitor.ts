@@ -503,7 +503,7 @@ export class ClusterMonitor extends EventEmitter {
       case 'lagging':
         this.log.warn(
           { ...fields, lagBytes: node.lagBytes, lagMs: node.lagMs, ...lagLimitsFor(this.lagPolicy, node.name) },
-          `replica ${node.name} gets no reads: ${node.reason ?? ''}`,
+          `replica ${node.name} gets no reads: ${node.reason ?? ''} (lag ${node.lagBytes ?? '?'} bytes / ${node.lagMs === null ? '?' : Math.round(node.lagMs)} ms)`,
         );
         break;
       case 'up':
