@@ -122,6 +122,8 @@ export interface Config {
   maxLagMs: number | null;
   /** A lagging replica serves again once under (1 - this) x the limit. */
   lagHysteresis: number;
+  /** With no primary for this long, replicas stop serving reads; 0 = no limit. */
+  readWithoutPrimaryTimeoutMs: number;
   /** With no eligible replica, reads go to the primary (else: an error). */
   fallbackToPrimary: boolean;
   readYourWrites: ReadYourWrites;

@@ -10,7 +10,7 @@ import { BackendConnection, type BackendCredentials, type NodeAddress } from '..
 import { Pool } from '../pool/pool.js';
 import { ClientSession } from '../session/clientSession.js';
 import { ClusterMonitor } from '../cluster/monitor.js';
-import type { NodeSnapshot, TopologySnapshot } from '../cluster/topology.js';
+import { isHealthy, lagPolicyOf, type NodeSnapshot, type TopologySnapshot } from '../cluster/topology.js';
 import { cancelRequest } from '../protocol/messages.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import type { ProxyContext } from './context.js';
@@ -28,7 +28,7 @@ import { createMetrics } from '../observability/metrics.js';
 const WAIT_BUCKETS_MS = [0.1, 1, 5, 10, 50, 100, 500, 1000, 5000, 30000];
 import { Classifier, type Classification, type FunctionRef } from '../routing/classifier.js';
 import { FunctionCatalogs, VOLATILE_FUNCTIONS_SQL, type CatalogOptions } from '../routing/functionCatalog.js';
-import { ReadBalancer, type LagLimits, type ReadPolicy } from '../routing/balancer.js';
+import { ReadBalancer, type ReadPolicy } from '../routing/balancer.js';
 
 export interface RunningPgmux {
   /** Port clients connect to (the real one when listen port was 0). */
@@ -129,20 +129,9 @@ export class Proxy implements ProxyContext, ProxyView {
   }
 
   private applyReadPolicy(): void {
-    const perNode = new Map<string, Partial<LagLimits>>();
-    for (const n of this.cfg.nodes) {
-      const o: Partial<LagLimits> = {};
-      if (n.maxLagBytes !== undefined) o.maxLagBytes = n.maxLagBytes;
-      if (n.maxLagMs !== undefined) o.maxLagMs = n.maxLagMs;
-      perNode.set(`${n.host}:${n.port}`, o);
-    }
-    this.readPolicy = {
-      maxLagBytes: this.cfg.maxLagBytes,
-      maxLagMs: this.cfg.maxLagMs,
-      perNode,
-      lagHysteresis: this.cfg.lagHysteresis,
-      fallbackToPrimary: this.cfg.fallbackToPrimary,
-    };
+    this.readPolicy = { fallbackToPrimary: this.cfg.fallbackToPrimary };
+    // Lag limits are the monitor's: it decides once per round which replicas are lagging.
+    this.monitor.setLagPolicy(lagPolicyOf(this.cfg));
   }
 
   classify(sql: string): Classification {
@@ -421,16 +410,18 @@ export class Proxy implements ProxyContext, ProxyView {
     }
     const changed = new Set<string>();
     for (const n of s.nodes) {
-      const role = `${n.role}/${n.state}`;
+      // up <-> lagging is not a change here: a lagging replica keeps its backends (reads in
+      // flight finish; the balancer sends it no new ones).
+      const role = `${n.role}/${isHealthy(n.state) ? 'up' : n.state}`;
       if (this.lastRole.get(n.name) !== role) changed.add(n.name);
       this.lastRole.set(n.name, role);
     }
-    // A node that is down, fenced or misconfigured loses its backends now (clients inside
-    // a transaction there get 08006); a node whose role changed is drained: idle backends
-    // closed now, busy ones when their transactions end.
+    // A node that is down, fenced, diverged or misconfigured loses its backends now (clients
+    // inside a transaction there get 08006); a node whose role changed is drained: idle
+    // backends closed now, busy ones when their transactions end.
     for (const [key, pool] of this.poolMap) {
       const n = s.nodes.find((x) => x.name === pool.node.name);
-      if (!n || n.state !== 'up') {
+      if (!n || !isHealthy(n.state)) {
         pool.closeAll('node_gone');
         this.poolMap.delete(key);
       } else if (changed.has(n.name)) {
@@ -522,7 +513,10 @@ export class Proxy implements ProxyContext, ProxyView {
   }
 
   isReady(): boolean {
-    return this.listening && !this.shuttingDown && !this.paused.has(null) && this.monitor.snapshot().primary !== null;
+    if (!this.listening || this.shuttingDown || this.paused.has(null)) return false;
+    // Without a primary pgmux still takes traffic while a replica serves reads.
+    const topo = this.monitor.snapshot();
+    return topo.primary !== null || topo.nodes.some((n) => n.role === 'replica' && n.state === 'up');
   }
 
   /** A client whose transaction must wait for RESUME. */

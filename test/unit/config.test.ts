@@ -124,6 +124,7 @@ describe('DEFAULTS', () => {
       maxLagBytes: null,
       maxLagMs: 10_000,
       lagHysteresis: 0.2,
+      readWithoutPrimaryTimeoutMs: 0,
       fallbackToPrimary: true,
       readYourWrites: 'off',
       readYourWritesWindowMs: 1000,
@@ -203,6 +204,7 @@ on_role_change: /usr/local/bin/notify "$PGMUX_EVENT"
 max_lag_bytes: 16MB
 max_lag_ms: off
 lag_hysteresis: 0.5
+read_without_primary_timeout: 45s
 fallback_to_primary: off
 read_your_writes: lsn
 read_your_writes_window: 250ms
@@ -269,6 +271,7 @@ max_unauthenticated_connections: 50
       maxLagBytes: 16 * 1024 * 1024,
       maxLagMs: null,
       lagHysteresis: 0.5,
+      readWithoutPrimaryTimeoutMs: 45_000,
       fallbackToPrimary: false,
       readYourWrites: 'lsn',
       readYourWritesWindowMs: 250,
@@ -388,6 +391,7 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_MAX_LAG_BYTES: '1MB',
       PGMUX_MAX_LAG_MS: '2s',
       PGMUX_LAG_HYSTERESIS: '0',
+      PGMUX_READ_WITHOUT_PRIMARY_TIMEOUT: '2m',
       PGMUX_FALLBACK_TO_PRIMARY: 'false',
       PGMUX_READ_YOUR_WRITES: 'window',
       PGMUX_READ_YOUR_WRITES_WINDOW: '3s',
@@ -452,6 +456,7 @@ describe('precedence: defaults < file < env < flags', () => {
       maxLagBytes: 1024 * 1024,
       maxLagMs: 2000,
       lagHysteresis: 0,
+      readWithoutPrimaryTimeoutMs: 120_000,
       fallbackToPrimary: false,
       readYourWrites: 'window',
       readYourWritesWindowMs: 3000,
