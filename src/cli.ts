@@ -21,6 +21,9 @@ import {
   type CliFlags,
 } from './config/load.js';
 import { createLogger, type Logger } from './observability/logger.js';
+import type { Config } from './config/types.js';
+import type { VolatileFunctions } from './routing/functionCatalog.js';
+import type { ClientConfig } from 'pg';
 
 export interface CliIo {
   /** Standard output text (check-config's YAML, help). */
@@ -164,6 +167,60 @@ async function serveUntilSignal(
   });
 }
 
+/**
+ * classify --database / --dsn: the database's volatile functions, read over one plain
+ * connection (--dsn, else each configured node in turn as health_check_user: pg_proc is the
+ * same on every node).
+ */
+async function readVolatileFunctions(o: { dsn?: string; database?: string; config: Config | null }): Promise<VolatileFunctions> {
+  const pg = (await import('pg')).default;
+  const { VOLATILE_FUNCTIONS_SQL, VolatileFunctions } = await import('./routing/functionCatalog.js');
+  const targets: Array<{ label: string; conn: ClientConfig }> = [];
+  if (o.dsn !== undefined) {
+    let url: URL;
+    try {
+      url = new URL(o.dsn);
+    } catch {
+      throw new ConfigError('dsn', `--dsn: ${JSON.stringify(o.dsn)} is not a URL (expected postgres://user:password@host:port/database)`);
+    }
+    if (o.database !== undefined) url.pathname = '/' + encodeURIComponent(o.database);
+    targets.push({ label: `${url.hostname}:${url.port || 5432}`, conn: { connectionString: url.toString() } });
+  } else {
+    const cfg = o.config!;
+    const { backendTlsFor, pgClientSsl } = await import('./server/tls.js');
+    for (const n of cfg.nodes) {
+      targets.push({
+        label: formatHostPort(n),
+        conn: {
+          host: n.host,
+          port: n.port,
+          user: cfg.healthCheckUser,
+          password: cfg.healthCheckPassword ?? undefined,
+          database: o.database ?? cfg.healthCheckDatabase,
+          connectionTimeoutMillis: cfg.serverConnectTimeoutMs || undefined,
+          ssl: pgClientSsl(backendTlsFor(cfg)),
+        },
+      });
+    }
+  }
+  const failures: string[] = [];
+  for (const t of targets) {
+    const client = new pg.Client({ ...t.conn, application_name: 'pgmux-classify' });
+    client.on('error', () => {});
+    try {
+      await client.connect();
+      const r = await client.query({ text: VOLATILE_FUNCTIONS_SQL, rowMode: 'array' });
+      const v = (r.rows[0] as unknown[] | undefined)?.[0];
+      return VolatileFunctions.fromJson(v === undefined || v === null ? null : typeof v === 'string' ? v : JSON.stringify(v));
+    } catch (e) {
+      failures.push(`${t.label}: ${(e as Error).message}`);
+    } finally {
+      client.end().catch(() => {});
+    }
+  }
+  throw new Error(`classify: cannot read the database's functions (${failures.join('; ')})`);
+}
+
 // The exit code of the command a program ran (read by main()).
 const exitCodes = new WeakMap<Command, number>();
 
@@ -290,10 +347,37 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
     .command('classify <sql>')
     .description('print where pgmux routes a statement: primary or replica, and why')
     .option('--write-functions <names>', 'extra functions that write, comma-separated (as write_functions)')
-    .action(async (sql: string, o: { writeFunctions?: string }) => {
+    .option('--read-only-functions <names>', 'functions that stay reads though VOLATILE, comma-separated (as read_only_functions)')
+    .option('--database <name>', "also check the functions a read calls against this database's VOLATILE functions (connects to a node)")
+    .option('--dsn <url>', 'connect here for that check (postgres://user:password@host:port/database); default: the configured nodes')
+    .option('-c, --config <file>', 'YAML config: nodes and health_check_user for --database, write_functions and read_only_functions (env: PGMUX_CONFIG)')
+    .addHelpText(
+      'after',
+      '\nWithout --database or --dsn nothing is contacted: user functions are judged by the built-in list and\n' +
+        'write_functions only. With them, a read that calls a VOLATILE function outside pg_catalog goes to the\n' +
+        'primary, as pgmux routes it. --database without --dsn logs in to the configured nodes in turn as\n' +
+        'health_check_user. SQL that starts with -- needs: pgmux classify -- "$sql".',
+    )
+    .action(async (sql: string, o: { writeFunctions?: string; readOnlyFunctions?: string; database?: string; dsn?: string; config?: string }) => {
       const { classifySql, formatClassification } = await import('./routing/classifier.js');
-      const writeFunctions = o.writeFunctions ? o.writeFunctions.split(',').map((x) => x.trim()).filter(Boolean) : [];
-      out(formatClassification(classifySql(sql, { writeFunctions })) + '\n');
+      const list = (v: string | undefined) => (v ? v.split(',').map((x) => x.trim()).filter(Boolean) : []);
+      let writeFunctions = list(o.writeFunctions);
+      let readOnlyFunctions = list(o.readOnlyFunctions);
+      const catalogCheck = o.database !== undefined || o.dsn !== undefined;
+      // The configuration is read only when asked for or needed (nodes to connect to).
+      const config = o.config !== undefined || (catalogCheck && o.dsn === undefined) ? loadConfig({ config: o.config }, env) : null;
+      if (config !== null) {
+        writeFunctions = [...config.writeFunctions, ...writeFunctions];
+        readOnlyFunctions = [...config.readOnlyFunctions, ...readOnlyFunctions];
+      }
+      let c = classifySql(sql, { writeFunctions });
+      if (catalogCheck && c.calls !== undefined) {
+        const { readOnlyOverrides, writesVia } = await import('./routing/functionCatalog.js');
+        const catalog = await readVolatileFunctions({ dsn: o.dsn, database: o.database, config });
+        const reason = writesVia(c.calls, catalog, readOnlyOverrides(readOnlyFunctions));
+        if (reason !== null) c = { ...c, target: 'primary', reason };
+      }
+      out(formatClassification(c) + '\n');
       exitCodes.set(program, 0);
     });
 

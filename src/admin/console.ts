@@ -12,6 +12,7 @@ import type { ErrorSpec } from '../protocol/errors.js';
 import { errorResponse, noticeResponse } from '../protocol/messages.js';
 import { commandComplete, resultSet, type Cell } from '../protocol/resultSet.js';
 import type { ProxyView } from './view.js';
+import { currentRole } from '../cluster/topology.js';
 
 export type AdminRole = 'admin' | 'stats';
 
@@ -230,7 +231,7 @@ export class AdminConsole {
       return [
         n.name,
         n.host,
-        n.role,
+        currentRole(n),
         n.state,
         n.weight,
         n.lagBytes,
@@ -240,9 +241,11 @@ export class AdminConsole {
         iso(n.lastCheckAt),
         n.reason ?? null,
         this.isDisabled(n.name),
+        n.role,
       ];
     });
-    return resultSet(['name', 'address', 'role', 'state', 'weight', 'lag_bytes', 'lag_ms', 'reads', 'writes', 'last_check', 'reason', 'disabled'], rows);
+    // role: what the node is now (`unknown` while down); last_role: what it last answered.
+    return resultSet(['name', 'address', 'role', 'state', 'weight', 'lag_bytes', 'lag_ms', 'reads', 'writes', 'last_check', 'reason', 'disabled', 'last_role'], rows);
   }
 
   private showStats(): Buffer {

@@ -3,7 +3,8 @@
 //   GET /metrics  Prometheus text format (version 0.0.4)
 //   GET /healthz  200 "ok" while the process runs (liveness)
 //   GET /readyz   200 "ready" when pgmux takes traffic, else 503 with the reason
-//                 ("shutting down", "paused", "no primary", "not listening")
+//                 ("shutting down", "paused", "no primary, and no replica serves reads",
+//                 "not listening"); with no primary it stays ready while a replica serves reads
 //   GET /status   JSON: version, configVersion, uptime, nodes, pools, clients by state
 //
 // GET and HEAD only (405 otherwise); any other path is 404.
@@ -11,6 +12,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { HostPort } from '../config/types.js';
+import { currentRole } from '../cluster/topology.js';
 import type { Logger } from '../observability/logger.js';
 import type { PgmuxMetrics } from '../observability/metrics.js';
 import type { ProxyView } from './view.js';
@@ -29,7 +31,7 @@ export function notReadyReason(view: ProxyView): string | null {
   if (view.isReady()) return null;
   if (view.shuttingDown) return 'shutting down';
   if (view.isPaused()) return 'paused';
-  if (view.topology().primary === null) return 'no primary';
+  if (view.topology().primary === null) return 'no primary, and no replica serves reads';
   return 'not listening';
 }
 
@@ -50,9 +52,11 @@ export function statusObject(view: ProxyView): Record<string, unknown> {
     paused: view.isPaused(),
     shuttingDown: view.shuttingDown,
     primary: topo.primary?.name ?? null,
+    primaryLostAt: topo.primaryLostAt === null ? null : iso(topo.primaryLostAt),
     nodes: topo.nodes.map((n) => ({
       name: n.name,
-      role: n.role,
+      role: currentRole(n),
+      lastRole: n.role,
       state: n.state,
       weight: n.weight,
       lagBytes: n.lagBytes,
@@ -61,6 +65,7 @@ export function statusObject(view: ProxyView): Record<string, unknown> {
       lastCheckAt: iso(n.lastCheckAt),
       lastOkAt: iso(n.lastOkAt),
       reason: n.reason ?? null,
+      lagExclusions: n.lagExclusions,
       disabled: typeof v.isDisabled === 'function' ? v.isDisabled(n.name) : null,
       transactions: tx.get(n.name) ?? { read: 0, write: 0 },
     })),

@@ -52,12 +52,12 @@ const KEY_ORDER = [
   'listen', 'nodes', 'pool_mode', 'pool_size', 'min_pool_size', 'max_client_conn',
   'auth', 'auth_file', 'server_password',
   'query_wait_timeout', 'server_idle_timeout', 'server_lifetime', 'client_idle_timeout',
-  'idle_transaction_timeout', 'server_connect_timeout', 'client_login_timeout',
+  'idle_transaction_timeout', 'server_connect_timeout', 'server_login_retry', 'client_login_timeout',
   'max_message_size', 'max_prepared_statements', 'server_reset_query',
   'admin_users', 'stats_users', 'log_level',
   'health_check_period', 'health_check_timeout', 'health_check_max_retries',
   'health_check_user', 'health_check_password', 'health_check_database',
-  'max_lag_bytes', 'max_lag_ms', 'fallback_to_primary', 'write_functions',
+  'max_lag_bytes', 'max_lag_ms', 'fallback_to_primary', 'write_functions', 'read_only_functions',
 ];
 
 class Output {
@@ -223,7 +223,7 @@ function parseConnString(s: string): Map<string, string> {
 
 const PGBOUNCER_DURATIONS = [
   'query_wait_timeout', 'server_idle_timeout', 'server_lifetime', 'client_idle_timeout',
-  'idle_transaction_timeout', 'server_connect_timeout', 'client_login_timeout',
+  'idle_transaction_timeout', 'server_connect_timeout', 'server_login_retry', 'client_login_timeout',
 ];
 
 /** Why some common PgBouncer settings have no pgmux counterpart. */
@@ -491,8 +491,6 @@ const PGPOOL_HINTS: Record<string, string> = {
   reset_query_list: 'in session mode pgmux runs server_reset_query (default DISCARD ALL)',
   statement_level_load_balance: 'pgmux balances every read transaction (transaction mode) independently',
   disable_load_balance_on_write: 'pgmux routes per transaction; for reads after a client\'s own writes see read_your_writes',
-  read_only_function_list: 'pgmux knows read-only functions itself; list writing ones in write_functions',
-  white_function_list: 'pgmux knows read-only functions itself; list writing ones in write_functions',
   primary_routing_query_pattern_list: 'use a /* pgmux:primary */ hint instead',
   database_redirect_preference_list: 'no per-database routing',
   app_name_redirect_preference_list: 'no per-application routing',
@@ -778,8 +776,15 @@ function importPgpool(text: string, out: Output): void {
     );
   }
 
-  // Functions that write.
-  for (const k of ['write_function_list', 'black_function_list']) {
+  // Functions that write, and functions that stay reads though VOLATILE in the catalog
+  // (functions neither lists names are judged by their volatility, as Pgpool-II does when
+  // both lists are empty).
+  for (const [k, key] of [
+    ['write_function_list', 'write_functions'],
+    ['black_function_list', 'write_functions'],
+    ['read_only_function_list', 'read_only_functions'],
+    ['white_function_list', 'read_only_functions'],
+  ] as const) {
     const v = get(k);
     if (v === undefined) continue;
     done.add(k);
@@ -788,8 +793,8 @@ function importPgpool(text: string, out: Output): void {
     const bad = names.filter((s) => !ok.includes(s));
     if (bad.length > 0) out.warn(`${k}: ${bad.join(', ')}: regular expressions are not supported; only plain function names are carried over`);
     if (ok.length > 0) {
-      const prev = (out.values.get('write_functions') as string[] | undefined) ?? [];
-      out.set('write_functions', [...new Set([...prev, ...ok])], show(k));
+      const prev = (out.values.get(key) as string[] | undefined) ?? [];
+      out.set(key, [...new Set([...prev, ...ok])], show(k));
     }
   }
 

@@ -66,6 +66,8 @@ export interface ProxyCounters {
   readRetries: number;
   /** Backends reset with server_reset_query before reuse (pinned clients left, session mode). */
   backendResets: number;
+  /** Failed backend connects (each attempt), whatever the reason. */
+  backendConnectFailures: number;
 }
 
 export interface ProxyView {

@@ -10,7 +10,7 @@
 //
 // Optional hook (config.onRoleChange): a shell command run with /bin/sh -c, one at a time
 // in event order, never holding up polling. Environment:
-//   PGMUX_EVENT     role_change | primary_change | fenced | misconfigured
+//   PGMUX_EVENT     role_change | primary_change | fenced | diverged | misconfigured
 //   PGMUX_NODE      host:port of the node (primary_change: the new primary, '' if none)
 //   PGMUX_OLD_ROLE  its previous role (primary_change: the new primary's previous role)
 //   PGMUX_NEW_ROLE  its new role
@@ -27,8 +27,11 @@ import {
   deriveTopology,
   emptyTopology,
   formatLsn,
+  lagLimitsFor,
+  lagPolicyOf,
   nodeName,
   parseLsn,
+  type LagPolicy,
   type NodeRole,
   type NodeSnapshot,
   type NodeState,
@@ -49,20 +52,26 @@ const MAX_PENDING_HOOKS = 100;
  * One query that works on a primary and a replica alike. pg_is_in_recovery() is read once
  * (a promotion between two reads would make pg_current_wal_lsn() fail). Timeline: exact
  * on a primary from the current WAL file name (pg_control_checkpoint() lags behind a
- * promotion until the next checkpoint); on a replica the timeline it is receiving, else
- * its last restartpoint's.
+ * promotion until the next checkpoint); on a replica the timeline its WAL receiver
+ * receives (NULL unless the user is a superuser or has pg_read_all_stats, e.g. through
+ * pg_monitor), else the newest of its last restartpoint's and its minimum recovery point's,
+ * which can lag behind a timeline switch for minutes. tli_hidden: a WAL receiver runs but
+ * this user may not see its timeline.
  */
-export const PROBE_SQL = `WITH r AS MATERIALIZED (SELECT pg_is_in_recovery() AS rec)
+export const PROBE_SQL = `WITH r AS MATERIALIZED (SELECT pg_is_in_recovery() AS rec),
+w AS MATERIALIZED (SELECT (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1) AS tli,
+  EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status IS NULL) AS hidden)
 SELECT r.rec,
   CASE WHEN r.rec
-    THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1), (SELECT timeline_id FROM pg_control_checkpoint()))
+    THEN coalesce(w.tli, (SELECT greatest(c.timeline_id, nullif(v.min_recovery_end_timeline, 0)) FROM pg_control_checkpoint() c, pg_control_recovery() v))
     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
   END AS tli,
+  (r.rec AND w.hidden) AS tli_hidden,
   (SELECT system_identifier::text FROM pg_control_system()) AS sysid,
   CASE WHEN r.rec THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END AS lsn,
   pg_last_wal_receive_lsn()::text AS recv,
   extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS replay_age_ms
-FROM r`;
+FROM r, w`;
 
 export interface NodeStateEvent {
   node: NodeSnapshot;
@@ -99,7 +108,7 @@ interface Waiter {
 }
 
 interface HookRun {
-  event: 'role_change' | 'primary_change' | 'fenced' | 'misconfigured';
+  event: 'role_change' | 'primary_change' | 'fenced' | 'diverged' | 'misconfigured';
   node: string;
   oldRole: string;
   newRole: string;
@@ -140,10 +149,12 @@ export class ClusterMonitor extends EventEmitter {
   private waiters = new Set<Waiter>();
   private hookQueue: HookRun[] = [];
   private hookRunning = false;
+  private lagPolicy: LagPolicy;
 
   constructor(config: Config, logger: Logger) {
     super();
     this.config = config;
+    this.lagPolicy = lagPolicyOf(config);
     this.log = logger.child({ component: 'monitor' });
     this.nodeCfgs = config.nodes.map((n) => ({ ...n }));
     for (const cfg of this.nodeCfgs) this.runtimes.set(nodeName(cfg), this.newRuntime(cfg));
@@ -257,8 +268,13 @@ export class ClusterMonitor extends EventEmitter {
     if (this.started && !this.stopped) void this.pollNow();
   }
 
+  /** Hot reload of the lag limits and read_without_primary_timeout: applied from the next round. */
+  setLagPolicy(policy: LagPolicy): void {
+    this.lagPolicy = policy;
+  }
+
   private deriveOpts() {
-    return { nodes: this.nodeCfgs, maxRetries: this.config.healthCheckMaxRetries };
+    return { nodes: this.nodeCfgs, maxRetries: this.config.healthCheckMaxRetries, lagPolicy: this.lagPolicy };
   }
 
   // ---- rounds ----
@@ -393,6 +409,7 @@ export class ClusterMonitor extends EventEmitter {
     };
     const tli = num(row.tli);
     if (tli !== null) out.timeline = tli;
+    if (row.tli_hidden === true) out.timelineHidden = true;
     if (typeof row.sysid === 'string') out.systemId = row.sysid;
     const wal = lsn(row.lsn);
     if (wal !== null) out.walLsn = wal;
@@ -415,7 +432,7 @@ export class ClusterMonitor extends EventEmitter {
       if (before.state !== node.state) {
         this.logState(node, before.state, before.lastCheckAt === 0);
         this.emit('nodeState', { node, from: before.state, to: node.state } satisfies NodeStateEvent);
-        if (node.state === 'fenced' || node.state === 'misconfigured') {
+        if (node.state === 'fenced' || node.state === 'diverged' || node.state === 'misconfigured') {
           hooks.push({ event: node.state, node: node.name, oldRole: before.role, newRole: node.role, oldPrimary, newPrimary });
         }
       }
@@ -434,7 +451,12 @@ export class ClusterMonitor extends EventEmitter {
           `primary is now ${newPrimary}`,
         );
       } else {
-        this.log.warn({ from: oldPrimary }, `no primary (was ${oldPrimary}): writes wait for one to appear`);
+        const timeout = this.lagPolicy.readWithoutPrimaryTimeoutMs;
+        this.log.warn(
+          { from: oldPrimary, readWithoutPrimaryTimeoutMs: timeout },
+          `no primary (was ${oldPrimary}): writes wait for one to appear; replicas keep serving reads ` +
+            (timeout > 0 ? `for up to ${timeout} ms (read_without_primary_timeout)` : '(read_without_primary_timeout 0: no limit)'),
+        );
       }
       this.emit('primaryChange', { from: prev.primary, to: next.primary } satisfies PrimaryChangeEvent);
       const before = next.primary ? prevByName.get(next.primary.name) : undefined;
@@ -466,14 +488,35 @@ export class ClusterMonitor extends EventEmitter {
       case 'fenced':
         this.log.error(fields, `FENCED ${node.name}: ${node.reason ?? ''} — no traffic is routed to it`);
         break;
+      case 'diverged':
+        this.log.error(
+          { ...fields, lsn: node.walLsn === null ? null : formatLsn(node.walLsn) },
+          `DIVERGED ${node.name}: ${node.reason ?? ''} — no reads are routed to it`,
+        );
+        break;
       case 'misconfigured':
         this.log.error(fields, `MISCONFIGURED ${node.name}: ${node.reason ?? ''} — no traffic is routed to it`);
         break;
       case 'down':
         this.log.warn(fields, `node ${node.name} is down: ${node.reason ?? ''}`);
         break;
+      case 'lagging':
+        this.log.warn(
+          { ...fields, lagBytes: node.lagBytes, lagMs: node.lagMs, ...lagLimitsFor(this.lagPolicy, node.name) },
+          `replica ${node.name} gets no reads: ${node.reason ?? ''} (lag ${node.lagBytes ?? '?'} bytes / ${node.lagMs === null ? '?' : Math.round(node.lagMs)} ms)`,
+        );
+        break;
       case 'up':
-        this.log.info(fields, firstCheck ? `node ${node.name} is up (${node.role})` : `node ${node.name} is up again (${node.role})`);
+        if (from === 'lagging') {
+          this.log.info(
+            { ...fields, lagBytes: node.lagBytes, lagMs: node.lagMs, ...lagLimitsFor(this.lagPolicy, node.name) },
+            `replica ${node.name} serves reads again: lag ${node.lagBytes ?? '?'} bytes / ${node.lagMs === null ? '?' : Math.round(node.lagMs)} ms, within the limits`,
+          );
+        } else if (from === 'diverged') {
+          this.log.info(fields, `replica ${node.name} follows the primary again (timeline ${node.timeline}): serves reads again`);
+        } else {
+          this.log.info(fields, firstCheck ? `node ${node.name} is up (${node.role})` : `node ${node.name} is up again (${node.role})`);
+        }
         break;
     }
   }

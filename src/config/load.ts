@@ -11,6 +11,8 @@ import { parse as parseYaml } from 'yaml';
 import type { AuthMethod, Config, HostPort, LogLevel, NodeConfig, PoolMode, ReadYourWrites, TlsMinVersion } from './types.js';
 import { CLIENT_TLS_MODES, reloadTls, SERVER_TLS_MODES, TlsConfigError } from '../server/tls.js';
 import { HbaError, reloadHba } from '../server/hba.js';
+import { parseFunctionEntry } from '../routing/classifier.js';
+import { quoteName } from '../routing/functionCatalog.js';
 
 const MiB = 1024 * 1024;
 
@@ -36,6 +38,7 @@ const defaults: Config = {
   clientIdleTimeoutMs: 0,
   idleTransactionTimeoutMs: 0,
   serverConnectTimeoutMs: 15_000,
+  serverLoginRetryMs: 15_000,
   clientLoginTimeoutMs: 60_000,
   // 64 MiB: far above any sane single query or row, small enough that one misbehaving
   // client cannot make pgmux buffer a gigabyte. PostgreSQL itself stops at 1 GiB per field.
@@ -59,10 +62,13 @@ const defaults: Config = {
   maxLagBytes: null,
   maxLagMs: 10_000,
   lagHysteresis: 0.2,
+  readWithoutPrimaryTimeoutMs: 0,
   fallbackToPrimary: true,
   readYourWrites: 'off',
   readYourWritesWindowMs: 1000,
   writeFunctions: Object.freeze([]) as unknown as string[],
+  readOnlyFunctions: Object.freeze([]) as unknown as string[],
+  functionCatalogRefreshMs: 60_000,
   clientTls: 'disable',
   clientTlsCertFile: null,
   clientTlsKeyFile: null,
@@ -414,6 +420,7 @@ const KEYS: KeySpec[] = [
   { key: 'client_idle_timeout', field: 'clientIdleTimeoutMs', parse: parseDuration },
   { key: 'idle_transaction_timeout', field: 'idleTransactionTimeoutMs', parse: parseDuration },
   { key: 'server_connect_timeout', field: 'serverConnectTimeoutMs', parse: parseDuration },
+  { key: 'server_login_retry', field: 'serverLoginRetryMs', parse: (v) => parseDurationAtLeast(v, 100) },
   { key: 'client_login_timeout', field: 'clientLoginTimeoutMs', parse: parseDuration },
   { key: 'max_message_size', field: 'maxMessageBytes', parse: parseSize },
   { key: 'admin_users', field: 'adminUsers', parse: (v) => parseUserList(v) },
@@ -438,10 +445,13 @@ const KEYS: KeySpec[] = [
   { key: 'max_lag_bytes', field: 'maxLagBytes', aliases: ['delay_threshold'], parse: (v) => parseOptionalLimit(v, parseSize) },
   { key: 'max_lag_ms', field: 'maxLagMs', parse: (v) => parseOptionalLimit(v, parseDuration) },
   { key: 'lag_hysteresis', field: 'lagHysteresis', parse: (v) => parseFraction(v) },
+  { key: 'read_without_primary_timeout', field: 'readWithoutPrimaryTimeoutMs', parse: parseDuration },
   { key: 'fallback_to_primary', field: 'fallbackToPrimary', parse: (v) => parseBoolean(v) },
   { key: 'read_your_writes', field: 'readYourWrites', parse: (v) => parseEnum(v, READ_YOUR_WRITES) },
   { key: 'read_your_writes_window', field: 'readYourWritesWindowMs', parse: parseDuration },
-  { key: 'write_functions', field: 'writeFunctions', parse: (v) => parseNameList(v) },
+  { key: 'write_functions', field: 'writeFunctions', parse: (v) => parseFunctionList(v, 'write_functions') },
+  { key: 'read_only_functions', field: 'readOnlyFunctions', parse: (v) => parseFunctionList(v, 'read_only_functions') },
+  { key: 'function_catalog_refresh', field: 'functionCatalogRefreshMs', parse: parseDuration },
   {
     key: 'client_tls',
     field: 'clientTls',
@@ -520,6 +530,26 @@ function parseNameList(v: Raw): string[] {
   return items.map((x) => {
     if (typeof x !== 'string' || !/^\s*[A-Za-z_][A-Za-z0-9_$.]*\s*$/.test(x)) throw new Invalid(`${show(x as Raw)} is not a function name`);
     return x.trim().toLowerCase();
+  });
+}
+
+/**
+ * write_functions / read_only_functions: a list (or comma-separated string) of `name`,
+ * `schema.name`, `"Quoted"` or `prefix*` entries, as the classifier reads them. Kept in a
+ * canonical form: unquoted names lowercased, quotes only where needed.
+ */
+function parseFunctionList(v: Raw, setting: string): string[] {
+  const items = typeof v === 'string' ? v.split(',').filter((x) => x.trim() !== '') : Array.isArray(v) ? v : null;
+  if (items === null) throw new Invalid(`${show(v)} is not a list of function names`);
+  return items.map((x) => {
+    if (typeof x !== 'string') throw new Invalid(`${show(x as Raw)} is not a function name`);
+    let e: { schema: string | null; name: string; prefix: boolean };
+    try {
+      e = parseFunctionEntry(x.trim(), setting);
+    } catch {
+      throw new Invalid(`${show(x)} is not a function name (expected name, schema.name, "Quoted" or a prefix ending in *)`);
+    }
+    return (e.schema === null ? '' : `${quoteName(e.schema)}.`) + quoteName(e.name) + (e.prefix ? '*' : '');
   });
 }
 
@@ -826,6 +856,7 @@ export function configToObject(c: Config, opts: { reveal?: boolean } = {}): Reco
     client_idle_timeout: formatDuration(c.clientIdleTimeoutMs),
     idle_transaction_timeout: formatDuration(c.idleTransactionTimeoutMs),
     server_connect_timeout: formatDuration(c.serverConnectTimeoutMs),
+    server_login_retry: formatDuration(c.serverLoginRetryMs),
     client_login_timeout: formatDuration(c.clientLoginTimeoutMs),
     max_message_size: formatSize(c.maxMessageBytes),
     server_reset_query: c.serverResetQuery,
@@ -858,9 +889,12 @@ export function configToObject(c: Config, opts: { reveal?: boolean } = {}): Reco
     max_lag_bytes: c.maxLagBytes === null ? 'off' : formatSize(c.maxLagBytes),
     max_lag_ms: c.maxLagMs === null ? 'off' : formatDuration(c.maxLagMs),
     lag_hysteresis: c.lagHysteresis,
+    read_without_primary_timeout: formatDuration(c.readWithoutPrimaryTimeoutMs),
     fallback_to_primary: c.fallbackToPrimary,
     read_your_writes: c.readYourWrites,
     read_your_writes_window: formatDuration(c.readYourWritesWindowMs),
     write_functions: [...c.writeFunctions],
+    read_only_functions: [...c.readOnlyFunctions],
+    function_catalog_refresh: formatDuration(c.functionCatalogRefreshMs),
   };
 }

@@ -72,6 +72,8 @@ export interface Config {
   clientIdleTimeoutMs: number;
   idleTransactionTimeoutMs: number;
   serverConnectTimeoutMs: number;
+  /** Cap of the delay between connect attempts of a pool whose connects keep failing (server_login_retry). */
+  serverLoginRetryMs: number;
   /** Startup + authentication must finish within this. */
   clientLoginTimeoutMs: number;
 
@@ -120,6 +122,8 @@ export interface Config {
   maxLagMs: number | null;
   /** A lagging replica serves again once under (1 - this) x the limit. */
   lagHysteresis: number;
+  /** With no primary for this long, replicas stop serving reads; 0 = no limit. */
+  readWithoutPrimaryTimeoutMs: number;
   /** With no eligible replica, reads go to the primary (else: an error). */
   fallbackToPrimary: boolean;
   readYourWrites: ReadYourWrites;
@@ -127,6 +131,10 @@ export interface Config {
   readYourWritesWindowMs: number;
   /** Extra functions that write or keep session state: statements calling them go to the primary. */
   writeFunctions: string[];
+  /** Functions that stay reads even when the database's catalog says VOLATILE. */
+  readOnlyFunctions: string[];
+  /** How often each database's list of volatile functions is reloaded; 0 = only after DDL. */
+  functionCatalogRefreshMs: number;
 
   // TLS and access (src/server/tls.ts, src/server/hba.ts, src/server/limits.ts).
   clientTls: ClientTlsMode;

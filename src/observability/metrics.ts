@@ -3,12 +3,14 @@
 // the ProxyView's plain counters and snapshots when /metrics is scraped (collect()).
 //
 // Labels come from closed sets only: node = a configured host:port, state = a client or
-// backend state, route = read|write, role = primary|replica|unknown. Database and user
+// backend state, route = read|write, role = primary|replica|unknown, node state = one of
+// NODE_STATES. Database and user
 // names never become labels.
 
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Metric } from 'prom-client';
 import type { ProxyView } from '../admin/view.js';
+import { isHealthy, type NodeState } from '../cluster/topology.js';
 
 export interface PgmuxMetrics {
   registry: Registry;
@@ -21,6 +23,7 @@ export interface PgmuxMetrics {
 const CLIENT_STATES = ['startup', 'auth', 'login', 'idle', 'waiting', 'linked', 'admin'] as const;
 const SERVER_STATES = ['connecting', 'idle', 'linked', 'internal'] as const;
 const ROLES = ['primary', 'replica', 'unknown'] as const;
+const NODE_STATES = ['up', 'lagging', 'down', 'fenced', 'diverged', 'misconfigured'] as const satisfies readonly NodeState[];
 
 interface Sample {
   metricName?: string;
@@ -157,14 +160,32 @@ export function createMetrics(view: ProxyView): PgmuxMetrics {
     'Backends reset with server_reset_query before another client got them (a pinned client left, or session mode).',
     () => view.counters().backendResets,
   );
+  scalarCounter(
+    'pgmux_backend_connect_failures_total',
+    'Failed attempts to connect to and log in to a node (each attempt; retries back off up to server_login_retry).',
+    () => view.counters().backendConnectFailures,
+  );
   scalarCounter('pgmux_read_retries_total', 'Reads re-run on another node after theirs failed.', () => view.counters().readRetries);
   scalarCounter('pgmux_classifier_cache_hits_total', 'Read/write classifier cache hits.', () => view.classifierStats().hits);
   scalarCounter('pgmux_classifier_cache_misses_total', 'Read/write classifier cache misses.', () => view.classifierStats().misses);
   scalarCounter('pgmux_client_logins_total', 'Successful client logins.', () => view.counters().clientLogins);
   scalarCounter('pgmux_client_login_failures_total', 'Failed client logins.', () => view.counters().clientLoginFailures);
 
-  gauge('pgmux_node_up', '1 when the node answers health checks and is usable (state up).', ['node'], (g) => {
-    for (const n of view.topology().nodes) g.set({ node: n.name }, n.state === 'up' ? 1 : 0);
+  gauge('pgmux_node_up', '1 when the node answers health checks and belongs to the cluster (state up or lagging).', ['node'], (g) => {
+    for (const n of view.topology().nodes) g.set({ node: n.name }, isHealthy(n.state) ? 1 : 0);
+  });
+
+  gauge('pgmux_node_state', '1 for the state the node is in now (up, lagging, down, fenced, diverged, misconfigured).', ['node', 'state'], (g) => {
+    for (const n of view.topology().nodes) for (const state of NODE_STATES) g.set({ node: n.name, state }, n.state === state ? 1 : 0);
+  });
+
+  counter('pgmux_replica_lag_exclusions_total', 'Times a replica was taken out of reads for being over its lag limits.', ['node'], (set) => {
+    for (const n of view.topology().nodes) set({ node: n.name }, n.lagExclusions);
+  });
+
+  gauge('pgmux_primary_missing_seconds', 'Seconds since the primary was lost (0 while there is one); replicas serve reads meanwhile, up to read_without_primary_timeout.', [], (g) => {
+    const lost = view.topology().primaryLostAt;
+    g.set(lost === null ? 0 : Math.max(0, (Date.now() - lost) / 1000));
   });
 
   gauge('pgmux_node_role', '1 for the role the node has now (last known while down).', ['node', 'role'], (g) => {

@@ -71,6 +71,8 @@ export type BackendCloseReason =
   | 'server_closed'
   | 'shutdown'
   | 'recycled'
+  /** Above pool_size after a RELOAD lowered it. */
+  | 'pool_size'
   | 'error';
 
 let nextId = 1;

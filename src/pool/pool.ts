@@ -7,6 +7,7 @@ import type { Config } from '../config/types.js';
 import { BackendConnection, BackendState, type BackendCloseReason, type BackendCredentials, type NodeAddress } from './backend.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import { backendTlsFor } from '../server/tls.js';
+import { connectFailureCode, connectFailureText, connectRetryDelayMs, isPermanentLoginFailure } from './connectRetry.js';
 
 export interface PoolWaiter {
   onBackendAcquired(backend: BackendConnection): void;
@@ -26,6 +27,19 @@ export interface PoolStats {
   maxWaitMs: number;
 }
 
+/** Process-wide counters pools add to (they outlive any one pool). */
+export interface PoolCounters {
+  backendResets: number;
+  backendConnectFailures: number;
+}
+
+export interface PoolHooks {
+  /** The pool closed itself after a login failure retrying cannot fix: forget it. */
+  onDrop?(pool: Pool): void;
+  /** Failure text already logged for this (node, database, user) by a pool dropped before. */
+  knownFailure?: string | null;
+}
+
 export class Pool {
   private idle: BackendConnection[] = [];
   private readonly active = new Set<BackendConnection>();
@@ -39,6 +53,14 @@ export class Pool {
    */
   readonly welcomeBySettings = new Map<string, ReadonlyArray<readonly [string, string]>>();
   totalConnects = 0;
+  /** Consecutive failed connects; 0 once one succeeds. Connects started together count once. */
+  private connectFailures = 0;
+  /** While connects fail: no new one starts before this (Date.now() ms). */
+  private retryAt = 0;
+  /** The failure last logged at warn: logged again only when the text changes. */
+  private loggedFailure: string | null;
+  /** min_pool_size refills only pools that have connected at least once. */
+  private everConnected = false;
 
   constructor(
     readonly node: NodeAddress,
@@ -47,9 +69,16 @@ export class Pool {
     private config: () => Config,
     private credentials: () => BackendCredentials,
     private logger: Logger,
-    /** Process-wide counters this pool adds to (they outlive the pool). */
-    private counters: { backendResets: number } = { backendResets: 0 },
-  ) {}
+    private counters: PoolCounters = { backendResets: 0, backendConnectFailures: 0 },
+    private readonly hooks: PoolHooks = {},
+  ) {
+    this.loggedFailure = hooks.knownFailure ?? null;
+  }
+
+  /** Why connects to this pool fail, while they do (as logged); null when they succeed. */
+  get lastFailure(): string | null {
+    return this.loggedFailure;
+  }
 
   get size(): number {
     return this.idle.length + this.active.size + this.connecting;
@@ -84,6 +113,34 @@ export class Pool {
     this.maybeConnect();
   }
 
+  /**
+   * Runs one of pgmux's own one-row queries on a backend of this pool, taken in turn like a
+   * client's, and gives the backend back: no other login or credentials needed.
+   */
+  queryRow(sql: string): Promise<Array<string | null> | null> {
+    return new Promise((resolve, reject) => {
+      this.acquire(
+        {
+          onBackendAcquired: (b) => {
+            b.queryRow(sql).then(
+              (row) => {
+                this.release(b);
+                resolve(row);
+              },
+              (err: Error) => {
+                if (b.clean) this.release(b);
+                else this.discard(b, 'error');
+                reject(err);
+              },
+            );
+          },
+          onAcquireFailed: reject,
+        },
+        Date.now(),
+      );
+    });
+  }
+
   /** Forgets a waiter that left (client closed) before it got a backend. */
   cancelWait(waiter: PoolWaiter): void {
     const i = this.waiters.findIndex((w) => w.waiter === waiter);
@@ -92,6 +149,13 @@ export class Pool {
 
   /** Gives a clean backend back: straight to the next waiter, else to the idle list. */
   release(b: BackendConnection): void {
+    const cfg = this.config();
+    // pool_size lowered (RELOAD): a backend above it closes as it comes back, before any
+    // reset, and is never handed out again. A fresh one from connectOne is not counted yet.
+    if (b.state !== BackendState.Closed && !this.closed && (this.active.has(b) ? this.size : this.size + 1) > cfg.poolSize) {
+      this.discard(b, 'pool_size');
+      return;
+    }
     if (b.needsReset && b.state !== BackendState.Closed && !this.closed && !b.discardOnRelease) {
       this.reset(b);
       return;
@@ -110,7 +174,6 @@ export class Pool {
       this.maybeConnect();
       return;
     }
-    const cfg = this.config();
     if (b.createdAt <= this.recycleBefore || (cfg.serverLifetimeMs > 0 && Date.now() - b.createdAt > cfg.serverLifetimeMs)) {
       b.close(b.createdAt <= this.recycleBefore ? 'recycled' : 'lifetime');
       this.maybeConnect();
@@ -173,7 +236,8 @@ export class Pool {
   }
 
   private takeIdle(now: number): BackendConnection | null {
-    const lifetime = this.config().serverLifetimeMs;
+    const cfg = this.config();
+    const lifetime = cfg.serverLifetimeMs;
     while (this.idle.length > 0) {
       const b = this.idle.pop()!; // most recently used first: warm caches
       if (b.state !== BackendState.Idle) continue;
@@ -181,15 +245,38 @@ export class Pool {
         b.close('lifetime');
         continue;
       }
+      if (this.size + 1 > cfg.poolSize) {
+        b.close('pool_size'); // the popped one is no longer counted in size
+        continue;
+      }
       return b;
     }
     return null;
   }
 
+  /**
+   * Brings the pool to the current pool_size (RELOAD changes it under the pool): idle
+   * backends above it close now, busy ones as they come back (release); waiters get new
+   * connects at once when it grew.
+   */
+  fitToSize(): void {
+    const poolSize = this.config().poolSize;
+    while (this.size > poolSize && this.idle.length > 0) this.idle.shift()!.close('pool_size'); // least recently used first
+    this.maybeConnect();
+  }
+
+  /** After a failed connect: only one at a time, and not before the backoff delay ran out. */
+  private mayRetry(now: number): boolean {
+    return this.connecting === 0 && now >= this.retryAt;
+  }
+
   private maybeConnect(): void {
+    if (this.connectFailures > 0 && !this.mayRetry(Date.now())) return;
     const cfg = this.config();
     while (!this.closed && this.waiters.length > this.connecting && this.size < cfg.poolSize) {
       this.connectOne();
+      // While connects fail, one probe at a time: the node sees one attempt per backoff step.
+      if (this.connectFailures > 0) return;
     }
   }
 
@@ -197,6 +284,7 @@ export class Pool {
     const cfg = this.config();
     this.connecting++;
     this.totalConnects++;
+    const failuresAtStart = this.connectFailures;
     BackendConnection.connect({
       node: this.node,
       user: this.user,
@@ -210,19 +298,60 @@ export class Pool {
         b.poolRef = this;
         b.onClose((closed) => this.forget(closed));
         this.logger.debug({ node: this.node.name, db: this.database, user: this.user, backend: b.id, pid: b.pid }, 'backend connected');
+        this.everConnected = true;
+        const recovered = this.connectFailures > 0 || this.loggedFailure !== null;
+        if (recovered) {
+          if (this.loggedFailure !== null && !this.closed) {
+            this.logger.info({ node: this.node.name, db: this.database, user: this.user, failures: this.connectFailures }, 'backend connect recovered');
+          }
+          this.connectFailures = 0;
+          this.retryAt = 0;
+          this.loggedFailure = null;
+        }
         this.release(b);
+        // Back to full speed: the other waiters need connects of their own now.
+        if (recovered) this.maybeConnect();
       },
       (err: Error) => {
         this.connecting--;
-        this.logger.warn({ node: this.node.name, db: this.database, user: this.user, err: err.message }, 'backend connect failed');
-        // With backends still in use, waiters are served when those come back; with
-        // none, nobody will be: tell every waiter now, with the backend's own error.
-        if (this.active.size === 0 && this.idle.length === 0) {
-          const failed = this.waiters.splice(0, Math.max(0, this.waiters.length - this.connecting));
-          for (const w of failed) w.waiter.onAcquireFailed(err);
-        }
+        this.counters.backendConnectFailures++;
+        this.onConnectFailed(err, failuresAtStart);
       },
     );
+  }
+
+  /**
+   * A failed connect backs the pool off (connectRetryDelayMs) and is logged when its reason
+   * changes, not per attempt. With backends still in use, waiters are served when those
+   * come back; with none, nobody will be: every waiter is told now, with the backend's own
+   * error. A login that cannot succeed until someone fixes the database or its roles (no
+   * such database, role or privilege) drops the pool: the next client asks afresh.
+   */
+  private onConnectFailed(err: Error, failuresAtStart: number): void {
+    if (this.closed) return;
+    // Connects started in one burst fail together: one step of backoff, not one each.
+    if (failuresAtStart === this.connectFailures) this.connectFailures++;
+    const delayMs = connectRetryDelayMs(this.connectFailures, this.config().serverLoginRetryMs);
+    this.retryAt = Date.now() + delayMs;
+    const noBackends = this.active.size === 0 && this.idle.length === 0;
+    const drop = noBackends && isPermanentLoginFailure(err);
+    const text = connectFailureText(err);
+    const fields = { node: this.node.name, db: this.database, user: this.user, code: connectFailureCode(err), err: text, failures: this.connectFailures };
+    if (text !== this.loggedFailure) {
+      this.loggedFailure = text;
+      this.logger.warn(fields, drop ? 'backend connect failed; pool dropped until a client asks for it again' : `backend connect failed; retrying in ${delayMs} ms`);
+    } else {
+      this.logger.debug(fields, 'backend connect failed again');
+    }
+    if (drop) {
+      this.close('error', err);
+      this.hooks.onDrop?.(this);
+      return;
+    }
+    if (noBackends) {
+      const failed = this.waiters.splice(0, Math.max(0, this.waiters.length - this.connecting));
+      for (const w of failed) w.waiter.onAcquireFailed(err);
+    }
   }
 
   private forget(b: BackendConnection): void {
@@ -256,7 +385,10 @@ export class Pool {
         b.close(tooOld ? 'lifetime' : 'idle_timeout');
       }
     }
-    if (!this.closed && this.totalConnects > 0 && this.size < cfg.minPoolSize) this.connectOne();
+    if (this.closed) return;
+    this.fitToSize(); // also the retry, once the backoff ran out, for clients still waiting
+    // min_pool_size: only for a pool whose connects work (or whose backoff ran out).
+    if (this.everConnected && this.size < cfg.minPoolSize && (this.connectFailures === 0 || this.mayRetry(now))) this.connectOne();
   }
 
   /** Closes idle backends now and the rest as they come back; fails waiters. */

@@ -1,21 +1,12 @@
-// Which node serves a read: the eligible nodes (up replicas under the lag limits, plus the
-// primary when its read weight is above 0), picked by smooth weighted round-robin.
+// Which node serves a read: the eligible nodes (up replicas, plus the primary when its
+// read weight is above 0), picked by smooth weighted round-robin. Whether a replica is
+// within its lag limits is decided once per topology round (state `lagging`, see
+// src/cluster/topology.ts); only a statement's own staleness budget is checked here.
 // Pure decisions over a topology snapshot; never touches a socket.
 
 import type { NodeSnapshot, TopologySnapshot } from '../cluster/topology.js';
 
-export interface LagLimits {
-  /** null = no byte limit. */
-  maxLagBytes: number | null;
-  /** null = no time limit. */
-  maxLagMs: number | null;
-}
-
-export interface ReadPolicy extends LagLimits {
-  /** Per-node overrides, by host:port. */
-  perNode: ReadonlyMap<string, Partial<LagLimits>>;
-  /** Fraction of a limit a lagging replica must get back under before it serves again. */
-  lagHysteresis: number;
+export interface ReadPolicy {
   fallbackToPrimary: boolean;
 }
 
@@ -52,14 +43,13 @@ export class SmoothWeightedRoundRobin {
 
 export class ReadBalancer {
   private readonly wrr = new SmoothWeightedRoundRobin();
-  /** Replicas currently held out for lag (hysteresis needs memory). */
-  private readonly lagging = new Set<string>();
 
   constructor(private policy: () => ReadPolicy) {}
 
   /**
    * @param minLsn   read-your-writes: only replicas that replayed up to this LSN qualify
-   * @param maxLagMsHint  a statement's own staleness budget (/* pgmux:max_lag_ms=N *\/)
+   * @param maxLagMsHint  a statement's own staleness budget (/* pgmux:max_lag_ms=N *\/): it
+   *                 replaces the configured lag limits for that statement
    */
   choose(topo: TopologySnapshot, minLsn: bigint | null = null, maxLagMsHint: number | null = null): ReadChoice {
     const policy = this.policy();
@@ -67,13 +57,13 @@ export class ReadBalancer {
     let skippedLag = 0;
     let skippedLsn = 0;
     for (const n of topo.nodes) {
-      if (n.state !== 'up' || n.weight <= 0) continue;
+      if ((n.state !== 'up' && n.state !== 'lagging') || n.weight <= 0) continue;
       if (n.role === 'primary') {
-        if (topo.primary === n) eligible.push(n);
+        if (topo.primary === n && n.state === 'up') eligible.push(n);
         continue;
       }
       if (n.role !== 'replica') continue;
-      if (this.isLagging(n, policy, maxLagMsHint)) {
+      if (maxLagMsHint !== null ? n.lagMs === null || n.lagMs > maxLagMsHint : n.state === 'lagging') {
         skippedLag++;
         continue;
       }
@@ -89,25 +79,11 @@ export class ReadBalancer {
       skippedLsn > 0
         ? 'no replica has replayed this client\'s last write yet'
         : skippedLag > 0
-          ? 'every replica is over the lag limit'
+          ? topo.primary === null
+            ? 'no primary, and every replica is over the lag limit or past read_without_primary_timeout'
+            : 'every replica is over the lag limit'
           : 'no healthy replica with read weight > 0';
     if (policy.fallbackToPrimary && topo.primary !== null) return { node: topo.primary, reason: `${why}: fallback to primary` };
     return { node: null, reason: why };
-  }
-
-  private isLagging(n: NodeSnapshot, policy: ReadPolicy, maxLagMsHint: number | null): boolean {
-    const o = policy.perNode.get(n.name);
-    const maxBytes = o?.maxLagBytes !== undefined ? o.maxLagBytes : policy.maxLagBytes;
-    const maxMs = o?.maxLagMs !== undefined ? o.maxLagMs : policy.maxLagMs;
-    if (maxLagMsHint !== null) return n.lagMs === null || n.lagMs > maxLagMsHint;
-    if (maxBytes === null && maxMs === null) return false;
-    const wasLagging = this.lagging.has(n.name);
-    const factor = wasLagging ? 1 - policy.lagHysteresis : 1;
-    let over = false;
-    if (maxBytes !== null && (n.lagBytes === null || n.lagBytes > maxBytes * factor)) over = true;
-    if (maxMs !== null && (n.lagMs === null || n.lagMs > maxMs * factor)) over = true;
-    if (over) this.lagging.add(n.name);
-    else this.lagging.delete(n.name);
-    return over;
   }
 }

@@ -27,6 +27,10 @@
 //   overrides the target; `pgmux:max_lag_ms=N` is returned as `maxLagMs`. Several directives
 //   may share a comment (`/* pgmux:replica max_lag_ms=500 */`); primary wins over replica.
 //   A replica hint is obeyed even for a write: the replica will refuse it.
+// - A read also reports the functions it calls (`calls`): whether one of them may write
+//   depends on the database's catalog (src/routing/functionCatalog.ts), which routing checks.
+//   Every statement that may change that catalog (CREATE/ALTER/DROP FUNCTION, PROCEDURE,
+//   ROUTINE, AGGREGATE, EXTENSION, SCHEMA; DROP OWNED) is flagged `changesFunctions`.
 
 import { lex, type Comment, type Token } from './lexer.js';
 import { EffectsBuilder, type SessionEffects } from './sessionEffects.js';
@@ -47,6 +51,20 @@ export interface Classification {
   beginsTransaction?: boolean;
   /** What the message does to session state; absent when nothing (most queries). */
   session?: SessionEffects;
+  /**
+   * The functions a read calls (frozen, without duplicates), for the per-database volatility
+   * check at routing time. Only on target 'replica' as the classifier decided it (not after a
+   * hint, not in a transaction declared READ ONLY, where nothing can write anyway).
+   */
+  calls?: readonly FunctionRef[];
+  /** A statement of the message may change which functions exist or how volatile they are. */
+  changesFunctions?: true;
+}
+
+/** A function call as written: `schema.name(` or `name(` (schema null); unquoted names lowercased. */
+export interface FunctionRef {
+  readonly schema: string | null;
+  readonly name: string;
 }
 
 export interface ClassifierOptions {
@@ -130,8 +148,8 @@ interface FunctionRule {
   name: string;
 }
 
-/** A compiled set of write functions. */
-class FunctionSet {
+/** A compiled set of function names (write_functions, read_only_functions). */
+export class FunctionSet {
   private readonly exact = new Map<string, (string | null)[]>();
   private readonly prefixes: FunctionRule[] = [];
   /** First characters of the prefixes: most calls (count, coalesce, ...) skip the prefix loop. */
@@ -148,7 +166,10 @@ class FunctionSet {
     else this.exact.set(name, [schema]);
   }
 
-  /** Whether a call of `schema.name(` (schema null when unqualified) is a write. */
+  /**
+   * Whether a call of `schema.name(` (schema null when unqualified) is in the set. An
+   * unqualified entry matches any schema; a qualified one its schema, and unqualified calls.
+   */
   matches(schema: string | null, name: string): boolean {
     const schemas = this.exact.get(name);
     if (schemas !== undefined) {
@@ -162,11 +183,11 @@ class FunctionSet {
   }
 }
 
-/** Parses a `writeFunctions` entry: `name`, `schema.name`, `"Quoted"`, `prefix*`, optionally `()`. */
-function parseFunctionEntry(entry: string): { schema: string | null; name: string; prefix: boolean } {
+/** Parses a function list entry: `name`, `schema.name`, `"Quoted"`, `prefix*`, optionally `()`. */
+export function parseFunctionEntry(entry: string, setting = 'write_functions'): { schema: string | null; name: string; prefix: boolean } {
   const fail = (): never => {
     throw new Error(
-      `invalid write_functions entry ${JSON.stringify(entry)}: expected name, schema.name or a name prefix ending in *`,
+      `invalid ${setting} entry ${JSON.stringify(entry)}: expected name, schema.name or a name prefix ending in *`,
     );
   };
   if (typeof entry !== 'string') fail();
@@ -205,6 +226,17 @@ function compileFunctions(extra: readonly string[] | undefined): FunctionSet {
       const r = parseFunctionEntry(e);
       set.add(r.schema, r.name, r.prefix);
     }
+  }
+  return set;
+}
+
+/** A set of just the listed functions (`setting` names the list in error messages). */
+export function compileFunctionList(entries: readonly string[], setting: string): FunctionSet {
+  if (!Array.isArray(entries)) throw new Error(`${setting} must be a list of function names`);
+  const set = new FunctionSet();
+  for (const e of entries) {
+    const r = parseFunctionEntry(e, setting);
+    set.add(r.schema, r.name, r.prefix);
   }
   return set;
 }
@@ -261,6 +293,30 @@ const DDL_WORDS = new Set(
   ).split(' '),
 );
 
+/**
+ * Unquoted, unqualified words before `(` that are not function calls: PostgreSQL's reserved
+ * and column-name keywords (which cannot name a function without quotes), e.g. `IN (`,
+ * `EXISTS (`, `VALUES (`, `numeric(10, 2)`, `coalesce(`.
+ */
+const NOT_A_CALL = new Set(
+  (
+    'all analyse analyze and any array as asc asymmetric both case cast check collate column constraint create ' +
+    'current_catalog current_date current_role current_time current_timestamp current_user default deferrable desc ' +
+    'distinct do else end except false fetch for foreign from grant group having in initially intersect into lateral ' +
+    'leading limit localtime localtimestamp not null offset on only or order placing primary references returning ' +
+    'select session_user some symmetric system_user table then to trailing true union unique user using variadic when ' +
+    'where window with between bigint bit boolean char character coalesce dec decimal exists extract float greatest ' +
+    'grouping inout int integer interval json json_array json_arrayagg json_exists json_object json_objectagg ' +
+    'json_query json_scalar json_serialize json_table json_value least merge_action national nchar none normalize ' +
+    'nullif numeric out overlay position precision real row setof smallint substring time timestamp treat trim values ' +
+    'varchar xmlattributes xmlconcat xmlelement xmlexists xmlforest xmlnamespaces xmlparse xmlpi xmlroot xmlserialize ' +
+    'xmltable'
+  ).split(' '),
+);
+
+/** Objects whose CREATE / ALTER / DROP may change the set of volatile functions. */
+const FUNCTION_CATALOG_OBJECTS = new Set(['function', 'procedure', 'routine', 'aggregate', 'extension', 'schema', 'owned']);
+
 const isWordTok = (t: Token | undefined): boolean => t !== undefined && (t.kind === 'keyword' || t.kind === 'ident');
 const isNameTok = (t: Token | undefined): boolean =>
   t !== undefined && (t.kind === 'keyword' || t.kind === 'ident' || t.kind === 'quotedIdent');
@@ -273,6 +329,8 @@ class Analysis {
   /** For each `(`: index of its `)` (or the statement end when unbalanced). Filled by split(),
    *  allocated only when the message has parentheses. */
   match: number[] = EMPTY;
+  /** Functions called by the read statements scanned (allocated at the first call). */
+  calls: FunctionRef[] | null = null;
 
   constructor(
     readonly tokens: Token[],
@@ -435,6 +493,13 @@ class Analysis {
         if (i + 1 < e && isPunct(tokens[i + 1], '(')) {
           const schema = i - 2 >= s && isPunct(tokens[i - 1], '.') && isNameTok(tokens[i - 2]) ? tokens[i - 2]!.value : null;
           if (this.fns.matches(schema, t.value)) return write(`calls ${t.value}()`);
+          if (schema !== null || t.kind === 'quotedIdent' || !NOT_A_CALL.has(t.value)) {
+            // `FROM t v(x)`, `AS v(x)`: an alias with its column names. (After `)` it may be
+            // either: `DISTINCT ON (a) f()` is a call, so it counts as one.)
+            const prevTok = i > s ? tokens[i - 1]! : undefined;
+            const alias = schema === null && prevTok !== undefined && (prevTok.kind === 'ident' || prevTok.kind === 'quotedIdent' || this.w(i - 1) === 'as');
+            if (!alias) this.noteCall(schema, t.value);
+          }
         }
         if (t.kind === 'quotedIdent') continue;
         if (t.value === 'for') {
@@ -447,6 +512,24 @@ class Analysis {
       }
     }
     return read(label);
+  }
+
+  noteCall(schema: string | null, name: string): void {
+    const calls = (this.calls ??= []);
+    for (const c of calls) if (c.name === name && c.schema === schema) return;
+    calls.push(Object.freeze({ schema, name }));
+  }
+
+  /** Whether the statement in [s, e) may change which functions exist or how volatile they are. */
+  changesFunctions(s: number, e: number): boolean {
+    const v = this.w(s);
+    if (v !== 'create' && v !== 'alter' && v !== 'drop') return false;
+    for (let i = s + 1; i < e && i < s + 6; i++) {
+      const w = this.w(i);
+      if (FUNCTION_CATALOG_OBJECTS.has(w)) return true;
+      if (!DDL_WORDS.has(w)) return false;
+    }
+    return false;
   }
 
   /** The lock strength after FOR at `i`, or null when this FOR is not a locking clause. */
@@ -725,9 +808,11 @@ function analyze(sql: string, fns: FunctionSet): Classification {
   let firstWriteReason = '';
   let anyRead = false;
   let only = '';
+  let changesFunctions = false;
   const effects = new EffectsBuilder(tokens);
   for (let k = 0; k < n; k++) {
     effects.statement(ranges[2 * k]!, ranges[2 * k + 1]!, n);
+    if (!changesFunctions && a.changesFunctions(ranges[2 * k]!, ranges[2 * k + 1]!)) changesFunctions = true;
     const v = a.statement(ranges[2 * k]!, ranges[2 * k + 1]!, 0);
     if (v.begins) begins = true;
     if (v.kind === 'write' && firstWrite < 0) {
@@ -751,17 +836,22 @@ function analyze(sql: string, fns: FunctionSet): Classification {
   }
 
   const result: Classification = { target, reason, statements: n };
+  let hinted = false;
   if (leadingComments.length > 0) {
     const hints = parseHints(leadingComments);
     if (hints !== null) {
       if (hints.target !== undefined) {
         result.target = hints.target;
         result.reason = `hint ${hints.targetText}`;
+        hinted = true;
       }
       if (hints.maxLagMs !== undefined) result.maxLagMs = hints.maxLagMs;
     }
   }
   if (begins) result.beginsTransaction = true;
+  // A hint decides alone; a transaction declared READ ONLY cannot write wherever it runs.
+  if (target === 'replica' && !hinted && !begins && a.calls !== null) result.calls = Object.freeze(a.calls);
+  if (changesFunctions) result.changesFunctions = true;
   // Unterminated input never runs: PostgreSQL rejects it, so it changes nothing.
   const session = complete ? effects.build() : null;
   if (session !== null) result.session = session;

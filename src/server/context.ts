@@ -7,7 +7,7 @@ import type { AuthEntry } from '../auth/authFile.js';
 import type { BackendConnection, NodeAddress } from '../pool/backend.js';
 import type { Pool } from '../pool/pool.js';
 import type { ClientSession } from '../session/clientSession.js';
-import type { Classification } from '../routing/classifier.js';
+import type { Classification, FunctionRef } from '../routing/classifier.js';
 import type { StatementNames } from '../session/preparedStatements.js';
 import type { ConnectionLimits } from './limits.js';
 import type { NotificationHub } from '../session/notifications.js';
@@ -51,6 +51,14 @@ export interface ProxyContext {
 
   // Routing (src/routing/): decisions only, no sockets.
   classify(sql: string): Classification;
+  /**
+   * A read calling `calls` in `database`: why it must run on the primary (it calls a volatile
+   * function), null if it need not, or a promise to wait for (the database's function
+   * catalog is being loaded; it never rejects), then ask again.
+   */
+  volatileCall(database: string, user: string, calls: readonly FunctionRef[]): string | null | Promise<void>;
+  /** A transaction that may have changed `database`'s functions ended. */
+  functionsChanged(database: string): void;
   /** A node for a read, or null with the reason (no eligible node and no fallback). */
   chooseRead(minLsn: bigint | null, maxLagMsHint: number | null, avoid: string | null): { node: NodeAddress | null; reason: string };
   /** After a failed connect to the primary: the next primary (failover), or null at the deadline. */

@@ -10,7 +10,7 @@ import { BackendConnection, type BackendCredentials, type NodeAddress } from '..
 import { Pool } from '../pool/pool.js';
 import { ClientSession } from '../session/clientSession.js';
 import { ClusterMonitor } from '../cluster/monitor.js';
-import type { NodeSnapshot, TopologySnapshot } from '../cluster/topology.js';
+import { isHealthy, lagPolicyOf, type NodeSnapshot, type TopologySnapshot } from '../cluster/topology.js';
 import { cancelRequest } from '../protocol/messages.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import type { ProxyContext } from './context.js';
@@ -26,8 +26,9 @@ import { createMetrics } from '../observability/metrics.js';
 
 /** Upper bounds (ms) of the pool wait-time histogram buckets. */
 const WAIT_BUCKETS_MS = [0.1, 1, 5, 10, 50, 100, 500, 1000, 5000, 30000];
-import { Classifier, type Classification } from '../routing/classifier.js';
-import { ReadBalancer, type LagLimits, type ReadPolicy } from '../routing/balancer.js';
+import { Classifier, type Classification, type FunctionRef } from '../routing/classifier.js';
+import { FunctionCatalogs, VOLATILE_FUNCTIONS_SQL, type CatalogOptions } from '../routing/functionCatalog.js';
+import { ReadBalancer, type ReadPolicy } from '../routing/balancer.js';
 
 export interface RunningPgmux {
   /** Port clients connect to (the real one when listen port was 0). */
@@ -67,6 +68,7 @@ export class Proxy implements ProxyContext, ProxyView {
     failovers: 0,
     readRetries: 0,
     backendResets: 0,
+    backendConnectFailures: 0,
   };
   /** Databases paused by PAUSE (null entry = everything). */
   private readonly paused = new Set<string | null>();
@@ -97,6 +99,8 @@ export class Proxy implements ProxyContext, ProxyView {
   readonly notifications: NotificationHub;
   readonly monitor: ClusterMonitor;
   private classifier: Classifier;
+  /** Per database: its volatile functions (reads calling one go to the primary). */
+  readonly functionCatalogs: FunctionCatalogs;
   private readonly balancer: ReadBalancer;
   private readPolicy!: ReadPolicy;
 
@@ -111,6 +115,7 @@ export class Proxy implements ProxyContext, ProxyView {
     this.monitor = new ClusterMonitor(cfg, logger);
     this.monitor.on('snapshot', (s: TopologySnapshot) => this.onTopology(s));
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
+    this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
     this.balancer = new ReadBalancer(() => this.readPolicy);
     this.applyReadPolicy();
     this.admin = new AdminConsole(this);
@@ -124,24 +129,33 @@ export class Proxy implements ProxyContext, ProxyView {
   }
 
   private applyReadPolicy(): void {
-    const perNode = new Map<string, Partial<LagLimits>>();
-    for (const n of this.cfg.nodes) {
-      const o: Partial<LagLimits> = {};
-      if (n.maxLagBytes !== undefined) o.maxLagBytes = n.maxLagBytes;
-      if (n.maxLagMs !== undefined) o.maxLagMs = n.maxLagMs;
-      perNode.set(`${n.host}:${n.port}`, o);
-    }
-    this.readPolicy = {
-      maxLagBytes: this.cfg.maxLagBytes,
-      maxLagMs: this.cfg.maxLagMs,
-      perNode,
-      lagHysteresis: this.cfg.lagHysteresis,
-      fallbackToPrimary: this.cfg.fallbackToPrimary,
-    };
+    this.readPolicy = { fallbackToPrimary: this.cfg.fallbackToPrimary };
+    // Lag limits are the monitor's: it decides once per round which replicas are lagging.
+    this.monitor.setLagPolicy(lagPolicyOf(this.cfg));
   }
 
   classify(sql: string): Classification {
     return this.classifier.classify(sql);
+  }
+
+  volatileCall(database: string, user: string, calls: readonly FunctionRef[]): string | null | Promise<void> {
+    return this.functionCatalogs.check(database, user, calls, this.clock.now);
+  }
+
+  /** Set by start --workers: the other workers' catalogs of `database` are stale too. */
+  onFunctionsChanged: ((database: string) => void) | null = null;
+
+  functionsChanged(database: string): void {
+    this.functionCatalogs.changed(database);
+    this.onFunctionsChanged?.(database);
+  }
+
+  /** pg_proc is the same on every node: the primary's (newest), else any node reads serve from. */
+  private async loadFunctionCatalog(database: string, user: string): Promise<string | null> {
+    const node = this.currentPrimary() ?? this.chooseRead(null, null, null).node;
+    if (node === null) throw new Error('no node is up');
+    const row = await this.pool(node, database, user).queryRow(VOLATILE_FUNCTIONS_SQL);
+    return row?.[0] ?? null;
   }
 
   chooseRead(minLsn: bigint | null, maxLagMsHint: number | null, avoid: string | null): { node: NodeAddress | null; reason: string } {
@@ -306,11 +320,24 @@ export class Proxy implements ProxyContext, ProxyView {
     const key = node.name + '\0' + database + '\0' + user;
     let p = this.poolMap.get(key);
     if (!p || p.isClosed) {
-      p = new Pool(node, database, user, () => this.cfg, () => this.credentialsFor(user), this.logger, this.stats);
+      const knownFailure = this.droppedPoolFailures.get(key) ?? null;
+      this.droppedPoolFailures.delete(key);
+      const onDrop = (dropped: Pool) => {
+        if (this.poolMap.get(key) === dropped) this.poolMap.delete(key);
+        if (this.droppedPoolFailures.size >= 1000) this.droppedPoolFailures.clear();
+        if (dropped.lastFailure !== null) this.droppedPoolFailures.set(key, dropped.lastFailure);
+      };
+      p = new Pool(node, database, user, () => this.cfg, () => this.credentialsFor(user), this.logger, this.stats, { onDrop, knownFailure });
       this.poolMap.set(key, p);
     }
     return p;
   }
+
+  /**
+   * Why the pools dropped for a login failure failed (pool key -> logged text), so a client
+   * asking again for a missing database does not log the same warning again.
+   */
+  private readonly droppedPoolFailures = new Map<string, string>();
 
   allPools(): Pool[] {
     return [...this.poolMap.values()];
@@ -383,16 +410,18 @@ export class Proxy implements ProxyContext, ProxyView {
     }
     const changed = new Set<string>();
     for (const n of s.nodes) {
-      const role = `${n.role}/${n.state}`;
+      // up <-> lagging is not a change here: a lagging replica keeps its backends (reads in
+      // flight finish; the balancer sends it no new ones).
+      const role = `${n.role}/${isHealthy(n.state) ? 'up' : n.state}`;
       if (this.lastRole.get(n.name) !== role) changed.add(n.name);
       this.lastRole.set(n.name, role);
     }
-    // A node that is down, fenced or misconfigured loses its backends now (clients inside
-    // a transaction there get 08006); a node whose role changed is drained: idle backends
-    // closed now, busy ones when their transactions end.
+    // A node that is down, fenced, diverged or misconfigured loses its backends now (clients
+    // inside a transaction there get 08006); a node whose role changed is drained: idle
+    // backends closed now, busy ones when their transactions end.
     for (const [key, pool] of this.poolMap) {
       const n = s.nodes.find((x) => x.name === pool.node.name);
-      if (!n || n.state !== 'up') {
+      if (!n || !isHealthy(n.state)) {
         pool.closeAll('node_gone');
         this.poolMap.delete(key);
       } else if (changed.has(n.name)) {
@@ -484,7 +513,10 @@ export class Proxy implements ProxyContext, ProxyView {
   }
 
   isReady(): boolean {
-    return this.listening && !this.shuttingDown && !this.paused.has(null) && this.monitor.snapshot().primary !== null;
+    if (!this.listening || this.shuttingDown || this.paused.has(null)) return false;
+    // Without a primary pgmux still takes traffic while a replica serves reads.
+    const topo = this.monitor.snapshot();
+    return topo.primary !== null || topo.nodes.some((n) => n.role === 'replica' && n.state === 'up');
   }
 
   /** A client whose transaction must wait for RESUME. */
@@ -538,9 +570,11 @@ export class Proxy implements ProxyContext, ProxyView {
     this.cfg = { ...next, listen: prev.listen, http: prev.http };
     this.authEntries = entries;
     if (JSON.stringify(prev.writeFunctions) !== JSON.stringify(next.writeFunctions)) this.classifier = new Classifier({ writeFunctions: next.writeFunctions });
+    this.functionCatalogs.configure(catalogOptions(next));
     this.applyReadPolicy();
     this.logger.level = next.logLevel;
     this.monitor.setNodes(next.nodes);
+    for (const p of this.poolMap.values()) p.fitToSize(); // pool_size applies now, not at the next sweep
     this.cfgVersion++;
     const message = `configuration ${this.cfgVersion} loaded` + (restartNeeded.length ? `; ${restartNeeded.join(', ')} change only on restart` : '');
     this.logger.info({ version: this.cfgVersion, nodes: next.nodes.map((n) => `${n.host}:${n.port}@${n.weight}`) }, message);
@@ -585,6 +619,14 @@ export class Proxy implements ProxyContext, ProxyView {
   adminQuery(sql: string, role: 'admin' | 'stats'): Promise<Buffer> {
     return this.admin.run(sql, role);
   }
+}
+
+function catalogOptions(cfg: Config): CatalogOptions {
+  return {
+    readOnlyFunctions: cfg.readOnlyFunctions,
+    refreshMs: cfg.functionCatalogRefreshMs,
+    loadTimeoutMs: cfg.serverConnectTimeoutMs > 0 ? cfg.serverConnectTimeoutMs : 15_000,
+  };
 }
 
 export interface StartOptions {

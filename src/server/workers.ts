@@ -11,14 +11,17 @@
 //   - The primary serves the HTTP port: /metrics aggregates every worker's registry
 //     (prom-client AggregatorRegistry over cluster IPC), /readyz is 200 when at least one
 //     worker is ready, /healthz 200 while the primary runs, /status lists the workers.
+//   - A transaction that may have changed a database's functions (CREATE FUNCTION, ...) marks
+//     that database's function catalog stale in every worker, through the primary.
 //   - SIGINT/SIGTERM to the primary: every worker shuts down gracefully; exit 0 once all
 //     have exited cleanly. SIGHUP is passed on (each worker reloads). A worker that dies
 //     while the group runs is restarted; one that keeps dying before it listens stops the
 //     group (exit 1).
 //
 // Messages (cluster IPC, objects with a `pgmux` field):
-//   worker -> primary: cancel {pid, secret}, ready {ready}, listening, shutdown (admin SHUTDOWN)
-//   primary -> worker: cancel {pid, secret}, shutdown
+//   worker -> primary: cancel {pid, secret}, functions {database}, ready {ready}, listening,
+//                      shutdown (admin SHUTDOWN)
+//   primary -> worker: cancel {pid, secret}, functions {database}, shutdown
 
 import cluster, { type Worker } from 'node:cluster';
 import { startProbeServer, type RunningHttp } from '../admin/http.js';
@@ -40,6 +43,7 @@ const RESTART_DELAY_MS = 1000;
 
 type Message =
   | { pgmux: 'cancel'; pid: number; secret: number }
+  | { pgmux: 'functions'; database: string }
   | { pgmux: 'ready'; ready: boolean }
   | { pgmux: 'listening' }
   | { pgmux: 'shutdown' };
@@ -131,9 +135,11 @@ export async function runWorker(config: Config, opts: WorkerOptions): Promise<nu
 
   proxy.onUnknownCancel = (pid, secret) => send({ pgmux: 'cancel', pid, secret });
   proxy.onShutdownRequest = () => send({ pgmux: 'shutdown' });
+  proxy.onFunctionsChanged = (database) => send({ pgmux: 'functions', database });
   const onMessage = (m: unknown) => {
     if (!isMessage(m)) return;
     if (m.pgmux === 'cancel') proxy.cancel(m.pid, m.secret, true);
+    else if (m.pgmux === 'functions') proxy.functionCatalogs.changed(m.database);
     else if (m.pgmux === 'shutdown') stop('SIGTERM');
   };
   process.on('message', onMessage);
@@ -201,6 +207,9 @@ export async function runSupervisor(config: Config, logger: Logger, signals: Nod
       case 'cancel':
         logger.debug({ worker: slot.index, cancelPid: m.pid }, 'cancel key unknown to its worker: asking the others');
         for (const s of slots) if (s.worker && s.worker !== w && s.worker.isConnected()) s.worker.send({ pgmux: 'cancel', pid: m.pid, secret: m.secret });
+        break;
+      case 'functions':
+        for (const s of slots) if (s.worker && s.worker !== w && s.worker.isConnected()) s.worker.send({ pgmux: 'functions', database: m.database });
         break;
       case 'ready':
         slot.ready = m.ready;

@@ -119,6 +119,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private lastWriteAt = -Infinity;
   private minLsn: bigint | null = null;
   private lsnPending = false;
+  /** This transaction sent DDL that may change the database's functions: say so when it ends. */
+  private functionsChanging = false;
   /** A transaction's first message arrived; route it after the rest of the read chunk. */
   private beginPending = false;
   private waitStartedAt = 0;
@@ -304,6 +306,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       pauseReading: () => this.pauseReading(),
       terminated: () => this.close('client_terminate'),
       listensOnBackend: (ops) => this.listens.movedToBackend(ops),
+      functionsChanging: () => {
+        this.functionsChanging = true;
+      },
       discardedAll: () => this.listens.endAll(),
       log: (fields, msg) => this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, ...fields }, msg),
     };
@@ -402,7 +407,19 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const cfg = this.ctx.config();
     const route = cfg.poolMode === 'session' ? null : this.requests.classifyFirst(this.held[0]!);
     this.retryable = route !== null && this.requests.loneRead;
-    if (route !== null && route.target === 'replica' && !this.mustReadFromPrimary(cfg)) {
+    // A read calling a function the database's catalog says is VOLATILE may write (checked
+    // even when read_your_writes sends the read to the primary: it must not be re-run).
+    const volatile =
+      route !== null && route.target === 'replica' && route.calls !== undefined ? this.ctx.volatileCall(this.database, this.user, route.calls) : null;
+    if (volatile !== null && typeof volatile === 'object') {
+      void volatile.then(this.routeAgain); // the catalog is loading: once per database and after DDL
+      return;
+    }
+    if (volatile !== null) {
+      this.retryable = false; // it may have written: never re-run
+      if (this.ctx.logger.isLevelEnabled('debug')) this.ctx.logger.debug({ client: this.id, reason: volatile }, 'route to the primary');
+    }
+    if (route !== null && route.target === 'replica' && volatile === null && !this.mustReadFromPrimary(cfg)) {
       const choice = this.ctx.chooseRead(cfg.readYourWrites === 'lsn' ? this.minLsn : null, route.maxLagMs ?? null, this.avoidNode);
       if (this.ctx.logger.isLevelEnabled('debug')) {
         this.ctx.logger.debug({ client: this.id, node: choice.node?.name ?? null, reason: `${route.reason}; ${choice.reason}` }, 'route');
@@ -429,6 +446,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       (err: Error) => this.onAcquireFailed(err),
     );
   }
+
+  private readonly routeAgain = (): void => {
+    if (this.state === ClientState.Waiting) this.routeTransaction();
+  };
 
   private acquireOn(n: NodeAddress | null): void {
     if (this.state !== ClientState.Waiting) return;
@@ -626,6 +647,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       return;
     }
     if (b === null || !this.requests.atTransactionBoundary(b)) return;
+    if (this.functionsChanging) {
+      // Committed (or rolled back) now: others see the change from here on, not before.
+      this.functionsChanging = false;
+      this.ctx.functionsChanged(this.database);
+    }
     if (this.requests.pinned !== null) {
       // The client keeps its backend; what the shared listener heard meanwhile goes out
       // after the ReadyForQuery now on its way.

@@ -12,7 +12,7 @@ import { Expect } from '../pool/backend.js';
 import type { HeldMessage } from '../protocol/framer.js';
 import { errorResponse, Msg, queryMessage, readCstr, readyForQuery } from '../protocol/messages.js';
 import { pgmuxError } from '../protocol/errors.js';
-import type { Classification, ListenOp, SessionEffects } from '../routing/classifier.js';
+import type { Classification, FunctionRef, ListenOp, SessionEffects } from '../routing/classifier.js';
 import { bindStatement, buildParse, parseParse, targetOf, type ParsedParse } from './preparedStatements.js';
 import { SettingsTracker } from './settingsTracker.js';
 import type { StatementForwarder } from './statementForwarder.js';
@@ -28,6 +28,8 @@ export interface RequestHost {
   discardedAll(): void;
   /** LISTEN / UNLISTEN run on the pinned backend: the shared listener drops those channels. */
   listensOnBackend(ops: readonly ListenOp[]): void;
+  /** A statement that may change the database's functions (CREATE FUNCTION, ...) is sent. */
+  functionsChanging(): void;
   log(fields: Record<string, unknown>, msg: string): void;
 }
 
@@ -36,6 +38,8 @@ export interface RouteClass {
   readonly target: 'primary' | 'replica';
   readonly reason: string;
   readonly maxLagMs?: number;
+  /** The functions a read calls (checked against the database's volatile functions). */
+  readonly calls?: readonly FunctionRef[];
 }
 
 const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
@@ -103,7 +107,9 @@ export class RequestTracker {
       case Msg.Query:
         b.pendingRfq++;
         if (tracking) {
-          const fx = this.queryClass(buf, start, end).session;
+          const c = this.queryClass(buf, start, end);
+          if (c.changesFunctions === true) this.host.functionsChanging();
+          const fx = c.session;
           if (fx !== undefined && this.onSessionEffects(b, fx, null)) return;
           b.expect(Expect.Rfq);
         }
@@ -125,12 +131,15 @@ export class RequestTracker {
             const p = parseParse(buf, start, end);
             const c = p === null ? null : this.host.classify(p.query);
             if (p !== null && c !== null && !this.stmts.has(p.name)) this.statementClasses.set(p.name, c);
+            if (c?.changesFunctions === true) this.host.functionsChanging();
             if (c?.session !== undefined) this.onSessionEffects(b, c.session, undefined);
             this.stmts.parse(b, buf, start, end, p);
             return;
           }
           // Drivers (psycopg) also send DEALLOCATE through the extended protocol.
-          const fx = this.unnamedParseClass(buf, start, end)?.session;
+          const uc = this.unnamedParseClass(buf, start, end);
+          if (uc?.changesFunctions === true) this.host.functionsChanging();
+          const fx = uc?.session;
           if (fx !== undefined && this.onSessionEffects(b, fx, parseParse(buf, start, end))) return;
           b.expect(Expect.Parse);
         }
@@ -142,7 +151,9 @@ export class RequestTracker {
           const st = bindStatement(buf, start, end);
           if (st !== null && st.name !== '' && this.stmts.has(st.name)) {
             // A statement prepared earlier does what its text does, each time it runs.
-            const fx = this.statementClasses.get(st.name)?.session;
+            const sc = this.statementClasses.get(st.name);
+            if (sc?.changesFunctions === true) this.host.functionsChanging();
+            const fx = sc?.session;
             if (fx !== undefined) this.onSessionEffects(b, fx, undefined);
             this.flushRun();
             this.stmts.rewrite(b, type, buf, start, end, st.nameStart, st.nameEnd, st.name);
@@ -271,7 +282,8 @@ export class RequestTracker {
         const c = stmt ? this.statementClasses.get(stmt[0]) : undefined;
         if (c === undefined) return UNKNOWN_STATEMENT;
         this.loneRead = oneRead(c);
-        return { target: c.target, reason: `prepared statement "${stmt![0]}"` };
+        const reason = `prepared statement "${stmt![0]}"`;
+        return c.calls === undefined ? { target: c.target, reason } : { target: c.target, reason, calls: c.calls };
       }
       default:
         return { target: 'primary', reason: `starts with message "${String.fromCharCode(m.type)}"` };

@@ -158,6 +158,29 @@ describe('start --workers 2', () => {
     }
   });
 
+  it('a function created through one worker is known to the others when the transaction commits', async () => {
+    const tag = `${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;
+    const clients: pg.Client[] = [];
+    while (clients.filter((c) => workerOf(c) === 0).length < 1 || clients.filter((c) => workerOf(c) === 1).length < 4) {
+      clients.push(await pgClient(port));
+    }
+    const creator = clients.find((c) => workerOf(c) === 0)!;
+    const others = clients.filter((c) => workerOf(c) === 1).slice(0, 4);
+    try {
+      // Worker 1 has loaded the database's function catalog before the function exists.
+      for (const c of others) await c.query('SELECT abs(-1)');
+      await creator.query(`CREATE TABLE fv_w_${tag} (id serial, note text)`);
+      await creator.query(`CREATE FUNCTION fv_w_add_${tag}() RETURNS int LANGUAGE sql AS $$ INSERT INTO fv_w_${tag} (note) VALUES ('w') RETURNING id $$`);
+      // With 1 of 3 nodes the primary, a read sent to a replica fails (read-only transaction).
+      for (let i = 0; i < 3; i++) {
+        for (const c of others) expect((await c.query(`SELECT fv_w_add_${tag}() AS id, pg_is_in_recovery() AS standby`)).rows[0].standby).toBe(false);
+      }
+    } finally {
+      await creator.query(`DROP FUNCTION IF EXISTS fv_w_add_${tag}(); DROP TABLE IF EXISTS fv_w_${tag}`).catch(() => {});
+      await Promise.all(clients.map((c) => c.end().catch(() => {})));
+    }
+  });
+
   it('restarts a worker that dies', async () => {
     type Status = { workers: { index: number; pid: number | null; ready: boolean; restarts: number }[] };
     const s = JSON.parse((await get(httpPort, '/status')).body) as Status;

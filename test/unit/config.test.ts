@@ -103,6 +103,7 @@ describe('DEFAULTS', () => {
       clientIdleTimeoutMs: 0,
       idleTransactionTimeoutMs: 0,
       serverConnectTimeoutMs: 15_000,
+      serverLoginRetryMs: 15_000,
       clientLoginTimeoutMs: 60_000,
       maxMessageBytes: 64 * 1024 * 1024,
       serverResetQuery: 'DISCARD ALL',
@@ -123,10 +124,13 @@ describe('DEFAULTS', () => {
       maxLagBytes: null,
       maxLagMs: 10_000,
       lagHysteresis: 0.2,
+      readWithoutPrimaryTimeoutMs: 0,
       fallbackToPrimary: true,
       readYourWrites: 'off',
       readYourWritesWindowMs: 1000,
       writeFunctions: [],
+      readOnlyFunctions: [],
+      functionCatalogRefreshMs: 60_000,
       clientTls: 'disable',
       clientTlsCertFile: null,
       clientTlsKeyFile: null,
@@ -180,6 +184,7 @@ server_lifetime: 1h
 client_idle_timeout: 0.5
 idle_transaction_timeout: 250ms
 server_connect_timeout: 5s
+server_login_retry: 2s
 client_login_timeout: 1m
 max_message_size: 16MB
 server_reset_query: ''
@@ -199,10 +204,13 @@ on_role_change: /usr/local/bin/notify "$PGMUX_EVENT"
 max_lag_bytes: 16MB
 max_lag_ms: off
 lag_hysteresis: 0.5
+read_without_primary_timeout: 45s
 fallback_to_primary: off
 read_your_writes: lsn
 read_your_writes_window: 250ms
-write_functions: [audit_log, App.Bump]
+write_functions: [audit_log, App.Bump, 'queue_*']
+read_only_functions: [uuid_next, '"Audit".Peek', '"Mixed Case"()']
+function_catalog_refresh: 5m
 client_tls: require
 client_tls_cert_file: ${pki.server.cert}
 client_tls_key_file: ${pki.server.key}
@@ -242,6 +250,7 @@ max_unauthenticated_connections: 50
       clientIdleTimeoutMs: 500,
       idleTransactionTimeoutMs: 250,
       serverConnectTimeoutMs: 5000,
+      serverLoginRetryMs: 2000,
       clientLoginTimeoutMs: 60_000,
       maxMessageBytes: 16 * 1024 * 1024,
       serverResetQuery: '',
@@ -262,10 +271,13 @@ max_unauthenticated_connections: 50
       maxLagBytes: 16 * 1024 * 1024,
       maxLagMs: null,
       lagHysteresis: 0.5,
+      readWithoutPrimaryTimeoutMs: 45_000,
       fallbackToPrimary: false,
       readYourWrites: 'lsn',
       readYourWritesWindowMs: 250,
-      writeFunctions: ['audit_log', 'app.bump'],
+      writeFunctions: ['audit_log', 'app.bump', 'queue_*'],
+      readOnlyFunctions: ['uuid_next', '"Audit".peek', '"Mixed Case"'],
+      functionCatalogRefreshMs: 300_000,
       clientTls: 'require',
       clientTlsCertFile: pki.server.cert,
       clientTlsKeyFile: pki.server.key,
@@ -358,6 +370,7 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_CLIENT_IDLE_TIMEOUT: '4h',
       PGMUX_IDLE_TRANSACTION_TIMEOUT: '5ms',
       PGMUX_SERVER_CONNECT_TIMEOUT: '6',
+      PGMUX_SERVER_LOGIN_RETRY: '500ms',
       PGMUX_CLIENT_LOGIN_TIMEOUT: '7',
       PGMUX_MAX_MESSAGE_SIZE: '1MB',
       PGMUX_SERVER_RESET_QUERY: 'RESET ALL',
@@ -378,10 +391,13 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_MAX_LAG_BYTES: '1MB',
       PGMUX_MAX_LAG_MS: '2s',
       PGMUX_LAG_HYSTERESIS: '0',
+      PGMUX_READ_WITHOUT_PRIMARY_TIMEOUT: '2m',
       PGMUX_FALLBACK_TO_PRIMARY: 'false',
       PGMUX_READ_YOUR_WRITES: 'window',
       PGMUX_READ_YOUR_WRITES_WINDOW: '3s',
       PGMUX_WRITE_FUNCTIONS: 'f1,s.f2',
+      PGMUX_READ_ONLY_FUNCTIONS: 'r1, S.R2',
+      PGMUX_FUNCTION_CATALOG_REFRESH: '0',
       PGMUX_CLIENT_TLS: 'Allow',
       PGMUX_CLIENT_TLS_CERT_FILE: pki.server.cert,
       PGMUX_CLIENT_TLS_KEY_FILE: pki.server.key,
@@ -419,6 +435,7 @@ describe('precedence: defaults < file < env < flags', () => {
       clientIdleTimeoutMs: 14_400_000,
       idleTransactionTimeoutMs: 5,
       serverConnectTimeoutMs: 6000,
+      serverLoginRetryMs: 500,
       clientLoginTimeoutMs: 7000,
       maxMessageBytes: 1024 * 1024,
       serverResetQuery: 'RESET ALL',
@@ -439,10 +456,13 @@ describe('precedence: defaults < file < env < flags', () => {
       maxLagBytes: 1024 * 1024,
       maxLagMs: 2000,
       lagHysteresis: 0,
+      readWithoutPrimaryTimeoutMs: 120_000,
       fallbackToPrimary: false,
       readYourWrites: 'window',
       readYourWritesWindowMs: 3000,
       writeFunctions: ['f1', 's.f2'],
+      readOnlyFunctions: ['r1', 's.r2'],
+      functionCatalogRefreshMs: 0,
       clientTls: 'allow',
       clientTlsCertFile: pki.server.cert,
       clientTlsKeyFile: pki.server.key,
@@ -657,6 +677,7 @@ describe('validation errors name the key', () => {
     ['auth_file', { auth_file: { a: 1 } }, 'auth_file', 'auth_file: a mapping is not a file path (in test.yaml)'],
     ['health_check_period 0', { health_check_period: 0 }, 'health_check_period', 'health_check_period: 0 is too short (at least 100ms) (in test.yaml)'],
     ['health_check_timeout', { health_check_timeout: '50ms' }, 'health_check_timeout', 'health_check_timeout: "50ms" is too short (at least 100ms) (in test.yaml)'],
+    ['server_login_retry', { server_login_retry: '10ms' }, 'server_login_retry', 'server_login_retry: "10ms" is too short (at least 100ms) (in test.yaml)'],
     ['health_check_max_retries', { health_check_max_retries: 0 }, 'health_check_max_retries', 'health_check_max_retries: 0 is out of range (expected 1..1000) (in test.yaml)'],
     ['health_check_user empty', { health_check_user: '' }, 'health_check_user', 'health_check_user: "" is not a user name (expected a non-empty string) (in test.yaml)'],
     ['health_check_database', { health_check_database: null }, 'health_check_database', 'health_check_database: an empty value is not a database name (expected a non-empty string) (in test.yaml)'],
@@ -779,6 +800,9 @@ describe('TLS and access', () => {
     ['client_tls_min_version', 'SSLv3', /is not a TLS version/],
     ['max_user_connections', -1, /out of range \(expected 0..1000000\)/],
     ['max_unauthenticated_connections', 'many', /not a whole number/],
+    ['read_only_functions', ['a.b.c'], /"a.b.c" is not a function name \(expected name, schema.name, "Quoted" or a prefix ending in \*\)/],
+    ['write_functions', ['f(1)'], /"f\(1\)" is not a function name/],
+    ['function_catalog_refresh', 'often', /not a duration/],
   ])('%s: %j is refused', (key, value, message) => {
     expect(() => yamlValue(key, value)).toThrow(message);
   });

@@ -67,6 +67,7 @@ describe('pgbouncer.ini', () => {
       clientIdleTimeoutMs: 0,
       idleTransactionTimeoutMs: 60_000,
       serverConnectTimeoutMs: 5000,
+      serverLoginRetryMs: 3000,
       clientLoginTimeoutMs: 20_000,
       maxMessageBytes: 16_777_216,
       maxPreparedStatements: 100,
@@ -242,6 +243,13 @@ describe('pgpool.conf', () => {
     ]);
     expect(x.config.fallbackToPrimary).toBe(true);
     expect(x.warnings.some((w) => /^load_balance_mode = off: every node got weight 0 .* all reads go to the current primary/.test(w))).toBe(true);
+  });
+
+  it('read_only_function_list and white_function_list become read_only_functions', () => {
+    const x = run("backend_hostname0 = 'a'\nread_only_function_list = 'peek,app.look,^get_.*'\nwhite_function_list = 'peek,uuid_next'\n");
+    expect(x.config.readOnlyFunctions).toEqual(['peek', 'app.look', 'uuid_next']);
+    expect(x.warnings.some((w) => /^read_only_function_list: \^get_\.\*: regular expressions are not supported/.test(w))).toBe(true);
+    expect(warningFor(x.warnings, 'white_function_list')).toHaveLength(0);
   });
 
   it('warns that a weighted primary takes reads, like Pgpool-II', () => {

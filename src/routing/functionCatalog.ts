@@ -1,0 +1,239 @@
+// Which functions of each database may write: the VOLATILE ones outside pg_catalog and
+// information_schema (user and extension functions, procedures), read from pg_proc.
+//
+// The classifier reports the functions a read calls (Classification.calls); whether one of
+// them may write depends on the database, so the check happens at routing time against the
+// set kept here, per database. The set is loaded once per database (the first transaction
+// that needs it waits one round trip), again after a transaction that may have changed it
+// ends (DDL seen through pgmux), and every `function_catalog_refresh` in the background.
+// A load that fails leaves routing on the static lists (built-in writing functions,
+// write_functions) until the next attempt, with back-off.
+//
+// Volatile but harmless built-ins (random(), now()-likes, gen_random_uuid()) live in
+// pg_catalog and are not loaded; a few harmless extension functions are listed below.
+
+import { compileFunctionList, type FunctionRef, type FunctionSet } from './classifier.js';
+
+/**
+ * One row, one column: a JSON array of [schema, name] of every volatile function outside the
+ * system schemas (overloads once). Schema-qualified throughout: the backend may carry any
+ * client's search_path.
+ */
+export const VOLATILE_FUNCTIONS_SQL =
+  "SELECT COALESCE(pg_catalog.json_agg(pg_catalog.json_build_array(f.nspname, f.proname)), '[]') " +
+  'FROM (SELECT DISTINCT n.nspname, p.proname FROM pg_catalog.pg_proc p ' +
+  'JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace ' +
+  "WHERE p.provolatile = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema')) f";
+
+/** Volatile extension functions that do not write (uuid-ossp, pgcrypto): reads stay on replicas. */
+export const HARMLESS_EXTENSION_FUNCTIONS: readonly string[] = Object.freeze([
+  'uuid_generate_v1',
+  'uuid_generate_v1mc',
+  'uuid_generate_v4',
+  'gen_random_bytes',
+  'gen_salt',
+  'gen_random_uuid',
+]);
+
+/** The volatile functions of one database: name -> schema -> routing reason. */
+export class VolatileFunctions {
+  private readonly byName = new Map<string, Map<string, string>>();
+  readonly size: number;
+
+  constructor(functions: Iterable<readonly [schema: string, name: string]>) {
+    let n = 0;
+    for (const [schema, name] of functions) {
+      let schemas = this.byName.get(name);
+      if (schemas === undefined) this.byName.set(name, (schemas = new Map()));
+      if (schemas.has(schema)) continue;
+      // Built once here, so routing a read to the primary allocates nothing.
+      schemas.set(schema, `calls volatile function ${quoteName(schema)}.${quoteName(name)}()`);
+      n++;
+    }
+    this.size = n;
+  }
+
+  /** Parses VOLATILE_FUNCTIONS_SQL's answer; throws on anything else. */
+  static fromJson(text: string | null): VolatileFunctions {
+    if (text === null) throw new Error('the function catalog query returned no row');
+    const rows = JSON.parse(text) as unknown;
+    if (!Array.isArray(rows)) throw new Error('the function catalog query returned no JSON array');
+    const pairs: Array<[string, string]> = [];
+    for (const r of rows) {
+      if (!Array.isArray(r) || typeof r[0] !== 'string' || typeof r[1] !== 'string') throw new Error('unexpected row in the function catalog');
+      pairs.push([r[0], r[1]]);
+    }
+    return new VolatileFunctions(pairs);
+  }
+
+  /** The schemas with a volatile function of this exact name, each with its routing reason. */
+  schemasOf(name: string): ReadonlyMap<string, string> | undefined {
+    return this.byName.get(name);
+  }
+}
+
+/** `name` as SQL would need it written: quoted unless a plain lower-case identifier. */
+export function quoteName(name: string): string {
+  return /^[a-z_][a-z0-9_$]*$/.test(name) ? name : `"${name.replace(/"/g, '""')}"`;
+}
+
+/** read_only_functions plus the harmless extension functions: calls that stay reads. */
+export function readOnlyOverrides(readOnlyFunctions: readonly string[]): FunctionSet {
+  return compileFunctionList([...HARMLESS_EXTENSION_FUNCTIONS, ...readOnlyFunctions], 'read_only_functions');
+}
+
+/**
+ * Why a read that calls `calls` must run on the primary, or null. A qualified call matches
+ * its schema; an unqualified one any schema with a volatile function of that name (any
+ * overload: search_path is not known here, so the check is conservative). An override
+ * keeps a call a read only when it covers every schema the call may resolve to.
+ */
+export function writesVia(calls: readonly FunctionRef[], catalog: VolatileFunctions, overrides: FunctionSet): string | null {
+  for (let k = 0; k < calls.length; k++) {
+    const c = calls[k]!;
+    const schemas = catalog.schemasOf(c.name);
+    if (schemas === undefined) continue;
+    if (c.schema !== null) {
+      const reason = schemas.get(c.schema);
+      if (reason !== undefined && !overrides.matches(c.schema, c.name)) return reason;
+      continue;
+    }
+    for (const [schema, reason] of schemas) if (!overrides.matches(schema, c.name)) return reason;
+  }
+  return null;
+}
+
+/** Runs VOLATILE_FUNCTIONS_SQL in `database` (as `user`) and resolves its one value. */
+export type CatalogLoader = (database: string, user: string) => Promise<string | null>;
+
+export interface CatalogOptions {
+  readOnlyFunctions: readonly string[];
+  /** Background reload period; 0 = only after DDL seen through pgmux. */
+  refreshMs: number;
+  /** A load that takes longer counts as failed (waiting transactions go on with the static lists). */
+  loadTimeoutMs: number;
+}
+
+/** Retry after a failed load: 1 s, doubling up to this. */
+const MAX_RETRY_MS = 60_000;
+
+interface DatabaseCatalog {
+  functions: VolatileFunctions | null;
+  loadedAt: number;
+  /** A transaction that may have changed the catalog ended after the last load started. */
+  stale: boolean;
+  /** Bumped by every such transaction: a load started before it does not clear `stale`. */
+  generation: number;
+  /** The load in flight (never rejects). */
+  loading: Promise<void> | null;
+  /** After a failed load, no new attempt before this. */
+  retryAt: number;
+  failures: number;
+}
+
+export interface CatalogLog {
+  warn(fields: Record<string, unknown>, msg: string): void;
+  info(fields: Record<string, unknown>, msg: string): void;
+  debug(fields: Record<string, unknown>, msg: string): void;
+}
+
+/** The volatile-function sets of every database clients use, and their loading. */
+export class FunctionCatalogs {
+  private readonly byDatabase = new Map<string, DatabaseCatalog>();
+  private overrides: FunctionSet;
+  private opts: CatalogOptions;
+  /** Loads started (tests, diagnostics). */
+  loads = 0;
+
+  constructor(
+    private readonly load: CatalogLoader,
+    private readonly log: CatalogLog,
+    opts: CatalogOptions,
+  ) {
+    this.opts = opts;
+    this.overrides = readOnlyOverrides(opts.readOnlyFunctions);
+  }
+
+  /** RELOAD: new overrides and refresh period (entries were validated with the configuration). */
+  configure(opts: CatalogOptions): void {
+    if (JSON.stringify(opts.readOnlyFunctions) !== JSON.stringify(this.opts.readOnlyFunctions)) {
+      this.overrides = readOnlyOverrides(opts.readOnlyFunctions);
+    }
+    this.opts = opts;
+  }
+
+  /**
+   * For a read that calls `calls` in `database`: why it must run on the primary, null when
+   * it may run on a replica, or a promise (never rejecting) to wait for when the
+   * database's catalog is not known yet or changed; then ask again.
+   */
+  check(database: string, user: string, calls: readonly FunctionRef[], now: number): string | null | Promise<void> {
+    let d = this.byDatabase.get(database);
+    if (d === undefined) {
+      d = { functions: null, loadedAt: 0, stale: false, generation: 0, loading: null, retryAt: 0, failures: 0 };
+      this.byDatabase.set(database, d);
+    }
+    const current = d.functions !== null && !d.stale;
+    if (d.loading !== null) {
+      if (!current) return d.loading;
+    } else if (!current) {
+      if (now >= d.retryAt) return this.start(d, database, user);
+      // The last load failed: what was known before (if anything) until the next attempt.
+    } else if (this.opts.refreshMs > 0 && now - d.loadedAt >= this.opts.refreshMs && now >= d.retryAt) {
+      void this.start(d, database, user); // in the background: the current set serves meanwhile
+    }
+    return d.functions === null ? null : writesVia(calls, d.functions, this.overrides);
+  }
+
+  /** A transaction that may have changed `database`'s functions ended (committed or not). */
+  changed(database: string): void {
+    const d = this.byDatabase.get(database);
+    if (d === undefined) return; // never loaded: the first read loads it anyway
+    d.stale = true;
+    d.generation++;
+    d.retryAt = 0;
+  }
+
+  /** What is known of a database (tests, diagnostics). */
+  known(database: string): VolatileFunctions | null {
+    return this.byDatabase.get(database)?.functions ?? null;
+  }
+
+  private start(d: DatabaseCatalog, database: string, user: string): Promise<void> {
+    const generation = d.generation;
+    this.loads++;
+    let timer: NodeJS.Timeout | null = null;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${this.opts.loadTimeoutMs} ms`)), this.opts.loadTimeoutMs);
+      timer.unref();
+    });
+    const loaded = Promise.race([this.load(database, user).then(VolatileFunctions.fromJson), timeout]);
+    d.loading = loaded.then(
+      (functions) => {
+        const recovered = d.failures > 0;
+        d.functions = functions;
+        d.loadedAt = Date.now();
+        d.failures = 0;
+        d.retryAt = 0;
+        if (d.generation === generation) d.stale = false;
+        if (recovered) this.log.info({ db: database, volatileFunctions: functions.size }, 'function catalog loaded again');
+        else this.log.debug({ db: database, volatileFunctions: functions.size }, 'function catalog loaded');
+      },
+      (err: Error) => {
+        d.failures++;
+        d.retryAt = Date.now() + Math.min(MAX_RETRY_MS, 1000 * 2 ** Math.min(d.failures - 1, 16));
+        // Once per streak of failures: routing falls back to the static lists meanwhile.
+        if (d.failures === 1) {
+          this.log.warn(
+            { db: database, user, err: err.message },
+            'cannot load the function catalog: reads calling user functions are routed by the built-in list and write_functions only',
+          );
+        }
+      },
+    ).finally(() => {
+      if (timer !== null) clearTimeout(timer);
+      d.loading = null;
+    });
+    return d.loading;
+  }
+}
