@@ -62,6 +62,7 @@ describe('lone reads re-run when their replica backend dies (shared cluster)', (
 
   afterAll(async () => {
     for (const c of open) await Promise.resolve(c.end()).catch(() => {});
+    await direct.get(primaryPort())?.query('DROP TABLE IF EXISTS read_retry_t').catch(() => {});
     for (const c of direct.values()) await c.end().catch(() => {});
     await proxy?.close();
   });
