@@ -112,7 +112,7 @@ export class Proxy implements ProxyContext, ProxyView {
     // Certificates and the HBA file, read now so a bad one fails the start, not a client.
     reloadTls(cfg);
     reloadHba(cfg);
-    this.monitor = new ClusterMonitor(cfg, logger);
+    this.monitor = new ClusterMonitor(cfg, logger, () => this.authEntries);
     this.monitor.on('snapshot', (s: TopologySnapshot) => this.onTopology(s));
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
     this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
@@ -573,6 +573,7 @@ export class Proxy implements ProxyContext, ProxyView {
     this.functionCatalogs.configure(catalogOptions(next));
     this.applyReadPolicy();
     this.logger.level = next.logLevel;
+    this.monitor.setConfig(this.cfg);
     this.monitor.setNodes(next.nodes);
     for (const p of this.poolMap.values()) p.fitToSize(); // pool_size applies now, not at the next sweep
     this.cfgVersion++;
