@@ -107,6 +107,8 @@ interface NodeRuntime {
   broken: boolean;
   /** Bumped by closeClient(): a connect that was given up on meanwhile closes what it got. */
   generation: number;
+  /** The monitor's loginVersion the client logged in with: an older one reconnects at the next check. */
+  loginVersion: number;
   /** Current backoff while down, in periods (1 = every round). */
   backoff: number;
   /** Epoch ms before which a down node is not checked again. */
@@ -152,6 +154,8 @@ export class ClusterMonitor extends EventEmitter {
   /** The auth file as pgmux has it loaded now (the health-check login may come from it). */
   private readonly authEntries: () => ReadonlyMap<string, AuthEntry>;
   private login: HealthCheckLogin;
+  /** Bumped when the login settings change (RELOAD). */
+  private loginVersion = 0;
   private nodeCfgs: NodeConfig[];
   private readonly runtimes = new Map<string, NodeRuntime>();
   private current: TopologySnapshot;
@@ -186,7 +190,7 @@ export class ClusterMonitor extends EventEmitter {
   }
 
   private newRuntime(cfg: NodeConfig): NodeRuntime {
-    return { cfg, name: nodeName(cfg), client: null, broken: false, generation: 0, backoff: 1, nextCheckAt: 0 };
+    return { cfg, name: nodeName(cfg), client: null, broken: false, generation: 0, loginVersion: 0, backoff: 1, nextCheckAt: 0 };
   }
 
   /** Starts polling; resolves once the first round of checks has completed. */
@@ -212,10 +216,10 @@ export class ClusterMonitor extends EventEmitter {
   }
 
   /**
-   * RELOAD: health-check settings apply at once. Control connections whose login (user,
-   * password, database, timeout, TLS) changed are closed and reopened by the next check,
-   * a new period restarts the timer, and a round runs now so a fixed login shows at once.
-   * The node list is setNodes()'s.
+   * RELOAD: health-check settings apply at once. When the login (user, password, database,
+   * timeout, TLS) changed, each control connection is replaced at its next check (a check
+   * running now finishes on the old one: no failure is made up), a new period restarts the
+   * timer, and a round runs now so a fixed login shows at once. The node list is setNodes()'s.
    */
   setConfig(config: Config): void {
     const prev = this.config;
@@ -229,8 +233,8 @@ export class ClusterMonitor extends EventEmitter {
       prev.serverTls !== config.serverTls ||
       prev.serverTlsCaFile !== config.serverTlsCaFile;
     if (reconnect) {
+      this.loginVersion++;
       for (const rt of this.runtimes.values()) {
-        this.closeClient(rt);
         // A node down for the old login is checked now, not after its backoff.
         rt.backoff = 1;
         rt.nextCheckAt = 0;
@@ -392,6 +396,7 @@ export class ClusterMonitor extends EventEmitter {
     if (this.stopped) throw new Error('monitor stopped');
     const generation = rt.generation;
     const login = this.login;
+    const loginVersion = this.loginVersion;
     const client = await BackendConnection.connect({
       node: { host: rt.cfg.host, port: rt.cfg.port, name: rt.name },
       user: login.user,
@@ -407,6 +412,7 @@ export class ClusterMonitor extends EventEmitter {
     }
     rt.client = client;
     rt.broken = false;
+    rt.loginVersion = loginVersion;
     client.onClose(() => {
       if (rt.client === client) rt.broken = true; // e.g. the server went away under an idle connection
     });
@@ -428,7 +434,7 @@ export class ClusterMonitor extends EventEmitter {
       timer = setTimeout(() => reject(new Error(`health check timed out after ${this.timeoutMs} ms`)), this.timeoutMs);
     });
     const work = (async () => {
-      if (rt.client && rt.broken) this.closeClient(rt);
+      if (rt.client && (rt.broken || rt.loginVersion !== this.loginVersion)) this.closeClient(rt);
       const reused = rt.client !== null;
       let client = rt.client ?? (await this.connect(rt));
       try {

@@ -17,7 +17,7 @@ import { createLogger } from '../../src/observability/logger.js';
 import { startPgmux, type RunningPgmux } from '../../src/server/pgmux.js';
 import { clusterInfo, pgClient } from '../support/cluster.js';
 import { testConfig } from '../support/pgmux.js';
-import { waitFor } from '../support/wait.js';
+import { sleep, waitFor } from '../support/wait.js';
 
 const PERIOD = 200;
 
@@ -56,14 +56,14 @@ describe('a wrong health-check password (shared cluster: app_scram needs SCRAM)'
   let running: RunningPgmux;
   let names: string[];
 
-  const writeConfig = (password: string) =>
+  const writeConfig = (password: string, period = `${PERIOD}ms`) =>
     writeFileSync(
       configFile,
       stringify({
         listen: '127.0.0.1:0',
         nodes: clusterInfo().nodes.map((n) => `${n.host}:${n.port}`),
         admin_users: ['admin'],
-        health_check_period: `${PERIOD}ms`,
+        health_check_period: period,
         health_check_timeout: '1s',
         health_check_max_retries: 2,
         health_check_user: 'app_scram',
@@ -120,6 +120,19 @@ describe('a wrong health-check password (shared cluster: app_scram needs SCRAM)'
     const c = await pgClient(running.port, { database: 'app' });
     expect((await c.query('SELECT 1 AS one')).rows[0].one).toBe(1);
     await c.end();
+  });
+
+  it('RELOAD applies a new health_check_period at once', async () => {
+    writeConfig('scrampass', '1s');
+    await adminRows(running.port, 'RELOAD');
+    await sleep(300); // the reload's own snapshot and poll
+    const v0 = running.proxy.topology().version;
+    await sleep(2500);
+    const rounds = running.proxy.topology().version - v0;
+    // Every 200 ms this would be about 12 rounds.
+    expect(rounds).toBeGreaterThanOrEqual(1);
+    expect(rounds).toBeLessThanOrEqual(4);
+    expect(running.proxy.topology().nodes.every((n) => n.state === 'up')).toBe(true);
   });
 });
 
