@@ -2,7 +2,7 @@
 // still log in (auth_query included) and read from the replica; a write waits
 // failover_timeout and fails with 08006; read-your-writes clients never get data older
 // than their last commit: `window` keeps their reads on the (missing) primary, `lsn` lets
-// them read a replica that replayed their commit.
+// them read a replica that replayed their commit and refuses the read (08006) when none has.
 //
 // Lag limits are off (max_lag_bytes / max_lag_ms null): with a limit, today's topology
 // counts every replica as lagging while there is no primary, and the reads below need the
@@ -53,6 +53,8 @@ describe('no primary (private cluster)', () => {
 
   let lsnWriter: pg.Client;
   let windowWriter: pg.Client;
+  /** Commits while the replica's replay is paused: no node has its write once node0 is gone. */
+  let unreplayedWriter: pg.Client;
 
   beforeAll(async () => {
     cluster = await LocalCluster.start({ replicas: 1 });
@@ -86,6 +88,14 @@ describe('no primary (private cluster)', () => {
       10_000,
       () => 'the replica replaying both writes',
     );
+    await cluster.query('node1', 'SELECT pg_wal_replay_pause()');
+    await waitFor(
+      async () => (await cluster.query('node1', 'SELECT pg_get_wal_replay_pause_state() AS s'))[0].s === 'paused',
+      10_000,
+      () => 'replay paused on node1',
+    );
+    unreplayedWriter = await connect(lsnProxy);
+    await unreplayedWriter.query("INSERT INTO t VALUES ('unreplayed')");
 
     await cluster.stopNode('node0', 'immediate');
     for (const p of [lsnProxy, windowProxy]) {
@@ -140,6 +150,13 @@ describe('no primary (private cluster)', () => {
   it('read_your_writes=lsn: the writer reads its commit from a replica that replayed it', async () => {
     const r = await lsnWriter.query("SELECT inet_server_port() AS port, count(*)::int AS n FROM t WHERE v = 'lsn-write'");
     expect(r.rows[0]).toEqual({ port: replicaPort, n: 1 });
+  });
+
+  it('read_your_writes=lsn: a writer whose commit no replica has replayed is refused, not served older data', async () => {
+    const e = await failure(unreplayedWriter.query('SELECT v FROM t'));
+    expect(e.code).toBe('08006');
+    expect(e.message).toBe('no node available for reads');
+    expect(e.detail).toMatch(/replayed this client's last write/);
   });
 
   it('read_your_writes=window: a read inside the window waits like a write and fails; other clients read', async () => {
