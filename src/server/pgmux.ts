@@ -310,13 +310,16 @@ export class Proxy implements ProxyContext, ProxyView {
     return p ? this.nodeAddress(p) : null;
   }
 
-  /** The primary, else the first up replica not disabled, else any up replica. */
+  /**
+   * The primary, else the first healthy replica not disabled, else any healthy replica. A
+   * lagging one will do: lag does not change ParameterStatus, settings or pg_shadow.
+   */
   private loginNodeNow(): NodeAddress | null {
     const s = this.monitor.snapshot();
     if (s.primary !== null) return this.nodeAddress(s.primary);
     let disabled: NodeSnapshot | null = null;
     for (const n of s.nodes) {
-      if (n.state !== 'up' || n.role !== 'replica') continue;
+      if (!isHealthy(n.state) || n.role !== 'replica') continue;
       if (!this.disabledNodes.has(n.name)) return this.nodeAddress(n);
       disabled ??= n;
     }

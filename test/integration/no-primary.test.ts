@@ -4,10 +4,10 @@
 // than their last commit: `window` keeps their reads on the (missing) primary, `lsn` lets
 // them read a replica that replayed their commit and refuses the read (08006) when none has.
 //
-// Lag limits are off (max_lag_bytes / max_lag_ms null): with a limit, today's topology
-// counts every replica as lagging while there is no primary, and the reads below need the
-// topology change made in parallel (replicas stay eligible without a primary). None of the
-// assertions here depends on it with the limits off.
+// Lag limits are off (max_lag_bytes / max_lag_ms null) on the proxies these tests use, so
+// their assertions hold with or without the topology change of issue #12 (replicas stay
+// eligible with no primary, lag measured against the most advanced replica). Only the last
+// test, with the default lag limits, depends on that change.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { LocalCluster } from '../../src/embedded/localCluster.js';
@@ -24,6 +24,8 @@ describe('no primary (private cluster)', () => {
   let cluster: LocalCluster;
   let lsnProxy: TestProxy;
   let windowProxy: TestProxy;
+  /** Default lag limits (max_lag_ms 10 s). */
+  let defaultsProxy: TestProxy;
   let replicaPort: number;
   const open: pg.Client[] = [];
 
@@ -77,6 +79,8 @@ describe('no primary (private cluster)', () => {
     };
     lsnProxy = await startProxy({ ...common, readYourWrites: 'lsn' });
     windowProxy = await startProxy({ ...common, readYourWrites: 'window', readYourWritesWindowMs: 600_000 });
+    const { maxLagBytes: _b, maxLagMs: _ms, ...withDefaultLimits } = common;
+    defaultsProxy = await startProxy(withDefaultLimits);
 
     // Both writers commit while the primary is up.
     lsnWriter = await connect(lsnProxy);
@@ -98,7 +102,7 @@ describe('no primary (private cluster)', () => {
     await unreplayedWriter.query("INSERT INTO t VALUES ('unreplayed')");
 
     await cluster.stopNode('node0', 'immediate');
-    for (const p of [lsnProxy, windowProxy]) {
+    for (const p of [lsnProxy, windowProxy, defaultsProxy]) {
       await waitFor(
         () => p.proxy.topology().primary === null && p.proxy.topology().nodes[1]!.state === 'up',
         10_000,
@@ -111,6 +115,7 @@ describe('no primary (private cluster)', () => {
     for (const c of open) await c.end().catch(() => {});
     await lsnProxy?.close();
     await windowProxy?.close();
+    await defaultsProxy?.close();
     await cluster?.stop();
   });
 
@@ -168,5 +173,13 @@ describe('no primary (private cluster)', () => {
     const other = await connect(windowProxy);
     const r = await other.query('SELECT inet_server_port() AS port');
     expect(r.rows[0].port).toBe(replicaPort);
+  });
+
+  // Needs the topology change (merged from i12-topo): before it, with a lag limit set, every
+  // replica counted as lagging while there was no primary and this read failed with 08006.
+  it('with the default lag limits a new client logs in and reads from the replica', async () => {
+    const c = await connect(defaultsProxy, 'reader', 'readerpw');
+    const r = await c.query('SELECT inet_server_port() AS port, count(*)::int AS n FROM t');
+    expect(r.rows[0]).toEqual({ port: replicaPort, n: 2 });
   });
 });
