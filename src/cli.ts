@@ -169,7 +169,7 @@ async function serveUntilSignal(
 
 /**
  * classify --database / --dsn: the database's volatile functions, read over one plain
- * connection (--dsn, else each configured node in turn as health_check_user: pg_proc is the
+ * connection (--dsn, else each configured node in turn with the health checks' login: pg_proc is the
  * same on every node).
  */
 async function readVolatileFunctions(o: { dsn?: string; database?: string; config: Config | null }): Promise<VolatileFunctions> {
@@ -188,15 +188,20 @@ async function readVolatileFunctions(o: { dsn?: string; database?: string; confi
   } else {
     const cfg = o.config!;
     const { backendTlsFor, pgClientSsl } = await import('./server/tls.js');
+    const { healthCheckLogin } = await import('./cluster/healthCheckLogin.js');
+    const { loadAuthFile } = await import('./auth/authFile.js');
+    // The health checks' login, chosen as the monitor chooses it (an md5 secret from the
+    // auth file is no use to node-postgres: that login then goes without a password).
+    const login = healthCheckLogin(cfg, cfg.authFile ? loadAuthFile(cfg.authFile) : new Map());
     for (const n of cfg.nodes) {
       targets.push({
         label: formatHostPort(n),
         conn: {
           host: n.host,
           port: n.port,
-          user: cfg.healthCheckUser,
-          password: cfg.healthCheckPassword ?? undefined,
-          database: o.database ?? cfg.healthCheckDatabase,
+          user: login.user,
+          password: login.credentials.password ?? undefined,
+          database: o.database ?? login.database,
           connectionTimeoutMillis: cfg.serverConnectTimeoutMs || undefined,
           ssl: pgClientSsl(backendTlsFor(cfg)),
         },
@@ -350,13 +355,13 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
     .option('--read-only-functions <names>', 'functions that stay reads though VOLATILE, comma-separated (as read_only_functions)')
     .option('--database <name>', "also check the functions a read calls against this database's VOLATILE functions (connects to a node)")
     .option('--dsn <url>', 'connect here for that check (postgres://user:password@host:port/database); default: the configured nodes')
-    .option('-c, --config <file>', 'YAML config: nodes and health_check_user for --database, write_functions and read_only_functions (env: PGMUX_CONFIG)')
+    .option('-c, --config <file>', 'YAML config: nodes and the health checks\' login for --database, write_functions and read_only_functions (env: PGMUX_CONFIG)')
     .addHelpText(
       'after',
       '\nWithout --database or --dsn nothing is contacted: user functions are judged by the built-in list and\n' +
         'write_functions only. With them, a read that calls a VOLATILE function outside pg_catalog goes to the\n' +
-        'primary, as pgmux routes it. --database without --dsn logs in to the configured nodes in turn as\n' +
-        'health_check_user. SQL that starts with -- needs: pgmux classify -- "$sql".',
+        'primary, as pgmux routes it. --database without --dsn logs in to the configured nodes in turn with\n' +
+        'the health checks\' login (health_check_user, else auth_user, else the auth file). SQL that starts with -- needs: pgmux classify -- "$sql".',
     )
     .action(async (sql: string, o: { writeFunctions?: string; readOnlyFunctions?: string; database?: string; dsn?: string; config?: string }) => {
       const { classifySql, formatClassification } = await import('./routing/classifier.js');

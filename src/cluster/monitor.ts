@@ -17,12 +17,15 @@
 //   PGMUX_OLD_PRIMARY / PGMUX_NEW_PRIMARY  host:port of the primary before/after ('' if none)
 // role_change fires only for a node whose role was known before (not on first discovery).
 
-import { backendTlsFor, pgClientSsl } from '../server/tls.js';
+import { backendTlsFor } from '../server/tls.js';
 import { EventEmitter } from 'node:events';
 import { spawn } from 'node:child_process';
-import pg from 'pg';
 import type { Logger } from 'pino';
+import type { AuthEntry } from '../auth/authFile.js';
 import type { Config, NodeConfig } from '../config/types.js';
+import { BackendConnection } from '../pool/backend.js';
+import { BackendError, PgmuxError } from '../protocol/errors.js';
+import { healthCheckLogin, sameLogin, type HealthCheckLogin } from './healthCheckLogin.js';
 import {
   deriveTopology,
   emptyTopology,
@@ -73,6 +76,12 @@ SELECT r.rec,
   extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS replay_age_ms
 FROM r, w`;
 
+/**
+ * The probe row as one JSON object: BackendConnection.queryRow() returns text columns by
+ * position; JSON keeps the column names and the booleans and numbers parseRow() reads.
+ */
+const PROBE_JSON_SQL = `SELECT row_to_json(p)::text FROM (${PROBE_SQL}) p`;
+
 export interface NodeStateEvent {
   node: NodeSnapshot;
   from: NodeState;
@@ -93,9 +102,13 @@ export interface PrimaryChangeEvent {
 interface NodeRuntime {
   cfg: NodeConfig;
   name: string;
-  client: pg.Client | null;
-  /** Set by the client's 'error'/'end' events: reconnect before the next query. */
+  client: BackendConnection | null;
+  /** Set when the control connection closed: reconnect before the next query. */
   broken: boolean;
+  /** Bumped by closeClient(): a connect that was given up on meanwhile closes what it got. */
+  generation: number;
+  /** The monitor's loginVersion the client logged in with: an older one reconnects at the next check. */
+  loginVersion: number;
   /** Current backoff while down, in periods (1 = every round). */
   backoff: number;
   /** Epoch ms before which a down node is not checked again. */
@@ -117,6 +130,9 @@ interface HookRun {
 }
 
 function errorText(err: unknown): string {
+  // The detail says what failed (e.g. "127.0.0.1:5433: connect ECONNREFUSED ..."), the message only that it did.
+  if (err instanceof PgmuxError) return err.spec.detail ? `${err.spec.message}: ${err.spec.detail}` : err.spec.message;
+  if (err instanceof BackendError) return `${err.message} (${err.code})`;
   if (err instanceof Error) {
     const code = (err as { code?: string }).code;
     return code && !err.message.includes(code) ? `${err.message} (${code})` : err.message;
@@ -124,20 +140,22 @@ function errorText(err: unknown): string {
   return String(err);
 }
 
-/** Force-close a client whatever it is doing (a hung server must not keep it alive). */
-function destroyClient(client: pg.Client): void {
-  const stream = (client as unknown as { connection?: { stream?: { destroy?: () => void } } }).connection?.stream;
-  try {
-    stream?.destroy?.();
-  } catch {
-    // already gone
-  }
-  client.end().catch(() => {});
+/**
+ * Down reasons compared without their numbers: "timed out after 987 ms" and "... 991 ms"
+ * are one reason, logged once.
+ */
+function reasonKey(reason: string | undefined): string {
+  return (reason ?? '').replace(/\d+/g, '#');
 }
 
 export class ClusterMonitor extends EventEmitter {
-  private readonly config: Config;
+  private config: Config;
   private readonly log: Logger;
+  /** The auth file as pgmux has it loaded now (the health-check login may come from it). */
+  private readonly authEntries: () => ReadonlyMap<string, AuthEntry>;
+  private login: HealthCheckLogin;
+  /** Bumped when the login settings change (RELOAD). */
+  private loginVersion = 0;
   private nodeCfgs: NodeConfig[];
   private readonly runtimes = new Map<string, NodeRuntime>();
   private current: TopologySnapshot;
@@ -151,10 +169,12 @@ export class ClusterMonitor extends EventEmitter {
   private hookRunning = false;
   private lagPolicy: LagPolicy;
 
-  constructor(config: Config, logger: Logger) {
+  constructor(config: Config, logger: Logger, authEntries: () => ReadonlyMap<string, AuthEntry> = () => new Map()) {
     super();
     this.config = config;
     this.lagPolicy = lagPolicyOf(config);
+    this.authEntries = authEntries;
+    this.login = healthCheckLogin(config, authEntries());
     this.log = logger.child({ component: 'monitor' });
     this.nodeCfgs = config.nodes.map((n) => ({ ...n }));
     for (const cfg of this.nodeCfgs) this.runtimes.set(nodeName(cfg), this.newRuntime(cfg));
@@ -170,21 +190,59 @@ export class ClusterMonitor extends EventEmitter {
   }
 
   private newRuntime(cfg: NodeConfig): NodeRuntime {
-    return { cfg, name: nodeName(cfg), client: null, broken: false, backoff: 1, nextCheckAt: 0 };
+    return { cfg, name: nodeName(cfg), client: null, broken: false, generation: 0, loginVersion: 0, backoff: 1, nextCheckAt: 0 };
   }
 
   /** Starts polling; resolves once the first round of checks has completed. */
   start(): Promise<void> {
     if (this.started) return this.started;
     this.stopped = false;
-    this.log.info({ nodes: this.nodeCfgs.map(nodeName), periodMs: this.period }, 'topology monitor starting');
+    this.log.info(
+      { nodes: this.nodeCfgs.map(nodeName), periodMs: this.period, user: this.login.user, database: this.login.database, loginFrom: this.login.source },
+      'topology monitor starting',
+    );
+    this.startTimer();
+    this.started = this.runRound();
+    return this.started;
+  }
+
+  private startTimer(): void {
+    if (this.timer) clearInterval(this.timer);
     this.timer = setInterval(() => {
       if (this.inFlight || this.stopped) return; // previous round still running: skip
       void this.runRound();
     }, this.period);
     this.timer.unref();
-    this.started = this.runRound();
-    return this.started;
+  }
+
+  /**
+   * RELOAD: health-check settings apply at once. When the login (user, password, database,
+   * timeout, TLS) changed, each control connection is replaced at its next check (a check
+   * running now finishes on the old one: no failure is made up), a new period restarts the
+   * timer, and a round runs now so a fixed login shows at once. The node list is setNodes()'s.
+   */
+  setConfig(config: Config): void {
+    const prev = this.config;
+    const prevLogin = this.login;
+    const prevPeriod = this.period;
+    this.config = config;
+    this.login = healthCheckLogin(config, this.authEntries());
+    const reconnect =
+      !sameLogin(prevLogin, this.login) ||
+      prev.healthCheckTimeoutMs !== config.healthCheckTimeoutMs ||
+      prev.serverTls !== config.serverTls ||
+      prev.serverTlsCaFile !== config.serverTlsCaFile;
+    if (reconnect) {
+      this.loginVersion++;
+      for (const rt of this.runtimes.values()) {
+        // A node down for the old login is checked now, not after its backoff.
+        rt.backoff = 1;
+        rt.nextCheckAt = 0;
+      }
+      this.log.info({ user: this.login.user, database: this.login.database, loginFrom: this.login.source }, 'health-check login changed: reconnecting');
+    }
+    if (this.timer && this.period !== prevPeriod) this.startTimer();
+    if (this.started && !this.stopped) void this.pollNow();
   }
 
   /** Stops polling and closes the control connections. Pending waitForPrimary() get null. */
@@ -304,6 +362,7 @@ export class ClusterMonitor extends EventEmitter {
       probes.push({ ...probe, index });
     }
     const next = deriveTopology(this.current, probes, Date.now(), this.deriveOpts());
+    this.logDownReasons(this.current, next);
     // Backoff for down nodes: 1, 2, 4, 5, 5 ... periods between checks; reset once up.
     for (const { rt, probe } of results) {
       const node = next.nodes.find((n) => n.name === rt.name);
@@ -324,40 +383,48 @@ export class ClusterMonitor extends EventEmitter {
     const c = rt.client;
     rt.client = null;
     rt.broken = false;
-    if (c) destroyClient(c);
+    rt.generation++;
+    if (c) c.close('shutdown');
   }
 
-  private async connect(rt: NodeRuntime): Promise<pg.Client> {
+  /**
+   * A control connection with pgmux's own backend login (the pools' code): it takes md5
+   * secrets from the auth file, SCRAM, and server_tls including prefer, which node-postgres
+   * cannot; a node the pools can log in to looks up to the monitor too.
+   */
+  private async connect(rt: NodeRuntime): Promise<BackendConnection> {
     if (this.stopped) throw new Error('monitor stopped');
-    const client = new pg.Client({
-      host: rt.cfg.host,
-      port: rt.cfg.port,
-      user: this.config.healthCheckUser,
-      password: this.config.healthCheckPassword ?? undefined,
-      database: this.config.healthCheckDatabase,
-      application_name: 'pgmux-monitor',
-      connectionTimeoutMillis: this.timeoutMs,
-      query_timeout: this.timeoutMs,
-      statement_timeout: this.timeoutMs,
-      keepAlive: true,
-      // Health checks use the same TLS as the pools (a hostssl-only node must not look down).
-      ssl: pgClientSsl(backendTlsFor(this.config)),
+    const generation = rt.generation;
+    const login = this.login;
+    const loginVersion = this.loginVersion;
+    const client = await BackendConnection.connect({
+      node: { host: rt.cfg.host, port: rt.cfg.port, name: rt.name },
+      user: login.user,
+      database: login.database,
+      credentials: login.credentials,
+      connectTimeoutMs: this.timeoutMs,
+      tls: backendTlsFor(this.config),
     });
-    rt.client = client;
-    rt.broken = false;
-    const markBroken = () => {
-      if (rt.client === client) rt.broken = true;
-    };
-    client.on('error', markBroken); // e.g. the server went away under an idle connection
-    client.on('end', markBroken);
-    await client.connect();
-    if (this.stopped || rt.client !== client) {
-      // stopped, or given up on (timed out) while connecting
-      if (rt.client === client) rt.client = null;
-      destroyClient(client);
+    if (this.stopped || rt.generation !== generation) {
+      // stopped, or given up on (timed out, login changed) while connecting
+      client.close('shutdown');
       throw new Error('health check abandoned');
     }
+    rt.client = client;
+    rt.broken = false;
+    rt.loginVersion = loginVersion;
+    client.onClose(() => {
+      if (rt.client === client) rt.broken = true; // e.g. the server went away under an idle connection
+    });
+    client.socket.setKeepAlive(true);
+    await client.runInternal(`SET application_name = 'pgmux-monitor'; SET statement_timeout = ${this.timeoutMs}`);
     return client;
+  }
+
+  private async queryProbe(client: BackendConnection): Promise<Record<string, unknown> | undefined> {
+    const row = await client.queryRow(PROBE_JSON_SQL);
+    const json = row?.[0];
+    return typeof json === 'string' ? (JSON.parse(json) as Record<string, unknown>) : undefined;
   }
 
   /** One health check: never rejects, bounded by healthCheckTimeoutMs. */
@@ -367,18 +434,18 @@ export class ClusterMonitor extends EventEmitter {
       timer = setTimeout(() => reject(new Error(`health check timed out after ${this.timeoutMs} ms`)), this.timeoutMs);
     });
     const work = (async () => {
-      if (rt.client && rt.broken) this.closeClient(rt);
+      if (rt.client && (rt.broken || rt.loginVersion !== this.loginVersion)) this.closeClient(rt);
       const reused = rt.client !== null;
       let client = rt.client ?? (await this.connect(rt));
       try {
-        return (await client.query(PROBE_SQL)).rows[0] as Record<string, unknown> | undefined;
+        return await this.queryProbe(client);
       } catch (err) {
         // A persistent connection can die between rounds (idle timeout, terminated
         // backend): one fresh retry before counting a failure.
         if (!reused || (err as Error).message?.includes('timeout')) throw err;
         this.closeClient(rt);
         client = await this.connect(rt);
-        return (await client.query(PROBE_SQL)).rows[0] as Record<string, unknown> | undefined;
+        return await this.queryProbe(client);
       }
     })();
     work.catch(() => {}); // settles after the guard on a timeout
@@ -480,6 +547,24 @@ export class ClusterMonitor extends EventEmitter {
       this.waiters.clear();
     }
     for (const h of hooks) this.enqueueHook(h);
+  }
+
+  /**
+   * A node that stays down says why once, and again when the reason changes: state changes
+   * alone would never log a node that fails from its very first check ("not checked yet"
+   * -> a wrong password), and every check would be too many.
+   */
+  private logDownReasons(prev: TopologySnapshot, next: TopologySnapshot): void {
+    const prevByName = new Map(prev.nodes.map((n) => [n.name, n] as const));
+    for (const node of next.nodes) {
+      const before = prevByName.get(node.name);
+      if (!before || before.state !== 'down' || node.state !== 'down') continue; // state changes: publish() logs them
+      if (node.lastCheckAt === before.lastCheckAt || reasonKey(node.reason) === reasonKey(before.reason)) continue;
+      this.log.warn(
+        { node: node.name, state: node.state, role: node.role, reason: node.reason, user: this.login.user, failures: node.consecutiveFailures },
+        `node ${node.name} is down: ${node.reason ?? ''}`,
+      );
+    }
   }
 
   private logState(node: NodeSnapshot, from: NodeState, firstCheck: boolean): void {

@@ -107,7 +107,12 @@ export interface Config {
   healthCheckTimeoutMs: number;
   /** Consecutive failed checks before a node is marked down. */
   healthCheckMaxRetries: number;
-  healthCheckUser: string;
+  /**
+   * Login of the health checks; null = a login pgmux already has (auth_user, else the auth
+   * file's first plain-text user, else postgres without a password): src/cluster/healthCheckLogin.ts.
+   */
+  healthCheckUser: string | null;
+  /** Password of health_check_user (null: its auth-file entry, if any). */
   healthCheckPassword: string | null;
   healthCheckDatabase: string;
   /** How long a transaction waits for a primary to appear (failover gap). */

@@ -27,7 +27,15 @@ export const ERRORS = {
   authMethodUnavailable: spec('FATAL', '28000', 'authentication method not available for this user'),
   tooManyClients: spec('FATAL', '53300', 'too many client connections', 'Raise max_client_conn or use fewer client connections.'),
   poolWaitTimeout: spec('FATAL', '53300', 'timed out waiting for a backend connection', 'Raise pool_size or query_wait_timeout, or shorten transactions.'),
-  noPrimary: spec('FATAL', '08006', 'no primary node available', 'Check the database nodes; pgmux waited failover_timeout for a primary to appear.'),
+  // Class 08 (connection exception) is what retry logic treats as "reconnect and retry"
+  // (HikariCP evicts, Npgsql IsTransient, psycopg OperationalError); FATAL makes pools
+  // reconnect, which works during the gap: logins and reads need no primary.
+  noPrimary: spec(
+    'FATAL',
+    '08006',
+    'no primary node available',
+    'Retry the transaction once a replica is promoted or the primary is back; read-only transactions are still served by the replicas meanwhile.',
+  ),
   noReadNode: spec('FATAL', '08006', 'no node available for reads', 'Enable fallback_to_primary, or check the replicas and the lag limits.'),
   backendUnavailable: spec('FATAL', '08006', 'could not connect to the database node'),
   backendLost: spec('FATAL', '08006', 'the connection to the database node was lost', 'Reconnect and retry the transaction.'),

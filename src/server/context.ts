@@ -27,6 +27,12 @@ export interface ProxyContext {
    * (cached). undefined = no such user; rejects when the lookup cannot be done.
    */
   lookupAuthEntry(user: string): Promise<AuthEntry | undefined>;
+  /**
+   * A node to log in through (ParameterStatus values, startup settings, auth_query): the
+   * primary when there is one now, else an up replica whatever its lag; else waits up to
+   * `timeoutMs` for either. Logins need no primary: reads go on during a failover.
+   */
+  loginNode(timeoutMs: number): Promise<NodeAddress | null>;
   /** The node that takes writes now, waiting up to `timeoutMs` for one during a failover. */
   primary(timeoutMs: number): Promise<NodeAddress | null>;
   currentPrimary(): NodeAddress | null;

@@ -92,6 +92,8 @@ export class Proxy implements ProxyContext, ProxyView {
   private readonly authQueryInFlight = new Map<string, Promise<AuthEntry | undefined>>();
   /** Lookups that went to the database (for tests and SHOW-style stats). */
   authQueryLookups = 0;
+  /** Logins waiting for any node to log in through (loginNode). */
+  private readonly loginWaiters = new Set<{ resolve: (n: NodeAddress | null) => void; timer: NodeJS.Timeout }>();
   private janitor: NodeJS.Timeout | null = null;
   shuttingDown = false;
   readonly limits = new ConnectionLimits();
@@ -112,8 +114,9 @@ export class Proxy implements ProxyContext, ProxyView {
     // Certificates and the HBA file, read now so a bad one fails the start, not a client.
     reloadTls(cfg);
     reloadHba(cfg);
-    this.monitor = new ClusterMonitor(cfg, logger);
+    this.monitor = new ClusterMonitor(cfg, logger, () => this.authEntries);
     this.monitor.on('snapshot', (s: TopologySnapshot) => this.onTopology(s));
+    this.monitor.on('snapshot', () => this.wakeLoginWaiters());
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
     this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
     this.balancer = new ReadBalancer(() => this.readPolicy);
@@ -242,8 +245,9 @@ export class Proxy implements ProxyContext, ProxyView {
     const cfg = this.cfg;
     const authUser = cfg.authUser;
     if (authUser === null) return undefined;
-    const node = await this.primary(cfg.serverConnectTimeoutMs);
-    if (node === null) throw new Error('no primary is available to run auth_query');
+    // pg_authid / pg_shadow are readable on a replica too: no need to wait for a primary.
+    const node = await this.loginNode(cfg.serverConnectTimeoutMs);
+    if (node === null) throw new Error('no primary or replica is available to run auth_query');
     const fileEntry = this.authEntries.get(authUser);
     const password = cfg.authUserPassword ?? (fileEntry?.kind === 'plain' ? fileEntry.secret : undefined);
     this.authQueryLookups++;
@@ -304,6 +308,48 @@ export class Proxy implements ProxyContext, ProxyView {
     if (now !== null) return now;
     const p = await this.monitor.waitForPrimary(timeoutMs);
     return p ? this.nodeAddress(p) : null;
+  }
+
+  /**
+   * The primary, else the first healthy replica not disabled, else any healthy replica. A
+   * lagging one will do: lag does not change ParameterStatus, settings or pg_shadow.
+   */
+  private loginNodeNow(): NodeAddress | null {
+    const s = this.monitor.snapshot();
+    if (s.primary !== null) return this.nodeAddress(s.primary);
+    let disabled: NodeSnapshot | null = null;
+    for (const n of s.nodes) {
+      if (!isHealthy(n.state) || n.role !== 'replica') continue;
+      if (!this.disabledNodes.has(n.name)) return this.nodeAddress(n);
+      disabled ??= n;
+    }
+    return disabled === null ? null : this.nodeAddress(disabled);
+  }
+
+  loginNode(timeoutMs: number): Promise<NodeAddress | null> {
+    const now = this.loginNodeNow();
+    if (now !== null || timeoutMs <= 0 || this.shuttingDown) return Promise.resolve(now);
+    return new Promise((resolve) => {
+      const waiter = {
+        resolve,
+        timer: setTimeout(() => {
+          this.loginWaiters.delete(waiter);
+          resolve(null);
+        }, timeoutMs),
+      };
+      this.loginWaiters.add(waiter);
+    });
+  }
+
+  private wakeLoginWaiters(): void {
+    if (this.loginWaiters.size === 0) return;
+    const node = this.loginNodeNow();
+    if (node === null) return;
+    for (const w of this.loginWaiters) {
+      clearTimeout(w.timer);
+      w.resolve(node);
+    }
+    this.loginWaiters.clear();
   }
 
   /** One NodeAddress object per host:port, so sessions can compare by identity. */
@@ -456,6 +502,11 @@ export class Proxy implements ProxyContext, ProxyView {
     this.notifications.close();
     for (const p of this.poolMap.values()) p.closeAll('shutdown');
     this.poolMap.clear();
+    for (const w of this.loginWaiters) {
+      clearTimeout(w.timer);
+      w.resolve(null);
+    }
+    this.loginWaiters.clear();
     await this.monitor.stop();
   }
 
@@ -573,6 +624,7 @@ export class Proxy implements ProxyContext, ProxyView {
     this.functionCatalogs.configure(catalogOptions(next));
     this.applyReadPolicy();
     this.logger.level = next.logLevel;
+    this.monitor.setConfig(this.cfg);
     this.monitor.setNodes(next.nodes);
     for (const p of this.poolMap.values()) p.fitToSize(); // pool_size applies now, not at the next sweep
     this.cfgVersion++;

@@ -454,7 +454,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private acquireOn(n: NodeAddress | null): void {
     if (this.state !== ClientState.Waiting) return;
     if (n === null) {
-      this.failWith(new PgmuxError(pgmuxError('noPrimary')), 'backend_lost');
+      const waitedMs = this.ctx.config().failoverTimeoutMs;
+      const detail = `This transaction needs the primary (a write, or a read inside read_your_writes_window); pgmux waited failover_timeout (${waitedMs} ms) for one.`;
+      this.failWith(new PgmuxError(pgmuxError('noPrimary', { detail })), 'backend_lost');
       return;
     }
     this.routedTo = n;

@@ -230,7 +230,7 @@ export class ClientHandshake {
       this.onAuthStep(this.auth.start());
       return;
     }
-    // auth_query: fetch the user's secret from the primary; nothing is read meanwhile.
+    // auth_query: fetch the user's secret (primary, else a replica); nothing is read meanwhile.
     host.suspend();
     this.ctx.lookupAuthEntry(this.user).then(
       (found) => {
@@ -393,7 +393,8 @@ export class ClientHandshake {
    * Sends what PostgreSQL sends after AuthenticationOk. The ParameterStatus values come
    * from a real backend carrying this client's settings, so bad settings fail the login
    * with PostgreSQL's own error, as they would on a direct connection. Clients with
-   * settings already seen on this pool skip the backend round trip.
+   * settings already seen on this pool skip the backend round trip. That backend is the
+   * primary's, else a replica's while there is no primary (reads go on during a failover).
    */
   private async finishLogin(): Promise<void> {
     const cfg = this.ctx.config();
@@ -404,9 +405,17 @@ export class ClientHandshake {
       host.loggedIn({ kind: 'admin', role });
       return;
     }
-    const node = await this.ctx.primary(cfg.failoverTimeoutMs);
+    const node = await this.ctx.loginNode(cfg.failoverTimeoutMs);
     if (host.state !== ClientState.Login) return;
-    if (node === null) throw new PgmuxError(pgmuxError('noPrimary'));
+    if (node === null) {
+      throw new PgmuxError(
+        pgmuxError('backendUnavailable', {
+          message: 'no database node available',
+          detail: `No primary and no replica answered health checks within failover_timeout (${cfg.failoverTimeoutMs} ms).`,
+          hint: 'Check the database nodes (SHOW NODES on the admin console says why each is down).',
+        }),
+      );
+    }
     const pool = host.poolFor(node);
     const settingsKey = settingsSignature(this.reported) + '\x01' + settingsSignature(this.settings);
     let welcome = pool.welcomeBySettings.get(settingsKey);
@@ -431,7 +440,10 @@ export class ClientHandshake {
         pool.discard(b, 'reset_failed');
         throw err;
       }
-      welcome = [...b.params];
+      // pgmux takes writes (they wait for a primary): a login through a replica must not
+      // tell the client it reached a standby (libpq's target_session_attrs=read-write
+      // reads in_hot_standby, PostgreSQL 14+).
+      welcome = [...b.params].map(([k, v]): [string, string] => (k === 'in_hot_standby' ? [k, 'off'] : [k, v]));
       pool.release(b);
       if (pool.welcomeBySettings.size >= WELCOME_CACHE_LIMIT) pool.welcomeBySettings.clear();
       pool.welcomeBySettings.set(settingsKey, welcome);

@@ -116,7 +116,7 @@ describe('DEFAULTS', () => {
       healthCheckPeriodMs: 1000,
       healthCheckTimeoutMs: 5000,
       healthCheckMaxRetries: 3,
-      healthCheckUser: 'postgres',
+      healthCheckUser: null,
       healthCheckPassword: null,
       healthCheckDatabase: 'postgres',
       failoverTimeoutMs: 30_000,

@@ -427,6 +427,7 @@ function fakeContext(v: Variant): { ctx: ProxyContext; tracked: Set<unknown>; re
     learnPassword: () => {},
     learnScramKeys: () => {},
     lookupAuthEntry: async () => undefined,
+    loginNode: async () => null,
     primary: async () => null,
     currentPrimary: () => null,
     pool: unused('pool()'),
