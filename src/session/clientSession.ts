@@ -424,14 +424,19 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       if (this.ctx.logger.isLevelEnabled('debug')) {
         this.ctx.logger.debug({ client: this.id, node: choice.node?.name ?? null, reason: `${route.reason}; ${choice.reason}` }, 'route');
       }
-      if (choice.node === null) {
+      if (choice.node !== null) {
+        this.routedTo = choice.node;
+        this.routedWrite = false;
+        this.poolFor(choice.node).acquire(this, this.ctx.clock.now);
+        return;
+      }
+      // No replica may serve it (e.g. none replayed this client's last commit). With
+      // fallback_to_primary it goes to the primary, and while there is none it waits for one
+      // like a write: never older data than the client already saw.
+      if (!cfg.fallbackToPrimary || this.ctx.currentPrimary() !== null) {
         this.fatal(pgmuxError('noReadNode', { detail: choice.reason }), 'backend_lost');
         return;
       }
-      this.routedTo = choice.node;
-      this.routedWrite = false;
-      this.poolFor(choice.node).acquire(this, this.ctx.clock.now);
-      return;
     }
     this.routedWrite = true;
     const node = this.ctx.currentPrimary();
@@ -455,7 +460,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (this.state !== ClientState.Waiting) return;
     if (n === null) {
       const waitedMs = this.ctx.config().failoverTimeoutMs;
-      const detail = `This transaction needs the primary (a write, or a read inside read_your_writes_window); pgmux waited failover_timeout (${waitedMs} ms) for one.`;
+      const detail = `This transaction needs the primary (a write, a read inside read_your_writes_window, or a read no replica can serve yet); pgmux waited failover_timeout (${waitedMs} ms) for one.`;
       this.failWith(new PgmuxError(pgmuxError('noPrimary', { detail })), 'backend_lost');
       return;
     }

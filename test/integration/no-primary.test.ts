@@ -2,7 +2,8 @@
 // still log in (auth_query included) and read from the replica; a write waits
 // failover_timeout and fails with 08006; read-your-writes clients never get data older
 // than their last commit: `window` keeps their reads on the (missing) primary, `lsn` lets
-// them read a replica that replayed their commit and refuses the read (08006) when none has.
+// them read a replica that replayed their commit; when none has, the read waits for a primary
+// (fallback_to_primary) and fails with 08006 after failover_timeout.
 //
 // Lag limits are off (max_lag_bytes / max_lag_ms null) on the proxies these tests use, so
 // their assertions hold with or without the topology change of issue #12 (replicas stay
@@ -157,11 +158,14 @@ describe('no primary (private cluster)', () => {
     expect(r.rows[0]).toEqual({ port: replicaPort, n: 1 });
   });
 
-  it('read_your_writes=lsn: a writer whose commit no replica has replayed is refused, not served older data', async () => {
+  it('read_your_writes=lsn: a writer whose commit no replica has replayed waits for a primary and fails, never served older data', async () => {
+    const t0 = Date.now();
     const e = await failure(unreplayedWriter.query('SELECT v FROM t'));
+    const waited = Date.now() - t0;
     expect(e.code).toBe('08006');
-    expect(e.message).toBe('no node available for reads');
-    expect(e.detail).toMatch(/replayed this client's last write/);
+    expect(e.message).toBe('no primary node available');
+    expect(e.detail).toMatch(/a read no replica can serve yet/);
+    expect(waited).toBeGreaterThanOrEqual(FAILOVER_TIMEOUT_MS - 50);
   });
 
   it('read_your_writes=window: a read inside the window waits like a write and fails; other clients read', async () => {
