@@ -844,7 +844,8 @@ describe('CLI', () => {
     return io;
   }
 
-  const FLAGS = ['--config', '--listen', '--node', '--pool-mode', '--pool-size', '--auth', '--auth-file', '--http', '--log-level', '--workers'];
+  // In the settings schema's order (docs/configuration.md's sections).
+  const FLAGS = ['--config', '--listen', '--http', '--node', '--pool-mode', '--pool-size', '--workers', '--auth', '--auth-file', '--log-level'];
   const ENVS = ['PGMUX_CONFIG', 'PGMUX_LISTEN', 'PGMUX_NODES', 'PGMUX_POOL_MODE', 'PGMUX_POOL_SIZE', 'PGMUX_AUTH', 'PGMUX_AUTH_FILE', 'PGMUX_HTTP', 'PGMUX_LOG_LEVEL'];
   const DEFAULT_TEXTS = ['default: 0.0.0.0:6432', 'default: transaction', 'default: 20', 'default: trust', 'default: info', 'default: off'];
 
