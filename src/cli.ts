@@ -10,7 +10,6 @@ import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import { stringify as toYaml } from 'yaml';
 import {
-  AUTH_METHODS,
   ConfigError,
   DEFAULTS,
   LOG_LEVELS,
@@ -20,6 +19,7 @@ import {
   loadConfig,
   type CliFlags,
 } from './config/load.js';
+import { SETTINGS, flagHelp } from './config/schema.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import type { Config } from './config/types.js';
 import type { VolatileFunctions } from './routing/functionCatalog.js';
@@ -46,48 +46,10 @@ const DEMO_LISTEN = '127.0.0.1:6432';
 const DEMO_REPLICAS = 2;
 const MAX_DEMO_REPLICAS = 10;
 
-/** The options of `start` and `check-config`, with their env var and default in the text. */
+/** The options of `start` and `check-config`, with their env var and default in the text (from the settings schema). */
 export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   { flags: '-c, --config <file>', description: 'YAML config file (env: PGMUX_CONFIG; default: none)' },
-  {
-    flags: '--listen <host:port>',
-    description: `address clients connect to; port 0 = any free port (env: PGMUX_LISTEN; default: ${formatHostPort(DEFAULTS.listen)})`,
-  },
-  {
-    flags: '--node <host:port[@weight]>',
-    description:
-      'a PostgreSQL node (primary or replica, discovered); repeat for each node; replaces nodes from the file and env; ' +
-      'port defaults to 5432, weight (share of reads) to 1 (env: PGMUX_NODES, comma-separated; default: none, at least one required)',
-    collect: true,
-  },
-  {
-    flags: '--pool-mode <mode>',
-    description: `${POOL_MODES.join(' or ')} (env: PGMUX_POOL_MODE; default: ${DEFAULTS.poolMode})`,
-  },
-  {
-    flags: '--pool-size <n>',
-    description: `backends per (node, database, user) pool, 1..10000 (env: PGMUX_POOL_SIZE; default: ${DEFAULTS.poolSize})`,
-  },
-  {
-    flags: '--auth <method>',
-    description: `how clients authenticate: ${AUTH_METHODS.join(', ')}; all but trust need --auth-file or auth_user (env: PGMUX_AUTH; default: ${DEFAULTS.auth})`,
-  },
-  {
-    flags: '--auth-file <file>',
-    description: 'PgBouncer-style userlist.txt: "user" "password, md5 or SCRAM secret" (env: PGMUX_AUTH_FILE; default: none)',
-  },
-  {
-    flags: '--http <host:port>',
-    description: 'HTTP listener for /metrics and health checks; "off" disables (env: PGMUX_HTTP; default: off)',
-  },
-  {
-    flags: '--log-level <level>',
-    description: `${LOG_LEVELS.join(', ')} (env: PGMUX_LOG_LEVEL; default: ${DEFAULTS.logLevel})`,
-  },
-  {
-    flags: '--workers <n>',
-    description: `worker processes sharing the listen port, 1..64; pool_size and max_client_conn are split across them (env: PGMUX_WORKERS; default: ${DEFAULTS.workers})`,
-  },
+  ...SETTINGS.filter((s) => s.flag !== undefined).map((s) => ({ flags: s.flag!.name, description: flagHelp(s), collect: s.flag!.repeat })),
 ];
 
 const DEMO_OPTIONS: readonly OptionSpec[] = [

@@ -68,14 +68,6 @@ function unquote(s: string): string {
   return s;
 }
 
-function formatMs(ms: number): string | number {
-  if (ms === 0) return 0;
-  for (const [unit, f] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
-    if (ms % f === 0) return `${ms / f}${unit}`;
-  }
-  return `${ms}ms`;
-}
-
 function cellOf(v: unknown): string | null {
   if (v === null || v === undefined) return null;
   if (Array.isArray(v)) return v.map((x) => String(x)).join(', ');
@@ -83,27 +75,9 @@ function cellOf(v: unknown): string | null {
   return String(v);
 }
 
-/** Every setting as snake_case key -> display value; passwords masked. */
+/** Every setting as snake_case key -> display value, in the schema's order; secrets masked. */
 export function configRows(c: Config): Array<[string, string | null]> {
-  const o: Record<string, unknown> = { ...configToObject(c) };
-  // Keys configToObject does not (yet) emit.
-  const extra: Record<string, unknown> = {
-    max_prepared_statements: c.maxPreparedStatements,
-    track_extra_parameters: c.trackExtraParameters,
-    admin_users: c.adminUsers,
-    stats_users: c.statsUsers,
-    shutdown_timeout: formatMs(c.shutdownTimeoutMs),
-    max_lag_bytes: c.maxLagBytes === null ? 'off' : c.maxLagBytes,
-    max_lag_ms: c.maxLagMs === null ? 'off' : formatMs(c.maxLagMs),
-    lag_hysteresis: c.lagHysteresis,
-    fallback_to_primary: c.fallbackToPrimary,
-    read_your_writes: c.readYourWrites,
-    read_your_writes_window: formatMs(c.readYourWritesWindowMs),
-    write_functions: c.writeFunctions,
-  };
-  for (const [k, v] of Object.entries(extra)) if (!(k in o)) o[k] = v;
-  for (const k of Object.keys(o)) if (/password|secret/.test(k) && o[k] !== null) o[k] = '********';
-  return Object.entries(o).map(([k, v]) => [k, cellOf(v)]);
+  return Object.entries(configToObject(c)).map(([k, v]) => [k, cellOf(v)]);
 }
 
 export class AdminConsole {

@@ -8,6 +8,7 @@
 
 import { Document } from 'yaml';
 import { ConfigError, formatHostPort, parseConfigObject } from '../config/load.js';
+import { settingRank } from '../config/schema.js';
 
 export type ImportKind = 'pgbouncer' | 'pgpool';
 
@@ -45,20 +46,7 @@ export function importConfig(text: string, kind?: ImportKind): ImportResult {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Output: the keys in a stable order, each value checked by pgmux's own parser.
-
-/** The order keys appear in the YAML (load.ts's KEYS order, roughly). */
-const KEY_ORDER = [
-  'listen', 'nodes', 'pool_mode', 'pool_size', 'min_pool_size', 'max_client_conn',
-  'auth', 'auth_file', 'server_password',
-  'query_wait_timeout', 'server_idle_timeout', 'server_lifetime', 'client_idle_timeout',
-  'idle_transaction_timeout', 'server_connect_timeout', 'server_login_retry', 'client_login_timeout',
-  'max_message_size', 'max_prepared_statements', 'server_reset_query',
-  'admin_users', 'stats_users', 'log_level',
-  'health_check_period', 'health_check_timeout', 'health_check_max_retries',
-  'health_check_user', 'health_check_password', 'health_check_database',
-  'max_lag_bytes', 'max_lag_ms', 'fallback_to_primary', 'write_functions', 'read_only_functions',
-];
+// Output: the keys in the settings schema's order, each value checked by pgmux's own parser.
 
 class Output {
   readonly values = new Map<string, unknown>();
@@ -99,7 +87,7 @@ class Output {
     if (!this.values.has('nodes')) this.warn('no PostgreSQL server found: add nodes (host:port of the primary and every replica) before starting pgmux');
 
     const obj: Record<string, unknown> = {};
-    const keys = [...this.values.keys()].sort((a, b) => rank(a) - rank(b));
+    const keys = [...this.values.keys()].sort((a, b) => settingRank(a) - settingRank(b));
     for (const key of keys) obj[key] = this.values.get(key);
 
     const doc = new Document(obj);
@@ -116,11 +104,6 @@ class Output {
     doc.commentBefore = header.join('\n');
     return { yaml: doc.toString({ lineWidth: 0 }), warnings: [...this.warnings] };
   }
-}
-
-function rank(key: string): number {
-  const i = KEY_ORDER.indexOf(key);
-  return i < 0 ? KEY_ORDER.length : i;
 }
 
 // ---------------------------------------------------------------------------------------------
