@@ -17,7 +17,6 @@ import { Invalid, formatHostPort, show, type Raw } from './values.js';
 export { AUTH_METHODS, DEFAULTS, LOG_LEVELS, POOL_MODES, READ_YOUR_WRITES, envName } from './schema.js';
 export { formatHostPort, parseDuration, parseHostPort, parseNodes, parseSize } from './values.js';
 
-
 /** A configuration problem; `key` is the snake_case config key (or `config` for the file itself). */
 export class ConfigError extends Error {
   readonly key: string;
@@ -28,6 +27,7 @@ export class ConfigError extends Error {
   }
 }
 
+/** What commander parses from `start` / `check-config`: --config plus each schema flag, by flagProp(). */
 export interface CliFlags {
   config?: string;
   listen?: string;
@@ -64,7 +64,6 @@ for (const s of SETTINGS) {
     if (!BY_NAME.has(name)) RENAMED[name] = s.hintAs ?? s.key;
   }
 }
-
 
 function levenshtein(a: string, b: string): number {
   const prev = Array.from({ length: b.length + 1 }, (_, i) => i);
