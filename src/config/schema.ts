@@ -57,7 +57,10 @@ export interface Setting<F extends keyof Config = keyof Config> {
   show?(v: Config[F]): unknown;
   /** Masked ("********") in check-config and SHOW CONFIG. */
   secret?: true;
-  /** RELOAD keeps the running value: it changes only on restart. */
+  /**
+   * Takes effect only on restart: Proxy.reload keeps the running listeners, and the supervisor
+   * forks its workers once (a reloaded worker count still re-splits the limits).
+   */
   restartOnly?: true;
   flag?: FlagSpec;
   /** PgBouncer / Pgpool-II settings with the same or the nearest meaning (unknown-key hints point from them here). */
