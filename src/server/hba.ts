@@ -11,8 +11,9 @@
 //   database          all, sameuser, replication (never matches: pgmux refuses replication
 //                     connections), names, comma lists, "quoted" names, /regex
 //   user              all, names, comma lists, "quoted" names, /regex
-//   address           CIDR (IPv4 or IPv6), an address followed by a netmask field, all,
-//                     samehost, samenet; IPv4 rules match IPv4-mapped IPv6 clients
+//   address           CIDR (IPv4 or IPv6), an address followed by a contiguous netmask
+//                     field, all, samehost, samenet; IPv4 rules match IPv4-mapped IPv6
+//                     clients (matching by node:net's BlockList)
 //   method            trust, reject, md5, scram-sha-256, password
 //   lines             # comments, trailing-backslash continuation
 // Everything else (samerole/samegroup, +group, @file, include directives, host names,
@@ -20,6 +21,7 @@
 // so a pg_hba.conf copied from a server never silently means something else here.
 
 import { readFileSync } from 'node:fs';
+import { BlockList, isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import type { Config } from '../config/types.js';
 
@@ -37,7 +39,7 @@ export type HbaAddressMatcher =
   | { kind: 'all' }
   | { kind: 'samehost' }
   | { kind: 'samenet' }
-  | { kind: 'net'; family: 4 | 6; addr: Uint8Array; mask: Uint8Array; text: string };
+  | { kind: 'net'; family: 4 | 6; list: BlockList; text: string };
 
 export interface HbaRule {
   file: string;
@@ -190,115 +192,55 @@ function parseNames(field: Field | undefined, what: 'database' | 'user', fail: (
 
 // ---- IP addresses -------------------------------------------------------------------
 
-/** IPv4 dotted quad -> 4 bytes, or null. */
-function parseV4(s: string): Uint8Array | null {
-  const parts = s.split('.');
-  if (parts.length !== 4) return null;
-  const out = new Uint8Array(4);
-  for (let i = 0; i < 4; i++) {
-    const p = parts[i]!;
-    if (!/^\d{1,3}$/.test(p)) return null;
-    const v = Number(p);
-    if (v > 255) return null;
-    out[i] = v;
-  }
-  return out;
+/** The family of an IP address (IPv4-mapped IPv6 counts as 6; a %zone is allowed), or 0. */
+function ipFamily(s: string): 0 | 4 | 6 {
+  return isIP(s) as 0 | 4 | 6;
 }
 
-/** IPv6 (with :: compression, embedded IPv4 tail, optional %zone) -> 16 bytes, or null. */
-function parseV6(s: string): Uint8Array | null {
-  const pct = s.indexOf('%');
-  if (pct >= 0) s = s.slice(0, pct);
-  if (!s.includes(':')) return null;
-  const dbl = s.indexOf('::');
-  if (dbl >= 0 && s.indexOf('::', dbl + 1) >= 0) return null;
-  const groups: number[] = [];
-  const parseSide = (side: string, allowV4Tail: boolean): number[] | null => {
-    if (side === '') return [];
-    const parts = side.split(':');
-    const out: number[] = [];
-    for (let i = 0; i < parts.length; i++) {
-      const p = parts[i]!;
-      if (allowV4Tail && i === parts.length - 1 && p.includes('.')) {
-        const v4 = parseV4(p);
-        if (!v4) return null;
-        out.push((v4[0]! << 8) | v4[1]!, (v4[2]! << 8) | v4[3]!);
-        continue;
-      }
-      if (!/^[0-9a-fA-F]{1,4}$/.test(p)) return null;
-      out.push(parseInt(p, 16));
-    }
-    return out;
-  };
-  if (dbl >= 0) {
-    const head = parseSide(s.slice(0, dbl), false);
-    const tail = parseSide(s.slice(dbl + 2), true);
-    if (!head || !tail || head.length + tail.length > 7) return null;
-    groups.push(...head, ...new Array<number>(8 - head.length - tail.length).fill(0), ...tail);
-  } else {
-    const all = parseSide(s, true);
-    if (!all || all.length !== 8) return null;
-    groups.push(...all);
-  }
-  const out = new Uint8Array(16);
-  for (let i = 0; i < 8; i++) {
-    out[i * 2] = groups[i]! >> 8;
-    out[i * 2 + 1] = groups[i]! & 0xff;
-  }
-  return out;
-}
-
-/** An IP address -> family and bytes, or null. */
-export function parseIp(s: string): { family: 4 | 6; bytes: Uint8Array } | null {
-  const v4 = parseV4(s);
-  if (v4) return { family: 4, bytes: v4 };
-  const v6 = parseV6(s);
-  return v6 ? { family: 6, bytes: v6 } : null;
-}
-
-function prefixMask(family: 4 | 6, bits: number): Uint8Array {
-  const mask = new Uint8Array(family === 4 ? 4 : 16);
-  for (let i = 0; i < mask.length; i++) {
-    const b = Math.max(0, Math.min(8, bits - i * 8));
-    mask[i] = b === 0 ? 0 : (0xff << (8 - b)) & 0xff;
-  }
-  return mask;
+/** A network as a one-subnet BlockList; host bits past the prefix are ignored, as in PostgreSQL. */
+function subnet(address: string, family: 4 | 6, prefix: number): BlockList {
+  const list = new BlockList();
+  list.addSubnet(address, prefix, family === 4 ? 'ipv4' : 'ipv6');
+  return list;
 }
 
 /** "10.0.0.0/8", "::1/128" -> a network, or a problem text. */
-export function parseCidr(s: string): { family: 4 | 6; addr: Uint8Array; mask: Uint8Array } | string {
+function parseCidr(s: string): { family: 4 | 6; list: BlockList } | string {
   const slash = s.indexOf('/');
-  if (slash < 0) return `"${s}" has no mask`;
-  const ip = parseIp(s.slice(0, slash));
-  if (!ip) return `"${s.slice(0, slash)}" is not an IP address`;
+  const address = s.slice(0, slash);
+  const family = ipFamily(address);
+  if (family === 0) return `"${address}" is not an IP address`;
   const bitsText = s.slice(slash + 1);
-  const max = ip.family === 4 ? 32 : 128;
+  const max = family === 4 ? 32 : 128;
   if (!/^\d{1,3}$/.test(bitsText) || Number(bitsText) > max) return `invalid CIDR mask "/${bitsText}" in "${s}" (expected 0..${max})`;
-  const mask = prefixMask(ip.family, Number(bitsText));
-  return { family: ip.family, addr: ip.bytes.map((b, i) => b & mask[i]!), mask };
+  return { family, list: subnet(address, family, Number(bitsText)) };
 }
 
-function inNet(net: { family: 4 | 6; addr: Uint8Array; mask: Uint8Array }, client: { family: 4 | 6; bytes: Uint8Array }): boolean {
-  let bytes = client.bytes;
-  if (net.family !== client.family) {
-    // An IPv4 rule matches an IPv4-mapped IPv6 client (::ffff:a.b.c.d), as in PostgreSQL.
-    if (net.family !== 4 || !isV4Mapped(bytes)) return false;
-    bytes = bytes.subarray(12);
+/** Prefix length of a contiguous netmask ("255.255.0.0" -> 16, "ffff:ffff::" -> 32), or null. */
+function netmaskBits(mask: string, family: 4 | 6): number | null {
+  let groups: number[];
+  if (family === 4) groups = mask.split('.').map(Number);
+  else {
+    if (mask.includes('.') || mask.includes('%')) return null;
+    const [head, tail] = mask.split('::') as [string, string | undefined];
+    const h = head === '' ? [] : head.split(':');
+    const t = tail === undefined || tail === '' ? [] : tail.split(':');
+    groups = [...h, ...new Array<string>(8 - h.length - t.length).fill('0'), ...t].map((g) => parseInt(g, 16));
   }
-  for (let i = 0; i < net.addr.length; i++) if ((bytes[i]! & net.mask[i]!) !== net.addr[i]) return false;
-  return true;
+  const bits = groups.map((g) => g.toString(2).padStart(family === 4 ? 8 : 16, '0')).join('');
+  const ones = bits.includes('0') ? bits.indexOf('0') : bits.length;
+  return bits.includes('1', ones) ? null : ones;
 }
 
-function isV4Mapped(b: Uint8Array): boolean {
-  if (b.length !== 16) return false;
-  for (let i = 0; i < 10; i++) if (b[i] !== 0) return false;
-  return b[10] === 0xff && b[11] === 0xff;
-}
-
-function sameIp(a: { family: 4 | 6; bytes: Uint8Array }, b: { family: 4 | 6; bytes: Uint8Array }): boolean {
-  const x = a.family === 6 && isV4Mapped(a.bytes) ? a.bytes.subarray(12) : a.bytes;
-  const y = b.family === 6 && isV4Mapped(b.bytes) ? b.bytes.subarray(12) : b.bytes;
-  return x.length === y.length && x.every((v, i) => v === y[i]);
+/** Does an IP network rule take this client address? */
+function inNet(m: { family: 4 | 6; list: BlockList }, address: string, family: 4 | 6): boolean {
+  // BlockList matches IPv4 and IPv4-mapped IPv6 both ways. Only one way is kept: an IPv4
+  // rule takes a mapped client (::ffff:a.b.c.d), because a node listener on "::" reports an
+  // IPv4 client that way, where PostgreSQL (IPv6 sockets V6ONLY, families compared
+  // strictly) sees the same client as IPv4. An IPv6 rule such as ::/0 takes no IPv4 client,
+  // as in PostgreSQL.
+  if (m.family === 6 && family === 4) return false;
+  return m.list.check(address, family === 4 ? 'ipv4' : 'ipv6');
 }
 
 function parseAddress(fields: Field[], idx: number, fail: (problem: string) => never): { matcher: HbaAddressMatcher; used: number } {
@@ -314,14 +256,16 @@ function parseAddress(fields: Field[], idx: number, fail: (problem: string) => n
     if (typeof net === 'string') fail(net);
     return { matcher: { kind: 'net', ...net, text: s }, used: 1 };
   }
-  const ip = parseIp(s);
-  if (ip) {
+  const family = ipFamily(s);
+  if (family !== 0) {
     // An address without /bits must be followed by a netmask field.
     const maskTok = fields[idx + 1]?.length === 1 ? fields[idx + 1]![0]! : null;
-    const mask = maskTok ? parseIp(maskTok.text) : null;
-    if (!mask) fail(`address "${s}" has no mask: write it in CIDR form (e.g. ${s}/${ip.family === 4 ? 32 : 128}) or follow it with a netmask`);
-    if (mask.family !== ip.family) fail(`netmask "${maskTok!.text}" is not of the same address family as "${s}"`);
-    return { matcher: { kind: 'net', family: ip.family, addr: ip.bytes.map((b, i) => b & mask.bytes[i]!), mask: mask.bytes, text: `${s} ${maskTok!.text}` }, used: 2 };
+    const maskFamily = maskTok ? ipFamily(maskTok.text) : 0;
+    if (maskFamily === 0) fail(`address "${s}" has no mask: write it in CIDR form (e.g. ${s}/${family === 4 ? 32 : 128}) or follow it with a netmask`);
+    if (maskFamily !== family) fail(`netmask "${maskTok!.text}" is not of the same address family as "${s}"`);
+    const bits = netmaskBits(maskTok!.text, family);
+    if (bits === null) fail(`netmask "${maskTok!.text}" is not contiguous: write the network in CIDR form`);
+    return { matcher: { kind: 'net', family, list: subnet(s, family, bits), text: `${s} ${maskTok!.text}` }, used: 2 };
   }
   fail(`"${s}" is not an IP address in CIDR form, all, samehost or samenet (host names are not supported by pgmux)`);
 }
@@ -429,20 +373,20 @@ function defaultLocalAddresses(): HbaLocalAddress[] {
 
 function addressMatches(m: HbaAddressMatcher, address: string, local: () => HbaLocalAddress[]): boolean {
   if (m.kind === 'all') return true;
-  const ip = parseIp(address);
-  if (!ip) return false;
+  const family = ipFamily(address);
+  if (family === 0) return false;
   switch (m.kind) {
     case 'net':
-      return inNet(m, ip);
+      return inNet(m, address, family);
     case 'samehost':
       return local().some((a) => {
-        const x = parseIp(a.address);
-        return x !== null && sameIp(x, ip);
+        const f = ipFamily(a.address);
+        return f !== 0 && inNet({ family: f, list: subnet(a.address, f, f === 4 ? 32 : 128) }, address, family);
       });
     case 'samenet':
       return local().some((a) => {
-        const net = a.cidr === null ? null : parseCidr(a.cidr);
-        return net !== null && typeof net !== 'string' && inNet(net, ip);
+        const net = a.cidr === null || !a.cidr.includes('/') ? null : parseCidr(a.cidr);
+        return net !== null && typeof net !== 'string' && inNet(net, address, family);
       });
   }
 }

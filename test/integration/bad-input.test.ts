@@ -143,6 +143,7 @@ describe('bad client input', () => {
       const c = await RawClient.connect(proxy.port);
       const p = startupPacket({ user: 'postgres', database: 'app' });
       c.send(p.subarray(0, Math.floor(p.length / 2)));
+      // Deliberate pause: the half packet reaches pgmux before the close, not with it.
       await new Promise((r) => setTimeout(r, 20));
       c.destroy();
     }
@@ -151,9 +152,7 @@ describe('bad client input', () => {
     c2.send(startupPacket({ user: 'postgres', database: 'app' }));
     c2.destroy();
     // No client of this file is connected now: the registry must drain to empty.
-    const deadline = Date.now() + 2000;
-    while (proxy.proxy.connectionCount > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    expect(proxy.proxy.connectionCount).toBe(0);
+    await expect.poll(() => proxy.proxy.connectionCount, { timeout: 2000 }).toBe(0);
     await assertHealthy(proxy.port);
   });
 
@@ -353,11 +352,11 @@ describe('shutdown with a client mid-startup', () => {
     const p = await startProxy({ poolSize: 1 });
     const c = await RawClient.connect(p.port);
     c.send(startupPacket({ user: 'postgres', database: 'app' }).subarray(0, 6));
+    // Deliberate pause: the partial packet reaches pgmux before close() starts.
     await new Promise((r) => setTimeout(r, 50));
     let done = false;
     const closing = p.close().then(() => (done = true));
-    const deadline = Date.now() + 3000;
-    while (!done && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    await Promise.race([closing, new Promise((r) => setTimeout(r, 3000))]);
     const clientClosed = c.closed;
     c.destroy(); // let close() complete either way
     await closing;

@@ -47,13 +47,10 @@ describe('test cluster harness', () => {
     await Promise.all(
       replicas.map(async (port) => {
         const r = await connect(port);
-        const deadline = Date.now() + 5_000;
-        for (;;) {
-          const res = await r.query("select token from harness_probe where id = $1", [id]).catch(() => ({ rows: [] as any[] }));
-          if (res.rows[0]?.token === token) return;
-          if (Date.now() > deadline) throw new Error(`row not visible on replica port ${port} within 5 s`);
-          await new Promise((res) => setTimeout(res, 25));
-        }
+        // The table itself may not have replayed yet: a query error is retried too.
+        await expect
+          .poll(async () => (await r.query('select token from harness_probe where id = $1', [id])).rows[0]?.token, { timeout: 5_000, interval: 25, message: `row on replica port ${port}` })
+          .toBe(token);
       }),
     );
     await primary.query('drop table harness_probe');

@@ -3,14 +3,6 @@ import type pg from 'pg';
 import { pgClient, primaryPort } from '../support/cluster.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
 
-async function until(cond: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
 // LISTEN/NOTIFY in transaction mode: subscriptions live on pgmux's shared listener.
 describe('LISTEN/NOTIFY under transaction pooling', () => {
   let proxy: TestProxy;
@@ -45,18 +37,21 @@ describe('LISTEN/NOTIFY under transaction pooling', () => {
     const sender = await pgClient(proxy.port);
     for (let k = 0; k < 25; k++) await sender.query(`NOTIFY jobs, 'a${k}'`);
     await Promise.all(busy);
-    await until(() => got.every((g) => g.length === 25), 5000);
+    const counts = () => got.map((g) => g.length);
+    await expect.poll(counts, { timeout: 5000 }).toEqual(got.map(() => 25));
 
     // Kill the shared listener's backend on the primary; pgmux reconnects and re-LISTENs.
     const direct = await pgClient(primaryPort());
     const killed = await direct.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE '%LISTEN \"jobs\"%' AND pid <> pg_backend_pid()");
     expect(killed.rowCount).toBeGreaterThanOrEqual(1);
-    await until(async () => {
-      const l = await direct.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query ILIKE '%LISTEN \"jobs\"%' AND pid <> pg_backend_pid()");
-      return l.rows[0].n >= 1;
-    }, 5000);
+    await expect
+      .poll(async () => {
+        const l = await direct.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query ILIKE '%LISTEN \"jobs\"%' AND pid <> pg_backend_pid()");
+        return l.rows[0].n as number;
+      }, { timeout: 5000 })
+      .toBeGreaterThanOrEqual(1);
     for (let k = 0; k < 25; k++) await sender.query(`NOTIFY jobs, 'b${k}'`);
-    await until(() => got.every((g) => g.length === 50), 5000);
+    await expect.poll(counts, { timeout: 5000 }).toEqual(got.map(() => 50));
     for (const g of got) {
       expect(g.slice(0, 25)).toEqual(Array.from({ length: 25 }, (_, k) => `a${k}`));
       expect(g.slice(25)).toEqual(Array.from({ length: 25 }, (_, k) => `b${k}`));
@@ -64,7 +59,8 @@ describe('LISTEN/NOTIFY under transaction pooling', () => {
     // UNLISTEN stops delivery to that client only.
     await listeners[0]!.query('UNLISTEN jobs');
     await sender.query("NOTIFY jobs, 'c'");
-    await until(() => got.slice(1).every((g) => g.length === 51), 5000);
+    await expect.poll(counts, { timeout: 5000 }).toEqual(got.map((_, i) => (i === 0 ? 50 : 51)));
+    // Deliberate pause: the unlistened client must not get 'c' late either.
     await new Promise((r) => setTimeout(r, 100));
     expect(got[0]!.length).toBe(50);
     // Only one connection listens on the primary for all 20 clients.

@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
-import { pgbenchBin, pgClient, primaryPort, psqlBin, runPg } from '../support/cluster.js';
+import { pgbenchBin, pgClient, primaryPort, psqlBin, runPg, waitUntilRunning } from '../support/cluster.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
 import {
   bindMsg,
@@ -195,7 +195,7 @@ describe('protocol through pgmux (transaction mode, pool_size 5)', () => {
     const c = await raw(proxy.port);
     expect(c.pid).not.toBe(0);
     c.send(queryMsg('SELECT pg_sleep(10)'));
-    await new Promise((r) => setTimeout(r, 300));
+    await waitUntilRunning('SELECT pg_sleep(10)');
     const t0 = Date.now();
     await sendCancel(proxy.port, c.pid, c.secret);
     const msgs = await c.readUntil('Z', 5000);
@@ -212,7 +212,7 @@ describe('protocol through pgmux (transaction mode, pool_size 5)', () => {
   it('CancelRequest with a wrong secret or unknown pid does nothing', async () => {
     const c = await raw(proxy.port);
     c.send(queryMsg("SELECT pg_sleep(0.5), 'done'"));
-    await new Promise((r) => setTimeout(r, 100));
+    await waitUntilRunning("SELECT pg_sleep(0.5), 'done'");
     await sendCancel(proxy.port, c.pid, (c.secret ^ 0x5a5a) | 0);
     await sendCancel(proxy.port, (c.pid ^ 0x1234) & 0x7fffffff, c.secret);
     const msgs = await c.readUntil('Z', 5000);
@@ -223,6 +223,7 @@ describe('protocol through pgmux (transaction mode, pool_size 5)', () => {
   it('a CancelRequest for an idle client does not disturb its next query', async () => {
     const c = await raw(proxy.port);
     await sendCancel(proxy.port, c.pid, c.secret);
+    // Deliberate pause: a cancel wrongly forwarded to some backend would land within it.
     await new Promise((r) => setTimeout(r, 100));
     const msgs = await c.query('SELECT pg_sleep(0.2), 1');
     expect(firstError(msgs)).toBeUndefined();
@@ -429,6 +430,7 @@ describe('protocol through pgmux (transaction mode, pool_size 5)', () => {
       const pid1 = rows(first)[0]![0];
       // B's query must wait: A's batch is still open.
       b.send(queryMsg('SELECT pg_backend_pid()'));
+      // Deliberate pause: B must get nothing for a while, not just at one instant.
       await new Promise((r) => setTimeout(r, 300));
       expect(b.buffered).toBe(0);
       a.send(Buffer.concat([parseMsg('', 'SELECT pg_backend_pid()'), bindMsg('', ''), executeMsg(), syncMsg()]));

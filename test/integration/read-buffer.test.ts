@@ -44,7 +44,9 @@ describe('forwarding to a slow reader', () => {
       open.push(c);
       others.push(c);
     }
-    await sleep(500); // pgmux has filled the socket buffers and holds a write that waits
+    // Deliberate pause, long enough for pgmux to fill the socket buffers and hold a write
+    // that waits (nothing outside pgmux's internals shows that moment).
+    await sleep(500);
     const busy = Promise.all(
       others.map(async (c, k) => {
         for (let j = 0; j < 60; j++) {

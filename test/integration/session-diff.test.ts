@@ -43,7 +43,7 @@
 // requiresPreparation() and prepare()/_getRows()); with queryMode unset and values [] it
 // would use the simple protocol, so queryMode is what the generator uses.
 
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import fc from 'fast-check';
 import pg from 'pg';
 import { clusterInfo, pgClient, primaryPort } from '../support/cluster.js';
@@ -477,6 +477,27 @@ const STEP_TIMEOUT_MS = 8000;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const sorted = (xs: string[]) => JSON.stringify([...xs].sort());
 
+/**
+ * Reads until `settled` holds or `timeoutMs` passes, and returns the last value read either
+ * way: in the pgmux run a value that never settles is a difference for the diff to report.
+ */
+async function settle<T>(read: () => T | Promise<T>, settled: (v: T) => boolean, timeoutMs: number, intervalMs: number): Promise<{ value: T; ok: boolean }> {
+  let value!: T;
+  const ok = await vi
+    .waitFor(
+      async () => {
+        value = await read();
+        if (!settled(value)) throw new Error('not settled');
+      },
+      { timeout: timeoutMs, interval: intervalMs },
+    )
+    .then(
+      () => true,
+      () => false,
+    );
+  return { value, ok };
+}
+
 class Timeout extends Error {}
 function timed<T>(p: Promise<T>, ms = STEP_TIMEOUT_MS): Promise<T> {
   let t: NodeJS.Timeout;
@@ -574,20 +595,12 @@ async function runScenario(sc: Scenario, control: pg.Client, o: RunOptions): Pro
             let v: string;
             if (isRef) {
               // The backend releases its locks when it exits, shortly after the socket closes.
-              const deadline = Date.now() + 5000;
-              while ((await control.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [conn.pid])).rowCount! > 0) {
-                if (Date.now() > deadline) throw new HarnessError(`direct backend ${conn.pid} did not exit`);
-                await sleep(2);
-              }
+              const gone = await settle(async () => (await control.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [conn.pid])).rowCount, (n) => n === 0, 5000, 2);
+              if (!gone.ok) throw new HarnessError(`direct backend ${conn.pid} did not exit`);
               v = await count();
             } else {
               const want = o.ref![obs.length]?.v;
-              const deadline = Date.now() + 1000;
-              for (;;) {
-                v = await count();
-                if (v === want || Date.now() > deadline) break;
-                await sleep(5);
-              }
+              v = (await settle(count, (x) => x === want, 1000, 5)).value;
             }
             obs.push({ step: i, c: s.c, v });
           }
@@ -596,27 +609,18 @@ async function runScenario(sc: Scenario, control: pg.Client, o: RunOptions): Pro
           const snap = () => s.clients.map((c) => `notifications received: ${sorted(conns[c]!.received)}`);
           let vals: string[];
           if (isRef) {
-            const deadline = Date.now() + 3000;
-            for (;;) {
-              if (s.clients.every((c) => sorted(conns[c]!.received) === sorted(conns[c]!.expected))) break;
-              if (Date.now() > deadline) {
-                throw new HarnessError(
-                  `reference run: notifications ${s.clients.map((c) => `c${c} got ${sorted(conns[c]!.received)} expected ${sorted(conns[c]!.expected)}`).join('; ')}`,
-                );
-              }
-              await sleep(2);
+            const delivered = await settle(() => s.clients.every((c) => sorted(conns[c]!.received) === sorted(conns[c]!.expected)), (all) => all, 3000, 2);
+            if (!delivered.ok) {
+              throw new HarnessError(
+                `reference run: notifications ${s.clients.map((c) => `c${c} got ${sorted(conns[c]!.received)} expected ${sorted(conns[c]!.expected)}`).join('; ')}`,
+              );
             }
             vals = snap();
           } else {
             const want = s.clients.map((_, j) => o.ref![obs.length + j]?.v);
-            const deadline = Date.now() + 1000;
-            for (;;) {
-              vals = snap();
-              if (vals.every((v, j) => v === want[j]) || Date.now() > deadline) break;
-              await sleep(5);
-            }
+            vals = (await settle(snap, (got) => got.every((v, j) => v === want[j]), 1000, 5)).value;
             if (s.final && s.listened && vals.every((v, j) => v === want[j])) {
-              // Nothing extra may arrive afterwards either.
+              // Nothing extra may arrive afterwards either: a deliberate pause.
               await sleep(20);
               vals = snap();
             }

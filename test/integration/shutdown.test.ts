@@ -1,4 +1,4 @@
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { freePort } from '../../src/embedded/localCluster.js';
@@ -22,26 +22,23 @@ describe('graceful shutdown of the pgmux process', () => {
     child.stderr!.on('data', (d) => (stderr += d));
     const exited = new Promise<number | null>((resolve) => child!.on('exit', (code) => resolve(code)));
     // Wait until it accepts clients.
-    let busy: Awaited<ReturnType<typeof pgClient>> | null = null;
-    for (let i = 0; i < 100 && !busy; i++) {
-      busy = await pgClient(port).catch(() => null);
-      if (!busy) await new Promise((r) => setTimeout(r, 100));
-    }
-    expect(busy).not.toBeNull();
+    const busy = await vi.waitFor(() => pgClient(port), { timeout: 10_000, interval: 100 });
     // Once its transaction is over, the busy client is told 57P01 too.
-    const busyError = new Promise<{ code?: string }>((resolve) => busy!.on('error', (e: { code?: string }) => resolve(e)));
+    const busyError = new Promise<{ code?: string }>((resolve) => busy.on('error', (e: { code?: string }) => resolve(e)));
     const idle = await pgClient(port);
     const idleError = new Promise<{ code?: string }>((resolve) => idle.on('error', (e: { code?: string }) => resolve(e)));
     const direct = await pgClient(primaryPort());
     await direct.query('CREATE TABLE IF NOT EXISTS shutdown_t (v text)');
 
-    await busy!.query('BEGIN');
-    await busy!.query("INSERT INTO shutdown_t VALUES ('during-shutdown')");
+    await busy.query('BEGIN');
+    await busy.query("INSERT INTO shutdown_t VALUES ('during-shutdown')");
     child.kill('SIGTERM');
+    // Deliberate pause: the signal is handled and the shutdown under way before the
+    // transaction goes on (no client-visible sign of that moment to wait for).
     await new Promise((r) => setTimeout(r, 300));
     // The running transaction goes on and commits.
-    await busy!.query("INSERT INTO shutdown_t VALUES ('still-running')");
-    await busy!.query('COMMIT');
+    await busy.query("INSERT INTO shutdown_t VALUES ('still-running')");
+    await busy.query('COMMIT');
     expect((await idleError).code).toBe('57P01');
     expect((await busyError).code).toBe('57P01');
     expect(await exited).toBe(0);
@@ -50,7 +47,7 @@ describe('graceful shutdown of the pgmux process', () => {
     expect(stderr).not.toMatch(/"level":50/);
     await direct.query('DROP TABLE shutdown_t');
     await direct.end();
-    await busy!.end().catch(() => {});
+    await busy.end().catch(() => {});
     await idle.end().catch(() => {});
   });
 });

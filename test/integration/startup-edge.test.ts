@@ -24,7 +24,7 @@ async function converse(port: number, parts: Buffer[]): Promise<{ msgs: PgMessag
   const c = await RawClient.connect(port);
   try {
     for (const [i, p] of parts.entries()) {
-      if (i > 0) await new Promise((r) => setTimeout(r, 50));
+      if (i > 0) await new Promise((r) => setTimeout(r, 50)); // deliberate: separate TCP segments
       c.send(p);
     }
     let msgs: PgMessage[] = [];
@@ -52,6 +52,7 @@ async function connectThenEnd(port: number, user: string, password?: string): Pr
   // A quiet close leaves connect() pending (pg ignores it once end() was called), as with PostgreSQL.
   void c.connect().catch((e: Error) => errors.push(`connect: ${e.message}`));
   await c.end().catch((e: Error) => errors.push(`end: ${e.message}`));
+  // Deliberate pause: late errors must have had time to show up.
   await new Promise((r) => setTimeout(r, 300));
   return errors;
 }

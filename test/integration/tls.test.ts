@@ -11,7 +11,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalCluster } from '../../src/embedded/localCluster.js';
 import type { Config } from '../../src/config/types.js';
-import { pgClient, psqlBin, runPg } from '../support/cluster.js';
+import { pgClient, psqlBin, runPg, waitUntilRunning } from '../support/cluster.js';
 import { startProxy, testConfig, type TestProxy } from '../support/pgmux.js';
 import { makeTestPki, type TestPki } from '../support/certs.js';
 import { firstError, parseErrorFields, queryMsg, RawClient, sendCancel, sslRequest, startupPacket } from '../support/rawClient.js';
@@ -185,7 +185,7 @@ describe('client TLS', () => {
         () => 'finished',
         (e: { code?: string }) => e.code,
       );
-      await new Promise((r) => setTimeout(r, 300));
+      await waitUntilRunning('SELECT pg_sleep(10)');
       const t0 = Date.now();
       await sendCancel(proxy.port, pid, secret);
       expect(await running).toBe('57014');
@@ -365,7 +365,7 @@ describe('connection limits', () => {
       expect(d).toMatchObject({ code: '53300', message: 'too many connections for database "app"' });
       expect(await connectCode(proxy.port, { database: 'postgres', user: 'app', password: 'apppass' })).toBe('ok');
       await open.shift()!.end();
-      await new Promise((r) => setTimeout(r, 100));
+      await expect.poll(() => proxy.proxy.limits.userCount('postgres')).toBe(1);
       open.push(await pgClient(proxy.port));
     } finally {
       for (const c of open) await c.end().catch(() => {});
@@ -400,7 +400,7 @@ describe('connection limits', () => {
     const idle: RawClient[] = [];
     try {
       idle.push(await RawClient.connect(proxy.port), await RawClient.connect(proxy.port));
-      await new Promise((r) => setTimeout(r, 50));
+      await expect.poll(() => proxy.proxy.limits.unauthenticated).toBe(2);
       const third = await RawClient.connect(proxy.port);
       const msgs = await third.readAll(3000);
       expect(firstError(msgs)).toMatchObject({ severity: 'FATAL', code: '53300', message: 'too many connections still logging in' });
@@ -409,7 +409,7 @@ describe('connection limits', () => {
       expect(proxy.proxy.limits.refusedAtAccept).toBeGreaterThanOrEqual(2);
       // Logged-in clients do not count: once the idle ones go, logins work again and stay.
       for (const c of idle.splice(0)) c.destroy();
-      await new Promise((r) => setTimeout(r, 100));
+      await expect.poll(() => proxy.proxy.limits.unauthenticated).toBe(0);
       const a = await pgClient(proxy.port);
       const b = await pgClient(proxy.port);
       const c = await pgClient(proxy.port);

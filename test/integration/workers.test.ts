@@ -4,9 +4,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type pg from 'pg';
-import { clusterInfo, pgClient } from '../support/cluster.js';
+import { clusterInfo, pgClient, waitUntilRunning } from '../support/cluster.js';
 import { DEFAULTS } from '../../src/config/load.js';
 import { workerConfig, workerShare } from '../../src/server/workers.js';
 
@@ -28,15 +28,8 @@ async function get(port: number, path: string): Promise<{ status: number; body: 
   return { status: r.status, body: await r.text() };
 }
 
-async function waitFor<T>(what: string, fn: () => Promise<T | null>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => null);
-    if (v !== null) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** How long a spawned pgmux may take to come up or restart a worker, on a busy box. */
+const startWait = { timeout: 20_000, interval: 100 };
 
 /** Sum of every sample of one metric in a Prometheus text body. */
 function metricSum(body: string, name: string): number {
@@ -98,12 +91,13 @@ describe('start --workers 2', () => {
     child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
     child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
     exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
-    await waitFor('/readyz 200', async () => ((await get(httpPort, '/readyz')).status === 200 ? true : null));
+    // (vi.waitFor: expect.poll works inside a test only, not in a hook.)
+    await vi.waitFor(async () => expect((await get(httpPort, '/readyz')).status).toBe(200), startWait);
     // Both workers ready, so connections spread over both.
-    await waitFor('both workers ready', async () => {
+    await vi.waitFor(async () => {
       const s = JSON.parse((await get(httpPort, '/status')).body) as { workers: { ready: boolean }[] };
-      return s.workers.filter((w) => w.ready).length === 2 ? true : null;
-    });
+      expect(s.workers.filter((w) => w.ready)).toHaveLength(2);
+    }, startWait);
   });
 
   afterAll(async () => {
@@ -148,7 +142,7 @@ describe('start --workers 2', () => {
     try {
       const sleepers = [a0, a1, b1, b0];
       const results = sleepers.map((c) => c.query('SELECT pg_sleep(10)').then(() => 'finished', (e: { code?: string }) => e.code ?? 'error'));
-      await new Promise((r) => setTimeout(r, 300));
+      await waitUntilRunning('SELECT pg_sleep(10)', sleepers.length);
       const started = Date.now();
       for (const c of sleepers) await sendCancel(port, c);
       expect(await Promise.all(results)).toEqual(['57014', '57014', '57014', '57014']);
@@ -186,11 +180,11 @@ describe('start --workers 2', () => {
     const s = JSON.parse((await get(httpPort, '/status')).body) as Status;
     const victim = s.workers[1]!;
     process.kill(victim.pid!, 'SIGKILL');
-    const after = await waitFor('worker 1 back', async () => {
-      const t = JSON.parse((await get(httpPort, '/status')).body) as Status;
-      const w = t.workers[1]!;
-      return w.pid !== null && w.pid !== victim.pid && w.ready ? w : null;
-    });
+    const after = await vi.waitFor(async () => {
+      const w = (JSON.parse((await get(httpPort, '/status')).body) as Status).workers[1]!;
+      if (w.pid === null || w.pid === victim.pid || !w.ready) throw new Error(`worker 1 not back: ${JSON.stringify(w)}`);
+      return w;
+    }, startWait);
     expect(after.restarts).toBe(1);
     expect(output).toMatch(/worker exited unexpectedly: restarting/);
     const c = await pgClient(port);

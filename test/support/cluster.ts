@@ -1,5 +1,5 @@
 // Helpers for tests that use the shared cluster started by test/support/globalSetup.ts.
-import { inject } from 'vitest';
+import { inject, vi } from 'vitest';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -47,6 +47,29 @@ export async function pgClient(port: number, opts: PgClientOptions = {}): Promis
   });
   await client.connect();
   return client;
+}
+
+/**
+ * Waits until at least `count` sessions on the harness's nodes run exactly `sql`: a cancel
+ * test must not send its CancelRequest before the query it cancels has started.
+ */
+export async function waitUntilRunning(sql: string, count = 1, timeoutMs = 10_000): Promise<void> {
+  const clients = await Promise.all(nodePorts().map((port) => pgClient(port, { database: 'postgres' })));
+  try {
+    await vi.waitFor(
+      async () => {
+        let running = 0;
+        for (const c of clients) {
+          const r = await c.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE state = 'active' AND query = $1", [sql]);
+          running += r.rows[0].n as number;
+        }
+        if (running < count) throw new Error(`${running} of ${count} sessions run ${JSON.stringify(sql)}`);
+      },
+      { timeout: timeoutMs, interval: 20 },
+    );
+  } finally {
+    await Promise.all(clients.map((c) => c.end()));
+  }
 }
 
 export function psqlBin(): string {

@@ -995,9 +995,9 @@ describe('logger', () => {
     const { stream, lines } = sink();
     const log = createLogger('debug', { destination: stream, pretty: true });
     log.debug({ password: 'p1' }, 'pretty hello');
-    await new Promise((r) => setTimeout(r, 20));
+    // pino-pretty writes asynchronously.
+    await expect.poll(() => lines.join('\n')).toContain('pretty hello');
     const text = lines.join('\n');
-    expect(text).toContain('pretty hello');
     expect(text).toContain('DEBUG');
     expect(text).not.toContain('p1');
     expect(() => JSON.parse(lines[0]!)).toThrow();

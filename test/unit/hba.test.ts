@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { HbaError, hbaRefusal, loadHbaFile, matchHba, parseCidr, parseHba, parseIp, type HbaQuery, type HbaRule } from '../../src/server/hba.js';
+import { HbaError, hbaRefusal, loadHbaFile, matchHba, parseHba, type HbaQuery, type HbaRule } from '../../src/server/hba.js';
 
 const q = (o: Partial<HbaQuery> = {}): HbaQuery => ({ ssl: false, database: 'app', user: 'alice', address: '127.0.0.1', ...o });
 
@@ -218,26 +218,60 @@ describe('matchHba', () => {
 });
 
 describe('addresses', () => {
-  it('parseIp handles IPv4, IPv6 compression, embedded IPv4 and zones; rejects junk', () => {
-    expect(parseIp('1.2.3.4')).toEqual({ family: 4, bytes: Uint8Array.from([1, 2, 3, 4]) });
-    expect(parseIp('::1')!.bytes).toEqual(Uint8Array.from([...new Array(15).fill(0), 1]));
-    expect(parseIp('::')!.bytes).toEqual(new Uint8Array(16));
-    expect(parseIp('1::')!.bytes[1]).toBe(1);
-    expect(parseIp('::ffff:1.2.3.4')!.bytes.subarray(10)).toEqual(Uint8Array.from([0xff, 0xff, 1, 2, 3, 4]));
-    expect(parseIp('1:2:3:4:5:6:7:8')!.bytes[15]).toBe(8);
-    expect(parseIp('fe80::1%eth0')!.family).toBe(6);
-    for (const bad of ['', '1.2.3', '1.2.3.4.5', '256.1.1.1', '1::2::3', '1:2:3:4:5:6:7:8:9', '12345::', 'g::1', '1:2:3:4:5:6:7::8:9', 'localhost']) {
-      expect(parseIp(bad), bad).toBeNull();
+  it('rule addresses: IPv4, IPv6 compression, embedded IPv4; junk is refused', () => {
+    for (const ok of ['1.2.3.4/32', '::1/128', '::/0', '1::/16', '::ffff:1.2.3.4/128', '1:2:3:4:5:6:7:8/128']) {
+      expect(parseHba(`host all all ${ok} trust`)[0]!.address, ok).toMatchObject({ kind: 'net', text: ok });
+    }
+    // 010.0.0.0 is refused: PostgreSQL (getaddrinfo) would read 010 as octal 8.
+    for (const bad of ['1.2.3/8', '1.2.3.4.5/8', '256.1.1.1/8', '1::2::3/64', '1:2:3:4:5:6:7:8:9/64', '12345::/16', 'g::1/64', '010.0.0.0/8', 'localhost/8']) {
+      expect(() => parseHba(`host all all ${bad} trust`), bad).toThrow(/is not an IP address/);
     }
   });
 
-  it('parseCidr masks host bits', () => {
-    const n = parseCidr('192.168.1.77/24');
-    expect(typeof n).toBe('object');
-    if (typeof n !== 'string') expect([...n.addr]).toEqual([192, 168, 1, 0]);
-    const z = parseCidr('0.0.0.0/0');
-    if (typeof z !== 'string') expect([...z.mask]).toEqual([0, 0, 0, 0]);
-    const odd = parseCidr('10.255.0.0/9');
-    if (typeof odd !== 'string') expect([...odd.addr, ...odd.mask]).toEqual([10, 128, 0, 0, 255, 128, 0, 0]);
+  it('host bits past the prefix are ignored; odd prefixes split a byte', () => {
+    const host = parseHba('host all all 192.168.1.77/24 trust');
+    expect(lineOf(host, { address: '192.168.1.5' })).toBe(1);
+    expect(lineOf(host, { address: '192.168.2.5' })).toBeNull();
+    const odd = parseHba('host all all 10.255.0.0/9 trust');
+    expect(lineOf(odd, { address: '10.128.0.1' })).toBe(1);
+    expect(lineOf(odd, { address: '10.127.255.255' })).toBeNull();
+    expect(lineOf(parseHba('host all all 0.0.0.0/0 trust'), { address: '255.255.255.255' })).toBe(1);
+    expect(lineOf(parseHba('host all all 10.0.0.1/32 trust'), { address: '10.0.0.2' })).toBeNull();
+  });
+
+  it('netmask fields: IPv4 and IPv6, contiguous only', () => {
+    const v6 = parseHba('host all all fd00:: ffff:ff00:: trust');
+    expect(lineOf(v6, { address: 'fd00:12::1' })).toBe(1);
+    expect(lineOf(v6, { address: 'fd01::1' })).toBeNull();
+    expect(lineOf(parseHba('host all all 10.1.0.0 255.255.0.0 trust'), { address: '::ffff:10.1.9.9' })).toBe(1);
+    expect(lineOf(parseHba('host all all 0.0.0.0 0.0.0.0 trust'), { address: '203.0.113.9' })).toBe(1);
+    for (const mask of ['255.0.255.0', '0.255.255.255', 'ff00:ff00::']) {
+      const net = mask.includes(':') ? 'fd00::' : '10.0.0.0';
+      expect(() => parseHba(`host all all ${net} ${mask} trust`), mask).toThrow(/is not contiguous/);
+    }
+  });
+
+  it('IPv4-mapped IPv6 clients: IPv4 rules take them; IPv6 rules never take plain IPv4 clients', () => {
+    // A listener on "::" reports an IPv4 client as ::ffff:a.b.c.d; PostgreSQL sees it as IPv4.
+    expect(lineOf(parseHba('host all all 0.0.0.0/0 trust'), { address: '::ffff:1.2.3.4' })).toBe(1);
+    expect(lineOf(parseHba('host all all 0.0.0.0/0 trust'), { address: '::1' })).toBeNull();
+    expect(lineOf(parseHba('host all all 10.0.0.0/8 trust'), { address: '::ffff:a00:1' })).toBe(1);
+    for (const rule of ['::/0', '::ffff:0:0/96', '::ffff:10.0.0.0/104']) {
+      const rules = parseHba(`host all all ${rule} trust`);
+      expect(lineOf(rules, { address: '10.0.0.1' }), rule).toBeNull();
+      expect(lineOf(rules, { address: '::ffff:10.0.0.1' }), rule).toBe(1);
+    }
+  });
+
+  it('samehost and samenet with IPv6 interfaces, and interfaces without a network', () => {
+    const rules = parseHba('host all all samehost trust\nhost all all samenet md5');
+    const local = () => [{ address: 'fd00::5', cidr: 'fd00::5/64' }, { address: '192.0.2.1', cidr: null }];
+    const line = (address: string) => matchHba(rules, q({ address }), { localAddresses: local })?.line ?? null;
+    expect(line('fd00::5')).toBe(1);
+    expect(line('fd00::6')).toBe(2);
+    expect(line('fd00:1::6')).toBeNull();
+    expect(line('192.0.2.1')).toBe(1);
+    expect(line('::ffff:192.0.2.1')).toBe(1);
+    expect(line('192.0.2.2')).toBeNull();
   });
 });
