@@ -11,6 +11,8 @@ import type { Classification, FunctionRef } from '../routing/classifier.js';
 import type { StatementNames } from '../session/preparedStatements.js';
 import type { ConnectionLimits } from './limits.js';
 import type { NotificationHub } from '../session/notifications.js';
+import type { NodeSnapshot, TopologySnapshot } from '../cluster/topology.js';
+import type { ReadBalancer } from '../routing/balancer.js';
 
 export interface ProxyContext {
   config(): Config;
@@ -35,7 +37,6 @@ export interface ProxyContext {
   loginNode(timeoutMs: number): Promise<NodeAddress | null>;
   /** The node that takes writes now, waiting up to `timeoutMs` for one during a failover. */
   primary(timeoutMs: number): Promise<NodeAddress | null>;
-  currentPrimary(): NodeAddress | null;
   pool(node: NodeAddress, database: string, user: string): Pool;
   /** Every connection from accept to close (timeouts apply before login too). */
   track(client: ClientSession): void;
@@ -65,8 +66,14 @@ export interface ProxyContext {
   volatileCall(database: string, user: string, calls: readonly FunctionRef[]): string | null | Promise<void>;
   /** A transaction that may have changed `database`'s functions ended. */
   functionsChanged(database: string): void;
-  /** A node for a read, or null with the reason (no eligible node and no fallback). */
-  chooseRead(minLsn: bigint | null, maxLagMsHint: number | null, avoid: string | null): { node: NodeAddress | null; reason: string };
+  // What the routing policy (src/routing/policy.ts) decides from.
+  topology(): TopologySnapshot;
+  /** Nodes disabled on the admin console: no new reads. */
+  readonly disabledNodes: ReadonlySet<string>;
+  /** The read balancer's round-robin position, shared by every client. */
+  readonly readBalancer: ReadBalancer;
+  /** One address object per node: sessions compare nodes by identity. */
+  nodeAddress(n: NodeSnapshot): NodeAddress;
   /** After a failed connect to the primary: the next primary (failover), or null at the deadline. */
   primaryAfterFailure(failed: NodeAddress, timeoutMs: number): Promise<NodeAddress | null>;
   /** Counts a transaction routed to a node (for SHOW NODES and metrics). */

@@ -29,6 +29,7 @@ const WAIT_BUCKETS_MS = [0.1, 1, 5, 10, 50, 100, 500, 1000, 5000, 30000];
 import { Classifier, type Classification, type FunctionRef } from '../routing/classifier.js';
 import { FunctionCatalogs, VOLATILE_FUNCTIONS_SQL, type CatalogOptions } from '../routing/functionCatalog.js';
 import { ReadBalancer, type ReadPolicy } from '../routing/balancer.js';
+import { chooseRead, loginNodeOf } from '../routing/policy.js';
 
 export interface RunningPgmux {
   /** Port clients connect to (the real one when listen port was 0). */
@@ -73,7 +74,7 @@ export class Proxy implements ProxyContext, ProxyView {
   /** Databases paused by PAUSE (null entry = everything). */
   private readonly paused = new Set<string | null>();
   private readonly parked = new Set<ClientSession>();
-  private readonly disabledNodes = new Set<string>();
+  readonly disabledNodes = new Set<string>();
   private recycleBefore = 0;
   readonly admin: AdminConsole;
   readonly clock = { now: Date.now() };
@@ -103,7 +104,7 @@ export class Proxy implements ProxyContext, ProxyView {
   private classifier: Classifier;
   /** Per database: its volatile functions (reads calling one go to the primary). */
   readonly functionCatalogs: FunctionCatalogs;
-  private readonly balancer: ReadBalancer;
+  readonly readBalancer: ReadBalancer;
   private readPolicy!: ReadPolicy;
 
   constructor(
@@ -119,7 +120,7 @@ export class Proxy implements ProxyContext, ProxyView {
     this.monitor.on('snapshot', () => this.wakeLoginWaiters());
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
     this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
-    this.balancer = new ReadBalancer(() => this.readPolicy);
+    this.readBalancer = new ReadBalancer(() => this.readPolicy);
     this.applyReadPolicy();
     this.admin = new AdminConsole(this);
     // The listener connection for LISTEN/NOTIFY: one per (database, user), on the primary,
@@ -155,19 +156,11 @@ export class Proxy implements ProxyContext, ProxyView {
 
   /** pg_proc is the same on every node: the primary's (newest), else any node reads serve from. */
   private async loadFunctionCatalog(database: string, user: string): Promise<string | null> {
-    const node = this.currentPrimary() ?? this.chooseRead(null, null, null).node;
+    const topo = this.monitor.snapshot();
+    const node = topo.primary ?? chooseRead(topo, this.disabledNodes, null, null, null, this.readBalancer).node;
     if (node === null) throw new Error('no node is up');
-    const row = await this.pool(node, database, user).queryRow(VOLATILE_FUNCTIONS_SQL);
+    const row = await this.pool(this.nodeAddress(node), database, user).queryRow(VOLATILE_FUNCTIONS_SQL);
     return row?.[0] ?? null;
-  }
-
-  chooseRead(minLsn: bigint | null, maxLagMsHint: number | null, avoid: string | null): { node: NodeAddress | null; reason: string } {
-    let topo = this.monitor.snapshot();
-    if (avoid !== null || this.disabledNodes.size > 0) {
-      topo = { ...topo, nodes: topo.nodes.filter((n) => n.name !== avoid && !this.disabledNodes.has(n.name)) };
-    }
-    const c = this.balancer.choose(topo, minLsn, maxLagMsHint);
-    return { node: c.node ? this.nodeAddress(c.node) : null, reason: c.reason };
   }
 
   async primaryAfterFailure(failed: NodeAddress, timeoutMs: number): Promise<NodeAddress | null> {
@@ -298,32 +291,16 @@ export class Proxy implements ProxyContext, ProxyView {
     return keys ? { password: learned, scramKeys: keys } : { password: learned };
   }
 
-  currentPrimary(): NodeAddress | null {
-    const p = this.monitor.snapshot().primary;
-    return p ? this.nodeAddress(p) : null;
-  }
-
   async primary(timeoutMs: number): Promise<NodeAddress | null> {
-    const now = this.currentPrimary();
-    if (now !== null) return now;
+    const now = this.monitor.snapshot().primary;
+    if (now !== null) return this.nodeAddress(now);
     const p = await this.monitor.waitForPrimary(timeoutMs);
     return p ? this.nodeAddress(p) : null;
   }
 
-  /**
-   * The primary, else the first healthy replica not disabled, else any healthy replica. A
-   * lagging one will do: lag does not change ParameterStatus, settings or pg_shadow.
-   */
   private loginNodeNow(): NodeAddress | null {
-    const s = this.monitor.snapshot();
-    if (s.primary !== null) return this.nodeAddress(s.primary);
-    let disabled: NodeSnapshot | null = null;
-    for (const n of s.nodes) {
-      if (!isHealthy(n.state) || n.role !== 'replica') continue;
-      if (!this.disabledNodes.has(n.name)) return this.nodeAddress(n);
-      disabled ??= n;
-    }
-    return disabled === null ? null : this.nodeAddress(disabled);
+    const n = loginNodeOf(this.monitor.snapshot(), this.disabledNodes);
+    return n === null ? null : this.nodeAddress(n);
   }
 
   loginNode(timeoutMs: number): Promise<NodeAddress | null> {
@@ -353,7 +330,7 @@ export class Proxy implements ProxyContext, ProxyView {
   }
 
   /** One NodeAddress object per host:port, so sessions can compare by identity. */
-  private nodeAddress(n: NodeSnapshot): NodeAddress {
+  nodeAddress(n: NodeSnapshot): NodeAddress {
     let a = this.nodes.get(n.name);
     if (!a) {
       a = { host: n.host, port: n.port, name: n.name };

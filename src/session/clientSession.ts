@@ -28,6 +28,7 @@ import { parseParse } from './preparedStatements.js';
 import { AdminSession, type AdminHost } from './adminSession.js';
 import { ClientHandshake, type HandshakeHost, type LoggedIn } from './handshake.js';
 import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientState.js';
+import { afterAcquireFailure, decideRoute, mayRetry, type RouteClient } from '../routing/policy.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
 
@@ -44,8 +45,6 @@ function interned(s: string): string {
 }
 
 let nextClientId = 1;
-/** Re-routes of one transaction (failover waits, reads moved off a dead replica). */
-const MAX_ROUTE_ATTEMPTS = 3;
 const NONE: readonly string[] = [];
 
 /** Proxy-issued cancel pids: start --workers puts the worker index in the high bits so keys are unique per group. */
@@ -113,11 +112,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private retryable = false;
   /** Lone reads re-run elsewhere, stale-plan batches re-run here (replayGuard.ts). */
   private readonly replay = new ReplayGuard();
-  private attempts = 0;
-  private avoidNode: string | null = null;
-  // Read-your-writes.
-  private lastWriteAt = -Infinity;
-  private minLsn: bigint | null = null;
+  /** What the routing policy remembers of this client (read-your-writes, failed attempts). */
+  private readonly routeState: RouteClient = { minLsn: null, lastWriteAt: -Infinity, avoidNode: null, attempts: 0 };
   private lsnPending = false;
   /** This transaction sent DDL that may change the database's functions: say so when it ends. */
   private functionsChanging = false;
@@ -399,57 +395,42 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private routeTransaction(): void {
     if (this.lsnPending) return; // resumed once the last write's LSN is known
     if (this.requests.tracking && this.answerLocally()) return;
-    if (this.ctx.isPaused(this.database)) {
-      this.ctx.park(this); // PAUSE: the transaction starts on RESUME
-      return;
-    }
-    this.waitStartedAt = this.ctx.clock.now;
-    const cfg = this.ctx.config();
-    const route = cfg.poolMode === 'session' ? null : this.requests.classifyFirst(this.held[0]!);
+    const ctx = this.ctx;
+    const cfg = ctx.config();
+    const paused = ctx.isPaused(this.database);
+    // Paused, or session mode: the policy looks at no statement, so none is classified.
+    const route = paused || cfg.poolMode === 'session' ? null : this.requests.classifyFirst(this.held[0]!);
     this.retryable = route !== null && this.requests.loneRead;
-    // A read calling a function the database's catalog says is VOLATILE may write (checked
-    // even when read_your_writes sends the read to the primary: it must not be re-run).
-    const volatile =
-      route !== null && route.target === 'replica' && route.calls !== undefined ? this.ctx.volatileCall(this.database, this.user, route.calls) : null;
+    // A read calling a function the database's catalog says is VOLATILE may write.
+    const volatile = route !== null && route.target === 'replica' && route.calls !== undefined ? ctx.volatileCall(this.database, this.user, route.calls) : null;
     if (volatile !== null && typeof volatile === 'object') {
       void volatile.then(this.routeAgain); // the catalog is loading: once per database and after DDL
       return;
     }
-    if (volatile !== null) {
-      this.retryable = false; // it may have written: never re-run
-      if (this.ctx.logger.isLevelEnabled('debug')) this.ctx.logger.debug({ client: this.id, reason: volatile }, 'route to the primary');
-    }
-    if (route !== null && route.target === 'replica' && volatile === null && !this.mustReadFromPrimary(cfg)) {
-      const choice = this.ctx.chooseRead(cfg.readYourWrites === 'lsn' ? this.minLsn : null, route.maxLagMs ?? null, this.avoidNode);
-      if (this.ctx.logger.isLevelEnabled('debug')) {
-        this.ctx.logger.debug({ client: this.id, node: choice.node?.name ?? null, reason: `${route.reason}; ${choice.reason}` }, 'route');
-      }
-      if (choice.node !== null) {
-        this.routedTo = choice.node;
-        this.routedWrite = false;
-        this.poolFor(choice.node).acquire(this, this.ctx.clock.now);
+    if (volatile !== null) this.retryable = false; // it may have written: never re-run
+    const view = { topology: ctx.topology(), disabledNodes: ctx.disabledNodes, paused, now: ctx.clock.now };
+    const d = decideRoute({ route, volatile }, this.routeState, view, cfg, ctx.readBalancer);
+    if (ctx.logger.isLevelEnabled('debug')) ctx.logger.debug({ client: this.id, decision: d.kind, node: d.kind === 'node' ? d.node.name : null, reason: d.reason }, 'route');
+    this.waitStartedAt = ctx.clock.now;
+    switch (d.kind) {
+      case 'park':
+        ctx.park(this); // the transaction starts on RESUME
         return;
-      }
-      // No replica may serve it (e.g. none replayed this client's last commit). With
-      // fallback_to_primary it goes to the primary, and while there is none it waits for one
-      // like a write: never older data than the client already saw.
-      if (!cfg.fallbackToPrimary || this.ctx.currentPrimary() !== null) {
-        this.fatal(pgmuxError('noReadNode', { detail: choice.reason }), 'backend_lost');
+      case 'error':
+        this.fatal(pgmuxError(d.error, { detail: d.detail }), 'backend_lost');
         return;
-      }
+      case 'node':
+        this.routedWrite = d.write;
+        this.acquireOn(ctx.nodeAddress(d.node));
+        return;
+      case 'waitForPrimary':
+        this.routedWrite = true;
+        ctx.primary(d.timeoutMs).then(
+          (n) => this.acquireOn(n),
+          (err: Error) => this.onAcquireFailed(err),
+        );
+        return;
     }
-    this.routedWrite = true;
-    const node = this.ctx.currentPrimary();
-    if (node !== null) {
-      this.routedTo = node;
-      this.poolFor(node).acquire(this, this.ctx.clock.now);
-      return;
-    }
-    // Failover in progress: wait for a primary rather than fail the client.
-    this.ctx.primary(cfg.failoverTimeoutMs).then(
-      (n) => this.acquireOn(n),
-      (err: Error) => this.onAcquireFailed(err),
-    );
   }
 
   private readonly routeAgain = (): void => {
@@ -564,11 +545,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     };
   }
 
-  /** read_your_writes=window: reads stay on the primary for a while after a write. */
-  private mustReadFromPrimary(cfg: ReturnType<ProxyContext['config']>): boolean {
-    return cfg.readYourWrites === 'window' && this.ctx.clock.now - this.lastWriteAt < cfg.readYourWritesWindowMs;
-  }
-
   onBackendAcquired(b: BackendConnection): void {
     if (this.state !== ClientState.Waiting) {
       (b.poolRef as Pool).release(b);
@@ -612,23 +588,24 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const unreachable =
       (err instanceof PgmuxError && err.spec.code === '08006') ||
       (err instanceof BackendError && (err.code === '57P01' || err.code === '57P02' || err.code === '57P03'));
-    if (unreachable && failed !== null && this.attempts < MAX_ROUTE_ATTEMPTS) {
-      this.attempts++;
-      if (!this.routedWrite) {
-        // A read whose node cannot be reached: any other eligible node will do.
-        this.avoidNode = failed.name;
+    const d = afterAcquireFailure(this.routeState, failed?.name ?? null, this.routedWrite, unreachable, this.ctx.config());
+    switch (d.kind) {
+      case 'reroute':
+        this.routeState.attempts++;
+        this.routeState.avoidNode = d.avoidNode;
         this.beginTransaction();
         return;
-      }
-      // The primary cannot be reached: a failover may be under way. Nothing was sent yet,
-      // so the transaction can wait for the next primary.
-      this.ctx.primaryAfterFailure(failed, this.ctx.config().failoverTimeoutMs).then(
-        (n) => this.acquireOn(n),
-        (e: Error) => this.failWith(e, 'backend_lost'),
-      );
-      return;
+      case 'waitForNewPrimary':
+        this.routeState.attempts++;
+        this.ctx.primaryAfterFailure(failed!, d.timeoutMs).then(
+          (n) => this.acquireOn(n),
+          (e: Error) => this.failWith(e, 'backend_lost'),
+        );
+        return;
+      case 'fail':
+        this.failWith(err, err instanceof PgmuxError && err.spec.code === '53300' ? 'pool_timeout' : 'backend_lost');
+        return;
     }
-    this.failWith(err, err instanceof PgmuxError && err.spec.code === '53300' ? 'pool_timeout' : 'backend_lost');
   }
 
   onBackendData(buf: Buffer, start: number, end: number): void {
@@ -671,7 +648,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       const settings = this.requests.settings.dirty ? this.requests.settings.take(this.settings, b.applied, cfg.trackExtraParameters) : NONE;
       if (needLsn || settings.length > 0) this.releaseAfterCapture(b, needLsn, settings);
       else {
-        if (this.routedWrite) this.lastWriteAt = this.ctx.clock.now;
+        if (this.routedWrite) this.routeState.lastWriteAt = this.ctx.clock.now;
         this.releaseBackend(b);
       }
     }
@@ -694,8 +671,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.backend = null;
     this.requests.detach();
     this.setState(ClientState.Idle);
-    this.attempts = 0;
-    this.avoidNode = null;
+    this.routeState.attempts = 0;
+    this.routeState.avoidNode = null;
     b.unlink();
     if (b.socket.isPaused()) b.socket.resume();
     this.flushNotifications();
@@ -703,14 +680,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const pool = b.poolRef as Pool;
     readBack(b, lsn, params, this.settings).then(
       (walLsn) => {
-        if (walLsn !== null) this.minLsn = parseLsn(walLsn);
+        if (walLsn !== null) this.routeState.minLsn = parseLsn(walLsn);
         if (params.length > 0) this.fingerprint = null;
         pool.release(b);
       },
       () => {
         if (lsn) {
-          this.minLsn = null;
-          this.lastWriteAt = this.ctx.clock.now;
+          this.routeState.minLsn = null;
+          this.routeState.lastWriteAt = this.ctx.clock.now;
         }
         // What the backend carries is no longer known: never hand it to another client.
         if (b.clean && params.length === 0) pool.release(b);
@@ -726,8 +703,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.backend = null;
     this.requests.detach();
     this.setState(ClientState.Idle);
-    this.attempts = 0;
-    this.avoidNode = null;
+    this.routeState.attempts = 0;
+    this.routeState.avoidNode = null;
     b.unlink();
     if (b.socket.isPaused()) b.socket.resume();
     (b.poolRef as Pool).release(b);
@@ -777,17 +754,17 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.requests.detach();
     if (this.state === ClientState.Closed) return;
     const read = this.replay.takeRead();
-    if (read !== null && this.attempts < MAX_ROUTE_ATTEMPTS) {
+    if (read !== null && mayRetry(this.routeState)) {
       // A lone read whose node died before any answer reached the client: run it elsewhere.
       this.ctx.logger.info({ client: this.id, node: b.node.name, why }, 're-running a read on another node');
       this.ctx.stats.readRetries++;
-      this.attempts++;
+      this.routeState.attempts++;
       // The statement its Parse defined lived on the dead backend only: the re-run defines it.
       if (read.parsed !== null) this.stmts.forget(read.parsed);
       this.stmts.batchDone();
       this.clearHeld();
       for (const m of read.messages) this.hold(m);
-      this.avoidNode = b.node.name;
+      this.routeState.avoidNode = b.node.name;
       this.setState(ClientState.Idle);
       this.beginTransaction();
       return;

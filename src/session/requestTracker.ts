@@ -16,6 +16,8 @@ import type { Classification, FunctionRef, ListenOp, SessionEffects } from '../r
 import { bindStatement, buildParse, parseParse, targetOf, type ParsedParse } from './preparedStatements.js';
 import { SettingsTracker } from './settingsTracker.js';
 import type { StatementForwarder } from './statementForwarder.js';
+import type { RouteClass } from '../routing/policy.js';
+
 
 /** What the tracker needs from the client session. */
 export interface RequestHost {
@@ -31,15 +33,6 @@ export interface RequestHost {
   /** A statement that may change the database's functions (CREATE FUNCTION, ...) is sent. */
   functionsChanging(): void;
   log(fields: Record<string, unknown>, msg: string): void;
-}
-
-/** What routing needs of a transaction's first message. */
-export interface RouteClass {
-  readonly target: 'primary' | 'replica';
-  readonly reason: string;
-  readonly maxLagMs?: number;
-  /** The functions a read calls (checked against the database's volatile functions). */
-  readonly calls?: readonly FunctionRef[];
 }
 
 const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
