@@ -636,13 +636,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.functionsChanging = false;
       this.ctx.functionsChanged(this.database);
     }
-    if (this.requests.pinned !== null) {
-      // The client keeps its backend; what the shared listener heard meanwhile goes out
-      // after the ReadyForQuery now on its way.
-      if (this.listens.anyWaiting) queueMicrotask(this.flushNotifications);
-      return;
-    }
-    if (this.ctx.config().poolMode === 'transaction') {
+    if (this.requests.mayRelease(b)) {
       const cfg = this.ctx.config();
       const needLsn = this.routedWrite && cfg.readYourWrites === 'lsn';
       const settings = this.requests.settings.dirty ? this.requests.settings.take(this.settings, b.applied, cfg.trackExtraParameters) : NONE;
@@ -651,6 +645,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         if (this.routedWrite) this.routeState.lastWriteAt = this.ctx.clock.now;
         this.releaseBackend(b);
       }
+    } else if (this.requests.pinned !== null && this.listens.anyWaiting) {
+      // The client keeps its backend; what the shared listener heard meanwhile goes out
+      // after the ReadyForQuery now on its way.
+      queueMicrotask(this.flushNotifications);
     }
   }
 
@@ -775,7 +773,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** The backend the client uses right now, if a query of its is running there. */
   get cancelTarget(): BackendConnection | null {
     const b = this.backend;
-    return b !== null && b.pendingRfq > 0 ? b : null;
+    return b !== null && this.requests.queryRunning(b) ? b : null;
   }
 
   // ---- timeouts (called by the janitor) ---------------------------------------------
@@ -800,8 +798,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         if (
           cfg.idleTransactionTimeoutMs > 0 &&
           b !== null &&
-          b.pendingRfq === 0 &&
-          b.txStatus !== 0x49 &&
+          this.requests.idleInTransaction(b) &&
           now - this.lastActiveAt > cfg.idleTransactionTimeoutMs
         ) {
           this.fatal(pgmuxError('idleInTransactionTimeout'), 'idle_transaction_timeout');
@@ -881,7 +878,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     b.unlink();
     if (b.socket.isPaused()) b.socket.resume();
     if (!b.clean) {
-      if (b.pendingRfq > 0) this.ctx.cancelBackend(b);
+      if (this.requests.queryRunning(b)) this.ctx.cancelBackend(b);
       pool.discard(b, 'client_gone');
       return;
     }

@@ -5,7 +5,9 @@
 // DEALLOCATE / DISCARD ALL), the rewriting of named prepared statements
 // (statementForwarder.ts), and the coalescing of forwarded bytes into one write per run.
 //
-// The one release rule lives here: atTransactionBoundary(). The client session acts on it.
+// The one release rule lives here, with the few questions derived from the same bookkeeping
+// (mayRelease, atTransactionBoundary, queryRunning, idleInTransaction); the client session
+// asks them and acts. Nothing else reads pendingRfq, txStatus or the open batch to decide.
 
 import type { BackendConnection } from '../pool/backend.js';
 import { Expect } from '../pool/backend.js';
@@ -42,7 +44,7 @@ const UNKNOWN_STATEMENT = { target: 'primary', reason: 'unknown statement' } as 
 
 export class RequestTracker {
   /** Parse/Bind/... sent without their Sync: the backend still owes this batch's answers. */
-  extendedOpen = false;
+  private extendedOpen = false;
   /** Why this client keeps its backend between transactions (session state), or null. */
   pinned: string | null = null;
   /** Named statements -> their Parse's analysis (routes a later Bind, and its session effects). */
@@ -84,6 +86,28 @@ export class RequestTracker {
    */
   atTransactionBoundary(b: BackendConnection): boolean {
     return b.txStatus === 0x49 /* I */ && b.pendingRfq === 0 && !this.extendedOpen;
+  }
+
+  /**
+   * The backend goes back to its pool now: at a transaction boundary, in transaction mode
+   * (session mode keeps it for the client's whole connection), unless the client is pinned.
+   */
+  mayRelease(b: BackendConnection): boolean {
+    return this.tracking && this.pinned === null && this.atTransactionBoundary(b);
+  }
+
+  /**
+   * The backend owes the client answers (a Query, a FunctionCall or a batch up to its Sync
+   * runs or waits there): a cancel request has something to reach, and a client that leaves
+   * now gets its query cancelled before the backend is closed.
+   */
+  queryRunning(b: BackendConnection): boolean {
+    return b.pendingRfq > 0;
+  }
+
+  /** Inside a transaction block with nothing running: the client is thinking (idle_transaction_timeout). */
+  idleInTransaction(b: BackendConnection): boolean {
+    return b.pendingRfq === 0 && b.txStatus !== 0x49 /* I */;
   }
 
   /** The backend went back or is gone: nothing of it is kept. */
