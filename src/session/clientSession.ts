@@ -109,7 +109,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       drain: () => void this.backend?.socket.resume(),
       gone: () => this.close('client_gone'),
     });
-    ctx.track(this);
+    ctx.registry.track(this);
     this.handshake = new ClientHandshake(ctx, this.handshakeHost(), this.reader, {
       id: this.id,
       address: this.conn.address,
@@ -267,7 +267,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.settings = who.settings;
       },
       register: () => {
-        if (!this.ctx.register(this)) return false;
+        if (!this.ctx.registry.register(this)) return false;
         this.requests.tracking = this.ctx.config().poolMode === 'transaction';
         return true;
       },
@@ -584,8 +584,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.backend = null;
       this.router.returnOnClose(b, this.requests.queryRunning(b));
     }
-    this.ctx.unregister(this);
-    this.ctx.untrack(this);
+    this.ctx.registry.unregister(this);
+    this.ctx.registry.untrack(this);
     this.listens.endAll();
     this.ctx.unpark(this);
     this.conn.end();

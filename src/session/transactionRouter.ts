@@ -79,8 +79,8 @@ export class TransactionRouter {
       return;
     }
     if (volatile !== null) this.retryable = false; // it may have written: never re-run
-    const view = { topology: ctx.topology(), disabledNodes: ctx.disabledNodes, paused, now: ctx.clock.now };
-    const d = decideRoute({ route, volatile }, this.state, view, ctx.config(), ctx.readBalancer);
+    const view = { topology: ctx.nodes.topology(), disabledNodes: ctx.nodes.disabledNodes, paused, now: ctx.clock.now };
+    const d = decideRoute({ route, volatile }, this.state, view, ctx.config(), ctx.nodes.readBalancer);
     if (ctx.logger.isLevelEnabled('debug')) ctx.logger.debug({ client: session.id, decision: d.kind, node: d.kind === 'node' ? d.node.name : null, reason: d.reason }, 'route');
     this.waitStartedAt = ctx.clock.now;
     switch (d.kind) {
@@ -92,11 +92,11 @@ export class TransactionRouter {
         return;
       case 'node':
         this.routedWrite = d.write;
-        this.acquireOn(ctx.nodeAddress(d.node));
+        this.acquireOn(ctx.nodes.nodeAddress(d.node));
         return;
       case 'waitForPrimary':
         this.routedWrite = true;
-        ctx.primary(d.timeoutMs).then(
+        ctx.nodes.primary(d.timeoutMs).then(
           (n) => this.acquireOn(n),
           (err: Error) => this.acquireFailed(err),
         );
@@ -141,7 +141,7 @@ export class TransactionRouter {
         return;
       case 'waitForNewPrimary':
         this.state.attempts++;
-        this.ctx.primaryAfterFailure(failed!, d.timeoutMs).then(
+        this.ctx.nodes.primaryAfterFailure(failed!, d.timeoutMs).then(
           (n) => this.acquireOn(n),
           (e: Error) => this.host.failWith(e, 'backend_lost'),
         );
@@ -226,7 +226,7 @@ export class TransactionRouter {
     b.unlink();
     if (b.socket.isPaused()) b.socket.resume();
     if (!b.clean) {
-      if (queryRunning) this.ctx.cancelBackend(b);
+      if (queryRunning) this.ctx.registry.cancelBackend(b);
       pool.discard(b, 'client_gone');
       return;
     }
