@@ -8,7 +8,8 @@ import type { Logger } from '../observability/logger.js';
 import type { AuthEntry } from '../auth/authFile.js';
 import { AuthStore } from '../auth/authStore.js';
 import { BackendConnection, type NodeAddress } from '../pool/backend.js';
-import { Pool } from '../pool/pool.js';
+import type { Pool } from '../pool/pool.js';
+import { PoolRegistry } from '../pool/poolRegistry.js';
 import { ClientSession } from '../session/clientSession.js';
 import { ClusterMonitor, type PrimaryChangeEvent } from '../cluster/monitor.js';
 import { isHealthy, lagPolicyOf, type TopologySnapshot } from '../cluster/topology.js';
@@ -83,7 +84,8 @@ export class PgmuxServer implements ProxyContext, ProxyView {
   readonly auth: AuthStore;
   /** The cluster as sessions see it, and the waits for a node. */
   readonly nodes: TopologyView;
-  private readonly poolMap = new Map<string, Pool>();
+  /** One pool per (node, database, user). */
+  private readonly poolRegistry: PoolRegistry;
   private janitor: NodeJS.Timeout | null = null;
   shuttingDown = false;
   readonly limits = new ConnectionLimits();
@@ -109,6 +111,7 @@ export class PgmuxServer implements ProxyContext, ProxyView {
     this.monitor.on('snapshot', (s: TopologySnapshot) => this.onTopology(s));
     this.nodes = new TopologyView(this.monitor, config, closing);
     this.registry = new ClientRegistry(config, logger, closing);
+    this.poolRegistry = new PoolRegistry(config, (user) => this.auth.credentialsFor(user), logger, this.stats);
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
     this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
     this.applyReadPolicy();
@@ -185,30 +188,11 @@ export class PgmuxServer implements ProxyContext, ProxyView {
   }
 
   pool(node: NodeAddress, database: string, user: string): Pool {
-    const key = node.name + '\0' + database + '\0' + user;
-    let p = this.poolMap.get(key);
-    if (!p || p.isClosed) {
-      const knownFailure = this.droppedPoolFailures.get(key) ?? null;
-      this.droppedPoolFailures.delete(key);
-      const onDrop = (dropped: Pool) => {
-        if (this.poolMap.get(key) === dropped) this.poolMap.delete(key);
-        if (this.droppedPoolFailures.size >= 1000) this.droppedPoolFailures.clear();
-        if (dropped.lastFailure !== null) this.droppedPoolFailures.set(key, dropped.lastFailure);
-      };
-      p = new Pool(node, database, user, () => this.cfg, () => this.auth.credentialsFor(user), this.logger, this.stats, { onDrop, knownFailure });
-      this.poolMap.set(key, p);
-    }
-    return p;
+    return this.poolRegistry.pool(node, database, user);
   }
 
-  /**
-   * Why the pools dropped for a login failure failed (pool key -> logged text), so a client
-   * asking again for a missing database does not log the same warning again.
-   */
-  private readonly droppedPoolFailures = new Map<string, string>();
-
   allPools(): Pool[] {
-    return [...this.poolMap.values()];
+    return [...this.poolRegistry.all()];
   }
 
   /** Open client connections, logged in or not. */
@@ -250,14 +234,14 @@ export class PgmuxServer implements ProxyContext, ProxyView {
     // A node that is down, fenced, diverged or misconfigured loses its backends now (clients
     // inside a transaction there get 08006); a node whose role changed is drained: idle
     // backends closed now, busy ones when their transactions end.
-    for (const [key, pool] of this.poolMap) {
+    for (const pool of this.poolRegistry.all()) {
       const n = s.nodes.find((x) => x.name === pool.node.name);
       if (!n || !isHealthy(n.state)) {
         pool.closeAll('node_gone');
-        this.poolMap.delete(key);
+        this.poolRegistry.forget(pool);
       } else if (changed.has(n.name)) {
         pool.close('node_gone', new PgmuxError(pgmuxError('backendUnavailable', { detail: `${n.name} changed role to ${n.role}` })));
-        this.poolMap.delete(key);
+        this.poolRegistry.forget(pool);
       }
     }
   }
@@ -268,7 +252,7 @@ export class PgmuxServer implements ProxyContext, ProxyView {
     const now = Date.now();
     this.clock.now = now;
     for (const c of this.registry.connections) c.sweep(now);
-    for (const p of this.poolMap.values()) p.sweep(now);
+    for (const p of this.poolRegistry.all()) p.sweep(now);
   }
 
   /**
@@ -285,8 +269,7 @@ export class PgmuxServer implements ProxyContext, ProxyView {
     for (const c of [...this.registry.connections]) c.fatal(pgmuxError('adminShutdown', { detail: 'shutdown_timeout reached inside a transaction' }), 'shutdown');
     if (this.janitor) clearInterval(this.janitor);
     this.notifications.close();
-    for (const p of this.poolMap.values()) p.closeAll('shutdown');
-    this.poolMap.clear();
+    this.poolRegistry.closeAll();
     this.nodes.close();
     await this.monitor.stop();
   }
@@ -303,7 +286,7 @@ export class PgmuxServer implements ProxyContext, ProxyView {
 
   backends(): BackendView[] {
     const out: BackendView[] = [];
-    for (const p of this.poolMap.values()) {
+    for (const p of this.poolRegistry.all()) {
       for (const b of p.backends()) {
         out.push({
           id: b.id,
@@ -325,7 +308,7 @@ export class PgmuxServer implements ProxyContext, ProxyView {
 
   pools(): PoolView[] {
     const now = Date.now();
-    return [...this.poolMap.values()].map((p) => ({ node: p.node.name, database: p.database, user: p.user, stats: p.stats(now), totalConnects: p.totalConnects }));
+    return [...this.poolRegistry.all()].map((p) => ({ node: p.node.name, database: p.database, user: p.user, stats: p.stats(now), totalConnects: p.totalConnects }));
   }
 
   topology(): TopologySnapshot {
@@ -407,7 +390,7 @@ export class PgmuxServer implements ProxyContext, ProxyView {
     this.logger.level = next.logLevel;
     this.monitor.setConfig(this.cfg);
     this.monitor.setNodes(next.nodes);
-    for (const p of this.poolMap.values()) p.fitToSize(); // pool_size applies now, not at the next sweep
+    for (const p of this.poolRegistry.all()) p.fitToSize(); // pool_size applies now, not at the next sweep
     this.cfgVersion++;
     const message = `configuration ${this.cfgVersion} loaded` + (restartNeeded.length ? `; ${restartNeeded.join(', ')} change only on restart` : '');
     this.logger.info({ version: this.cfgVersion, nodes: next.nodes.map((n) => `${n.host}:${n.port}@${n.weight}`) }, message);
@@ -416,14 +399,14 @@ export class PgmuxServer implements ProxyContext, ProxyView {
 
   reconnect(): void {
     this.recycleBefore = Date.now();
-    for (const p of this.poolMap.values()) p.recycle(this.recycleBefore);
+    for (const p of this.poolRegistry.all()) p.recycle(this.recycleBefore);
   }
 
   disableNode(name: string): boolean {
     const n = this.monitor.snapshot().nodes.find((x) => x.name === name);
     if (!n) return false;
     this.nodes.disabledNodes.add(name);
-    for (const p of this.poolMap.values()) if (p.node.name === name) p.recycle(Date.now());
+    for (const p of this.poolRegistry.all()) if (p.node.name === name) p.recycle(Date.now());
     this.logger.info({ node: name }, 'node disabled: no new reads');
     return true;
   }

@@ -238,9 +238,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       pauseReading: () => this.conn.pauseReading(),
       terminated: () => this.close('client_terminate'),
       listensOnBackend: (ops) => this.listens.movedToBackend(ops),
-      functionsChanging: () => {
-        this.functionsChanging = true;
-      },
+      functionsChanging: () => void (this.functionsChanging = true),
       discardedAll: () => this.listens.endAll(),
       log: (fields, msg) => this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, ...fields }, msg),
     };
@@ -271,9 +269,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.requests.tracking = this.ctx.config().poolMode === 'transaction';
         return true;
       },
-      setState: (state) => {
-        this.setState(state);
-      },
+      setState: (state) => this.setState(state),
       suspend: () => this.suspend(),
       resume: () => this.resume(),
       poolFor: (node) => this.router.poolFor(node),
@@ -331,9 +327,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       fatal: (spec, reason) => this.fatal(spec, reason),
       failWith: (err, reason) => this.failWith(err, reason),
       routeAgain: () => this.beginTransaction(),
-      settingsChanged: () => {
-        this.fingerprint = null;
-      },
+      settingsChanged: () => void (this.fingerprint = null),
     };
   }
 
