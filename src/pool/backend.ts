@@ -365,7 +365,11 @@ export class BackendConnection implements ScanSink {
     return this.socket.write(buf);
   }
 
-  /** Clean = nothing in flight and not inside a transaction: safe to hand to another client. */
+  /**
+   * Clean = nothing in flight and not inside a transaction: safe to hand to another client.
+   * The pool's last check, on the backend's own counters (hidden queries and a message cut
+   * mid-way included); when a client lets its backend go is the request tracker's rule.
+   */
   get clean(): boolean {
     return (
       this.state !== BackendState.Closed &&

@@ -6,7 +6,7 @@
 //     unauthenticated client limits (0 = off stays off).
 //   - Cancel keys are unique across workers (worker index in the top bits of the 31-bit
 //     pid). A worker that receives a CancelRequest for a key it does not know sends it to
-//     the primary, which broadcasts it to the other workers; Proxy.cancel ignores keys it
+//     the primary, which broadcasts it to the other workers; ClientRegistry.cancel ignores keys it
 //     does not own, so broadcasting is safe.
 //   - The primary serves the HTTP port: /metrics aggregates every worker's registry
 //     (prom-client AggregatorRegistry over cluster IPC), /readyz is 200 when at least one
@@ -138,7 +138,7 @@ export async function runWorker(config: Config, opts: WorkerOptions): Promise<nu
   proxy.onFunctionsChanged = (database) => send({ pgmux: 'functions', database });
   const onMessage = (m: unknown) => {
     if (!isMessage(m)) return;
-    if (m.pgmux === 'cancel') proxy.cancel(m.pid, m.secret, true);
+    if (m.pgmux === 'cancel') proxy.registry.cancel(m.pid, m.secret, true);
     else if (m.pgmux === 'functions') proxy.functionCatalogs.changed(m.database);
     else if (m.pgmux === 'shutdown') stop('SIGTERM');
   };

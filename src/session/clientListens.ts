@@ -4,8 +4,11 @@
 
 import { errorResponse } from '../protocol/messages.js';
 import { PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
-import type { ListenOp } from '../routing/classifier.js';
+import type { Classification, ListenOp } from '../routing/classifier.js';
 import type { NotificationHub, NotificationSink } from './notifications.js';
+import type { HeldMessages } from './heldMessages.js';
+import { planListen, runListenPlan } from './listenRequests.js';
+import type { RequestTracker } from './requestTracker.js';
 
 export class ClientListens {
   /** Subscribed to at least one channel since the last UNLISTEN * / DISCARD ALL. */
@@ -37,6 +40,23 @@ export class ClientListens {
     );
   };
 
+  /**
+   * LISTEN / UNLISTEN alone at a transaction's start, simple or extended protocol: the
+   * subscription lives on pgmux's shared listener connection, not on a pooled backend
+   * (src/session/notifications.ts); pgmux answers as PostgreSQL would, through `done`.
+   * False when the held messages are something else.
+   */
+  answer(held: HeldMessages, requests: RequestTracker, classify: (sql: string) => Classification, done: (out: Buffer[]) => void): boolean {
+    const plan = planListen(held.list, classify, requests.listenStatements);
+    if (plan === null) return false;
+    held.take();
+    requests.forgetFirst();
+    // Named like any other statement, so a later batch that mixes it with others still works.
+    if (plan.parsed.length > 0) requests.remember(plan.parsed.filter((p) => !requests.stmts.has(p.name)));
+    runListenPlan(plan, this.change, done);
+    return true;
+  }
+
   /** LISTEN / UNLISTEN ran on the client's own (pinned) backend: hear those channels from there only. */
   movedToBackend(ops: readonly ListenOp[]): void {
     if (!this.listening) return;
@@ -59,6 +79,12 @@ export class ClientListens {
 
   get anyWaiting(): boolean {
     return this.waiting.length > 0;
+  }
+
+  /** Writes what waited, if anything. */
+  flush(write: (out: Buffer) => unknown): void {
+    const out = this.take();
+    if (out !== null) write(out);
   }
 
   /** What waited, in one buffer, or null. */

@@ -1,59 +1,38 @@
-// One client connection: its transactions, each run on a backend taken from a pool when the
-// transaction starts and given back when it ends. Startup and login are delegated to
-// handshake.ts, the admin console to adminSession.ts.
-//
-// What each message does on the linked backend, and when that backend may go back, is
-// requestTracker.ts's; this file acts on it: it takes a backend when a transaction starts
-// (routing), gives it back at the transaction boundary (after reading back what the client
-// must carry), and handles what pgmux answers itself (LISTEN, local prepares).
+// One client connection: its messages, its transactions and its end. Startup and login are
+// handshake.ts's, the admin console adminSession.ts's; what each message does on the linked
+// backend, and when that backend may go back, requestTracker.ts's; where a transaction runs
+// and how its backend goes back, transactionRouter.ts's. This file holds them together and
+// handles what pgmux answers itself (LISTEN, local prepares).
 
 import type net from 'node:net';
-import { FrameError, FrameReader, type HeldMessage } from '../protocol/framer.js';
-import { errorResponse, Msg, readCstr, readyForQuery } from '../protocol/messages.js';
+import { FrameError, FrameReader } from '../protocol/framer.js';
+import { errorResponse, Msg, readyForQuery } from '../protocol/messages.js';
 import { BackendError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
-import { BackendConnection, randomInt32, type BackendOwner, type NodeAddress } from '../pool/backend.js';
+import { BackendConnection, randomInt32, type BackendOwner } from '../pool/backend.js';
 import type { Pool, PoolWaiter } from '../pool/pool.js';
 import type { ProxyContext } from '../server/context.js';
 import type { ClientView } from '../admin/view.js';
-import { buildSyncSql, settingsSignature } from './paramSync.js';
-import { parseLsn } from '../cluster/topology.js';
+import { alignSettings, settingsFingerprint } from './paramSync.js';
 import type { NotificationSink } from './notifications.js';
-import { planListen, runListenPlan } from './listenRequests.js';
 import { ClientListens } from './clientListens.js';
-import { readBack } from './settingsTracker.js';
 import { StatementForwarder } from './statementForwarder.js';
 import { RequestTracker, type RequestHost } from './requestTracker.js';
 import { ReplayGuard } from './replayGuard.js';
-import { parseParse } from './preparedStatements.js';
 import { AdminSession, type AdminHost } from './adminSession.js';
 import { ClientHandshake, type HandshakeHost, type LoggedIn } from './handshake.js';
 import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientState.js';
+import { TransactionRouter, type RouterHost } from './transactionRouter.js';
+import { ClientSocket } from './clientSocket.js';
+import { HeldMessages } from './heldMessages.js';
+import { expiredTimeout, fatalSpecOf, frameErrorSpec } from './clientErrors.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
 
-/** One string object per distinct settings fingerprint (cheap identity comparisons). */
-const fingerprints = new Map<string, string>();
-function interned(s: string): string {
-  let v = fingerprints.get(s);
-  if (v === undefined) {
-    if (fingerprints.size > 10_000) fingerprints.clear();
-    fingerprints.set(s, s);
-    v = s;
-  }
-  return v;
-}
-
 let nextClientId = 1;
-/** Re-routes of one transaction (failover waits, reads moved off a dead replica). */
-const MAX_ROUTE_ATTEMPTS = 3;
 const NONE: readonly string[] = [];
 
 /** Proxy-issued cancel pids: start --workers puts the worker index in the high bits so keys are unique per group. */
 export const cancelPidSpace = { high: 0, mask: 0x7fffffff };
-
-/** What a client may send while it waits for a backend before pgmux stops reading it. */
-const MAX_HELD_BYTES = 256 * 1024;
-
 
 export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink {
   readonly id = nextClientId++;
@@ -78,9 +57,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private readonly reader: FrameReader;
   /** Startup, TLS, authentication and login; afterwards what the connection counts against. */
   private readonly handshake: ClientHandshake;
-  private held: HeldMessage[] = [];
-  /** Bytes in `held`: reading stops above MAX_HELD_BYTES while no backend is free. */
-  private heldBytes = 0;
+  /** What the client sent while its transaction waits for a backend. */
+  private readonly held = new HeldMessages();
 
   /**
    * The one place the client's state changes (as PgBouncer's change_client_state): a
@@ -96,34 +74,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     return this.state === ClientState.Linked;
   }
 
-  private hold(m: HeldMessage): void {
-    this.held.push(m);
-    this.heldBytes += m.end - m.start;
-  }
-
-  private clearHeld(): void {
-    this.held = [];
-    this.heldBytes = 0;
-  }
-  private pool: Pool | null = null;
-  private poolNode: NodeAddress | null = null;
-  // Routing of the current transaction.
-  private routedTo: NodeAddress | null = null;
-  private routedWrite = true;
-  private retryable = false;
+  /** Where each transaction gets its backend and how it goes back (transactionRouter.ts). */
+  private readonly router: TransactionRouter;
   /** Lone reads re-run elsewhere, stale-plan batches re-run here (replayGuard.ts). */
   private readonly replay = new ReplayGuard();
-  private attempts = 0;
-  private avoidNode: string | null = null;
-  // Read-your-writes.
-  private lastWriteAt = -Infinity;
-  private minLsn: bigint | null = null;
-  private lsnPending = false;
   /** This transaction sent DDL that may change the database's functions: say so when it ends. */
   private functionsChanging = false;
   /** A transaction's first message arrived; route it after the rest of the read chunk. */
   private beginPending = false;
-  private waitStartedAt = 0;
   /** This client's named prepared statements (transaction mode). */
   private readonly stmts: StatementForwarder;
   /** Per message on the linked backend: release bookkeeping, session effects, forwarding. */
@@ -131,11 +89,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** Subscriptions on the shared listener, and notifications waiting for a transaction's end. */
   private readonly listens: ClientListens;
 
-  /** The client connection: the accepted socket, or the TLS socket over it after SSLRequest. */
-  private socket: net.Socket;
-  /** The client's address as accepted (a TLS socket over a stream has none of its own). */
-  private readonly peerAddress: string;
-  private readonly peerPort: number;
+  /** The client's connection (plain, or TLS after the handshake upgraded it). */
+  private readonly conn: ClientSocket;
   /** Nothing read yet: a TLS ClientHello now means direct TLS. */
   private firstData = true;
 
@@ -143,46 +98,29 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     socket: net.Socket,
     private ctx: ProxyContext,
   ) {
-    this.socket = socket;
-    this.peerAddress = socket.remoteAddress ?? '';
-    this.peerPort = socket.remotePort ?? 0;
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
     this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.requests.emit(msg));
     this.requests = new RequestTracker(this.requestHost(), this.stmts);
     this.listens = new ClientListens(ctx.notifications, this, () => this);
+    this.router = new TransactionRouter(ctx, this.routerHost());
     this.connectedAt = this.lastActiveAt = ctx.clock.now;
-    ctx.track(this);
+    this.conn = new ClientSocket(socket, {
+      data: (chunk) => this.onData(chunk),
+      drain: () => void this.backend?.socket.resume(),
+      gone: () => this.close('client_gone'),
+    });
+    ctx.registry.track(this);
     this.handshake = new ClientHandshake(ctx, this.handshakeHost(), this.reader, {
       id: this.id,
-      address: this.peerAddress,
+      address: this.conn.address,
       remote: this.remote,
       pid: this.pid,
       secret: this.secret,
     });
-    socket.setNoDelay(true);
-    this.listen(socket);
-  }
-
-  private readonly onSocketData = (chunk: Buffer): void => this.onData(chunk);
-  private readonly onSocketDrain = (): void => void this.backend?.socket.resume();
-  private readonly onSocketGone = (): void => this.close('client_gone');
-
-  private listen(socket: net.Socket): void {
-    socket.on('data', this.onSocketData);
-    socket.on('drain', this.onSocketDrain);
-    socket.on('error', this.onSocketGone);
-    socket.on('close', this.onSocketGone);
-  }
-
-  private unlisten(socket: net.Socket): void {
-    socket.off('data', this.onSocketData);
-    socket.off('drain', this.onSocketDrain);
-    socket.off('error', this.onSocketGone);
-    socket.off('close', this.onSocketGone);
   }
 
   get remote(): string {
-    return `${this.peerAddress}:${this.peerPort}`;
+    return this.conn.remote;
   }
 
   // ---- client -> pgmux ------------------------------------------------------------
@@ -220,7 +158,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (forwarded) {
       // A request sent after a lone read went to its backend too: the read may no longer run elsewhere.
       const held = this.replay.moreRequests();
-      if (held !== null && this.state !== ClientState.Closed) this.socket.write(held);
+      if (held !== null && this.state !== ClientState.Closed) this.conn.write(held);
     }
     if (this.beginPending) {
       this.beginPending = false;
@@ -231,13 +169,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.handshake.onStartupFrameError(r.errorLength);
         return;
       }
-      const tooLarge = r.error === FrameError.TooLarge;
-      this.fatal(
-        tooLarge
-          ? pgmuxError('messageTooLarge', { detail: `message of ${r.errorLength} bytes exceeds max_message_size (${this.ctx.config().maxMessageBytes} bytes)` })
-          : pgmuxError('protocolViolation', { message: 'invalid message length', detail: `declared length ${r.errorLength}` }),
-        'protocol_error',
-      );
+      this.fatal(frameErrorSpec(r.error, r.errorLength, this.ctx.config().maxMessageBytes), 'protocol_error');
     }
   }
 
@@ -246,14 +178,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   private suspend(): void {
     this.suspended = true;
-    this.pauseReading();
+    this.conn.pauseReading();
   }
 
   /** The async step ended: handle what waited, unless the connection closed meanwhile. */
   private resume(): void {
     this.suspended = false;
     if (this.state === ClientState.Closed) return;
-    this.resumeReading();
+    this.conn.resumeReading();
     this.drain();
   }
 
@@ -262,7 +194,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   private adminHost(): AdminHost {
     return {
-      write: (data) => this.socket.write(data),
+      write: (data) => this.conn.write(data),
       close: (reason) => this.close(reason),
       suspend: () => this.suspend(),
       resume: () => this.resume(),
@@ -283,14 +215,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
           return;
         }
         // The route is chosen once everything already received is held (see drain()).
-        this.hold({ type, buf, start, end });
+        this.held.hold({ type, buf, start, end });
         this.setState(ClientState.Waiting);
         this.beginPending = true;
         return;
       case ClientState.Waiting:
         // No backend yet: what the client sends meanwhile waits here, up to a bound.
-        this.hold({ type, buf, start, end });
-        if (this.heldBytes > MAX_HELD_BYTES) this.pauseReading();
+        this.held.hold({ type, buf, start, end });
+        if (this.held.full) this.conn.pauseReading();
         return;
       case ClientState.Admin:
         this.admin!.onMessage(type, buf, bodyStart, end);
@@ -303,12 +235,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private requestHost(): RequestHost {
     return {
       classify: (sql) => this.ctx.classify(sql),
-      pauseReading: () => this.pauseReading(),
+      pauseReading: () => this.conn.pauseReading(),
       terminated: () => this.close('client_terminate'),
       listensOnBackend: (ops) => this.listens.movedToBackend(ops),
-      functionsChanging: () => {
-        this.functionsChanging = true;
-      },
+      functionsChanging: () => void (this.functionsChanging = true),
       discardedAll: () => this.listens.endAll(),
       log: (fields, msg) => this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, ...fields }, msg),
     };
@@ -322,18 +252,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       get state() {
         return session.state;
       },
-      write: (data) => this.socket.write(data),
+      write: (data) => this.conn.write(data),
       fatal: (spec, reason) => this.fatal(spec, reason),
       close: (reason) => this.close(reason),
       failWith: (err, reason) => this.failWith(err, reason),
-      swapSocket: (upgrade) => {
-        const plain = this.socket;
-        this.unlisten(plain);
-        // Errors of the accepted socket surface on the TLS socket; none may go unhandled.
-        plain.on('error', () => {});
-        this.socket = upgrade(plain);
-        this.listen(this.socket);
-      },
+      swapSocket: (upgrade) => this.conn.swap(upgrade),
       identify: (who) => {
         this.user = who.user;
         this.database = who.database;
@@ -342,43 +265,32 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.settings = who.settings;
       },
       register: () => {
-        if (!this.ctx.register(this)) return false;
+        if (!this.ctx.registry.register(this)) return false;
         this.requests.tracking = this.ctx.config().poolMode === 'transaction';
         return true;
       },
-      setState: (state) => {
-        this.setState(state);
-      },
+      setState: (state) => this.setState(state),
       suspend: () => this.suspend(),
       resume: () => this.resume(),
-      poolFor: (node) => this.poolFor(node),
+      poolFor: (node) => this.router.poolFor(node),
       loggedIn: (how) => this.loggedIn(how),
     };
   }
 
   private loggedIn(how: LoggedIn): void {
     this.suspended = false;
+    this.ctx.stats.clientLogins++;
     if (how.kind === 'admin') {
       this.admin = new AdminSession(this.ctx, this.adminHost(), how.role);
       this.setState(ClientState.Admin);
-      this.ctx.stats.clientLogins++;
     } else {
       this.reported = new Map(how.welcome);
       this.fingerprint = null;
       this.setState(ClientState.Idle);
-      this.ctx.stats.clientLogins++;
       this.ctx.logger.debug({ client: this.id, user: this.user, db: this.database, remote: this.remote }, 'client logged in');
     }
-    this.resumeReading();
+    this.conn.resumeReading();
     this.drain();
-  }
-
-  private poolFor(node: NodeAddress): Pool {
-    if (this.poolNode !== node || this.pool === null || this.pool.isClosed) {
-      this.pool = this.ctx.pool(node, this.database, this.user);
-      this.poolNode = node;
-    }
-    return this.pool;
   }
 
   // ---- transactions -----------------------------------------------------------------
@@ -397,141 +309,60 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   private routeTransaction(): void {
-    if (this.lsnPending) return; // resumed once the last write's LSN is known
+    if (this.router.lsnPending) return; // resumed once the last write's LSN is known
     if (this.requests.tracking && this.answerLocally()) return;
-    if (this.ctx.isPaused(this.database)) {
-      this.ctx.park(this); // PAUSE: the transaction starts on RESUME
-      return;
-    }
-    this.waitStartedAt = this.ctx.clock.now;
-    const cfg = this.ctx.config();
-    const route = cfg.poolMode === 'session' ? null : this.requests.classifyFirst(this.held[0]!);
-    this.retryable = route !== null && this.requests.loneRead;
-    // A read calling a function the database's catalog says is VOLATILE may write (checked
-    // even when read_your_writes sends the read to the primary: it must not be re-run).
-    const volatile =
-      route !== null && route.target === 'replica' && route.calls !== undefined ? this.ctx.volatileCall(this.database, this.user, route.calls) : null;
-    if (volatile !== null && typeof volatile === 'object') {
-      void volatile.then(this.routeAgain); // the catalog is loading: once per database and after DDL
-      return;
-    }
-    if (volatile !== null) {
-      this.retryable = false; // it may have written: never re-run
-      if (this.ctx.logger.isLevelEnabled('debug')) this.ctx.logger.debug({ client: this.id, reason: volatile }, 'route to the primary');
-    }
-    if (route !== null && route.target === 'replica' && volatile === null && !this.mustReadFromPrimary(cfg)) {
-      const choice = this.ctx.chooseRead(cfg.readYourWrites === 'lsn' ? this.minLsn : null, route.maxLagMs ?? null, this.avoidNode);
-      if (this.ctx.logger.isLevelEnabled('debug')) {
-        this.ctx.logger.debug({ client: this.id, node: choice.node?.name ?? null, reason: `${route.reason}; ${choice.reason}` }, 'route');
-      }
-      if (choice.node !== null) {
-        this.routedTo = choice.node;
-        this.routedWrite = false;
-        this.poolFor(choice.node).acquire(this, this.ctx.clock.now);
-        return;
-      }
-      // No replica may serve it (e.g. none replayed this client's last commit). With
-      // fallback_to_primary it goes to the primary, and while there is none it waits for one
-      // like a write: never older data than the client already saw.
-      if (!cfg.fallbackToPrimary || this.ctx.currentPrimary() !== null) {
-        this.fatal(pgmuxError('noReadNode', { detail: choice.reason }), 'backend_lost');
-        return;
-      }
-    }
-    this.routedWrite = true;
-    const node = this.ctx.currentPrimary();
-    if (node !== null) {
-      this.routedTo = node;
-      this.poolFor(node).acquire(this, this.ctx.clock.now);
-      return;
-    }
-    // Failover in progress: wait for a primary rather than fail the client.
-    this.ctx.primary(cfg.failoverTimeoutMs).then(
-      (n) => this.acquireOn(n),
-      (err: Error) => this.onAcquireFailed(err),
-    );
+    const paused = this.ctx.isPaused(this.database);
+    // Paused, or session mode: the policy looks at no statement, so none is classified.
+    const route = paused || this.ctx.config().poolMode === 'session' ? null : this.requests.classifyFirst(this.held.list[0]!);
+    this.router.route(route, route !== null && this.requests.loneRead, paused);
   }
 
-  private readonly routeAgain = (): void => {
-    if (this.state === ClientState.Waiting) this.routeTransaction();
-  };
-
-  private acquireOn(n: NodeAddress | null): void {
-    if (this.state !== ClientState.Waiting) return;
-    if (n === null) {
-      const waitedMs = this.ctx.config().failoverTimeoutMs;
-      const detail = `This transaction needs the primary (a write, a read inside read_your_writes_window, or a read no replica can serve yet); pgmux waited failover_timeout (${waitedMs} ms) for one.`;
-      this.failWith(new PgmuxError(pgmuxError('noPrimary', { detail })), 'backend_lost');
-      return;
-    }
-    this.routedTo = n;
-    this.poolFor(n).acquire(this, this.ctx.clock.now);
+  private routerHost(): RouterHost {
+    const session = this;
+    return {
+      session,
+      get waiting() {
+        return session.state === ClientState.Waiting;
+      },
+      fatal: (spec, reason) => this.fatal(spec, reason),
+      failWith: (err, reason) => this.failWith(err, reason),
+      routeAgain: () => this.beginTransaction(),
+      settingsChanged: () => void (this.fingerprint = null),
+    };
   }
 
   /** What pgmux answers itself at a transaction's start, without a backend. */
   private answerLocally(): boolean {
-    const reply = this.requests.prepareLocally(this.held) ?? this.requests.refuseSqlPrepared(this.held);
-    if (reply === null) return this.handleListen();
-    this.clearHeld();
+    const held = this.held.list;
+    const reply = this.requests.prepareLocally(held) ?? this.requests.refuseSqlPrepared(held);
+    if (reply === null) return this.listens.answer(this.held, this.requests, (sql) => this.ctx.classify(sql), this.finishListen);
+    this.held.take();
     this.setState(ClientState.Idle);
-    this.socket.write(reply);
-    this.resumeReading();
+    this.conn.write(reply);
+    this.conn.resumeReading();
     return true;
   }
 
-  /**
-   * LISTEN / UNLISTEN alone at a transaction's start, simple or extended protocol: the
-   * subscription lives on pgmux's shared listener connection, not on a pooled backend
-   * (src/session/notifications.ts); pgmux answers as PostgreSQL would.
-   */
-  private handleListen(): boolean {
-    const plan = planListen(this.held, (sql) => this.ctx.classify(sql), this.requests.listenStatements);
-    if (plan === null) return false;
-    this.clearHeld();
-    this.requests.forgetFirst();
-    // Named like any other statement, so a later batch that mixes it with others still works.
-    if (plan.parsed.length > 0) this.requests.remember(plan.parsed.filter((p) => !this.stmts.has(p.name)));
-    runListenPlan(plan, this.listens.change, (out) => this.finishListen(out));
-    return true;
-  }
-
-  private finishListen(out: Buffer[]): void {
+  private readonly finishListen = (out: Buffer[]): void => {
     if (this.state !== ClientState.Waiting) return;
     this.setState(ClientState.Idle);
     out.push(readyForQuery('I'));
-    this.socket.write(Buffer.concat(out));
-    this.resumeReading();
+    this.conn.write(Buffer.concat(out));
+    this.conn.resumeReading();
     this.drain();
-  }
+  };
 
   /** A notification for this client: now if between messages, else after the transaction. */
   deliverNotification(msg: Buffer): void {
     if (this.state === ClientState.Closed) return;
     // Inside a transaction it waits for the transaction's end, as PostgreSQL's own would.
     if (this.state === ClientState.Linked && !this.requests.atTransactionBoundary(this.backend!)) this.listens.hold(msg);
-    else this.socket.write(msg);
+    else this.conn.write(msg);
   }
 
   private readonly flushNotifications = (): void => {
-    const out = this.state === ClientState.Closed ? null : this.listens.take();
-    if (out !== null) this.socket.write(out);
+    if (this.state !== ClientState.Closed) this.listens.flush(this.conn.write);
   };
-
-  private readPaused = false;
-
-  private pauseReading(): void {
-    if (!this.readPaused) {
-      this.readPaused = true;
-      this.socket.pause();
-    }
-  }
-
-  private resumeReading(): void {
-    if (this.readPaused) {
-      this.readPaused = false;
-      this.socket.resume();
-    }
-  }
 
   /** RESUME: the parked transaction goes on. */
   resumeFromPause(): void {
@@ -564,11 +395,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     };
   }
 
-  /** read_your_writes=window: reads stay on the primary for a while after a write. */
-  private mustReadFromPrimary(cfg: ReturnType<ProxyContext['config']>): boolean {
-    return cfg.readYourWrites === 'window' && this.ctx.clock.now - this.lastWriteAt < cfg.readYourWritesWindowMs;
-  }
-
   onBackendAcquired(b: BackendConnection): void {
     if (this.state !== ClientState.Waiting) {
       (b.poolRef as Pool).release(b);
@@ -578,21 +404,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     b.link(this);
     this.setState(ClientState.Linked);
     this.transactions++;
-    this.ctx.countRouted(b.node, this.routedWrite ? 'write' : 'read', this.ctx.clock.now - this.waitStartedAt);
+    this.router.acquired(b);
     // Only a read that is still alone (nothing more arrived with it or while it waited).
-    this.replay.arm(this.held, this.retryable, this.requests.tracking ? this.statementKnown : null);
+    this.replay.arm(this.held.list, this.router.retryable, this.requests.tracking ? this.statementKnown : null);
     const sock = b.socket;
     sock.cork();
-    // Fast path: the backend already carries exactly these settings (clients with the same
-    // settings share one fingerprint string).
-    const fp = this.settingsFingerprint();
-    if (b.syncedFingerprint !== fp) {
-      const sql = buildSyncSql(this, b);
-      if (sql !== null) b.sendHidden(sql);
-      b.syncedFingerprint = fp;
-    }
-    const held = this.held;
-    this.clearHeld();
+    alignSettings(this, b, this.settingsFingerprint());
+    const held = this.held.take();
     for (let i = 0; i < held.length && this.linked; i++) {
       const m = held[i]!;
       this.requests.forward(b, m.type, m.buf, m.start, m.end);
@@ -600,42 +418,20 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.requests.flushRun();
     sock.uncork();
     if (this.linked) {
-      this.resumeReading();
+      this.conn.resumeReading();
       this.drain();
     }
   }
 
   onAcquireFailed(err: Error): void {
-    if (this.state !== ClientState.Waiting) return;
-    const failed = this.routedTo;
-    // Unreachable, or a node shutting down / starting up: nothing was sent yet, try elsewhere.
-    const unreachable =
-      (err instanceof PgmuxError && err.spec.code === '08006') ||
-      (err instanceof BackendError && (err.code === '57P01' || err.code === '57P02' || err.code === '57P03'));
-    if (unreachable && failed !== null && this.attempts < MAX_ROUTE_ATTEMPTS) {
-      this.attempts++;
-      if (!this.routedWrite) {
-        // A read whose node cannot be reached: any other eligible node will do.
-        this.avoidNode = failed.name;
-        this.beginTransaction();
-        return;
-      }
-      // The primary cannot be reached: a failover may be under way. Nothing was sent yet,
-      // so the transaction can wait for the next primary.
-      this.ctx.primaryAfterFailure(failed, this.ctx.config().failoverTimeoutMs).then(
-        (n) => this.acquireOn(n),
-        (e: Error) => this.failWith(e, 'backend_lost'),
-      );
-      return;
-    }
-    this.failWith(err, err instanceof PgmuxError && err.spec.code === '53300' ? 'pool_timeout' : 'backend_lost');
+    this.router.acquireFailed(err);
   }
 
   onBackendData(buf: Buffer, start: number, end: number): void {
     this.ctx.stats.bytesOut += end - start;
     const out = this.replay.filter(start === 0 && end === buf.length ? buf : buf.subarray(start, end), this.backend);
     if (out === null) return;
-    if (!this.socket.write(out)) this.backend?.socket.pause();
+    if (!this.conn.write(out)) this.backend?.socket.pause();
   }
 
   onBackendReady(status: number): void {
@@ -659,81 +455,27 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.functionsChanging = false;
       this.ctx.functionsChanged(this.database);
     }
-    if (this.requests.pinned !== null) {
+    if (this.requests.mayRelease(b)) {
+      const settings = this.requests.settings.dirty ? this.requests.settings.take(this.settings, b.applied, this.ctx.config().trackExtraParameters) : NONE;
+      this.letGo(b);
+      this.router.release(b, settings);
+      // Shutting down: the transaction is over, so this client's turn is too.
+      if (this.ctx.shuttingDown && !this.router.lsnPending) this.fatal(pgmuxError('adminShutdown'), 'shutdown');
+    } else if (this.requests.pinned !== null && this.listens.anyWaiting) {
       // The client keeps its backend; what the shared listener heard meanwhile goes out
       // after the ReadyForQuery now on its way.
-      if (this.listens.anyWaiting) queueMicrotask(this.flushNotifications);
-      return;
-    }
-    if (this.ctx.config().poolMode === 'transaction') {
-      const cfg = this.ctx.config();
-      const needLsn = this.routedWrite && cfg.readYourWrites === 'lsn';
-      const settings = this.requests.settings.dirty ? this.requests.settings.take(this.settings, b.applied, cfg.trackExtraParameters) : NONE;
-      if (needLsn || settings.length > 0) this.releaseAfterCapture(b, needLsn, settings);
-      else {
-        if (this.routedWrite) this.lastWriteAt = this.ctx.clock.now;
-        this.releaseBackend(b);
-      }
+      queueMicrotask(this.flushNotifications);
     }
   }
 
-  /**
-   * Before the backend goes back, one hidden query on it learns what the client needs
-   * carried to its next backend:
-   * - read_your_writes=lsn: how far the primary's WAL is (covers this client's commit);
-   *   later reads only go to replicas that replayed that far;
-   * - after a SET / RESET / set_config(): the current values of the unreported settings it
-   *   named (search_path, statement_timeout, custom GUCs, ...), which PostgreSQL does not
-   *   report (src/session/settingsTracker.ts).
-   * The client's next transaction waits for the answer (one round trip).
-   */
-  private releaseAfterCapture(b: BackendConnection, lsn: boolean, params: readonly string[]): void {
-    if (params.length > 0 && this.ctx.logger.isLevelEnabled('debug')) {
-      this.ctx.logger.debug({ client: this.id, settings: params }, 'reading back settings the transaction may have changed');
-    }
+  /** The transaction is over: the client lets go of its backend (the router gives it back). */
+  private letGo(b: BackendConnection): void {
     this.backend = null;
     this.requests.detach();
     this.setState(ClientState.Idle);
-    this.attempts = 0;
-    this.avoidNode = null;
     b.unlink();
     if (b.socket.isPaused()) b.socket.resume();
     this.flushNotifications();
-    this.lsnPending = true;
-    const pool = b.poolRef as Pool;
-    readBack(b, lsn, params, this.settings).then(
-      (walLsn) => {
-        if (walLsn !== null) this.minLsn = parseLsn(walLsn);
-        if (params.length > 0) this.fingerprint = null;
-        pool.release(b);
-      },
-      () => {
-        if (lsn) {
-          this.minLsn = null;
-          this.lastWriteAt = this.ctx.clock.now;
-        }
-        // What the backend carries is no longer known: never hand it to another client.
-        if (b.clean && params.length === 0) pool.release(b);
-        else pool.discard(b, 'error');
-      },
-    ).finally(() => {
-      this.lsnPending = false;
-      if (this.state === ClientState.Waiting) this.beginTransaction();
-    });
-  }
-
-  private releaseBackend(b: BackendConnection): void {
-    this.backend = null;
-    this.requests.detach();
-    this.setState(ClientState.Idle);
-    this.attempts = 0;
-    this.avoidNode = null;
-    b.unlink();
-    if (b.socket.isPaused()) b.socket.resume();
-    (b.poolRef as Pool).release(b);
-    this.flushNotifications();
-    // Shutting down: the transaction is over, so this client's turn is too.
-    if (this.ctx.shuttingDown) this.fatal(pgmuxError('adminShutdown'), 'shutdown');
   }
 
   onBackendParameter(name: string, value: string): void {
@@ -746,12 +488,12 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** Identifies this client's session settings; equal strings mean equal settings. */
   private fingerprint: string | null = null;
   private settingsFingerprint(): string {
-    this.fingerprint ??= interned(settingsSignature(this.reported) + '\x01' + settingsSignature(this.settings));
+    this.fingerprint ??= settingsFingerprint(this.reported, this.settings);
     return this.fingerprint;
   }
 
   onBackendDrain(): void {
-    if (this.state === ClientState.Linked) this.resumeReading();
+    if (this.state === ClientState.Linked) this.conn.resumeReading();
   }
 
   /**
@@ -761,7 +503,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    */
   onBackendError(fields: Map<string, string>): void {
     const held = this.replay.onError(fields, this.stmts.onError(fields));
-    if (held !== null) this.socket.write(held);
+    if (held !== null) this.conn.write(held);
   }
 
   private readonly statementKnown = (name: string): boolean => this.stmts.has(name);
@@ -777,17 +519,15 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.requests.detach();
     if (this.state === ClientState.Closed) return;
     const read = this.replay.takeRead();
-    if (read !== null && this.attempts < MAX_ROUTE_ATTEMPTS) {
+    if (read !== null && this.router.rerouteAfterLoss(b.node)) {
       // A lone read whose node died before any answer reached the client: run it elsewhere.
       this.ctx.logger.info({ client: this.id, node: b.node.name, why }, 're-running a read on another node');
       this.ctx.stats.readRetries++;
-      this.attempts++;
       // The statement its Parse defined lived on the dead backend only: the re-run defines it.
       if (read.parsed !== null) this.stmts.forget(read.parsed);
       this.stmts.batchDone();
-      this.clearHeld();
-      for (const m of read.messages) this.hold(m);
-      this.avoidNode = b.node.name;
+      this.held.take();
+      for (const m of read.messages) this.held.hold(m);
       this.setState(ClientState.Idle);
       this.beginTransaction();
       return;
@@ -798,42 +538,15 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** The backend the client uses right now, if a query of its is running there. */
   get cancelTarget(): BackendConnection | null {
     const b = this.backend;
-    return b !== null && b.pendingRfq > 0 ? b : null;
+    return b !== null && this.requests.queryRunning(b) ? b : null;
   }
 
-  // ---- timeouts (called by the janitor) ---------------------------------------------
-
+  /** Timeouts (called by the janitor). */
   sweep(now: number): void {
-    const cfg = this.ctx.config();
-    switch (this.state) {
-      case ClientState.Startup:
-      case ClientState.Auth:
-      case ClientState.Login:
-        if (cfg.clientLoginTimeoutMs > 0 && now - this.connectedAt > cfg.clientLoginTimeoutMs) {
-          this.fatal(pgmuxError('loginTimeout', { detail: `client_login_timeout is ${cfg.clientLoginTimeoutMs} ms` }), 'login_timeout');
-        }
-        return;
-      case ClientState.Idle:
-        if (cfg.clientIdleTimeoutMs > 0 && now - this.lastActiveAt > cfg.clientIdleTimeoutMs) {
-          this.fatal(pgmuxError('clientIdleTimeout'), 'idle_timeout');
-        }
-        return;
-      case ClientState.Linked: {
-        const b = this.backend;
-        if (
-          cfg.idleTransactionTimeoutMs > 0 &&
-          b !== null &&
-          b.pendingRfq === 0 &&
-          b.txStatus !== 0x49 &&
-          now - this.lastActiveAt > cfg.idleTransactionTimeoutMs
-        ) {
-          this.fatal(pgmuxError('idleInTransactionTimeout'), 'idle_transaction_timeout');
-        }
-        return;
-      }
-      default:
-        return;
-    }
+    const b = this.backend;
+    const idleInTransaction = this.state === ClientState.Linked && b !== null && this.requests.idleInTransaction(b);
+    const expired = expiredTimeout(this.state, this.ctx.config(), now, this.connectedAt, this.lastActiveAt, idleInTransaction);
+    if (expired !== null) this.fatal(expired.spec, expired.reason);
   }
 
   // ---- ending -----------------------------------------------------------------------
@@ -841,25 +554,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** Sends an error built by pgmux; FATAL closes the connection. */
   fatal(spec: ErrorSpec, reason: ClientCloseReason): void {
     if (this.state === ClientState.Closed) return;
-    if (!this.socket.destroyed) this.socket.write(errorResponse(spec));
+    if (!this.conn.destroyed) this.conn.write(errorResponse(spec));
     this.close(reason);
   }
 
   private failWith(err: Error, reason: ClientCloseReason): void {
     if (this.state === ClientState.Closed) return;
-    if (err instanceof BackendError) {
-      // The backend's own error, as FATAL: the client's login or transaction cannot go on.
-      const f = err.fields;
-      const spec: ErrorSpec = { severity: 'FATAL', code: f.get('C') ?? 'XX000', message: f.get('M') ?? 'backend error' };
-      if (f.has('D')) spec.detail = f.get('D');
-      if (f.has('H')) spec.hint = f.get('H');
-      this.fatal(spec, reason);
-    } else if (err instanceof PgmuxError) {
-      this.fatal(err.spec, reason);
-    } else {
-      this.ctx.logger.error({ client: this.id, err }, 'unexpected error in client session');
-      this.fatal(pgmuxError('backendUnavailable', { detail: err.message }), reason);
-    }
+    if (!(err instanceof BackendError) && !(err instanceof PgmuxError)) this.ctx.logger.error({ client: this.id, err }, 'unexpected error in client session');
+    this.fatal(fatalSpecOf(err), reason);
   }
 
   close(reason: ClientCloseReason): void {
@@ -867,55 +569,25 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const wasLoggedIn = this.state !== ClientState.Startup && this.state !== ClientState.Auth;
     this.setState(ClientState.Closed);
     this.closeReason = reason;
-    this.clearHeld();
+    this.held.take();
     this.requests.detach();
     this.handshake.release();
-    if (this.pool) this.pool.cancelWait(this);
+    this.router.cancelWait();
     const b = this.backend;
     if (b !== null) {
       this.backend = null;
-      this.returnBackend(b);
+      this.router.returnOnClose(b, this.requests.queryRunning(b));
     }
-    this.ctx.unregister(this);
-    this.ctx.untrack(this);
+    this.ctx.registry.unregister(this);
+    this.ctx.registry.untrack(this);
     this.listens.endAll();
     this.ctx.unpark(this);
-    if (!this.socket.destroyed) {
-      this.socket.end();
-      setTimeout(() => this.socket.destroy(), 5000).unref();
-    }
+    this.conn.end();
     if (wasLoggedIn) {
       this.ctx.logger.debug(
         { client: this.id, user: this.user, db: this.database, reason, durationMs: this.ctx.clock.now - this.connectedAt, transactions: this.transactions },
         'client closed',
       );
     }
-  }
-
-  /**
-   * A client that leaves must leave nothing behind. Mid-transaction: its backend is closed
-   * (PostgreSQL rolls back and frees locks), after a cancel if a query is still running.
-   * Pinned (session state pgmux could not carry) or in session mode: the backend is reset
-   * with server_reset_query before anyone else gets it, and closed if that fails or no
-   * reset query is configured.
-   */
-  private returnBackend(b: BackendConnection): void {
-    const pool = b.poolRef as Pool;
-    b.unlink();
-    if (b.socket.isPaused()) b.socket.resume();
-    if (!b.clean) {
-      if (b.pendingRfq > 0) this.ctx.cancelBackend(b);
-      pool.discard(b, 'client_gone');
-      return;
-    }
-    if (this.ctx.config().poolMode === 'session') {
-      // Session mode: PgBouncer's rule, the reset query runs when one is configured.
-      if (this.ctx.config().serverResetQuery) b.needsReset = true;
-      else {
-        b.applied.clear();
-        b.syncedFingerprint = null;
-      }
-    }
-    pool.release(b); // resets first when needsReset (pinned, or session mode)
   }
 }

@@ -144,7 +144,7 @@ export class ClientHandshake {
       return;
     }
     if (code === CANCEL_REQUEST_CODE) {
-      if (end - start === 16) this.ctx.cancel(buf.readInt32BE(start + 8), buf.readInt32BE(start + 12));
+      if (end - start === 16) this.ctx.registry.cancel(buf.readInt32BE(start + 8), buf.readInt32BE(start + 12));
       host.close('cancel_request');
       return;
     }
@@ -224,7 +224,7 @@ export class ClientHandshake {
       return;
     }
     host.setState(ClientState.Auth);
-    const entry = this.ctx.authEntry(this.user);
+    const entry = this.ctx.auth.authEntry(this.user);
     if (entry !== undefined || cfg.authUser === null || method === 'trust') {
       this.auth = new ClientAuthenticator(method, this.user, entry, this.channelBinding());
       this.onAuthStep(this.auth.start());
@@ -232,7 +232,7 @@ export class ClientHandshake {
     }
     // auth_query: fetch the user's secret (primary, else a replica); nothing is read meanwhile.
     host.suspend();
-    this.ctx.lookupAuthEntry(this.user).then(
+    this.ctx.auth.lookupAuthEntry(this.user).then(
       (found) => {
         if (host.state !== ClientState.Auth) return;
         // An unknown user still goes through the exchange and fails at its end (28P01).
@@ -374,8 +374,8 @@ export class ClientHandshake {
           return;
         }
         this.admitted = true;
-        if (step.password !== undefined) this.ctx.learnPassword(this.user, step.password);
-        if (step.clientKey && step.serverKey) this.ctx.learnScramKeys(this.user, step.clientKey, step.serverKey);
+        if (step.password !== undefined) this.ctx.auth.learnPassword(this.user, step.password);
+        if (step.clientKey && step.serverKey) this.ctx.auth.learnScramKeys(this.user, step.clientKey, step.serverKey);
         if (step.message) host.write(step.message);
         host.write(authenticationRequest(AuthCode.Ok));
         host.setState(ClientState.Login);
@@ -405,7 +405,7 @@ export class ClientHandshake {
       host.loggedIn({ kind: 'admin', role });
       return;
     }
-    const node = await this.ctx.loginNode(cfg.failoverTimeoutMs);
+    const node = await this.ctx.nodes.loginNode(cfg.failoverTimeoutMs);
     if (host.state !== ClientState.Login) return;
     if (node === null) {
       throw new PgmuxError(

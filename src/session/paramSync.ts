@@ -22,6 +22,21 @@ export interface BackendSettings {
   readonly applied: Map<string, string>;
 }
 
+/**
+ * Makes `backend` carry `client`'s settings (one hidden query), unless it already carries
+ * exactly these: `fingerprint` names them (settingsFingerprint), so the check is one compare.
+ */
+export function alignSettings(
+  client: SessionSettings,
+  backend: BackendSettings & { syncedFingerprint: string | null; sendHidden(sql: string): void },
+  fingerprint: string,
+): void {
+  if (backend.syncedFingerprint === fingerprint) return;
+  const sql = buildSyncSql(client, backend);
+  if (sql !== null) backend.sendHidden(sql);
+  backend.syncedFingerprint = fingerprint;
+}
+
 /** Returns the SQL that aligns `backend` with `client`, or null when they already agree. */
 export function buildSyncSql(client: SessionSettings, backend: BackendSettings): string | null {
   let calls = '';
@@ -57,4 +72,19 @@ export function settingsSignature(settings: ReadonlyMap<string, string>): string
   let sig = '';
   for (const [k, v] of settings) sig += k + '\0' + v + '\0';
   return sig;
+}
+
+/** One string object per distinct settings fingerprint (cheap identity comparisons). */
+const fingerprints = new Map<string, string>();
+
+/** Identifies a client's session settings; equal settings give the same string object. */
+export function settingsFingerprint(reported: ReadonlyMap<string, string>, settings: ReadonlyMap<string, string>): string {
+  const s = settingsSignature(reported) + '\x01' + settingsSignature(settings);
+  let v = fingerprints.get(s);
+  if (v === undefined) {
+    if (fingerprints.size > 10_000) fingerprints.clear();
+    fingerprints.set(s, s);
+    v = s;
+  }
+  return v;
 }

@@ -5,7 +5,9 @@
 // DEALLOCATE / DISCARD ALL), the rewriting of named prepared statements
 // (statementForwarder.ts), and the coalescing of forwarded bytes into one write per run.
 //
-// The one release rule lives here: atTransactionBoundary(). The client session acts on it.
+// The one release rule lives here, with the few questions derived from the same bookkeeping
+// (mayRelease, atTransactionBoundary, queryRunning, idleInTransaction); the client session
+// asks them and acts. Nothing else reads pendingRfq, txStatus or the open batch to decide.
 
 import type { BackendConnection } from '../pool/backend.js';
 import { Expect } from '../pool/backend.js';
@@ -16,6 +18,8 @@ import type { Classification, FunctionRef, ListenOp, SessionEffects } from '../r
 import { bindStatement, buildParse, parseParse, targetOf, type ParsedParse } from './preparedStatements.js';
 import { SettingsTracker } from './settingsTracker.js';
 import type { StatementForwarder } from './statementForwarder.js';
+import type { RouteClass } from '../routing/policy.js';
+
 
 /** What the tracker needs from the client session. */
 export interface RequestHost {
@@ -33,15 +37,6 @@ export interface RequestHost {
   log(fields: Record<string, unknown>, msg: string): void;
 }
 
-/** What routing needs of a transaction's first message. */
-export interface RouteClass {
-  readonly target: 'primary' | 'replica';
-  readonly reason: string;
-  readonly maxLagMs?: number;
-  /** The functions a read calls (checked against the database's volatile functions). */
-  readonly calls?: readonly FunctionRef[];
-}
-
 const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
 const READY_IDLE = readyForQuery('I');
 const MALFORMED_PARSE = { target: 'primary', reason: 'malformed Parse' } as const;
@@ -49,7 +44,7 @@ const UNKNOWN_STATEMENT = { target: 'primary', reason: 'unknown statement' } as 
 
 export class RequestTracker {
   /** Parse/Bind/... sent without their Sync: the backend still owes this batch's answers. */
-  extendedOpen = false;
+  private extendedOpen = false;
   /** Why this client keeps its backend between transactions (session state), or null. */
   pinned: string | null = null;
   /** Named statements -> their Parse's analysis (routes a later Bind, and its session effects). */
@@ -91,6 +86,28 @@ export class RequestTracker {
    */
   atTransactionBoundary(b: BackendConnection): boolean {
     return b.txStatus === 0x49 /* I */ && b.pendingRfq === 0 && !this.extendedOpen;
+  }
+
+  /**
+   * The backend goes back to its pool now: at a transaction boundary, in transaction mode
+   * (session mode keeps it for the client's whole connection), unless the client is pinned.
+   */
+  mayRelease(b: BackendConnection): boolean {
+    return this.tracking && this.pinned === null && this.atTransactionBoundary(b);
+  }
+
+  /**
+   * The backend owes the client answers (a Query, a FunctionCall or a batch up to its Sync
+   * runs or waits there): a cancel request has something to reach, and a client that leaves
+   * now gets its query cancelled before the backend is closed.
+   */
+  queryRunning(b: BackendConnection): boolean {
+    return b.pendingRfq > 0;
+  }
+
+  /** Inside a transaction block with nothing running: the client is thinking (idle_transaction_timeout). */
+  idleInTransaction(b: BackendConnection): boolean {
+    return b.pendingRfq === 0 && b.txStatus !== 0x49 /* I */;
   }
 
   /** The backend went back or is gone: nothing of it is kept. */

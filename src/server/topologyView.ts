@@ -1,0 +1,133 @@
+// The cluster as client sessions see it: the monitor's newest snapshot, the nodes disabled
+// on the admin console, the read balancer's round-robin position, one address object per
+// node, and the waits for a node (a primary during a failover, any node to log in through).
+// What to do with them is the routing policy's (src/routing/policy.ts).
+
+import type { Config } from '../config/types.js';
+import type { ClusterMonitor } from '../cluster/monitor.js';
+import type { NodeSnapshot, TopologySnapshot } from '../cluster/topology.js';
+import type { NodeAddress } from '../pool/backend.js';
+import { ReadBalancer, type ReadPolicy } from '../routing/balancer.js';
+import { loginNodeOf } from '../routing/policy.js';
+
+/** What a client session asks of the cluster. */
+export interface NodeDirectory {
+  topology(): TopologySnapshot;
+  /** Nodes disabled on the admin console: no new reads. */
+  readonly disabledNodes: ReadonlySet<string>;
+  /** The read balancer's round-robin position, shared by every client. */
+  readonly readBalancer: ReadBalancer;
+  /** One address object per node: sessions compare nodes by identity. */
+  nodeAddress(n: NodeSnapshot): NodeAddress;
+  /**
+   * A node to log in through (ParameterStatus values, startup settings, auth_query): the
+   * primary when there is one now, else an up replica whatever its lag; else waits up to
+   * `timeoutMs` for either. Logins need no primary: reads go on during a failover.
+   */
+  loginNode(timeoutMs: number): Promise<NodeAddress | null>;
+  /** The node that takes writes now, waiting up to `timeoutMs` for one during a failover. */
+  primary(timeoutMs: number): Promise<NodeAddress | null>;
+  /** After a failed connect to the primary: the next primary (failover), or null at the deadline. */
+  primaryAfterFailure(failed: NodeAddress, timeoutMs: number): Promise<NodeAddress | null>;
+}
+
+export class TopologyView implements NodeDirectory {
+  readonly disabledNodes = new Set<string>();
+  readonly readBalancer: ReadBalancer;
+  private readPolicy: ReadPolicy;
+  private readonly addresses = new Map<string, NodeAddress>();
+  /** Logins waiting for any node to log in through (loginNode). */
+  private readonly loginWaiters = new Set<{ resolve: (n: NodeAddress | null) => void; timer: NodeJS.Timeout }>();
+
+  constructor(
+    private readonly monitor: ClusterMonitor,
+    private readonly config: () => Config,
+    /** Shutting down: nothing waits for a node any more. */
+    private readonly closing: () => boolean,
+  ) {
+    this.readPolicy = { fallbackToPrimary: config().fallbackToPrimary };
+    this.readBalancer = new ReadBalancer(() => this.readPolicy);
+    monitor.on('snapshot', () => this.wakeLoginWaiters());
+  }
+
+  /** RELOAD: the balancer's policy from the new configuration. */
+  configure(cfg: Config): void {
+    this.readPolicy = { fallbackToPrimary: cfg.fallbackToPrimary };
+  }
+
+  topology(): TopologySnapshot {
+    return this.monitor.snapshot();
+  }
+
+  async primary(timeoutMs: number): Promise<NodeAddress | null> {
+    const now = this.monitor.snapshot().primary;
+    if (now !== null) return this.nodeAddress(now);
+    const p = await this.monitor.waitForPrimary(timeoutMs);
+    return p ? this.nodeAddress(p) : null;
+  }
+
+  async primaryAfterFailure(failed: NodeAddress, timeoutMs: number): Promise<NodeAddress | null> {
+    const deadline = Date.now() + timeoutMs;
+    const since = Date.now();
+    while (!this.closing()) {
+      await this.monitor.pollNow().catch(() => {});
+      const p = this.monitor.snapshot().primary;
+      // A new primary, or the same one answering health checks again (a blip).
+      if (p !== null && (p.name !== failed.name || (p.consecutiveFailures === 0 && p.lastOkAt > since))) return this.nodeAddress(p);
+      const left = deadline - Date.now();
+      if (left <= 0) return null;
+      await new Promise((r) => setTimeout(r, Math.min(left, Math.max(50, this.config().healthCheckPeriodMs / 4))));
+    }
+    return null;
+  }
+
+  private loginNodeNow(): NodeAddress | null {
+    const n = loginNodeOf(this.monitor.snapshot(), this.disabledNodes);
+    return n === null ? null : this.nodeAddress(n);
+  }
+
+  loginNode(timeoutMs: number): Promise<NodeAddress | null> {
+    const now = this.loginNodeNow();
+    if (now !== null || timeoutMs <= 0 || this.closing()) return Promise.resolve(now);
+    return new Promise((resolve) => {
+      const waiter = {
+        resolve,
+        timer: setTimeout(() => {
+          this.loginWaiters.delete(waiter);
+          resolve(null);
+        }, timeoutMs),
+      };
+      this.loginWaiters.add(waiter);
+    });
+  }
+
+  private wakeLoginWaiters(): void {
+    if (this.loginWaiters.size === 0) return;
+    const node = this.loginNodeNow();
+    if (node === null) return;
+    for (const w of this.loginWaiters) {
+      clearTimeout(w.timer);
+      w.resolve(node);
+    }
+    this.loginWaiters.clear();
+  }
+
+  /** Shutdown: every login still waiting for a node gets none. */
+  close(): void {
+    for (const w of this.loginWaiters) {
+      clearTimeout(w.timer);
+      w.resolve(null);
+    }
+    this.loginWaiters.clear();
+  }
+
+  /** One NodeAddress object per host:port, so sessions can compare by identity. */
+  nodeAddress(n: NodeSnapshot): NodeAddress {
+    let a = this.addresses.get(n.name);
+    if (!a) {
+      a = { host: n.host, port: n.port, name: n.name };
+      this.addresses.set(n.name, a);
+    }
+    return a;
+  }
+}

@@ -1,0 +1,92 @@
+// The client's connection as its session uses it: the accepted socket, replaced by a TLS
+// socket over it after SSLRequest or a direct TLS hello; its events bound once (no closure
+// per read); reading paused and resumed for backpressure, at most one call each way.
+
+import type net from 'node:net';
+
+export interface ClientSocketEvents {
+  data(chunk: Buffer): void;
+  /** The client took what was written: the backend may be read again. */
+  drain(): void;
+  /** Error or close: the client is gone. */
+  gone(): void;
+}
+
+export class ClientSocket {
+  /** The accepted socket, or the TLS socket over it. */
+  private socket: net.Socket;
+  /** The client's address as accepted (a TLS socket over a stream has none of its own). */
+  readonly address: string;
+  readonly port: number;
+  private readPaused = false;
+  private readonly onData: (chunk: Buffer) => void;
+  private readonly onDrain: () => void;
+  private readonly onGone: () => void;
+
+  constructor(socket: net.Socket, events: ClientSocketEvents) {
+    this.socket = socket;
+    this.address = socket.remoteAddress ?? '';
+    this.port = socket.remotePort ?? 0;
+    this.onData = (chunk) => events.data(chunk);
+    this.onDrain = () => events.drain();
+    this.onGone = () => events.gone();
+    socket.setNoDelay(true);
+    this.listen(socket);
+  }
+
+  get remote(): string {
+    return `${this.address}:${this.port}`;
+  }
+
+  get destroyed(): boolean {
+    return this.socket.destroyed;
+  }
+
+  /** False when the client must drain first (backpressure). Bound: may be passed around. */
+  readonly write = (data: Buffer | string): boolean => this.socket.write(data);
+
+  /** TLS: the upgraded socket replaces the plain one from now on. */
+  swap(upgrade: (plain: net.Socket) => net.Socket): void {
+    const plain = this.socket;
+    this.unlisten(plain);
+    // Errors of the accepted socket surface on the TLS socket; none may go unhandled.
+    plain.on('error', () => {});
+    this.socket = upgrade(plain);
+    this.listen(this.socket);
+  }
+
+  pauseReading(): void {
+    if (!this.readPaused) {
+      this.readPaused = true;
+      this.socket.pause();
+    }
+  }
+
+  resumeReading(): void {
+    if (this.readPaused) {
+      this.readPaused = false;
+      this.socket.resume();
+    }
+  }
+
+  /** Ends the connection; destroys it if the client does not close its side in time. */
+  end(): void {
+    if (this.socket.destroyed) return;
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 5000).unref();
+  }
+
+  private listen(socket: net.Socket): void {
+    socket.on('data', this.onData);
+    socket.on('drain', this.onDrain);
+    socket.on('error', this.onGone);
+    socket.on('close', this.onGone);
+  }
+
+  private unlisten(socket: net.Socket): void {
+    socket.off('data', this.onData);
+    socket.off('drain', this.onDrain);
+    socket.off('error', this.onGone);
+    socket.off('close', this.onGone);
+  }
+}
