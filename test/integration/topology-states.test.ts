@@ -156,7 +156,8 @@ describe('node states: lagging, reads with no primary, diverged (private cluster
     const TIMEOUT = 2000;
     const limits = { maxLagBytes: LAG_LIMIT_BYTES, maxLagMs: 5000 };
     const keep = await proxy(limits);
-    const bound = await proxy({ ...limits, readWithoutPrimaryTimeoutMs: TIMEOUT });
+    // Past the bound no replica serves: the read waits for a primary like a write (failover_timeout).
+    const bound = await proxy({ ...limits, readWithoutPrimaryTimeoutMs: TIMEOUT, failoverTimeoutMs: 1000 });
     // Logged in (and routed once) before the primary goes: logging in is not under test here.
     const viaKeep = await client(keep.port);
     const viaBound = await client(bound.port);
@@ -194,7 +195,7 @@ describe('node states: lagging, reads with no primary, diverged (private cluster
         (e: pg.DatabaseError) => e,
       );
       expect(err?.code).toBe('08006');
-      expect(err?.message).toBe('no node available for reads');
+      expect(err?.message).toBe('no primary node available');
 
       // What the operator sees on `keep`.
       const rows = (await admin.query('SHOW NODES')).rows as Array<Record<string, string | null>>;
