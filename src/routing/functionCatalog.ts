@@ -117,6 +117,14 @@ export interface CatalogOptions {
 /** Retry after a failed load: 1 s, doubling up to this. */
 const MAX_RETRY_MS = 60_000;
 
+/**
+ * A transaction that may change the catalog is under way: until it ends, the catalog cannot
+ * say whether a call names a function it is creating, so reads calling user functions go to
+ * the primary. An end that never comes (a worker died) stops counting after this long.
+ */
+const MAX_PENDING_CHANGE_MS = 60_000;
+const CHANGE_PENDING_REASON = "a transaction that may change this database's functions is under way";
+
 interface DatabaseCatalog {
   functions: VolatileFunctions | null;
   loadedAt: number;
@@ -129,6 +137,10 @@ interface DatabaseCatalog {
   /** After a failed load, no new attempt before this. */
   retryAt: number;
   failures: number;
+  /** Transactions seen sending such DDL (here or in another worker) that have not ended yet. */
+  pendingChanges: number;
+  /** When pendingChanges last went above 0. */
+  pendingSince: number;
 }
 
 export interface CatalogLog {
@@ -169,9 +181,11 @@ export class FunctionCatalogs {
    */
   check(database: string, user: string, calls: readonly FunctionRef[], now: number): string | null | Promise<void> {
     let d = this.byDatabase.get(database);
-    if (d === undefined) {
-      d = { functions: null, loadedAt: 0, stale: false, generation: 0, loading: null, retryAt: 0, failures: 0 };
-      this.byDatabase.set(database, d);
+    if (d === undefined) d = this.entry(database);
+    if (d.pendingChanges > 0) {
+      if (now - d.pendingSince < MAX_PENDING_CHANGE_MS) return CHANGE_PENDING_REASON;
+      d.pendingChanges = 0; // its end was lost: load afresh
+      d.stale = true;
     }
     const current = d.functions !== null && !d.stale;
     if (d.loading !== null) {
@@ -185,13 +199,31 @@ export class FunctionCatalogs {
     return d.functions === null ? null : writesVia(calls, d.functions, this.overrides);
   }
 
+  /**
+   * A transaction sent DDL that may change `database`'s functions. Told when the DDL is
+   * sent, not when it commits: other sessions (and workers, by a message that overtakes the
+   * DDL's own round trip) stop trusting the catalog before the change can be visible.
+   */
+  changing(database: string, now: number): void {
+    const d = this.byDatabase.get(database) ?? this.entry(database);
+    if (d.pendingChanges === 0) d.pendingSince = now;
+    d.pendingChanges++;
+  }
+
   /** A transaction that may have changed `database`'s functions ended (committed or not). */
   changed(database: string): void {
     const d = this.byDatabase.get(database);
     if (d === undefined) return; // never loaded: the first read loads it anyway
+    if (d.pendingChanges > 0) d.pendingChanges--;
     d.stale = true;
     d.generation++;
     d.retryAt = 0;
+  }
+
+  private entry(database: string): DatabaseCatalog {
+    const d: DatabaseCatalog = { functions: null, loadedAt: 0, stale: false, generation: 0, loading: null, retryAt: 0, failures: 0, pendingChanges: 0, pendingSince: 0 };
+    this.byDatabase.set(database, d);
+    return d;
   }
 
   /** What is known of a database (tests, diagnostics). */

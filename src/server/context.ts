@@ -43,6 +43,8 @@ export interface ProxyContext {
    * catalog is being loaded; it never rejects), then ask again.
    */
   volatileCall(database: string, user: string, calls: readonly FunctionRef[]): string | null | Promise<void>;
+  /** A transaction sends DDL that may change `database`'s functions (once per transaction). */
+  functionsChanging(database: string): void;
   /** A transaction that may have changed `database`'s functions ended. */
   functionsChanged(database: string): void;
   /** Counts a transaction routed to a node (for SHOW NODES and metrics). */

@@ -139,8 +139,14 @@ export class PgmuxServer implements ProxyContext, ProxyView {
     return this.functionCatalogs.check(database, user, calls, this.clock.now);
   }
 
-  /** Set by start --workers: the other workers' catalogs of `database` are stale too. */
+  /** Set by start --workers: the other workers hear of the DDL too (sent, then ended). */
+  onFunctionsChanging: ((database: string) => void) | null = null;
   onFunctionsChanged: ((database: string) => void) | null = null;
+
+  functionsChanging(database: string): void {
+    this.functionCatalogs.changing(database, Date.now());
+    this.onFunctionsChanging?.(database);
+  }
 
   functionsChanged(database: string): void {
     this.functionCatalogs.changed(database);

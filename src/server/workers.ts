@@ -11,17 +11,20 @@
 //   - The primary serves the HTTP port: /metrics aggregates every worker's registry
 //     (prom-client AggregatorRegistry over cluster IPC), /readyz is 200 when at least one
 //     worker is ready, /healthz 200 while the primary runs, /status lists the workers.
-//   - A transaction that may have changed a database's functions (CREATE FUNCTION, ...) marks
-//     that database's function catalog stale in every worker, through the primary.
+//   - A transaction that sends DDL that may change a database's functions (CREATE FUNCTION,
+//     ...) tells every worker through the primary when the DDL is sent (reads calling user
+//     functions go to the primary meanwhile) and when the transaction ends (the catalog is
+//     stale: reloaded before the next such read).
 //   - SIGINT/SIGTERM to the primary: every worker shuts down gracefully; exit 0 once all
 //     have exited cleanly. SIGHUP is passed on (each worker reloads). A worker that dies
 //     while the group runs is restarted; one that keeps dying before it listens stops the
 //     group (exit 1).
 //
 // Messages (cluster IPC, objects with a `pgmux` field):
-//   worker -> primary: cancel {pid, secret}, functions {database}, ready {ready}, listening,
-//                      shutdown (admin SHUTDOWN)
-//   primary -> worker: cancel {pid, secret}, functions {database}, shutdown
+//   worker -> primary: cancel {pid, secret}, functionsChanging {database}, functions {database},
+//                      ready {ready}, listening, shutdown (admin SHUTDOWN)
+//   primary -> worker: cancel {pid, secret}, functionsChanging {database}, functions {database},
+//                      shutdown
 
 import cluster, { type Worker } from 'node:cluster';
 import { startProbeServer, type RunningHttp } from '../admin/http.js';
@@ -44,6 +47,7 @@ const RESTART_DELAY_MS = 1000;
 type Message =
   | { pgmux: 'cancel'; pid: number; secret: number }
   | { pgmux: 'functions'; database: string }
+  | { pgmux: 'functionsChanging'; database: string }
   | { pgmux: 'ready'; ready: boolean }
   | { pgmux: 'listening' }
   | { pgmux: 'shutdown' };
@@ -135,10 +139,12 @@ export async function runWorker(config: Config, opts: WorkerOptions): Promise<nu
 
   proxy.onUnknownCancel = (pid, secret) => send({ pgmux: 'cancel', pid, secret });
   proxy.onShutdownRequest = () => send({ pgmux: 'shutdown' });
+  proxy.onFunctionsChanging = (database) => send({ pgmux: 'functionsChanging', database });
   proxy.onFunctionsChanged = (database) => send({ pgmux: 'functions', database });
   const onMessage = (m: unknown) => {
     if (!isMessage(m)) return;
     if (m.pgmux === 'cancel') proxy.registry.cancel(m.pid, m.secret, true);
+    else if (m.pgmux === 'functionsChanging') proxy.functionCatalogs.changing(m.database, Date.now());
     else if (m.pgmux === 'functions') proxy.functionCatalogs.changed(m.database);
     else if (m.pgmux === 'shutdown') stop('SIGTERM');
   };
@@ -209,7 +215,8 @@ export async function runSupervisor(config: Config, logger: Logger, signals: Nod
         for (const s of slots) if (s.worker && s.worker !== w && s.worker.isConnected()) s.worker.send({ pgmux: 'cancel', pid: m.pid, secret: m.secret });
         break;
       case 'functions':
-        for (const s of slots) if (s.worker && s.worker !== w && s.worker.isConnected()) s.worker.send({ pgmux: 'functions', database: m.database });
+      case 'functionsChanging':
+        for (const s of slots) if (s.worker && s.worker !== w && s.worker.isConnected()) s.worker.send({ pgmux: m.pgmux, database: m.database });
         break;
       case 'ready':
         slot.ready = m.ready;

@@ -238,7 +238,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       pauseReading: () => this.conn.pauseReading(),
       terminated: () => this.close('client_terminate'),
       listensOnBackend: (ops) => this.listens.movedToBackend(ops),
-      functionsChanging: () => void (this.functionsChanging = true),
+      functionsChanging: () => {
+        if (this.functionsChanging) return;
+        this.functionsChanging = true;
+        this.ctx.functionsChanging(this.database);
+      },
       discardedAll: () => this.listens.endAll(),
       log: (fields, msg) => this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, ...fields }, msg),
     };
@@ -577,6 +581,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (b !== null) {
       this.backend = null;
       this.router.returnOnClose(b, this.requests.queryRunning(b));
+    }
+    if (this.functionsChanging) {
+      // Its transaction ends with the connection (rolled back, or committed just before).
+      this.functionsChanging = false;
+      this.ctx.functionsChanged(this.database);
     }
     this.ctx.registry.unregister(this);
     this.ctx.registry.untrack(this);

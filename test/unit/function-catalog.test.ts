@@ -168,6 +168,34 @@ describe('FunctionCatalogs', () => {
     expect(started).toHaveLength(3);
   });
 
+  it('while DDL that may change functions is under way (here or in another worker), reads calling user functions go to the primary', async () => {
+    const { catalogs, started, answerNext } = setup(['[]', '[["public","f"]]']);
+    void catalogs.check('app', 'u', f, 0);
+    await answerNext();
+    expect(catalogs.check('app', 'u', f, 0)).toBeNull();
+    catalogs.changing('app', 100); // two transactions send CREATE FUNCTION
+    catalogs.changing('app', 150);
+    expect(catalogs.check('app', 'u', f, 200)).toMatch(/under way/);
+    catalogs.changed('app'); // one ends: the other may still create f
+    expect(catalogs.check('app', 'u', f, 300)).toMatch(/under way/);
+    catalogs.changed('app');
+    expect(catalogs.check('app', 'u', f, 400)).toBeInstanceOf(Promise); // reload after the last one ended
+    await answerNext();
+    expect(catalogs.check('app', 'u', f, 500)).toBe('calls volatile function public.f()');
+    expect(started).toHaveLength(2);
+  });
+
+  it('a change whose end never arrives (its worker died) stops counting after a minute', async () => {
+    const { catalogs, answerNext } = setup(['[]', '[]']);
+    void catalogs.check('app', 'u', f, 0);
+    await answerNext();
+    catalogs.changing('app', 1000);
+    expect(catalogs.check('app', 'u', f, 30_000)).toMatch(/under way/);
+    expect(catalogs.check('app', 'u', f, 61_001)).toBeInstanceOf(Promise); // reloads instead
+    await answerNext();
+    expect(catalogs.check('app', 'u', f, 61_002)).toBeNull();
+  });
+
   it('a failed load warns once, falls back to the static lists and backs off', async () => {
     const { catalogs, started, warnings, answerNext } = setup([new Error('boom'), new Error('boom')]);
     const t0 = Date.now();
