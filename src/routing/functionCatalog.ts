@@ -12,7 +12,7 @@
 // Volatile but harmless built-ins (random(), now()-likes, gen_random_uuid()) live in
 // pg_catalog and are not loaded; a few harmless extension functions are listed below.
 
-import { compileFunctionList, type FunctionRef, type FunctionSet } from './classifier.js';
+import { compileFunctionList, type FunctionRef, type FunctionSet } from './functionLists.js';
 
 /**
  * One row, one column: a JSON array of [schema, name] of every volatile function outside the
