@@ -8,33 +8,23 @@
 //   'primaryChange' { from: NodeSnapshot | null, to: NodeSnapshot | null }
 //   'snapshot'      TopologySnapshot
 //
-// Optional hook (config.onRoleChange): a shell command run with /bin/sh -c, one at a time
-// in event order, never holding up polling. Environment:
-//   PGMUX_EVENT     role_change | primary_change | fenced | diverged | misconfigured
-//   PGMUX_NODE      host:port of the node (primary_change: the new primary, '' if none)
-//   PGMUX_OLD_ROLE  its previous role (primary_change: the new primary's previous role)
-//   PGMUX_NEW_ROLE  its new role
-//   PGMUX_OLD_PRIMARY / PGMUX_NEW_PRIMARY  host:port of the primary before/after ('' if none)
-// role_change fires only for a node whose role was known before (not on first discovery).
+// The probe query: probe.ts; the optional onRoleChange hook: roleChangeHook.ts.
 
 import { backendTlsFor } from '../server/tls.js';
 import { EventEmitter } from 'node:events';
-import { spawn } from 'node:child_process';
 import type { Logger } from 'pino';
 import type { AuthEntry } from '../auth/authFile.js';
 import type { Config, NodeConfig } from '../config/types.js';
 import { BackendConnection } from '../pool/backend.js';
-import { BackendError, PgmuxError } from '../protocol/errors.js';
 import { healthCheckLogin, sameLogin, type HealthCheckLogin } from './healthCheckLogin.js';
+import { parseProbeRow, probeErrorText, queryProbe } from './probe.js';
+import { lagLimitsFor, lagPolicyOf, type LagPolicy } from './replicaHealth.js';
+import { RoleChangeHooks, type HookRun } from './roleChangeHook.js';
 import {
   deriveTopology,
   emptyTopology,
   formatLsn,
-  lagLimitsFor,
-  lagPolicyOf,
   nodeName,
-  parseLsn,
-  type LagPolicy,
   type NodeRole,
   type NodeSnapshot,
   type NodeState,
@@ -46,41 +36,6 @@ export type { ProbeResult } from './topology.js';
 
 /** Longest gap between two checks of a down node, in periods. */
 const MAX_BACKOFF_PERIODS = 5;
-/** A hook still running after this is killed. */
-const HOOK_TIMEOUT_MS = 60_000;
-/** Hooks waiting to run beyond this are dropped (a flapping cluster must not pile them up). */
-const MAX_PENDING_HOOKS = 100;
-
-/**
- * One query that works on a primary and a replica alike. pg_is_in_recovery() is read once
- * (a promotion between two reads would make pg_current_wal_lsn() fail). Timeline: exact
- * on a primary from the current WAL file name (pg_control_checkpoint() lags behind a
- * promotion until the next checkpoint); on a replica the timeline its WAL receiver
- * receives (NULL unless the user is a superuser or has pg_read_all_stats, e.g. through
- * pg_monitor), else the newest of its last restartpoint's and its minimum recovery point's,
- * which can lag behind a timeline switch for minutes. tli_hidden: a WAL receiver runs but
- * this user may not see its timeline.
- */
-export const PROBE_SQL = `WITH r AS MATERIALIZED (SELECT pg_is_in_recovery() AS rec),
-w AS MATERIALIZED (SELECT (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1) AS tli,
-  EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status IS NULL) AS hidden)
-SELECT r.rec,
-  CASE WHEN r.rec
-    THEN coalesce(w.tli, (SELECT greatest(c.timeline_id, nullif(v.min_recovery_end_timeline, 0)) FROM pg_control_checkpoint() c, pg_control_recovery() v))
-    ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
-  END AS tli,
-  (r.rec AND w.hidden) AS tli_hidden,
-  (SELECT system_identifier::text FROM pg_control_system()) AS sysid,
-  CASE WHEN r.rec THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END AS lsn,
-  pg_last_wal_receive_lsn()::text AS recv,
-  extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS replay_age_ms
-FROM r, w`;
-
-/**
- * The probe row as one JSON object: BackendConnection.queryRow() returns text columns by
- * position; JSON keeps the column names and the booleans and numbers parseRow() reads.
- */
-const PROBE_JSON_SQL = `SELECT row_to_json(p)::text FROM (${PROBE_SQL}) p`;
 
 export interface NodeStateEvent {
   node: NodeSnapshot;
@@ -120,26 +75,6 @@ interface Waiter {
   timer: NodeJS.Timeout;
 }
 
-interface HookRun {
-  event: 'role_change' | 'primary_change' | 'fenced' | 'diverged' | 'misconfigured';
-  node: string;
-  oldRole: string;
-  newRole: string;
-  oldPrimary: string;
-  newPrimary: string;
-}
-
-function errorText(err: unknown): string {
-  // The detail says what failed (e.g. "127.0.0.1:5433: connect ECONNREFUSED ..."), the message only that it did.
-  if (err instanceof PgmuxError) return err.spec.detail ? `${err.spec.message}: ${err.spec.detail}` : err.spec.message;
-  if (err instanceof BackendError) return `${err.message} (${err.code})`;
-  if (err instanceof Error) {
-    const code = (err as { code?: string }).code;
-    return code && !err.message.includes(code) ? `${err.message} (${code})` : err.message;
-  }
-  return String(err);
-}
-
 /**
  * Down reasons compared without their numbers: "timed out after 987 ms" and "... 991 ms"
  * are one reason, logged once.
@@ -165,8 +100,7 @@ export class ClusterMonitor extends EventEmitter {
   private inFlight: Promise<void> | null = null;
   private followUp: Promise<void> | null = null;
   private waiters = new Set<Waiter>();
-  private hookQueue: HookRun[] = [];
-  private hookRunning = false;
+  private readonly roleChangeHooks: RoleChangeHooks;
   private lagPolicy: LagPolicy;
 
   constructor(config: Config, logger: Logger, authEntries: () => ReadonlyMap<string, AuthEntry> = () => new Map()) {
@@ -176,6 +110,7 @@ export class ClusterMonitor extends EventEmitter {
     this.authEntries = authEntries;
     this.login = healthCheckLogin(config, authEntries());
     this.log = logger.child({ component: 'monitor' });
+    this.roleChangeHooks = new RoleChangeHooks(this.log, () => this.config.onRoleChange ?? null);
     this.nodeCfgs = config.nodes.map((n) => ({ ...n }));
     for (const cfg of this.nodeCfgs) this.runtimes.set(nodeName(cfg), this.newRuntime(cfg));
     this.current = emptyTopology(this.nodeCfgs, Date.now());
@@ -421,12 +356,6 @@ export class ClusterMonitor extends EventEmitter {
     return client;
   }
 
-  private async queryProbe(client: BackendConnection): Promise<Record<string, unknown> | undefined> {
-    const row = await client.queryRow(PROBE_JSON_SQL);
-    const json = row?.[0];
-    return typeof json === 'string' ? (JSON.parse(json) as Record<string, unknown>) : undefined;
-  }
-
   /** One health check: never rejects, bounded by healthCheckTimeoutMs. */
   private async probe(rt: NodeRuntime): Promise<Omit<ProbeResult, 'index'>> {
     let timer: NodeJS.Timeout | undefined;
@@ -438,49 +367,27 @@ export class ClusterMonitor extends EventEmitter {
       const reused = rt.client !== null;
       let client = rt.client ?? (await this.connect(rt));
       try {
-        return await this.queryProbe(client);
+        return await queryProbe(client);
       } catch (err) {
         // A persistent connection can die between rounds (idle timeout, terminated
         // backend): one fresh retry before counting a failure.
         if (!reused || (err as Error).message?.includes('timeout')) throw err;
         this.closeClient(rt);
         client = await this.connect(rt);
-        return await this.queryProbe(client);
+        return await queryProbe(client);
       }
     })();
     work.catch(() => {}); // settles after the guard on a timeout
     try {
       const row = await Promise.race([work, guard]);
       if (!row) throw new Error('health check query returned no row');
-      return { ok: true, ...this.parseRow(row), at: Date.now() };
+      return { ok: true, ...parseProbeRow(row), at: Date.now() };
     } catch (err) {
       this.closeClient(rt);
-      return { ok: false, error: errorText(err), at: Date.now() };
+      return { ok: false, error: probeErrorText(err), at: Date.now() };
     } finally {
       clearTimeout(timer);
     }
-  }
-
-  private parseRow(row: Record<string, unknown>): Omit<ProbeResult, 'index' | 'ok' | 'at'> {
-    const num = (v: unknown): number | null => {
-      if (v === null || v === undefined) return null;
-      const n = typeof v === 'number' ? v : Number(v);
-      return Number.isFinite(n) ? n : null;
-    };
-    const lsn = (v: unknown): bigint | null => (typeof v === 'string' && v ? parseLsn(v) : null);
-    const inRecovery = row.rec === true;
-    const out: Omit<ProbeResult, 'index' | 'ok' | 'at'> = {
-      inRecovery,
-      receiveLsn: lsn(row.recv),
-      replayLagMs: inRecovery ? num(row.replay_age_ms) : null,
-    };
-    const tli = num(row.tli);
-    if (tli !== null) out.timeline = tli;
-    if (row.tli_hidden === true) out.timelineHidden = true;
-    if (typeof row.sysid === 'string') out.systemId = row.sysid;
-    const wal = lsn(row.lsn);
-    if (wal !== null) out.walLsn = wal;
-    return out;
   }
 
   // ---- publishing ----
@@ -546,7 +453,7 @@ export class ClusterMonitor extends EventEmitter {
       }
       this.waiters.clear();
     }
-    for (const h of hooks) this.enqueueHook(h);
+    for (const h of hooks) this.roleChangeHooks.enqueue(h);
   }
 
   /**
@@ -606,63 +513,6 @@ export class ClusterMonitor extends EventEmitter {
     }
   }
 
-  // ---- onRoleChange hook ----
-
-  private enqueueHook(h: HookRun): void {
-    const cmd = this.config.onRoleChange ?? null;
-    if (!cmd) return;
-    if (this.hookQueue.length >= MAX_PENDING_HOOKS) {
-      this.log.warn({ event: h.event, node: h.node }, 'onRoleChange: too many hooks pending, dropping this one');
-      return;
-    }
-    this.hookQueue.push(h);
-    this.drainHooks(cmd);
-  }
-
-  private drainHooks(cmd: string): void {
-    if (this.hookRunning) return;
-    const h = this.hookQueue.shift();
-    if (!h) return;
-    this.hookRunning = true;
-    let finished = false;
-    const done = () => {
-      if (finished) return;
-      finished = true;
-      this.hookRunning = false;
-      this.drainHooks(cmd);
-    };
-    const env = {
-      ...process.env,
-      PGMUX_EVENT: h.event,
-      PGMUX_NODE: h.node,
-      PGMUX_OLD_ROLE: h.oldRole,
-      PGMUX_NEW_ROLE: h.newRole,
-      PGMUX_OLD_PRIMARY: h.oldPrimary,
-      PGMUX_NEW_PRIMARY: h.newPrimary,
-    };
-    let output = '';
-    try {
-      const child = spawn('/bin/sh', ['-c', cmd], { env, stdio: ['ignore', 'pipe', 'pipe'], timeout: HOOK_TIMEOUT_MS });
-      const collect = (d: Buffer) => {
-        if (output.length < 4096) output += d.toString();
-      };
-      child.stdout.on('data', collect);
-      child.stderr.on('data', collect);
-      child.on('error', (err) => {
-        this.log.error({ err, event: h.event, node: h.node }, 'onRoleChange hook could not be run');
-        done();
-      });
-      child.on('close', (code, signal) => {
-        const fields = { event: h.event, node: h.node, code, signal, output: output.trim() || undefined };
-        if (code === 0) this.log.info(fields, 'onRoleChange hook done');
-        else this.log.warn(fields, 'onRoleChange hook failed');
-        done();
-      });
-    } catch (err) {
-      this.log.error({ err, event: h.event, node: h.node }, 'onRoleChange hook could not be run');
-      done();
-    }
-  }
 }
 
 export type { NodeRole, NodeState, NodeSnapshot, TopologySnapshot };
