@@ -288,7 +288,7 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
     .description('translate a pgbouncer.ini or pgpool.conf into pgmux YAML (stdout); warnings on stderr')
     .option('--kind <kind>', 'pgbouncer or pgpool (default: detected from the file)')
     .action(async (file: string, o: { kind?: string }) => {
-      const { importConfig, ImportError } = await import('./admin/import.js');
+      const { importConfig, ImportError } = await import('./import/importConfig.js');
       if (o.kind !== undefined && o.kind !== 'pgbouncer' && o.kind !== 'pgpool') {
         throw new ConfigError('kind', `--kind: ${JSON.stringify(o.kind)} is not supported (expected pgbouncer or pgpool)`);
       }

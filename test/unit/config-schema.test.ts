@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { DEFAULTS, configToObject, parseConfigObject } from '../../src/config/load.js';
 import { RESTART_ONLY_KEYS, SETTINGS, envName, flagProp, settingRank, type Setting } from '../../src/config/schema.js';
 import { CONFIG_OPTIONS, buildProgram } from '../../src/cli.js';
-import { importConfig } from '../../src/admin/import.js';
+import { importConfig } from '../../src/import/importConfig.js';
 import { configRows } from '../../src/admin/console.js';
 
 const DOCS = readFileSync(new URL('../../docs/configuration.md', import.meta.url), 'utf8');

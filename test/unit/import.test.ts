@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { detectKind, importConfig, ImportError } from '../../src/admin/import.js';
+import { detectKind, importConfig, ImportError } from '../../src/import/importConfig.js';
 import { loadConfig, parseConfigObject } from '../../src/config/load.js';
 import type { Config } from '../../src/config/types.js';
 import { main } from '../../src/cli.js';
