@@ -8,7 +8,7 @@
 import { lex } from '../routing/lexer.js';
 import { configToObject } from '../config/load.js';
 import type { Config } from '../config/types.js';
-import type { ErrorSpec } from '../protocol/errors.js';
+import { pgmuxError } from '../protocol/errors.js';
 import { errorResponse, noticeResponse } from '../protocol/messages.js';
 import { commandComplete, resultSet, type Cell } from '../protocol/resultSet.js';
 import type { ProxyView } from './view.js';
@@ -56,12 +56,6 @@ function iso(ms: number | null | undefined): string | null {
   return ms === null || ms === undefined || ms <= 0 ? null : new Date(ms).toISOString();
 }
 
-function error(code: string, message: string, hint?: string): Buffer {
-  const spec: ErrorSpec = { severity: 'ERROR', code, message };
-  if (hint) spec.hint = hint;
-  return errorResponse(spec);
-}
-
 /** Strips one level of "double" or 'single' quotes from an argument. */
 function unquote(s: string): string {
   if (s.length >= 2 && ((s.startsWith('"') && s.endsWith('"')) || (s.startsWith("'") && s.endsWith("'")))) return s.slice(1, -1);
@@ -95,7 +89,7 @@ export class AdminConsole {
     while (last >= 0 && tokens[last]!.kind === 'punct' && tokens[last]!.value === ';') last--;
     if (last < 0) return EMPTY_QUERY;
     if (tokens.some((t, i) => i < last && t.kind === 'punct' && t.value === ';')) {
-      return error('42601', 'the admin console runs one command per query', `Send the commands one at a time. Valid commands: ${VALID_LIST}.`);
+      return errorResponse(pgmuxError('adminOneCommandPerQuery', { hint: `Send the commands one at a time. Valid commands: ${VALID_LIST}.` }));
     }
     const text = sql.slice(tokens[0]!.start, tokens[last]!.end);
     const words = text.split(/\s+/);
@@ -110,21 +104,17 @@ export class AdminConsole {
     if (!(ACTIONS as readonly string[]).includes(verb)) return this.unknown(text);
     const action = verb as Action;
     if (role !== 'admin') {
-      return error(
-        '42501',
-        `permission denied for admin command ${action}`,
-        'Stats users (stats_users) may run SHOW commands only; list the user in admin_users to run the others.',
-      );
+      return errorResponse(pgmuxError('adminPermissionDenied', { args: { command: action } }));
     }
     return this.act(action, args.map(unquote));
   }
 
   private unknown(text: string): Buffer {
-    return error('42601', `unknown admin command "${text}"`, `Valid commands: ${VALID_LIST}.`);
+    return errorResponse(pgmuxError('adminUnknownCommand', { args: { command: text }, hint: `Valid commands: ${VALID_LIST}.` }));
   }
 
   private usage(command: string, usage: string): Buffer {
-    return error('42601', `wrong arguments for ${command}`, `Usage: ${usage}`);
+    return errorResponse(pgmuxError('adminWrongArguments', { args: { command }, hint: `Usage: ${usage}` }));
   }
 
   // ---- SHOW ---------------------------------------------------------------------------
@@ -295,7 +285,7 @@ export class AdminConsole {
       case 'RELOAD': {
         if (args.length > 0) return this.usage('RELOAD', 'RELOAD');
         const r = await this.view.reload();
-        if (!r.ok) return error('F0000', `configuration reload refused: ${r.message}`, 'The running configuration stays in place; fix the configuration and RELOAD again.');
+        if (!r.ok) return errorResponse(pgmuxError('reloadRefused', { args: { reason: r.message } }));
         return Buffer.concat([noticeResponse({ code: '00000', message: r.message }), commandComplete('RELOAD')]);
       }
       case 'RECONNECT': {
@@ -309,10 +299,10 @@ export class AdminConsole {
         const name = args[0]!;
         const known = this.view.topology().nodes.map((n) => n.name);
         if (!known.includes(name)) {
-          return error('42704', `unknown node "${name}"`, `Nodes: ${known.join(', ') || '(none)'}.`);
+          return errorResponse(pgmuxError('adminUnknownNode', { args: { node: name }, hint: `Nodes: ${known.join(', ') || '(none)'}.` }));
         }
         if (action === 'DISABLE') {
-          if (!this.view.disableNode(name)) return error('42704', `unknown node "${name}"`, `Nodes: ${known.join(', ')}.`);
+          if (!this.view.disableNode(name)) return errorResponse(pgmuxError('adminUnknownNode', { args: { node: name }, hint: `Nodes: ${known.join(', ')}.` }));
           this.disabledHere.add(name);
           return commandComplete('DISABLE');
         }

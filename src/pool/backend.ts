@@ -224,11 +224,7 @@ export class BackendConnection implements ScanSink {
         const p = opts.credentials.password;
         if (p == null) {
           throw new PgmuxError(
-            pgmuxError('authMethodUnavailable', {
-              message: `pgmux has no password to log in to the database as "${opts.user}"`,
-              detail: `${this.node.name} asked for ${what} authentication.`,
-              hint: 'Put the user\'s password in the auth file (plain or md5), or set server_password.',
-            }),
+            pgmuxError('noBackendPassword', { args: { user: opts.user }, detail: `${this.node.name} asked for ${what} authentication.` }),
           );
         }
         return p;

@@ -36,18 +36,10 @@ export class ConnectionLimits {
     const db = this.byDb.get(database) ?? 0;
     const us = this.byUser.get(user) ?? 0;
     if (cfg.maxDbConnections > 0 && db >= cfg.maxDbConnections) {
-      return pgmuxError('tooManyClients', {
-        message: `too many connections for database "${database}"`,
-        detail: `max_db_connections is ${cfg.maxDbConnections}`,
-        hint: 'Raise max_db_connections or use fewer client connections.',
-      });
+      return pgmuxError('tooManyDatabaseConnections', { args: { database }, detail: `max_db_connections is ${cfg.maxDbConnections}` });
     }
     if (cfg.maxUserConnections > 0 && us >= cfg.maxUserConnections) {
-      return pgmuxError('tooManyClients', {
-        message: `too many connections for role "${user}"`,
-        detail: `max_user_connections is ${cfg.maxUserConnections}`,
-        hint: 'Raise max_user_connections or use fewer client connections.',
-      });
+      return pgmuxError('tooManyUserConnections', { args: { user }, detail: `max_user_connections is ${cfg.maxUserConnections}` });
     }
     this.byDb.set(database, db + 1);
     this.byUser.set(user, us + 1);
@@ -75,11 +67,7 @@ export class ConnectionLimits {
     socket.resume();
     socket.end(
       errorResponse(
-        pgmuxError('tooManyClients', {
-          message: 'too many connections still logging in',
-          detail: `max_unauthenticated_connections is ${max}`,
-          hint: 'Retry shortly; raise max_unauthenticated_connections or lower client_login_timeout if this persists.',
-        }),
+        pgmuxError('tooManyLoggingIn', { detail: `max_unauthenticated_connections is ${max}` }),
       ),
     );
     setTimeout(() => socket.destroy(), 5000).unref();

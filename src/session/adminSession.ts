@@ -33,10 +33,7 @@ export function adminWelcome(
   const role = ctx.adminRole(user);
   if (role === null) {
     throw new PgmuxError(
-      pgmuxError('authMethodUnavailable', {
-        message: `user "${user}" may not use the admin console`,
-        hint: 'List the user in admin_users or stats_users.',
-      }),
+      pgmuxError('adminNotAllowed', { args: { user } }),
     );
   }
   const params: Array<[string, string]> = [
@@ -66,7 +63,7 @@ export class AdminSession {
     if (type !== Msg.Query) {
       this.host.write(
         Buffer.concat([
-          errorResponse(pgmuxError('featureNotSupported', { message: 'the admin console accepts simple queries only', hint: 'Use psql, or a simple-protocol query.' })),
+          errorResponse(pgmuxError('adminSimpleQueryOnly')),
           readyForQuery('I'),
         ]),
       );
@@ -79,7 +76,7 @@ export class AdminSession {
       .adminQuery(sql, this.role)
       .then(
         (out) => this.host.write(Buffer.concat([out, readyForQuery('I')])),
-        (err: Error) => this.host.write(Buffer.concat([errorResponse({ severity: 'ERROR', code: 'XX000', message: err.message }), readyForQuery('I')])),
+        (err: Error) => this.host.write(Buffer.concat([errorResponse(pgmuxError('adminCommandFailed', { args: { error: err.message } })), readyForQuery('I')])),
       )
       .finally(() => this.host.resume());
   }

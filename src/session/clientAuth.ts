@@ -90,7 +90,7 @@ export class ClientAuthenticator {
   onPasswordMessage(buf: Buffer, start: number, end: number): AuthStep {
     const failed = (): AuthStep => ({
       kind: 'fail',
-      error: pgmuxError('wrongPassword', { message: `password authentication failed for user "${this.user}"` }),
+      error: pgmuxError('wrongPassword', { args: { user: this.user } }),
     });
     switch (this.phase) {
       case 'password': {
@@ -110,7 +110,7 @@ export class ClientAuthenticator {
         if (!mech || end - mech[1] < 4) return this.protocolError('malformed SASLInitialResponse');
         const plus = mech[0] === 'SCRAM-SHA-256-PLUS' && this.channelBinding !== null;
         if (mech[0] !== 'SCRAM-SHA-256' && !plus) {
-          return { kind: 'fail', error: pgmuxError('protocolViolation', { message: `client selected an invalid SASL authentication mechanism "${mech[0]}"` }) };
+          return { kind: 'fail', error: pgmuxError('invalidSaslMechanism', { args: { mechanism: mech[0]! } }) };
         }
         const len = buf.readInt32BE(mech[1]);
         const data = buf.toString('utf8', mech[1] + 4, len < 0 ? mech[1] + 4 : Math.min(end, mech[1] + 4 + len));
@@ -148,7 +148,7 @@ export class ClientAuthenticator {
 
   private protocolError(detail: string): AuthStep {
     this.phase = 'done';
-    return { kind: 'fail', error: pgmuxError('protocolViolation', { message: 'malformed authentication message', detail }) };
+    return { kind: 'fail', error: pgmuxError('malformedAuthMessage', { detail }) };
   }
 }
 

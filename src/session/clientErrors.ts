@@ -49,7 +49,7 @@ export function expiredTimeout(
 export function frameErrorSpec(error: FrameError, length: number, maxMessageBytes: number): ErrorSpec {
   return error === FrameError.TooLarge
     ? pgmuxError('messageTooLarge', { detail: `message of ${length} bytes exceeds max_message_size (${maxMessageBytes} bytes)` })
-    : pgmuxError('protocolViolation', { message: 'invalid message length', detail: `declared length ${length}` });
+    : pgmuxError('invalidMessageLength', { detail: `declared length ${length}` });
 }
 
 /**
@@ -58,13 +58,7 @@ export function frameErrorSpec(error: FrameError, length: number, maxMessageByte
  * logs it) and reported as backendUnavailable.
  */
 export function fatalSpecOf(err: Error): ErrorSpec {
-  if (err instanceof BackendError) {
-    const f = err.fields;
-    const spec: ErrorSpec = { severity: 'FATAL', code: f.get('C') ?? 'XX000', message: f.get('M') ?? 'backend error' };
-    if (f.has('D')) spec.detail = f.get('D');
-    if (f.has('H')) spec.hint = f.get('H');
-    return spec;
-  }
+  if (err instanceof BackendError) return err.asFatal();
   if (err instanceof PgmuxError) return err.spec;
   return pgmuxError('backendUnavailable', { detail: err.message });
 }

@@ -3,7 +3,7 @@
 // would on a direct connection.
 
 import { errorResponse } from '../protocol/messages.js';
-import { PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
+import { asError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 import type { Classification, ListenOp } from '../routing/classifier.js';
 import type { NotificationHub, NotificationSink } from './notifications.js';
 import type { HeldMessages } from './heldMessages.js';
@@ -34,7 +34,7 @@ export class ClientListens {
     return this.hub.subscribe(this.sink, database, user, op.channel!).then(
       () => null,
       (err: Error) => {
-        const spec: ErrorSpec = err instanceof PgmuxError ? { ...err.spec, severity: 'ERROR' } : pgmuxError('backendUnavailable', { detail: err.message });
+        const spec: ErrorSpec = err instanceof PgmuxError ? asError(err.spec) : pgmuxError('backendUnavailable', { detail: err.message });
         return errorResponse(spec);
       },
     );

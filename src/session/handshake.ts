@@ -150,10 +150,7 @@ export class ClientHandshake {
     }
     if (this.tlsSocket === null && this.ctx.config().clientTls === 'require') {
       host.fatal(
-        pgmuxError('authMethodUnavailable', {
-          message: 'SSL required: client_tls is require, plaintext connections are refused',
-          hint: 'Connect with sslmode=require (or verify-ca, verify-full).',
-        }),
+        pgmuxError('tlsRequired'),
         'protocol_error',
       );
       return;
@@ -164,7 +161,7 @@ export class ClientHandshake {
     }
     const params = parseStartupParams(buf, start + 8, end);
     if (params === null) {
-      host.fatal(pgmuxError('protocolViolation', { message: 'invalid startup packet layout', detail: 'expected NUL-terminated name/value pairs ending with a NUL byte' }), 'protocol_error');
+      host.fatal(pgmuxError('invalidStartupLayout'), 'protocol_error');
       return;
     }
     let req;
@@ -172,7 +169,7 @@ export class ClientHandshake {
       req = parseStartup(params);
     } catch (err) {
       if (err instanceof StartupParamError) {
-        host.fatal({ severity: 'FATAL', code: '42704', message: err.message }, 'protocol_error');
+        host.fatal(err.spec, 'protocol_error');
         return;
       }
       throw err;
@@ -187,7 +184,7 @@ export class ClientHandshake {
     }
     if (req.replication !== null && req.replication !== 'false' && req.replication !== 'off' && req.replication !== '0') {
       host.fatal(
-        pgmuxError('featureNotSupported', { message: 'replication connections are not supported through pgmux', hint: 'Connect to the database node directly for replication.' }),
+        pgmuxError('replicationNotSupported'),
         'protocol_error',
       );
       return;
@@ -214,7 +211,7 @@ export class ClientHandshake {
       if (rule === null || rule.method === 'reject') {
         this.ctx.stats.clientLoginFailures++;
         this.ctx.logger.info({ client: this.peer.id, user: this.user, db: this.database, remote: this.peer.remote, hbaLine: rule?.line ?? null }, 'connection refused by hba_file');
-        host.fatal(pgmuxError('authMethodUnavailable', { message: hbaRefusal(rule, q) }), 'auth_failed');
+        host.fatal(pgmuxError('hbaRefused', { args: { refusal: hbaRefusal(rule, q) } }), 'auth_failed');
         return;
       }
       method = rule.method;
@@ -244,7 +241,7 @@ export class ClientHandshake {
         if (host.state !== ClientState.Auth) return;
         this.ctx.stats.clientLoginFailures++;
         host.fatal(
-          { severity: 'FATAL', code: '08006', message: `pgmux could not look up the password of user "${this.user}" (auth_query)`, detail: err.message },
+          pgmuxError('authQueryFailed', { args: { user: this.user }, detail: err.message }),
           'auth_failed',
         );
       },
@@ -266,8 +263,8 @@ export class ClientHandshake {
     const letter = (type >= 0x41 && type <= 0x5a) || (type >= 0x61 && type <= 0x7a);
     this.host.fatal(
       letter
-        ? pgmuxError('protocolViolation', { message: `expected startup packet, got message type "${String.fromCharCode(type)}"` })
-        : pgmuxError('protocolViolation', { message: 'invalid length of startup packet', detail: `declared length ${declaredLength}` }),
+        ? pgmuxError('unexpectedStartupMessage', { args: { type: String.fromCharCode(type) } })
+        : pgmuxError('invalidStartupLength', { detail: `declared length ${declaredLength}` }),
       'protocol_error',
     );
   }
@@ -283,7 +280,7 @@ export class ClientHandshake {
     const cfg = this.ctx.config();
     const host = this.host;
     if (this.tlsSocket !== null) {
-      host.fatal(pgmuxError('protocolViolation', { message: 'SSLRequest on a connection that is already encrypted' }), 'protocol_error');
+      host.fatal(pgmuxError('sslRequestWhenEncrypted'), 'protocol_error');
       return;
     }
     if (cfg.clientTls === 'disable') {
@@ -292,10 +289,7 @@ export class ClientHandshake {
     }
     if (this.reader.pending > 0) {
       host.fatal(
-        pgmuxError('protocolViolation', {
-          message: 'received unencrypted data after SSL request',
-          detail: 'This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.',
-        }),
+        pgmuxError('unencryptedAfterSslRequest'),
         'protocol_error',
       );
       return;
@@ -308,7 +302,7 @@ export class ClientHandshake {
       server = null;
     }
     if (server === null) {
-      host.fatal({ severity: 'FATAL', code: '58000', message: 'TLS is not available', hint: 'See the pgmux log.' }, 'protocol_error');
+      host.fatal(pgmuxError('tlsUnavailable'), 'protocol_error');
       return;
     }
     host.write('S');
@@ -346,7 +340,7 @@ export class ClientHandshake {
   /** A message in state Auth: only the password (or SASL) response belongs here. */
   onAuthMessage(type: number, buf: Buffer, bodyStart: number, end: number): void {
     if (type !== Msg.Password) {
-      this.host.fatal(pgmuxError('protocolViolation', { message: `expected password response, got message type "${String.fromCharCode(type)}"` }), 'protocol_error');
+      this.host.fatal(pgmuxError('unexpectedPasswordMessage', { args: { type: String.fromCharCode(type) } }), 'protocol_error');
       return;
     }
     this.onAuthStep(this.auth!.onPasswordMessage(buf, bodyStart, end));
@@ -409,11 +403,7 @@ export class ClientHandshake {
     if (host.state !== ClientState.Login) return;
     if (node === null) {
       throw new PgmuxError(
-        pgmuxError('backendUnavailable', {
-          message: 'no database node available',
-          detail: `No primary and no replica answered health checks within failover_timeout (${cfg.failoverTimeoutMs} ms).`,
-          hint: 'Check the database nodes (SHOW NODES on the admin console says why each is down).',
-        }),
+        pgmuxError('noNodeAvailable', { detail: `No primary and no replica answered health checks within failover_timeout (${cfg.failoverTimeoutMs} ms).` }),
       );
     }
     const pool = host.poolFor(node);

@@ -362,11 +362,7 @@ export class RequestTracker {
     if (c.statements !== 1 || c.session?.sqlPrepared !== true) return null;
     return Buffer.concat([
       errorResponse(
-        pgmuxError('featureNotSupported', {
-          message: 'SQL-level PREPARE, EXECUTE and DEALLOCATE are not supported in transaction pooling mode',
-          detail: 'The prepared statement would stay on one database connection while the next transaction may run on another.',
-          hint: 'Use protocol-level prepared statements (your driver\'s prepare/named statements), run them inside one transaction, or use pool_mode session.',
-        }),
+        pgmuxError('sqlPrepareInTransactionMode'),
       ),
       READY_IDLE,
     ]);

@@ -3,6 +3,8 @@
 // (application_name, TimeZone, `options=-c statement_timeout=5s`, custom GUCs, ...).
 // PgBouncer refuses most of these; pgmux accepts them all and lets PostgreSQL judge them.
 
+import { PgmuxError, pgmuxError } from '../protocol/errors.js';
+
 /** Parameters PostgreSQL reports with ParameterStatus that a session may change. */
 const SETTABLE_REPORTED: Record<string, string> = {
   application_name: 'application_name',
@@ -33,7 +35,8 @@ export interface StartupRequest {
   replication: string | null;
 }
 
-export class StartupParamError extends Error {}
+/** A startup option pgmux cannot read: sent to the client as its catalogue error. */
+export class StartupParamError extends PgmuxError {}
 
 /**
  * Splits `options` the way the PostgreSQL backend does: words separated by spaces,
@@ -71,10 +74,10 @@ export function parseOptions(options: string): Array<[string, string]> {
     if (w === '-c') setting = words[++i];
     else if (w.startsWith('-c')) setting = w.slice(2);
     else if (w.startsWith('--')) setting = w.slice(2);
-    else throw new StartupParamError(`unsupported option "${w}" in startup options; only -c name=value and --name=value are accepted`);
-    if (setting === undefined) throw new StartupParamError('option -c needs a name=value argument');
+    else throw new StartupParamError(pgmuxError('unsupportedStartupOption', { args: { option: w } }));
+    if (setting === undefined) throw new StartupParamError(pgmuxError('startupOptionWithoutValue'));
     const eq = setting.indexOf('=');
-    if (eq <= 0) throw new StartupParamError(`option "${setting}" is not of the form name=value`);
+    if (eq <= 0) throw new StartupParamError(pgmuxError('startupOptionNotNameValue', { args: { option: setting } }));
     out.push([setting.slice(0, eq).replace(/-/g, '_'), setting.slice(eq + 1)]);
   }
   return out;
