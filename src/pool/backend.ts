@@ -7,7 +7,7 @@ import { BackendScanner, type ScanSink } from '../protocol/backendScanner.js';
 import { FrameReader } from '../protocol/framer.js';
 import {
   AuthCode,
-  Msg,
+  BackendMsg,
   parseFields,
   passwordMessage,
   queryMessage,
@@ -234,7 +234,7 @@ export class BackendConnection implements ScanSink {
         const s = reader.bodyStart;
         const e = reader.end;
         switch (reader.type) {
-          case Msg.Authentication: {
+          case BackendMsg.Authentication: {
             const code = buf.readInt32BE(s);
             switch (code) {
               case AuthCode.Ok:
@@ -274,18 +274,18 @@ export class BackendConnection implements ScanSink {
             }
             break;
           }
-          case Msg.ParameterStatus: {
+          case BackendMsg.ParameterStatus: {
             const nul = buf.indexOf(0, s);
             this.params.set(buf.toString('utf8', s, nul), buf.toString('utf8', nul + 1, e - 1));
             break;
           }
-          case Msg.BackendKeyData:
+          case BackendMsg.BackendKeyData:
             this.pid = buf.readInt32BE(s);
             this.secret = buf.readInt32BE(s + 4);
             break;
-          case Msg.ErrorResponse:
+          case BackendMsg.ErrorResponse:
             throw new BackendError(parseFields(buf, s, e), Buffer.from(buf.subarray(reader.msgStart, e)));
-          case Msg.ReadyForQuery: {
+          case BackendMsg.ReadyForQuery: {
             settled = true;
             clearTimeout(timer);
             this.txStatus = buf[s]!;

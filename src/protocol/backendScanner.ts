@@ -7,7 +7,7 @@
 // in front of a client's (e.g. setting the client's session parameters) are hidden from
 // the client. The sink says at each message start whether the message is hidden.
 
-import { Msg, parseFields } from './messages.js';
+import { BackendMsg, parseFields } from './messages.js';
 
 export interface ScanSink {
   /** Forward buf[start..end) to the client. Called at most once per contiguous run. */
@@ -148,10 +148,10 @@ export class BackendScanner {
   private dispatch(body: Buffer, start: number, end: number): void {
     const hidden = this.hidden;
     switch (this.type) {
-      case Msg.ReadyForQuery:
+      case BackendMsg.ReadyForQuery:
         this.sink.onReadyForQuery(end > start ? body[start]! : 0x49, hidden);
         break;
-      case Msg.ParameterStatus: {
+      case BackendMsg.ParameterStatus: {
         const nul = body.indexOf(0, start);
         if (nul < 0 || nul >= end) break;
         const vEnd = body.indexOf(0, nul + 1);
@@ -162,7 +162,7 @@ export class BackendScanner {
         );
         break;
       }
-      case Msg.ErrorResponse:
+      case BackendMsg.ErrorResponse:
         this.sink.onErrorResponse(parseFields(body, start, end), hidden);
         break;
       case DATA_ROW:
@@ -173,9 +173,9 @@ export class BackendScanner {
 
   private isDecoded(type: number): boolean {
     return (
-      type === Msg.ReadyForQuery ||
-      type === Msg.ParameterStatus ||
-      type === Msg.ErrorResponse ||
+      type === BackendMsg.ReadyForQuery ||
+      type === BackendMsg.ParameterStatus ||
+      type === BackendMsg.ErrorResponse ||
       (type === DATA_ROW && this.captureRows && this.hidden)
     );
   }

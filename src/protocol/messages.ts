@@ -3,9 +3,12 @@
 
 import type { ErrorSpec } from './errors.js';
 
-/** Message type bytes (first byte of a typed message). */
-export enum Msg {
-  // frontend
+// Message type bytes (first byte of a typed message), one enum per direction: the same
+// byte means different messages each way ('E' is Execute from a client, ErrorResponse from
+// a server; 'S' Sync / ParameterStatus; 'H' Flush / CopyOutResponse).
+
+/** Client -> server (what clients send pgmux, and what pgmux sends a backend). */
+export enum FrontendMsg {
   Query = 0x51, // Q
   Parse = 0x50, // P
   Bind = 0x42, // B
@@ -20,7 +23,10 @@ export enum Msg {
   CopyFail = 0x66, // f
   Terminate = 0x58, // X
   Password = 0x70, // p (also SASLInitialResponse, SASLResponse)
-  // backend
+}
+
+/** Server -> client (what backends send pgmux, and what pgmux sends clients). */
+export enum BackendMsg {
   Authentication = 0x52, // R
   BackendKeyData = 0x4b, // K
   ParameterStatus = 0x53, // S
@@ -89,16 +95,16 @@ function fieldsMessage(type: number, e: ErrorSpec): Buffer {
 }
 
 export function errorResponse(e: ErrorSpec): Buffer {
-  return fieldsMessage(Msg.ErrorResponse, e);
+  return fieldsMessage(BackendMsg.ErrorResponse, e);
 }
 
 export function noticeResponse(e: { code: string; message: string; detail?: string; hint?: string }): Buffer {
-  return fieldsMessage(Msg.NoticeResponse, { severity: 'NOTICE' as never, ...e });
+  return fieldsMessage(BackendMsg.NoticeResponse, { severity: 'NOTICE' as never, ...e });
 }
 
 const RFQ: Record<string, Buffer> = {};
 for (const s of ['I', 'T', 'E']) {
-  const { buf } = typed(Msg.ReadyForQuery, 1);
+  const { buf } = typed(BackendMsg.ReadyForQuery, 1);
   buf[5] = s.charCodeAt(0);
   RFQ[s] = buf;
 }
@@ -107,7 +113,7 @@ export function readyForQuery(status: 'I' | 'T' | 'E'): Buffer {
 }
 
 export function authenticationRequest(code: AuthCode, payload?: Buffer): Buffer {
-  const { buf } = typed(Msg.Authentication, 4 + (payload?.length ?? 0));
+  const { buf } = typed(BackendMsg.Authentication, 4 + (payload?.length ?? 0));
   buf.writeInt32BE(code, 5);
   if (payload) payload.copy(buf, 9);
   return buf;
@@ -123,13 +129,13 @@ export function authenticationSASL(mechanisms: string[]): Buffer {
 }
 
 export function parameterStatus(name: string, value: string): Buffer {
-  const { buf, pos } = typed(Msg.ParameterStatus, cstrLen(name) + cstrLen(value));
+  const { buf, pos } = typed(BackendMsg.ParameterStatus, cstrLen(name) + cstrLen(value));
   writeCstr(buf, writeCstr(buf, pos, name), value);
   return buf;
 }
 
 export function backendKeyData(pid: number, secret: number): Buffer {
-  const { buf } = typed(Msg.BackendKeyData, 8);
+  const { buf } = typed(BackendMsg.BackendKeyData, 8);
   buf.writeInt32BE(pid | 0, 5);
   buf.writeInt32BE(secret | 0, 9);
   return buf;
@@ -138,7 +144,7 @@ export function backendKeyData(pid: number, secret: number): Buffer {
 export function negotiateProtocolVersion(newestMinor: number, unrecognized: string[]): Buffer {
   let len = 8;
   for (const o of unrecognized) len += cstrLen(o);
-  const { buf, pos: start } = typed(Msg.NegotiateProtocolVersion, len);
+  const { buf, pos: start } = typed(BackendMsg.NegotiateProtocolVersion, len);
   buf.writeInt32BE(newestMinor, start);
   buf.writeInt32BE(unrecognized.length, start + 4);
   let pos = start + 8;
@@ -170,14 +176,14 @@ export function cancelRequest(pid: number, secret: number): Buffer {
 }
 
 export function passwordMessage(password: string): Buffer {
-  const { buf, pos } = typed(Msg.Password, cstrLen(password));
+  const { buf, pos } = typed(FrontendMsg.Password, cstrLen(password));
   writeCstr(buf, pos, password);
   return buf;
 }
 
 export function saslInitialResponse(mechanism: string, data: string): Buffer {
   const dataLen = Buffer.byteLength(data);
-  const { buf, pos: start } = typed(Msg.Password, cstrLen(mechanism) + 4 + dataLen);
+  const { buf, pos: start } = typed(FrontendMsg.Password, cstrLen(mechanism) + 4 + dataLen);
   let pos = writeCstr(buf, start, mechanism);
   buf.writeInt32BE(dataLen, pos);
   buf.write(data, pos + 4);
@@ -185,18 +191,18 @@ export function saslInitialResponse(mechanism: string, data: string): Buffer {
 }
 
 export function saslResponse(data: string): Buffer {
-  const { buf, pos } = typed(Msg.Password, Buffer.byteLength(data));
+  const { buf, pos } = typed(FrontendMsg.Password, Buffer.byteLength(data));
   buf.write(data, pos);
   return buf;
 }
 
 export function queryMessage(sql: string): Buffer {
-  const { buf, pos } = typed(Msg.Query, cstrLen(sql));
+  const { buf, pos } = typed(FrontendMsg.Query, cstrLen(sql));
   writeCstr(buf, pos, sql);
   return buf;
 }
 
-export const TERMINATE = Buffer.from([Msg.Terminate, 0, 0, 0, 4]);
+export const TERMINATE = Buffer.from([FrontendMsg.Terminate, 0, 0, 0, 4]);
 
 // ---- decoders ---------------------------------------------------------------------
 

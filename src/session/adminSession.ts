@@ -1,7 +1,7 @@
 // The admin console side of a client connection (virtual database "pgmux"): its login
 // welcome and its simple-query commands. No backend is involved; the proxy answers.
 
-import { backendKeyData, errorResponse, Msg, parameterStatus, readyForQuery } from '../protocol/messages.js';
+import { backendKeyData, errorResponse, FrontendMsg, parameterStatus, readyForQuery } from '../protocol/messages.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import type { ProxyContext } from '../server/context.js';
 import type { ClientCloseReason } from './clientState.js';
@@ -56,11 +56,11 @@ export class AdminSession {
   ) {}
 
   onMessage(type: number, buf: Buffer, bodyStart: number, end: number): void {
-    if (type === Msg.Terminate) {
+    if (type === FrontendMsg.Terminate) {
       this.host.close('client_terminate');
       return;
     }
-    if (type !== Msg.Query) {
+    if (type !== FrontendMsg.Query) {
       this.host.write(
         Buffer.concat([
           errorResponse(pgmuxError('adminSimpleQueryOnly')),

@@ -6,7 +6,7 @@
 
 import type net from 'node:net';
 import { FrameError, FrameReader } from '../protocol/framer.js';
-import { errorResponse, Msg, readyForQuery } from '../protocol/messages.js';
+import { errorResponse, FrontendMsg, readyForQuery } from '../protocol/messages.js';
 import { BackendError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 import { BackendConnection, randomInt32, type BackendOwner } from '../pool/backend.js';
 import type { Pool, PoolWaiter } from '../pool/pool.js';
@@ -210,7 +210,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.handshake.onAuthMessage(type, buf, bodyStart, end);
         return;
       case ClientState.Idle:
-        if (type === Msg.Terminate) {
+        if (type === FrontendMsg.Terminate) {
           this.close('client_terminate');
           return;
         }

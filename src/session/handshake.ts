@@ -13,7 +13,7 @@ import {
   backendKeyData,
   CANCEL_REQUEST_CODE,
   GSSENC_REQUEST_CODE,
-  Msg,
+  FrontendMsg,
   negotiateProtocolVersion,
   parameterStatus,
   parseStartupParams,
@@ -256,7 +256,7 @@ export class ClientHandshake {
    */
   onStartupFrameError(declaredLength: number): void {
     const type = declaredLength >>> 24;
-    if (type === Msg.Terminate) {
+    if (type === FrontendMsg.Terminate) {
       this.host.close('client_terminate');
       return;
     }
@@ -339,7 +339,7 @@ export class ClientHandshake {
 
   /** A message in state Auth: only the password (or SASL) response belongs here. */
   onAuthMessage(type: number, buf: Buffer, bodyStart: number, end: number): void {
-    if (type !== Msg.Password) {
+    if (type !== FrontendMsg.Password) {
       this.host.fatal(pgmuxError('unexpectedPasswordMessage', { args: { type: String.fromCharCode(type) } }), 'protocol_error');
       return;
     }

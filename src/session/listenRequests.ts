@@ -11,7 +11,7 @@
 // This module only plans: it turns the held messages into the replies PostgreSQL would
 // send, with the subscription steps in between; the session carries the plan out.
 
-import { Msg, readCstr } from '../protocol/messages.js';
+import { FrontendMsg, readCstr } from '../protocol/messages.js';
 import type { HeldMessage } from '../protocol/framer.js';
 import type { Classification, ListenOp } from '../routing/classifier.js';
 import { commandComplete } from '../protocol/resultSet.js';
@@ -48,7 +48,7 @@ export function planListen(
   const n = held.length;
   if (n === 0) return null;
   const first = held[0]!;
-  if (first.type === Msg.Query) {
+  if (first.type === FrontendMsg.Query) {
     if (n !== 1) return null;
     const fx = classify(first.buf.toString('utf8', first.start + 5, first.end - 1)).session;
     if (!fx?.onlyListen) return null;
@@ -57,7 +57,7 @@ export function planListen(
     for (const op of ops) steps.push(op, tagOf(op));
     return { steps, parsed: [] };
   }
-  if (held[n - 1]!.type !== Msg.Sync) return null;
+  if (held[n - 1]!.type !== FrontendMsg.Sync) return null;
   // Statements and portals of this batch; portals end with it (an implicit transaction).
   const statements = new Map<string, readonly ListenOp[]>();
   const portals = new Map<string, readonly ListenOp[]>();
@@ -68,7 +68,7 @@ export function planListen(
   for (let i = 0; i < n - 1; i++) {
     const m = held[i]!;
     switch (m.type) {
-      case Msg.Parse: {
+      case FrontendMsg.Parse: {
         const p = parseParse(m.buf, m.start, m.end);
         const fx = p === null ? undefined : classify(p.query).session;
         // Several statements in one Parse is PostgreSQL's error to report, on a backend.
@@ -82,7 +82,7 @@ export function planListen(
         steps.push(PARSE_COMPLETE);
         break;
       }
-      case Msg.Bind: {
+      case FrontendMsg.Bind: {
         const st = bindStatement(m.buf, m.start, m.end);
         const portal = readCstr(m.buf, m.start + 5, m.end);
         const ops = st === null ? undefined : lookup(st.name);
@@ -91,7 +91,7 @@ export function planListen(
         steps.push(BIND_COMPLETE);
         break;
       }
-      case Msg.Describe: {
+      case FrontendMsg.Describe: {
         const t = targetOf(m.buf, m.start, m.end);
         if (t === null) return null;
         if (t.kind === 0x53 /* S */) {
@@ -103,7 +103,7 @@ export function planListen(
         }
         break;
       }
-      case Msg.Execute: {
+      case FrontendMsg.Execute: {
         const portal = readCstr(m.buf, m.start + 5, m.end);
         const ops = portal === null ? undefined : portals.get(portal[0]);
         if (ops === undefined) return null;
@@ -112,7 +112,7 @@ export function planListen(
         steps.push(tagOf(ops[ops.length - 1]!));
         break;
       }
-      case Msg.Close: {
+      case FrontendMsg.Close: {
         const t = targetOf(m.buf, m.start, m.end);
         if (t === null) return null;
         if (t.kind === 0x53 /* S */) {
@@ -123,7 +123,7 @@ export function planListen(
         steps.push(CLOSE_COMPLETE);
         break;
       }
-      case Msg.Flush:
+      case FrontendMsg.Flush:
         break;
       default:
         return null;

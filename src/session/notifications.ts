@@ -7,7 +7,7 @@
 
 import type { Logger } from 'pino';
 import { FrameReader } from '../protocol/framer.js';
-import { Msg, queryMessage, readCstr } from '../protocol/messages.js';
+import { BackendMsg, queryMessage, readCstr } from '../protocol/messages.js';
 import { BackendConnection, type BackendOwner } from '../pool/backend.js';
 
 export interface NotificationSink {
@@ -123,7 +123,7 @@ class Listener implements BackendOwner {
   onBackendData(buf: Buffer, start: number, end: number): void {
     this.reader.push(Buffer.from(buf.subarray(start, end)));
     while (this.reader.next()) {
-      if (this.reader.type !== Msg.NotificationResponse) continue;
+      if (this.reader.type !== BackendMsg.NotificationResponse) continue;
       const m = this.reader.msg;
       const s = this.reader.bodyStart + 4; // after the notifying backend's pid
       const ch = readCstr(m, s, this.reader.end);

@@ -8,7 +8,7 @@
 // the client (see ResponseQueue in src/pool/backend.ts). Unnamed statements and portals
 // are forwarded untouched.
 
-import { Msg } from '../protocol/messages.js';
+import { FrontendMsg } from '../protocol/messages.js';
 
 export interface ClientStatement {
   /** (query text, parameter types): the identity shared between clients. */
@@ -96,7 +96,7 @@ export function parseParse(buf: Buffer, start: number, end: number): ParsedParse
 }
 
 export function buildParse(name: string, query: string, rest: Buffer): Buffer {
-  return typed(Msg.Parse, [name, query, Buffer.from(rest)]);
+  return typed(FrontendMsg.Parse, [name, query, Buffer.from(rest)]);
 }
 
 export function statementKey(query: string, rest: Buffer): string {
@@ -127,5 +127,5 @@ export function targetOf(buf: Buffer, start: number, end: number): { kind: numbe
 }
 
 export function closeStatement(name: string): Buffer {
-  return typed(Msg.Close, ['S' + name]);
+  return typed(FrontendMsg.Close, ['S' + name]);
 }

@@ -14,7 +14,7 @@
 // Nothing that may have written is ever re-run, and once any answer reached the client the
 // request is the client's to retry.
 
-import { Msg, readCstr } from '../protocol/messages.js';
+import { FrontendMsg, readCstr } from '../protocol/messages.js';
 import type { BackendConnection } from '../pool/backend.js';
 import { bindStatement } from './preparedStatements.js';
 import type { HeldMessage } from '../protocol/framer.js';
@@ -172,31 +172,31 @@ export class ReplayGuard {
  */
 function loneRequest(held: readonly HeldMessage[]): boolean {
   const n = held.length;
-  if (n === 1) return held[0]!.type === Msg.Query;
-  if (held[n - 1]!.type !== Msg.Sync) return false;
+  if (n === 1) return held[0]!.type === FrontendMsg.Query;
+  if (held[n - 1]!.type !== FrontendMsg.Sync) return false;
   let parsed: string | null = null;
   let binds = 0;
   let executes = 0;
   for (let i = 0; i < n - 1; i++) {
     const m = held[i]!;
     switch (m.type) {
-      case Msg.Parse: {
+      case FrontendMsg.Parse: {
         if (i !== 0) return false;
         const name = readCstr(m.buf, m.start + 5, m.end);
         if (name === null) return false;
         parsed = name[0];
         break;
       }
-      case Msg.Bind: {
+      case FrontendMsg.Bind: {
         const st = bindStatement(m.buf, m.start, m.end);
         if (++binds > 1 || st === null || (parsed !== null && st.name !== parsed)) return false;
         break;
       }
-      case Msg.Execute:
+      case FrontendMsg.Execute:
         if (++executes > 1) return false;
         break;
-      case Msg.Describe:
-      case Msg.Flush:
+      case FrontendMsg.Describe:
+      case FrontendMsg.Flush:
         break;
       default:
         return false; // a second Sync, a Close, a Query...: not one request
@@ -207,7 +207,7 @@ function loneRequest(held: readonly HeldMessage[]): boolean {
 
 /** The name a leading Parse defines when the client had no statement of that name, else null. */
 function newStatement(first: HeldMessage, statementKnown: (name: string) => boolean): string | null {
-  if (first.type !== Msg.Parse) return null;
+  if (first.type !== FrontendMsg.Parse) return null;
   const name = readCstr(first.buf, first.start + 5, first.end);
   return name !== null && name[0] !== '' && !statementKnown(name[0]) ? name[0] : null;
 }
@@ -231,12 +231,12 @@ function nodeGoingAway(fields: Map<string, string>): boolean {
  */
 function replayable(held: readonly HeldMessage[], statementKnown: (name: string) => boolean): boolean {
   const n = held.length;
-  if (n < 3 || held[0]!.type !== Msg.Bind || held[n - 1]!.type !== Msg.Sync) return false;
+  if (n < 3 || held[0]!.type !== FrontendMsg.Bind || held[n - 1]!.type !== FrontendMsg.Sync) return false;
   let describe = false;
   for (let i = 0; i < n; i++) {
     const t = held[i]!.type;
-    if (t === Msg.Describe) describe = true;
-    else if (t === Msg.Parse || t === Msg.Query || (t === Msg.Sync && i !== n - 1)) return false;
+    if (t === FrontendMsg.Describe) describe = true;
+    else if (t === FrontendMsg.Parse || t === FrontendMsg.Query || (t === FrontendMsg.Sync && i !== n - 1)) return false;
   }
   if (!describe) return false;
   const m = held[0]!;

@@ -12,7 +12,7 @@
 import type { BackendConnection } from '../pool/backend.js';
 import { Expect } from '../pool/backend.js';
 import type { HeldMessage } from '../protocol/framer.js';
-import { errorResponse, Msg, queryMessage, readCstr, readyForQuery } from '../protocol/messages.js';
+import { errorResponse, FrontendMsg, queryMessage, readCstr, readyForQuery } from '../protocol/messages.js';
 import { pgmuxError } from '../protocol/errors.js';
 import type { Classification, FunctionRef, ListenOp, SessionEffects } from '../routing/classifier.js';
 import { bindStatement, buildParse, parseParse, targetOf, type ParsedParse } from './preparedStatements.js';
@@ -121,7 +121,7 @@ export class RequestTracker {
     this.backend = b;
     const tracking = this.tracking;
     switch (type) {
-      case Msg.Query:
+      case FrontendMsg.Query:
         b.pendingRfq++;
         if (tracking) {
           const c = this.queryClass(buf, start, end);
@@ -131,16 +131,16 @@ export class RequestTracker {
           b.expect(Expect.Rfq);
         }
         break;
-      case Msg.FunctionCall:
+      case FrontendMsg.FunctionCall:
         b.pendingRfq++;
         if (tracking) b.expect(Expect.Rfq);
         break;
-      case Msg.Sync:
+      case FrontendMsg.Sync:
         b.pendingRfq++;
         this.extendedOpen = false;
         if (tracking) b.expect(Expect.Rfq);
         break;
-      case Msg.Parse:
+      case FrontendMsg.Parse:
         this.extendedOpen = true;
         if (tracking) {
           if (buf[start + 5] !== 0) {
@@ -161,7 +161,7 @@ export class RequestTracker {
           b.expect(Expect.Parse);
         }
         break;
-      case Msg.Bind:
+      case FrontendMsg.Bind:
         this.extendedOpen = true;
         // Unnamed portal + unnamed statement (the common case) is forwarded as is.
         if (tracking && !(buf[start + 5] === 0 && buf[start + 6] === 0)) {
@@ -178,27 +178,27 @@ export class RequestTracker {
           }
         }
         break;
-      case Msg.Describe:
-      case Msg.Close:
+      case FrontendMsg.Describe:
+      case FrontendMsg.Close:
         this.extendedOpen = true;
         if (tracking) {
           if (buf[start + 5] === 0x53 /* S */ && buf[start + 6] !== 0) {
             const t = targetOf(buf, start, end);
             if (t !== null && this.stmts.has(t.name)) {
               this.flushRun();
-              if (type === Msg.Close) this.stmts.close(b, buf, start, end, t.nameStart, t.nameEnd, t.name);
+              if (type === FrontendMsg.Close) this.stmts.close(b, buf, start, end, t.nameStart, t.nameEnd, t.name);
               else this.stmts.rewrite(b, type, buf, start, end, t.nameStart, t.nameEnd, t.name);
               return;
             }
           }
-          if (type === Msg.Close) b.expect(Expect.Close);
+          if (type === FrontendMsg.Close) b.expect(Expect.Close);
         }
         break;
-      case Msg.Execute:
-      case Msg.Flush:
+      case FrontendMsg.Execute:
+      case FrontendMsg.Flush:
         this.extendedOpen = true;
         break;
-      case Msg.Terminate:
+      case FrontendMsg.Terminate:
         this.flushRun();
         this.host.terminated();
         return;
@@ -277,13 +277,13 @@ export class RequestTracker {
     this.loneRead = false;
     const body = m.start + 5;
     switch (m.type) {
-      case Msg.Query: {
+      case FrontendMsg.Query: {
         const c = this.queryClass(m.buf, m.start, m.end);
         this.rememberFirst(c, m);
         this.loneRead = oneRead(c);
         return c;
       }
-      case Msg.Parse: {
+      case FrontendMsg.Parse: {
         const name = readCstr(m.buf, body, m.end);
         const query = name && readCstr(m.buf, name[1], m.end);
         if (!name || !query) return MALFORMED_PARSE;
@@ -293,7 +293,7 @@ export class RequestTracker {
         this.loneRead = oneRead(c);
         return c;
       }
-      case Msg.Bind: {
+      case FrontendMsg.Bind: {
         const portal = readCstr(m.buf, body, m.end);
         const stmt = portal && readCstr(m.buf, portal[1], m.end);
         const c = stmt ? this.statementClasses.get(stmt[0]) : undefined;
@@ -318,11 +318,11 @@ export class RequestTracker {
    */
   prepareLocally(held: readonly HeldMessage[]): Buffer | null {
     const n = held.length;
-    if (n < 2 || held[n - 1]!.type !== Msg.Sync) return null;
+    if (n < 2 || held[n - 1]!.type !== FrontendMsg.Sync) return null;
     const parsed = [];
     for (let i = 0; i < n - 1; i++) {
       const m = held[i]!;
-      if (m.type !== Msg.Parse || m.buf[m.start + 5] === 0) return null;
+      if (m.type !== FrontendMsg.Parse || m.buf[m.start + 5] === 0) return null;
       const p = parseParse(m.buf, m.start, m.end);
       if (p === null || this.stmts.has(p.name)) return null; // PostgreSQL must answer
       parsed.push(p);
@@ -355,7 +355,7 @@ export class RequestTracker {
    */
   refuseSqlPrepared(held: readonly HeldMessage[]): Buffer | null {
     const m = held[0]!;
-    if (held.length !== 1 || m.type !== Msg.Query) return null;
+    if (held.length !== 1 || m.type !== FrontendMsg.Query) return null;
     const c = this.queryClass(m.buf, m.start, m.end);
     // Kept for forwarding when not refused (classifyFirst reads it next).
     this.rememberFirst(c, m);

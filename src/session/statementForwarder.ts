@@ -9,7 +9,7 @@
 
 import type { BackendConnection } from '../pool/backend.js';
 import { Expect } from '../pool/backend.js';
-import { Msg } from '../protocol/messages.js';
+import { FrontendMsg } from '../protocol/messages.js';
 import type { SessionEffects } from '../routing/classifier.js';
 import {
   buildParse,
@@ -98,7 +98,7 @@ export class StatementForwarder {
       st.proxyName = this.names.nameFor(st.key);
       st.parse = buildParse(st.proxyName, st.query, st.rest);
     }
-    if (type === Msg.Bind) this.boundInBatch.push(st);
+    if (type === FrontendMsg.Bind) this.boundInBatch.push(st);
     if (b.prepared.has(st.proxyName)) {
       b.prepared.delete(st.proxyName); // re-insert: most recently used
       b.prepared.set(st.proxyName, true);
@@ -113,7 +113,7 @@ export class StatementForwarder {
   /** Close of a client's statement: it may be shared, so forget the name, close nothing real. */
   close(b: BackendConnection, buf: Buffer, start: number, end: number, nameStart: number, nameEnd: number, clientName: string): void {
     this.statements.delete(clientName);
-    this.emit(renameIn(Msg.Close, buf, start, end, nameStart, nameEnd, NO_SUCH_STATEMENT));
+    this.emit(renameIn(FrontendMsg.Close, buf, start, end, nameStart, nameEnd, NO_SUCH_STATEMENT));
     b.expect(Expect.Close);
   }
 

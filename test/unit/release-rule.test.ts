@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { BackendConnection } from '../../src/pool/backend.js';
-import { Msg, queryMessage } from '../../src/protocol/messages.js';
+import { FrontendMsg, queryMessage } from '../../src/protocol/messages.js';
 import { Classifier } from '../../src/routing/classifier.js';
 import { RequestTracker, type RequestHost } from '../../src/session/requestTracker.js';
 import { StatementForwarder } from '../../src/session/statementForwarder.js';
@@ -39,19 +39,19 @@ function clientMessage(step: string): Buffer {
     case 'Q':
       return queryMessage(arg);
     case 'P':
-      return msg(Msg.Parse, Buffer.concat([cstr(''), cstr(arg), int16(0)]));
+      return msg(FrontendMsg.Parse, Buffer.concat([cstr(''), cstr(arg), int16(0)]));
     case 'B':
-      return msg(Msg.Bind, Buffer.concat([cstr(''), cstr(''), int16(0), int16(0), int16(0)]));
+      return msg(FrontendMsg.Bind, Buffer.concat([cstr(''), cstr(''), int16(0), int16(0), int16(0)]));
     case 'D':
-      return msg(Msg.Describe, Buffer.concat([Buffer.from('P'), cstr('')]));
+      return msg(FrontendMsg.Describe, Buffer.concat([Buffer.from('P'), cstr('')]));
     case 'E':
-      return msg(Msg.Execute, Buffer.concat([cstr(''), Buffer.alloc(4)]));
+      return msg(FrontendMsg.Execute, Buffer.concat([cstr(''), Buffer.alloc(4)]));
     case 'H':
-      return msg(Msg.Flush);
+      return msg(FrontendMsg.Flush);
     case 'S':
-      return msg(Msg.Sync);
+      return msg(FrontendMsg.Sync);
     case 'F':
-      return msg(Msg.FunctionCall, Buffer.alloc(14));
+      return msg(FrontendMsg.FunctionCall, Buffer.alloc(14));
     case 'd':
       return msg(0x64, Buffer.from('1\n'));
     case 'c':
