@@ -1,8 +1,8 @@
 // TLS on both sides of pgmux.
 //
 // Client side: pgmux answers a client's SSLRequest with 'S' and runs the TLS handshake as
-// the server (upgradeServerSocket), using a SecureContext built from the client_tls_* files
-// (buildServerContext). Contexts are built once per loaded configuration; RELOAD builds a new
+// the server (upgradeClientSocket), using a SecureContext built from the client_tls_* files
+// (buildClientTls). Contexts are built once per loaded configuration; RELOAD builds a new
 // one from the files on disk (reloadTls), so rotating a certificate is: replace the files,
 // RELOAD. Connections already open keep the context they started with.
 //
@@ -71,7 +71,7 @@ function checkCaBundle(key: string, path: string, pem: Buffer): void {
 
 // ---- client side (pgmux is the TLS server) -------------------------------------------
 
-export interface ServerContextSettings {
+export interface ClientTlsSettings {
   certFile: string;
   keyFile: string;
   /** CA for verifying client certificates a client chooses to present; null = none asked for. */
@@ -81,14 +81,14 @@ export interface ServerContextSettings {
   ciphers: string | null;
 }
 
-export interface ServerTls {
+export interface ClientTls {
   context: tls.SecureContext;
   /** Client certificates are asked for (a CA file is set) and verified when presented. */
   requestCert: boolean;
 }
 
 /** Reads the files and builds the context; errors name the config key at fault. */
-export function buildServerContext(s: ServerContextSettings): ServerTls {
+export function buildClientTls(s: ClientTlsSettings): ClientTls {
   const cert = readPem('client_tls_cert_file', s.certFile);
   const key = readPem('client_tls_key_file', s.keyFile);
   const ca = s.caFile === null ? undefined : readPem('client_tls_ca_file', s.caFile);
@@ -118,7 +118,7 @@ export function buildServerContext(s: ServerContextSettings): ServerTls {
  * protocol from here on; handshake failures surface as its 'error' event. A client
  * certificate, when asked for and presented, must verify against the CA file.
  */
-export function upgradeServerSocket(socket: net.Socket, server: ServerTls, opts: { alpn?: boolean } = {}): tls.TLSSocket {
+export function upgradeClientSocket(socket: net.Socket, server: ClientTls, opts: { alpn?: boolean } = {}): tls.TLSSocket {
   const options: tls.TLSSocketOptions = {
     isServer: true,
     secureContext: server.context,
@@ -144,7 +144,7 @@ export function upgradeServerSocket(socket: net.Socket, server: ServerTls, opts:
  * stream over the socket. ALPN "postgresql" is required, as PostgreSQL requires it (it keeps
  * a TLS connection meant for another protocol from being taken for PostgreSQL).
  */
-export function upgradeDirectTls(socket: net.Socket, head: Buffer, server: ServerTls): tls.TLSSocket {
+export function upgradeDirectTls(socket: net.Socket, head: Buffer, server: ClientTls): tls.TLSSocket {
   const stream = new Duplex({
     read() {
       socket.resume();
@@ -168,7 +168,7 @@ export function upgradeDirectTls(socket: net.Socket, head: Buffer, server: Serve
   socket.on('close', () => stream.destroy());
   socket.on('error', (err) => stream.destroy(err));
   stream.push(head);
-  const t = upgradeServerSocket(stream as unknown as net.Socket, server, { alpn: true });
+  const t = upgradeClientSocket(stream as unknown as net.Socket, server, { alpn: true });
   t.once('secure', () => {
     if (t.alpnProtocol !== PG_ALPN) t.destroy(new Error(`direct TLS connection without ALPN "${PG_ALPN}"`));
   });
@@ -331,10 +331,10 @@ export function pgClientSsl(t: BackendTls): false | tls.ConnectionOptions {
 // copies the configuration), and replaced only by a successful reloadTls(). A reload whose
 // files are bad therefore leaves the running contexts in place.
 
-const serverContexts = new Map<string, ServerTls | null>();
+const clientContexts = new Map<string, ClientTls | null>();
 const backendContexts = new Map<string, BackendTls>();
 
-function serverKey(cfg: Config): string {
+function clientContextKey(cfg: Config): string {
   if (cfg.clientTls === 'disable') return 'disable';
   return JSON.stringify([cfg.clientTlsCertFile, cfg.clientTlsKeyFile, cfg.clientTlsCaFile, cfg.clientTlsMinVersion, cfg.clientTlsCiphers]);
 }
@@ -343,11 +343,11 @@ function backendKey(cfg: Config): string {
   return JSON.stringify([cfg.serverTls, cfg.serverTls === 'disable' ? null : cfg.serverTlsCaFile]);
 }
 
-function buildServerTlsFor(cfg: Config): ServerTls | null {
+function buildClientTlsFor(cfg: Config): ClientTls | null {
   if (cfg.clientTls === 'disable') return null;
   if (cfg.clientTlsCertFile === null) throw new TlsConfigError('client_tls_cert_file', `client_tls ${cfg.clientTls} needs a certificate`);
   if (cfg.clientTlsKeyFile === null) throw new TlsConfigError('client_tls_key_file', `client_tls ${cfg.clientTls} needs a private key`);
-  return buildServerContext({
+  return buildClientTls({
     certFile: cfg.clientTlsCertFile,
     keyFile: cfg.clientTlsKeyFile,
     caFile: cfg.clientTlsCaFile,
@@ -357,12 +357,12 @@ function buildServerTlsFor(cfg: Config): ServerTls | null {
 }
 
 /** The client-side context for this configuration (null when client_tls is disable). */
-export function serverTlsFor(cfg: Config): ServerTls | null {
-  const key = serverKey(cfg);
-  let s = serverContexts.get(key);
+export function clientTlsFor(cfg: Config): ClientTls | null {
+  const key = clientContextKey(cfg);
+  let s = clientContexts.get(key);
   if (s === undefined) {
-    s = buildServerTlsFor(cfg);
-    serverContexts.set(key, s);
+    s = buildClientTlsFor(cfg);
+    clientContexts.set(key, s);
   }
   return s;
 }
@@ -384,8 +384,8 @@ export function backendTlsFor(cfg: Config): BackendTls {
  * Throws TlsConfigError naming the key at fault.
  */
 export function reloadTls(cfg: Config): void {
-  const server = buildServerTlsFor(cfg);
+  const client = buildClientTlsFor(cfg);
   const backend = buildBackendTls(cfg.serverTls, cfg.serverTlsCaFile);
-  serverContexts.set(serverKey(cfg), server);
+  clientContexts.set(clientContextKey(cfg), client);
   backendContexts.set(backendKey(cfg), backend);
 }

@@ -24,7 +24,7 @@ import { PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 import type { BackendConnection, NodeAddress } from '../pool/backend.js';
 import type { Pool, PoolWaiter } from '../pool/pool.js';
 import type { ProxyContext } from '../server/context.js';
-import { serverTlsFor, upgradeDirectTls, upgradeServerSocket } from '../server/tls.js';
+import { clientTlsFor, upgradeDirectTls, upgradeClientSocket } from '../server/tls.js';
 import { hbaRefusal, hbaRulesFor, matchHba } from '../server/hba.js';
 import { tlsServerEndPoint } from '../auth/scram.js';
 import { ClientAuthenticator, type AuthStep } from './clientAuth.js';
@@ -296,7 +296,7 @@ export class ClientHandshake {
     }
     let server;
     try {
-      server = serverTlsFor(cfg);
+      server = clientTlsFor(cfg);
     } catch (err) {
       this.ctx.logger.error({ err: (err as Error).message }, 'TLS is configured but unusable');
       server = null;
@@ -306,7 +306,7 @@ export class ClientHandshake {
       return;
     }
     host.write('S');
-    host.swapSocket((plain) => (this.tlsSocket = upgradeServerSocket(plain, server, { alpn: true })));
+    host.swapSocket((plain) => (this.tlsSocket = upgradeClientSocket(plain, server, { alpn: true })));
   }
 
   /** Direct TLS (PostgreSQL 17 clients with sslnegotiation=direct): TLS from the first byte. */
@@ -314,7 +314,7 @@ export class ClientHandshake {
     const cfg = this.ctx.config();
     let server = null;
     try {
-      server = serverTlsFor(cfg);
+      server = clientTlsFor(cfg);
     } catch (err) {
       this.ctx.logger.error({ err: (err as Error).message }, 'TLS is configured but unusable');
     }

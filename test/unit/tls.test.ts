@@ -3,15 +3,15 @@ import tls from 'node:tls';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildBackendTls, buildServerContext, connectTls, pgClientSsl, upgradeServerSocket, type ServerTls, type ServerTlsMode } from '../../src/server/tls.js';
+import { buildBackendTls, buildClientTls, connectTls, pgClientSsl, upgradeClientSocket, type ClientTls, type ServerTlsMode } from '../../src/server/tls.js';
 import { makeTestPki, type TestPki } from '../support/certs.js';
 
 let pki: TestPki;
-let serverTls: ServerTls;
+let clientTls: ClientTls;
 
 beforeAll(() => {
   pki = makeTestPki();
-  serverTls = buildServerContext({ certFile: pki.server.cert, keyFile: pki.server.key, caFile: null, minVersion: 'TLSv1.2', ciphers: null });
+  clientTls = buildClientTls({ certFile: pki.server.cert, keyFile: pki.server.key, caFile: null, minVersion: 'TLSv1.2', ciphers: null });
 });
 afterAll(() => pki?.cleanup());
 
@@ -21,7 +21,7 @@ type Answer = 'S' | 'N' | 'S+junk' | 'silent' | 'E';
  * A fake PostgreSQL server for the negotiation: reads the 8-byte SSLRequest, answers, and
  * after 'S' runs the TLS server side and echoes what it gets. Resolves its port.
  */
-async function fakeServer(answer: Answer, tlsState: ServerTls = serverTls): Promise<{ port: number; seen: Buffer[]; close: () => void }> {
+async function fakeServer(answer: Answer, tlsState: ClientTls = clientTls): Promise<{ port: number; seen: Buffer[]; close: () => void }> {
   const seen: Buffer[] = [];
   const sockets = new Set<net.Socket>();
   const srv = net.createServer((s) => {
@@ -44,7 +44,7 @@ async function fakeServer(answer: Answer, tlsState: ServerTls = serverTls): Prom
         return;
       }
       s.write('S');
-      const t = upgradeServerSocket(s, tlsState, { alpn: true });
+      const t = upgradeClientSocket(s, tlsState, { alpn: true });
       t.on('error', () => {});
       t.on('data', (d: Buffer) => t.write(d));
     });
@@ -68,7 +68,7 @@ async function echo(sock: net.Socket, text: string): Promise<string> {
   });
 }
 
-async function negotiate(answer: Answer, mode: ServerTlsMode, opts: { host?: string; ca?: string | null; timeoutMs?: number; tlsState?: ServerTls } = {}) {
+async function negotiate(answer: Answer, mode: ServerTlsMode, opts: { host?: string; ca?: string | null; timeoutMs?: number; tlsState?: ClientTls } = {}) {
   const srv = await fakeServer(answer, opts.tlsState);
   const socket = net.connect({ host: '127.0.0.1', port: srv.port });
   try {
@@ -135,7 +135,7 @@ describe('connectTls (backend side)', () => {
     expect(() => buildBackendTls('verify-ca', junk)).toThrow(/^server_tls_ca_file: ".*junk\.crt" is not a PEM certificate file: certificate 1/);
     writeFileSync(junk, 'hello\n');
     expect(() => buildBackendTls('verify-ca', junk)).toThrow(/^server_tls_ca_file: ".*junk\.crt" holds no PEM certificate$/);
-    expect(() => buildServerContext({ certFile: pki.server.cert, keyFile: pki.server.key, caFile: junk, minVersion: 'TLSv1.2', ciphers: null })).toThrow(/^client_tls_ca_file: .* holds no PEM certificate/);
+    expect(() => buildClientTls({ certFile: pki.server.cert, keyFile: pki.server.key, caFile: junk, minVersion: 'TLSv1.2', ciphers: null })).toThrow(/^client_tls_ca_file: .* holds no PEM certificate/);
   });
 });
 
@@ -152,21 +152,21 @@ describe('pgClientSsl (health checks through node-postgres)', () => {
   });
 });
 
-describe('buildServerContext (client side)', () => {
+describe('buildClientTls (client side)', () => {
   const base = () => ({ certFile: pki.server.cert, keyFile: pki.server.key, caFile: null, minVersion: 'TLSv1.2' as const, ciphers: null });
 
   it('names the key at fault', () => {
-    expect(() => buildServerContext({ ...base(), certFile: join(pki.dir, 'missing.crt') })).toThrow(/^client_tls_cert_file: cannot read .*missing\.crt": no such file/);
-    expect(() => buildServerContext({ ...base(), keyFile: pki.dir })).toThrow(/^client_tls_key_file: cannot read .*: is a directory/);
-    expect(() => buildServerContext({ ...base(), caFile: join(pki.dir, 'x') })).toThrow(/^client_tls_ca_file: cannot read/);
-    expect(() => buildServerContext({ ...base(), certFile: pki.server.key })).toThrow(/^client_tls_cert_file: .* is not a PEM certificate/);
+    expect(() => buildClientTls({ ...base(), certFile: join(pki.dir, 'missing.crt') })).toThrow(/^client_tls_cert_file: cannot read .*missing\.crt": no such file/);
+    expect(() => buildClientTls({ ...base(), keyFile: pki.dir })).toThrow(/^client_tls_key_file: cannot read .*: is a directory/);
+    expect(() => buildClientTls({ ...base(), caFile: join(pki.dir, 'x') })).toThrow(/^client_tls_ca_file: cannot read/);
+    expect(() => buildClientTls({ ...base(), certFile: pki.server.key })).toThrow(/^client_tls_cert_file: .* is not a PEM certificate/);
     const other = pki.issue('other-key');
-    expect(() => buildServerContext({ ...base(), keyFile: other.key })).toThrow(/^client_tls_key_file: .* is not a usable private key for .*server\.crt.*mismatch/i);
-    expect(() => buildServerContext({ ...base(), ciphers: 'NO-SUCH-CIPHER' })).toThrow(/^client_tls_ciphers: "NO-SUCH-CIPHER" is not usable/);
+    expect(() => buildClientTls({ ...base(), keyFile: other.key })).toThrow(/^client_tls_key_file: .* is not a usable private key for .*server\.crt.*mismatch/i);
+    expect(() => buildClientTls({ ...base(), ciphers: 'NO-SUCH-CIPHER' })).toThrow(/^client_tls_ciphers: "NO-SUCH-CIPHER" is not usable/);
   });
 
   it('min version TLSv1.3 refuses a TLSv1.2-only client', async () => {
-    const strict = buildServerContext({ ...base(), minVersion: 'TLSv1.3' });
+    const strict = buildClientTls({ ...base(), minVersion: 'TLSv1.3' });
     const srv = await fakeServer('S', strict);
     try {
       const socket = net.connect({ host: '127.0.0.1', port: srv.port });
@@ -182,7 +182,7 @@ describe('buildServerContext (client side)', () => {
   });
 
   it('with a CA file: no client certificate is fine, one from another CA is refused', async () => {
-    const withCa = buildServerContext({ ...base(), caFile: pki.ca.cert });
+    const withCa = buildClientTls({ ...base(), caFile: pki.ca.cert });
     expect(withCa.requestCert).toBe(true);
     const srv = await fakeServer('S', withCa);
     try {
