@@ -149,7 +149,7 @@ async function readVolatileFunctions(o: { dsn?: string; database?: string; confi
     targets.push({ label: `${url.hostname}:${url.port || 5432}`, conn: { connectionString: url.toString() } });
   } else {
     const cfg = o.config!;
-    const { backendTlsFor, pgClientSsl } = await import('./server/tls.js');
+    const { backendTlsFor, pgClientSsl } = await import('./net/tls.js');
     const { healthCheckLogin } = await import('./cluster/healthCheckLogin.js');
     const { loadAuthFile } = await import('./auth/authFile.js');
     // The health checks' login, chosen as the monitor chooses it (an md5 secret from the

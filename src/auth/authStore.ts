@@ -6,7 +6,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import type { BackendCredentials, NodeAddress } from '../pool/backend.js';
-import { backendTlsFor, pgClientSsl } from '../server/tls.js';
+import { backendTlsFor, pgClientSsl } from '../net/tls.js';
 import { loadAuthFile, secretKind, type AuthEntry } from './authFile.js';
 
 /** How long an auth_query result is reused. */

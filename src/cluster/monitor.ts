@@ -10,7 +10,7 @@
 //
 // The probe query: probe.ts; the optional onRoleChange hook: roleChangeHook.ts.
 
-import { backendTlsFor } from '../server/tls.js';
+import { backendTlsFor } from '../net/tls.js';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import type { AuthEntry } from '../auth/authFile.js';

@@ -9,7 +9,7 @@ import { accessSync, constants as fsConstants, readFileSync, statSync } from 'no
 import { dirname, resolve as resolvePath } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { Config } from './types.js';
-import { reloadTls, TlsConfigError } from '../server/tls.js';
+import { reloadTls, TlsConfigError } from '../net/tls.js';
 import { HbaError, reloadHba } from '../server/hba.js';
 import { DEFAULTS, SETTINGS, envName, flagProp, type Setting } from './schema.js';
 import { Invalid, formatHostPort, show, type Raw } from './values.js';

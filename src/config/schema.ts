@@ -13,7 +13,7 @@
 // wrap each of them in a custom refinement without removing a line.
 
 import type { AuthMethod, Config, LogLevel, PoolMode, ReadYourWrites } from './types.js';
-import { CLIENT_TLS_MODES, SERVER_TLS_MODES } from '../server/tls.js';
+import { CLIENT_TLS_MODES, SERVER_TLS_MODES } from '../net/tls.js';
 import {
   MiB, type Raw, asString, formatDuration, formatHostPort, formatSize, parseBoolean, parseDuration, parseDurationAtLeast, parseEnum,
   parseFraction, parseFunctionList, parseHostPort, parseHttp, parseInteger, parseName, parseNameList, parseNodes, parseOptionalLimit,

@@ -19,7 +19,7 @@ import {
 import { BackendError, PgmuxError, pgmuxError } from '../protocol/errors.js';
 import { md5Response } from '../auth/md5.js';
 import { ScramClientSession } from '../auth/scram.js';
-import { connectTls, type BackendTls } from '../server/tls.js';
+import { connectTls, type BackendTls } from '../net/tls.js';
 
 export interface NodeAddress {
   host: string;

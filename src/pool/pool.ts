@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import { BackendConnection, BackendState, type BackendCloseReason, type BackendCredentials, type NodeAddress } from './backend.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
-import { backendTlsFor } from '../server/tls.js';
+import { backendTlsFor } from '../net/tls.js';
 import { connectFailureCode, connectFailureText, connectRetryDelayMs, isPermanentLoginFailure } from './connectRetry.js';
 
 export interface PoolWaiter {

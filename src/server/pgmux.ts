@@ -16,7 +16,7 @@ import { isHealthy, lagPolicyOf, type TopologySnapshot } from '../cluster/topolo
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import type { ProxyContext } from './context.js';
 import { ConnectionLimits } from './limits.js';
-import { reloadTls } from './tls.js';
+import { reloadTls } from '../net/tls.js';
 import { ClientRegistry } from './clientRegistry.js';
 import { TopologyView } from './topologyView.js';
 import { reloadHba } from './hba.js';

@@ -24,7 +24,7 @@ import { PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 import type { BackendConnection, NodeAddress } from '../pool/backend.js';
 import type { Pool, PoolWaiter } from '../pool/pool.js';
 import type { ProxyContext } from '../server/context.js';
-import { clientTlsFor, upgradeDirectTls, upgradeClientSocket } from '../server/tls.js';
+import { clientTlsFor, upgradeDirectTls, upgradeClientSocket } from '../net/tls.js';
 import { hbaRefusal, hbaRulesFor, matchHba } from '../server/hba.js';
 import { tlsServerEndPoint } from '../auth/scram.js';
 import { ClientAuthenticator, type AuthStep } from './clientAuth.js';

@@ -3,7 +3,7 @@ import tls from 'node:tls';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildBackendTls, buildClientTls, connectTls, pgClientSsl, upgradeClientSocket, type ClientTls, type ServerTlsMode } from '../../src/server/tls.js';
+import { buildBackendTls, buildClientTls, connectTls, pgClientSsl, upgradeClientSocket, type ClientTls, type ServerTlsMode } from '../../src/net/tls.js';
 import { makeTestPki, type TestPki } from '../support/certs.js';
 
 let pki: TestPki;
