@@ -10,7 +10,7 @@ import { dirname, resolve as resolvePath } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { Config } from './types.js';
 import { reloadTls, TlsConfigError } from '../net/tls.js';
-import { HbaError, reloadHba } from '../server/hba.js';
+import { HbaError, reloadHba } from '../auth/hba.js';
 import { DEFAULTS, SETTINGS, envName, flagProp, type Setting } from './schema.js';
 import { Invalid, formatHostPort, show, type Raw } from './values.js';
 

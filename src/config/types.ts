@@ -141,7 +141,7 @@ export interface Config {
   /** How often each database's list of volatile functions is reloaded; 0 = only after DDL. */
   functionCatalogRefreshMs: number;
 
-  // TLS and access (src/net/tls.ts, src/server/hba.ts, src/server/limits.ts).
+  // TLS and access (src/net/tls.ts, src/auth/hba.ts, src/server/limits.ts).
   clientTls: ClientTlsMode;
   clientTlsCertFile: string | null;
   clientTlsKeyFile: string | null;

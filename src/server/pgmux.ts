@@ -19,7 +19,7 @@ import { ConnectionLimits } from './limits.js';
 import { reloadTls } from '../net/tls.js';
 import { ClientRegistry } from './clientRegistry.js';
 import { TopologyView } from './topologyView.js';
-import { reloadHba } from './hba.js';
+import { reloadHba } from '../auth/hba.js';
 import { StatementNames } from '../session/preparedStatements.js';
 import { NotificationHub } from '../session/notifications.js';
 import { AdminConsole } from '../admin/console.js';

@@ -25,7 +25,7 @@ import type { BackendConnection, NodeAddress } from '../pool/backend.js';
 import type { Pool, PoolWaiter } from '../pool/pool.js';
 import type { ProxyContext } from '../server/context.js';
 import { clientTlsFor, upgradeDirectTls, upgradeClientSocket } from '../net/tls.js';
-import { hbaRefusal, hbaRulesFor, matchHba } from '../server/hba.js';
+import { hbaRefusal, hbaRulesFor, matchHba } from '../auth/hba.js';
 import { tlsServerEndPoint } from '../auth/scram.js';
 import { ClientAuthenticator, type AuthStep } from './clientAuth.js';
 import { isSettableReported, parseStartup, StartupParamError } from './startupParams.js';

@@ -36,7 +36,7 @@ import type { ProxyContext } from '../../src/server/context.js';
 import type { Config } from '../../src/config/types.js';
 import { DEFAULTS } from '../../src/config/load.js';
 import { ConnectionLimits } from '../../src/server/limits.js';
-import { hbaRulesFor, matchHba } from '../../src/server/hba.js';
+import { hbaRulesFor, matchHba } from '../../src/auth/hba.js';
 import { StatementNames } from '../../src/session/preparedStatements.js';
 import type { AuthEntry } from '../../src/auth/authFile.js';
 import { md5Response, md5Secret } from '../../src/auth/md5.js';

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { HbaError, hbaRefusal, loadHbaFile, matchHba, parseHba, type HbaQuery, type HbaRule } from '../../src/server/hba.js';
+import { HbaError, hbaRefusal, loadHbaFile, matchHba, parseHba, type HbaQuery, type HbaRule } from '../../src/auth/hba.js';
 
 const q = (o: Partial<HbaQuery> = {}): HbaQuery => ({ ssl: false, database: 'app', user: 'alice', address: '127.0.0.1', ...o });
 
