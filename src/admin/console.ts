@@ -12,7 +12,7 @@ import { pgmuxError } from '../protocol/errors.js';
 import { errorResponse, noticeResponse } from '../protocol/messages.js';
 import { commandComplete, resultSet, type Cell } from '../protocol/resultSet.js';
 import type { ProxyView } from './view.js';
-import { currentRole } from '../cluster/topology.js';
+import { currentRole } from '../cluster/snapshot.js';
 
 export type AdminRole = 'admin' | 'stats';
 

@@ -12,7 +12,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { HostPort } from '../config/types.js';
-import { currentRole } from '../cluster/topology.js';
+import { currentRole } from '../cluster/snapshot.js';
 import type { Logger } from '../observability/logger.js';
 import type { PgmuxMetrics } from '../observability/metrics.js';
 import type { ProxyView } from './view.js';

@@ -3,7 +3,7 @@
 // directly.
 
 import type { Config } from '../config/types.js';
-import type { TopologySnapshot } from '../cluster/topology.js';
+import type { TopologySnapshot } from '../cluster/snapshot.js';
 import type { PoolStats } from '../pool/pool.js';
 
 export interface ClientView {

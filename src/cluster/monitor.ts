@@ -20,19 +20,8 @@ import { healthCheckLogin, sameLogin, type HealthCheckLogin } from './healthChec
 import { parseProbeRow, probeErrorText, queryProbe } from './probe.js';
 import { lagLimitsFor, lagPolicyOf, type LagPolicy } from './replicaHealth.js';
 import { RoleChangeHooks, type HookRun } from './roleChangeHook.js';
-import {
-  deriveTopology,
-  emptyTopology,
-  formatLsn,
-  nodeName,
-  type NodeRole,
-  type NodeSnapshot,
-  type NodeState,
-  type ProbeResult,
-  type TopologySnapshot,
-} from './topology.js';
-
-export type { ProbeResult } from './topology.js';
+import { deriveTopology, emptyTopology } from './topology.js';
+import { formatLsn, nodeName, type NodeRole, type NodeSnapshot, type NodeState, type ProbeResult, type TopologySnapshot } from './snapshot.js';
 
 /** Longest gap between two checks of a down node, in periods. */
 const MAX_BACKOFF_PERIODS = 5;

@@ -3,7 +3,7 @@
 
 import type { BackendConnection } from '../pool/backend.js';
 import { BackendError, PgmuxError } from '../protocol/errors.js';
-import { parseLsn, type ProbeResult } from './topology.js';
+import { parseLsn, type ProbeResult } from './snapshot.js';
 
 /**
  * One query that works on a primary and a replica alike. pg_is_in_recovery() is read once

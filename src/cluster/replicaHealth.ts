@@ -28,7 +28,7 @@ import {
   type TimelineFork,
   type TopologySnapshot,
   type WalMark,
-} from './topology.js';
+} from './snapshot.js';
 
 /** The lag limits of one replica (null = no limit). */
 export interface LagLimits {

@@ -7,7 +7,7 @@
 
 import { resolve as resolvePath } from 'node:path';
 import type { HostPort, NodeConfig, TlsMinVersion } from './types.js';
-import { parseFunctionEntry } from '../routing/classifier.js';
+import { parseFunctionEntry } from '../routing/functionLists.js';
 import { quoteName } from '../routing/functionCatalog.js';
 
 export const MiB = 1024 * 1024;

@@ -10,7 +10,7 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Metric } from 'prom-client';
 import type { ProxyView } from '../admin/view.js';
-import { isHealthy, type NodeState } from '../cluster/topology.js';
+import { isHealthy, type NodeState } from '../cluster/snapshot.js';
 
 export interface PgmuxMetrics {
   registry: Registry;

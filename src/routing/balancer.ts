@@ -4,7 +4,7 @@
 // src/cluster/topology.ts); only a statement's own staleness budget is checked here.
 // Pure decisions over a topology snapshot; never touches a socket.
 
-import type { NodeSnapshot, TopologySnapshot } from '../cluster/topology.js';
+import type { NodeSnapshot, TopologySnapshot } from '../cluster/snapshot.js';
 
 export interface ReadPolicy {
   fallbackToPrimary: boolean;

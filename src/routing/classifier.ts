@@ -38,10 +38,6 @@ import { parseHints } from './hints.js';
 import { EffectsBuilder, type SessionEffects } from './sessionEffects.js';
 import { Analysis } from './statementAnalysis.js';
 
-export type { ListenOp, SessionEffects } from './sessionEffects.js';
-// Settings parsing (config/) and session code name these through the classifier.
-export { parseFunctionEntry, type FunctionRef } from './functionLists.js';
-
 export type Target = 'primary' | 'replica';
 
 export interface Classification {

@@ -4,11 +4,11 @@
 // touches a socket or reads a clock. The read balancer's round-robin position is the only
 // state, passed in.
 
-import { isHealthy, type NodeSnapshot, type TopologySnapshot } from '../cluster/topology.js';
+import { isHealthy, type NodeSnapshot, type TopologySnapshot } from '../cluster/snapshot.js';
 import type { Config } from '../config/types.js';
 import type { ErrorKind } from '../protocol/errors.js';
 import type { ReadBalancer, ReadChoice } from './balancer.js';
-import type { FunctionRef } from './classifier.js';
+import type { FunctionRef } from './functionLists.js';
 
 /** What routing needs of a transaction's first message (requestTracker.classifyFirst). */
 export interface RouteClass {

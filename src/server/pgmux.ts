@@ -12,7 +12,8 @@ import type { Pool } from '../pool/pool.js';
 import { PoolRegistry } from '../pool/poolRegistry.js';
 import { ClientSession } from '../session/clientSession.js';
 import { ClusterMonitor, type PrimaryChangeEvent } from '../cluster/monitor.js';
-import { isHealthy, lagPolicyOf, type TopologySnapshot } from '../cluster/topology.js';
+import { lagPolicyOf } from '../cluster/replicaHealth.js';
+import { isHealthy, type TopologySnapshot } from '../cluster/snapshot.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import type { ProxyContext } from './context.js';
 import { ConnectionLimits } from './limits.js';
@@ -29,7 +30,8 @@ import { createMetrics } from '../observability/metrics.js';
 
 /** Upper bounds (ms) of the pool wait-time histogram buckets. */
 const WAIT_BUCKETS_MS = [0.1, 1, 5, 10, 50, 100, 500, 1000, 5000, 30000];
-import { Classifier, type Classification, type FunctionRef } from '../routing/classifier.js';
+import { Classifier, type Classification } from '../routing/classifier.js';
+import type { FunctionRef } from '../routing/functionLists.js';
 import { FunctionCatalogs, VOLATILE_FUNCTIONS_SQL, type CatalogOptions } from '../routing/functionCatalog.js';
 import { chooseRead } from '../routing/policy.js';
 

@@ -5,7 +5,7 @@
 
 import type { Config } from '../config/types.js';
 import type { ClusterMonitor } from '../cluster/monitor.js';
-import type { NodeSnapshot, TopologySnapshot } from '../cluster/topology.js';
+import type { NodeSnapshot, TopologySnapshot } from '../cluster/snapshot.js';
 import type { NodeAddress } from '../pool/backend.js';
 import { ReadBalancer, type ReadPolicy } from '../routing/balancer.js';
 import { loginNodeOf } from '../routing/policy.js';

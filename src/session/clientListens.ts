@@ -4,7 +4,8 @@
 
 import { errorResponse } from '../protocol/messages.js';
 import { asError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
-import type { Classification, ListenOp } from '../routing/classifier.js';
+import type { Classification } from '../routing/classifier.js';
+import type { ListenOp } from '../routing/sessionEffects.js';
 import type { NotificationHub, NotificationSink } from './notifications.js';
 import type { HeldMessages } from './heldMessages.js';
 import { planListen, runListenPlan } from './listenRequests.js';

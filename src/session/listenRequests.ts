@@ -13,7 +13,8 @@
 
 import { FrontendMsg, readCstr } from '../protocol/messages.js';
 import type { HeldMessage } from '../protocol/framer.js';
-import type { Classification, ListenOp } from '../routing/classifier.js';
+import type { Classification } from '../routing/classifier.js';
+import type { ListenOp } from '../routing/sessionEffects.js';
 import { commandComplete } from '../protocol/resultSet.js';
 import { bindStatement, parseParse, targetOf, type ParsedParse } from './preparedStatements.js';
 

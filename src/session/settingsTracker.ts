@@ -12,7 +12,7 @@
 
 import { sqlLiteral } from '../protocol/messages.js';
 import type { BackendConnection } from '../pool/backend.js';
-import type { SessionEffects } from '../routing/classifier.js';
+import type { SessionEffects } from '../routing/sessionEffects.js';
 import { reportedName } from './startupParams.js';
 
 export class SettingsTracker {

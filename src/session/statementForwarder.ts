@@ -10,7 +10,7 @@
 import type { BackendConnection } from '../pool/backend.js';
 import { Expect } from '../pool/backend.js';
 import { FrontendMsg } from '../protocol/messages.js';
-import type { SessionEffects } from '../routing/classifier.js';
+import type { SessionEffects } from '../routing/sessionEffects.js';
 import {
   buildParse,
   closeStatement,

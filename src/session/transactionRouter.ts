@@ -10,7 +10,7 @@
 import type { BackendConnection, NodeAddress } from '../pool/backend.js';
 import type { Pool } from '../pool/pool.js';
 import { BackendError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
-import { parseLsn } from '../cluster/topology.js';
+import { parseLsn } from '../cluster/snapshot.js';
 import { afterAcquireFailure, decideRoute, mayRetry, type RouteClass, type RouteClient } from '../routing/policy.js';
 import type { ProxyContext } from '../server/context.js';
 import type { ClientSession } from './clientSession.js';

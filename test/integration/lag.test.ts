@@ -6,7 +6,7 @@
 // Destructive (replay pause, immediate stop), so the shared cluster is left alone.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import type { TopologySnapshot } from '../../src/cluster/topology.js';
+import type { TopologySnapshot } from '../../src/cluster/snapshot.js';
 import { LocalCluster } from '../../src/embedded/localCluster.js';
 import { pgClient } from '../support/cluster.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';

@@ -8,7 +8,7 @@ import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import pino from 'pino';
 import { ClusterMonitor } from '../../src/cluster/monitor.js';
-import type { NodeSnapshot, TopologySnapshot } from '../../src/cluster/topology.js';
+import type { NodeSnapshot, TopologySnapshot } from '../../src/cluster/snapshot.js';
 import { DEFAULTS } from '../../src/config/load.js';
 import type { Config, NodeConfig } from '../../src/config/types.js';
 import { LocalCluster, freePort } from '../../src/embedded/localCluster.js';

@@ -17,7 +17,7 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Config } from '../../src/config/types.js';
-import type { TopologySnapshot } from '../../src/cluster/topology.js';
+import type { TopologySnapshot } from '../../src/cluster/snapshot.js';
 import { LocalCluster } from '../../src/embedded/localCluster.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';

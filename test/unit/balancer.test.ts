@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { deriveTopology, lagPolicyOf, parseLsn, type NodeSnapshot, type NodeState, type TopologySnapshot } from '../../src/cluster/topology.js';
+import { deriveTopology } from '../../src/cluster/topology.js';
+import { lagPolicyOf } from '../../src/cluster/replicaHealth.js';
+import { parseLsn, type NodeSnapshot, type NodeState, type TopologySnapshot } from '../../src/cluster/snapshot.js';
 import { ReadBalancer } from '../../src/routing/balancer.js';
 import type { NodeConfig } from '../../src/config/types.js';
 

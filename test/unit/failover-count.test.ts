@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { describe, expect, it } from 'vitest';
-import type { NodeSnapshot } from '../../src/cluster/topology.js';
+import type { NodeSnapshot } from '../../src/cluster/snapshot.js';
 import { DEFAULTS } from '../../src/config/load.js';
 import type { Config } from '../../src/config/types.js';
 import { PgmuxServer } from '../../src/server/pgmux.js';

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { Classifier, classifySql, type FunctionRef } from '../../src/routing/classifier.js';
+import { Classifier, classifySql } from '../../src/routing/classifier.js';
+import type { FunctionRef } from '../../src/routing/functionLists.js';
 import {
   FunctionCatalogs,
   readOnlyOverrides,

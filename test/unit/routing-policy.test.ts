@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseLsn, type NodeSnapshot, type TopologySnapshot } from '../../src/cluster/topology.js';
+import { parseLsn, type NodeSnapshot, type TopologySnapshot } from '../../src/cluster/snapshot.js';
 import { ReadBalancer } from '../../src/routing/balancer.js';
 import {
   afterAcquireFailure,

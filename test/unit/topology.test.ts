@@ -1,16 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import {
-  currentRole,
-  deriveTopology,
-  emptyTopology,
-  formatLsn,
-  lagPolicyOf,
-  parseLsn,
-  type DeriveOptions,
-  type LagPolicy,
-  type ProbeResult,
-  type TopologySnapshot,
-} from '../../src/cluster/topology.js';
+import { deriveTopology, emptyTopology, type DeriveOptions } from '../../src/cluster/topology.js';
+import { lagPolicyOf, type LagPolicy } from '../../src/cluster/replicaHealth.js';
+import { currentRole, formatLsn, parseLsn, type ProbeResult, type TopologySnapshot } from '../../src/cluster/snapshot.js';
 import type { NodeConfig } from '../../src/config/types.js';
 
 const NODES: NodeConfig[] = [
