@@ -1,5 +1,5 @@
 // The admin console: PgBouncer-like commands on the virtual database "pgmux", answered with
-// psql-friendly result sets built from the ProxyView.
+// psql-friendly result sets built from the ServerView.
 //
 // Commands are case-insensitive, words separated by any whitespace, with an optional
 // trailing ";". Stats users (stats_users) may run the SHOW commands; admin users
@@ -11,7 +11,7 @@ import type { Config } from '../config/types.js';
 import { pgmuxError } from '../protocol/errors.js';
 import { errorResponse, noticeResponse } from '../protocol/messages.js';
 import { commandComplete, resultSet, type Cell } from '../protocol/resultSet.js';
-import type { ProxyView } from './view.js';
+import type { ServerView } from './view.js';
 import { currentRole } from '../cluster/snapshot.js';
 
 export type AdminRole = 'admin' | 'stats';
@@ -75,10 +75,10 @@ export function configRows(c: Config): Array<[string, string | null]> {
 }
 
 export class AdminConsole {
-  /** Nodes this console disabled, for views that cannot say (Proxy has isDisabled). */
+  /** Nodes this console disabled, for views that cannot say (PgmuxServer has isDisabled). */
   private readonly disabledHere = new Set<string>();
 
-  constructor(private view: ProxyView) {}
+  constructor(private view: ServerView) {}
 
   /** Response bytes for one Query (without ReadyForQuery). */
   async run(sql: string, role: AdminRole): Promise<Buffer> {
@@ -184,7 +184,7 @@ export class AdminConsole {
   }
 
   private isDisabled(name: string): boolean {
-    const v = this.view as ProxyView & { isDisabled?: (name: string) => boolean };
+    const v = this.view as ServerView & { isDisabled?: (name: string) => boolean };
     return typeof v.isDisabled === 'function' ? v.isDisabled(name) : this.disabledHere.has(name);
   }
 

@@ -15,7 +15,7 @@ import type { HostPort } from '../config/types.js';
 import { currentRole } from '../cluster/snapshot.js';
 import type { Logger } from '../observability/logger.js';
 import type { PgmuxMetrics } from '../observability/metrics.js';
-import type { ProxyView } from './view.js';
+import type { ServerView } from './view.js';
 
 export interface RunningHttp {
   port: number;
@@ -27,7 +27,7 @@ function iso(ms: number): string | null {
 }
 
 /** Why pgmux is not ready, or null when it is. */
-export function notReadyReason(view: ProxyView): string | null {
+export function notReadyReason(view: ServerView): string | null {
   if (view.isReady()) return null;
   if (view.shuttingDown) return 'shutting down';
   if (view.isPaused()) return 'paused';
@@ -35,9 +35,9 @@ export function notReadyReason(view: ProxyView): string | null {
   return 'not listening';
 }
 
-export function statusObject(view: ProxyView): Record<string, unknown> {
+export function statusObject(view: ServerView): Record<string, unknown> {
   const topo = view.topology();
-  const v = view as ProxyView & { isDisabled?: (name: string) => boolean };
+  const v = view as ServerView & { isDisabled?: (name: string) => boolean };
   const clients: Record<string, number> = {};
   const all = view.clients();
   for (const c of all) clients[c.state] = (clients[c.state] ?? 0) + 1;
@@ -83,7 +83,7 @@ export function statusObject(view: ProxyView): Record<string, unknown> {
   };
 }
 
-/** What the probe endpoints answer: one process (a Proxy) or a worker supervisor. */
+/** What the probe endpoints answer: one process (a PgmuxServer) or a worker supervisor. */
 export interface ProbeSource {
   metrics(): Promise<{ contentType: string; body: string }>;
   /** null when ready, else why not (503 body). */
@@ -161,7 +161,7 @@ export async function startProbeServer(hostPort: HostPort, source: ProbeSource, 
   };
 }
 
-export function startHttp(view: ProxyView, metrics: PgmuxMetrics, hostPort: HostPort, logger: Logger): Promise<RunningHttp> {
+export function startHttp(view: ServerView, metrics: PgmuxMetrics, hostPort: HostPort, logger: Logger): Promise<RunningHttp> {
   return startProbeServer(
     hostPort,
     {

@@ -1,5 +1,5 @@
 // What the admin console, the HTTP endpoints and the metrics may see and do. They get this
-// one read-mostly view of the running proxy and never touch sockets, pools or the monitor
+// one read-mostly view of the running server and never touch sockets, pools or the monitor
 // directly.
 
 import type { Config } from '../config/types.js';
@@ -50,7 +50,7 @@ export interface PoolView {
 }
 
 /** Plain counters, bumped on the hot path, read by /metrics and SHOW STATS. */
-export interface ProxyCounters {
+export interface ServerCounters {
   bytesIn: number;
   bytesOut: number;
   clientLogins: number;
@@ -70,7 +70,7 @@ export interface ProxyCounters {
   backendConnectFailures: number;
 }
 
-export interface ProxyView {
+export interface ServerView {
   readonly version: string;
   readonly startedAt: number;
   config(): Config;
@@ -80,7 +80,7 @@ export interface ProxyView {
   backends(): BackendView[];
   pools(): PoolView[];
   topology(): TopologySnapshot;
-  counters(): ProxyCounters;
+  counters(): ServerCounters;
   classifierStats(): { hits: number; misses: number; entries: number };
   isPaused(database?: string): boolean;
   isReady(): boolean;

@@ -58,7 +58,7 @@ export interface Setting<F extends keyof Config = keyof Config> {
   /** Masked ("********") in check-config and SHOW CONFIG. */
   secret?: true;
   /**
-   * Takes effect only on restart: Proxy.reload keeps the running listeners, and the supervisor
+   * Takes effect only on restart: PgmuxServer.reload keeps the running listeners, and the supervisor
    * forks its workers once (a reloaded worker count still re-splits the limits).
    */
   restartOnly?: true;
@@ -312,5 +312,5 @@ export function settingRank(key: string): number {
   return i < 0 ? SETTINGS.length : i;
 }
 
-/** The keys RELOAD does not apply (see Proxy.reload). */
+/** The keys RELOAD does not apply (see PgmuxServer.reload). */
 export const RESTART_ONLY_KEYS: readonly string[] = SETTINGS.filter((s) => s.restartOnly).map((s) => s.key);

@@ -1,6 +1,6 @@
 // Prometheus metrics: a private prom-client Registry with the default process metrics plus
 // the pgmux_* series. Nothing here runs per transaction: every pgmux_* value is read from
-// the ProxyView's plain counters and snapshots when /metrics is scraped (collect()).
+// the ServerView's plain counters and snapshots when /metrics is scraped (collect()).
 //
 // Labels come from closed sets only: node = a configured host:port, state = a client or
 // backend state, route = read|write, role = primary|replica|unknown, node state = one of
@@ -9,7 +9,7 @@
 
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Metric } from 'prom-client';
-import type { ProxyView } from '../admin/view.js';
+import type { ServerView } from '../admin/view.js';
 import { isHealthy, type NodeState } from '../cluster/snapshot.js';
 
 export interface PgmuxMetrics {
@@ -62,7 +62,7 @@ class AggregateHistogram {
   reset(): void {}
 }
 
-export function createMetrics(view: ProxyView): PgmuxMetrics {
+export function createMetrics(view: ServerView): PgmuxMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
 

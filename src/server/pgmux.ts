@@ -15,7 +15,7 @@ import { ClusterMonitor, type PrimaryChangeEvent } from '../cluster/monitor.js';
 import { lagPolicyOf } from '../cluster/replicaHealth.js';
 import { isHealthy, type TopologySnapshot } from '../cluster/snapshot.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
-import type { ProxyContext } from './context.js';
+import type { AdminService, SessionContext } from '../session/sessionContext.js';
 import { ConnectionLimits } from './limits.js';
 import { reloadTls } from '../net/tls.js';
 import { ClientRegistry } from './clientRegistry.js';
@@ -24,7 +24,7 @@ import { reloadHba } from '../auth/hba.js';
 import { StatementNames } from '../session/preparedStatements.js';
 import { NotificationHub } from '../session/notifications.js';
 import { AdminConsole } from '../admin/console.js';
-import type { BackendView, ClientView, PoolView, ProxyCounters, ProxyView } from '../admin/view.js';
+import type { BackendView, ClientView, PoolView, ServerCounters, ServerView } from '../admin/view.js';
 import { startHttp, type RunningHttp } from '../admin/http.js';
 import { createMetrics } from '../observability/metrics.js';
 
@@ -40,7 +40,10 @@ export interface RunningPgmux {
   port: number;
   /** Port of the HTTP listener, null when http is off. */
   httpPort: number | null;
-  /** The server (named `proxy` for the tests and tools that reach into it). */
+  /**
+   * The server. Named `proxy` from when the class was Proxy: over a hundred uses in the
+   * tests and tools reach into it by that name.
+   */
   readonly proxy: PgmuxServer;
   /** Stop accepting, end clients and backends; resolves when everything is closed. */
   close(reason?: string): Promise<void>;
@@ -50,7 +53,7 @@ const JANITOR_INTERVAL_MS = 200;
 
 const VERSION = '0.1.0';
 
-export class PgmuxServer implements ProxyContext, ProxyView {
+export class PgmuxServer implements SessionContext, ServerView {
   readonly version = VERSION;
   readonly startedAt = Date.now();
   private cfgVersion = 1;
@@ -59,7 +62,7 @@ export class PgmuxServer implements ProxyContext, ProxyView {
   /** Asks the process to shut down gracefully (admin SHUTDOWN). */
   onShutdownRequest: (() => void) | null = null;
   listening = false;
-  readonly stats: ProxyCounters = {
+  readonly stats: ServerCounters = {
     bytesIn: 0,
     bytesOut: 0,
     clientLogins: 0,
@@ -78,7 +81,9 @@ export class PgmuxServer implements ProxyContext, ProxyView {
   private readonly paused = new Set<string | null>();
   private readonly parked = new Set<ClientSession>();
   private recycleBefore = 0;
-  readonly admin: AdminConsole;
+  readonly adminConsole: AdminConsole;
+  /** What sessions may ask of PAUSE / RESUME and the console. */
+  readonly admin: AdminService;
   readonly clock = { now: Date.now() };
   /** Client connections, max_client_conn and cancel keys. */
   readonly registry: ClientRegistry;
@@ -117,7 +122,14 @@ export class PgmuxServer implements ProxyContext, ProxyView {
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
     this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
     this.applyReadPolicy();
-    this.admin = new AdminConsole(this);
+    this.adminConsole = new AdminConsole(this);
+    this.admin = {
+      isPaused: (database) => this.isPaused(database),
+      park: (client) => void this.parked.add(client),
+      unpark: (client) => void this.parked.delete(client),
+      roleOf: (user) => (this.cfg.adminUsers.includes(user) ? 'admin' : this.cfg.statsUsers.includes(user) ? 'stats' : null),
+      run: (sql, role) => this.adminConsole.run(sql, role),
+    };
     // The listener connection for LISTEN/NOTIFY: one per (database, user), on the primary,
     // outside the pools' size limits.
     this.notifications = new NotificationHub(async (database, user) => {
@@ -282,7 +294,7 @@ export class PgmuxServer implements ProxyContext, ProxyView {
     await this.monitor.stop();
   }
 
-  // ---- ProxyView (admin console, HTTP, metrics) --------------------------------------
+  // ---- ServerView (admin console, HTTP, metrics) --------------------------------------
 
   configVersion(): number {
     return this.cfgVersion;
@@ -323,7 +335,7 @@ export class PgmuxServer implements ProxyContext, ProxyView {
     return this.monitor.snapshot();
   }
 
-  counters(): ProxyCounters {
+  counters(): ServerCounters {
     return this.stats;
   }
 
@@ -340,15 +352,6 @@ export class PgmuxServer implements ProxyContext, ProxyView {
     // Without a primary pgmux still takes traffic while a replica serves reads.
     const topo = this.monitor.snapshot();
     return topo.primary !== null || topo.nodes.some((n) => n.role === 'replica' && n.state === 'up');
-  }
-
-  /** A client whose transaction must wait for RESUME. */
-  park(client: ClientSession): void {
-    this.parked.add(client);
-  }
-
-  unpark(client: ClientSession): void {
-    this.parked.delete(client);
   }
 
   async pause(database: string | null): Promise<void> {
@@ -433,16 +436,6 @@ export class PgmuxServer implements ProxyContext, ProxyView {
     if (this.onShutdownRequest) this.onShutdownRequest();
     else void this.close();
   }
-
-  adminRole(user: string): 'admin' | 'stats' | null {
-    if (this.cfg.adminUsers.includes(user)) return 'admin';
-    if (this.cfg.statsUsers.includes(user)) return 'stats';
-    return null;
-  }
-
-  adminQuery(sql: string, role: 'admin' | 'stats'): Promise<Buffer> {
-    return this.admin.run(sql, role);
-  }
 }
 
 function catalogOptions(cfg: Config): CatalogOptions {
@@ -461,12 +454,12 @@ export interface StartOptions {
 
 export async function startPgmux(config: Config, opts: StartOptions): Promise<RunningPgmux> {
   const logger = opts.logger;
-  const proxy = new PgmuxServer(config, logger);
-  proxy.reloadSource = opts.reloadConfig ?? null;
-  await proxy.start();
+  const pgmux = new PgmuxServer(config, logger);
+  pgmux.reloadSource = opts.reloadConfig ?? null;
+  await pgmux.start();
   const server = net.createServer({ noDelay: true }, (socket) => {
-    if (!proxy.limits.acceptOrRefuse(socket, proxy.config(), (msg, fields) => logger.warn(fields, msg))) return;
-    new ClientSession(socket, proxy);
+    if (!pgmux.limits.acceptOrRefuse(socket, pgmux.config(), (msg, fields) => logger.warn(fields, msg))) return;
+    new ClientSession(socket, pgmux);
   });
   server.maxConnections = config.maxClientConn + 100; // room to tell the excess why
   await new Promise<void>((resolve, reject) => {
@@ -477,15 +470,15 @@ export async function startPgmux(config: Config, opts: StartOptions): Promise<Ru
     });
   });
   const port = (server.address() as net.AddressInfo).port;
-  proxy.listening = true;
+  pgmux.listening = true;
   logger.info({ listen: `${config.listen.host}:${port}`, nodes: config.nodes.map((n) => `${n.host}:${n.port}`), poolMode: config.poolMode, poolSize: config.poolSize }, 'pgmux listening');
   let http: RunningHttp | null = null;
   if (config.http) {
     try {
-      http = await startHttp(proxy, createMetrics(proxy), config.http, logger);
+      http = await startHttp(pgmux, createMetrics(pgmux), config.http, logger);
     } catch (err) {
       server.close();
-      await proxy.close();
+      await pgmux.close();
       throw err;
     }
   }
@@ -493,19 +486,19 @@ export async function startPgmux(config: Config, opts: StartOptions): Promise<Ru
   const running: RunningPgmux = {
     port,
     httpPort: http?.port ?? null,
-    proxy,
+    proxy: pgmux,
     close(reason?: string) {
       closing ??= (async () => {
         logger.info({ reason: reason ?? 'close' }, 'pgmux shutting down');
-        proxy.listening = false;
+        pgmux.listening = false;
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-        await proxy.close();
+        await pgmux.close();
         await closed;
         await http?.close();
       })();
       return closing;
     },
   };
-  proxy.onShutdownRequest = () => void running.close('admin SHUTDOWN');
+  pgmux.onShutdownRequest = () => void running.close('admin SHUTDOWN');
   return running;
 }

@@ -1,9 +1,9 @@
 // The admin console side of a client connection (virtual database "pgmux"): its login
-// welcome and its simple-query commands. No backend is involved; the proxy answers.
+// welcome and its simple-query commands. No backend is involved; pgmux answers.
 
 import { backendKeyData, errorResponse, FrontendMsg, parameterStatus, readyForQuery } from '../protocol/messages.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
-import type { ProxyContext } from '../server/context.js';
+import type { SessionContext } from './sessionContext.js';
 import type { ClientCloseReason } from './clientState.js';
 
 export type AdminRole = 'admin' | 'stats';
@@ -24,13 +24,13 @@ export interface AdminHost {
  * Throws a PgmuxError for a user that is neither in admin_users nor in stats_users.
  */
 export function adminWelcome(
-  ctx: ProxyContext,
+  ctx: SessionContext,
   user: string,
   applicationName: string,
   pid: number,
   secret: number,
 ): { role: AdminRole; welcome: Buffer } {
-  const role = ctx.adminRole(user);
+  const role = ctx.admin.roleOf(user);
   if (role === null) {
     throw new PgmuxError(
       pgmuxError('adminNotAllowed', { args: { user } }),
@@ -50,7 +50,7 @@ export function adminWelcome(
 
 export class AdminSession {
   constructor(
-    private readonly ctx: ProxyContext,
+    private readonly ctx: SessionContext,
     private readonly host: AdminHost,
     readonly role: AdminRole,
   ) {}
@@ -73,7 +73,7 @@ export class AdminSession {
     this.host.suspend();
     const sql = buf.toString('utf8', bodyStart, end - 1);
     this.ctx
-      .adminQuery(sql, this.role)
+      .admin.run(sql, this.role)
       .then(
         (out) => this.host.write(Buffer.concat([out, readyForQuery('I')])),
         (err: Error) => this.host.write(Buffer.concat([errorResponse(pgmuxError('adminCommandFailed', { args: { error: err.message } })), readyForQuery('I')])),

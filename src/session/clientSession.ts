@@ -10,7 +10,7 @@ import { errorResponse, FrontendMsg, readyForQuery } from '../protocol/messages.
 import { BackendError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 import { BackendConnection, randomInt32, type BackendOwner } from '../pool/backend.js';
 import type { Pool, PoolWaiter } from '../pool/pool.js';
-import type { ProxyContext } from '../server/context.js';
+import type { SessionContext } from './sessionContext.js';
 import type { ClientView } from '../admin/view.js';
 import { alignSettings, settingsFingerprint } from './paramSync.js';
 import type { NotificationSink } from './notifications.js';
@@ -96,7 +96,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   constructor(
     socket: net.Socket,
-    private ctx: ProxyContext,
+    private ctx: SessionContext,
   ) {
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
     this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.requests.emit(msg));
@@ -315,7 +315,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private routeTransaction(): void {
     if (this.router.lsnPending) return; // resumed once the last write's LSN is known
     if (this.requests.tracking && this.answerLocally()) return;
-    const paused = this.ctx.isPaused(this.database);
+    const paused = this.ctx.admin.isPaused(this.database);
     // Paused, or session mode: the policy looks at no statement, so none is classified.
     const route = paused || this.ctx.config().poolMode === 'session' ? null : this.requests.classifyFirst(this.held.list[0]!);
     this.router.route(route, route !== null && this.requests.loneRead, paused);
@@ -590,7 +590,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.ctx.registry.unregister(this);
     this.ctx.registry.untrack(this);
     this.listens.endAll();
-    this.ctx.unpark(this);
+    this.ctx.admin.unpark(this);
     this.conn.end();
     if (wasLoggedIn) {
       this.ctx.logger.debug(

@@ -23,7 +23,7 @@ import {
 import { PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 import type { BackendConnection, NodeAddress } from '../pool/backend.js';
 import type { Pool, PoolWaiter } from '../pool/pool.js';
-import type { ProxyContext } from '../server/context.js';
+import type { SessionContext } from './sessionContext.js';
 import { clientTlsFor, upgradeDirectTls, upgradeClientSocket } from '../net/tls.js';
 import { hbaRefusal, hbaRulesFor, matchHba } from '../auth/hba.js';
 import { tlsServerEndPoint } from '../auth/scram.js';
@@ -100,7 +100,7 @@ export class ClientHandshake {
   private loginWait: { pool: Pool; waiter: PoolWaiter } | null = null;
 
   constructor(
-    private readonly ctx: ProxyContext,
+    private readonly ctx: SessionContext,
     private readonly host: HandshakeHost,
     private readonly reader: FrameReader,
     private readonly peer: ClientPeer,

@@ -12,7 +12,7 @@ import type { Pool } from '../pool/pool.js';
 import { BackendError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 import { parseLsn } from '../cluster/snapshot.js';
 import { afterAcquireFailure, decideRoute, mayRetry, type RouteClass, type RouteClient } from '../routing/policy.js';
-import type { ProxyContext } from '../server/context.js';
+import type { SessionContext } from './sessionContext.js';
 import type { ClientSession } from './clientSession.js';
 import type { ClientCloseReason } from './clientState.js';
 import { readBack } from './settingsTracker.js';
@@ -47,7 +47,7 @@ export class TransactionRouter {
   private waitStartedAt = 0;
 
   constructor(
-    private readonly ctx: ProxyContext,
+    private readonly ctx: SessionContext,
     private readonly host: RouterHost,
   ) {}
 
@@ -85,7 +85,7 @@ export class TransactionRouter {
     this.waitStartedAt = ctx.clock.now;
     switch (d.kind) {
       case 'park':
-        ctx.park(session); // the transaction starts on RESUME
+        ctx.admin.park(session); // the transaction starts on RESUME
         return;
       case 'error':
         this.host.fatal(pgmuxError(d.error, { detail: d.detail }), 'backend_lost');

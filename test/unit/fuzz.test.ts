@@ -32,7 +32,7 @@ import {
   SSL_REQUEST_CODE,
 } from '../../src/protocol/messages.js';
 import { ClientSession, ClientState } from '../../src/session/clientSession.js';
-import type { ProxyContext } from '../../src/server/context.js';
+import type { SessionContext } from '../../src/session/sessionContext.js';
 import type { Config } from '../../src/config/types.js';
 import { DEFAULTS } from '../../src/config/load.js';
 import { ConnectionLimits } from '../../src/server/limits.js';
@@ -402,7 +402,7 @@ writeFileSync(
 
 type Variant = { auth: Config['auth']; hba: boolean; maxUser: number; clientTls: 'disable' | 'require' };
 
-function fakeContext(v: Variant): { ctx: ProxyContext; tracked: Set<unknown>; registered: Set<unknown> } {
+function fakeContext(v: Variant): { ctx: SessionContext; tracked: Set<unknown>; registered: Set<unknown> } {
   const cfg: Config = {
     ...DEFAULTS,
     auth: v.auth,
@@ -447,13 +447,15 @@ function fakeContext(v: Variant): { ctx: ProxyContext; tracked: Set<unknown>; re
     classify: unused('classify()'),
     countRouted: () => {},
     stats: { bytesIn: 0, bytesOut: 0, clientLogins: 0, clientLoginFailures: 0, readRetries: 0 },
-    isPaused: () => false,
-    park: () => {},
-    unpark: () => {},
-    adminRole: (user: string) => (user === 'admin' ? 'admin' : null),
-    adminQuery: async () => typedMsg('C', Buffer.from('SHOW\0')),
+    admin: {
+      isPaused: () => false,
+      park: () => {},
+      unpark: () => {},
+      roleOf: (user: string) => (user === 'admin' ? 'admin' : null),
+      run: async () => typedMsg('C', Buffer.from('SHOW\0')),
+    },
   };
-  return { ctx: ctx as unknown as ProxyContext, tracked, registered };
+  return { ctx: ctx as unknown as SessionContext, tracked, registered };
 }
 
 function startupBytes(version: number, params: Array<[string, string]>): Buffer {

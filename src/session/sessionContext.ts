@@ -6,16 +6,28 @@ import type { Config } from '../config/types.js';
 import type { ClientAuth } from '../auth/authStore.js';
 import type { NodeAddress } from '../pool/backend.js';
 import type { Pool } from '../pool/pool.js';
-import type { ClientSession } from '../session/clientSession.js';
+import type { ClientSession } from './clientSession.js';
 import type { Classification } from '../routing/classifier.js';
 import type { FunctionRef } from '../routing/functionLists.js';
-import type { StatementNames } from '../session/preparedStatements.js';
-import type { ConnectionLimits } from './limits.js';
-import type { NotificationHub } from '../session/notifications.js';
-import type { ClientConnections } from './clientRegistry.js';
-import type { NodeDirectory } from './topologyView.js';
+import type { StatementNames } from './preparedStatements.js';
+import type { ConnectionLimits } from '../server/limits.js';
+import type { NotificationHub } from './notifications.js';
+import type { ClientConnections } from '../server/clientRegistry.js';
+import type { NodeDirectory } from '../server/topologyView.js';
 
-export interface ProxyContext {
+/** PAUSE / RESUME and the admin console, as a client session meets them. */
+export interface AdminService {
+  isPaused(database: string): boolean;
+  /** Parks a client whose transaction waits for RESUME; RESUME calls its resumeFromPause(). */
+  park(client: ClientSession): void;
+  unpark(client: ClientSession): void;
+  /** The console role of `user` (admin_users, stats_users), null for neither. */
+  roleOf(user: string): 'admin' | 'stats' | null;
+  /** Runs one console command; its reply without the ReadyForQuery. */
+  run(sql: string, role: 'admin' | 'stats'): Promise<Buffer>;
+}
+
+export interface SessionContext {
   config(): Config;
   readonly logger: Logger;
   /** Coarse clock (ms) refreshed by the janitor: cheap enough for every event. */
@@ -31,7 +43,7 @@ export interface ProxyContext {
   readonly shuttingDown: boolean;
   /** max_unauthenticated_connections, max_db_connections, max_user_connections bookkeeping. */
   readonly limits: ConnectionLimits;
-  /** Proxy names of prepared statements, shared by all clients. */
+  /** Shared names of prepared statements on backends, one per (text, types). */
   readonly statementNames: StatementNames;
   /** Shared LISTEN connections and notification fan-out (transaction mode). */
   readonly notifications: NotificationHub;
@@ -51,12 +63,6 @@ export interface ProxyContext {
   /** Counts a transaction routed to a node (for SHOW NODES and metrics). */
   countRouted(node: NodeAddress, kind: 'read' | 'write', waitedMs: number): void;
   readonly stats: { bytesIn: number; bytesOut: number; clientLogins: number; clientLoginFailures: number; readRetries: number };
-
-  // Admin console and operations.
-  isPaused(database: string): boolean;
-  /** Parks a client whose transaction waits for RESUME; the server calls resumeFromPause(). */
-  park(client: ClientSession): void;
-  unpark(client: ClientSession): void;
-  adminRole(user: string): 'admin' | 'stats' | null;
-  adminQuery(sql: string, role: 'admin' | 'stats'): Promise<Buffer>;
+  /** PAUSE / RESUME and the admin console. */
+  readonly admin: AdminService;
 }
