@@ -12,6 +12,7 @@ import { BackendConnection, randomInt32, type BackendOwner } from '../pool/backe
 import type { Pool, PoolWaiter } from '../pool/pool.js';
 import type { SessionContext } from './sessionContext.js';
 import type { ClientView } from '../admin/view.js';
+import type { Logger } from '../observability/logger.js';
 import { alignSettings, settingsFingerprint } from './paramSync.js';
 import type { NotificationSink } from './notifications.js';
 import { ClientListens } from './clientListens.js';
@@ -53,6 +54,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   lastActiveAt: number;
   closeReason: ClientCloseReason | null = null;
   transactions = 0;
+  /**
+   * This connection's logger: made once with the client id, once more with user and
+   * database when the startup packet names them; never per message.
+   */
+  log: Logger;
 
   private readonly reader: FrameReader;
   /** Startup, TLS, authentication and login; afterwards what the connection counts against. */
@@ -98,6 +104,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     socket: net.Socket,
     private ctx: SessionContext,
   ) {
+    this.log = ctx.logger.child({ client: this.id });
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
     this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.requests.emit(msg));
     this.requests = new RequestTracker(this.requestHost(), this.stmts);
@@ -244,7 +251,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.ctx.functionsChanging(this.database);
       },
       discardedAll: () => this.listens.endAll(),
-      log: (fields, msg) => this.ctx.logger.info({ client: this.id, user: this.user, db: this.database, ...fields }, msg),
+      log: (fields, msg) => this.log.info(fields, msg),
     };
   }
 
@@ -255,6 +262,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     return {
       get state() {
         return session.state;
+      },
+      get log() {
+        return session.log;
       },
       write: (data) => this.conn.write(data),
       fatal: (spec, reason) => this.fatal(spec, reason),
@@ -267,6 +277,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.applicationName = who.applicationName;
         this.reported = who.reported;
         this.settings = who.settings;
+        this.log = this.ctx.logger.child({ client: this.id, user: who.user, db: who.database });
       },
       register: () => {
         if (!this.ctx.registry.register(this)) return false;
@@ -291,7 +302,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.reported = new Map(how.welcome);
       this.fingerprint = null;
       this.setState(ClientState.Idle);
-      this.ctx.logger.debug({ client: this.id, user: this.user, db: this.database, remote: this.remote }, 'client logged in');
+      this.log.debug({ remote: this.remote }, 'client logged in');
     }
     this.conn.resumeReading();
     this.drain();
@@ -446,7 +457,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (batch !== null && b !== null) {
       // Re-run the batch on the same backend: its statements now carry fresh proxy names,
       // so they are prepared again (hidden) with the new result type.
-      this.ctx.logger.info({ client: this.id }, 're-running a batch whose prepared statement changed shape (DDL)');
+      this.log.info('re-running a batch whose prepared statement changed shape (DDL)');
       b.socket.cork();
       for (const m of batch) this.requests.forward(b, m.type, m.buf, m.start, m.end);
       this.requests.flushRun();
@@ -515,7 +526,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   onBackendHiddenError(fields: Map<string, string>): void {
     // The settings pgmux tried to apply failed: its record of this backend is wrong.
     if (this.backend) this.backend.discardOnRelease = true;
-    this.ctx.logger.warn({ client: this.id, code: fields.get('C'), message: fields.get('M') }, 'applying client settings on a backend failed');
+    this.log.warn({ code: fields.get('C'), message: fields.get('M') }, 'applying client settings on a backend failed');
   }
 
   onBackendLost(b: BackendConnection, why: string): void {
@@ -525,7 +536,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const read = this.replay.takeRead();
     if (read !== null && this.router.rerouteAfterLoss(b.node)) {
       // A lone read whose node died before any answer reached the client: run it elsewhere.
-      this.ctx.logger.info({ client: this.id, node: b.node.name, why }, 're-running a read on another node');
+      this.log.info({ node: b.node.name, why }, 're-running a read on another node');
       this.ctx.stats.readRetries++;
       // The statement its Parse defined lived on the dead backend only: the re-run defines it.
       if (read.parsed !== null) this.stmts.forget(read.parsed);
@@ -564,7 +575,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   private failWith(err: Error, reason: ClientCloseReason): void {
     if (this.state === ClientState.Closed) return;
-    if (!(err instanceof BackendError) && !(err instanceof PgmuxError)) this.ctx.logger.error({ client: this.id, err }, 'unexpected error in client session');
+    if (!(err instanceof BackendError) && !(err instanceof PgmuxError)) this.log.error({ err }, 'unexpected error in client session');
     this.fatal(fatalSpecOf(err), reason);
   }
 
@@ -593,10 +604,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.ctx.admin.unpark(this);
     this.conn.end();
     if (wasLoggedIn) {
-      this.ctx.logger.debug(
-        { client: this.id, user: this.user, db: this.database, reason, durationMs: this.ctx.clock.now - this.connectedAt, transactions: this.transactions },
-        'client closed',
-      );
+      this.log.debug({ reason, durationMs: this.ctx.clock.now - this.connectedAt, transactions: this.transactions }, 'client closed');
     }
   }
 }

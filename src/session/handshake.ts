@@ -23,6 +23,7 @@ import {
 import { PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 import type { BackendConnection, NodeAddress } from '../pool/backend.js';
 import type { Pool, PoolWaiter } from '../pool/pool.js';
+import type { Logger } from '../observability/logger.js';
 import type { SessionContext } from './sessionContext.js';
 import { clientTlsFor, upgradeDirectTls, upgradeClientSocket } from '../net/tls.js';
 import { hbaRefusal, hbaRulesFor, matchHba } from '../auth/hba.js';
@@ -52,6 +53,8 @@ export type LoggedIn = { kind: 'pooled'; welcome: ReadonlyArray<readonly [string
 /** What the handshake needs from the session that owns the connection. */
 export interface HandshakeHost {
   readonly state: ClientState;
+  /** The connection's logger (client id; user and database once identified). */
+  readonly log: Logger;
   write(data: Buffer | string): void;
   fatal(spec: ErrorSpec, reason: ClientCloseReason): void;
   close(reason: ClientCloseReason): void;
@@ -210,7 +213,7 @@ export class ClientHandshake {
       const rule = matchHba(rules, q);
       if (rule === null || rule.method === 'reject') {
         this.ctx.stats.clientLoginFailures++;
-        this.ctx.logger.info({ client: this.peer.id, user: this.user, db: this.database, remote: this.peer.remote, hbaLine: rule?.line ?? null }, 'connection refused by hba_file');
+        host.log.info({ remote: this.peer.remote, hbaLine: rule?.line ?? null }, 'connection refused by hba_file');
         host.fatal(pgmuxError('hbaRefused', { args: { refusal: hbaRefusal(rule, q) } }), 'auth_failed');
         return;
       }
@@ -298,7 +301,7 @@ export class ClientHandshake {
     try {
       server = clientTlsFor(cfg);
     } catch (err) {
-      this.ctx.logger.error({ err: (err as Error).message }, 'TLS is configured but unusable');
+      this.host.log.error({ err: (err as Error).message }, 'TLS is configured but unusable');
       server = null;
     }
     if (server === null) {
@@ -316,7 +319,7 @@ export class ClientHandshake {
     try {
       server = clientTlsFor(cfg);
     } catch (err) {
-      this.ctx.logger.error({ err: (err as Error).message }, 'TLS is configured but unusable');
+      this.host.log.error({ err: (err as Error).message }, 'TLS is configured but unusable');
     }
     if (server === null) {
       // A TLS client cannot read a plaintext error: just close, as PostgreSQL does.
@@ -354,7 +357,7 @@ export class ClientHandshake {
         return;
       case 'fail':
         this.ctx.stats.clientLoginFailures++;
-        this.ctx.logger.info({ client: this.peer.id, user: this.user, db: this.database, remote: this.peer.remote, code: step.error.code }, 'client authentication failed');
+        host.log.info({ remote: this.peer.remote, code: step.error.code }, 'client authentication failed');
         host.fatal(step.error, 'auth_failed');
         return;
       case 'ok': {

@@ -81,7 +81,7 @@ export class TransactionRouter {
     if (volatile !== null) this.retryable = false; // it may have written: never re-run
     const view = { topology: ctx.nodes.topology(), disabledNodes: ctx.nodes.disabledNodes, paused, now: ctx.clock.now };
     const d = decideRoute({ route, volatile }, this.state, view, ctx.config(), ctx.nodes.readBalancer);
-    if (ctx.logger.isLevelEnabled('debug')) ctx.logger.debug({ client: session.id, decision: d.kind, node: d.kind === 'node' ? d.node.name : null, reason: d.reason }, 'route');
+    if (session.log.isLevelEnabled('debug')) session.log.debug({ decision: d.kind, node: d.kind === 'node' ? d.node.name : null, reason: d.reason }, 'route');
     this.waitStartedAt = ctx.clock.now;
     switch (d.kind) {
       case 'park':
@@ -188,8 +188,8 @@ export class TransactionRouter {
    */
   private releaseAfterCapture(b: BackendConnection, lsn: boolean, params: readonly string[]): void {
     const session = this.host.session;
-    if (params.length > 0 && this.ctx.logger.isLevelEnabled('debug')) {
-      this.ctx.logger.debug({ client: session.id, settings: params }, 'reading back settings the transaction may have changed');
+    if (params.length > 0 && session.log.isLevelEnabled('debug')) {
+      session.log.debug({ settings: params }, 'reading back settings the transaction may have changed');
     }
     this.lsnPending = true;
     const pool = b.poolRef as Pool;
