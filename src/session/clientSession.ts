@@ -13,7 +13,7 @@ import type { Pool, PoolWaiter } from '../pool/pool.js';
 import type { SessionContext } from './sessionContext.js';
 import type { ClientView } from '../admin/view.js';
 import type { Logger } from '../observability/logger.js';
-import { alignSettings, settingsFingerprint } from './paramSync.js';
+import { alignSettings, ClientSettings } from './paramSync.js';
 import type { NotificationSink } from './notifications.js';
 import { ClientListens } from './clientListens.js';
 import { StatementForwarder } from './statementForwarder.js';
@@ -25,6 +25,7 @@ import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientSta
 import { TransactionRouter, type RouterHost } from './transactionRouter.js';
 import { ClientSocket } from './clientSocket.js';
 import { HeldMessages } from './heldMessages.js';
+import { FunctionChanges } from './functionChanges.js';
 import { expiredTimeout, fatalSpecOf, frameErrorSpec } from './clientErrors.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
@@ -45,10 +46,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   user = '';
   database = '';
   applicationName = '';
-  /** Reported parameters as this client knows them. */
-  reported = new Map<string, string>();
-  /** Unreported startup settings (statement_timeout, search_path, custom GUCs, ...). */
-  settings = new Map<string, string>();
+  /** Its session settings (reported and unreported), carried to every backend it uses. */
+  readonly clientSettings = new ClientSettings();
   backend: BackendConnection | null = null;
   readonly connectedAt: number;
   lastActiveAt: number;
@@ -84,8 +83,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private readonly router: TransactionRouter;
   /** Lone reads re-run elsewhere, stale-plan batches re-run here (replayGuard.ts). */
   private readonly replay = new ReplayGuard();
-  /** This transaction sent DDL that may change the database's functions: say so when it ends. */
-  private functionsChanging = false;
+  /** DDL that may change the database's functions: told when sent and when its transaction ends. */
+  private readonly functionChanges: FunctionChanges;
   /** A transaction's first message arrived; route it after the rest of the read chunk. */
   private beginPending = false;
   /** This client's named prepared statements (transaction mode). */
@@ -110,6 +109,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.requests = new RequestTracker(this.requestHost(), this.stmts);
     this.listens = new ClientListens(ctx.notifications, this, () => this);
     this.router = new TransactionRouter(ctx, this.routerHost());
+    this.functionChanges = new FunctionChanges(ctx, () => this.database);
     this.connectedAt = this.lastActiveAt = ctx.clock.now;
     this.conn = new ClientSocket(socket, {
       data: (chunk) => this.onData(chunk),
@@ -245,11 +245,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       pauseReading: () => this.conn.pauseReading(),
       terminated: () => this.close('client_terminate'),
       listensOnBackend: (ops) => this.listens.movedToBackend(ops),
-      functionsChanging: () => {
-        if (this.functionsChanging) return;
-        this.functionsChanging = true;
-        this.ctx.functionsChanging(this.database);
-      },
+      functionsChanging: () => this.functionChanges.sent(),
       discardedAll: () => this.listens.endAll(),
       log: (fields, msg) => this.log.info(fields, msg),
     };
@@ -275,8 +271,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.user = who.user;
         this.database = who.database;
         this.applicationName = who.applicationName;
-        this.reported = who.reported;
-        this.settings = who.settings;
+        this.clientSettings.reported = who.reported;
+        this.clientSettings.settings = who.settings;
         this.log = this.ctx.logger.child({ client: this.id, user: who.user, db: who.database });
       },
       register: () => {
@@ -299,8 +295,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.admin = new AdminSession(this.ctx, this.adminHost(), how.role);
       this.setState(ClientState.Admin);
     } else {
-      this.reported = new Map(how.welcome);
-      this.fingerprint = null;
+      this.clientSettings.welcome(how.welcome);
       this.setState(ClientState.Idle);
       this.log.debug({ remote: this.remote }, 'client logged in');
     }
@@ -342,7 +337,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       fatal: (spec, reason) => this.fatal(spec, reason),
       failWith: (err, reason) => this.failWith(err, reason),
       routeAgain: () => this.beginTransaction(),
-      settingsChanged: () => void (this.fingerprint = null),
+      settingsChanged: () => this.clientSettings.changed(),
     };
   }
 
@@ -424,7 +419,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.replay.arm(this.held.list, this.router.retryable, this.requests.tracking ? this.statementKnown : null);
     const sock = b.socket;
     sock.cork();
-    alignSettings(this, b, this.settingsFingerprint());
+    alignSettings(this.clientSettings, b, this.clientSettings.fingerprint);
     const held = this.held.take();
     for (let i = 0; i < held.length && this.linked; i++) {
       const m = held[i]!;
@@ -465,13 +460,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       return;
     }
     if (b === null || !this.requests.atTransactionBoundary(b)) return;
-    if (this.functionsChanging) {
-      // Committed (or rolled back) now: others see the change from here on, not before.
-      this.functionsChanging = false;
-      this.ctx.functionsChanged(this.database);
-    }
+    this.functionChanges.ended(); // committed or rolled back now
     if (this.requests.mayRelease(b)) {
-      const settings = this.requests.settings.dirty ? this.requests.settings.take(this.settings, b.applied, this.ctx.config().trackExtraParameters) : NONE;
+      const settings = this.requests.settings.dirty ? this.requests.settings.take(this.clientSettings.settings, b.applied, this.ctx.config().trackExtraParameters) : NONE;
       this.letGo(b);
       this.router.release(b, settings);
       // Shutting down: the transaction is over, so this client's turn is too.
@@ -494,17 +485,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   onBackendParameter(name: string, value: string): void {
-    if (this.reported.get(name) !== value) {
-      this.reported.set(name, value);
-      this.fingerprint = null;
-    }
-  }
-
-  /** Identifies this client's session settings; equal strings mean equal settings. */
-  private fingerprint: string | null = null;
-  private settingsFingerprint(): string {
-    this.fingerprint ??= settingsFingerprint(this.reported, this.settings);
-    return this.fingerprint;
+    this.clientSettings.report(name, value);
   }
 
   onBackendDrain(): void {
@@ -593,11 +574,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.backend = null;
       this.router.returnOnClose(b, this.requests.queryRunning(b));
     }
-    if (this.functionsChanging) {
-      // Its transaction ends with the connection (rolled back, or committed just before).
-      this.functionsChanging = false;
-      this.ctx.functionsChanged(this.database);
-    }
+    // Its transaction ends with the connection (rolled back, or committed just before).
+    this.functionChanges.ended();
     this.ctx.registry.unregister(this);
     this.ctx.registry.untrack(this);
     this.listens.endAll();

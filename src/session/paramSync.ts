@@ -1,7 +1,7 @@
-// Makes a pooled backend carry one client's session settings before the client's own
-// messages run on it: the reported parameters the client sees (TimeZone, DateStyle,
-// application_name, ...) and the unreported settings it asked for at startup
-// (statement_timeout, search_path, custom GUCs). One hidden simple Query does it all.
+// One client's session settings (ClientSettings), and what makes a pooled backend carry them
+// before the client's own messages run on it: the reported parameters the client sees
+// (TimeZone, DateStyle, application_name, ...) and the unreported settings it asked for at
+// startup (statement_timeout, search_path, custom GUCs). One hidden simple Query does it all.
 //
 // set_config() takes the value exactly as a startup packet would (no SQL parsing of the
 // value), which matters for list settings such as search_path.
@@ -87,4 +87,41 @@ export function settingsFingerprint(reported: ReadonlyMap<string, string>, setti
     v = s;
   }
   return v;
+}
+
+/**
+ * One client's session settings and the fingerprint that names them: computed when a
+ * backend needs aligning, and again only after they changed (the login's welcome, a
+ * ParameterStatus, a read-back after SET).
+ */
+export class ClientSettings implements SessionSettings {
+  /** Reported parameters as this client knows them. */
+  reported = new Map<string, string>();
+  /** Unreported startup settings (statement_timeout, search_path, custom GUCs, ...). */
+  settings = new Map<string, string>();
+  private cached: string | null = null;
+
+  /** Identifies these settings; equal strings mean equal settings. */
+  get fingerprint(): string {
+    this.cached ??= settingsFingerprint(this.reported, this.settings);
+    return this.cached;
+  }
+
+  /** Logged in: the reported parameters are the ones the welcome told the client. */
+  welcome(params: Iterable<readonly [string, string]>): void {
+    this.reported = new Map(params);
+    this.cached = null;
+  }
+
+  /** A backend reported a parameter (ParameterStatus) the client sees from now on. */
+  report(name: string, value: string): void {
+    if (this.reported.get(name) === value) return;
+    this.reported.set(name, value);
+    this.cached = null;
+  }
+
+  /** The unreported settings changed in place (read back after the client's SET). */
+  changed(): void {
+    this.cached = null;
+  }
 }

@@ -193,7 +193,7 @@ export class TransactionRouter {
     }
     this.lsnPending = true;
     const pool = b.poolRef as Pool;
-    readBack(b, lsn, params, session.settings).then(
+    readBack(b, lsn, params, session.clientSettings.settings).then(
       (walLsn) => {
         if (walLsn !== null) this.state.minLsn = parseLsn(walLsn);
         if (params.length > 0) this.host.settingsChanged();

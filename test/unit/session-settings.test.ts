@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseOptions, parseStartup, splitOptions, StartupParamError } from '../../src/session/startupParams.js';
-import { buildSyncSql, quoteGucName } from '../../src/session/paramSync.js';
+import { buildSyncSql, ClientSettings, quoteGucName } from '../../src/session/paramSync.js';
 
 describe('startup parameters', () => {
   it('splits options like the PostgreSQL backend (backslash escapes)', () => {
@@ -76,5 +76,30 @@ describe('buildSyncSql', () => {
 
   it('quotes dotted custom GUC names per part', () => {
     expect(quoteGucName('myapp.tenant')).toBe('"myapp"."tenant"');
+  });
+});
+
+describe('ClientSettings fingerprint', () => {
+  it('names equal settings equally and changes only when the settings do', () => {
+    const a = new ClientSettings();
+    a.welcome([['TimeZone', 'UTC'], ['DateStyle', 'ISO, MDY']]);
+    a.settings.set('search_path', 'app');
+    const b = new ClientSettings();
+    b.welcome([['TimeZone', 'UTC'], ['DateStyle', 'ISO, MDY']]);
+    b.settings.set('search_path', 'app');
+    expect(a.fingerprint).toBe(b.fingerprint);
+
+    const before = a.fingerprint;
+    a.report('TimeZone', 'UTC'); // same value: still the same settings
+    expect(a.fingerprint).toBe(before);
+    a.report('TimeZone', 'Europe/Paris');
+    expect(a.fingerprint).not.toBe(before);
+
+    // A read-back changes the map in place: the cached fingerprint is stale until told.
+    const afterReport = a.fingerprint;
+    a.settings.set('search_path', 'other');
+    expect(a.fingerprint).toBe(afterReport);
+    a.changed();
+    expect(a.fingerprint).not.toBe(afterReport);
   });
 });
