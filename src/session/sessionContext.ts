@@ -29,6 +29,7 @@ export interface AdminService {
 
 export interface SessionContext {
   config(): Config;
+  /** The process logger; each session logs through its own child of it (ClientSession.log). */
   readonly logger: Logger;
   /** Coarse clock (ms) refreshed by the janitor: cheap enough for every event. */
   readonly clock: { now: number };
