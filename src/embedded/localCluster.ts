@@ -256,7 +256,9 @@ export class LocalCluster {
         );
         this.writeNodeConf(r);
         this.setPrimaryConninfo(r, primary);
-        if (this.asPostgres) this.chownBase();
+        // Only this replica's directory: a recursive chown of the base would race the other
+        // replicas' base backups renaming their files ("backup_manifest.tmp: No such file").
+        if (this.asPostgres) this.chownBase(r.dataDir);
         await this.startNode(r.name);
       }),
     );
@@ -269,9 +271,10 @@ export class LocalCluster {
     return n;
   }
 
-  private chownBase(): void {
-    const r = spawnSync('chown', ['-R', 'postgres:postgres', this.baseDir], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`chown -R postgres ${this.baseDir} failed: ${r.stderr.trim()}`);
+  /** Gives `dir` (default: the whole base directory) to postgres, which refuses to run as root. */
+  private chownBase(dir = this.baseDir): void {
+    const r = spawnSync('chown', ['-R', 'postgres:postgres', dir], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`chown -R postgres ${dir} failed: ${r.stderr.trim()}`);
   }
 
   private writeNodeConf(n: NodeState): void {
