@@ -6,8 +6,8 @@ import { pgClient, psqlBin, runPg } from '../support/cluster.js';
 import { startProxy, testConfig, type TestProxy } from '../support/pgmux.js';
 import { ConfigError } from '../../src/config/load.js';
 import type { Config } from '../../src/config/types.js';
+import { sleep, waitFor } from '../support/wait.js';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 type Row = Record<string, string | null>;
 
@@ -35,22 +35,12 @@ async function failure(p: Promise<unknown>): Promise<pg.DatabaseError> {
 
 /** Waits until the proxy sees a primary and every configured node up. */
 async function clusterUp(proxy: TestProxy, nodes: number): Promise<void> {
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    const t = proxy.proxy.topology();
-    if (t.primary !== null && t.nodes.length === nodes && t.nodes.every((n) => n.state === 'up' && n.lagMs !== null)) return;
-    if (Date.now() > deadline) throw new Error(`cluster not up: ${JSON.stringify(t.nodes.map((n) => [n.name, n.state, n.role]))}`);
-    await sleep(50);
-  }
-}
-
-async function eventually(fn: () => Promise<boolean>, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    if (await fn()) return true;
-    if (Date.now() > deadline) return false;
-    await sleep(50);
-  }
+  const t = () => proxy.proxy.topology();
+  await waitFor(
+    () => t().primary !== null && t().nodes.length === nodes && t().nodes.every((n) => n.state === 'up' && n.lagMs !== null),
+    20_000,
+    () => `cluster up: ${JSON.stringify(t().nodes.map((n) => [n.name, n.state, n.role]))}`,
+  );
 }
 
 afterEach(async () => {
@@ -248,7 +238,7 @@ describe('admin console', () => {
       paused = true;
       return r;
     });
-    await sleep(300);
+    await sleep(300); // deliberate: PAUSE must still be waiting after a while
     expect(paused).toBe(false); // a transaction still holds a backend
     await inTx.query('COMMIT');
     expect((await pause).command).toBe('PAUSE');
@@ -259,10 +249,9 @@ describe('admin console', () => {
       done = true;
       return r;
     });
-    await sleep(300);
+    // Held: pgmux shows it waiting, and it has no answer.
+    await expect.poll(async () => (await rows(a, 'SHOW CLIENTS')).find((c) => c.application_name === 'paused-client')?.state, { timeout: 5000 }).toBe('waiting');
     expect(done).toBe(false);
-    const waiting = (await rows(a, 'SHOW CLIENTS')).find((c) => c.application_name === 'paused-client');
-    expect(waiting!.state).toBe('waiting');
     const res = await a.query('RESUME');
     expect(res.command).toBe('RESUME');
     expect((await q).rows).toEqual([{ x: 42 }]);
@@ -282,7 +271,7 @@ describe('admin console', () => {
       done = true;
       return r;
     });
-    await sleep(300);
+    await sleep(300); // deliberate: the query must still be held after a while
     expect(done).toBe(false);
     await a.query('RESUME app');
     expect((await q).rows).toEqual([{ two: 2 }]);
@@ -331,7 +320,7 @@ describe('admin console', () => {
 
     expect((await a.query('RECONNECT')).command).toBe('RECONNECT');
     // Idle backends are closed at once.
-    expect(await eventually(async () => (await rows(a, 'SHOW SERVERS')).every((s) => !before.has(s.pid)), 5000)).toBe(true);
+    await expect.poll(async () => (await rows(a, 'SHOW SERVERS')).every((s) => !before.has(s.pid)), { timeout: 5000 }).toBe(true);
     for (let i = 0; i < 3; i++) {
       await app.query('INSERT INTO admin_t (v) VALUES (2)');
       await app.query('SELECT 1');
@@ -435,7 +424,7 @@ describe('admin SHUTDOWN', () => {
       expect(r.command).toBe('SHUTDOWN');
       // Idle clients are disconnected; no new connections are accepted.
       await ended;
-      expect(await eventually(async () => proxy.proxy.shuttingDown, 2000)).toBe(true);
+      await expect.poll(() => proxy.proxy.shuttingDown, { timeout: 2000 }).toBe(true);
       await expect(pgClient(proxy.port, { connectionTimeoutMillis: 2000 })).rejects.toThrow();
     } finally {
       await proxy.close();

@@ -7,36 +7,18 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import pg from 'pg';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/types.js';
 import { LocalCluster } from '../../src/embedded/localCluster.js';
-import { createLogger } from '../../src/observability/logger.js';
 import { startPgmux, type RunningPgmux } from '../../src/server/pgmux.js';
 import { clusterInfo, pgClient } from '../support/cluster.js';
 import { testConfig } from '../support/pgmux.js';
+import { captureLogger } from '../support/logCapture.js';
 import { sleep, waitFor } from '../support/wait.js';
 
 const PERIOD = 200;
-
-interface LogLine {
-  level: number;
-  msg: string;
-  [k: string]: unknown;
-}
-
-function captureLogger() {
-  const lines: LogLine[] = [];
-  const destination = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const s of chunk.toString().split('\n')) if (s) lines.push(JSON.parse(s) as LogLine);
-      done();
-    },
-  });
-  return { logger: createLogger('info', { pretty: false, destination }), lines };
-}
 
 const dir = mkdtempSync(join(tmpdir(), 'pgmux-hc-login-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -52,7 +34,7 @@ async function adminRows(port: number, sql: string): Promise<Array<Record<string
 
 describe('a wrong health-check password (shared cluster: app_scram needs SCRAM)', () => {
   const configFile = join(dir, 'wrong-password.yaml');
-  const cap = captureLogger();
+  const cap = captureLogger('info');
   let running: RunningPgmux;
   let names: string[];
 
@@ -125,9 +107,9 @@ describe('a wrong health-check password (shared cluster: app_scram needs SCRAM)'
   it('RELOAD applies a new health_check_period at once', async () => {
     writeConfig('scrampass', '1s');
     await adminRows(running.port, 'RELOAD');
-    await sleep(300); // the reload's own snapshot and poll
+    await sleep(300); // deliberate: the reload's own snapshot and poll are not counted
     const v0 = running.proxy.topology().version;
-    await sleep(2500);
+    await sleep(2500); // deliberate: rounds are counted over a fixed window
     const rounds = running.proxy.topology().version - v0;
     // Every 200 ms this would be about 12 rounds.
     expect(rounds).toBeGreaterThanOrEqual(1);
@@ -187,7 +169,7 @@ describe('no health_check_user: a login pgmux already has (private node, SCRAM/m
         auth: 'trust',
         ...over,
       }),
-      { logger: captureLogger().logger },
+      { logger: captureLogger('info').logger },
     );
     proxies.push(p);
     return p;

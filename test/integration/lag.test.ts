@@ -118,7 +118,8 @@ describe('replica lag and read routing (private cluster)', () => {
     expect(duringPause.get(portB)).toBe(100);
 
     // maxLagMs: A's newest replayed commit is from before the pause, so its data is older
-    // than the limit now (the writes above took 400 ms; wait out the rest of the limit).
+    // than the limit now (the writes above took 400 ms; wait out the rest of the limit:
+    // deliberate, the data has to age).
     await sleep(Math.max(0, LAG_LIMIT_MS + 2 * PERIOD - (Date.now() - tw)));
     const msMon = msProxy.proxy.monitor;
     await waitFor(
@@ -169,7 +170,7 @@ describe('replica lag and read routing (private cluster)', () => {
   it('does not count an idle primary against caught-up replicas (no writes for 2 s, maxLagMs 500)', async () => {
     // A last write, so both replicas have a replayed commit timestamp that then ages.
     const mon = await commitAndWaitCaughtUp('last');
-    await sleep(2000);
+    await sleep(2000); // deliberate: the primary stays idle for 2 s
     // The replicas' newest commit is now > 2 s old: replay age alone would call them lagging.
     const replayAge = await cluster.query('node1', 'SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS ms');
     console.log(`[lag] idle 2 s: node1 replay age ${Math.round(Number(replayAge[0].ms))} ms; snapshot ${describeSnap(mon.snapshot())}`);
@@ -208,7 +209,7 @@ describe('replica lag and read routing (private cluster)', () => {
         if ((n.lagBytes ?? 0) > 0) behind++;
         worstLagMs = Math.max(worstLagMs, n.lagMs ?? Infinity);
       }
-      await sleep(PERIOD / 2);
+      await sleep(PERIOD / 2); // the sampling period
     }
     const replayAge = await cluster.query('node1', 'SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS ms');
     const c = await pgClient(msProxy.port, { database: 'postgres' });

@@ -7,8 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pgClient } from '../support/cluster.js';
 import { startProxy, testConfig, type TestProxy } from '../support/pgmux.js';
+import { waitFor } from '../support/wait.js';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Sample {
   name: string;
@@ -89,11 +89,8 @@ describe('HTTP endpoints', () => {
     });
     expect(proxy.httpPort).toBeGreaterThan(0);
     base = `http://127.0.0.1:${proxy.httpPort}`;
-    const deadline = Date.now() + 20_000;
-    while (!proxy.proxy.topology().nodes.every((n) => n.state === 'up' && n.lagMs !== null) || proxy.proxy.topology().primary === null) {
-      if (Date.now() > deadline) throw new Error('cluster not up');
-      await sleep(50);
-    }
+    const t = () => proxy.proxy.topology();
+    await waitFor(() => t().primary !== null && t().nodes.every((n) => n.state === 'up' && n.lagMs !== null), 20_000, () => `cluster up: ${JSON.stringify(t().nodes.map((n) => [n.name, n.state]))}`);
     primary = proxy.proxy.topology().primary!.name;
     replicas = proxy.proxy.topology().nodes.map((n) => n.name).filter((n) => n !== primary);
   });

@@ -6,13 +6,14 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
-import pino from 'pino';
 import { ClusterMonitor } from '../../src/cluster/monitor.js';
 import type { NodeSnapshot, TopologySnapshot } from '../../src/cluster/snapshot.js';
 import { DEFAULTS } from '../../src/config/load.js';
 import type { Config, NodeConfig } from '../../src/config/types.js';
 import { LocalCluster, freePort } from '../../src/embedded/localCluster.js';
 import { clusterInfo } from '../support/cluster.js';
+import { captureLogger, type LogLine } from '../support/logCapture.js';
+import { sleep } from '../support/wait.js';
 
 const PERIOD = 200;
 
@@ -29,18 +30,6 @@ function makeConfig(nodes: NodeConfig[], over: Partial<Config> = {}): Config {
     onRoleChange: null,
     ...over,
   };
-}
-
-interface LogLine {
-  level: number;
-  msg: string;
-  [k: string]: unknown;
-}
-
-function captureLogger() {
-  const lines: LogLine[] = [];
-  const logger = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as LogLine) });
-  return { logger, lines };
 }
 
 /** Resolves with the first snapshot (current or future) that satisfies pred. */
@@ -61,6 +50,15 @@ function waitForSnapshot(mon: ClusterMonitor, pred: (s: TopologySnapshot) => boo
   });
 }
 
+/** The onRoleChange hook's lines so far (none before its first run creates the file). */
+function hookEvents(file: string): string[] {
+  try {
+    return readFileSync(file, 'utf8').trim().split('\n');
+  } catch {
+    return [];
+  }
+}
+
 function describeSnap(s: TopologySnapshot): string {
   return JSON.stringify(
     {
@@ -72,8 +70,6 @@ function describeSnap(s: TopologySnapshot): string {
     1,
   );
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('ClusterMonitor on the shared cluster', () => {
   let mon: ClusterMonitor;
@@ -139,7 +135,7 @@ describe('ClusterMonitor on the shared cluster', () => {
 
   it('keeps polling: snapshots every period, pollNow runs an extra round', async () => {
     const v0 = mon.snapshot().version;
-    await sleep(PERIOD * 3);
+    await sleep(PERIOD * 3); // deliberate: rounds are counted over a fixed window
     const v1 = mon.snapshot().version;
     expect(v1 - v0).toBeGreaterThanOrEqual(2);
     await mon.pollNow();
@@ -152,18 +148,7 @@ describe('ClusterMonitor on the shared cluster', () => {
 
   it('runs the onRoleChange hook (primary discovered at startup)', async () => {
     const p = mon.snapshot().primary!.name;
-    const deadline = Date.now() + 5000;
-    let text = '';
-    while (Date.now() < deadline) {
-      try {
-        text = readFileSync(hookFile, 'utf8');
-        if (text.includes('primary_change')) break;
-      } catch {
-        // not written yet
-      }
-      await sleep(50);
-    }
-    expect(text.trim().split('\n')).toContain(`primary_change|${p}|unknown|primary||${p}`);
+    await expect.poll(() => hookEvents(hookFile), { timeout: 5000, interval: 50 }).toContain(`primary_change|${p}|unknown|primary||${p}`);
   });
 
   it('hot reload: an unreachable node goes down after the retries, re-weighting keeps state, removal drops it', async () => {
@@ -201,7 +186,7 @@ describe('ClusterMonitor on the shared cluster', () => {
       const base = info.nodes.map((n) => ({ host: n.host, port: n.port, weight: 1 }));
       const t0 = Date.now();
       mon.setNodes([...base, { host: '127.0.0.1', port, weight: 1 }]);
-      await sleep(PERIOD * 15);
+      await sleep(PERIOD * 15); // deliberate: the attempts are counted over a fixed window
       mon.setNodes(base);
       const gaps = attempts.slice(1).map((t, i) => Math.round((t - attempts[i]!) / PERIOD));
       console.log(`[monitor] down node checked at periods ${attempts.map((t) => ((t - t0) / PERIOD).toFixed(1)).join(', ')}`);
@@ -238,9 +223,7 @@ describe('ClusterMonitor on the shared cluster', () => {
       expect(s.primary).not.toBeNull();
       mon.setNodes(base);
       // the abandoned control connection is closed
-      const deadline = Date.now() + 3000;
-      while (sockets.size > 0 && Date.now() < deadline) await sleep(20);
-      expect(sockets.size).toBe(0);
+      await expect.poll(() => sockets.size, { timeout: 3000, interval: 20 }).toBe(0);
     } finally {
       for (const sock of sockets) sock.destroy();
       await new Promise((r) => silent.close(r));
@@ -296,7 +279,7 @@ describe('ClusterMonitor on a private cluster: lag, failover, fencing', () => {
     const writer = (async () => {
       while (writing) {
         await cluster.query('node0', "INSERT INTO t (pad) SELECT repeat('x', 100) FROM generate_series(1, 100)");
-        await sleep(50);
+        await sleep(50); // pacing: a steady trickle of WAL, not a wait for a condition
       }
     })();
     try {
@@ -307,9 +290,9 @@ describe('ClusterMonitor on a private cluster: lag, failover, fencing', () => {
         'replica lagging',
       );
       expect(lagging.nodes[1]!.state).toBe('up');
-      // let it build up, then check it is measured in ms (the replay timestamp stands still)
-      await sleep(600);
-      const s = mon.snapshot().nodes[1]!;
+      // It builds up in ms as well as bytes: the replay timestamp stands still.
+      const built = await waitForSnapshot(mon, (x) => (x.nodes[1]!.lagMs ?? 0) > 400, 5000, 'lag over 400 ms');
+      const s = built.nodes[1]!;
       expect(s.lagBytes).toBeGreaterThan(0);
       expect(s.lagMs).not.toBeNull();
       expect(s.lagMs!).toBeGreaterThan(400);
@@ -372,23 +355,15 @@ describe('ClusterMonitor on a private cluster: lag, failover, fencing', () => {
     expect(s.nodes[0]!.reason).toMatch(/timeline 2\b/);
     expect(states).toContainEqual({ from: 'down', to: 'fenced', name: n0 });
     // It stays fenced round after round; the primary does not move.
-    await sleep(PERIOD * 3);
+    const v = mon.snapshot().version;
+    await waitForSnapshot(mon, (x) => x.version >= v + 3, 20 * PERIOD, 'three more rounds');
     expect(mon.snapshot().nodes[0]!.state).toBe('fenced');
     expect(mon.snapshot().primary?.name).toBe(n1);
     const fencedLog = logs.find((l) => l.level >= 50 && /FENCED/.test(l.msg));
     expect(fencedLog?.msg).toContain(n0);
 
-    const deadline = Date.now() + 5000;
-    let events: string[] = [];
-    while (Date.now() < deadline) {
-      try {
-        events = readFileSync(hookFile, 'utf8').trim().split('\n');
-      } catch {
-        events = [];
-      }
-      if (events.some((e) => e.startsWith('fenced|'))) break;
-      await sleep(50);
-    }
+    await expect.poll(() => hookEvents(hookFile), { timeout: 5000, interval: 50 }).toContain(`fenced|${n0}|primary|primary`);
+    const events = hookEvents(hookFile);
     expect(events).toContain(`role_change|${n1}|replica|primary`);
     expect(events).toContain(`primary_change|${n1}|replica|primary`);
     expect(events).toContain(`fenced|${n0}|primary|primary`);

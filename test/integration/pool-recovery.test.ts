@@ -2,12 +2,12 @@
 // retries, one log line per reason, and no retries at all for a login that cannot succeed.
 import { afterEach, describe, expect, it } from 'vitest';
 import type pg from 'pg';
-import pino from 'pino';
 import type { Config } from '../../src/config/types.js';
 import { startPgmux } from '../../src/server/pgmux.js';
 import { pgClient, primaryPort } from '../support/cluster.js';
 import { Forwarder } from '../support/forwarder.js';
 import { startProxy, testConfig, type TestProxy } from '../support/pgmux.js';
+import { captureLogger, LEVEL, type LogLine } from '../support/logCapture.js';
 import { sleep, waitFor } from '../support/wait.js';
 
 let open: pg.Client[] = [];
@@ -30,18 +30,12 @@ async function connect(port: number, opts: Parameters<typeof pgClient>[1] = {}):
   return c;
 }
 
-interface LogLine {
-  level: number;
-  msg: string;
-  [k: string]: unknown;
-}
-const WARN = 40;
-const INFO = 30;
+const WARN = LEVEL.warn;
+const INFO = LEVEL.info;
 
 /** pgmux with a logger whose lines the test reads. */
 async function proxyWithLog(overrides: Partial<Config>): Promise<{ proxy: TestProxy; lines: LogLine[] }> {
-  const lines: LogLine[] = [];
-  const logger = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as LogLine) });
+  const { logger, lines } = captureLogger('debug');
   const proxy = await startPgmux(testConfig({ logLevel: 'debug', ...overrides }), { logger });
   proxies.push(proxy);
   return { proxy, lines };

@@ -5,6 +5,7 @@ import type pg from 'pg';
 import { pgClient, primaryPort } from '../support/cluster.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
 import { firstError, queryMsg, RawClient, rows } from '../support/rawClient.js';
+import { sleep } from '../support/wait.js';
 
 /**
  * Only the primary as a node: these tests watch one pool and the backends it opens, so
@@ -14,7 +15,6 @@ function primaryOnly() {
   return { nodes: [{ host: '127.0.0.1', port: primaryPort(), weight: 1 }] };
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 let open: Array<pg.Client | RawClient> = [];
 let proxies: TestProxy[] = [];
@@ -52,16 +52,6 @@ afterAll(async () => {
   await direct?.end();
 });
 
-/** Polls `fn` until it returns true or `ms` pass; returns the last result. */
-async function eventually(fn: () => Promise<boolean>, ms: number, stepMs = 50): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    if (await fn()) return true;
-    if (Date.now() > deadline) return false;
-    await sleep(stepMs);
-  }
-}
-
 async function idleInTransaction(appName: string): Promise<number> {
   const r = await (await primary()).query(
     "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
@@ -91,7 +81,7 @@ describe('a client that vanishes mid-transaction', () => {
     await c.query('UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 101');
     expect(await idleInTransaction(app)).toBe(1);
     (c as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
-    expect(await eventually(async () => (await idleInTransaction(app)) === 0, 2000)).toBe(true);
+    await expect.poll(() => idleInTransaction(app), { timeout: 2000 }).toBe(0);
     await updateRowDirectly(101);
     // The pool keeps working for others.
     const d = await connect(proxy.port);
@@ -110,14 +100,12 @@ describe('a client that vanishes mid-transaction', () => {
     open.push(c);
     expect(firstError(await c.query('BEGIN; UPDATE pgbench_accounts SET abalance = abalance WHERE aid = 103'))).toBeUndefined();
     c.send(queryMsg('UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 102'));
-    await sleep(200);
+    const sessions = async (extra: string) =>
+      ((await (await primary()).query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 ${extra}`, [app])).rows[0].n as number);
+    await expect.poll(() => sessions("AND wait_event_type = 'Lock'"), { timeout: 5000 }).toBe(1); // the UPDATE waits on the lock
     c.destroy();
     await holder.query('COMMIT');
-    const gone = await eventually(async () => {
-      const r = await (await primary()).query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1', [app]);
-      return r.rows[0].n === 0;
-    }, 2000);
-    expect(gone).toBe(true);
+    await expect.poll(() => sessions(''), { timeout: 2000 }).toBe(0);
     await updateRowDirectly(102);
     await updateRowDirectly(103);
   });
@@ -130,7 +118,7 @@ describe('a client that vanishes mid-transaction', () => {
     await c.query('BEGIN');
     for (let i = 0; i < 5; i++) await c.query(`UPDATE pgbench_accounts SET abalance = abalance WHERE aid = ${110 + i}`);
     c.destroy();
-    expect(await eventually(async () => (await idleInTransaction(app)) === 0, 2000)).toBe(true);
+    await expect.poll(() => idleInTransaction(app), { timeout: 2000 }).toBe(0);
     await updateRowDirectly(112);
     // poolSize 1: the only backend slot must have come back.
     const d = await connect(proxy.port);
@@ -155,7 +143,7 @@ describe('many clients, few backends', () => {
         for (const p of proxy.proxy.allPools()) maxPool = Math.max(maxPool, p.size);
         const r = await s.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend'");
         maxPg = Math.max(maxPg, r.rows[0].n);
-        await sleep(10);
+        await sleep(10); // the sampling period
       }
       await s.end();
     })();
@@ -223,7 +211,7 @@ describe('a client that keeps sending while it waits for a backend', () => {
     const pad = 'x'.repeat(100_000);
     const N = 120;
     for (let i = 0; i < N; i++) flood.send(queryMsg(`SELECT ${i} AS n /* ${pad} */`));
-    await sleep(700);
+    await sleep(700); // deliberate: time enough for a reader without a bound to drain it all
     // pgmux holds at most ~256 kB of it and leaves the rest in the socket: the client's
     // own send buffer is still full.
     const unsent = flood.socket.writableLength;
@@ -280,7 +268,7 @@ describe('transaction pooling correctness over pool_size 1', () => {
       bDone = true;
       return r;
     });
-    await sleep(300);
+    await sleep(300); // deliberate: B must still be waiting after a while
     expect(bDone).toBe(false); // A's failed transaction still owns the only backend
     await expect(a.query('SELECT 1')).rejects.toMatchObject({ code: '25P02' });
     await a.query('ROLLBACK');

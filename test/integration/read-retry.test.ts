@@ -213,7 +213,7 @@ describe('lone reads re-run when their replica backend dies (shared cluster)', (
     expect(await terminateServing(t)).toBe(primaryPort());
     await expect(running).rejects.toThrow();
     // Killed before its commit: no row, where a re-run would have added one.
-    await sleep(SLEEP_S * 1000 + 500);
+    await sleep(SLEEP_S * 1000 + 500); // deliberate: time enough for a re-run to have committed
     const n = await direct.get(primaryPort())!.query('SELECT count(*)::int AS n FROM read_retry_t WHERE tag = $1', [t]);
     expect(n.rows[0].n).toBe(0);
     expect(proxy.proxy.stats.readRetries).toBe(before);
@@ -251,7 +251,7 @@ describe('lone reads re-run when their replica backend dies (shared cluster)', (
     c.send(queryMsg(`SELECT 1 AS v, pg_sleep(${SLEEP_S}) /* ${t} */`));
     const { port, pid } = await findServing(t, nodePorts()); // on its backend before the second is sent
     c.send(queryMsg('SELECT 2 AS v'));
-    await sleep(100); // the second reaches pgmux, which forwards it behind the first
+    await sleep(100); // deliberate: the second reaches pgmux, which forwards it behind the first
     await direct.get(port)!.query('SELECT pg_terminate_backend($1)', [pid]);
     // Re-running the first alone would leave the second unanswered: the client must get an
     // error and a closed connection instead.

@@ -129,7 +129,7 @@ describe('read-your-writes (private cluster, replay paused on both replicas)', (
       bump(others, Number((await other.query('SELECT inet_server_port() AS port')).rows[0].port));
     }
     const id = Number((await writer.query(`INSERT INTO ryw (v) VALUES (-1) RETURNING id`)).rows[0].id);
-    await sleep(WINDOW_MS + 300);
+    await sleep(WINDOW_MS + 300); // deliberate: the window must pass
     const late = (await writer.query(readBackSql(id))).rows[0];
     const latePort = Number(late.port);
     console.log(
@@ -151,14 +151,21 @@ describe('read-your-writes (private cluster, replay paused on both replicas)', (
     const writer = await pgClient(proxyPort('lsn'), { database: 'postgres' });
     const ports = new Map<number, number>();
     let misses = 0;
+    const mon = proxies.lsn!.proxy.monitor;
     for (let i = 0; i < 10; i++) {
       const id = Number((await writer.query(`INSERT INTO ryw (v) VALUES (${i}) RETURNING id`)).rows[0].id);
-      await sleep(3 * PERIOD); // replayed at once; the next poll records it
+      // Replayed at once; wait for a round begun after the write to record a replica caught up.
+      const v = mon.snapshot().version;
+      await waitFor(
+        () => mon.snapshot().version >= v + 2 && mon.snapshot().nodes.some((n) => n.role === 'replica' && n.lagBytes === 0),
+        20 * PERIOD,
+        () => `a poll after write ${i} with a replica caught up`,
+      );
       const back = (await writer.query(readBackSql(id))).rows[0];
       if (back.found !== true) misses++;
       bump(ports, Number(back.port));
     }
-    console.log(`[ryw] lsn, replay running, read-back ${3 * PERIOD} ms after the write: misses ${misses}/10, per port ${JSON.stringify([...ports])}`);
+    console.log(`[ryw] lsn, replay running, read-back after a poll saw a replica caught up: misses ${misses}/10, per port ${JSON.stringify([...ports])}`);
     expect(misses).toBe(0);
     expect((ports.get(port1) ?? 0) + (ports.get(port2) ?? 0)).toBeGreaterThanOrEqual(8);
     await writer.end();

@@ -19,22 +19,16 @@ import { join } from 'node:path';
 import type { Config } from '../../src/config/types.js';
 import type { TopologySnapshot } from '../../src/cluster/snapshot.js';
 import { LocalCluster } from '../../src/embedded/localCluster.js';
-import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
 import { statusObject } from '../../src/admin/http.js';
 import { startPgmux, type RunningPgmux } from '../../src/server/pgmux.js';
 import { pgClient } from '../support/cluster.js';
 import { testConfig } from '../support/pgmux.js';
+import { captureLogger, type LogLine } from '../support/logCapture.js';
 import { sleep, waitFor } from '../support/wait.js';
 
 const PERIOD = 200;
 const LAG_LIMIT_BYTES = 1024 * 1024;
-
-interface LogLine {
-  level: number;
-  msg: string;
-  [k: string]: unknown;
-}
 
 interface LoggedProxy extends RunningPgmux {
   logs: LogLine[];
@@ -42,16 +36,9 @@ interface LoggedProxy extends RunningPgmux {
 
 /** A pgmux whose log lines (JSON, level info and up) are kept for the test to read. */
 async function startLoggedProxy(overrides: Partial<Config>): Promise<LoggedProxy> {
-  const logs: LogLine[] = [];
-  const destination = {
-    write(line: string) {
-      logs.push(JSON.parse(line) as LogLine);
-    },
-  };
-  const running = await startPgmux(testConfig(overrides), {
-    logger: createLogger('info', { pretty: false, destination: destination as unknown as NodeJS.WritableStream }),
-  });
-  return Object.assign(running, { logs });
+  const { logger, lines } = captureLogger('info');
+  const running = await startPgmux(testConfig(overrides), { logger });
+  return Object.assign(running, { logs: lines });
 }
 
 function describeSnap(s: TopologySnapshot): string {
@@ -180,7 +167,7 @@ describe('node states: lagging, reads with no primary, diverged (private cluster
       const keepPorts = new Map<number, number>();
       while (Date.now() - lostAt < TIMEOUT + 6 * PERIOD) {
         for (const [pt, n] of await readPorts(viaKeep, 5)) keepPorts.set(pt, (keepPorts.get(pt) ?? 0) + n);
-        await sleep(10);
+        await sleep(10); // pacing of the sampling reads
       }
       expect(keepPorts.get(port0) ?? 0).toBe(0);
       expect(keepPorts.get(port1) ?? 0).toBeGreaterThan(0);
@@ -251,7 +238,9 @@ describe('node states: lagging, reads with no primary, diverged (private cluster
     await waitFor(async () => (await cluster.query('node1', 'SELECT count(*)::int AS n FROM pg_stat_wal_receiver'))[0].n === 0, 10_000, () => 'node1 WAL receiver gone');
     await cluster.query('node0', 'INSERT INTO ghost_t SELECT g FROM generate_series(1, 100) g');
     await waitFor(async () => (await cluster.query('node2', 'SELECT count(*)::int AS n FROM ghost_t'))[0].n === 100, 10_000, () => 'node2 has the rows');
-    await sleep(3 * PERIOD); // pgmux sees node1's final position as a replica
+    // pgmux sees node1's final position as a replica: a round begun after node2 got the rows.
+    const roundsFrom = p.proxy.monitor.snapshot().version;
+    await waitFor(() => p.proxy.monitor.snapshot().version >= roundsFrom + 2, 20 * PERIOD, () => 'a round after node2 got the rows');
 
     await cluster.stopNode('node0', 'immediate');
     await cluster.promote('node1');

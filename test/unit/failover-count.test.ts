@@ -1,10 +1,9 @@
-import { Writable } from 'node:stream';
-import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import type { NodeSnapshot } from '../../src/cluster/snapshot.js';
 import { DEFAULTS } from '../../src/config/load.js';
 import type { Config } from '../../src/config/types.js';
 import { PgmuxServer } from '../../src/server/pgmux.js';
+import { captureLogger } from '../support/logCapture.js';
 
 // A primary change is detected (and logged) by the monitor alone; the server counts
 // failovers from the monitor's 'primaryChange' event and logs nothing of its own.
@@ -12,15 +11,9 @@ import { PgmuxServer } from '../../src/server/pgmux.js';
 
 describe('failover counting', () => {
   it('counts a new primary other than the last known one, once, and logs no line of its own', () => {
-    const lines: string[] = [];
-    const sink = new Writable({
-      write(chunk, _enc, done) {
-        lines.push(String(chunk));
-        done();
-      },
-    });
+    const { logger, lines } = captureLogger('debug');
     const cfg: Config = { ...DEFAULTS, nodes: [{ host: '127.0.0.1', port: 1, weight: 1 }] };
-    const server = new PgmuxServer(cfg, pino({ level: 'debug' }, sink));
+    const server = new PgmuxServer(cfg, logger);
     const node = (name: string) => ({ name }) as NodeSnapshot;
     const change = (from: string | null, to: string | null) =>
       server.monitor.emit('primaryChange', { from: from === null ? null : node(from), to: to === null ? null : node(to) });
