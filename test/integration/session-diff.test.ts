@@ -564,6 +564,13 @@ async function runScenario(sc: Scenario, control: pg.Client, o: RunOptions): Pro
           } catch (err) {
             if (err instanceof Timeout) throw err;
             v = `ERROR ${(err as { code?: string }).code ?? (err as Error).message}`;
+            // PostgreSQL sends the ErrorResponse before it aborts the transaction (which frees
+            // its locks); node-postgres reports the error at once. One more round trip on this
+            // connection (an empty query changes nothing, even in an aborted transaction) waits
+            // for the abort, so the next step of another client sees the same locks both ways.
+            await timed(conn.client.query('')).catch((e) => {
+              if (e instanceof Timeout) throw e;
+            });
           }
           obs.push({ step: i, c: s.c, v });
           // What PostgreSQL will deliver (only the reference run needs it; kept in both).
