@@ -4,7 +4,7 @@
 
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
-import { BackendConnection, BackendState, type BackendCloseReason, type BackendCredentials, type NodeAddress } from './backend.js';
+import { BackendConnection, BackendState, type BackendCloseReason, type BackendCredentials, type ConnectOptions, type NodeAddress } from './backend.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import { backendTlsFor } from '../net/tls.js';
 import { connectFailureCode, connectFailureText, connectRetryDelayMs, isPermanentLoginFailure } from './connectRetry.js';
@@ -38,6 +38,11 @@ export interface PoolHooks {
   onDrop?(pool: Pool): void;
   /** Failure text already logged for this (node, database, user) by a pool dropped before. */
   knownFailure?: string | null;
+  /**
+   * How a backend is opened; BackendConnection.connect unless given. Only unit tests pass
+   * one (a fake backend), so the pool's rules run without PostgreSQL.
+   */
+  connect?(opts: ConnectOptions): Promise<BackendConnection>;
 }
 
 export class Pool {
@@ -285,7 +290,7 @@ export class Pool {
     this.connecting++;
     this.totalConnects++;
     const failuresAtStart = this.connectFailures;
-    BackendConnection.connect({
+    (this.hooks.connect ?? BackendConnection.connect)({
       node: this.node,
       user: this.user,
       database: this.database,
