@@ -83,7 +83,8 @@ export function decideRoute(cmd: RouteCommand, client: RouteClient, view: RouteV
   else if (readsFromPrimary(client, view.now, cfg)) why = `${r.reason}; within read_your_writes_window of this client's last write`;
   else {
     const choice = chooseRead(topo, view.disabledNodes, client.avoidNode, cfg.readYourWrites === 'lsn' ? client.minLsn : null, r.maxLagMs ?? null, balancer);
-    if (choice.node !== null) return { kind: 'node', node: choice.node, write: false, reason: `${r.reason}; ${choice.reason}` };
+    // The statement's own reason is the command's (logged beside it): no string built per read.
+    if (choice.node !== null) return { kind: 'node', node: choice.node, write: false, reason: choice.reason };
     // No replica may serve it (e.g. none replayed this client's last commit).
     if (!cfg.fallbackToPrimary || topo.primary !== null) return { kind: 'error', error: 'noReadNode', detail: choice.reason, reason: `${r.reason}; ${choice.reason}` };
     why = `${r.reason}; ${choice.reason}`;

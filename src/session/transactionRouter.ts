@@ -81,7 +81,7 @@ export class TransactionRouter {
     if (volatile !== null) this.retryable = false; // it may have written: never re-run
     const view = { topology: ctx.nodes.topology(), disabledNodes: ctx.nodes.disabledNodes, paused, now: ctx.clock.now };
     const d = decideRoute({ route, volatile }, this.state, view, ctx.config(), ctx.nodes.readBalancer);
-    if (session.log.isLevelEnabled('debug')) session.log.debug({ decision: d.kind, node: d.kind === 'node' ? d.node.name : null, reason: d.reason }, 'route');
+    if (session.log.isLevelEnabled('debug')) session.log.debug({ decision: d.kind, node: d.kind === 'node' ? d.node.name : null, statement: route?.reason ?? null, reason: d.reason }, 'route');
     this.waitStartedAt = ctx.clock.now;
     switch (d.kind) {
       case 'park':
