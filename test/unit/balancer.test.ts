@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { deriveTopology } from '../../src/cluster/topology.js';
 import { lagPolicyOf } from '../../src/cluster/replicaHealth.js';
 import { parseLsn, type NodeSnapshot, type NodeState, type TopologySnapshot } from '../../src/cluster/snapshot.js';
+import { syntheticNode, syntheticTopology } from '../support/snapshots.js';
 import { ReadBalancer, SmoothWeightedRoundRobin } from '../../src/routing/balancer.js';
 import { decideRoute } from '../../src/routing/policy.js';
 import type { NodeConfig } from '../../src/config/types.js';
@@ -9,40 +10,8 @@ import type { NodeConfig } from '../../src/config/types.js';
 // The balancer reads states only: whether a replica is lagging is the topology's decision.
 // Snapshots are built by hand here (the topology tests cover how states are derived).
 
-function node(index: number, over: Partial<NodeSnapshot>): NodeSnapshot {
-  return {
-    index,
-    name: `127.0.0.1:${5432 + index}`,
-    host: '127.0.0.1',
-    port: 5432 + index,
-    weight: 1,
-    role: 'replica',
-    state: 'up',
-    timeline: 1,
-    systemId: '1',
-    walLsn: parseLsn('0/3000000'),
-    receiveLsn: null,
-    lagBytes: 0,
-    lagMs: 0,
-    lagExclusions: 0,
-    lastCheckAt: 1,
-    lastOkAt: 1,
-    consecutiveFailures: 0,
-    ...over,
-  };
-}
-
-function topo(nodes: NodeSnapshot[], primaryIndex: number | null): TopologySnapshot {
-  return {
-    version: 1,
-    takenAt: 1,
-    nodes,
-    primary: primaryIndex === null ? null : nodes[primaryIndex]!,
-    systemId: '1',
-    primaryLostAt: primaryIndex === null ? 0 : null,
-    fork: null,
-  };
-}
+const node = (index: number, over: Partial<NodeSnapshot>): NodeSnapshot => syntheticNode(index, over);
+const topo = syntheticTopology;
 
 function picks(b: ReadBalancer, t: TopologySnapshot, n: number, minLsn: bigint | null = null, hint: number | null = null): string[] {
   const out: string[] = [];

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseLsn, type NodeSnapshot, type TopologySnapshot } from '../../src/cluster/snapshot.js';
+import { syntheticNode, syntheticTopology } from '../support/snapshots.js';
 import { ReadBalancer } from '../../src/routing/balancer.js';
 import {
   afterAcquireFailure,
@@ -15,40 +16,8 @@ import {
 // The routing policy fed synthetic snapshots (as balancer.test.ts builds them): where a
 // transaction goes for each kind of command, client history and topology.
 
-function node(index: number, over: Partial<NodeSnapshot> = {}): NodeSnapshot {
-  return {
-    index,
-    name: `n${index}`,
-    host: '127.0.0.1',
-    port: 5432 + index,
-    weight: 1,
-    role: 'replica',
-    state: 'up',
-    timeline: 1,
-    systemId: '1',
-    walLsn: parseLsn('0/3000000'),
-    receiveLsn: null,
-    lagBytes: 0,
-    lagMs: 0,
-    lagExclusions: 0,
-    lastCheckAt: 1,
-    lastOkAt: 1,
-    consecutiveFailures: 0,
-    ...over,
-  };
-}
-
-function topo(nodes: NodeSnapshot[], primaryIndex: number | null): TopologySnapshot {
-  return {
-    version: 1,
-    takenAt: 1,
-    nodes,
-    primary: primaryIndex === null ? null : nodes[primaryIndex]!,
-    systemId: '1',
-    primaryLostAt: primaryIndex === null ? 0 : null,
-    fork: null,
-  };
-}
+const node = (index: number, over: Partial<NodeSnapshot> = {}): NodeSnapshot => syntheticNode(index, { name: `n${index}`, ...over });
+const topo = syntheticTopology;
 
 const P = (over: Partial<NodeSnapshot> = {}) => node(0, { role: 'primary', weight: 0, ...over });
 const READ: RouteClass = { target: 'replica', reason: 'read-only statement' };
