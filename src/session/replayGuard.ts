@@ -48,11 +48,12 @@ export class ReplayGuard {
   arm(held: readonly HeldMessage[], loneRead: boolean, statementKnown: ((name: string) => boolean) | null): void {
     this.read = loneRead && loneRequest(held) ? held.slice() : null;
     this.readParsed = this.read !== null && statementKnown !== null ? newStatement(held[0]!, statementKnown) : null;
-    this.readReplies = [];
+    // Arrays replaced only when something was left in them: arm() runs once per transaction.
+    if (this.readReplies.length > 0) this.readReplies = [];
     this.readLost = false;
     // A lone read may also be a stale-plan batch: re-run here first, elsewhere if this dies.
     this.batch = statementKnown !== null && replayable(held, statementKnown) ? held.slice() : null;
-    this.batchReplies = [];
+    if (this.batchReplies.length > 0) this.batchReplies = [];
     this.replaying = false;
   }
 

@@ -11,7 +11,7 @@ import type { BackendConnection, NodeAddress } from '../pool/backend.js';
 import type { Pool } from '../pool/pool.js';
 import { BackendError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 import { parseLsn } from '../cluster/snapshot.js';
-import { afterAcquireFailure, decideRoute, mayRetry, type RouteClass, type RouteClient } from '../routing/policy.js';
+import { afterAcquireFailure, decideRoute, mayRetry, type RouteClass, type RouteClient, type RouteCommand, type RouteView } from '../routing/policy.js';
 import type { SessionContext } from './sessionContext.js';
 import type { ClientSession } from './clientSession.js';
 import type { ClientCloseReason } from './clientState.js';
@@ -42,6 +42,8 @@ export class TransactionRouter {
   retryable = false;
   /** What the routing policy remembers of this client (read-your-writes, failed attempts). */
   private readonly state: RouteClient = { minLsn: null, lastWriteAt: -Infinity, avoidNode: null, attempts: 0 };
+  private readonly command: { -readonly [K in keyof RouteCommand]: RouteCommand[K] } = { route: null, volatile: null };
+  private view: { -readonly [K in keyof RouteView]: RouteView[K] } | null = null;
   /** The last write's LSN is being read: the next transaction waits for it. */
   lsnPending = false;
   private waitStartedAt = 0;
@@ -79,8 +81,17 @@ export class TransactionRouter {
       return;
     }
     if (volatile !== null) this.retryable = false; // it may have written: never re-run
-    const view = { topology: ctx.nodes.topology(), disabledNodes: ctx.nodes.disabledNodes, paused, now: ctx.clock.now };
-    const d = decideRoute({ route, volatile }, this.state, view, ctx.config(), ctx.nodes.readBalancer);
+    // The policy's inputs are filled into objects this router keeps: nothing allocated per transaction for them.
+    const cmd = this.command;
+    cmd.route = route;
+    cmd.volatile = volatile;
+    const topology = ctx.nodes.topology();
+    const view = (this.view ??= { topology, disabledNodes: ctx.nodes.disabledNodes, paused, now: ctx.clock.now });
+    view.topology = topology;
+    view.disabledNodes = ctx.nodes.disabledNodes;
+    view.paused = paused;
+    view.now = ctx.clock.now;
+    const d = decideRoute(cmd, this.state, view, ctx.config(), ctx.nodes.readBalancer);
     if (session.log.isLevelEnabled('debug')) session.log.debug({ decision: d.kind, node: d.kind === 'node' ? d.node.name : null, statement: route?.reason ?? null, reason: d.reason }, 'route');
     this.waitStartedAt = ctx.clock.now;
     switch (d.kind) {
