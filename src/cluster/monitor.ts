@@ -482,7 +482,9 @@ export class ClusterMonitor extends EventEmitter {
         this.log.warn(fields, `node ${node.name} is down: ${node.reason ?? ''}`);
         break;
       case 'lagging':
-        this.log.warn(
+        // At the first check a replica's data age is often not measurable yet (the primary's
+        // WAL has no history to compare with): info then, so every start does not warn.
+        this.log[firstCheck && node.lagMs === null ? 'info' : 'warn'](
           { ...fields, lagBytes: node.lagBytes, lagMs: node.lagMs, ...lagLimitsFor(this.lagPolicy, node.name) },
           `replica ${node.name} gets no reads: ${node.reason ?? ''} (lag ${node.lagBytes ?? '?'} bytes / ${node.lagMs === null ? '?' : Math.round(node.lagMs)} ms)`,
         );
