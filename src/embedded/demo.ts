@@ -44,6 +44,9 @@ export async function runDemo(opts: DemoOptions): Promise<RunningDemo> {
         nodes: cluster.nodes.map((n) => ({ host: n.host, port: n.port, weight: 1 })),
         poolMode: opts.poolMode,
         poolSize: opts.poolSize,
+        // What a newcomer looks at next: the admin console and /metrics (any free port).
+        adminUsers: ['postgres'],
+        http: { host: opts.listen.host === '0.0.0.0' || opts.listen.host === '::' ? '127.0.0.1' : opts.listen.host, port: 0 },
       },
       { logger: log },
     );
@@ -56,6 +59,8 @@ export async function runDemo(opts: DemoOptions): Promise<RunningDemo> {
       `  pgmux     ${host}:${pgmux.port}  (${opts.poolMode} pooling, pool_size ${opts.poolSize})`,
       '',
       `Connect with:  psql "${dsn}"`,
+      `Admin console: psql "${dsn.slice(0, dsn.lastIndexOf('/'))}/pgmux" -c 'SHOW NODES'`,
+      `Metrics:       curl http://${host.includes(':') ? `[${host}]` : host}:${pgmux.httpPort}/metrics`,
       '',
       'Press Ctrl-C to stop everything and remove the temporary cluster.',
       '',
