@@ -59,7 +59,9 @@ interface NodeRuntime {
   nextCheckAt: number;
 }
 
+/** Someone waiting for a snapshot in which `pick` finds a node. */
 interface Waiter {
+  pick: (s: TopologySnapshot) => NodeSnapshot | null;
   resolve: (n: NodeSnapshot | null) => void;
   timer: NodeJS.Timeout;
 }
@@ -169,7 +171,7 @@ export class ClusterMonitor extends EventEmitter {
     if (this.started && !this.stopped) void this.pollNow();
   }
 
-  /** Stops polling and closes the control connections. Pending waitForPrimary() get null. */
+  /** Stops polling and closes the control connections. Pending waits get null. */
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
@@ -193,10 +195,20 @@ export class ClusterMonitor extends EventEmitter {
 
   /** The primary now if there is one, else the first one a snapshot shows; null on timeout. */
   waitForPrimary(timeoutMs: number): Promise<NodeSnapshot | null> {
-    if (this.current.primary) return Promise.resolve(this.current.primary);
+    return this.waitFor((snap) => snap.primary, timeoutMs);
+  }
+
+  /**
+   * The node `pick` finds in the snapshot now, else in the first later snapshot where it
+   * finds one; null on timeout or stop.
+   */
+  waitFor(pick: (s: TopologySnapshot) => NodeSnapshot | null, timeoutMs: number): Promise<NodeSnapshot | null> {
+    const now = pick(this.current);
+    if (now !== null) return Promise.resolve(now);
     if (this.stopped || timeoutMs <= 0) return Promise.resolve(null);
     return new Promise((resolve) => {
       const waiter: Waiter = {
+        pick,
         resolve,
         timer: setTimeout(() => {
           this.waiters.delete(waiter);
@@ -434,13 +446,12 @@ export class ClusterMonitor extends EventEmitter {
     }
     this.emit('snapshot', next);
 
-    if (next.primary && this.waiters.size > 0) {
-      const p = next.primary;
-      for (const w of this.waiters) {
-        clearTimeout(w.timer);
-        w.resolve(p);
-      }
-      this.waiters.clear();
+    for (const w of this.waiters) {
+      const n = w.pick(next);
+      if (n === null) continue;
+      clearTimeout(w.timer);
+      this.waiters.delete(w);
+      w.resolve(n);
     }
     for (const h of hooks) this.roleChangeHooks.enqueue(h);
   }

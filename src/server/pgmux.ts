@@ -290,8 +290,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     if (this.janitor) clearInterval(this.janitor);
     this.notifications.close();
     this.poolRegistry.closeAll();
-    this.nodes.close();
-    await this.monitor.stop();
+    await this.monitor.stop(); // logins still waiting for a node get none
   }
 
   // ---- ServerView (admin console, HTTP, metrics) --------------------------------------

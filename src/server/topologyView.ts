@@ -1,6 +1,7 @@
 // The cluster as client sessions see it: the monitor's newest snapshot, the nodes disabled
 // on the admin console, the read balancer's round-robin position, one address object per
-// node, and the waits for a node (a primary during a failover, any node to log in through).
+// node, and the waits for a node (a primary during a failover, any node to log in through),
+// which are the monitor's own waits (ClusterMonitor.waitFor) with the address mapped.
 // What to do with them is the routing policy's (src/routing/policy.ts).
 
 import type { Config } from '../config/types.js';
@@ -36,8 +37,6 @@ export class TopologyView implements NodeDirectory {
   readonly readBalancer: ReadBalancer;
   private readPolicy: ReadPolicy;
   private readonly addresses = new Map<string, NodeAddress>();
-  /** Logins waiting for any node to log in through (loginNode). */
-  private readonly loginWaiters = new Set<{ resolve: (n: NodeAddress | null) => void; timer: NodeJS.Timeout }>();
 
   constructor(
     private readonly monitor: ClusterMonitor,
@@ -47,7 +46,6 @@ export class TopologyView implements NodeDirectory {
   ) {
     this.readPolicy = { fallbackToPrimary: config().fallbackToPrimary };
     this.readBalancer = new ReadBalancer(() => this.readPolicy);
-    monitor.on('snapshot', () => this.wakeLoginWaiters());
   }
 
   /** RELOAD: the balancer's policy from the new configuration. */
@@ -60,8 +58,6 @@ export class TopologyView implements NodeDirectory {
   }
 
   async primary(timeoutMs: number): Promise<NodeAddress | null> {
-    const now = this.monitor.snapshot().primary;
-    if (now !== null) return this.nodeAddress(now);
     const p = await this.monitor.waitForPrimary(timeoutMs);
     return p ? this.nodeAddress(p) : null;
   }
@@ -81,44 +77,9 @@ export class TopologyView implements NodeDirectory {
     return null;
   }
 
-  private loginNodeNow(): NodeAddress | null {
-    const n = loginNodeOf(this.monitor.snapshot(), this.disabledNodes);
+  async loginNode(timeoutMs: number): Promise<NodeAddress | null> {
+    const n = await this.monitor.waitFor((snap) => loginNodeOf(snap, this.disabledNodes), this.closing() ? 0 : timeoutMs);
     return n === null ? null : this.nodeAddress(n);
-  }
-
-  loginNode(timeoutMs: number): Promise<NodeAddress | null> {
-    const now = this.loginNodeNow();
-    if (now !== null || timeoutMs <= 0 || this.closing()) return Promise.resolve(now);
-    return new Promise((resolve) => {
-      const waiter = {
-        resolve,
-        timer: setTimeout(() => {
-          this.loginWaiters.delete(waiter);
-          resolve(null);
-        }, timeoutMs),
-      };
-      this.loginWaiters.add(waiter);
-    });
-  }
-
-  private wakeLoginWaiters(): void {
-    if (this.loginWaiters.size === 0) return;
-    const node = this.loginNodeNow();
-    if (node === null) return;
-    for (const w of this.loginWaiters) {
-      clearTimeout(w.timer);
-      w.resolve(node);
-    }
-    this.loginWaiters.clear();
-  }
-
-  /** Shutdown: every login still waiting for a node gets none. */
-  close(): void {
-    for (const w of this.loginWaiters) {
-      clearTimeout(w.timer);
-      w.resolve(null);
-    }
-    this.loginWaiters.clear();
   }
 
   /** One NodeAddress object per host:port, so sessions can compare by identity. */
