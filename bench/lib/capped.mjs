@@ -121,7 +121,7 @@ export async function runCapped({ cluster, opts, pgbenchBin, database, work, fre
       if (!v.weights) continue;
       try {
         const weights = v.weights(cluster.nodes);
-        const r = await startPgmux({ dir: join(work, `pgmux-capped-${key}`), repoDir, port: await freePort(), nodes: cluster.nodes, weights, database, poolSize: opts.cappedPoolSize, nofile });
+        const r = await startPgmux({ dir: join(work, `pgmux-capped-${key}`), repoDir, port: await freePort(), nodes: cluster.nodes, weights, database, poolSize: opts.cappedPoolSize, nofile, nodeBin: opts.pgmuxNode });
         r.label = `pgmux (capped nodes, ${key})`;
         instances[key] = r;
         out.instances.push(r);

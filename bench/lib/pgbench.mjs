@@ -1,10 +1,18 @@
 // pgbench workloads and the parsing of pgbench's summary.
 
+import { readFileSync, readdirSync, rmSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { runCommand, shq, withUlimit } from './procs.mjs';
 
 /**
- * name -> { title, clients, args (beyond the common ones), note }.
+ * name -> { title, clients, args (beyond the common ones), ... }.
  * Common args: -n (vacuum is done on the primary directly), -j 2, -T seconds.
+ * auth: 'scram' = as the bench's SCRAM role, with PGPASSWORD, through proxies that make
+ * clients log in with SCRAM-SHA-256 (run.mjs starts those for the workload).
+ * rate: pgbench -R (transactions per second over all clients); latencyLog: -l with a
+ * --log-prefix in the bench's temp dir, read back for latency percentiles.
+ * perConnection: each transaction opens its own connection (-C): CPU per transaction is
+ * CPU per connection.
  */
 export const WORKLOADS = {
   'select-simple': { title: 'select-only, simple protocol', clients: 50, args: ['-S', '-M', 'simple'] },
@@ -20,10 +28,16 @@ export const WORKLOADS = {
     writes: true,
   },
   tpcb: { title: 'TPC-B-like read/write', clients: 20, args: ['-M', 'simple'], writes: true },
-  churn: { title: 'connection churn (-C), select-only', clients: 20, args: ['-S', '-M', 'simple', '-C'] },
+  churn: { title: 'connection churn (-C), select-only', clients: 20, args: ['-S', '-M', 'simple', '-C'], perConnection: true },
+  // The same with SCRAM-SHA-256 at every step: pgbench -> proxy, proxy -> PostgreSQL (and
+  // pgbench -> PostgreSQL for direct), as a role PostgreSQL stores as a SCRAM verifier.
+  'churn-scram': { title: 'connection churn (-C) with SCRAM-SHA-256, select-only', clients: 20, args: ['-S', '-M', 'simple', '-C'], perConnection: true, auth: 'scram' },
   // pgbench's -T clock starts before its clients have connected: 1000 connections (1000
   // forked backends when direct) take several seconds here, so these runs last >= 15 s.
   c1000: { title: '1000 clients, select-only, pool of 20', clients: 1000, args: ['-S', '-M', 'simple'], minSeconds: 15 },
+  // Latency when nobody is saturated: a fixed schedule (-R, --latency-rate) well below what
+  // any target serves, and every transaction's latency from pgbench's per-transaction log.
+  latency: { title: 'latency at a fixed rate, select-only, simple protocol', clients: 10, args: ['-S', '-M', 'simple'], rate: 1000, latencyLog: true },
 };
 
 export const WORKLOAD_NAMES = Object.keys(WORKLOADS);
@@ -33,15 +47,21 @@ export function runSeconds(workload, seconds) {
   return Math.max(seconds, WORKLOADS[workload].minSeconds ?? 0);
 }
 
-export function pgbenchArgs(workload, { port, database, seconds, threads = 2 }) {
+/** The role a workload logs in as: the bench's SCRAM role for auth 'scram', else postgres. */
+export const SCRAM_LOGIN = { user: 'bench_scram', password: 'bench-scram-password' };
+
+export function pgbenchArgs(workload, { port, database, seconds, threads = 2, logPrefix = null }) {
   const w = WORKLOADS[workload];
-  return ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-n', ...w.args, '-c', String(w.clients), '-j', String(threads), '-T', String(runSeconds(workload, seconds)), database];
+  const user = w.auth === 'scram' ? SCRAM_LOGIN.user : 'postgres';
+  const rate = w.rate ? ['-R', String(w.rate)] : [];
+  const log = logPrefix ? ['-l', `--log-prefix=${logPrefix}`] : [];
+  return ['-h', '127.0.0.1', '-p', String(port), '-U', user, '-n', ...w.args, ...rate, '-c', String(w.clients), '-j', String(threads), '-T', String(runSeconds(workload, seconds)), ...log, database];
 }
 
 /** The command as a person would type it (the port is replaced by a placeholder). */
 export function pgbenchDisplay(workload, { seconds, database }) {
-  const args = pgbenchArgs(workload, { port: 'PORT', database, seconds });
-  return 'pgbench ' + args.map(shq).join(' ');
+  const args = pgbenchArgs(workload, { port: 'PORT', database, seconds, logPrefix: WORKLOADS[workload].latencyLog ? '$TMPDIR/latency-TARGET-ROUND' : null });
+  return (WORKLOADS[workload].auth === 'scram' ? 'PGPASSWORD=... ' : '') + 'pgbench ' + args.map(shq).join(' ');
 }
 
 /** Parses pgbench's summary. Returns { tps, latencyMs, transactions, failed } (nulls if absent). */
@@ -73,10 +93,13 @@ export function errorLine(stderr) {
  * Run pgbench (through sh, for `ulimit -n`). Resolves
  * { ok, tps, latencyMs, transactions, error, code, stdout, stderr }.
  */
-export async function runPgbench(pgbenchBin, workload, { port, database, seconds, nofile, timeoutMs }) {
-  const args = pgbenchArgs(workload, { port, database, seconds });
+export async function runPgbench(pgbenchBin, workload, { port, database, seconds, nofile, timeoutMs, logPrefix = null }) {
+  const args = pgbenchArgs(workload, { port, database, seconds, logPrefix });
   const line = withUlimit([pgbenchBin, ...args], nofile);
-  const r = await runCommand('pgbench', ['sh', '-c', line], { timeoutMs, env: { ...process.env, PGCONNECT_TIMEOUT: '60', LC_ALL: 'C' } });
+  const env = { ...process.env, PGCONNECT_TIMEOUT: '60', LC_ALL: 'C' };
+  if (WORKLOADS[workload].auth === 'scram') env.PGPASSWORD = SCRAM_LOGIN.password;
+  else delete env.PGPASSWORD;
+  const r = await runCommand('pgbench', ['sh', '-c', line], { timeoutMs, env });
   const parsed = parsePgbench(r.stdout);
   const out = { ...parsed, code: r.code, stdout: r.stdout, stderr: r.stderr, ok: false, error: null };
   if (r.timedOut) {
@@ -91,4 +114,44 @@ export async function runPgbench(pgbenchBin, workload, { port, database, seconds
     out.ok = true;
   }
   return out;
+}
+
+/**
+ * Reads (and removes) the per-transaction logs pgbench -l wrote under `prefix`
+ * (`<prefix>.<pid>` and `<prefix>.<pid>.<thread>`). Each line: client_id transaction_no
+ * time script_no time_epoch time_us [schedule_lag]; `time` is the latency in µs, counted
+ * from the transaction's scheduled start under -R (so it includes any schedule lag, as
+ * pgbench's own "latency average" does). Returns { latUs: Float64Array, lagUs: Float64Array,
+ * failed } (failed: lines whose time is not a number, e.g. "failed").
+ */
+export function readLatencyLog(prefix) {
+  const dir = dirname(prefix);
+  const stem = basename(prefix) + '.';
+  const lat = [];
+  const lag = [];
+  let failed = 0;
+  for (const f of readdirSync(dir).filter((x) => x.startsWith(stem))) {
+    const file = join(dir, f);
+    for (const line of readFileSync(file, 'utf8').split('\n')) {
+      if (!line) continue;
+      const p = line.split(' ');
+      const t = Number(p[2]);
+      if (!Number.isFinite(t)) {
+        failed++;
+        continue;
+      }
+      lat.push(t);
+      if (p.length > 6) lag.push(Number(p[6]));
+    }
+    rmSync(file, { force: true });
+  }
+  return { latUs: Float64Array.from(lat), lagUs: Float64Array.from(lag), failed };
+}
+
+/** Nearest-rank percentiles of µs samples: { n, p50, p99, p999, max } in µs (nulls when empty). */
+export function latencyPercentiles(samples) {
+  const v = Float64Array.from(samples).sort();
+  const n = v.length;
+  const at = (q) => (n ? v[Math.min(n - 1, Math.max(0, Math.ceil(q * n) - 1))] : null);
+  return { n, p50: at(0.5), p99: at(0.99), p999: at(0.999), max: n ? v[n - 1] : null };
 }

@@ -1,6 +1,6 @@
 // Summaries, the console table, the Markdown report and the SVG chart.
 
-import { TARGETS, TARGET_LABEL } from './targets.mjs';
+import { TARGET_LABEL } from './targets.mjs';
 import { WORKLOADS } from './pgbench.mjs';
 import { CAPPED_TARGET_RATIO, CAPPED_VARIANTS } from './capped.mjs';
 
@@ -28,6 +28,10 @@ export function summarize(cell) {
     tps: median(ok.map((r) => r.tps)),
     latencyMs: median(ok.map((r) => r.latencyMs)),
     cpuUs: median(ok.map((r) => r.cpuUsPerTxn)),
+    pgCpuUs: median(ok.map((r) => r.pgCpuUsPerTxn)),
+    // Latency workloads: percentiles over every ok round's transactions together (µs).
+    latency: cell.latency ?? null,
+    latencyRuns: cell.runs.map((r) => (r.ok ? r.latency ?? null : null)),
     rounds: cell.runs.length,
     okRounds: ok.length,
     tpsList: cell.runs.map((r) => (r.ok ? r.tps : null)),
@@ -62,8 +66,8 @@ export function tableRows(results, workloads, targets) {
       const s = sums[t];
       const shown =
         s.status === 'ok'
-          ? { tps: fmtInt(s.tps), lat: fmt(s.latencyMs, 2), cpu: t === 'direct' ? '—' : fmt(s.cpuUs, 1) }
-          : { tps: s.status, lat: '—', cpu: '—' };
+          ? { tps: fmtInt(s.tps), lat: fmt(s.latencyMs, 2), cpu: t === 'direct' ? 'n/a' : fmt(s.cpuUs, 1), pgCpu: fmt(s.pgCpuUs, 1) }
+          : { tps: s.status, lat: '—', cpu: '—', pgCpu: '—' };
       rows.push({
         workload: w,
         target: t,
@@ -88,10 +92,10 @@ function pad(s, n, right = false) {
 }
 
 export function consoleTable(rows) {
-  const head = ['workload', 'target', 'tps', 'lat ms', 'CPU µs/txn', '×direct', '×PgBouncer', '×Pgpool-II', 'note'];
-  const data = rows.map((r) => [r.workload, TARGET_LABEL[r.target], r.tps, r.lat, r.cpu, r.xDirect, r.xBouncer, r.xPgpool, shorten(r.note, 60)]);
+  const head = ['workload', 'target', 'tps', 'lat ms', 'CPU µs/txn', 'PG µs/txn', '×direct', '×PgBouncer', '×Pgpool-II', 'note'];
+  const data = rows.map((r) => [r.workload, TARGET_LABEL[r.target], r.tps, r.lat, r.cpu, r.pgCpu, r.xDirect, r.xBouncer, r.xPgpool, shorten(r.note, 60)]);
   const widths = head.map((h, i) => Math.max(h.length, ...data.map((d) => String(d[i]).length)));
-  const rightCols = new Set([2, 3, 4, 5, 6, 7]);
+  const rightCols = new Set([2, 3, 4, 5, 6, 7, 8]);
   const line = (cells) => cells.map((c, i) => pad(c, widths[i], rightCols.has(i))).join('  ').trimEnd();
   const out = [line(head), widths.map((w) => '-'.repeat(w)).join('  ')];
   let last = null;
@@ -100,7 +104,38 @@ export function consoleTable(rows) {
     last = rows[i].workload;
     out.push(line(data[i]));
   }
+  for (const w of [...new Set(rows.map((r) => r.workload))].filter((x) => WORKLOADS[x].latencyLog)) {
+    out.push('', `${w}: latency µs (p50 / p99 / p99.9; added over direct: p50 / p99 / p99.9)`);
+    for (const l of latencyRows(rows, w)) out.push(`  ${pad(l.label, 22)} ${pad(`${l.p50} / ${l.p99} / ${l.p999}`, 22)}  ${l.addP50} / ${l.addP99} / ${l.addP999}`);
+  }
   return out.join('\n');
+}
+
+/** The latency workload's rows: percentiles (µs, all rounds pooled) and what each adds over direct. */
+export function latencyRows(rows, w) {
+  const mine = rows.filter((r) => r.workload === w);
+  const direct = mine.find((r) => r.target === 'direct')?.summary.latency ?? null;
+  const us = (x) => (x === null || x === undefined ? '—' : fmtInt(x));
+  const add = (l, k) => (l && direct && l[k] !== null && direct[k] !== null ? `${l[k] - direct[k] >= 0 ? '+' : ''}${fmtInt(l[k] - direct[k])}` : '—');
+  return mine.map((r) => {
+    const l = r.summary.status === 'ok' ? r.summary.latency : null;
+    return {
+      target: r.target,
+      label: TARGET_LABEL[r.target],
+      p50: us(l?.p50),
+      p99: us(l?.p99),
+      p999: us(l?.p999),
+      max: us(l?.max),
+      n: l ? fmtInt(l.n) : '—',
+      addP50: r.target === 'direct' ? '—' : add(l, 'p50'),
+      addP99: r.target === 'direct' ? '—' : add(l, 'p99'),
+      addP999: r.target === 'direct' ? '—' : add(l, 'p999'),
+      // p50 / p99 of each round, to show the spread the pooled figures hide.
+      perRound: l ? (r.summary.latencyRuns ?? []).map((x) => (x ? `${fmtInt(x.p50)}/${fmtInt(x.p99)}` : 'x')).join(' · ') : '',
+      note: r.note,
+      raw: l,
+    };
+  });
 }
 
 function shorten(s, n) {
@@ -318,8 +353,90 @@ function cappedMarkdown(capped, options) {
   return L;
 }
 
+/**
+ * Issue #14's targets, each checked against this run's figures: [{ goal, value, met }]
+ * (met null = not measured in this run). pgmux here is the `pgmux` target (primary alone, as
+ * PgBouncer); pipelining is any pgmux-pipe* target that ran.
+ */
+export function issue14Checks(rows, memory, targets) {
+  const get = (w, t) => {
+    const s = rows.find((r) => r.workload === w && r.target === t)?.summary;
+    return s && s.status === 'ok' ? s : null;
+  };
+  const out = [];
+  const x = (v) => (v === null ? '—' : `${v.toFixed(2)}×`);
+  const check = (goal, value, met) => out.push({ goal, value, met });
+  for (const [w, title] of [['select-simple', 'select-only simple, 50 clients'], ['select-extended', 'select-only extended, 50 clients']]) {
+    const m = get(w, 'pgmux');
+    const b = get(w, 'pgbouncer');
+    const r = m && b ? m.tps / b.tps : null;
+    check(`${title}: pgmux ≥ 1.0× PgBouncer in tps`, `${x(r)} (${m ? fmtInt(m.tps) : '—'} vs ${b ? fmtInt(b.tps) : '—'} tps)`, r === null ? null : r >= 1);
+    const c = m?.cpuUs != null && b?.cpuUs != null ? m.cpuUs / b.cpuUs : null;
+    check(`${title}: pgmux proxy CPU/txn ≤ 1.0× PgBouncer's`, `${x(c)} (${fmt(m?.cpuUs ?? null, 1)} vs ${fmt(b?.cpuUs ?? null, 1)} µs)`, c === null ? null : c <= 1);
+  }
+  const d = get('select-simple', 'direct');
+  const pipes = targets.filter((t) => /^pgmux-pipe\d+$/.test(t));
+  if (pipes.length === 0) check('pipelining on, select-only simple: ≥ 1.0× direct', 'not run (add pgmux-pipe2,pgmux-pipe4,pgmux-pipe8 with --only)', null);
+  for (const t of pipes) {
+    const p = get('select-simple', t);
+    const r = p && d ? p.tps / d.tps : null;
+    const why = rows.find((q) => q.workload === 'select-simple' && q.target === t)?.summary;
+    const value = !p && why && why.status !== 'ok' ? `${why.status}: ${why.reason ?? ''}` : `${x(r)} (${p ? fmtInt(p.tps) : '—'} vs ${d ? fmtInt(d.tps) : '—'} tps)`;
+    check(`${TARGET_LABEL[t]}, select-only simple: ≥ 1.0× direct`, value, r === null ? null : r >= 1);
+  }
+  for (const w of ['churn', 'churn-scram']) {
+    const m = get(w, 'pgmux');
+    const b = get(w, 'pgbouncer');
+    const r = m && b ? m.tps / b.tps : null;
+    check(`${w}: pgmux ≥ 1.0× PgBouncer`, `${x(r)}; proxy CPU per connection ${fmt(m?.cpuUs ?? null, 0)} vs ${fmt(b?.cpuUs ?? null, 0)} µs`, r === null ? null : r >= 1);
+  }
+  {
+    const m = get('c1000', 'pgmux');
+    const b = get('c1000', 'pgbouncer');
+    const r = m && b ? m.tps / b.tps : null;
+    const failed = rows.find((q) => q.workload === 'c1000' && q.target === 'pgmux')?.summary;
+    const f = failed?.failed ?? null;
+    check('1000 clients over a pool of 20: pgmux ≥ 1.0× PgBouncer, 0 failed transactions', `${x(r)}; ${f === null ? (failed?.status && failed.status !== 'ok' ? failed.status : '—') : f} failed`, r === null ? null : r >= 1 && (f ?? 0) === 0 && failed.status === 'ok');
+  }
+  {
+    const m = get('select-prepared', 'pgmux');
+    const dd = get('select-prepared', 'direct');
+    const r = m && dd ? m.tps / dd.tps : null;
+    check('select-only prepared, transaction mode: pgmux ≥ 0.9× direct', x(r), r === null ? null : r >= 0.9);
+  }
+  {
+    const ms = (memory ?? []).filter((m) => m.target === 'pgmux' && m.perClientBytes != null);
+    const big = ms.sort((a, b) => b.clients - a.clients)[0];
+    check(
+      'memory per idle client ≤ 8 KiB (pgmux)',
+      big ? `${fmtInt(big.perClientBytes)} B RSS, ${big.heapPerClientBytes != null ? fmtInt(big.heapPerClientBytes) : '—'} B V8 heap per client at ${big.clients} clients` : 'not measured',
+      big ? big.perClientBytes <= 8192 : null,
+    );
+  }
+  {
+    const l = (t) => get('latency', t)?.latency ?? null;
+    const [m, b, dd] = [l('pgmux'), l('pgbouncer'), l('direct')];
+    const us = (v) => (v == null ? '—' : fmtInt(v));
+    if (m && b && dd) {
+      check('latency at a fixed rate: pgmux added p50 over direct ≤ PgBouncer\'s', `+${us(m.p50 - dd.p50)} vs +${us(b.p50 - dd.p50)} µs (direct ${us(dd.p50)})`, m.p50 - dd.p50 <= b.p50 - dd.p50);
+      check('latency: pgmux p99 ≤ PgBouncer\'s', `${us(m.p99)} vs ${us(b.p99)} µs`, m.p99 <= b.p99);
+      check('latency: pgmux p99.9 ≤ PgBouncer\'s', `${us(m.p999)} vs ${us(b.p999)} µs`, m.p999 <= b.p999);
+    } else check('latency at a fixed rate (p50 added, p99, p99.9 vs PgBouncer)', 'not measured (needs latency with direct, pgbouncer, pgmux)', null);
+  }
+  return out;
+}
+
+function issue14Markdown(rows, memory, targets) {
+  const checks = issue14Checks(rows, memory, targets);
+  const L = ['## Issue #14 targets', ''];
+  L.push('| target | this run | met |', '| --- | --- | --- |');
+  for (const c of checks) L.push(`| ${mdCell(c.goal)} | ${mdCell(c.value)} | ${c.met === null ? '—' : c.met ? 'yes' : '**no**'} |`);
+  L.push('');
+  return L;
+}
+
 export function markdown(ctx) {
-  const { date, rows, memory, machine, commands, configs, options, incidents, proxyLogs = [], workloads, targets, durationS, svgName, capped = null } = ctx;
+  const { date, rows, memory, machine, commands, configs, options, incidents, proxyLogs = [], workloads, targets, durationS, svgName, capped = null, targetInfo = {} } = ctx;
   const L = [];
   L.push(`# pgmux benchmark, ${date}`);
   L.push('');
@@ -332,20 +449,38 @@ export function markdown(ctx) {
   L.push('');
   L.push(`![ratio of tps to direct](${svgName})`);
   L.push('');
+  if (Object.keys(targetInfo).length) {
+    L.push('Targets: ' + targets.map((t) => `*${TARGET_LABEL[t]}* (${[targetInfo[t]?.version ?? 'not run', ...(targetInfo[t]?.config ?? []).map((c) => `\`${c}\``)].join('; ')})`).join(', ') + '.');
+    L.push('');
+  }
+  L.push(...issue14Markdown(rows, memory, targets));
   L.push('## Throughput, latency, proxy CPU');
   L.push('');
-  L.push('Median over the rounds. *% on primary / replica 1 / replica 2*: where the transactions ran, from pg_stat_database (xact_commit + xact_rollback of the bench database on each node, summed over the rounds; idle backends report their counts up to ~10 s late, so a few % can belong to the run before). *CPU µs/txn*: user + system CPU of the proxy (every process of it) during the run, divided by the transactions pgbench completed. *×direct*, *×PgBouncer*, *×Pgpool-II*: median tps relative to the same workload straight against the primary, through PgBouncer, and through Pgpool-II. *pgmux* sits in front of the primary alone, as PgBouncer does; *pgmux routed* in front of all three nodes with reads spread over them, as Pgpool-II does.');
+  L.push('Median over the rounds. *% on primary / replica 1 / replica 2*: where the transactions ran, from pg_stat_database (xact_commit + xact_rollback of the bench database on each node, summed over the rounds; idle backends report their counts up to ~10 s late, so a few % can belong to the run before). *CPU µs/txn*: user + system CPU of the proxy (every process of it) during the run, divided by the transactions pgbench completed (n/a for direct: there is no proxy); for the `-C` workloads every transaction is a connection, so it is CPU per connection. *PostgreSQL µs/txn*: the same for every PostgreSQL node (each postmaster\'s whole process tree, backends that exited included), for every target: a proxy that makes the database do less work per query shows here. *×direct*, *×PgBouncer*, *×Pgpool-II*: median tps relative to the same workload straight against the primary, through PgBouncer, and through Pgpool-II. *pgmux* sits in front of the primary alone, as PgBouncer does; *pgmux routed* in front of all three nodes with reads spread over them, as Pgpool-II does; the other pgmux targets are pgmux in front of the primary alone with the settings named above.');
   L.push('');
   for (const w of workloads) {
     const wl = WORKLOADS[w];
-    L.push(`### ${w}: ${wl.title}, ${wl.clients} clients`);
+    L.push(`### ${w}: ${wl.title}, ${wl.clients} clients${wl.rate ? `, -R ${wl.rate} tps` : ''}`);
     L.push('');
-    L.push('| target | tps | latency ms | CPU µs/txn | × direct | × PgBouncer | × Pgpool-II | tps per round | % on primary / replica 1 / replica 2 | note |');
-    L.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |');
+    const cpuHead = wl.perConnection ? 'proxy CPU µs per connection' : 'CPU µs/txn';
+    const pgHead = wl.perConnection ? 'PostgreSQL CPU µs per connection' : 'PostgreSQL µs/txn';
+    L.push(`| target | tps | latency ms | ${cpuHead} | ${pgHead} | × direct | × PgBouncer | × Pgpool-II | tps per round | % on primary / replica 1 / replica 2 | note |`);
+    L.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |');
     for (const r of rows.filter((x) => x.workload === w)) {
-      L.push(`| ${TARGET_LABEL[r.target]} | ${r.tps} | ${r.lat} | ${r.cpu} | ${r.xDirect} | ${r.xBouncer} | ${r.xPgpool} | ${r.perRound} | ${r.share} | ${mdCell(r.note)} |`);
+      L.push(`| ${TARGET_LABEL[r.target]} | ${r.tps} | ${r.lat} | ${r.cpu} | ${r.pgCpu} | ${r.xDirect} | ${r.xBouncer} | ${r.xPgpool} | ${r.perRound} | ${r.share} | ${mdCell(r.note)} |`);
     }
     L.push('');
+    if (wl.latencyLog) {
+      L.push(
+        `Latency of every transaction (pgbench \`-l\`), all rounds together, in µs; at a fixed rate of ${wl.rate} tps over ${wl.clients} clients, so no target is saturated and tps is the rate for all. ` +
+          `Measured from each transaction's scheduled start (pgbench's own convention under \`-R\`, so a late start counts). *added*: the target's percentile minus direct's.`,
+      );
+      L.push('');
+      L.push('| target | p50 | p99 | p99.9 | max | added p50 | added p99 | added p99.9 | transactions | p50/p99 per round |');
+      L.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
+      for (const l of latencyRows(rows, w)) L.push(`| ${l.label} | ${l.p50} | ${l.p99} | ${l.p999} | ${l.max} | ${l.addP50} | ${l.addP99} | ${l.addP999} | ${l.n} | ${l.perRound} |`);
+      L.push('');
+    }
     if (wl.writes) {
       const counted = rows.filter((x) => x.workload === w && x.summary.failed != null);
       if (counted.length)
@@ -415,7 +550,18 @@ export function markdown(ctx) {
   return L.join('\n');
 }
 
-const COLORS = { pgbouncer: '#4e79a7', pgpool: '#f28e2b', pgmux: '#2ca25f', 'pgmux-routed': '#99d8c9', direct: '#9e9e9e' };
+const COLORS = {
+  pgbouncer: '#4e79a7',
+  pgpool: '#f28e2b',
+  pgmux: '#2ca25f',
+  'pgmux-routed': '#99d8c9',
+  direct: '#9e9e9e',
+  'pgmux-std-io': '#a1d99b',
+  'pgmux-pipe2': '#74c476',
+  'pgmux-pipe4': '#31a354',
+  'pgmux-pipe8': '#006d2c',
+  'pgmux-node24': '#e377c2',
+};
 
 function esc(s) {
   return String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
@@ -454,7 +600,7 @@ export function svgChart({ results, workloads, targets, date, machine, quick, ca
   // Legend.
   let lx = m.left;
   for (const t of proxies) {
-    s.push(`<rect x="${lx}" y="64" width="14" height="14" fill="${COLORS[t]}"/>`);
+    s.push(`<rect x="${lx}" y="64" width="14" height="14" fill="${(COLORS[t] ?? '#bcbd22')}"/>`);
     s.push(`<text x="${lx + 20}" y="76" font-size="13" fill="#222">${esc(TARGET_LABEL[t])}</text>`);
     lx += 40 + TARGET_LABEL[t].length * 8;
   }
@@ -479,7 +625,7 @@ export function svgChart({ results, workloads, targets, date, machine, quick, ca
       if (r !== null) {
         const broken = r > yMax;
         const top = y(Math.min(r, yMax));
-        s.push(`<rect x="${(bx + 2).toFixed(1)}" y="${top.toFixed(1)}" width="${(barW - 4).toFixed(1)}" height="${(y(0) - top).toFixed(1)}" fill="${COLORS[t]}"><title>${esc(`${TARGET_LABEL[t]} ${c.w}: ${Math.round(c.sums[t].tps)} tps, ${r.toFixed(2)}× direct`)}</title></rect>`);
+        s.push(`<rect x="${(bx + 2).toFixed(1)}" y="${top.toFixed(1)}" width="${(barW - 4).toFixed(1)}" height="${(y(0) - top).toFixed(1)}" fill="${(COLORS[t] ?? '#bcbd22')}"><title>${esc(`${TARGET_LABEL[t]} ${c.w}: ${Math.round(c.sums[t].tps)} tps, ${r.toFixed(2)}× direct`)}</title></rect>`);
         if (broken) {
           // Two white slashes across the bar: it goes on beyond the axis.
           const yb = y(yMax - 0.35);
@@ -500,7 +646,7 @@ export function svgChart({ results, workloads, targets, date, machine, quick, ca
         const st = c.sums[t];
         const label = st.status === 'ok' ? 'no direct' : st.status === 'fails' ? 'fails' : st.status === 'n/a' ? 'n/a' : 'not run';
         const cx = bx + barW / 2;
-        s.push(`<rect x="${(bx + 2).toFixed(1)}" y="${(y(0) - 3).toFixed(1)}" width="${(barW - 4).toFixed(1)}" height="3" fill="${COLORS[t]}" opacity="0.5"/>`);
+        s.push(`<rect x="${(bx + 2).toFixed(1)}" y="${(y(0) - 3).toFixed(1)}" width="${(barW - 4).toFixed(1)}" height="3" fill="${(COLORS[t] ?? '#bcbd22')}" opacity="0.5"/>`);
         s.push(`<text x="${cx.toFixed(1)}" y="${(y(0) - 8).toFixed(1)}" font-size="11" text-anchor="start" fill="#b00" transform="rotate(-90 ${cx.toFixed(1)} ${(y(0) - 8).toFixed(1)})">${esc(label)}</text>`);
       }
     });
