@@ -5,10 +5,10 @@
 // held to a CPU quota by a cgroup: pgmux reads on the primary alone vs spread over the
 // replicas). Writes bench/results/<date>.md, .svg and .json (the chart data).
 //
-//   npm run bench                         3 rounds x 15 s per workload and target (~40 min)
-//   npm run bench -- --quick              1 round x 5 s (smoke run, ~10 min)
+//   npm run bench                         3 rounds x 15 s per workload and target (~42 min)
+//   npm run bench -- --quick              1 round x 5 s (smoke run, ~9 min)
 //   npm run bench -- --no-capped          without the capped-nodes scenario (which needs root)
-//   npm run bench -- --full               issue #14's targets: their workloads, 3 x 10 s, 5000 idle clients (~30 min)
+//   npm run bench -- --full               issue #14's targets: their workloads, 3 x 10 s, 5000 idle clients (~25 min)
 //   npm run bench -- --only pgmux,direct --workloads select-simple,tpcb
 //   npm run bench -- --full --only direct,pgbouncer,pgmux,pgmux-pipe2,pgmux-pipe4,pgmux-pipe8 --workloads select-simple
 //
@@ -59,7 +59,7 @@ const HELP = `usage: npm run bench -- [options]     (or: node bench/run.mjs [opt
   --quick               1 round of 5 s per workload and target (a smoke run)
   --full                issue #14's targets: workloads ${FULL_WORKLOADS.join(',')}
                         (unless --workloads), 10 s runs (unless --seconds), memory test with 5000
-                        idle clients too, no capped-nodes scenario (unless --capped); ~30 min
+                        idle clients too, no capped-nodes scenario (unless --capped); ~25 min
   --rounds <n>          interleaved rounds (default 3; --quick 1)
   --seconds <n>         pgbench -T per run (default 15; --full 10; --quick 5)
   --scale <n>           pgbench -i -s (default 10)
@@ -500,21 +500,22 @@ async function main() {
   WORKLOADS.latency.rate = opts.latencyRate;
   const targetsOf = (w) => opts.targets.filter((t) => !(t === 'pgpool' && WORKLOADS[w].clients > opts.pgpoolChildren));
   // Per run: pgbench's connections, the readings before and after, the 1 s pause (measured
-  // here: ~3 s; ~8 s more with 1000 clients). A SCRAM workload starts and stops its own proxies.
+  // here: ~1.5 s; ~2 s more with 1000 clients). A SCRAM workload starts, warms up and stops
+  // its own proxies (~4 s each).
   const secondsPlanned = opts.workloads.reduce(
     (acc, w) =>
       acc +
-      opts.rounds * (runSeconds(w, opts.seconds) + 3 + (WORKLOADS[w].clients > 100 ? 8 : 0)) * targetsOf(w).length +
-      (WORKLOADS[w].auth === 'scram' ? 5 * targetsOf(w).length : 0),
+      opts.rounds * (runSeconds(w, opts.seconds) + 1.5 + (WORKLOADS[w].clients > 100 ? 2 : 0)) * targetsOf(w).length +
+      (WORKLOADS[w].auth === 'scram' ? 4 * targetsOf(w).length : 0),
     0,
   );
   const runsPlanned = opts.workloads.reduce((acc, w) => acc + opts.rounds * targetsOf(w).length, 0);
   const pause = 1000;
   const cappedRuns = opts.capped ? opts.rounds * Object.keys(CAPPED_VARIANTS).length : 0;
-  const cappedSeconds = opts.capped ? cappedRuns * (runSeconds('select-simple', opts.seconds) + 3) + 40 : 0;
+  const cappedSeconds = opts.capped ? cappedRuns * (runSeconds('select-simple', opts.seconds) + 1.5) + 30 : 0;
   const memoryTargetCount = opts.targets.filter((t) => ['pgbouncer', 'pgpool', 'pgmux'].includes(t)).length;
-  const memorySeconds = opts.memory ? memoryTargetCount * (opts.full ? 60 : 25) : 0;
-  const warmupSeconds = opts.targets.length * 5;
+  const memorySeconds = opts.memory ? memoryTargetCount * (opts.full ? 40 : 12) : 0;
+  const warmupSeconds = opts.targets.length * (opts.quick ? 2 : 3);
   const eta = (secondsPlanned + 60 + warmupSeconds + memorySeconds + cappedSeconds) / 60;
   log(
     `pgmux bench: targets ${opts.targets.join(', ')}; workloads ${opts.workloads.join(', ')}; ${opts.rounds} round(s) x ${opts.seconds} s; ` +

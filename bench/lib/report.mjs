@@ -568,9 +568,12 @@ function esc(s) {
 }
 
 /** Grouped bars: for each workload, one bar per proxy with its tps relative to direct. */
-export function svgChart({ results, workloads, targets, date, machine, quick, capped = null }) {
+export function svgChart({ results, workloads: all, targets, date, machine, quick, capped = null }) {
+  // At a fixed rate (latency) every target's tps is the rate: no bars for it.
+  const workloads = all.filter((w) => !WORKLOADS[w]?.rate);
   const proxies = targets.filter((t) => t !== 'direct');
-  const W = 980;
+  // Wide enough that each workload's name fits under its bars.
+  const W = Math.max(980, 90 + workloads.length * 125);
   const H0 = 520; // the ratio chart; the capped-nodes panel (when run or skipped) goes below it
   const H = H0 + (capped ? (capped.skipped ? CAPPED_PANEL_SKIPPED : CAPPED_PANEL) : 0);
   const m = { left: 70, right: 20, top: 92, bottom: 96 };
