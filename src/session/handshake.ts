@@ -355,6 +355,22 @@ export class ClientHandshake {
       case 'send':
         host.write(step.message);
         return;
+      case 'wait':
+        host.suspend();
+        step.next.then(
+          (next) => {
+            if (host.state !== ClientState.Auth) return;
+            this.onAuthStep(next);
+            // 'ok' suspends again until the login is done; 'fail' closed the connection.
+            if (next.kind === 'send') host.resume();
+          },
+          (err: Error) => {
+            if (host.state !== ClientState.Auth) return;
+            this.ctx.stats.clientLoginFailures++;
+            host.failWith(err, 'auth_failed');
+          },
+        );
+        return;
       case 'fail':
         this.ctx.stats.clientLoginFailures++;
         host.log.info({ remote: this.peer.remote, code: step.error.code }, 'client authentication failed');
