@@ -2,7 +2,7 @@
 // backend sends, forwarded to whichever client is linked to it at the moment.
 
 import net from 'node:net';
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import { BackendScanner, type ScanSink } from '../protocol/backendScanner.js';
 import { FrameReader } from '../protocol/framer.js';
 import {
@@ -567,6 +567,15 @@ export class BackendConnection implements ScanSink {
 }
 
 /** Random 32-bit value for proxy-issued cancel keys. */
+/** Cancel keys come from a CSPRNG block refilled every 1,024 keys, not a randomBytes call each. */
+const randomPool = Buffer.alloc(4096);
+let randomPoolAt = randomPool.length;
 export function randomInt32(): number {
-  return randomBytes(4).readInt32BE(0);
+  if (randomPoolAt === randomPool.length) {
+    randomFillSync(randomPool);
+    randomPoolAt = 0;
+  }
+  const v = randomPool.readInt32BE(randomPoolAt);
+  randomPoolAt += 4;
+  return v;
 }

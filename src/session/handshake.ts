@@ -35,6 +35,19 @@ import { adminWelcome, type AdminRole } from './adminSession.js';
 import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientState.js';
 
 const WELCOME_CACHE_LIMIT = 256;
+const EMPTY = Buffer.alloc(0);
+const AUTH_OK = authenticationRequest(AuthCode.Ok);
+/** The ParameterStatus bytes of each cached welcome, encoded once (keyed by the pool's welcome array). */
+const encodedWelcomes = new WeakMap<ReadonlyArray<readonly [string, string]>, Buffer>();
+
+function encodedWelcome(welcome: ReadonlyArray<readonly [string, string]>): Buffer {
+  let bytes = encodedWelcomes.get(welcome);
+  if (bytes === undefined) {
+    bytes = Buffer.concat(welcome.map(([k, v]) => parameterStatus(k, v)));
+    encodedWelcomes.set(welcome, bytes);
+  }
+  return bytes;
+}
 
 /** Who the startup packet says the client is, and the settings it asked for. */
 export interface ClientIdentity {
@@ -99,6 +112,11 @@ export class ClientHandshake {
   private unauthenticated = true;
   /** Counted against max_db_connections / max_user_connections. */
   private admitted = false;
+  /**
+   * AuthenticationOk (after SASLFinal for SCRAM), not written yet: it goes out with the
+   * welcome in one write, as PgBouncer sends it (one syscall fewer per login).
+   */
+  private authOk: Buffer | null = null;
   /** Waiting for a backend to learn what this client's settings report. */
   private loginWait: { pool: Pool; waiter: PoolWaiter } | null = null;
 
@@ -389,12 +407,12 @@ export class ClientHandshake {
         this.admitted = true;
         if (step.password !== undefined) this.ctx.auth.learnPassword(this.user, step.password);
         if (step.clientKey && step.serverKey) this.ctx.auth.learnScramKeys(this.user, step.clientKey, step.serverKey);
-        if (step.message) host.write(step.message);
-        host.write(authenticationRequest(AuthCode.Ok));
+        this.authOk = step.message ? Buffer.concat([step.message, AUTH_OK]) : AUTH_OK;
         host.setState(ClientState.Login);
         host.suspend();
         this.finishLogin().catch((err: Error) => {
           this.ctx.stats.clientLoginFailures++;
+          this.flushAuthOk();
           host.failWith(err, 'login_failed');
         });
         return;
@@ -414,6 +432,7 @@ export class ClientHandshake {
     const host = this.host;
     if (this.database === ADMIN_DATABASE) {
       const { role, welcome } = adminWelcome(this.ctx, this.user, this.applicationName, this.peer.pid, this.peer.secret);
+      this.flushAuthOk();
       host.write(welcome);
       host.loggedIn({ kind: 'admin', role });
       return;
@@ -458,10 +477,16 @@ export class ClientHandshake {
       pool.welcomeBySettings.set(settingsKey, welcome);
     }
     if (host.state !== ClientState.Login) return;
-    const parts: Buffer[] = [];
-    for (const [k, v] of welcome) parts.push(parameterStatus(k, v));
-    parts.push(backendKeyData(this.peer.pid, this.peer.secret), readyForQuery('I'));
-    host.write(Buffer.concat(parts));
+    const authOk = this.authOk ?? EMPTY;
+    this.authOk = null;
+    host.write(Buffer.concat([authOk, encodedWelcome(welcome), backendKeyData(this.peer.pid, this.peer.secret), readyForQuery('I')]));
     host.loggedIn({ kind: 'pooled', welcome });
+  }
+
+  /** AuthenticationOk goes out on its own when no welcome follows (admin console, failed login). */
+  private flushAuthOk(): void {
+    if (this.authOk === null || this.host.state === ClientState.Closed) return;
+    this.host.write(this.authOk);
+    this.authOk = null;
   }
 }
