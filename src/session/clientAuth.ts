@@ -34,9 +34,19 @@ export type AuthStep =
 
 type Phase = 'password' | 'md5' | 'sasl-initial' | 'sasl-final' | 'done';
 
+/**
+ * Verifiers by auth entry object: an entry lives until RELOAD or a new auth_query result
+ * replaces it, so a repeat login skips parsing (and the HMAC that keys plainVerifiers).
+ */
+const verifierByEntry = new WeakMap<AuthEntry, ScramVerifier>();
+
 function verifierFor(entry: AuthEntry): ScramVerifier | Promise<ScramVerifier> {
-  if (entry.kind === 'scram') return parseScramVerifier(entry.secret)!;
-  return plainVerifiers.verifierFor(entry.user, entry.secret);
+  const known = verifierByEntry.get(entry);
+  if (known !== undefined) return known;
+  const v = entry.kind === 'scram' ? parseScramVerifier(entry.secret)! : plainVerifiers.verifierFor(entry.user, entry.secret);
+  if (v instanceof Promise) return v.then((ready) => (verifierByEntry.set(entry, ready), ready));
+  verifierByEntry.set(entry, v);
+  return v;
 }
 
 /**

@@ -300,7 +300,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.admin = new AdminSession(this.ctx, this.adminHost(), how.role);
       this.setState(ClientState.Admin);
     } else {
-      this.clientSettings.welcome(how.welcome);
+      this.clientSettings.welcome(how.welcome, how.fingerprint);
       this.setState(ClientState.Idle);
       if (this.ctx.logger.isLevelEnabled('debug')) this.log.debug({ remote: this.remote }, 'client logged in');
     }

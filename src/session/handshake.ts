@@ -30,23 +30,30 @@ import { hbaRefusal, hbaRulesFor, matchHba } from '../auth/hba.js';
 import { tlsServerEndPoint } from '../auth/scram.js';
 import { ClientAuthenticator, type AuthStep } from './clientAuth.js';
 import { isSettableReported, parseStartup, StartupParamError } from './startupParams.js';
-import { buildSyncSql, settingsSignature } from './paramSync.js';
+import { buildSyncSql, settingsFingerprint, settingsSignature } from './paramSync.js';
 import { adminWelcome, type AdminRole } from './adminSession.js';
 import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientState.js';
 
 const WELCOME_CACHE_LIMIT = 256;
 const EMPTY = Buffer.alloc(0);
 const AUTH_OK = authenticationRequest(AuthCode.Ok);
-/** The ParameterStatus bytes of each cached welcome, encoded once (keyed by the pool's welcome array). */
-const encodedWelcomes = new WeakMap<ReadonlyArray<readonly [string, string]>, Buffer>();
+type Welcome = ReadonlyArray<readonly [string, string]>;
+/**
+ * Per cached welcome (the pool's array, one per settings key): its ParameterStatus bytes
+ * and the settings fingerprint a client logging in with it starts with, made once.
+ */
+const welcomeFacts = new WeakMap<Welcome, { bytes: Buffer; fingerprint: string }>();
 
-function encodedWelcome(welcome: ReadonlyArray<readonly [string, string]>): Buffer {
-  let bytes = encodedWelcomes.get(welcome);
-  if (bytes === undefined) {
-    bytes = Buffer.concat(welcome.map(([k, v]) => parameterStatus(k, v)));
-    encodedWelcomes.set(welcome, bytes);
+function factsOf(welcome: Welcome, settings: ReadonlyMap<string, string>): { bytes: Buffer; fingerprint: string } {
+  let facts = welcomeFacts.get(welcome);
+  if (facts === undefined) {
+    facts = {
+      bytes: Buffer.concat(welcome.map(([k, v]) => parameterStatus(k, v))),
+      fingerprint: settingsFingerprint(new Map(welcome), settings),
+    };
+    welcomeFacts.set(welcome, facts);
   }
-  return bytes;
+  return facts;
 }
 
 /** Who the startup packet says the client is, and the settings it asked for. */
@@ -61,7 +68,9 @@ export interface ClientIdentity {
 }
 
 /** How the login ended: a pooled session with the parameters it was told, or the admin console. */
-export type LoggedIn = { kind: 'pooled'; welcome: ReadonlyArray<readonly [string, string]> } | { kind: 'admin'; role: AdminRole };
+export type LoggedIn =
+  | { kind: 'pooled'; welcome: ReadonlyArray<readonly [string, string]>; fingerprint: string }
+  | { kind: 'admin'; role: AdminRole };
 
 /** What the handshake needs from the session that owns the connection. */
 export interface HandshakeHost {
@@ -479,8 +488,9 @@ export class ClientHandshake {
     if (host.state !== ClientState.Login) return;
     const authOk = this.authOk ?? EMPTY;
     this.authOk = null;
-    host.write(Buffer.concat([authOk, encodedWelcome(welcome), backendKeyData(this.peer.pid, this.peer.secret), readyForQuery('I')]));
-    host.loggedIn({ kind: 'pooled', welcome });
+    const facts = factsOf(welcome, this.settings);
+    host.write(Buffer.concat([authOk, facts.bytes, backendKeyData(this.peer.pid, this.peer.secret), readyForQuery('I')]));
+    host.loggedIn({ kind: 'pooled', welcome, fingerprint: facts.fingerprint });
   }
 
   /** AuthenticationOk goes out on its own when no welcome follows (admin console, failed login). */
