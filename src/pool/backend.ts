@@ -566,8 +566,10 @@ export class BackendConnection implements ScanSink {
   }
 }
 
-/** Random 32-bit value for proxy-issued cancel keys. */
-/** Cancel keys come from a CSPRNG block refilled every 1,024 keys, not a randomBytes call each. */
+/**
+ * Random 32-bit value for proxy-issued cancel keys, from a CSPRNG block refilled every
+ * 1,024 keys: a randomBytes call per key cost two getpid syscalls and an allocation.
+ */
 const randomPool = Buffer.alloc(4096);
 let randomPoolAt = randomPool.length;
 export function randomInt32(): number {
