@@ -37,6 +37,8 @@ import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientSta
 const WELCOME_CACHE_LIMIT = 256;
 const EMPTY = Buffer.alloc(0);
 const AUTH_OK = authenticationRequest(AuthCode.Ok);
+/** 'N' to SSLRequest / GSSENCRequest: a Buffer made once, not a string encoded per connection. */
+const REFUSED = Buffer.from('N');
 type Welcome = ReadonlyArray<readonly [string, string]>;
 /**
  * Per cached welcome (the pool's array, one per settings key): its ParameterStatus bytes
@@ -170,7 +172,7 @@ export class ClientHandshake {
     }
     if (code === GSSENC_REQUEST_CODE) {
       // GSS encryption is not offered: 'N' lets the client go on (TLS or plaintext).
-      host.write('N');
+      host.write(REFUSED);
       return;
     }
     if (code === CANCEL_REQUEST_CODE) {
@@ -314,7 +316,7 @@ export class ClientHandshake {
       return;
     }
     if (cfg.clientTls === 'disable') {
-      host.write('N');
+      host.write(REFUSED);
       return;
     }
     if (this.reader.pending > 0) {
