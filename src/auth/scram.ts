@@ -10,14 +10,14 @@
  * Channel binding (SCRAM-SHA-256-PLUS) is not supported yet: the server rejects a
  * 'p=' gs2 header and the client always sends 'n,,'.
  */
-import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, pbkdf2, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
 
 export const SCRAM_MECHANISM = 'SCRAM-SHA-256';
 export const SCRAM_DEFAULT_ITERATIONS = 4096;
 const SCRAM_KEY_LEN = 32; // SHA-256 output
 const SCRAM_DEFAULT_SALT_LEN = 16;
 const SCRAM_RAW_NONCE_LEN = 18; // PostgreSQL's SCRAM_RAW_NONCE_LEN
-/** Client-side cap on the iteration count a server may demand (PBKDF2 runs synchronously). */
+/** Client-side cap on the iteration count a server may demand (each new password pays for it once). */
 const SCRAM_DEFAULT_MAX_ITERATIONS = 1_000_000;
 
 export class ScramError extends Error {
@@ -48,8 +48,31 @@ function xor(a: Buffer, b: Buffer): Buffer {
   return out;
 }
 
+/** Synchronous PBKDF2: tools and tests only. Logins derive with deriveScramKeys (threadpool) and cache (scramCache.ts). */
 function saltedPassword(password: string, salt: Buffer, iterations: number): Buffer {
   return pbkdf2Sync(Buffer.from(saslprep(password), 'utf8'), salt, iterations, SCRAM_KEY_LEN, 'sha256');
+}
+
+/** What a password, salt and iteration count give: all a login needs, on either side. */
+export interface ScramKeys {
+  clientKey: Buffer;
+  serverKey: Buffer;
+  storedKey: Buffer;
+}
+
+function keysFromSalted(salted: Buffer): ScramKeys {
+  const clientKey = hmac(salted, 'Client Key');
+  return { clientKey, serverKey: hmac(salted, 'Server Key'), storedKey: sha256(clientKey) };
+}
+
+/** PBKDF2 on libuv's threadpool: 4,096 iterations and up must not stall every other client. */
+export function deriveScramKeys(password: string, salt: Buffer, iterations: number): Promise<ScramKeys> {
+  return new Promise((resolve, reject) => {
+    pbkdf2(Buffer.from(saslprep(password), 'utf8'), salt, iterations, SCRAM_KEY_LEN, 'sha256', (err, salted) => {
+      if (err) reject(err);
+      else resolve(keysFromSalted(salted));
+    });
+  });
 }
 
 const BASE64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
@@ -139,14 +162,8 @@ export function makeScramVerifier(password: string, opts: { salt?: Buffer; itera
   if (!Number.isSafeInteger(iterations) || iterations < 1) throw new RangeError(`invalid SCRAM iteration count: ${iterations}`);
   const salt = opts.salt ?? randomBytes(SCRAM_DEFAULT_SALT_LEN);
   if (salt.length === 0) throw new RangeError('SCRAM salt must not be empty');
-  const salted = saltedPassword(password, salt, iterations);
-  const clientKey = hmac(salted, 'Client Key');
-  return {
-    iterations,
-    salt: Buffer.from(salt),
-    storedKey: sha256(clientKey),
-    serverKey: hmac(salted, 'Server Key'),
-  };
+  const k = keysFromSalted(saltedPassword(password, salt, iterations));
+  return { iterations, salt: Buffer.from(salt), storedKey: k.storedKey, serverKey: k.serverKey };
 }
 
 export function formatScramVerifier(v: ScramVerifier): string {
@@ -355,7 +372,14 @@ export class ScramServerSession {
 // ---------------------------------------------------------------------------
 // Client side
 
-type ClientState = 'init' | 'first-sent' | 'final-sent' | 'done';
+type ClientState = 'init' | 'first-sent' | 'keys-needed' | 'final-sent' | 'done';
+
+/** Where a client session gets and keeps derived keys (scramCache.ts's ScramKeyCache). */
+export interface ScramKeySource {
+  get(password: string, salt: Buffer, iterations: number): ScramKeys | undefined;
+  derive(password: string, salt: Buffer, iterations: number): Promise<ScramKeys>;
+  set(password: string, salt: Buffer, iterations: number, keys: ScramKeys): void;
+}
 
 /** Stored keys that let pgmux log in without the password (the client's recovered ClientKey + the verifier's ServerKey). */
 export interface ScramStoredKeys {
@@ -370,6 +394,10 @@ export class ScramClientSession {
   private readonly user: string;
   private readonly maxIterations: number;
   private expectedServerSignature: Buffer | null = null;
+  private serverFirst = '';
+  private serverNonce = '';
+  /** Keys derived for this login: cached once the server proves it knows the same password. */
+  private learned: { cache: ScramKeySource; salt: Buffer; iterations: number; keys: ScramKeys } | null = null;
 
   /**
    * @param secret the password, or { clientKey, serverKey } to log in with stored keys. With stored
@@ -406,8 +434,32 @@ export class ScramClientSession {
     return `n,,${this.clientFirstBare}`;
   }
 
-  /** Takes the AuthenticationSASLContinue data, returns the client-final-message. */
+  /** Takes the AuthenticationSASLContinue data, returns the client-final-message (PBKDF2 inline: tests and tools). */
   handleServerFirst(serverFirst: string): string {
+    const first = this.readServerFirst(serverFirst);
+    const keys = typeof this.secret === 'string' ? keysFromSalted(saltedPassword(this.secret, first.salt, first.iterations)) : this.secret;
+    return this.clientFinal(keys);
+  }
+
+  /**
+   * Takes the AuthenticationSASLContinue data. The client-final-message comes at once with
+   * stored keys or keys the cache holds, else once the threadpool derived them; keys derived
+   * from the password are cached only when the server's signature verifies.
+   */
+  respondToServerFirst(serverFirst: string, cache: ScramKeySource): string | Promise<string> {
+    const first = this.readServerFirst(serverFirst);
+    const password = this.secret;
+    if (typeof password !== 'string') return this.clientFinal(password);
+    const hit = cache.get(password, first.salt, first.iterations);
+    if (hit !== undefined) return this.clientFinal(hit);
+    return cache.derive(password, first.salt, first.iterations).then((keys) => {
+      this.learned = { cache, salt: first.salt, iterations: first.iterations, keys };
+      return this.clientFinal(keys);
+    });
+  }
+
+  /** Checks server-first-message; the salt and iteration count say which keys the proof needs. */
+  private readServerFirst(serverFirst: string): { salt: Buffer; iterations: number } {
     if (this.state !== 'first-sent') throw new ScramError('unexpected SCRAM server-first-message');
     this.state = 'done';
 
@@ -430,22 +482,19 @@ export class ScramClientSession {
       throw new ScramError(`SCRAM iteration count ${iterations} exceeds the limit of ${this.maxIterations}`);
     }
     if (attrs.length !== 3) throw new ScramError('malformed SCRAM message (garbage at end of server-first-message)');
+    this.serverFirst = serverFirst;
+    this.serverNonce = nonce;
+    this.state = 'keys-needed';
+    return { salt, iterations };
+  }
 
-    let clientKey: Buffer;
-    let serverKey: Buffer;
-    if (typeof this.secret === 'string') {
-      const salted = saltedPassword(this.secret, salt, iterations);
-      clientKey = hmac(salted, 'Client Key');
-      serverKey = hmac(salted, 'Server Key');
-    } else {
-      ({ clientKey, serverKey } = this.secret);
-    }
-
-    const withoutProof = `c=biws,r=${nonce}`;
-    const authMessage = `${this.clientFirstBare},${serverFirst},${withoutProof}`;
-    const clientSignature = hmac(sha256(clientKey), authMessage);
-    const proof = xor(clientKey, clientSignature);
-    this.expectedServerSignature = hmac(serverKey, authMessage);
+  private clientFinal(keys: { clientKey: Buffer; serverKey: Buffer }): string {
+    if (this.state !== 'keys-needed') throw new ScramError('unexpected SCRAM server-first-message');
+    const withoutProof = `c=biws,r=${this.serverNonce}`;
+    const authMessage = `${this.clientFirstBare},${this.serverFirst},${withoutProof}`;
+    const clientSignature = hmac(sha256(keys.clientKey), authMessage);
+    const proof = xor(keys.clientKey, clientSignature);
+    this.expectedServerSignature = hmac(keys.serverKey, authMessage);
     this.state = 'final-sent';
     return `${withoutProof},p=${proof.toString('base64')}`;
   }
@@ -463,5 +512,7 @@ export class ScramClientSession {
     if (!sig || sig.length !== SCRAM_KEY_LEN) throw new ScramError('malformed SCRAM message (invalid server signature)');
     if (attrs.length !== 1) throw new ScramError('malformed SCRAM message (garbage at end of server-final-message)');
     if (!timingSafeEqual(sig, this.expectedServerSignature)) throw new ScramError('incorrect server signature');
+    const l = this.learned;
+    if (l !== null && typeof this.secret === 'string') l.cache.set(this.secret, l.salt, l.iterations, l.keys);
   }
 }

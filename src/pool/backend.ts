@@ -2,7 +2,7 @@
 // backend sends, forwarded to whichever client is linked to it at the moment.
 
 import net from 'node:net';
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import { BackendScanner, type ScanSink } from '../protocol/backendScanner.js';
 import { FrameReader } from '../protocol/framer.js';
 import {
@@ -19,6 +19,7 @@ import {
 import { BackendError, PgmuxError, pgmuxError } from '../protocol/errors.js';
 import { md5Response } from '../auth/md5.js';
 import { ScramClientSession } from '../auth/scram.js';
+import { scramKeyCache } from '../auth/scramCache.js';
 import { connectTls, type BackendTls } from '../net/tls.js';
 
 export interface NodeAddress {
@@ -261,10 +262,14 @@ export class BackendConnection implements ScanSink {
                 socket.write(saslInitialResponse('SCRAM-SHA-256', scram.clientFirst()));
                 break;
               }
-              case AuthCode.SASLContinue:
+              case AuthCode.SASLContinue: {
                 if (!scram) throw new PgmuxError(pgmuxError('protocolViolation', { detail: 'unexpected SASL continue from backend' }));
-                socket.write(saslResponse(scram.handleServerFirst(buf.toString('utf8', s + 4, e))));
+                // PBKDF2 for a password's first login runs on the threadpool: nothing else comes meanwhile.
+                const reply = scram.respondToServerFirst(buf.toString('utf8', s + 4, e), scramKeyCache);
+                if (typeof reply === 'string') socket.write(saslResponse(reply));
+                else reply.then((r) => void (settled || socket.write(saslResponse(r))), fail);
                 break;
+              }
               case AuthCode.SASLFinal:
                 if (!scram) throw new PgmuxError(pgmuxError('protocolViolation', { detail: 'unexpected SASL final from backend' }));
                 scram.verifyServerFinal(buf.toString('utf8', s + 4, e));
@@ -561,7 +566,18 @@ export class BackendConnection implements ScanSink {
   }
 }
 
-/** Random 32-bit value for proxy-issued cancel keys. */
+/**
+ * Random 32-bit value for proxy-issued cancel keys, from a CSPRNG block refilled every
+ * 1,024 keys: a randomBytes call per key cost two getpid syscalls and an allocation.
+ */
+const randomPool = Buffer.alloc(4096);
+let randomPoolAt = randomPool.length;
 export function randomInt32(): number {
-  return randomBytes(4).readInt32BE(0);
+  if (randomPoolAt === randomPool.length) {
+    randomFillSync(randomPool);
+    randomPoolAt = 0;
+  }
+  const v = randomPool.readInt32BE(randomPoolAt);
+  randomPoolAt += 4;
+  return v;
 }

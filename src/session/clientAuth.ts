@@ -6,11 +6,12 @@
 // hash stored -> md5. An unknown user goes through the same exchange and fails at the end,
 // so user names cannot be probed.
 
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { AuthMethod } from '../config/types.js';
 import type { AuthEntry } from '../auth/authFile.js';
 import { md5Secret, verifyMd5 } from '../auth/md5.js';
-import { makeScramVerifier, parseScramVerifier, ScramServerSession, type ScramVerifier } from '../auth/scram.js';
+import { parseScramVerifier, SCRAM_DEFAULT_ITERATIONS, ScramServerSession, type ScramVerifier } from '../auth/scram.js';
+import { plainVerifiers, scramKeyCache } from '../auth/scramCache.js';
 import { AuthCode, authenticationRequest, authenticationSASL, readCstr } from '../protocol/messages.js';
 import { pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 
@@ -27,32 +28,43 @@ export type AuthStep =
       clientKey?: Buffer;
       serverKey?: Buffer;
     }
-  | { kind: 'fail'; error: ErrorSpec };
+  | { kind: 'fail'; error: ErrorSpec }
+  /** PBKDF2 runs on the threadpool (a password's first login): the step comes later. */
+  | { kind: 'wait'; next: Promise<AuthStep> };
 
 type Phase = 'password' | 'md5' | 'sasl-initial' | 'sasl-final' | 'done';
 
-/** Plain-password entries get a verifier made once per process, not once per login. */
-const verifierCache = new Map<string, ScramVerifier>();
+/**
+ * Verifiers by auth entry object: an entry lives until RELOAD or a new auth_query result
+ * replaces it, so a repeat login skips parsing (and the HMAC that keys plainVerifiers).
+ */
+const verifierByEntry = new WeakMap<AuthEntry, ScramVerifier>();
 
-function verifierFor(entry: AuthEntry): ScramVerifier {
-  if (entry.kind === 'scram') return parseScramVerifier(entry.secret)!;
-  const key = entry.user + '\0' + entry.secret;
-  let v = verifierCache.get(key);
-  if (!v) {
-    v = makeScramVerifier(entry.secret);
-    verifierCache.set(key, v);
-  }
+function verifierFor(entry: AuthEntry): ScramVerifier | Promise<ScramVerifier> {
+  const known = verifierByEntry.get(entry);
+  if (known !== undefined) return known;
+  const v = entry.kind === 'scram' ? parseScramVerifier(entry.secret)! : plainVerifiers.verifierFor(entry.user, entry.secret);
+  if (v instanceof Promise) return v.then((ready) => (verifierByEntry.set(entry, ready), ready));
+  verifierByEntry.set(entry, v);
   return v;
 }
 
-/** A verifier nobody can satisfy, for unknown users. */
-const DUMMY_VERIFIER = makeScramVerifier(randomBytes(24).toString('hex'));
+/**
+ * A verifier nobody can satisfy, for unknown users: random keys (no password behind them,
+ * so no PBKDF2), and a salt fixed per user name, so asking twice does not tell an unknown
+ * user from a known one.
+ */
+const dummyKeySeed = randomBytes(32);
+function dummyVerifier(user: string): ScramVerifier {
+  const salt = createHash('sha256').update(dummyKeySeed).update(user).digest().subarray(0, 16);
+  return { iterations: SCRAM_DEFAULT_ITERATIONS, salt, storedKey: randomBytes(32), serverKey: randomBytes(32) };
+}
 
 export class ClientAuthenticator {
   private phase: Phase = 'done';
   private salt = Buffer.alloc(0);
   private scram: ScramServerSession | null = null;
-  private verifier: ScramVerifier = DUMMY_VERIFIER;
+  private verifier: ScramVerifier | Promise<ScramVerifier> | null = null;
 
   constructor(
     private method: AuthMethod,
@@ -78,7 +90,9 @@ export class ClientAuthenticator {
         return { kind: 'send', message: authenticationRequest(AuthCode.MD5Password, this.salt) };
       default:
         this.phase = 'sasl-initial';
-        this.verifier = entry ? verifierFor(entry) : DUMMY_VERIFIER;
+        // A plain password's first login starts PBKDF2 now: it runs while the client answers.
+        this.verifier = entry ? verifierFor(entry) : dummyVerifier(this.user);
+        if (this.verifier instanceof Promise) this.verifier.catch(() => {});
         return {
           kind: 'send',
           message: authenticationSASL(this.channelBinding ? ['SCRAM-SHA-256-PLUS', 'SCRAM-SHA-256'] : ['SCRAM-SHA-256']),
@@ -97,7 +111,10 @@ export class ClientAuthenticator {
         this.phase = 'done';
         const s = readCstr(buf, start, end);
         if (!s || !this.entry || s[0] === '') return failed();
-        return checkPlain(this.entry, s[0]) ? { kind: 'ok', password: s[0] } : failed();
+        const password = s[0];
+        const ok = checkPlain(this.entry, password);
+        if (typeof ok === 'boolean') return ok ? { kind: 'ok', password } : failed();
+        return { kind: 'wait', next: ok.then((yes) => (yes ? { kind: 'ok', password } : failed())) };
       }
       case 'md5': {
         this.phase = 'done';
@@ -114,17 +131,9 @@ export class ClientAuthenticator {
         }
         const len = buf.readInt32BE(mech[1]);
         const data = buf.toString('utf8', mech[1] + 4, len < 0 ? mech[1] + 4 : Math.min(end, mech[1] + 4 + len));
-        try {
-          this.scram = new ScramServerSession(this.verifier, {
-            channelBinding: this.channelBinding,
-            mechanism: plus ? 'SCRAM-SHA-256-PLUS' : 'SCRAM-SHA-256',
-          });
-          const serverFirst = this.scram.handleClientFirst(data);
-          this.phase = 'sasl-final';
-          return { kind: 'send', message: authenticationRequest(AuthCode.SASLContinue, Buffer.from(serverFirst)) };
-        } catch (err) {
-          return this.protocolError((err as Error).message);
-        }
+        const v = this.verifier!;
+        if (v instanceof Promise) return { kind: 'wait', next: v.then((ready) => this.serverFirst(ready, data, plus)) };
+        return this.serverFirst(v, data, plus);
       }
       case 'sasl-final': {
         this.phase = 'done';
@@ -134,7 +143,7 @@ export class ClientAuthenticator {
           const step: AuthStep = { kind: 'ok', message: authenticationRequest(AuthCode.SASLFinal, Buffer.from(r.serverFinal)) };
           if (this.entry.kind === 'scram' && r.clientKey) {
             step.clientKey = r.clientKey;
-            step.serverKey = verifierFor(this.entry).serverKey;
+            step.serverKey = (this.verifier as ScramVerifier).serverKey;
           }
           return step;
         } catch (err) {
@@ -146,13 +155,30 @@ export class ClientAuthenticator {
     }
   }
 
+  /** SASLInitialResponse, once the verifier is there. */
+  private serverFirst(verifier: ScramVerifier, data: string, plus: boolean): AuthStep {
+    this.verifier = verifier;
+    try {
+      this.scram = new ScramServerSession(verifier, {
+        channelBinding: this.channelBinding,
+        mechanism: plus ? 'SCRAM-SHA-256-PLUS' : 'SCRAM-SHA-256',
+      });
+      const serverFirst = this.scram.handleClientFirst(data);
+      this.phase = 'sasl-final';
+      return { kind: 'send', message: authenticationRequest(AuthCode.SASLContinue, Buffer.from(serverFirst)) };
+    } catch (err) {
+      return this.protocolError((err as Error).message);
+    }
+  }
+
   private protocolError(detail: string): AuthStep {
     this.phase = 'done';
     return { kind: 'fail', error: pgmuxError('malformedAuthMessage', { detail }) };
   }
 }
 
-function checkPlain(entry: AuthEntry, password: string): boolean {
+/** A cleartext password against the stored secret; against a SCRAM verifier PBKDF2 may have to run first. */
+function checkPlain(entry: AuthEntry, password: string): boolean | Promise<boolean> {
   switch (entry.kind) {
     case 'plain':
       return safeEqual(entry.secret, password);
@@ -161,8 +187,13 @@ function checkPlain(entry: AuthEntry, password: string): boolean {
     case 'scram': {
       const v = parseScramVerifier(entry.secret);
       if (!v) return false;
-      const mine = makeScramVerifier(password, { salt: v.salt, iterations: v.iterations });
-      return timingSafeEqual(mine.storedKey, v.storedKey);
+      const hit = scramKeyCache.get(password, v.salt, v.iterations);
+      if (hit !== undefined) return timingSafeEqual(hit.storedKey, v.storedKey);
+      return scramKeyCache.derive(password, v.salt, v.iterations).then((keys) => {
+        if (!timingSafeEqual(keys.storedKey, v.storedKey)) return false;
+        scramKeyCache.set(password, v.salt, v.iterations, keys);
+        return true;
+      });
     }
   }
 }

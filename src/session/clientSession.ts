@@ -54,10 +54,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   closeReason: ClientCloseReason | null = null;
   transactions = 0;
   /**
-   * This connection's logger: made once with the client id, once more with user and
-   * database when the startup packet names them; never per message.
+   * This connection's logger, made on first use: a pino child per connection costs more
+   * than the rest of a short connection's setup, and most connections never log.
    */
-  log: Logger;
+  get log(): Logger {
+    return (this.logger ??= this.ctx.logger.child(this.logBindings));
+  }
+  private logger: Logger | null = null;
+  private logBindings: { client: number; user?: string; db?: string };
 
   private readonly reader: FrameReader;
   /** Startup, TLS, authentication and login; afterwards what the connection counts against. */
@@ -103,7 +107,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     socket: net.Socket,
     private ctx: SessionContext,
   ) {
-    this.log = ctx.logger.child({ client: this.id });
+    this.logBindings = { client: this.id };
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
     this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.requests.emit(msg));
     this.requests = new RequestTracker(this.requestHost(), this.stmts);
@@ -273,7 +277,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.applicationName = who.applicationName;
         this.clientSettings.reported = who.reported;
         this.clientSettings.settings = who.settings;
-        this.log = this.ctx.logger.child({ client: this.id, user: who.user, db: who.database });
+        this.logBindings = { client: this.id, user: who.user, db: who.database };
+        this.logger = null;
       },
       register: () => {
         if (!this.ctx.registry.register(this)) return false;
@@ -295,9 +300,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.admin = new AdminSession(this.ctx, this.adminHost(), how.role);
       this.setState(ClientState.Admin);
     } else {
-      this.clientSettings.welcome(how.welcome);
+      this.clientSettings.welcome(how.welcome, how.fingerprint);
       this.setState(ClientState.Idle);
-      this.log.debug({ remote: this.remote }, 'client logged in');
+      if (this.ctx.logger.isLevelEnabled('debug')) this.log.debug({ remote: this.remote }, 'client logged in');
     }
     this.conn.resumeReading();
     this.drain();
@@ -581,7 +586,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.listens.endAll();
     this.ctx.admin.unpark(this);
     this.conn.end();
-    if (wasLoggedIn) {
+    if (wasLoggedIn && this.ctx.logger.isLevelEnabled('debug')) {
       this.log.debug({ reason, durationMs: this.ctx.clock.now - this.connectedAt, transactions: this.transactions }, 'client closed');
     }
   }

@@ -30,11 +30,33 @@ import { hbaRefusal, hbaRulesFor, matchHba } from '../auth/hba.js';
 import { tlsServerEndPoint } from '../auth/scram.js';
 import { ClientAuthenticator, type AuthStep } from './clientAuth.js';
 import { isSettableReported, parseStartup, StartupParamError } from './startupParams.js';
-import { buildSyncSql, settingsSignature } from './paramSync.js';
+import { buildSyncSql, settingsFingerprint, settingsSignature } from './paramSync.js';
 import { adminWelcome, type AdminRole } from './adminSession.js';
 import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientState.js';
 
 const WELCOME_CACHE_LIMIT = 256;
+const EMPTY = Buffer.alloc(0);
+const AUTH_OK = authenticationRequest(AuthCode.Ok);
+/** 'N' to SSLRequest / GSSENCRequest: a Buffer made once, not a string encoded per connection. */
+const REFUSED = Buffer.from('N');
+type Welcome = ReadonlyArray<readonly [string, string]>;
+/**
+ * Per cached welcome (the pool's array, one per settings key): its ParameterStatus bytes
+ * and the settings fingerprint a client logging in with it starts with, made once.
+ */
+const welcomeFacts = new WeakMap<Welcome, { bytes: Buffer; fingerprint: string }>();
+
+function factsOf(welcome: Welcome, settings: ReadonlyMap<string, string>): { bytes: Buffer; fingerprint: string } {
+  let facts = welcomeFacts.get(welcome);
+  if (facts === undefined) {
+    facts = {
+      bytes: Buffer.concat(welcome.map(([k, v]) => parameterStatus(k, v))),
+      fingerprint: settingsFingerprint(new Map(welcome), settings),
+    };
+    welcomeFacts.set(welcome, facts);
+  }
+  return facts;
+}
 
 /** Who the startup packet says the client is, and the settings it asked for. */
 export interface ClientIdentity {
@@ -48,7 +70,9 @@ export interface ClientIdentity {
 }
 
 /** How the login ended: a pooled session with the parameters it was told, or the admin console. */
-export type LoggedIn = { kind: 'pooled'; welcome: ReadonlyArray<readonly [string, string]> } | { kind: 'admin'; role: AdminRole };
+export type LoggedIn =
+  | { kind: 'pooled'; welcome: ReadonlyArray<readonly [string, string]>; fingerprint: string }
+  | { kind: 'admin'; role: AdminRole };
 
 /** What the handshake needs from the session that owns the connection. */
 export interface HandshakeHost {
@@ -99,6 +123,11 @@ export class ClientHandshake {
   private unauthenticated = true;
   /** Counted against max_db_connections / max_user_connections. */
   private admitted = false;
+  /**
+   * AuthenticationOk (after SASLFinal for SCRAM), not written yet: it goes out with the
+   * welcome in one write, as PgBouncer sends it (one syscall fewer per login).
+   */
+  private authOk: Buffer | null = null;
   /** Waiting for a backend to learn what this client's settings report. */
   private loginWait: { pool: Pool; waiter: PoolWaiter } | null = null;
 
@@ -143,7 +172,7 @@ export class ClientHandshake {
     }
     if (code === GSSENC_REQUEST_CODE) {
       // GSS encryption is not offered: 'N' lets the client go on (TLS or plaintext).
-      host.write('N');
+      host.write(REFUSED);
       return;
     }
     if (code === CANCEL_REQUEST_CODE) {
@@ -287,7 +316,7 @@ export class ClientHandshake {
       return;
     }
     if (cfg.clientTls === 'disable') {
-      host.write('N');
+      host.write(REFUSED);
       return;
     }
     if (this.reader.pending > 0) {
@@ -355,6 +384,22 @@ export class ClientHandshake {
       case 'send':
         host.write(step.message);
         return;
+      case 'wait':
+        host.suspend();
+        step.next.then(
+          (next) => {
+            if (host.state !== ClientState.Auth) return;
+            this.onAuthStep(next);
+            // 'ok' suspends again until the login is done; 'fail' closed the connection.
+            if (next.kind === 'send') host.resume();
+          },
+          (err: Error) => {
+            if (host.state !== ClientState.Auth) return;
+            this.ctx.stats.clientLoginFailures++;
+            host.failWith(err, 'auth_failed');
+          },
+        );
+        return;
       case 'fail':
         this.ctx.stats.clientLoginFailures++;
         host.log.info({ remote: this.peer.remote, code: step.error.code }, 'client authentication failed');
@@ -373,12 +418,12 @@ export class ClientHandshake {
         this.admitted = true;
         if (step.password !== undefined) this.ctx.auth.learnPassword(this.user, step.password);
         if (step.clientKey && step.serverKey) this.ctx.auth.learnScramKeys(this.user, step.clientKey, step.serverKey);
-        if (step.message) host.write(step.message);
-        host.write(authenticationRequest(AuthCode.Ok));
+        this.authOk = step.message ? Buffer.concat([step.message, AUTH_OK]) : AUTH_OK;
         host.setState(ClientState.Login);
         host.suspend();
         this.finishLogin().catch((err: Error) => {
           this.ctx.stats.clientLoginFailures++;
+          this.flushAuthOk();
           host.failWith(err, 'login_failed');
         });
         return;
@@ -398,6 +443,7 @@ export class ClientHandshake {
     const host = this.host;
     if (this.database === ADMIN_DATABASE) {
       const { role, welcome } = adminWelcome(this.ctx, this.user, this.applicationName, this.peer.pid, this.peer.secret);
+      this.flushAuthOk();
       host.write(welcome);
       host.loggedIn({ kind: 'admin', role });
       return;
@@ -442,10 +488,17 @@ export class ClientHandshake {
       pool.welcomeBySettings.set(settingsKey, welcome);
     }
     if (host.state !== ClientState.Login) return;
-    const parts: Buffer[] = [];
-    for (const [k, v] of welcome) parts.push(parameterStatus(k, v));
-    parts.push(backendKeyData(this.peer.pid, this.peer.secret), readyForQuery('I'));
-    host.write(Buffer.concat(parts));
-    host.loggedIn({ kind: 'pooled', welcome });
+    const authOk = this.authOk ?? EMPTY;
+    this.authOk = null;
+    const facts = factsOf(welcome, this.settings);
+    host.write(Buffer.concat([authOk, facts.bytes, backendKeyData(this.peer.pid, this.peer.secret), readyForQuery('I')]));
+    host.loggedIn({ kind: 'pooled', welcome, fingerprint: facts.fingerprint });
+  }
+
+  /** AuthenticationOk goes out on its own when no welcome follows (admin console, failed login). */
+  private flushAuthOk(): void {
+    if (this.authOk === null || this.host.state === ClientState.Closed) return;
+    this.host.write(this.authOk);
+    this.authOk = null;
   }
 }

@@ -107,10 +107,13 @@ export class ClientSettings implements SessionSettings {
     return this.cached;
   }
 
-  /** Logged in: the reported parameters are the ones the welcome told the client. */
-  welcome(params: Iterable<readonly [string, string]>): void {
+  /**
+   * Logged in: the reported parameters are the ones the welcome told the client. The
+   * handshake knows the fingerprint of a cached welcome, so it is not computed per login.
+   */
+  welcome(params: Iterable<readonly [string, string]>, fingerprint: string | null = null): void {
     this.reported = new Map(params);
-    this.cached = null;
+    this.cached = fingerprint;
   }
 
   /** A backend reported a parameter (ParameterStatus) the client sees from now on. */

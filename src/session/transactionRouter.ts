@@ -92,7 +92,7 @@ export class TransactionRouter {
     view.paused = paused;
     view.now = ctx.clock.now;
     const d = decideRoute(cmd, this.state, view, ctx.config(), ctx.nodes.readBalancer);
-    if (session.log.isLevelEnabled('debug')) session.log.debug({ decision: d.kind, node: d.kind === 'node' ? d.node.name : null, statement: route?.reason ?? null, reason: d.reason }, 'route');
+    if (ctx.logger.isLevelEnabled('debug')) session.log.debug({ decision: d.kind, node: d.kind === 'node' ? d.node.name : null, statement: route?.reason ?? null, reason: d.reason }, 'route');
     this.waitStartedAt = ctx.clock.now;
     switch (d.kind) {
       case 'park':
