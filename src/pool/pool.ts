@@ -99,6 +99,11 @@ export class Pool {
     };
   }
 
+  /** The backends in use when every backend is and no more may open (pipelining's only case), else null. */
+  busyWhenFull(): ReadonlySet<BackendConnection> | null {
+    return this.idle.length === 0 && this.size >= this.config().poolSize && !this.closed ? this.active : null;
+  }
+
   backends(): BackendConnection[] {
     return [...this.active, ...this.idle];
   }
@@ -154,6 +159,8 @@ export class Pool {
 
   /** Gives a clean backend back: straight to the next waiter, else to the idle list. */
   release(b: BackendConnection): void {
+    // Requests of other clients already on the wire behind this one: the next of them gets it.
+    if (b.pipeline !== null && b.pipeline.handOver(b)) return;
     const cfg = this.config();
     // pool_size lowered (RELOAD): a backend above it closes as it comes back, before any
     // reset, and is never handed out again. A fresh one from connectOne is not counted yet.
