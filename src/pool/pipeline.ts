@@ -89,6 +89,12 @@ export function pipelineOf(b: BackendConnection): BackendPipeline {
   return (b.pipeline ??= new BackendPipeline(b));
 }
 
+/** Units of other clients on `b`'s wire behind the running one. */
+export function queuedBehind(b: BackendConnection): number {
+  const p = b.pipeline;
+  return p ? p.queued.length : 0;
+}
+
 /** The head started a self-contained unit: others may join behind it for a short while. */
 export function headStarted(b: BackendConnection): void {
   pipelineOf(b).headSince = performance.now();

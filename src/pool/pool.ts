@@ -160,7 +160,7 @@ export class Pool {
   /** Gives a clean backend back: straight to the next waiter, else to the idle list. */
   release(b: BackendConnection): void {
     // Requests of other clients already on the wire behind this one: the next of them gets it.
-    if (b.pipeline !== null && b.pipeline.handOver(b)) return;
+    if (b.pipeline && b.pipeline.handOver(b)) return;
     const cfg = this.config();
     // pool_size lowered (RELOAD): a backend above it closes as it comes back, before any
     // reset, and is never handed out again. A fresh one from connectOne is not counted yet.

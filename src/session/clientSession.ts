@@ -27,7 +27,7 @@ import { ClientSocket } from './clientSocket.js';
 import { HeldMessages } from './heldMessages.js';
 import { FunctionChanges } from './functionChanges.js';
 import { expiredTimeout, fatalSpecOf, frameErrorSpec } from './clientErrors.js';
-import { headStarted, joinPipeline, pipelineTarget, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
+import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
 
@@ -190,7 +190,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   /** Nothing held and no other client's unit on the wire behind this one's (pipelining keeps units whole). */
   private mayForward(b: BackendConnection): boolean {
-    return (b.pipeline === null || b.pipeline.queued.length === 0) && this.held.list.length === 0;
+    return queuedBehind(b) === 0 && this.held.list.length === 0;
   }
 
   /** An async step runs (login, auth_query lookup, admin command): later messages wait in the reader. */
@@ -491,7 +491,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.router.acquired(b);
     this.unitOpen = true;
     // Sent while it was queued: forwarded now unless units are queued behind this one too.
-    if (this.held.list.length > 0 && b.pipeline!.queued.length === 0) {
+    if (this.held.list.length > 0 && queuedBehind(b) === 0) {
       const held = this.held.take();
       b.socket.cork();
       for (const m of held) this.requests.forward(b, m.type, m.buf, m.start, m.end);
@@ -635,7 +635,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const b = this.backend;
     // Not while other clients' units wait behind this one: the cancel could land as the
     // next one starts (pipelining). A queued unit has no backend yet: nothing to cancel.
-    return b !== null && this.requests.queryRunning(b) && (b.pipeline === null || b.pipeline.queued.length === 0) ? b : null;
+    return b !== null && this.requests.queryRunning(b) && queuedBehind(b) === 0 ? b : null;
   }
 
   /** Timeouts (called by the janitor). */
