@@ -621,8 +621,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       // The statement its Parse defined lived on the dead backend only: the re-run defines it.
       if (read.parsed !== null) this.stmts.forget(read.parsed);
       this.stmts.batchDone();
-      this.held.take();
+      // Held: what the client sent after it while others' units were queued behind (pipelining).
+      const later = this.held.take();
       for (const m of read.messages) this.held.hold(m);
+      for (const m of later) this.held.hold(m);
       this.setState(ClientState.Idle);
       this.beginTransaction();
       return;

@@ -196,6 +196,9 @@ describe('cross-client pipelining (pipeline_depth 4, pool_size 1)', () => {
       await waitFor(() => pipelined() === before + i + 1, 5000, () => `pipelined ${pipelined() - before}`);
       queued.push(c);
     }
+    // What the head's client sends now waits (units are queued behind its own): kept across the re-run.
+    head.send(queryMsg('SELECT 2 AS v'));
+    await sleep(100);
     const retriesBefore = proxy.proxy.stats.readRetries;
     const killed = await direct.query('SELECT pg_terminate_backend(pid) AS k FROM pg_stat_activity WHERE query = $1', [GATED]);
     expect(killed.rows).toEqual([{ k: true }]);
@@ -206,7 +209,10 @@ describe('cross-client pipelining (pipeline_depth 4, pool_size 1)', () => {
     const headReply = await replies[0]!;
     const headErr = firstError(headReply);
     if (headErr) expect(['57P01', '08006', '08P01']).toContain(headErr.code);
-    else expect(rows(headReply)).toEqual([['0']]);
+    else {
+      expect(rows(headReply)).toEqual([['0']]);
+      expect(ok(await head.readUntil('Z'))).toEqual([['2']]);
+    }
     for (let i = 0; i < 3; i++) {
       const msgs = await replies[i + 1]!;
       const e = firstError(msgs);
