@@ -99,9 +99,13 @@ export class Pool {
     };
   }
 
-  /** The backends in use when every backend is and no more may open (pipelining's only case), else null. */
+  /**
+   * The backends in use when every backend is and no more may open (pipelining's only case),
+   * else null. Also null while clients wait in the queue: a unit queued on a backend gets it
+   * before any waiter, so joining then would let reads overtake (and starve) a waiting write.
+   */
   busyWhenFull(): ReadonlySet<BackendConnection> | null {
-    return this.idle.length === 0 && this.size >= this.config().poolSize && !this.closed ? this.active : null;
+    return this.idle.length === 0 && this.waiters.length === 0 && this.size >= this.config().poolSize && !this.closed ? this.active : null;
   }
 
   backends(): BackendConnection[] {

@@ -245,6 +245,25 @@ describe('cross-client pipelining (pipeline_depth 4, pool_size 1)', () => {
     await setsExt.readUntil('Z');
   });
 
+  it('a client already waiting for the pool is not overtaken by reads pipelined behind the running one', async () => {
+    const open_ = await closeGate();
+    const head = await gatedHead();
+    const before = pipelined();
+    const writer = await login();
+    writer.send(queryMsg('BEGIN'));
+    await sleep(100); // waits in the pool's queue
+    const reader = await login();
+    reader.send(queryMsg('SELECT 5 AS v'));
+    await sleep(200);
+    expect(pipelined()).toBe(before);
+    await open_();
+    await head.readUntil('Z');
+    await writer.readUntil('Z');
+    writer.send(queryMsg('COMMIT'));
+    await writer.readUntil('Z');
+    expect(ok(await reader.readUntil('Z'))).toEqual([['5']]);
+  });
+
   it('nothing is queued behind a unit that opens a transaction or sets a setting', async () => {
     for (const headSql of [`SET work_mem = '9MB'; ${GATED}`, `BEGIN; ${GATED}`]) {
       const open_ = await closeGate();
