@@ -10,18 +10,18 @@
 //          Reports queries/s and PostgreSQL CPU per query (sum of the backends' /proc
 //          utime+stime deltas).
 //   pgmux  pgbench -S -M simple -c 50 -j 2 -T S through pgmux (pool 20, primary only)
-//          with pipeline_depth 1, 2, 4, 8, interleaved, R rounds: tps, pgmux CPU us/txn
-//          and PostgreSQL CPU us/txn.
+//          with pipeline_depth 1, 2, 4, 8, interleaved, R rounds: tps, pgmux CPU us/txn,
+//          PostgreSQL CPU us/txn and the share of transactions pgmux wrote behind another
+//          client's (pgmux_pipelined_total from its /metrics).
 //
 //   node bench/micro/pipeline-depth.mjs [--part raw|pgmux|both] [--depths 1,2,4,8]
-//        [--seconds 10] [--rounds 1] [--conns 20] [--json]
+//        [--seconds 10] [--rounds 3 (1 for --part raw)] [--conns 20] [--scale 10] [--json]
 
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { clockTicksPerSecond, readStat, registerTempDir, runCommand, sleep, startProcess, stopAll, stopTree, treeCpuSeconds } from '../lib/procs.mjs';
+import { clockTicksPerSecond, readStat, runCommand, sleep, startProcess, stopAll, stopTree, treeCpuSeconds } from '../lib/procs.mjs';
 import { parsePgbench } from '../lib/pgbench.mjs';
 
 const repo = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -157,32 +157,24 @@ async function rawRun(port, depth, seconds) {
 
 // ---- through pgmux ----------------------------------------------------------------
 
-async function startPgmux(dir, primary, depth) {
+async function startPgmux(primary, depth) {
   const port = await lc.freePort();
-  const cfg = join(dir, `pgmux-${depth}.yaml`);
-  writeFileSync(
-    cfg,
-    [
-      `listen_addr: 127.0.0.1`,
-      `listen_port: ${port}`,
-      `nodes:`,
-      `  - host: ${primary.host}`,
-      `    port: ${primary.port}`,
-      `default_pool_size: 20`,
-      `max_client_conn: 500`,
-      `auth_type: trust`,
-      `pipeline_depth: ${depth}`,
-      `log_level: warn`,
-      '',
-    ].join('\n'),
-  );
-  const proc = startProcess('pgmux', [process.execPath, join(repo, 'dist', 'cli.js'), 'start', '--config', cfg], { stdio: ['ignore', 'inherit', 'inherit'], cwd: repo });
+  const httpPort = await lc.freePort();
+  const argv = [process.execPath, join(repo, 'dist', 'cli.js'), 'start', '--listen', `127.0.0.1:${port}`, '--http', `127.0.0.1:${httpPort}`, '--node', `${primary.host}:${primary.port}`, '--pool-size', '20', '--log-level', 'warn'];
+  const env = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PGMUX_'))), PGMUX_PIPELINE_DEPTH: String(depth) };
+  const proc = startProcess('pgmux', argv, { stdio: ['ignore', 'inherit', 'inherit'], cwd: repo, env });
   for (let i = 0; i < 100; i++) {
-    const r = await runCommand('psql', [join(lc.findPgBinDir(), '..', '..', '..', '..', 'bin', 'psql'), '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', DATABASE, '-Atc', 'select 1']);
-    if (r.code === 0) return { proc, port };
+    const r = await runCommand('psql', [join(lc.findPgBinDir(), 'psql'), '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', DATABASE, '-Atc', 'select 1']);
+    if (r.code === 0) return { proc, port, httpPort };
     await sleep(100);
   }
   throw new Error(`pgmux (pipeline_depth ${depth}) did not come up; see its output above`);
+}
+
+async function pipelinedCount(httpPort) {
+  const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+  const m = /^pgmux_pipelined_total (\d+)/m.exec(text);
+  return m ? Number(m[1]) : null;
 }
 
 function postgresBackendTicks(postmasterPid) {
@@ -195,8 +187,8 @@ function postgresBackendTicks(postmasterPid) {
   return t;
 }
 
-async function pgmuxRun(dir, primary, postmasterPid, pgbench, depth) {
-  const { proc, port } = await startPgmux(dir, primary, depth);
+async function pgmuxRun(primary, postmasterPid, pgbench, depth) {
+  const { proc, port, httpPort } = await startPgmux(primary, depth);
   try {
     const cpu0 = treeCpuSeconds(proc.pid);
     const pg0 = postgresBackendTicks(postmasterPid);
@@ -208,14 +200,14 @@ async function pgmuxRun(dir, primary, postmasterPid, pgbench, depth) {
     const pg1 = postgresBackendTicks(postmasterPid);
     const p = parsePgbench(r.stdout);
     if (r.code !== 0 || !p.transactions) throw new Error(`pgbench through pgmux (depth ${depth}) failed: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
-    const stats = await runCommand('psql', ['psql', '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'pgmux', '-Atc', 'SHOW POOLS']);
+    const pipelined = await pipelinedCount(httpPort);
     return {
       depth,
       tps: p.tps,
       failed: p.failed ?? 0,
       pgmuxCpuUsPerTxn: ((cpu1 - cpu0) * 1e6) / p.transactions,
       pgCpuUsPerTxn: (((pg1 - pg0) / clockTicksPerSecond) * 1e6) / p.transactions,
-      pools: stats.stdout.trim(),
+      pipelinedShare: pipelined === null ? null : pipelined / p.transactions,
     };
   } finally {
     await stopTree(proc.pid, 'SIGTERM', 5000);
@@ -258,13 +250,11 @@ try {
     }
   }
   if (PART === 'pgmux' || PART === 'both') {
-    const dir = mkdtempSync(join(tmpdir(), 'pgmux-pipeline-'));
-    registerTempDir(dir);
     for (let round = 0; round < ROUNDS; round++) {
       for (const depth of DEPTHS) {
-        const r = await pgmuxRun(dir, primary, postmasterPid, pgbench, depth);
+        const r = await pgmuxRun(primary, postmasterPid, pgbench, depth);
         out.pgmux.push({ round, ...r });
-        log(`pgmux round ${round + 1} depth ${depth}: ${r.tps.toFixed(0)} tps, pgmux ${r.pgmuxCpuUsPerTxn.toFixed(1)} us CPU/txn, PostgreSQL ${r.pgCpuUsPerTxn.toFixed(1)} us/txn, ${r.failed} failed`);
+        log(`pgmux round ${round + 1} depth ${depth}: ${r.tps.toFixed(0)} tps, pgmux ${r.pgmuxCpuUsPerTxn.toFixed(1)} us CPU/txn, PostgreSQL ${r.pgCpuUsPerTxn.toFixed(1)} us/txn, ${r.failed} failed, ${((r.pipelinedShare ?? 0) * 100).toFixed(1)}% pipelined`);
       }
     }
   }
@@ -283,12 +273,12 @@ try {
     }
     if (out.pgmux.length) {
       lines.push(`pgmux: pgbench -S -M simple -c 50 -j 2 -T ${SECONDS}, pool 20, primary only, ${ROUNDS} round(s) interleaved`);
-      lines.push('| pipeline_depth | tps (median; range) | pgmux CPU us/txn | PostgreSQL CPU us/txn | failed |');
-      lines.push('|---:|---:|---:|---:|---:|');
+      lines.push('| pipeline_depth | tps (median; range) | pgmux CPU us/txn | PostgreSQL CPU us/txn | pipelined | failed |');
+      lines.push('|---:|---:|---:|---:|---:|---:|');
       for (const d of DEPTHS) {
         const rs = out.pgmux.filter((r) => r.depth === d);
         lines.push(
-          `| ${d} | ${median(rs.map((r) => r.tps)).toFixed(0)} (${range(rs.map((r) => r.tps))}) | ${median(rs.map((r) => r.pgmuxCpuUsPerTxn)).toFixed(1)} | ${median(rs.map((r) => r.pgCpuUsPerTxn)).toFixed(1)} | ${rs.reduce((n, r) => n + r.failed, 0)} |`,
+          `| ${d} | ${median(rs.map((r) => r.tps)).toFixed(0)} (${range(rs.map((r) => r.tps))}) | ${median(rs.map((r) => r.pgmuxCpuUsPerTxn)).toFixed(1)} | ${median(rs.map((r) => r.pgCpuUsPerTxn)).toFixed(1)} | ${(median(rs.map((r) => r.pipelinedShare ?? 0)) * 100).toFixed(1)}% | ${rs.reduce((n, r) => n + r.failed, 0)} |`,
         );
       }
     }
