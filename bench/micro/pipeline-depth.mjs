@@ -103,13 +103,25 @@ function rawConnection(port, onReady) {
   });
 }
 
-function backendCpuTicks(pids) {
-  let t = 0;
+/**
+ * CPU ticks and voluntary context switches of these backends: a backend that finds no
+ * request waiting blocks in recv and switches out, one that finds the next one does not.
+ */
+function backendUsage(pids) {
+  let ticks = 0;
+  let sleeps = 0;
   for (const pid of pids) {
     const s = readStat(pid);
-    if (s) t += s.utime + s.stime;
+    if (!s) continue;
+    ticks += s.utime + s.stime;
+    try {
+      const m = /^voluntary_ctxt_switches:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+      if (m) sleeps += Number(m[1]);
+    } catch {
+      // gone
+    }
   }
-  return t;
+  return { ticks, sleeps };
 }
 
 /** One timed run at `depth`: every connection writes `depth` Queries, waits for as many ReadyForQuery, repeats. */
@@ -141,18 +153,18 @@ async function rawRun(port, depth, seconds) {
   await sleep(1000); // warm-up: caches, plans, the first batches
   const c0 = completed;
   const t0 = process.hrtime.bigint();
-  const cpu0 = backendCpuTicks(pids);
+  const u0 = backendUsage(pids);
   await sleep(seconds * 1000);
   const c1 = completed;
   const t1 = process.hrtime.bigint();
-  const cpu1 = backendCpuTicks(pids);
+  const u1 = backendUsage(pids);
   running = false;
   await sleep(200);
   const errors = conns.reduce((n, c) => n + c.errors, 0);
   for (const c of conns) c.sock.destroy();
   const elapsed = Number(t1 - t0) / 1e9;
   const queries = c1 - c0;
-  return { depth, qps: queries / elapsed, pgCpuUsPerQuery: (((cpu1 - cpu0) / clockTicksPerSecond) * 1e6) / queries, errors };
+  return { depth, qps: queries / elapsed, pgCpuUsPerQuery: (((u1.ticks - u0.ticks) / clockTicksPerSecond) * 1e6) / queries, pgSleepsPerQuery: (u1.sleeps - u0.sleeps) / queries, errors };
 }
 
 // ---- through pgmux ----------------------------------------------------------------
@@ -177,27 +189,27 @@ async function pipelinedCount(httpPort) {
   return m ? Number(m[1]) : null;
 }
 
-function postgresBackendTicks(postmasterPid) {
-  let t = 0;
+function postgresChildren(postmasterPid) {
+  const out = [];
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     const s = readStat(Number(d));
-    if (s && s.ppid === postmasterPid) t += s.utime + s.stime;
+    if (s && s.ppid === postmasterPid) out.push(s.pid);
   }
-  return t;
+  return out;
 }
 
 async function pgmuxRun(primary, postmasterPid, pgbench, depth) {
   const { proc, port, httpPort } = await startPgmux(primary, depth);
   try {
     const cpu0 = treeCpuSeconds(proc.pid);
-    const pg0 = postgresBackendTicks(postmasterPid);
+    const pg0 = backendUsage(postgresChildren(postmasterPid));
     const r = await runCommand('pgbench', [pgbench, '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-n', '-S', '-M', 'simple', '-c', '50', '-j', '2', '-T', String(SECONDS), DATABASE], {
       timeoutMs: (SECONDS + 60) * 1000,
       env: { ...process.env, LC_ALL: 'C' },
     });
     const cpu1 = treeCpuSeconds(proc.pid);
-    const pg1 = postgresBackendTicks(postmasterPid);
+    const pg1 = backendUsage(postgresChildren(postmasterPid));
     const p = parsePgbench(r.stdout);
     if (r.code !== 0 || !p.transactions) throw new Error(`pgbench through pgmux (depth ${depth}) failed: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
     const pipelined = await pipelinedCount(httpPort);
@@ -206,7 +218,8 @@ async function pgmuxRun(primary, postmasterPid, pgbench, depth) {
       tps: p.tps,
       failed: p.failed ?? 0,
       pgmuxCpuUsPerTxn: ((cpu1 - cpu0) * 1e6) / p.transactions,
-      pgCpuUsPerTxn: (((pg1 - pg0) / clockTicksPerSecond) * 1e6) / p.transactions,
+      pgCpuUsPerTxn: (((pg1.ticks - pg0.ticks) / clockTicksPerSecond) * 1e6) / p.transactions,
+      pgSleepsPerTxn: (pg1.sleeps - pg0.sleeps) / p.transactions,
       pipelinedShare: pipelined === null ? null : pipelined / p.transactions,
     };
   } finally {
@@ -245,7 +258,7 @@ try {
       for (const depth of DEPTHS) {
         const r = await rawRun(primary.port, depth, SECONDS);
         out.raw.push({ round, ...r });
-        log(`raw round ${round + 1} depth ${depth}: ${r.qps.toFixed(0)} queries/s, PostgreSQL ${r.pgCpuUsPerQuery.toFixed(1)} us CPU/query, ${r.errors} errors`);
+        log(`raw round ${round + 1} depth ${depth}: ${r.qps.toFixed(0)} queries/s, PostgreSQL ${r.pgCpuUsPerQuery.toFixed(1)} us CPU/query, ${r.pgSleepsPerQuery.toFixed(2)} sleeps/query, ${r.errors} errors`);
       }
     }
   }
@@ -254,7 +267,7 @@ try {
       for (const depth of DEPTHS) {
         const r = await pgmuxRun(primary, postmasterPid, pgbench, depth);
         out.pgmux.push({ round, ...r });
-        log(`pgmux round ${round + 1} depth ${depth}: ${r.tps.toFixed(0)} tps, pgmux ${r.pgmuxCpuUsPerTxn.toFixed(1)} us CPU/txn, PostgreSQL ${r.pgCpuUsPerTxn.toFixed(1)} us/txn, ${r.failed} failed, ${((r.pipelinedShare ?? 0) * 100).toFixed(1)}% pipelined`);
+        log(`pgmux round ${round + 1} depth ${depth}: ${r.tps.toFixed(0)} tps, pgmux ${r.pgmuxCpuUsPerTxn.toFixed(1)} us CPU/txn, PostgreSQL ${r.pgCpuUsPerTxn.toFixed(1)} us/txn, ${r.pgSleepsPerTxn.toFixed(2)} sleeps/txn, ${r.failed} failed, ${((r.pipelinedShare ?? 0) * 100).toFixed(1)}% pipelined`);
       }
     }
   }
@@ -264,21 +277,21 @@ try {
     const lines = [];
     if (out.raw.length) {
       lines.push(`raw: ${CONNS} connections, select-only simple Query, ${SECONDS} s per run, ${ROUNDS} round(s), ${out.cpus} CPUs`);
-      lines.push('| depth | queries/s (median; range) | PostgreSQL CPU us/query |');
-      lines.push('|---:|---:|---:|');
+      lines.push('| depth | queries/s (median; range) | PostgreSQL CPU us/query | backend sleeps/query |');
+      lines.push('|---:|---:|---:|---:|');
       for (const d of DEPTHS) {
         const rs = out.raw.filter((r) => r.depth === d);
-        lines.push(`| ${d} | ${median(rs.map((r) => r.qps)).toFixed(0)} (${range(rs.map((r) => r.qps))}) | ${median(rs.map((r) => r.pgCpuUsPerQuery)).toFixed(1)} |`);
+        lines.push(`| ${d} | ${median(rs.map((r) => r.qps)).toFixed(0)} (${range(rs.map((r) => r.qps))}) | ${median(rs.map((r) => r.pgCpuUsPerQuery)).toFixed(1)} | ${median(rs.map((r) => r.pgSleepsPerQuery)).toFixed(2)} |`);
       }
     }
     if (out.pgmux.length) {
       lines.push(`pgmux: pgbench -S -M simple -c 50 -j 2 -T ${SECONDS}, pool 20, primary only, ${ROUNDS} round(s) interleaved`);
-      lines.push('| pipeline_depth | tps (median; range) | pgmux CPU us/txn | PostgreSQL CPU us/txn | pipelined | failed |');
-      lines.push('|---:|---:|---:|---:|---:|---:|');
+      lines.push('| pipeline_depth | tps (median; range) | pgmux CPU us/txn | PostgreSQL CPU us/txn | backend sleeps/txn | pipelined | failed |');
+      lines.push('|---:|---:|---:|---:|---:|---:|---:|');
       for (const d of DEPTHS) {
         const rs = out.pgmux.filter((r) => r.depth === d);
         lines.push(
-          `| ${d} | ${median(rs.map((r) => r.tps)).toFixed(0)} (${range(rs.map((r) => r.tps))}) | ${median(rs.map((r) => r.pgmuxCpuUsPerTxn)).toFixed(1)} | ${median(rs.map((r) => r.pgCpuUsPerTxn)).toFixed(1)} | ${(median(rs.map((r) => r.pipelinedShare ?? 0)) * 100).toFixed(1)}% | ${rs.reduce((n, r) => n + r.failed, 0)} |`,
+          `| ${d} | ${median(rs.map((r) => r.tps)).toFixed(0)} (${range(rs.map((r) => r.tps))}) | ${median(rs.map((r) => r.pgmuxCpuUsPerTxn)).toFixed(1)} | ${median(rs.map((r) => r.pgCpuUsPerTxn)).toFixed(1)} | ${median(rs.map((r) => r.pgSleepsPerTxn)).toFixed(2)} | ${(median(rs.map((r) => r.pipelinedShare ?? 0)) * 100).toFixed(1)}% | ${rs.reduce((n, r) => n + r.failed, 0)} |`,
         );
       }
     }
