@@ -64,6 +64,8 @@ export interface ServerCounters {
   waitBucketCounts: number[];
   failovers: number;
   readRetries: number;
+  /** Requests written to a busy backend behind another client's (pipeline_depth). */
+  pipelined: number;
   /** Backends reset with server_reset_query before reuse (pinned clients left, session mode). */
   backendResets: number;
   /** Failed backend connects (each attempt), whatever the reason. */

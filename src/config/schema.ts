@@ -125,6 +125,8 @@ const ROWS = [
     // Pgpool-II's max_pool caches connections per child: the nearest knob, not the same one.
     pgbouncer: ['default_pool_size'], pgpool: ['max_pool'],
   }),
+  // Experimental (issue #14): cross-client pipelining onto busy backends; src/pool/pipeline.ts.
+  setting({ key: 'pipeline_depth', field: 'pipelineDepth', default: 1, doc: 'Pooling', parse: (v) => parseInteger(v, 1, 64) }),
   setting({ key: 'min_pool_size', field: 'minPoolSize', default: 0, doc: 'Pooling', parse: (v) => parseInteger(v, 0, 10000), pgbouncer: ['min_pool_size'] }),
   setting({
     key: 'max_client_conn', field: 'maxClientConn', default: 10000, doc: 'Pooling', parse: (v) => parseInteger(v, 1, 1_000_000),

@@ -39,6 +39,11 @@ export interface Config {
   poolSize: number;
   /** Idle backends kept open per pool once it has been used. */
   minPoolSize: number;
+  /**
+   * Experimental: requests each backend may carry at once when every backend of a pool is busy
+   * (the running one plus those written behind it); 1 = off.
+   */
+  pipelineDepth: number;
   maxClientConn: number;
   /** Worker processes sharing the listen port (start --workers); pool_size and max_client_conn are split across them. */
   workers: number;

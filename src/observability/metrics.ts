@@ -166,6 +166,7 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
     () => view.counters().backendConnectFailures,
   );
   scalarCounter('pgmux_read_retries_total', 'Reads re-run on another node after theirs failed.', () => view.counters().readRetries);
+  scalarCounter('pgmux_pipelined_total', 'Requests written to a busy backend behind another client\'s (pipeline_depth, experimental).', () => view.counters().pipelined);
   scalarCounter('pgmux_classifier_cache_hits_total', 'Read/write classifier cache hits.', () => view.classifierStats().hits);
   scalarCounter('pgmux_classifier_cache_misses_total', 'Read/write classifier cache misses.', () => view.classifierStats().misses);
   scalarCounter('pgmux_client_logins_total', 'Successful client logins.', () => view.counters().clientLogins);

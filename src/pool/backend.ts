@@ -21,6 +21,7 @@ import { md5Response } from '../auth/md5.js';
 import { ScramClientSession } from '../auth/scram.js';
 import { scramKeyCache } from '../auth/scramCache.js';
 import { connectTls, type BackendTls } from '../net/tls.js';
+import type { BackendPipeline } from './pipeline.js';
 
 export interface NodeAddress {
   host: string;
@@ -159,6 +160,8 @@ export class BackendConnection implements ScanSink {
   closeReason: BackendCloseReason | null = null;
   /** Opaque slot for the pool that owns this backend. */
   poolRef: unknown = null;
+  /** Other clients' requests written behind the running one (pipeline_depth); null until first used. */
+  pipeline: BackendPipeline | null = null;
 
   private scanner = new BackendScanner(this);
   private internal: { resolve: () => void; reject: (e: Error) => void; error: Map<string, string> | null } | null = null;

@@ -99,6 +99,15 @@ export class Pool {
     };
   }
 
+  /**
+   * The backends in use when every backend is and no more may open (pipelining's only case),
+   * else null. Also null while clients wait in the queue: a unit queued on a backend gets it
+   * before any waiter, so joining then would let reads overtake (and starve) a waiting write.
+   */
+  busyWhenFull(): ReadonlySet<BackendConnection> | null {
+    return this.idle.length === 0 && this.waiters.length === 0 && this.size >= this.config().poolSize && !this.closed ? this.active : null;
+  }
+
   backends(): BackendConnection[] {
     return [...this.active, ...this.idle];
   }
@@ -154,6 +163,8 @@ export class Pool {
 
   /** Gives a clean backend back: straight to the next waiter, else to the idle list. */
   release(b: BackendConnection): void {
+    // Requests of other clients already on the wire behind this one: the next of them gets it.
+    if (b.pipeline && b.pipeline.handOver(b)) return;
     const cfg = this.config();
     // pool_size lowered (RELOAD): a backend above it closes as it comes back, before any
     // reset, and is never handed out again. A fresh one from connectOne is not counted yet.

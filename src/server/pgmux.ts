@@ -74,6 +74,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     waitBucketCounts: new Array(WAIT_BUCKETS_MS.length + 1).fill(0),
     failovers: 0,
     readRetries: 0,
+    pipelined: 0,
     backendResets: 0,
     backendConnectFailures: 0,
   };

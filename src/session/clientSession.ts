@@ -27,6 +27,7 @@ import { ClientSocket } from './clientSocket.js';
 import { HeldMessages } from './heldMessages.js';
 import { FunctionChanges } from './functionChanges.js';
 import { expiredTimeout, fatalSpecOf, frameErrorSpec } from './clientErrors.js';
+import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
 
@@ -36,7 +37,7 @@ const NONE: readonly string[] = [];
 /** Proxy-issued cancel pids: start --workers puts the worker index in the high bits so keys are unique per group. */
 export const cancelPidSpace = { high: 0, mask: 0x7fffffff };
 
-export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink {
+export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink, PipelineMember {
   readonly id = nextClientId++;
   /** Where the client is in its life; changed only by setState(). */
   state = ClientState.Startup;
@@ -100,6 +101,12 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   /** The client's connection (plain, or TLS after the handshake upgraded it). */
   private readonly conn: ClientSocket;
+  /** The waiting transaction is one self-contained unit (pipeline_depth > 1; src/pool/pipeline.ts). */
+  private pipelineUnit = false;
+  /** Its unit is on this backend's wire behind other clients' (pipeline_depth). */
+  private queuedOn: BackendConnection | null = null;
+  /** The linked backend runs exactly one self-contained unit of this client: others may queue behind it. */
+  private unitOpen = false;
   /** Nothing read yet: a TLS ClientHello now means direct TLS. */
   private firstData = true;
 
@@ -159,7 +166,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     corked?.cork();
     let forwarded = false;
     while (this.state !== ClientState.Closed && !this.suspended && r.next()) {
-      if (this.state === ClientState.Linked) {
+      if (this.state === ClientState.Linked && this.mayForward(this.backend!)) {
         this.requests.forward(this.backend!, r.type, r.msg, r.msgStart, r.end);
         forwarded = true;
       } else this.handleMessage(r.type, r.msg, r.msgStart, r.bodyStart, r.end);
@@ -167,6 +174,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.requests.flushRun();
     corked?.uncork();
     if (forwarded) {
+      this.unitOpen = false; // more than one unit now: nobody queues behind it
       // A request sent after a lone read went to its backend too: the read may no longer run elsewhere.
       const held = this.replay.moreRequests();
       if (held !== null && this.state !== ClientState.Closed) this.conn.write(held);
@@ -182,6 +190,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       }
       this.fatal(frameErrorSpec(r.error, r.errorLength, this.ctx.config().maxMessageBytes), 'protocol_error');
     }
+  }
+
+  /** Nothing held and no other client's unit on the wire behind this one's (pipelining keeps units whole). */
+  private mayForward(b: BackendConnection): boolean {
+    return queuedBehind(b) === 0 && this.held.list.length === 0;
   }
 
   /** An async step runs (login, auth_query lookup, admin command): later messages wait in the reader. */
@@ -231,7 +244,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.beginPending = true;
         return;
       case ClientState.Waiting:
-        // No backend yet: what the client sends meanwhile waits here, up to a bound.
+      case ClientState.Linked:
+        if (this.state === ClientState.Waiting) this.pipelineUnit = false; // no longer alone: routing decides again
+        // No backend yet, or other clients' units are on the wire behind this one's (they
+        // must stay whole): what the client sends meanwhile waits here, up to a bound.
         this.held.hold({ type, buf, start, end });
         if (this.held.full) this.conn.pauseReading();
         return;
@@ -328,7 +344,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (this.requests.tracking && this.answerLocally()) return;
     const paused = this.ctx.admin.isPaused(this.database);
     // Paused, or session mode: the policy looks at no statement, so none is classified.
-    const route = paused || this.ctx.config().poolMode === 'session' ? null : this.requests.classifyFirst(this.held.list[0]!);
+    const cfg = this.ctx.config();
+    const route = paused || cfg.poolMode === 'session' ? null : this.requests.classifyFirst(this.held.list[0]!);
+    this.pipelineUnit = cfg.pipelineDepth > 1 && route !== null && this.requests.selfContained && this.requests.pinned === null && selfContainedUnit(this.held.list);
     this.router.route(route, route !== null && this.requests.loneRead, paused);
   }
 
@@ -343,6 +361,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       failWith: (err, reason) => this.failWith(err, reason),
       routeAgain: () => this.beginTransaction(),
       settingsChanged: () => this.clientSettings.changed(),
+      get pipelineUnit() {
+        return session.pipelineUnit;
+      },
+      joinPipeline: (pool) => this.joinPipeline(pool),
     };
   }
 
@@ -432,10 +454,74 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     this.requests.flushRun();
     sock.uncork();
+    if (this.pipelineUnit && this.router.pipelineSafe && this.linked) {
+      this.unitOpen = true;
+      headStarted(b);
+    }
     if (this.linked) {
       this.conn.resumeReading();
       this.drain();
     }
+  }
+
+  // ---- pipelining (pipeline_depth, experimental; src/pool/pipeline.ts) ---------------
+
+  /** Others may write their unit behind this client's on its backend. */
+  get pipelineHeadOpen(): boolean {
+    return this.unitOpen && this.state === ClientState.Linked;
+  }
+
+  /** Every backend of `pool` is busy: the unit goes on the wire behind a running one, if one may take it. */
+  private joinPipeline(pool: Pool): boolean {
+    const busy = pool.busyWhenFull();
+    if (busy === null) return false;
+    const b = pipelineTarget(busy, this.ctx.config().pipelineDepth, this.clientSettings.fingerprint);
+    if (b === null) return false;
+    const unit = this.held.take();
+    // A read nothing answered yet: re-run elsewhere if the backend dies before its turn.
+    this.replay.arm(unit, true, this.requests.tracking ? this.statementKnown : null);
+    this.requests.forgetFirst();
+    this.queuedOn = b;
+    joinPipeline(b, this, unit);
+    this.ctx.stats.pipelined++;
+    return true;
+  }
+
+  onPipelineTurn(b: BackendConnection): void {
+    this.queuedOn = null;
+    this.backend = b;
+    b.link(this);
+    this.setState(ClientState.Linked);
+    this.transactions++;
+    this.router.acquired(b);
+    this.unitOpen = true;
+    // Sent while it was queued: forwarded now unless units are queued behind this one too.
+    if (this.held.list.length > 0 && queuedBehind(b) === 0) {
+      const held = this.held.take();
+      b.socket.cork();
+      for (const m of held) this.requests.forward(b, m.type, m.buf, m.start, m.end);
+      this.requests.flushRun();
+      b.socket.uncork();
+      this.unitOpen = false;
+    }
+    this.conn.resumeReading();
+  }
+
+  onPipelineLost(b: BackendConnection, why: string): void {
+    this.queuedOn = null;
+    if (this.state === ClientState.Closed) return;
+    const later = this.held.take();
+    const read = this.replay.takeRead();
+    if (read !== null && this.router.rerouteAfterLoss(b.node)) {
+      this.log.info({ node: b.node.name, why }, 're-running a queued read on another node');
+      this.ctx.stats.readRetries++;
+      this.stmts.batchDone();
+      for (const m of read.messages) this.held.hold(m);
+      for (const m of later) this.held.hold(m);
+      this.beginTransaction();
+      return;
+    }
+    this.fatal(pgmuxError('backendLost', { detail: why }), 'backend_lost');
   }
 
   onAcquireFailed(err: Error): void {
@@ -472,6 +558,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.router.release(b, settings);
       // Shutting down: the transaction is over, so this client's turn is too.
       if (this.ctx.shuttingDown && !this.router.lsnPending) this.fatal(pgmuxError('adminShutdown'), 'shutdown');
+      // What it sent while others' units were queued behind its own starts its next transaction.
+      else if (this.held.list.length > 0) this.replayHeld();
     } else if (this.requests.pinned !== null && this.listens.anyWaiting) {
       // The client keeps its backend; what the shared listener heard meanwhile goes out
       // after the ReadyForQuery now on its way.
@@ -479,8 +567,19 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
   }
 
+  /** Messages held while linked (pipelining) are handled as if they arrived now, while idle. */
+  private replayHeld(): void {
+    for (const m of this.held.take()) this.handleMessage(m.type, m.buf, m.start, m.start + 5, m.end);
+    if (this.beginPending) {
+      this.beginPending = false;
+      if (this.state === ClientState.Waiting) this.beginTransaction();
+    }
+    if (this.state !== ClientState.Closed) this.conn.resumeReading();
+  }
+
   /** The transaction is over: the client lets go of its backend (the router gives it back). */
   private letGo(b: BackendConnection): void {
+    this.unitOpen = false;
     this.backend = null;
     this.requests.detach();
     this.setState(ClientState.Idle);
@@ -527,8 +626,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       // The statement its Parse defined lived on the dead backend only: the re-run defines it.
       if (read.parsed !== null) this.stmts.forget(read.parsed);
       this.stmts.batchDone();
-      this.held.take();
+      // Held: what the client sent after it while others' units were queued behind (pipelining).
+      const later = this.held.take();
       for (const m of read.messages) this.held.hold(m);
+      for (const m of later) this.held.hold(m);
       this.setState(ClientState.Idle);
       this.beginTransaction();
       return;
@@ -539,7 +640,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** The backend the client uses right now, if a query of its is running there. */
   get cancelTarget(): BackendConnection | null {
     const b = this.backend;
-    return b !== null && this.requests.queryRunning(b) ? b : null;
+    // Not while other clients' units wait behind this one: the cancel could land as the
+    // next one starts (pipelining). A queued unit has no backend yet: nothing to cancel.
+    return b !== null && this.requests.queryRunning(b) && queuedBehind(b) === 0 ? b : null;
   }
 
   /** Timeouts (called by the janitor). */
@@ -574,10 +677,15 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.requests.detach();
     this.handshake.release();
     this.router.cancelWait();
+    if (this.queuedOn !== null) {
+      this.queuedOn.pipeline!.abandon(this);
+      this.queuedOn = null;
+    }
     const b = this.backend;
     if (b !== null) {
+      const cancel = this.cancelTarget !== null;
       this.backend = null;
-      this.router.returnOnClose(b, this.requests.queryRunning(b));
+      this.router.returnOnClose(b, cancel);
     }
     // Its transaction ends with the connection (rolled back, or committed just before).
     this.functionChanges.ended();

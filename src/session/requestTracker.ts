@@ -21,6 +21,7 @@ import { bindStatement, buildParse, parseParse, targetOf, type ParsedParse } fro
 import { SettingsTracker } from './settingsTracker.js';
 import type { StatementForwarder } from './statementForwarder.js';
 import type { RouteClass } from '../routing/policy.js';
+import { selfContainedStatement } from '../routing/pipelining.js';
 
 
 /** What the tracker needs from the client session. */
@@ -59,6 +60,8 @@ export class RequestTracker {
    * answering, when the request is alone (replayGuard.ts checks its shape).
    */
   loneRead = false;
+  /** The last classifyFirst() read a statement that leaves nothing behind (src/routing/pipelining.ts). */
+  selfContained = false;
   /** Settings this client's statements may have changed: read back when the backend goes back. */
   readonly settings = new SettingsTracker();
   /** The analysis of the message routing read first, so forwarding it does not decode it again. */
@@ -277,12 +280,14 @@ export class RequestTracker {
    */
   classifyFirst(m: HeldMessage): RouteClass {
     this.loneRead = false;
+    this.selfContained = false;
     const body = m.start + 5;
     switch (m.type) {
       case FrontendMsg.Query: {
         const c = this.queryClass(m.buf, m.start, m.end);
         this.rememberFirst(c, m);
         this.loneRead = oneRead(c);
+        this.selfContained = selfContainedStatement(c);
         return c;
       }
       case FrontendMsg.Parse: {
@@ -293,6 +298,7 @@ export class RequestTracker {
         if (name[0] !== '') this.statementClasses.set(name[0], c);
         else this.rememberFirst(c, m);
         this.loneRead = oneRead(c);
+        this.selfContained = selfContainedStatement(c);
         return c;
       }
       case FrontendMsg.Bind: {

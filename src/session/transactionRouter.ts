@@ -29,6 +29,10 @@ export interface RouterHost {
   routeAgain(): void;
   /** The read-back changed the client's settings: its fingerprint is stale. */
   settingsChanged(): void;
+  /** The waiting transaction is one self-contained unit (pipeline_depth > 1; src/pool/pipeline.ts). */
+  readonly pipelineUnit: boolean;
+  /** Writes the unit behind a busy backend's running one when the pool is full; false when none may take it. */
+  joinPipeline(pool: Pool): boolean;
 }
 
 export class TransactionRouter {
@@ -128,7 +132,18 @@ export class TransactionRouter {
       return;
     }
     this.routedTo = n;
-    this.poolFor(n).acquire(this.host.session, this.ctx.clock.now);
+    const pool = this.poolFor(n);
+    if (this.host.pipelineUnit && this.pipelineSafe && this.host.joinPipeline(pool)) return;
+    pool.acquire(this.host.session, this.ctx.clock.now);
+  }
+
+  /**
+   * The routed transaction may share a backend with other clients' (pipelining): it calls
+   * no VOLATILE function (which may write or change settings), and its backend runs no
+   * read-back query when it ends (that query would land behind the units queued after it).
+   */
+  get pipelineSafe(): boolean {
+    return this.retryable && !(this.routedWrite && this.ctx.config().readYourWrites === 'lsn');
   }
 
   /** The transaction got its backend: counted for SHOW NODES and metrics. */

@@ -88,6 +88,7 @@ describe('DEFAULTS', () => {
       poolMode: 'transaction',
       poolSize: 20,
       minPoolSize: 0,
+      pipelineDepth: 1,
       maxClientConn: 10000,
       workers: 1,
       auth: 'trust',
@@ -169,6 +170,7 @@ nodes:
 pool_mode: session
 pool_size: 30
 min_pool_size: 5
+pipeline_depth: 4
 max_client_conn: 500
 workers: 4
 auth: md5
@@ -235,6 +237,7 @@ max_unauthenticated_connections: 50
       poolMode: 'session',
       poolSize: 30,
       minPoolSize: 5,
+      pipelineDepth: 4,
       maxClientConn: 500,
       workers: 4,
       auth: 'md5',
@@ -355,6 +358,7 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_POOL_MODE: 'Session',
       PGMUX_DEFAULT_POOL_SIZE: '3',
       PGMUX_MIN_POOL_SIZE: '1',
+      PGMUX_PIPELINE_DEPTH: '2',
       PGMUX_MAX_CLIENT_CONN: '50',
       PGMUX_WORKERS: '3',
       PGMUX_AUTH_TYPE: 'md5',
@@ -420,6 +424,7 @@ describe('precedence: defaults < file < env < flags', () => {
       poolMode: 'session',
       poolSize: 3,
       minPoolSize: 1,
+      pipelineDepth: 2,
       maxClientConn: 50,
       workers: 3,
       auth: 'md5',

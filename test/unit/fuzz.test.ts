@@ -446,7 +446,7 @@ function fakeContext(v: Variant): { ctx: SessionContext; tracked: Set<unknown>; 
     notifications: { unsubscribe: () => {} },
     classify: unused('classify()'),
     countRouted: () => {},
-    stats: { bytesIn: 0, bytesOut: 0, clientLogins: 0, clientLoginFailures: 0, readRetries: 0 },
+    stats: { bytesIn: 0, bytesOut: 0, clientLogins: 0, clientLoginFailures: 0, readRetries: 0, pipelined: 0 },
     admin: {
       isPaused: () => false,
       park: () => {},
