@@ -8,7 +8,9 @@
 # HEALTHCHECK below and the Kubernetes probes (deploy/kubernetes/) call /healthz and /readyz
 # there. Any setting can also come from PGMUX_<KEY> environment variables.
 
-ARG NODE_IMAGE=node:20-bookworm-slim
+# Node 24 LTS (Node 20 reached end of life on 2026-04-30; pgmux still runs and is tested on it:
+# `docker build --build-arg NODE_IMAGE=node:20-bookworm-slim .` if you must).
+ARG NODE_IMAGE=node:24-bookworm-slim
 
 # ---- build: compile TypeScript to dist/ ----------------------------------------------------
 FROM ${NODE_IMAGE} AS build

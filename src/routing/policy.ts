@@ -29,7 +29,7 @@ export interface RouteCommand {
 
 /** What routing remembers of one client between its transactions. */
 export interface RouteClient {
-  /** read_your_writes=lsn: the primary's WAL position after this client's last write. */
+  /** read_your_writes=lsn: the primary's WAL position after this client's last write (LSN_UNKNOWN: it could not be read). */
   minLsn: bigint | null;
   /** read_your_writes=window: when this client's last write ended (clock ms). */
   lastWriteAt: number;
@@ -38,6 +38,13 @@ export interface RouteClient {
   /** Re-routes of the current transaction so far. */
   attempts: number;
 }
+
+/**
+ * A client's last write committed but its position could not be read (the backend died right
+ * after the commit): no replica is known to have it, so its reads go to the primary, or wait
+ * for one, until a later write's position is read. Above any real LSN.
+ */
+export const LSN_UNKNOWN = 0xffff_ffff_ffff_ffffn;
 
 /** The moment the decision is made in. */
 export interface RouteView {

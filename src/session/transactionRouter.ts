@@ -11,7 +11,7 @@ import type { BackendConnection, NodeAddress } from '../pool/backend.js';
 import type { Pool } from '../pool/pool.js';
 import { BackendError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 import { parseLsn } from '../cluster/snapshot.js';
-import { afterAcquireFailure, decideRoute, mayRetry, type RouteClass, type RouteClient, type RouteCommand, type RouteView } from '../routing/policy.js';
+import { afterAcquireFailure, decideRoute, LSN_UNKNOWN, mayRetry, type RouteClass, type RouteClient, type RouteCommand, type RouteView } from '../routing/policy.js';
 import type { SessionContext } from './sessionContext.js';
 import type { ClientSession } from './clientSession.js';
 import type { ClientCloseReason } from './clientState.js';
@@ -226,10 +226,7 @@ export class TransactionRouter {
         pool.release(b);
       },
       () => {
-        if (lsn) {
-          this.state.minLsn = null;
-          this.state.lastWriteAt = this.ctx.clock.now;
-        }
+        if (lsn) this.state.minLsn = LSN_UNKNOWN;
         // What the backend carries is no longer known: never hand it to another client.
         if (b.clean && params.length === 0) pool.release(b);
         else pool.discard(b, 'error');

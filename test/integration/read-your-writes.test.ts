@@ -69,6 +69,8 @@ describe('read-your-writes (private cluster, replay paused on both replicas)', (
     cluster = await LocalCluster.start({ replicas: 2 });
     [port0, port1, port2] = cluster.nodes.map((n) => n.port) as [number, number, number];
     await cluster.query('node0', 'CREATE TABLE ryw (id bigserial PRIMARY KEY, v int)');
+    // A role for the test whose read-back fails; created before replay stops, so it can log in on the replicas.
+    await cluster.query('node0', 'CREATE ROLE ryw_app LOGIN; GRANT SELECT, INSERT ON ryw TO ryw_app; GRANT USAGE ON SEQUENCE ryw_id_seq TO ryw_app');
     await cluster.waitForStreaming();
     const base: Partial<Config> = {
       // node0 never gets reads on its own: a read there was sent by read-your-writes.
@@ -144,6 +146,31 @@ describe('read-your-writes (private cluster, replay paused on both replicas)', (
     expect(late.found).toBe(false);
     await writer.end();
     await other.end();
+  });
+
+  // Regression: a failed read-back (no position) left the client with no limit at all, so its
+  // next read went to a stale replica. The read-back fails here because the client's role may
+  // not call pg_current_wal_insert_lsn(); in production it is a backend that dies just after
+  // the commit (seen when a primary was stopped right after a write).
+  it("'lsn': when the write's position cannot be read back, the client's reads stay off the replicas", async () => {
+    await cluster.query('node0', 'REVOKE EXECUTE ON FUNCTION pg_current_wal_insert_lsn() FROM PUBLIC');
+    const writer = await pgClient(proxyPort('lsn'), { database: 'postgres', user: 'ryw_app' });
+    const ports = new Map<number, number>();
+    let misses = 0;
+    try {
+      for (let i = 0; i < 5; i++) {
+        const id = Number((await writer.query(`INSERT INTO ryw (v) VALUES (${i}) RETURNING id`)).rows[0].id);
+        const back = (await writer.query(readBackSql(id))).rows[0];
+        if (back.found !== true) misses++;
+        bump(ports, Number(back.port));
+      }
+    } finally {
+      await writer.end();
+      await cluster.query('node0', 'GRANT EXECUTE ON FUNCTION pg_current_wal_insert_lsn() TO PUBLIC');
+    }
+    console.log(`[ryw] lsn, position unreadable: misses ${misses}/5, per port ${JSON.stringify([...ports])}`);
+    expect(misses).toBe(0);
+    expect(ports.get(port0)).toBe(5);
   });
 
   it("'lsn': once a replica has replayed the write (and a poll saw it), the client's reads go to the replicas again", async () => {

@@ -66,15 +66,15 @@ const cmd = JSON.parse(last(ins('CMD')).args) as string[];
 const CONFIG_PATH = cmd[cmd.indexOf('--config') + 1]!;
 
 describe('Dockerfile', () => {
-  it('is multi-stage: node:20-bookworm-slim build with npm ci + build, runtime with production deps', () => {
+  it('is multi-stage: node:24-bookworm-slim (Node 24 LTS) build with npm ci + build, runtime with production deps', () => {
     expect(froms.length).toBeGreaterThanOrEqual(2);
-    expect(froms[0]![0]).toBe('node:20-bookworm-slim');
+    expect(froms[0]![0]).toBe('node:24-bookworm-slim');
     expect(froms[0]!.map((s) => s.toLowerCase())).toContain('as');
     const buildName = froms[0]![froms[0]!.length - 1]!;
     const buildRuns = ins('RUN', 0).map((i) => i.args);
     expect(buildRuns.some((r) => /\bnpm ci\b/.test(r) && !/--omit=dev/.test(r))).toBe(true);
     expect(buildRuns.some((r) => /\bnpm run build\b/.test(r))).toBe(true);
-    expect(froms[runtime]![0]).toMatch(/^node:20(-|$)/);
+    expect(froms[runtime]![0]).toMatch(/^node:24(-|$)/);
     const runtimeRuns = ins('RUN', runtime).map((i) => i.args);
     expect(runtimeRuns.some((r) => /\bnpm ci\b.*--omit=dev/.test(r))).toBe(true);
     expect(runtimeRuns.some((r) => /npm run build|\btsc\b/.test(r))).toBe(false);

@@ -6,6 +6,7 @@ import {
   afterAcquireFailure,
   decideRoute,
   loginNodeOf,
+  LSN_UNKNOWN,
   MAX_ROUTE_ATTEMPTS,
   type RouteClass,
   type RouteClient,
@@ -110,6 +111,14 @@ describe('routing policy', () => {
     expect(where(decide({ t: none, client: wrote, cfg: { readYourWrites: 'lsn' } }))).toBe('n0 read');
     expect(where(decide({ t: none, client: wrote, cfg: { readYourWrites: 'lsn', fallbackToPrimary: false } }))).toBe('error noReadNode');
     expect(where(decide({ t: none, client: wrote, cfg: { readYourWrites: 'off' } }))).toBe('n1 read');
+  });
+
+  it('read_your_writes=lsn, position of the last write unknown: no replica qualifies, however far it replayed', () => {
+    const far = topo([P(), node(1, { walLsn: parseLsn('FFFFFFFF/FFFFFFFE') })], 0);
+    const lost = { minLsn: LSN_UNKNOWN };
+    expect(where(decide({ t: far, client: lost, cfg: { readYourWrites: 'lsn' } }))).toBe('n0 read');
+    const noPrimary = topo([P({ role: 'unknown', state: 'down' }), node(1, { walLsn: parseLsn('FFFFFFFF/FFFFFFFE') })], null);
+    expect(where(decide({ t: noPrimary, client: lost, cfg: { readYourWrites: 'lsn' } }))).toBe('wait 5000');
   });
 
   it('read_your_writes=window: reads go to the primary for the window after a write, then to replicas', () => {
