@@ -24,7 +24,13 @@ class Listener implements BackendOwner {
   private backend: BackendConnection | null = null;
   private connecting: Promise<void> | null = null;
   private readonly reader = new FrameReader(64 * 1024 * 1024);
-  readonly channels = new Map<string, Set<NotificationSink>>();
+  /**
+   * Subscribers per channel; false while a subscriber is joining a channel others already
+   * listen to: a notification still on its way from before the client's LISTEN must not
+   * reach it (a direct connection would not see it), so it starts receiving only after a
+   * round trip on the listener connection.
+   */
+  readonly channels = new Map<string, Map<NotificationSink, boolean>>();
   private closed = false;
 
   constructor(
@@ -38,10 +44,11 @@ class Listener implements BackendOwner {
     let subs = this.channels.get(channel);
     const isNew = subs === undefined;
     if (!subs) {
-      subs = new Set();
+      subs = new Map();
       this.channels.set(channel, subs);
     }
-    subs.add(sink);
+    // A new channel has nothing in flight for it: its subscriber receives at once.
+    if (!subs.has(sink)) subs.set(sink, isNew);
     try {
       await this.ensureConnected();
     } catch (err) {
@@ -49,10 +56,13 @@ class Listener implements BackendOwner {
       if (subs.size === 0) this.channels.delete(channel);
       throw err;
     }
-    if (isNew) this.send(`LISTEN ${quoteIdent(channel)}`);
+    // LISTEN again on a channel already listened to is a no-op for PostgreSQL: here it is
+    // the round trip after which whatever arrives was sent after this client's LISTEN.
+    this.send(`LISTEN ${quoteIdent(channel)}`);
     // As on a direct connection, LISTEN is answered once it is in effect: a NOTIFY
     // committed after the client saw LISTEN must reach it.
     await this.lastSent;
+    if (this.channels.get(channel) === subs && subs.get(sink) === false) subs.set(sink, true);
   }
 
   unsubscribe(sink: NotificationSink, channel: string | null): void {
@@ -130,8 +140,12 @@ class Listener implements BackendOwner {
       if (!ch) continue;
       const subs = this.channels.get(ch[0]);
       if (!subs) continue;
-      const msg = Buffer.from(m.subarray(this.reader.msgStart, this.reader.end));
-      for (const sink of subs) sink.deliverNotification(msg);
+      let msg: Buffer | null = null;
+      for (const [sink, receiving] of subs) {
+        if (!receiving) continue;
+        msg ??= Buffer.from(m.subarray(this.reader.msgStart, this.reader.end));
+        sink.deliverNotification(msg);
+      }
     }
   }
 

@@ -70,4 +70,29 @@ describe('LISTEN/NOTIFY under transaction pooling', () => {
     await sender.end();
     await Promise.all(listeners.map((c) => c.end()));
   });
+  it('a client joining a channel others listen to gets no notification sent before its LISTEN', async () => {
+    const channel = 'joining';
+    const first = await pgClient(proxy.port);
+    await first.query(`LISTEN ${channel}`);
+    const sender = await pgClient(proxy.port);
+    const wrong: string[] = [];
+    const late: pg.Client[] = [];
+    // The notification sent just before a joiner's LISTEN may still be on its way from the
+    // shared listener when the LISTEN arrives; a direct connection never sees it.
+    for (let i = 0; i < 60; i++) {
+      await sender.query(`NOTIFY ${channel}, 'before${i}'`);
+      const joiner = await pgClient(proxy.port);
+      joiner.on('notification', (n) => {
+        if (n.payload === `before${i}`) wrong.push(n.payload);
+      });
+      await joiner.query(`LISTEN ${channel}`);
+      late.push(joiner);
+    }
+    const gotAfter = late.map(() => 0);
+    late.forEach((c, k) => c.on('notification', (n) => n.payload === 'after' && gotAfter[k]++));
+    await sender.query(`NOTIFY ${channel}, 'after'`);
+    await expect.poll(() => gotAfter.every((n) => n === 1), { timeout: 5000 }).toBe(true);
+    expect(wrong).toEqual([]);
+    await Promise.all([first, sender, ...late].map((c) => c.end()));
+  });
 });
