@@ -1,13 +1,13 @@
 // The lean I/O path for plaintext sockets: reads land in one buffer shared by every such
-// socket in the process, and bytes from it are written straight to the socket's fd.
+// socket in the process, and writes go straight to the socket's fd when nothing is queued.
 //
 // Node's standard read costs a 64 KiB malloc, a realloc, an ArrayBuffer, a Buffer, a push
 // through Readable and a nextTick; its standard write a WriteWrap, the Writable machinery
 // and another nextTick. Here a read is one callback with a view of the shared buffer
 // (node's `onread`, also set on accepted sockets, which net.Server cannot do), and a write
-// of such a view is one write(2) on the non-blocking fd when nothing is queued (what
-// uv_try_write does); only bytes the kernel did not take are copied and queued the
-// standard way.
+// is one write(2) on the non-blocking fd when nothing is queued (what uv_try_write does);
+// only bytes the kernel did not take are queued the standard way (copied first when they
+// lie in the shared buffer).
 //
 // One buffer serves every socket because libuv reads one socket at a time on the one JS
 // thread: alloc, read, callback. The rule that makes it safe: nothing references the
@@ -112,15 +112,15 @@ export function readBufferMemory(): ArrayBufferLike | null {
 }
 
 /**
- * Writes `data` to `socket`, keeping the rule: bytes in the shared read buffer are written
- * now with write(2) when nothing is queued (or corked) ahead of them, and whatever the
- * kernel did not take, or everything when something is queued, goes out as a copy through
- * socket.write. Copying just the tail costs a memcpy of what waits anyway; stopping the
- * source until the destination drains would not be enough (the buffer is every socket's).
- * Returns socket.write's answer (false: wait for 'drain'); true when the kernel took it all.
+ * Writes `data` to a lean socket: with write(2) when nothing is queued (or corked) ahead of
+ * it, skipping Node's WriteWrap and Writable bookkeeping; what the kernel did not take, or
+ * everything when something is queued, goes through socket.write, as a copy when it lies in
+ * the shared read buffer (a queued write must never point into it). Copying just that tail
+ * costs a memcpy of what waits anyway; stopping the source until the destination drains
+ * would not be enough (the buffer is every socket's). Returns socket.write's answer
+ * (false: wait for 'drain'); true when the kernel took it all.
  */
 export function writeLean(socket: net.Socket, data: Buffer): boolean {
-  if (data.buffer !== sharedBytes) return socket.write(data);
   if (socket.writableLength === 0 && socket.writableCorked === 0 && !socket.destroyed && !socket.writableEnded) {
     const fd = handleOf(socket)?.fd;
     if (fd !== undefined && fd >= 0) {
@@ -133,8 +133,8 @@ export function writeLean(socket: net.Socket, data: Buffer): boolean {
         sent = 0;
       }
       if (sent === data.length) return true;
-      data = data.subarray(sent);
+      if (sent > 0) data = data.subarray(sent);
     }
   }
-  return socket.write(Buffer.from(data));
+  return socket.write(data.buffer === sharedBytes ? Buffer.from(data) : data);
 }

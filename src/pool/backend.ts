@@ -365,7 +365,7 @@ export class BackendConnection implements ScanSink {
     this.expHead = 0;
   }
 
-  /** Reads land in the shared read buffer; writes of its bytes go through writeLean. */
+  /** Reads land in the shared read buffer; writes go through writeLean. */
   lean = false;
 
   write(buf: Buffer): boolean {
