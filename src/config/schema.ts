@@ -157,6 +157,7 @@ const ROWS = [
     key: 'max_prepared_statements', field: 'maxPreparedStatements', default: 200, doc: 'Pooling',
     parse: (v) => parseInteger(v, 0, 100000), pgbouncer: ['max_prepared_statements'],
   }),
+  setting({ key: 'lean_io', field: 'leanIo', default: true, doc: 'Pooling', parse: parseBoolean, show: (v) => (v ? 'on' : 'off') }),
   // Authentication
   setting({
     key: 'auth', field: 'auth', aliases: ['auth_type'], default: 'trust', doc: 'Authentication',

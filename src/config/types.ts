@@ -93,6 +93,8 @@ export interface Config {
   trackExtraParameters: string[];
   /** Transaction mode: prepared statements kept per backend before the least recently used is closed; 0 = no cap. */
   maxPreparedStatements: number;
+  /** Plaintext sockets read into one shared buffer and write it straight to the fd (src/net/leanSocket.ts); new connections. */
+  leanIo: boolean;
 
   /** Session mode: query run on a backend before another client gets it. */
   serverResetQuery: string;

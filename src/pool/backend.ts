@@ -21,6 +21,7 @@ import { md5Response } from '../auth/md5.js';
 import { ScramClientSession } from '../auth/scram.js';
 import { scramKeyCache } from '../auth/scramCache.js';
 import { connectTls, type BackendTls } from '../net/tls.js';
+import { readLean, writeLean } from '../net/leanSocket.js';
 import type { BackendPipeline } from './pipeline.js';
 
 export interface NodeAddress {
@@ -121,6 +122,8 @@ export interface ConnectOptions {
   connectTimeoutMs: number;
   /** server_tls: negotiated with SSLRequest before the StartupMessage; absent = plaintext. */
   tls?: BackendTls;
+  /** lean_io: after login a plaintext backend reads into the shared buffer (src/net/leanSocket.ts). */
+  leanIo?: boolean;
 }
 
 export class BackendConnection implements ScanSink {
@@ -300,7 +303,12 @@ export class BackendConnection implements ScanSink {
             this.state = BackendState.Idle;
             for (const [k, v] of this.params) this.defaults.set(k, v);
             socket.removeAllListeners('data');
-            socket.on('data', (chunk: Buffer) => this.scanner.scan(chunk));
+            const scan = (chunk: Buffer): void => this.scanner.scan(chunk);
+            // The scanner keeps nothing of a chunk (split headers and decoded bodies are
+            // copied), so it may read the shared buffer; 'data' still delivers what the
+            // standard path buffered before.
+            socket.on('data', scan);
+            if (opts.leanIo === true) this.lean = readLean(socket, scan);
             socket.on('drain', () => this.owner?.onBackendDrain());
             const rest = reader.takeRemaining();
             if (rest) this.scanner.scan(rest);
@@ -365,8 +373,24 @@ export class BackendConnection implements ScanSink {
     this.expHead = 0;
   }
 
+  /** Reads land in the shared read buffer; writes go through writeLean. */
+  lean = false;
+
   write(buf: Buffer): boolean {
-    return this.socket.write(buf);
+    return this.lean ? writeLean(this.socket, buf) : this.socket.write(buf);
+  }
+
+  /**
+   * Collects the writes until uncork() into one (standard path). On the lean path a corked
+   * write of a read-buffer view would have to be copied, and a direct write is one syscall
+   * anyway: no cork.
+   */
+  cork(): void {
+    if (!this.lean) this.socket.cork();
+  }
+
+  uncork(): void {
+    if (!this.lean) this.socket.uncork();
   }
 
   /**

@@ -128,10 +128,9 @@ export function joinPipeline(b: BackendConnection, member: PipelineMember, unit:
   const p = pipelineOf(b);
   p.queued.push(member);
   p.joined++;
-  const sock = b.socket;
-  if (unit.length > 1) sock.cork();
+  if (unit.length > 1) b.cork();
   for (const m of unit) b.write(m.start === 0 && m.end === m.buf.length ? m.buf : m.buf.subarray(m.start, m.end));
-  if (unit.length > 1) sock.uncork();
+  if (unit.length > 1) b.uncork();
 }
 
 /**

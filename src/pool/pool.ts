@@ -308,6 +308,7 @@ export class Pool {
       credentials: this.credentials(),
       connectTimeoutMs: cfg.serverConnectTimeoutMs,
       tls: backendTlsFor(cfg),
+      leanIo: cfg.leanIo,
     }).then(
       (b) => {
         this.connecting--;

@@ -27,9 +27,11 @@ export enum FrameError {
   TooLarge = 2,
 }
 
+const EMPTY = Buffer.alloc(0);
+
 export class FrameReader {
   /** Current buffer and read position. Views handed out point into `buf`. */
-  private buf: Buffer = Buffer.alloc(0);
+  private buf: Buffer = EMPTY;
   private pos = 0;
   /** Chunks received while a split message is incomplete; concatenated once it is whole. */
   private parts: Buffer[] = [];
@@ -130,6 +132,21 @@ export class FrameReader {
     this.end = pos + total;
     this.pos = pos + total;
     return true;
+  }
+
+  /**
+   * Copies what it still holds from `memory` (a read buffer the next read overwrites):
+   * the unread tail and the pieces of a split message, each once, so a message arriving
+   * over many reads is still copied O(n) times in all, as on the standard path.
+   */
+  keepOutOf(memory: ArrayBufferLike): void {
+    if (this.msg.buffer === memory) this.msg = EMPTY; // valid only right after next()
+    if (this.buf.buffer === memory) {
+      this.buf = this.pos >= this.buf.length ? EMPTY : Buffer.from(this.buf.subarray(this.pos));
+      this.pos = 0;
+    }
+    const parts = this.parts;
+    for (let i = 0; i < parts.length; i++) if (parts[i]!.buffer === memory) parts[i] = Buffer.from(parts[i]!);
   }
 
   /** Hands back the unread bytes (e.g. when a stream changes owner) and empties the reader. */

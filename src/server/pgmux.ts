@@ -3,6 +3,7 @@
 // view and actions, and the janitor that drives every timeout from one timer.
 
 import net from 'node:net';
+import { leanIoSupported } from '../net/leanSocket.js';
 import type { Config } from '../config/types.js';
 import type { Logger } from '../observability/logger.js';
 import type { AuthEntry } from '../auth/authFile.js';
@@ -454,6 +455,7 @@ export interface StartOptions {
 
 export async function startPgmux(config: Config, opts: StartOptions): Promise<RunningPgmux> {
   const logger = opts.logger;
+  if (config.leanIo && !leanIoSupported()) logger.info({ node: process.version }, 'lean_io: this Node lacks the shared read buffer mechanism; sockets use the standard path');
   const pgmux = new PgmuxServer(config, logger);
   pgmux.reloadSource = opts.reloadConfig ?? null;
   await pgmux.start();

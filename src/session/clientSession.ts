@@ -24,6 +24,7 @@ import { ClientHandshake, type HandshakeHost, type LoggedIn } from './handshake.
 import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientState.js';
 import { TransactionRouter, type RouterHost } from './transactionRouter.js';
 import { ClientSocket } from './clientSocket.js';
+import { inReadBuffer } from '../net/leanSocket.js';
 import { HeldMessages } from './heldMessages.js';
 import { FunctionChanges } from './functionChanges.js';
 import { expiredTimeout, fatalSpecOf, frameErrorSpec } from './clientErrors.js';
@@ -156,13 +157,27 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.ctx.stats.bytesIn += chunk.length;
     this.reader.push(chunk);
     this.drain();
+    if (inReadBuffer(chunk)) this.keepOutOfReadBuffer(chunk.buffer);
+  }
+
+  /**
+   * The chunk was a view of the lean path's shared read buffer, which the next read (of any
+   * socket) overwrites: whatever still points into it is copied now. The unread tail of the
+   * reader, messages waiting for a backend, and requests kept for a re-run; forwarded runs
+   * were written already (writes copy what they cannot send at once).
+   */
+  private keepOutOfReadBuffer(memory: ArrayBufferLike): void {
+    this.requests.flushRun();
+    this.reader.keepOutOf(memory);
+    this.held.keepOutOf(memory);
+    this.replay.keepOutOf(memory);
   }
 
   /** Handles every whole message buffered, as far as the state allows. */
   private drain(): void {
     const r = this.reader;
     // One write per read chunk, even when pgmux adds or rewrites messages in it.
-    const corked = this.backend?.socket ?? null;
+    const corked = this.backend;
     corked?.cork();
     let forwarded = false;
     while (this.state !== ClientState.Closed && !this.suspended && r.next()) {
@@ -318,6 +333,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     } else {
       this.clientSettings.welcome(how.welcome, how.fingerprint);
       this.setState(ClientState.Idle);
+      // Logins (and TLS) stay on the standard path; forwarding may go lean from here.
+      if (this.ctx.config().leanIo) this.conn.readLean();
       if (this.ctx.logger.isLevelEnabled('debug')) this.log.debug({ remote: this.remote }, 'client logged in');
     }
     this.conn.resumeReading();
@@ -444,8 +461,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.router.acquired(b);
     // Only a read that is still alone (nothing more arrived with it or while it waited).
     this.replay.arm(this.held.list, this.router.retryable, this.requests.tracking ? this.statementKnown : null);
-    const sock = b.socket;
-    sock.cork();
+    b.cork();
     alignSettings(this.clientSettings, b, this.clientSettings.fingerprint);
     const held = this.held.take();
     for (let i = 0; i < held.length && this.linked; i++) {
@@ -453,7 +469,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.requests.forward(b, m.type, m.buf, m.start, m.end);
     }
     this.requests.flushRun();
-    sock.uncork();
+    b.uncork();
     if (this.pipelineUnit && this.router.pipelineSafe && this.linked) {
       this.unitOpen = true;
       headStarted(b);
@@ -498,10 +514,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // Sent while it was queued: forwarded now unless units are queued behind this one too.
     if (this.held.list.length > 0 && queuedBehind(b) === 0) {
       const held = this.held.take();
-      b.socket.cork();
+      b.cork();
       for (const m of held) this.requests.forward(b, m.type, m.buf, m.start, m.end);
       this.requests.flushRun();
-      b.socket.uncork();
+      b.uncork();
       this.unitOpen = false;
     }
     this.conn.resumeReading();
@@ -544,10 +560,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       // Re-run the batch on the same backend: its statements now carry fresh proxy names,
       // so they are prepared again (hidden) with the new result type.
       this.log.info('re-running a batch whose prepared statement changed shape (DDL)');
-      b.socket.cork();
+      b.cork();
       for (const m of batch) this.requests.forward(b, m.type, m.buf, m.start, m.end);
       this.requests.flushRun();
-      b.socket.uncork();
+      b.uncork();
       return;
     }
     if (b === null || !this.requests.atTransactionBoundary(b)) return;

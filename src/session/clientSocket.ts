@@ -1,8 +1,10 @@
 // The client's connection as its session uses it: the accepted socket, replaced by a TLS
 // socket over it after SSLRequest or a direct TLS hello; its events bound once (no closure
-// per read); reading paused and resumed for backpressure, at most one call each way.
+// per read); reading paused and resumed for backpressure, at most one call each way; after
+// login, a plaintext one may move to the lean I/O path (src/net/leanSocket.ts).
 
 import type net from 'node:net';
+import { readLean, writeLean } from '../net/leanSocket.js';
 
 export interface ClientSocketEvents {
   data(chunk: Buffer): void;
@@ -42,8 +44,18 @@ export class ClientSocket {
     return this.socket.destroyed;
   }
 
+  /** Reads land in the process's shared read buffer (chunks valid only during `data`). */
+  lean = false;
+
   /** False when the client must drain first (backpressure). Bound: may be passed around. */
-  readonly write = (data: Buffer | string): boolean => this.socket.write(data);
+  readonly write = (data: Buffer | string): boolean =>
+    this.lean && typeof data !== 'string' ? writeLean(this.socket, data) : this.socket.write(data);
+
+  /** Moves a plaintext socket to the lean I/O path; false when it stays on the standard one. */
+  readLean(): boolean {
+    if (!this.lean) this.lean = readLean(this.socket, this.onData);
+    return this.lean;
+  }
 
   /** TLS: the upgraded socket replaces the plain one from now on. */
   swap(upgrade: (plain: net.Socket) => net.Socket): void {

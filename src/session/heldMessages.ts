@@ -20,11 +20,37 @@ export class HeldMessages {
     return this.bytes > MAX_HELD_BYTES;
   }
 
+  /** Copies the messages lying in `memory` (a read buffer the next read overwrites). */
+  keepOutOf(memory: ArrayBufferLike): void {
+    if (this.list.length > 0) keepMessagesOutOf(this.list, memory);
+  }
+
   /** Everything held, in order; nothing is held afterwards. */
   take(): HeldMessage[] {
     const out = this.list;
     this.list = [];
     this.bytes = 0;
     return out;
+  }
+}
+
+/**
+ * Moves the messages of `list` that lie in `memory` into one buffer of their own, changing
+ * each HeldMessage in place: whoever else refers to the same object (the replay guard, the
+ * request tracker's first message) sees the copy too.
+ */
+export function keepMessagesOutOf(list: readonly HeldMessage[], memory: ArrayBufferLike): void {
+  let bytes = 0;
+  for (const m of list) if (m.buf.buffer === memory) bytes += m.end - m.start;
+  if (bytes === 0) return;
+  const out = Buffer.allocUnsafe(bytes);
+  let at = 0;
+  for (const m of list) {
+    if (m.buf.buffer !== memory) continue;
+    const n = m.buf.copy(out, at, m.start, m.end);
+    m.buf = out;
+    m.start = at;
+    m.end = at + n;
+    at += n;
   }
 }

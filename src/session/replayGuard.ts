@@ -18,6 +18,7 @@ import { FrontendMsg, readCstr } from '../protocol/messages.js';
 import type { BackendConnection } from '../pool/backend.js';
 import { bindStatement } from './preparedStatements.js';
 import type { HeldMessage } from '../protocol/framer.js';
+import { keepMessagesOutOf } from './heldMessages.js';
 
 const ERROR_RESPONSE = 0x45; // 'E'
 
@@ -55,6 +56,12 @@ export class ReplayGuard {
     this.batch = statementKnown !== null && replayable(held, statementKnown) ? held.slice() : null;
     if (this.batchReplies.length > 0) this.batchReplies = [];
     this.replaying = false;
+  }
+
+  /** Copies the kept requests' bytes that lie in `memory` (a read buffer the next read overwrites). */
+  keepOutOf(memory: ArrayBufferLike): void {
+    if (this.read !== null) keepMessagesOutOf(this.read, memory);
+    if (this.batch !== null) keepMessagesOutOf(this.batch, memory);
   }
 
   /**

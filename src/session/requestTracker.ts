@@ -66,8 +66,8 @@ export class RequestTracker {
   readonly settings = new SettingsTracker();
   /** The analysis of the message routing read first, so forwarding it does not decode it again. */
   private firstClass: Classification | null = null;
-  private firstClassBuf: Buffer | null = null;
-  private firstClassAt = -1;
+  /** That message (the object itself: its bytes may be moved out of a read buffer meanwhile). */
+  private firstMessage: HeldMessage | null = null;
   /** The backend of the message being forwarded (set by forward()). */
   private backend: BackendConnection | null = null;
   // Contiguous run of client bytes to forward with one write.
@@ -378,20 +378,20 @@ export class RequestTracker {
 
   /** The held message routing read was answered by pgmux itself: never forwarded. */
   forgetFirst(): void {
-    this.firstClassBuf = null;
+    this.firstMessage = null;
   }
 
   /** Keeps the analysis of the held message `m` for when it is forwarded. */
   rememberFirst(c: Classification, m: HeldMessage): void {
     this.firstClass = c;
-    this.firstClassBuf = m.buf;
-    this.firstClassAt = m.start;
+    this.firstMessage = m;
   }
 
   /** The kept analysis when the message at buf[start] is the one routing read, once; else null. */
   private takeFirst(buf: Buffer, start: number): Classification | null {
-    if (this.firstClassBuf !== buf || this.firstClassAt !== start) return null;
-    this.firstClassBuf = null;
+    const m = this.firstMessage;
+    if (m === null || m.buf !== buf || m.start !== start) return null;
+    this.firstMessage = null;
     return this.firstClass;
   }
 

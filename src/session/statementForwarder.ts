@@ -58,7 +58,8 @@ export class StatementForwarder {
   private statementFor(p: ParsedParse): ClientStatement {
     const key = statementKey(p.query, p.rest);
     const proxyName = this.names.nameFor(key);
-    return { key, proxyName, parse: buildParse(proxyName, p.query, p.rest), query: p.query, rest: p.rest };
+    // `rest` is a view of the client's read chunk, which a lean read buffer reuses: copied.
+    return { key, proxyName, parse: buildParse(proxyName, p.query, p.rest), query: p.query, rest: Buffer.from(p.rest) };
   }
 
   /**

@@ -1,8 +1,9 @@
 // A client that reads slowly makes pgmux's writes to it wait (holding views into the
-// backend's read chunks) while other backends' reads keep arriving. Any read-buffer reuse
-// in the forwarding path (tried for speed: node's `onread` buffers) would let those reads
-// overwrite the waiting bytes. This test makes exactly that happen and checks every byte
-// of the slow client's result; an `onread` variant that reused buffers failed it.
+// backend's read chunks) while other backends' reads keep arriving. On the lean I/O path
+// (src/net/leanSocket.ts) every read lands in one shared buffer, so a write that waited on
+// a view of it would be overwritten by those reads. This test makes exactly that happen and
+// checks every byte of the slow client's result; an `onread` variant that reused buffers
+// failed it, and so does the lean path when writeLean queues the view instead of a copy.
 import { createHash } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import type pg from 'pg';

@@ -23,8 +23,17 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     listen: { host: '127.0.0.1', port: 0 },
     nodes: clusterInfo().nodes.map((n) => ({ host: n.host, port: n.port, weight: 1 })),
     poolSize: 5,
+    // PGMUX_TEST_LEAN_IO=off runs every proxy on Node's standard socket path (both must pass).
+    leanIo: leanIoForTests(),
     ...overrides,
   } as Config;
+}
+
+function leanIoForTests(): boolean {
+  const v = process.env.PGMUX_TEST_LEAN_IO;
+  if (v === undefined || v === '') return DEFAULTS.leanIo;
+  if (v === 'on' || v === 'off') return v === 'on';
+  throw new Error(`PGMUX_TEST_LEAN_IO must be on or off, got ${v}`);
 }
 
 export async function startProxy(overrides: Partial<Config> = {}): Promise<TestProxy> {
