@@ -38,7 +38,7 @@ const NONE: readonly string[] = [];
 /** Proxy-issued cancel pids: start --workers puts the worker index in the high bits so keys are unique per group. */
 export const cancelPidSpace = { high: 0, mask: 0x7fffffff };
 
-export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink, PipelineMember {
+export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink, PipelineMember, RouterHost {
   readonly id = nextClientId++;
   /** Where the client is in its life; changed only by setState(). */
   state = ClientState.Startup;
@@ -103,7 +103,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** The client's connection (plain, or TLS after the handshake upgraded it). */
   private readonly conn: ClientSocket;
   /** The waiting transaction is one self-contained unit (pipeline_depth > 1; src/pool/pipeline.ts). */
-  private pipelineUnit = false;
+  pipelineUnit = false;
   /** Its unit is on this backend's wire behind other clients' (pipeline_depth). */
   private queuedOn: BackendConnection | null = null;
   /** The linked backend runs exactly one self-contained unit of this client: others may queue behind it. */
@@ -120,7 +120,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.requests.emit(msg));
     this.requests = new RequestTracker(this.requestHost(), this.stmts);
     this.listens = new ClientListens(ctx.notifications, this, () => this);
-    this.router = new TransactionRouter(ctx, this.routerHost());
+    this.router = new TransactionRouter(ctx, this);
     this.functionChanges = new FunctionChanges(ctx, () => this.database);
     this.connectedAt = this.lastActiveAt = ctx.clock.now;
     this.conn = new ClientSocket(socket, {
@@ -367,22 +367,22 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.router.route(route, route !== null && this.requests.loneRead, paused);
   }
 
-  private routerHost(): RouterHost {
-    const session = this;
-    return {
-      session,
-      get waiting() {
-        return session.state === ClientState.Waiting;
-      },
-      fatal: (spec, reason) => this.fatal(spec, reason),
-      failWith: (err, reason) => this.failWith(err, reason),
-      routeAgain: () => this.beginTransaction(),
-      settingsChanged: () => this.clientSettings.changed(),
-      get pipelineUnit() {
-        return session.pipelineUnit;
-      },
-      joinPipeline: (pool) => this.joinPipeline(pool),
-    };
+  // ---- RouterHost: the session is its router's host itself (no object and closures per client)
+
+  get session(): ClientSession {
+    return this;
+  }
+
+  get waiting(): boolean {
+    return this.state === ClientState.Waiting;
+  }
+
+  routeAgain(): void {
+    this.beginTransaction();
+  }
+
+  settingsChanged(): void {
+    this.clientSettings.changed();
   }
 
   /** What pgmux answers itself at a transaction's start, without a backend. */
@@ -488,7 +488,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   /** Every backend of `pool` is busy: the unit goes on the wire behind a running one, if one may take it. */
-  private joinPipeline(pool: Pool): boolean {
+  joinPipeline(pool: Pool): boolean {
     const busy = pool.busyWhenFull();
     if (busy === null) return false;
     const b = pipelineTarget(busy, this.ctx.config().pipelineDepth, this.clientSettings.fingerprint);
@@ -678,7 +678,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.close(reason);
   }
 
-  private failWith(err: Error, reason: ClientCloseReason): void {
+  failWith(err: Error, reason: ClientCloseReason): void {
     if (this.state === ClientState.Closed) return;
     if (!(err instanceof BackendError) && !(err instanceof PgmuxError)) this.log.error({ err }, 'unexpected error in client session');
     this.fatal(fatalSpecOf(err), reason);
