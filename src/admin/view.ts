@@ -49,6 +49,62 @@ export interface PoolView {
   totalConnects: number;
 }
 
+/**
+ * Totals since start for one (database entry, user) pair: what PgBouncer's SHOW STATS family
+ * and the labelled metrics report. `database` is the name clients connect to (the entry of
+ * the databases section), not the database on the nodes. Times in microseconds.
+ */
+export interface TrafficTotals {
+  database: string;
+  user: string;
+  /** Times a backend was linked to a client (PgBouncer's server_assignment_count). */
+  serverAssignments: number;
+  /** Transactions ended (COMMIT/ROLLBACK, or a statement outside a transaction). */
+  xacts: number;
+  /** Requests answered with ReadyForQuery (a simple Query, or a batch up to Sync). */
+  queries: number;
+  /** Bytes received from clients / sent to clients. */
+  bytesReceived: number;
+  bytesSent: number;
+  /** Time spent in transactions / in queries, linked to a backend. */
+  xactTimeUs: number;
+  queryTimeUs: number;
+  /** Time clients waited for a backend. */
+  waitTimeUs: number;
+  /** Parse messages from clients / Parse messages sent to backends / Bind messages. */
+  clientParses: number;
+  serverParses: number;
+  binds: number;
+  /** Errors sent to clients, by SQLSTATE class (two characters), e.g. '42' -> 3. */
+  errorsByClass: Map<string, number>;
+}
+
+/**
+ * One entry of the databases section as the console shows it (PgBouncer's SHOW DATABASES).
+ * Without a databases section there is one implicit '*' entry.
+ */
+export interface DatabaseView {
+  /** The name clients connect to; '*' = the fallback entry. */
+  name: string;
+  /** The database on the nodes (null for '*': the name the client asked for). */
+  dbname: string | null;
+  /** Backend user forced by the entry, or null (the client's user). */
+  forceUser: string | null;
+  poolSize: number;
+  minPoolSize: number;
+  poolMode: string;
+  /** 'any' (read/write splitting), 'replica' (reads only, never the primary), 'primary'. */
+  route: string;
+  /** Backends per node for this entry, all users; 0 = unlimited. */
+  maxDbConnections: number;
+  /** Backends open now for this entry (all nodes, all users). */
+  currentConnections: number;
+  /** Client connections now for this entry. */
+  clientConnections: number;
+  paused: boolean;
+  disabled: boolean;
+}
+
 /** Plain counters, bumped on the hot path, read by /metrics and SHOW STATS. */
 export interface ServerCounters {
   bytesIn: number;
@@ -84,6 +140,10 @@ export interface ServerView {
   topology(): TopologySnapshot;
   counters(): ServerCounters;
   classifierStats(): { hits: number; misses: number; entries: number };
+  /** Per (database entry, user) traffic totals since start. */
+  trafficTotals(): TrafficTotals[];
+  /** The databases section's entries (or the implicit '*'). */
+  databases(): DatabaseView[];
   isPaused(database?: string): boolean;
   isReady(): boolean;
   readonly shuttingDown: boolean;

@@ -25,7 +25,7 @@ import { reloadHba } from '../auth/hba.js';
 import { StatementNames } from '../session/preparedStatements.js';
 import { NotificationHub } from '../session/notifications.js';
 import { AdminConsole } from '../admin/console.js';
-import type { BackendView, ClientView, PoolView, ServerCounters, ServerView } from '../admin/view.js';
+import type { BackendView, ClientView, DatabaseView, PoolView, ServerCounters, ServerView, TrafficTotals } from '../admin/view.js';
 import { startHttp, type RunningHttp } from '../admin/http.js';
 import { createMetrics } from '../observability/metrics.js';
 
@@ -342,6 +342,14 @@ export class PgmuxServer implements SessionContext, ServerView {
 
   classifierStats(): { hits: number; misses: number; entries: number } {
     return { hits: this.classifier.cacheHits, misses: this.classifier.cacheMisses, entries: this.classifier.cacheEntries };
+  }
+
+  trafficTotals(): TrafficTotals[] {
+    return []; // filled by the traffic statistics (issue #15)
+  }
+
+  databases(): DatabaseView[] {
+    return []; // filled by the databases section (issue #15)
   }
 
   isPaused(database?: string): boolean {
