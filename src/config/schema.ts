@@ -127,6 +127,15 @@ const ROWS = [
   }),
   // Experimental (issue #14): cross-client pipelining onto busy backends; src/pool/pipeline.ts.
   setting({ key: 'pipeline_depth', field: 'pipelineDepth', default: 1, doc: 'Pooling', parse: (v) => parseInteger(v, 1, 64) }),
+  // Backends per node for one database / one user, all their pools together: PgBouncer's meaning.
+  setting({
+    key: 'max_db_connections', field: 'maxDbConnections', default: 0, doc: 'Pooling',
+    parse: (v) => parseInteger(v, 0, 1_000_000), pgbouncer: ['max_db_connections'],
+  }),
+  setting({
+    key: 'max_user_connections', field: 'maxUserConnections', default: 0, doc: 'Pooling',
+    parse: (v) => parseInteger(v, 0, 1_000_000), pgbouncer: ['max_user_connections'],
+  }),
   setting({ key: 'min_pool_size', field: 'minPoolSize', default: 0, doc: 'Pooling', parse: (v) => parseInteger(v, 0, 10000), pgbouncer: ['min_pool_size'] }),
   setting({
     key: 'max_client_conn', field: 'maxClientConn', default: 10000, doc: 'Pooling', parse: (v) => parseInteger(v, 1, 1_000_000),
@@ -266,9 +275,15 @@ const ROWS = [
   }),
   setting({ key: 'server_tls_ca_file', field: 'serverTlsCaFile', default: null, doc: 'TLS and access', parse: parsePath, pgbouncer: ['server_tls_ca_file'] }),
   setting({ key: 'hba_file', field: 'hbaFile', default: null, doc: 'TLS and access', parse: parsePath, pgbouncer: ['auth_hba_file'] }),
-  // PgBouncer's max_db_connections / max_user_connections cap server connections: not the same.
-  setting({ key: 'max_db_connections', field: 'maxDbConnections', default: 0, doc: 'TLS and access', parse: (v) => parseInteger(v, 0, 1_000_000) }),
-  setting({ key: 'max_user_connections', field: 'maxUserConnections', default: 0, doc: 'TLS and access', parse: (v) => parseInteger(v, 0, 1_000_000) }),
+  // Client connections per database / user: PgBouncer 1.24's names for exactly this.
+  setting({
+    key: 'max_db_client_connections', field: 'maxDbClientConnections', default: 0, doc: 'TLS and access',
+    parse: (v) => parseInteger(v, 0, 1_000_000), pgbouncer: ['max_db_client_connections'],
+  }),
+  setting({
+    key: 'max_user_client_connections', field: 'maxUserClientConnections', default: 0, doc: 'TLS and access',
+    parse: (v) => parseInteger(v, 0, 1_000_000), pgbouncer: ['max_user_client_connections'],
+  }),
   setting({
     key: 'max_unauthenticated_connections', field: 'maxUnauthenticatedConnections', default: 1000, doc: 'TLS and access',
     parse: (v) => parseInteger(v, 0, 1_000_000),

@@ -45,6 +45,9 @@ export interface Config {
    */
   pipelineDepth: number;
   maxClientConn: number;
+  /** Backends per node for one database / one (backend) user, all pools together; 0 = unlimited (PgBouncer's meaning). */
+  maxDbConnections: number;
+  maxUserConnections: number;
   /** Worker processes sharing the listen port (start --workers); pool_size and max_client_conn are split across them. */
   workers: number;
 
@@ -162,9 +165,9 @@ export interface Config {
   serverTlsCaFile: string | null;
   /** pg_hba.conf-format file deciding who may connect and how they authenticate; null = no check. */
   hbaFile: string | null;
-  /** Client connections per database / per user (logged in or logging in); 0 = unlimited. */
-  maxDbConnections: number;
-  maxUserConnections: number;
+  /** Client connections per database / per user (authenticated, until they close); 0 = unlimited. */
+  maxDbClientConnections: number;
+  maxUserClientConnections: number;
   /** Connections that have not finished authentication; more are refused at accept. 0 = unlimited. */
   maxUnauthenticatedConnections: number;
 }

@@ -65,8 +65,6 @@ const PGBOUNCER_HINTS: Record<string, string> = {
   user: 'run pgmux as a non-root user from your supervisor',
   reserve_pool_size: 'pools have one size (pool_size)',
   reserve_pool_timeout: 'pools have one size (pool_size)',
-  max_db_connections: 'pgmux limits per (node, database, user) pool with pool_size only',
-  max_user_connections: 'pgmux limits per (node, database, user) pool with pool_size only',
   server_check_query: 'pgmux health-checks each node over its own control connection (health_check_*)',
   server_check_delay: 'pgmux health-checks each node over its own control connection (health_check_period)',
   server_round_robin: 'replica reads are spread by node weight',
@@ -127,6 +125,10 @@ export function importPgbouncer(text: string, out: Output): void {
     ['min_pool_size', 'min_pool_size'],
     ['max_client_conn', 'max_client_conn'],
     ['max_prepared_statements', 'max_prepared_statements'],
+    ['max_db_connections', 'max_db_connections'],
+    ['max_user_connections', 'max_user_connections'],
+    ['max_db_client_connections', 'max_db_client_connections'],
+    ['max_user_client_connections', 'max_user_client_connections'],
   ] as const) {
     const v = get(from);
     if (v === undefined) continue;

@@ -76,6 +76,8 @@ export type BackendCloseReason =
   | 'recycled'
   /** Above pool_size after a RELOAD lowered it. */
   | 'pool_size'
+  /** Idle, given up for another pool waiting under max_db_connections / max_user_connections. */
+  | 'budget'
   | 'error';
 
 let nextId = 1;

@@ -8,6 +8,7 @@ import { BackendConnection, BackendState, type BackendCloseReason, type BackendC
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import { backendTlsFor } from '../net/tls.js';
 import { connectFailureCode, connectFailureText, connectRetryDelayMs, isPermanentLoginFailure } from './connectRetry.js';
+import type { BudgetMember, ConnectionBudget } from './connectionBudget.js';
 
 export interface PoolWaiter {
   onBackendAcquired(backend: BackendConnection): void;
@@ -43,9 +44,17 @@ export interface PoolHooks {
    * one (a fake backend), so the pool's rules run without PostgreSQL.
    */
   connect?(opts: ConnectOptions): Promise<BackendConnection>;
+  /**
+   * max_db_connections / max_user_connections: budgets this pool shares with the other pools
+   * of its node and database / user, and those pools (src/pool/connectionBudget.ts).
+   */
+  budgets?: readonly ConnectionBudget[];
+  budgetMembers?(budget: ConnectionBudget): Iterable<BudgetMember>;
 }
 
-export class Pool {
+const NO_BUDGETS: readonly ConnectionBudget[] = [];
+
+export class Pool implements BudgetMember {
   private idle: BackendConnection[] = [];
   private readonly active = new Set<BackendConnection>();
   private connecting = 0;
@@ -66,6 +75,7 @@ export class Pool {
   private loggedFailure: string | null;
   /** min_pool_size refills only pools that have connected at least once. */
   private everConnected = false;
+  private readonly budgets: readonly ConnectionBudget[];
 
   constructor(
     readonly node: NodeAddress,
@@ -78,6 +88,7 @@ export class Pool {
     private readonly hooks: PoolHooks = {},
   ) {
     this.loggedFailure = hooks.knownFailure ?? null;
+    this.budgets = hooks.budgets ?? NO_BUDGETS;
   }
 
   /** Why connects to this pool fail, while they do (as logged); null when they succeed. */
@@ -201,6 +212,11 @@ export class Pool {
       next.waiter.onBackendAcquired(b);
       return;
     }
+    // Another pool of the same node waits for a max_db/max_user_connections slot: it gets this one.
+    if (this.budgetWanted()) {
+      b.close('budget');
+      return;
+    }
     b.lastReleasedAt = Date.now();
     this.idle.push(b);
   }
@@ -290,14 +306,67 @@ export class Pool {
     if (this.connectFailures > 0 && !this.mayRetry(Date.now())) return;
     const cfg = this.config();
     while (!this.closed && this.waiters.length > this.connecting && this.size < cfg.poolSize) {
+      const spent = this.spentBudget();
+      if (spent !== null) {
+        spent.wait(this, this.hooks.budgetMembers?.(spent) ?? []);
+        return;
+      }
       this.connectOne();
       // While connects fail, one probe at a time: the node sees one attempt per backoff step.
       if (this.connectFailures > 0) return;
     }
   }
 
+  /** The first budget with no slot left, or null when a backend may open. */
+  private spentBudget(): ConnectionBudget | null {
+    for (const b of this.budgets) if (!b.hasRoom()) return b;
+    return null;
+  }
+
+  sharesBudget(b: ConnectionBudget): boolean {
+    return this.budgets.includes(b);
+  }
+
+  /** A backend coming back idle: does another pool wait for a slot of one of our budgets? */
+  private budgetWanted(): boolean {
+    let wanted = false;
+    for (const x of this.budgets) {
+      if (!x.hasWaiters) continue;
+      x.leave(this); // nobody of ours waits (or release would have handed it over)
+      if (x.hasWaiters) wanted = true;
+    }
+    return wanted;
+  }
+
+  // BudgetMember: the budgets ask the pools sharing them.
+  giveUpIdle(): boolean {
+    const b = this.idle.shift(); // least recently used
+    if (b === undefined) return false;
+    b.close('budget');
+    return true;
+  }
+
+  onBudgetFreed(): void {
+    for (const b of this.budgets) b.leave(this);
+    if (!this.closed) this.maybeConnect();
+  }
+
+  /**
+   * The slot goes back once the socket has closed, not when pgmux decides to close it: the
+   * node counts the backend until its process exits, and the budget promises the node a count.
+   */
+  private giveBackWhenGone(b: BackendConnection): void {
+    if (this.budgets.length === 0) return;
+    const giveBack = () => {
+      for (const x of this.budgets) x.give();
+    };
+    if (b.socket.closed) giveBack();
+    else b.socket.once('close', giveBack);
+  }
+
   private connectOne(): void {
     const cfg = this.config();
+    for (const b of this.budgets) b.take();
     this.connecting++;
     this.totalConnects++;
     const failuresAtStart = this.connectFailures;
@@ -313,6 +382,7 @@ export class Pool {
       (b) => {
         this.connecting--;
         b.poolRef = this;
+        this.giveBackWhenGone(b);
         b.onClose((closed) => this.forget(closed));
         this.logger.debug({ node: this.node.name, db: this.database, user: this.user, backend: b.id, pid: b.pid }, 'backend connected');
         this.everConnected = true;
@@ -331,6 +401,7 @@ export class Pool {
       },
       (err: Error) => {
         this.connecting--;
+        for (const x of this.budgets) x.give();
         this.counters.backendConnectFailures++;
         this.onConnectFailed(err, failuresAtStart);
       },
@@ -384,10 +455,12 @@ export class Pool {
     if (cfg.queryWaitTimeoutMs > 0) {
       while (this.waiters.length > 0 && now - this.waiters[0]!.since > cfg.queryWaitTimeoutMs) {
         const w = this.waiters.shift()!;
+        const spent = this.size < cfg.poolSize ? this.spentBudget() : null;
+        const limit = spent !== null ? `${spent.name} is ${spent.max}` : `pool_size ${cfg.poolSize}`;
         w.waiter.onAcquireFailed(
           new PgmuxError(
             pgmuxError('poolWaitTimeout', {
-              detail: `waited ${now - w.since} ms for a connection to ${this.node.name} (pool_size ${cfg.poolSize}, query_wait_timeout ${cfg.queryWaitTimeoutMs} ms)`,
+              detail: `waited ${now - w.since} ms for a connection to ${this.node.name} (${limit}, query_wait_timeout ${cfg.queryWaitTimeoutMs} ms)`,
             }),
           ),
         );
@@ -411,6 +484,7 @@ export class Pool {
   /** Closes idle backends now and the rest as they come back; fails waiters. */
   close(reason: BackendCloseReason, waiterError?: Error): void {
     this.closed = true;
+    for (const b of this.budgets) b.leave(this);
     for (const b of this.idle) b.close(reason);
     this.idle = [];
     const err = waiterError ?? new PgmuxError(pgmuxError('backendUnavailable', { detail: `the pool for ${this.node.name} was closed` }));

@@ -86,13 +86,13 @@ export const ERRORS = {
     'FATAL',
     '53300',
     ({ database }: { database: string }) => `too many connections for database "${database}"`,
-    'Raise max_db_connections or use fewer client connections.',
+    'Raise max_db_client_connections or use fewer client connections.',
   ),
   tooManyUserConnections: spec(
     'FATAL',
     '53300',
     ({ user }: { user: string }) => `too many connections for role "${user}"`,
-    'Raise max_user_connections or use fewer client connections.',
+    'Raise max_user_client_connections or use fewer client connections.',
   ),
   tooManyLoggingIn: spec(
     'FATAL',

@@ -2,7 +2,8 @@
 // - max_unauthenticated_connections: connections still logging in (startup, TLS handshake,
 //   authentication). Past it, new connections are refused at accept with 53300, so a flood
 //   of idle half-open connections cannot take every slot from real clients.
-// - max_db_connections / max_user_connections: client connections per database and per user,
+// - max_db_client_connections / max_user_client_connections: client connections per database
+//   and per user,
 //   checked once the startup packet names them (53300, PostgreSQL's wording).
 
 import type net from 'node:net';
@@ -35,11 +36,11 @@ export class ConnectionLimits {
   admit(user: string, database: string, cfg: Config): ErrorSpec | null {
     const db = this.byDb.get(database) ?? 0;
     const us = this.byUser.get(user) ?? 0;
-    if (cfg.maxDbConnections > 0 && db >= cfg.maxDbConnections) {
-      return pgmuxError('tooManyDatabaseConnections', { args: { database }, detail: `max_db_connections is ${cfg.maxDbConnections}` });
+    if (cfg.maxDbClientConnections > 0 && db >= cfg.maxDbClientConnections) {
+      return pgmuxError('tooManyDatabaseConnections', { args: { database }, detail: `max_db_client_connections is ${cfg.maxDbClientConnections}` });
     }
-    if (cfg.maxUserConnections > 0 && us >= cfg.maxUserConnections) {
-      return pgmuxError('tooManyUserConnections', { args: { user }, detail: `max_user_connections is ${cfg.maxUserConnections}` });
+    if (cfg.maxUserClientConnections > 0 && us >= cfg.maxUserClientConnections) {
+      return pgmuxError('tooManyUserConnections', { args: { user }, detail: `max_user_client_connections is ${cfg.maxUserClientConnections}` });
     }
     this.byDb.set(database, db + 1);
     this.byUser.set(user, us + 1);

@@ -78,6 +78,8 @@ export function workerConfig(c: Config): Config {
     maxClientConn: workerShare(c.maxClientConn, n),
     maxDbConnections: split(c.maxDbConnections),
     maxUserConnections: split(c.maxUserConnections),
+    maxDbClientConnections: split(c.maxDbClientConnections),
+    maxUserClientConnections: split(c.maxUserClientConnections),
     maxUnauthenticatedConnections: split(c.maxUnauthenticatedConnections),
     http: null,
   };

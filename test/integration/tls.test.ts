@@ -352,8 +352,8 @@ describe('client_tls disable', () => {
 });
 
 describe('connection limits', () => {
-  it('max_user_connections and max_db_connections give 53300; a freed slot is reusable', async () => {
-    const proxy = await startProxy({ maxUserConnections: 2, maxDbConnections: 3 });
+  it('max_user_client_connections and max_db_client_connections give 53300; a freed slot is reusable', async () => {
+    const proxy = await startProxy({ maxUserClientConnections: 2, maxDbClientConnections: 3 });
     const open: pg.Client[] = [];
     try {
       open.push(await pgClient(proxy.port), await pgClient(proxy.port));
@@ -376,7 +376,7 @@ describe('connection limits', () => {
   it('per-user limits count authenticated clients only: a stalled login cannot lock the user out', async () => {
     const users = join(dir, 'limit-users.txt');
     writeFileSync(users, '"app_scram" "scrampass"\n');
-    const proxy = await startProxy({ auth: 'password', authFile: users, maxUserConnections: 1 });
+    const proxy = await startProxy({ auth: 'password', authFile: users, maxUserClientConnections: 1 });
     const stalled: RawClient[] = [];
     try {
       for (let i = 0; i < 3; i++) {

@@ -144,6 +144,8 @@ describe('DEFAULTS', () => {
       hbaFile: null,
       maxDbConnections: 0,
       maxUserConnections: 0,
+      maxDbClientConnections: 0,
+      maxUserClientConnections: 0,
       maxUnauthenticatedConnections: 1000,
     } satisfies Config);
     expect(Object.isFrozen(DEFAULTS)).toBe(true);
@@ -225,6 +227,8 @@ server_tls_ca_file: ${pki.ca.cert}
 hba_file: ${hbaFile}
 max_db_connections: 100
 max_user_connections: 20
+max_db_client_connections: 30
+max_user_client_connections: 4
 max_unauthenticated_connections: 50
 `,
     );
@@ -294,6 +298,8 @@ max_unauthenticated_connections: 50
       hbaFile,
       maxDbConnections: 100,
       maxUserConnections: 20,
+      maxDbClientConnections: 30,
+      maxUserClientConnections: 4,
       maxUnauthenticatedConnections: 50,
     } satisfies Config);
   });
@@ -416,6 +422,8 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_HBA_FILE: hbaFile,
       PGMUX_MAX_DB_CONNECTIONS: '0',
       PGMUX_MAX_USER_CONNECTIONS: '7',
+      PGMUX_MAX_DB_CLIENT_CONNECTIONS: '9',
+      PGMUX_MAX_USER_CLIENT_CONNECTIONS: '0',
       PGMUX_MAX_UNAUTHENTICATED_CONNECTIONS: '0',
       PGMUX_SOMETHING_ELSE: 'ignored',
       PGMUX_EVENT: 'role_change', // set by the monitor for its hook; not a setting
@@ -483,6 +491,8 @@ describe('precedence: defaults < file < env < flags', () => {
       hbaFile,
       maxDbConnections: 0,
       maxUserConnections: 7,
+      maxDbClientConnections: 9,
+      maxUserClientConnections: 0,
       maxUnauthenticatedConnections: 0,
     } satisfies Config);
   });

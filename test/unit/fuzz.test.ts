@@ -408,7 +408,7 @@ function fakeContext(v: Variant): { ctx: SessionContext; tracked: Set<unknown>; 
     auth: v.auth,
     authFile: '/dev/null',
     hbaFile: v.hba ? HBA_FILE : null,
-    maxUserConnections: v.maxUser,
+    maxUserClientConnections: v.maxUser,
     clientTls: v.clientTls,
     adminUsers: ['admin'],
     maxMessageBytes: 4096,
