@@ -478,15 +478,15 @@ export class Pool implements BudgetMember {
     if (this.closed) return;
     this.fitToSize(); // also the retry, once the backoff ran out, for clients still waiting
     // min_pool_size: only for a pool whose connects work (or whose backoff ran out).
-    if (this.everConnected && this.size < cfg.minPoolSize && (this.connectFailures === 0 || this.mayRetry(now))) this.connectOne();
+    if (this.everConnected && this.size < cfg.minPoolSize && (this.connectFailures === 0 || this.mayRetry(now)) && this.spentBudget() === null) this.connectOne();
   }
 
   /** Closes idle backends now and the rest as they come back; fails waiters. */
   close(reason: BackendCloseReason, waiterError?: Error): void {
     this.closed = true;
     for (const b of this.budgets) b.leave(this);
-    for (const b of this.idle) b.close(reason);
-    this.idle = [];
+    // Each close takes the backend out of `idle` (forget): iterate a detached list.
+    for (const b of this.idle.splice(0)) b.close(reason);
     const err = waiterError ?? new PgmuxError(pgmuxError('backendUnavailable', { detail: `the pool for ${this.node.name} was closed` }));
     for (const w of this.waiters.splice(0)) w.waiter.onAcquireFailed(err);
   }

@@ -363,3 +363,28 @@ describe('SET of unreported parameters follows the client (track_extra_parameter
     }
   });
 });
+
+describe('closing pgmux', () => {
+  it('closes every idle backend (a pool closing skipped every other one)', async () => {
+    const admin = await pgClient(primaryPort(), { database: 'postgres' });
+    try {
+      await admin.query('DROP DATABASE IF EXISTS pool_close_db');
+      await admin.query('CREATE DATABASE pool_close_db');
+      const proxy = await startProxy({ poolSize: 10 });
+      // Six writes at once: six backends on the primary, idle in one pool afterwards.
+      await Promise.all(
+        [...Array(6)].map(async () => {
+          const c = await pgClient(proxy.port, { database: 'pool_close_db' });
+          await c.query('SELECT pg_sleep(0.05), txid_current()');
+          await c.end();
+        }),
+      );
+      const count = async () => (await admin.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = 'pool_close_db'`)).rows[0].n as number;
+      expect(await count()).toBe(6);
+      await proxy.close();
+      await expect.poll(count, { timeout: 3000, interval: 50 }).toBe(0);
+    } finally {
+      await admin.end();
+    }
+  });
+});
