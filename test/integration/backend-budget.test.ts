@@ -2,7 +2,7 @@
 // sees for a database (all users) or a user (all databases), whatever the pools' sizes.
 // Counted on the node itself (pg_stat_activity), sampled while clients compete.
 
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import type pg from 'pg';
 import { clusterInfo, pgClient, primaryPort } from '../support/cluster.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
@@ -22,6 +22,17 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await admin.end();
+});
+
+// The previous test's proxy closed its backends; the node counts them until their processes exit.
+beforeEach(async () => {
+  await vi.waitFor(
+    async () => {
+      const r = await admin.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname IN ('${DB1}', '${DB2}')`);
+      expect(r.rows[0].n, JSON.stringify((await admin.query(`SELECT usename, datname, application_name, state, query, backend_start FROM pg_stat_activity WHERE datname IN ('${DB1}', '${DB2}')`)).rows)).toBe(0);
+    },
+    { timeout: 5000, interval: 20 },
+  );
 });
 
 /** Only the primary: the budget is per node, and the sampler then has one node to watch. */
@@ -84,6 +95,19 @@ describe('max_db_connections (backends per node for a database, all users)', () 
       await proxy.close();
       expect(max).toBeGreaterThan(0);
       expect(max).toBeLessThanOrEqual(3);
+    }
+  });
+
+  it('min_pool_size does not refill past it', async () => {
+    const proxy = await startProxy({ nodes: primaryOnly(), poolSize: 10, minPoolSize: 6, maxDbConnections: 2 });
+    const sampler = sampleMax(`datname = '${DB2}'`);
+    try {
+      await runClients(proxy, [{ ...APP, database: DB2 }, { ...PG, database: DB2 }], 'SELECT txid_current()', 1);
+      await new Promise((r) => setTimeout(r, 1200)); // several janitor sweeps
+    } finally {
+      const max = await sampler.stop();
+      await proxy.close();
+      expect(max).toBe(2);
     }
   });
 });
