@@ -7,8 +7,6 @@
 // (admin_users) every command.
 
 import { lex } from '../routing/lexer.js';
-import { configToObject } from '../config/load.js';
-import type { Config } from '../config/types.js';
 import { pgmuxError } from '../protocol/errors.js';
 import { errorResponse } from '../protocol/messages.js';
 import { resultSet } from '../protocol/resultSet.js';
@@ -86,17 +84,7 @@ function unquote(s: string): string {
   return s;
 }
 
-function cellOf(v: unknown): string | null {
-  if (v === null || v === undefined) return null;
-  if (Array.isArray(v)) return v.map((x) => String(x)).join(', ');
-  if (typeof v === 'object') return JSON.stringify(v);
-  return String(v);
-}
-
-/** Every setting as snake_case key -> display value, in the schema's order; secrets masked. */
-export function configRows(c: Config): Array<[string, string | null]> {
-  return Object.entries(configToObject(c)).map(([k, v]) => [k, cellOf(v)]);
-}
+export { configRows } from './pgbouncerShow.js';
 
 export class AdminConsole {
   /** Samples the traffic totals once a stats period, for SHOW STATS averages. */

@@ -295,17 +295,23 @@ export function showTotals(view: ServerView, sampler: TrafficSampler): Buffer {
 
 // ---- the rest ---------------------------------------------------------------------------
 
-/** SHOW CONFIG: key, value, default, changeable (RELOAD or SET applies it). */
+function cellOf(v: unknown): string | null {
+  if (v === null || v === undefined) return null;
+  if (Array.isArray(v)) return v.map((x) => String(x)).join(', ');
+  if (typeof v === 'object') return JSON.stringify(v);
+  return String(v);
+}
+
+/** Every setting as snake_case key -> display value, in the schema's order; secrets masked. */
+export function configRows(c: Config): Array<[string, string | null]> {
+  return Object.entries(configToObject(c)).map(([k, v]) => [k, cellOf(v)]);
+}
+
+/** SHOW CONFIG: key, value, default, changeable (RELOAD and SET apply it). */
 export function showConfig(c: Config): Buffer {
-  const values = configToObject(c);
-  const defaults = configToObject(DEFAULTS);
-  const cell = (v: unknown): string | null => {
-    if (v === null || v === undefined) return null;
-    if (Array.isArray(v)) return v.map((x) => (typeof x === 'object' ? JSON.stringify(x) : String(x))).join(',');
-    if (typeof v === 'object') return JSON.stringify(v);
-    return String(v);
-  };
-  const rows = SETTINGS.map((s) => [s.key, cell(values[s.key]), cell(defaults[s.key]), s.restartOnly ? 'no' : 'yes']);
+  const defaults = new Map(configRows(DEFAULTS));
+  const restartOnly = new Set(SETTINGS.filter((s) => s.restartOnly).map((s) => s.key));
+  const rows = configRows(c).map(([k, v]) => [k, v, defaults.get(k) ?? null, restartOnly.has(k) ? 'no' : 'yes']);
   return resultSet(cols('ssss', 'key', 'value', 'default', 'changeable'), rows);
 }
 
