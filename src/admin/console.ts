@@ -48,7 +48,7 @@ export const COMMANDS: readonly CommandHelp[] = [
   { command: 'SHOW PEER_POOLS', description: 'PgBouncer peer pools (pgmux has none)', show: true },
   { command: 'SHOW DNS_HOSTS', description: 'PgBouncer DNS cache (pgmux has none)', show: true },
   { command: 'SHOW DNS_ZONES', description: 'PgBouncer DNS zones (pgmux has none)', show: true },
-  { command: 'SHOW FDS', description: 'PgBouncer file descriptors for online restart (pgmux has none)', show: true },
+  { command: 'SHOW FDS', description: 'PgBouncer file descriptors for online restart (pgmux has none)', show: false },
   { command: 'SHOW NODES', description: 'the database nodes: role, state, lag, routed transactions', show: true },
   { command: 'SHOW NODE_POOLS', description: 'one row per (node, database, user) pool', show: true },
   { command: 'SHOW NODE_STATS', description: 'transactions per node; bytes, logins, waits, retries, classifier cache', show: true },
@@ -71,7 +71,10 @@ export const COMMANDS: readonly CommandHelp[] = [
   { command: 'SHUTDOWN WAIT_FOR_CLIENTS', description: 'new clients are refused; exits once the last client left', show: false },
 ];
 
-const SHOW_SUBJECTS = [...new Set(COMMANDS.filter((c) => c.show).map((c) => c.command.split(' ')[1]!))];
+const SHOW_SUBJECTS = COMMANDS.filter((c) => c.command.startsWith('SHOW ')).map((c) => c.command.split(' ')[1]!);
+
+/** SHOW commands stats users may not run (PgBouncer's SHOW FDS). */
+const ADMIN_ONLY_SHOWS = new Set(COMMANDS.filter((c) => c.command.startsWith('SHOW ') && !c.show).map((c) => c.command.split(' ')[1]!));
 
 const VALID_LIST = COMMANDS.map((c) => c.command).join(', ');
 
@@ -121,8 +124,7 @@ export class AdminConsole {
     if (verb === 'SHOW') {
       const subject = (args[0] ?? '').toUpperCase();
       if (!SHOW_SUBJECTS.includes(subject) || args.length > 1) return this.unknown(text);
-      // PgBouncer lets only admin users see file descriptors.
-      if (subject === 'FDS' && role !== 'admin') return errorResponse(pgmuxError('adminPermissionDenied', { args: { command: 'SHOW FDS' } }));
+      if (ADMIN_ONLY_SHOWS.has(subject) && role !== 'admin') return errorResponse(pgmuxError('adminPermissionDenied', { args: { command: `SHOW ${subject}` } }));
       return this.show(subject);
     }
     if (!(ACTIONS as readonly string[]).includes(verb)) return this.unknown(text);

@@ -153,7 +153,7 @@ export const ERRORS = {
   ),
   adminSettingInvalid: spec('ERROR', '22023', ({ reason }: { reason: string }) => `invalid value: ${reason}`),
   /** KILL / KILL_CLIENT: what the killed clients are told. */
-  adminKilled: spec('FATAL', '57P01', 'terminating connection due to administrator command', 'An administrator ran KILL on the admin console; reconnect.'),
+  adminKilled: spec('FATAL', '57P01', 'terminating connection due to an administrator\'s KILL', 'Reconnect; a killed database holds new transactions until RESUME.'),
   databaseDisabled: spec(
     'FATAL',
     '55000',

@@ -168,6 +168,9 @@ describe('admin commands', () => {
     // Stats users may not.
     const s = await connect(proxy.port, { user: 'app', database: 'pgbouncer' });
     expect((await failure(s.query('SET pool_size = 9'))).code).toBe('42501');
+    // As in PgBouncer, file descriptors are for admin users only.
+    expect((await failure(s.query('SHOW FDS'))).code).toBe('42501');
+    expect((await admin.query('SHOW FDS')).rows).toEqual([]);
   });
 
   it('DISABLE db refuses new clients of that database with 55000; ENABLE db lets them in', async () => {
