@@ -30,7 +30,7 @@ import { startHttp, type RunningHttp } from '../admin/http.js';
 import { createMetrics } from '../observability/metrics.js';
 import { ConfigError, parseConfigObject, validate } from '../config/load.js';
 import { SETTINGS } from '../config/schema.js';
-import { ClientState } from '../session/clientState.js';
+import { ADMIN_DATABASES, ClientState } from '../session/clientState.js';
 
 /** Upper bounds (ms) of the pool wait-time histogram buckets. */
 const WAIT_BUCKETS_MS = [0.1, 1, 5, 10, 50, 100, 500, 1000, 5000, 30000];
@@ -470,7 +470,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     // PgBouncer: new clients of a killed database wait for RESUME.
     this.paused.add(database);
     for (const c of [...this.registry.connections]) {
-      if (c.state !== ClientState.Admin && (database === null || c.database === database)) c.fatal(pgmuxError('adminKilled'), 'admin_kill');
+      if (!isConsoleClient(c) && (database === null || c.database === database)) c.fatal(pgmuxError('adminKilled'), 'admin_kill');
     }
     for (const p of this.poolRegistry.all()) {
       if (database !== null && p.database !== database) continue;
@@ -545,7 +545,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     if (mode === 'wait_for_clients') {
       this.refusingClients = true;
       const check = setInterval(() => {
-        if ([...this.registry.connections].some((c) => c.state !== ClientState.Admin)) return;
+        if ([...this.registry.connections].some((c) => !isConsoleClient(c))) return;
         clearInterval(check);
         this.shutdown();
       }, 50);
@@ -556,6 +556,11 @@ export class PgmuxServer implements SessionContext, ServerView {
     if (this.onShutdownRequest) this.onShutdownRequest();
     else void this.close();
   }
+}
+
+/** On the admin console, or logging in to it: KILL and SHUTDOWN WAIT_FOR_CLIENTS leave these alone. */
+function isConsoleClient(c: ClientSession): boolean {
+  return c.state === ClientState.Admin || ADMIN_DATABASES.includes(c.database);
 }
 
 function catalogOptions(cfg: Config): CatalogOptions {
