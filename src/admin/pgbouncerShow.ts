@@ -115,10 +115,17 @@ function clientState(c: ClientView): string {
   return c.state === 'linked' ? 'active' : c.state === 'waiting' ? 'waiting' : 'idle';
 }
 
-function clientSocketCells(c: ClientView, backends: Map<number, BackendView>, now: number): Cell[] {
+/** Backends by the client linked to them. */
+function backendsByClient(backends: readonly BackendView[]): Map<number, BackendView> {
+  const out = new Map<number, BackendView>();
+  for (const b of backends) if (b.clientId !== null) out.set(b.clientId, b);
+  return out;
+}
+
+function clientSocketCells(c: ClientView, linked: Map<number, BackendView>, now: number): Cell[] {
   const [addr, port] = splitAddress(c.remote);
   const waitMs = c.state === 'waiting' ? now - c.lastActiveAt : 0;
-  const b = [...backends.values()].find((x) => x.clientId === c.id);
+  const b = linked.get(c.id);
   return [
     'C', c.user, c.database, 'none', clientState(c), addr, port, null, null, pgbouncerTime(c.connectedAt), pgbouncerTime(c.lastActiveAt),
     Math.floor(waitMs / 1000), (waitMs % 1000) * 1000, 0, ptr('C', c.id), b ? ptr('S', b.id) : '', 0, '', c.applicationName, c.preparedStatements, c.id,
@@ -137,13 +144,13 @@ function serverSocketCells(b: BackendView, clients: Map<number, ClientView>): Ce
 }
 
 export function showClients(view: ServerView): Buffer {
-  const backends = new Map(view.backends().map((b) => [b.id, b]));
+  const linked = backendsByClient(view.backends());
   const now = Date.now();
   const rows = view
     .clients()
     .filter((c) => c.state !== 'startup' && c.state !== 'auth')
     .sort((a, b) => a.id - b.id)
-    .map((c) => [...clientSocketCells(c, backends, now), c.transactions, c.backendNode, c.backendPid, c.pinned, c.state]);
+    .map((c) => [...clientSocketCells(c, linked, now), c.transactions, c.backendNode, c.backendPid, c.pinned, c.state]);
   return resultSet(CLIENT_COLUMNS, rows);
 }
 
@@ -162,17 +169,18 @@ export function showSockets(view: ServerView, activeOnly: boolean): Buffer {
   // ACTIVE_SOCKETS lists sockets with unprocessed buffered data; pgmux handles every whole
   // message as it arrives, so there are none between two events.
   if (activeOnly) return resultSet(columns, []);
-  const backends = new Map(view.backends().map((b) => [b.id, b]));
+  const backends = view.backends();
+  const linked = backendsByClient(backends);
   const clientsById = new Map(view.clients().map((c) => [c.id, c]));
   const now = Date.now();
   const zeros = [0, 0, 0, 0, 0, 0, 0];
   const rows: Cell[][] = [];
   for (const c of [...clientsById.values()].sort((a, b) => a.id - b.id)) {
-    const cells = clientSocketCells(c, backends, now);
+    const cells = clientSocketCells(c, linked, now);
     cells[4] = loggedIn(c) ? (c.state === 'waiting' ? 'cl_waiting' : 'cl_active') : 'cl_login';
     rows.push([...cells, ...zeros]);
   }
-  for (const b of [...backends.values()].sort((a, b) => a.id - b.id)) {
+  for (const b of [...backends].sort((a, b) => a.id - b.id)) {
     const cells = serverSocketCells(b, clientsById);
     cells[4] = b.clientId !== null ? 'sv_active' : b.state === 'connecting' ? 'sv_login' : 'sv_idle';
     rows.push([...cells, ...zeros]);
