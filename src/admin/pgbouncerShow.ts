@@ -196,12 +196,22 @@ const DATABASES_COLUMNS: Column[] = [
   t('route'),
 ];
 
+/**
+ * The client-count caps, PgBouncer 1.24's max_db_client_connections / max_user_client_connections.
+ * Issue #15 renames pgmux's client caps to those names (max_*_connections then cap backends,
+ * as in PgBouncer); until that is merged here the old keys are the client caps.
+ */
+function clientCaps(cfg: Config): { db: number; user: number } {
+  const c = cfg as Config & { maxDbClientConnections?: number; maxUserClientConnections?: number };
+  return { db: c.maxDbClientConnections ?? cfg.maxDbConnections, user: c.maxUserClientConnections ?? cfg.maxUserConnections };
+}
+
 export function showDatabases(view: ServerView): Buffer {
   const cfg = view.config();
   const primary = view.topology().primary;
   const rows = view.databases().map((d) => [
     d.name, primary?.host ?? null, primary?.port ?? null, d.dbname, d.forceUser, d.poolSize, d.minPoolSize, 0, Math.floor(cfg.serverLifetimeMs / 1000),
-    d.poolMode, null, d.maxDbConnections, d.currentConnections, cfg.maxDbConnections, d.clientConnections,
+    d.poolMode, null, d.maxDbConnections, d.currentConnections, clientCaps(cfg).db, d.clientConnections,
     d.paused || view.isPaused(d.name) ? 1 : 0, d.disabled || view.isDatabaseDisabled(d.name) ? 1 : 0, d.route,
   ]);
   return resultSet(DATABASES_COLUMNS, rows);
@@ -219,7 +229,7 @@ export function showUsers(view: ServerView): Buffer {
   for (const b of backends) names.add(b.user);
   for (const c of clients) names.add(c.user);
   const rows = [...names].sort().map((u) => [
-    u, null, null, null, cfg.maxUserConnections, backends.filter((b) => b.user === u).length, cfg.maxUserConnections, clients.filter((c) => c.user === u).length,
+    u, null, null, null, cfg.maxUserConnections, backends.filter((b) => b.user === u).length, clientCaps(cfg).user, clients.filter((c) => c.user === u).length,
   ]);
   return resultSet(USERS_COLUMNS, rows);
 }
