@@ -228,6 +228,10 @@ describe('admin console', () => {
     const unknown = await psql('SHOW NOTHING');
     expect(unknown.code).not.toBe(0);
     expect(unknown.stderr).toContain('unknown admin command');
+    // `psql -p 6432 pgbouncer`, as PgBouncer's runbooks say.
+    const asBouncer = await runPg(psqlBin(), ['-X', '-h', '127.0.0.1', '-p', String(proxy.port), '-U', 'postgres', '-v', 'ON_ERROR_STOP=1', '-c', 'SHOW POOLS', 'pgbouncer']);
+    expect(asBouncer.stderr).toBe('');
+    expect(asBouncer.stdout).toMatch(/database\s+\|\s+user\s+\|\s+cl_active\s+\|\s+cl_waiting/);
   });
 
   it('refuses a user in neither admin_users nor stats_users with 28000', async () => {
