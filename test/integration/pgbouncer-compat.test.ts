@@ -172,9 +172,11 @@ describe('PgBouncer compatibility of the admin console', () => {
         '',
       ].join('\n'),
     );
-    // PgBouncer refuses to run as root.
-    execFileSync('chown', ['-R', 'postgres:postgres', dir]);
-    bouncer = spawn('runuser', ['-u', 'postgres', '--', PGBOUNCER, join(dir, 'pgbouncer.ini')], { stdio: ['ignore', 'ignore', 'pipe'] });
+    // PgBouncer refuses to run as root: as root, run it as postgres.
+    const root = process.getuid?.() === 0;
+    if (root) execFileSync('chown', ['-R', 'postgres:postgres', dir]);
+    const argv = root ? ['runuser', '-u', 'postgres', '--', PGBOUNCER] : [PGBOUNCER];
+    bouncer = spawn(argv[0]!, [...argv.slice(1), join(dir, 'pgbouncer.ini')], { stdio: ['ignore', 'ignore', 'pipe'] });
     bouncer.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     const deadline = Date.now() + 10_000;
     for (;;) {
