@@ -39,6 +39,11 @@ export interface BackendView {
   resets: number;
   /** Client id when linked. */
   clientId: number | null;
+  /** Closed when released (RECONNECT, RELOAD, DISABLE): PgBouncer's close_needed. */
+  closeNeeded: boolean;
+  /** pgmux's end of the backend socket. */
+  localAddr: string | null;
+  localPort: number | null;
 }
 
 export interface PoolView {
@@ -154,11 +159,33 @@ export interface ServerView {
   resume(database: string | null): void;
   /** Re-reads the configuration; a refused one leaves the running one in place. */
   reload(): Promise<{ ok: boolean; message: string }>;
-  /** Closes every backend as soon as it is released (new ones use new settings). */
-  reconnect(): void;
+  /** Closes every backend (of one database) as soon as it is released (new ones use new settings). */
+  reconnect(database?: string | null): void;
+  /** WAIT_CLOSE: resolves once no backend (of the database) is waiting to be closed. */
+  waitClose(database: string | null): Promise<void>;
+  /**
+   * KILL: closes the clients and backends of a database now (every database when null, the
+   * console aside); its new transactions wait for RESUME.
+   */
+  kill(database: string | null): void;
+  /** KILL_CLIENT: closes one client (and its backend); false when no client has that id. */
+  killClient(id: number): boolean;
+  /** SUSPEND: no transaction starts until RESUME. */
+  suspend(): void;
+  isSuspended(): boolean;
+  /** SET key = value: one reloadable setting, parsed as in the file, applied as RELOAD applies. */
+  set(key: string, value: string): Promise<{ ok: boolean; message: string; refused?: 'unknown' | 'restart' | 'invalid' }>;
+  /** DISABLE db / ENABLE db: new clients of the database are refused. */
+  disableDatabase(name: string): void;
+  enableDatabase(name: string): boolean;
+  isDatabaseDisabled(name: string): boolean;
   /** Drains a node: no new transactions, busy backends closed when released. */
   disableNode(name: string): boolean;
   isDisabled(name: string): boolean;
   enableNode(name: string): boolean;
-  shutdown(): void;
+  /**
+   * SHUTDOWN: running transactions may finish, idle clients are closed now. wait_for_clients:
+   * new clients are refused and the process ends once the last client left.
+   */
+  shutdown(mode?: 'wait_for_servers' | 'wait_for_clients'): void;
 }

@@ -204,7 +204,7 @@ function wildcard(host: string): boolean {
 }
 
 /** Cross-key checks on a complete config. */
-function validate(c: Config, requireNodes: boolean): void {
+export function validate(c: Config, requireNodes: boolean): void {
   if (c.minPoolSize > c.poolSize) {
     throw new ConfigError('min_pool_size', `min_pool_size: ${c.minPoolSize} is larger than pool_size ${c.poolSize} (expected 0..${c.poolSize})`);
   }

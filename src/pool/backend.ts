@@ -74,6 +74,8 @@ export type BackendCloseReason =
   | 'server_closed'
   | 'shutdown'
   | 'recycled'
+  /** KILL on the admin console. */
+  | 'killed'
   /** Above pool_size after a RELOAD lowered it. */
   | 'pool_size'
   /** Idle, given up for another pool waiting under max_db_connections / max_user_connections. */

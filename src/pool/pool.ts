@@ -252,6 +252,11 @@ export class Pool implements BudgetMember {
   /** Backends created before this are closed when next released (RECONNECT). */
   private recycleBefore = 0;
 
+  /** The backend is closed when released (RECONNECT, a changed role): PgBouncer's close_needed. */
+  closeNeeded(b: BackendConnection): boolean {
+    return b.discardOnRelease || b.createdAt <= this.recycleBefore;
+  }
+
   /** Closes idle backends now and busy ones when they come back; new ones replace them. */
   recycle(before: number): void {
     this.recycleBefore = before;

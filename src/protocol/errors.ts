@@ -143,6 +143,24 @@ export const ERRORS = {
     'Stats users (stats_users) may run SHOW commands only; list the user in admin_users to run the others.',
   ),
   adminUnknownNode: spec('ERROR', '42704', ({ node }: { node: string }) => `unknown node "${node}"`),
+  adminUnknownClient: spec('ERROR', '42704', ({ id }: { id: string }) => `no client with id ${id}`, 'SHOW CLIENTS lists the ids.'),
+  adminUnknownSetting: spec('ERROR', '42704', ({ key }: { key: string }) => `unknown setting "${key}"`),
+  adminSettingNeedsRestart: spec(
+    'ERROR',
+    '55P02',
+    ({ key }: { key: string }) => `setting "${key}" cannot be changed while pgmux runs`,
+    'Change it in the configuration file and restart pgmux.',
+  ),
+  adminSettingInvalid: spec('ERROR', '22023', ({ reason }: { reason: string }) => `invalid value: ${reason}`),
+  /** KILL / KILL_CLIENT: what the killed clients are told. */
+  adminKilled: spec('FATAL', '57P01', 'terminating connection due to an administrator\'s KILL', 'Reconnect; a killed database holds new transactions until RESUME.'),
+  databaseDisabled: spec(
+    'FATAL',
+    '55000',
+    ({ database }: { database: string }) => `database "${database}" is not accepting connections`,
+    'An administrator ran DISABLE on it; ENABLE on the admin console lets clients in again.',
+  ),
+  shuttingDownNoNewClients: spec('FATAL', '57P01', 'pgmux is shutting down and accepts no new clients', 'Connect to another pgmux instance.'),
   reloadRefused: spec(
     'ERROR',
     'F0000',

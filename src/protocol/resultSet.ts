@@ -3,8 +3,27 @@
 
 const TEXT_OID = 25;
 const INT8_OID = 20;
+const INT4_OID = 23;
+const NUMERIC_OID = 1700;
 
 export type Cell = string | number | bigint | boolean | null;
+
+/**
+ * A column's wire type. Declared types matter to clients that scan by type (the Go
+ * exporters scan int4/int8 into integers, numeric and text into strings they parse).
+ */
+export type ColumnType = 'text' | 'int4' | 'int8' | 'numeric' | 'bytea';
+
+/** A column: a bare name (int8 when every value is an integer, else text), or name and type. */
+export type Column = string | { readonly name: string; readonly type: ColumnType };
+
+const TYPE_OID: Record<ColumnType, [oid: number, size: number]> = {
+  text: [TEXT_OID, -1],
+  int4: [INT4_OID, 4],
+  int8: [INT8_OID, 8],
+  numeric: [NUMERIC_OID, -1],
+  bytea: [17, -1],
+};
 
 function message(type: number, body: Buffer): Buffer {
   const out = Buffer.allocUnsafe(5 + body.length);
@@ -18,18 +37,26 @@ function cstr(s: string): Buffer {
   return Buffer.from(s + '\0');
 }
 
-/** Columns typed int8 when every non-null value is an integer number/bigint, else text. */
-export function resultSet(columns: readonly string[], rows: readonly (readonly Cell[])[], tag?: string): Buffer {
+export function resultSet(columns: readonly Column[], rows: readonly (readonly Cell[])[], tag?: string): Buffer {
   const parts: Buffer[] = [];
   const desc: Buffer[] = [Buffer.alloc(2)];
   desc[0]!.writeInt16BE(columns.length, 0);
-  columns.forEach((name, i) => {
-    const numeric = rows.length > 0 && rows.every((r) => r[i] === null || typeof r[i] === 'bigint' || (typeof r[i] === 'number' && Number.isInteger(r[i])));
+  columns.forEach((col, i) => {
+    let name: string;
+    let type: ColumnType;
+    if (typeof col === 'string') {
+      name = col;
+      const integral = rows.length > 0 && rows.every((r) => r[i] === null || typeof r[i] === 'bigint' || (typeof r[i] === 'number' && Number.isInteger(r[i])));
+      type = integral ? 'int8' : 'text';
+    } else {
+      ({ name, type } = col);
+    }
+    const [oid, size] = TYPE_OID[type];
     const f = Buffer.alloc(18);
     f.writeInt32BE(0, 0); // table oid
     f.writeInt16BE(0, 4); // column number
-    f.writeInt32BE(numeric ? INT8_OID : TEXT_OID, 6);
-    f.writeInt16BE(numeric ? 8 : -1, 10);
+    f.writeInt32BE(oid, 6);
+    f.writeInt16BE(size, 10);
     f.writeInt32BE(-1, 12); // typmod
     f.writeInt16BE(0, 16); // text format
     desc.push(cstr(name), f);

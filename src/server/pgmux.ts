@@ -28,6 +28,9 @@ import { AdminConsole } from '../admin/console.js';
 import type { BackendView, ClientView, DatabaseView, PoolView, ServerCounters, ServerView, TrafficTotals } from '../admin/view.js';
 import { startHttp, type RunningHttp } from '../admin/http.js';
 import { createMetrics } from '../observability/metrics.js';
+import { ConfigError, parseConfigObject, validate } from '../config/load.js';
+import { SETTINGS } from '../config/schema.js';
+import { ADMIN_DATABASES, ClientState } from '../session/clientState.js';
 
 /** Upper bounds (ms) of the pool wait-time histogram buckets. */
 const WAIT_BUCKETS_MS = [0.1, 1, 5, 10, 50, 100, 500, 1000, 5000, 30000];
@@ -82,6 +85,12 @@ export class PgmuxServer implements SessionContext, ServerView {
   /** Databases paused by PAUSE (null entry = everything). */
   private readonly paused = new Set<string | null>();
   private readonly parked = new Set<ClientSession>();
+  /** SUSPEND: no transaction starts until RESUME. */
+  private suspended = false;
+  /** Databases DISABLE closed to new clients. */
+  private readonly disabledDatabases = new Set<string>();
+  /** SHUTDOWN WAIT_FOR_CLIENTS: new clients are refused while the last ones finish. */
+  private refusingClients = false;
   private recycleBefore = 0;
   readonly adminConsole: AdminConsole;
   /** What sessions may ask of PAUSE / RESUME and the console. */
@@ -129,6 +138,12 @@ export class PgmuxServer implements SessionContext, ServerView {
       isPaused: (database) => this.isPaused(database),
       park: (client) => void this.parked.add(client),
       unpark: (client) => void this.parked.delete(client),
+      loginRefusal: (database) =>
+        this.refusingClients
+          ? pgmuxError('shuttingDownNoNewClients')
+          : this.disabledDatabases.has(database)
+            ? pgmuxError('databaseDisabled', { args: { database } })
+            : null,
       roleOf: (user) => (this.cfg.adminUsers.includes(user) ? 'admin' : this.cfg.statsUsers.includes(user) ? 'stats' : null),
       run: (sql, role) => this.adminConsole.run(sql, role),
     };
@@ -202,6 +217,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     await this.monitor.start();
     this.janitor = setInterval(() => this.sweep(), JANITOR_INTERVAL_MS);
     this.janitor.unref();
+    this.adminConsole.start();
   }
 
   /** auth_query lookups that went to the database (tests). */
@@ -290,6 +306,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     while (this.registry.connections.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const c of [...this.registry.connections]) c.fatal(pgmuxError('adminShutdown', { detail: 'shutdown_timeout reached inside a transaction' }), 'shutdown');
     if (this.janitor) clearInterval(this.janitor);
+    this.adminConsole.stop();
     this.notifications.close();
     this.poolRegistry.closeAll();
     await this.monitor.stop(); // logins still waiting for a node get none
@@ -321,6 +338,9 @@ export class PgmuxServer implements SessionContext, ServerView {
           preparedStatements: b.prepared.size,
           resets: b.resets,
           clientId: (b.owner as ClientSession | null)?.id ?? null,
+          closeNeeded: p.closeNeeded(b),
+          localAddr: b.socket.localAddress ?? null,
+          localPort: b.socket.localPort ?? null,
         });
       }
     }
@@ -349,11 +369,27 @@ export class PgmuxServer implements SessionContext, ServerView {
   }
 
   databases(): DatabaseView[] {
-    return []; // filled by the databases section (issue #15)
+    // Stand-in until the databases section (issue #15): the implicit '*' entry.
+    const cfg = this.cfg;
+    const clients = [...this.registry.clients].filter((c) => c.state !== ClientState.Admin).length;
+    const backends = this.backends().length;
+    return [{
+      name: '*', dbname: null, forceUser: null, poolSize: cfg.poolSize, minPoolSize: cfg.minPoolSize, poolMode: cfg.poolMode, route: 'any',
+      maxDbConnections: 0, currentConnections: backends, clientConnections: clients, paused: this.paused.has(null), disabled: false,
+    }];
   }
 
   isPaused(database?: string): boolean {
-    return this.paused.has(null) || (database !== undefined && this.paused.has(database));
+    return this.suspended || this.paused.has(null) || (database !== undefined && this.paused.has(database));
+  }
+
+  isSuspended(): boolean {
+    return this.suspended;
+  }
+
+  suspend(): void {
+    this.suspended = true;
+    this.logger.info('suspended');
   }
 
   isReady(): boolean {
@@ -374,7 +410,10 @@ export class PgmuxServer implements SessionContext, ServerView {
   }
 
   resume(database: string | null): void {
-    if (database === null) this.paused.clear();
+    if (database === null) {
+      this.paused.clear();
+      this.suspended = false;
+    }
     else this.paused.delete(database);
     this.logger.info({ database }, 'resumed');
     for (const c of [...this.parked]) {
@@ -417,9 +456,70 @@ export class PgmuxServer implements SessionContext, ServerView {
     return { ok: true, message };
   }
 
-  reconnect(): void {
+  reconnect(database: string | null = null): void {
     this.recycleBefore = Date.now();
-    for (const p of this.poolRegistry.all()) p.recycle(this.recycleBefore);
+    for (const p of this.poolRegistry.all()) if (database === null || p.database === database) p.recycle(this.recycleBefore);
+  }
+
+  async waitClose(database: string | null): Promise<void> {
+    const pending = () => this.backends().some((b) => b.closeNeeded && (database === null || b.database === database));
+    while (pending() && !this.shuttingDown) await new Promise((r) => setTimeout(r, 20));
+  }
+
+  kill(database: string | null): void {
+    // PgBouncer: new clients of a killed database wait for RESUME.
+    this.paused.add(database);
+    for (const c of [...this.registry.connections]) {
+      if (!isConsoleClient(c) && (database === null || c.database === database)) c.fatal(pgmuxError('adminKilled'), 'admin_kill');
+    }
+    for (const p of this.poolRegistry.all()) {
+      if (database !== null && p.database !== database) continue;
+      p.closeAll('killed');
+      this.poolRegistry.forget(p);
+    }
+    this.logger.info({ database }, 'killed');
+  }
+
+  killClient(id: number): boolean {
+    const c = [...this.registry.connections].find((x) => x.id === id);
+    if (c === undefined) return false;
+    c.fatal(pgmuxError('adminKilled'), 'admin_kill');
+    return true;
+  }
+
+  async set(key: string, value: string): Promise<{ ok: boolean; message: string; refused?: 'unknown' | 'restart' | 'invalid' }> {
+    const spec = SETTINGS.find((s) => s.key === key || (s.aliases ?? []).includes(key));
+    if (spec === undefined) return { ok: false, refused: 'unknown', message: key };
+    if (spec.restartOnly) return { ok: false, refused: 'restart', message: spec.key };
+    let next: Config;
+    try {
+      next = { ...this.cfg, ...parseConfigObject({ [key]: value }, 'SET', { baseDir: process.cwd() }) };
+      validate(next, false);
+    } catch (err) {
+      if (err instanceof ConfigError) return { ok: false, refused: 'invalid', message: err.message };
+      throw err;
+    }
+    // Applied as RELOAD applies a file: the same checks and the same effects.
+    const source = this.reloadSource;
+    this.reloadSource = () => next;
+    try {
+      return await this.reload();
+    } finally {
+      this.reloadSource = source;
+    }
+  }
+
+  disableDatabase(name: string): void {
+    this.disabledDatabases.add(name);
+    this.logger.info({ database: name }, 'database disabled: new clients refused');
+  }
+
+  enableDatabase(name: string): boolean {
+    return this.disabledDatabases.delete(name);
+  }
+
+  isDatabaseDisabled(name: string): boolean {
+    return this.disabledDatabases.has(name);
   }
 
   disableNode(name: string): boolean {
@@ -441,10 +541,26 @@ export class PgmuxServer implements SessionContext, ServerView {
     return this.nodes.disabledNodes.has(name);
   }
 
-  shutdown(): void {
+  shutdown(mode?: 'wait_for_servers' | 'wait_for_clients'): void {
+    if (mode === 'wait_for_clients') {
+      this.refusingClients = true;
+      const check = setInterval(() => {
+        if ([...this.registry.connections].some((c) => !isConsoleClient(c))) return;
+        clearInterval(check);
+        this.shutdown();
+      }, 50);
+      return;
+    }
+    // wait_for_servers is pgmux's graceful shutdown: running transactions finish, idle
+    // clients are closed at once.
     if (this.onShutdownRequest) this.onShutdownRequest();
     else void this.close();
   }
+}
+
+/** On the admin console, or logging in to it: KILL and SHUTDOWN WAIT_FOR_CLIENTS leave these alone. */
+function isConsoleClient(c: ClientSession): boolean {
+  return c.state === ClientState.Admin || ADMIN_DATABASES.includes(c.database);
 }
 
 function catalogOptions(cfg: Config): CatalogOptions {

@@ -16,6 +16,9 @@ export enum ClientState {
 /** The admin console's virtual database. */
 export const ADMIN_DATABASE = 'pgmux';
 
+/** Names the admin console answers to: its own, and PgBouncer's for runbooks and exporters. */
+export const ADMIN_DATABASES: readonly string[] = [ADMIN_DATABASE, 'pgbouncer'];
+
 export type ClientCloseReason =
   | 'client_terminate'
   | 'client_gone'
@@ -30,4 +33,6 @@ export type ClientCloseReason =
   | 'cancel_request'
   | 'ssl_request'
   | 'shutdown'
+  /** KILL / KILL_CLIENT on the admin console. */
+  | 'admin_kill'
   | 'too_many_clients';

@@ -33,7 +33,7 @@ import { ClientAuthenticator, type AuthStep } from './clientAuth.js';
 import { isSettableReported, parseStartup, StartupParamError } from './startupParams.js';
 import { buildSyncSql, settingsFingerprint, settingsSignature } from './paramSync.js';
 import { adminWelcome, type AdminRole } from './adminSession.js';
-import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientState.js';
+import { ADMIN_DATABASES, ClientState, type ClientCloseReason } from './clientState.js';
 
 const WELCOME_CACHE_LIMIT = 256;
 const EMPTY = Buffer.alloc(0);
@@ -470,7 +470,7 @@ export class ClientHandshake {
   private async finishLogin(): Promise<void> {
     const cfg = this.ctx.config();
     const host = this.host;
-    if (this.database === ADMIN_DATABASE) {
+    if (ADMIN_DATABASES.includes(this.database)) {
       const { role, welcome } = adminWelcome(this.ctx, this.user, this.applicationName, this.peer.pid, this.peer.secret);
       this.flushAuthOk();
       host.write(welcome);
@@ -478,6 +478,8 @@ export class ClientHandshake {
       this.loginOver();
       return;
     }
+    const refusal = this.ctx.admin.loginRefusal(this.database);
+    if (refusal !== null) throw new PgmuxError(refusal);
     const node = await this.ctx.nodes.loginNode(cfg.failoverTimeoutMs);
     if (host.state !== ClientState.Login) return;
     if (node === null) {

@@ -3,6 +3,7 @@
 
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
+import type { ErrorSpec } from '../protocol/errors.js';
 import type { ClientAuth } from '../auth/authStore.js';
 import type { NodeAddress } from '../pool/backend.js';
 import type { Pool } from '../pool/pool.js';
@@ -21,6 +22,8 @@ export interface AdminService {
   /** Parks a client whose transaction waits for RESUME; RESUME calls its resumeFromPause(). */
   park(client: ClientSession): void;
   unpark(client: ClientSession): void;
+  /** Why a login to `database` is refused now (DISABLE, SHUTDOWN WAIT_FOR_CLIENTS), else null. */
+  loginRefusal(database: string): ErrorSpec | null;
   /** The console role of `user` (admin_users, stats_users), null for neither. */
   roleOf(user: string): 'admin' | 'stats' | null;
   /** Runs one console command; its reply without the ReadyForQuery. */

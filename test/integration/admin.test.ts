@@ -9,7 +9,7 @@ import type { Config } from '../../src/config/types.js';
 import { sleep, waitFor } from '../support/wait.js';
 
 
-type Row = Record<string, string | null>;
+type Row = Record<string, string | number | null>;
 
 let open: pg.Client[] = [];
 
@@ -84,7 +84,7 @@ describe('admin console', () => {
     const a = await adminClient();
     const help = await rows(a, 'SHOW HELP');
     const cmds = help.map((r) => r.command);
-    for (const c of ['SHOW POOLS', 'SHOW CLIENTS', 'SHOW SERVERS', 'SHOW NODES', 'SHOW STATS', 'SHOW CONFIG', 'PAUSE [db]', 'RESUME [db]', 'RELOAD', 'RECONNECT', 'SHUTDOWN']) {
+    for (const c of ['SHOW POOLS', 'SHOW CLIENTS', 'SHOW SERVERS', 'SHOW NODES', 'SHOW STATS', 'SHOW CONFIG', 'PAUSE [db]', 'RESUME [db]', 'RELOAD', 'RECONNECT [db]', 'SHUTDOWN', 'KILL [db]', 'SET <key> = <value>']) {
       expect(cmds).toContain(c);
     }
     const r = await a.query('show version;');
@@ -111,7 +111,7 @@ describe('admin console', () => {
     const a = await adminClient();
     const statsOf = async () => {
       const m = new Map<string, Row>();
-      for (const r of await rows(a, 'SHOW STATS')) m.set(r.node!, r);
+      for (const r of await rows(a, 'SHOW NODE_STATS')) m.set(r.node!, r);
       return m;
     };
     const before = await statsOf();
@@ -139,7 +139,13 @@ describe('admin console', () => {
     expect(Number(total.classifier_cache_hits) + Number(total.classifier_cache_misses)).toBeGreaterThan(0);
     expect(Number(total.avg_wait_ms)).toBeGreaterThanOrEqual(0);
 
-    const pools = await rows(a, 'SHOW POOLS');
+    // SHOW POOLS as PgBouncer: one row per (database, user); the idle client counts as cl_active.
+    const pool = (await rows(a, 'SHOW POOLS')).find((p) => p.database === 'app' && p.user === 'postgres');
+    expect(pool).toMatchObject({ cl_waiting: 0, pool_mode: 'transaction', sv_login: 0 });
+    expect(Number(pool!.cl_active)).toBeGreaterThanOrEqual(1);
+    expect(Number(pool!.nodes)).toBeGreaterThanOrEqual(2);
+
+    const pools = await rows(a, 'SHOW NODE_POOLS');
     const pp = pools.find((p) => p.node === primary && p.database === 'app' && p.user === 'postgres');
     expect(pp).toBeDefined();
     expect(Number(pp!.sv_idle) + Number(pp!.sv_active)).toBeGreaterThanOrEqual(1);
@@ -150,20 +156,23 @@ describe('admin console', () => {
     const clients = await rows(a, 'SHOW CLIENTS');
     const me = clients.find((c) => c.application_name === 'admin-test-app');
     expect(me).toBeDefined();
-    expect(me).toMatchObject({ user: 'postgres', database: 'app', state: 'idle', transactions: String(WRITES + READS), node: null, backend_pid: null });
-    expect(new Date(me!.connect_time!).toISOString()).toBe(me!.connect_time);
-    expect(me!.addr).toContain('127.0.0.1');
+    expect(me).toMatchObject({ type: 'C', user: 'postgres', database: 'app', state: 'idle', transactions: String(WRITES + READS), node: null, backend_pid: null, link: '' });
+    expect(me!.connect_time).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$/);
+    expect(me!.addr).toBe('127.0.0.1');
+    expect(Number(me!.port)).toBeGreaterThan(0);
     // The admin session itself is listed too.
-    expect(clients.some((c) => c.database === 'pgmux' && c.state === 'admin')).toBe(true);
+    expect(clients.some((c) => c.database === 'pgmux' && c.pgmux_state === 'admin')).toBe(true);
 
     const servers = await rows(a, 'SHOW SERVERS');
     const onPrimary = servers.filter((s) => s.node === primary && s.database === 'app' && s.user === 'postgres');
     expect(onPrimary.length).toBeGreaterThanOrEqual(1);
     for (const s of onPrimary) {
-      expect(Number(s.pid)).toBeGreaterThan(0);
+      expect(Number(s.remote_pid)).toBeGreaterThan(0);
       expect(s.state).toBe('idle');
-      expect(s.client_id).toBeNull();
-      expect(new Date(s.connect_time!).toISOString()).toBe(s.connect_time);
+      expect(s.link).toBe('');
+      expect(s.close_needed).toBe(0);
+      expect(`${s.addr}:${s.port}`).toBe(primary);
+      expect(s.connect_time).toMatch(/ UTC$/);
     }
 
     const nodes = await rows(a, 'SHOW NODES');
@@ -183,7 +192,7 @@ describe('admin console', () => {
   it('shows the configuration with snake_case keys and passwords masked', async () => {
     const a = await adminClient();
     const r = await a.query('SHOW CONFIG');
-    expect(r.fields.map((f) => f.name)).toEqual(['key', 'value']);
+    expect(r.fields.map((f) => f.name)).toEqual(['key', 'value', 'default', 'changeable']);
     const cfg = new Map((r.rows as Row[]).map((x) => [x.key!, x.value]));
     expect(cfg.get('pool_size')).toBe('5');
     expect(cfg.get('pool_mode')).toBe('transaction');
@@ -219,6 +228,10 @@ describe('admin console', () => {
     const unknown = await psql('SHOW NOTHING');
     expect(unknown.code).not.toBe(0);
     expect(unknown.stderr).toContain('unknown admin command');
+    // `psql -p 6432 pgbouncer`, as PgBouncer's runbooks say.
+    const asBouncer = await runPg(psqlBin(), ['-X', '-h', '127.0.0.1', '-p', String(proxy.port), '-U', 'postgres', '-v', 'ON_ERROR_STOP=1', '-c', 'SHOW POOLS', 'pgbouncer']);
+    expect(asBouncer.stderr).toBe('');
+    expect(asBouncer.stdout).toMatch(/database\s+\|\s+user\s+\|\s+cl_active\s+\|\s+cl_waiting/);
   });
 
   it('refuses a user in neither admin_users nor stats_users with 28000', async () => {
@@ -313,21 +326,21 @@ describe('admin console', () => {
       await app.query('INSERT INTO admin_t (v) VALUES (1)');
       await app.query('SELECT 1');
     }
-    const before = new Set((await rows(a, 'SHOW SERVERS')).map((s) => s.pid));
+    const before = new Set((await rows(a, 'SHOW SERVERS')).map((s) => s.remote_pid));
     expect(before.size).toBeGreaterThan(0);
     const pidBefore = (await app.query('BEGIN; SELECT pg_backend_pid() AS pid; COMMIT')) as unknown as pg.QueryResult[];
-    expect(before.has(String(pidBefore[1]!.rows[0].pid))).toBe(true);
+    expect(before.has(pidBefore[1]!.rows[0].pid)).toBe(true);
 
     expect((await a.query('RECONNECT')).command).toBe('RECONNECT');
     // Idle backends are closed at once.
-    await expect.poll(async () => (await rows(a, 'SHOW SERVERS')).every((s) => !before.has(s.pid)), { timeout: 5000 }).toBe(true);
+    await expect.poll(async () => (await rows(a, 'SHOW SERVERS')).every((s) => !before.has(s.remote_pid)), { timeout: 5000 }).toBe(true);
     for (let i = 0; i < 3; i++) {
       await app.query('INSERT INTO admin_t (v) VALUES (2)');
       await app.query('SELECT 1');
     }
     const pidAfter = (await app.query('BEGIN; SELECT pg_backend_pid() AS pid; COMMIT')) as unknown as pg.QueryResult[];
-    expect(before.has(String(pidAfter[1]!.rows[0].pid))).toBe(false);
-    const after = (await rows(a, 'SHOW SERVERS')).map((s) => s.pid);
+    expect(before.has(pidAfter[1]!.rows[0].pid)).toBe(false);
+    const after = (await rows(a, 'SHOW SERVERS')).map((s) => s.remote_pid);
     expect(after.length).toBeGreaterThan(0);
     expect(after.filter((p) => before.has(p))).toEqual([]);
   });

@@ -451,6 +451,7 @@ function fakeContext(v: Variant): { ctx: SessionContext; tracked: Set<unknown>; 
       isPaused: () => false,
       park: () => {},
       unpark: () => {},
+      loginRefusal: () => null,
       roleOf: (user: string) => (user === 'admin' ? 'admin' : null),
       run: async () => typedMsg('C', Buffer.from('SHOW\0')),
     },
