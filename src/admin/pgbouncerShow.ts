@@ -202,8 +202,7 @@ const DATABASES_COLUMNS: Column[] = [
  * as in PgBouncer); until that is merged here the old keys are the client caps.
  */
 function clientCaps(cfg: Config): { db: number; user: number } {
-  const c = cfg as Config & { maxDbClientConnections?: number; maxUserClientConnections?: number };
-  return { db: c.maxDbClientConnections ?? cfg.maxDbConnections, user: c.maxUserClientConnections ?? cfg.maxUserConnections };
+  return { db: cfg.maxDbClientConnections, user: cfg.maxUserClientConnections };
 }
 
 export function showDatabases(view: ServerView): Buffer {
