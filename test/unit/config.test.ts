@@ -975,15 +975,23 @@ describe('CLI', () => {
       expect(io.errText).toBe('pgmux: auth_file: line 3 is not "user" "secret"\n');
     });
 
-    it('demo passes validated options and ignores PGMUX_* variables', async () => {
+    it('demo takes PGMUX_* settings as start does, its flags win, and it listens on loopback by default', async () => {
       reset();
       const io = capture();
-      io.env = { PGMUX_POOL_SIZE: '99', PGMUX_CONFIG: '/nonexistent.yaml' };
+      const file = writeTemp('demo.yaml', 'listen: 0.0.0.0:7777\nmax_client_conn: 77\n');
+      io.env = { PGMUX_POOL_SIZE: '9', PGMUX_POOL_MODE: 'transaction', PGMUX_CONFIG: file, PGMUX_UNIX_SOCKET_DIR: 'off' };
       expect(await runUntil('SIGINT', ['demo', '--replicas', '3', '--pool-mode', 'session', '--log-level', 'silent'], io)).toBe(0);
       expect(fake.demos).toHaveLength(1);
-      expect(fake.demos[0]).toMatchObject({ replicas: 3, listen: { host: '127.0.0.1', port: 6432 }, poolMode: 'session', poolSize: 20 });
-      expect(typeof (fake.demos[0] as { logger: { info: unknown } }).logger.info).toBe('function');
+      const demo = fake.demos[0] as { replicas: number; config: Config; logger: { info: unknown } };
+      expect(demo.replicas).toBe(3);
+      expect(demo.config).toMatchObject({ listen: { host: '127.0.0.1', port: 6432 }, poolMode: 'session', poolSize: 9, maxClientConn: 77, unixSocketDir: null });
+      expect(typeof demo.logger.info).toBe('function');
       expect(fake.closed).toEqual(['SIGINT']);
+      // PGMUX_LISTEN (like --listen) moves it.
+      reset();
+      io.env = { PGMUX_LISTEN: '127.0.0.1:7001' };
+      expect(await runUntil('SIGINT', ['demo', '--log-level', 'silent'], io)).toBe(0);
+      expect((fake.demos[0] as { config: Config }).config.listen).toEqual({ host: '127.0.0.1', port: 7001 });
     });
   });
 
