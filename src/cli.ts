@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The `pgmux` command line: start (default), demo, check-config.
+// The `pgmux` command line: start (default), demo, check-config, import, classify.
 //
 // Exit codes: 0 ok (and after a clean SIGINT/SIGTERM shutdown), 1 runtime failure,
 // 2 bad configuration or usage. Errors are one line on stderr: `pgmux: <message>`.
