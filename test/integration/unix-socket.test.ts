@@ -121,9 +121,14 @@ describe('unix socket listener', () => {
     expect(r.stdout.trim()).toBe('t');
   });
 
-  it('takes unix_socket_mode and reads its config values', async () => {
-    const p = await proxyIn(newDir(), { unixSocketMode: 0o770 });
+  it('takes unix_socket_mode and unix_socket_group and reads their config values', async () => {
+    const gid = process.getgid!();
+    const p = await proxyIn(newDir(), { unixSocketMode: 0o770, unixSocketGroup: String(gid) });
     expect(statSync(p.unixSocket!).mode & 0o777).toBe(0o770);
+    expect(statSync(p.unixSocket!).gid).toBe(gid);
+    await expect(startProxy({ unixSocketDir: dir, unixSocketGroup: 'no-such-group-here' })).rejects.toThrow(
+      'unix_socket_group: no group named "no-such-group-here" (expected a group name from /etc/group or a numeric gid)',
+    );
     const cfg = (env: Record<string, string>) => loadConfig({}, env, { requireNodes: false });
     expect(cfg({}).unixSocketDir).toBe('/tmp');
     expect(cfg({ PGMUX_UNIX_SOCKET_DIR: 'off' }).unixSocketDir).toBeNull();
