@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The `pgmux` command line: start (default), demo, check-config.
+// The `pgmux` command line: start (default), demo, check-config, import, classify.
 //
 // Exit codes: 0 ok (and after a clean SIGINT/SIGTERM shutdown), 1 runtime failure,
 // 2 bad configuration or usage. Errors are one line on stderr: `pgmux: <message>`.
@@ -57,7 +57,7 @@ const DEMO_OPTIONS: readonly OptionSpec[] = [
     flags: '--replicas <n>',
     description: `streaming replicas next to the primary, 0..${MAX_DEMO_REPLICAS} (default: ${DEMO_REPLICAS})`,
   },
-  { flags: '--listen <host:port>', description: `address clients connect to (default: ${DEMO_LISTEN})` },
+  { flags: '--listen <host:port>', description: `address clients connect to (env: PGMUX_LISTEN; default: ${DEMO_LISTEN})` },
   { flags: '--pool-mode <mode>', description: `${POOL_MODES.join(' or ')} (default: ${DEFAULTS.poolMode})` },
   { flags: '--pool-size <n>', description: `backends per (node, database, user) pool (default: ${DEFAULTS.poolSize})` },
   { flags: '--log-level <level>', description: `${LOG_LEVELS.join(', ')} (default: ${DEFAULTS.logLevel})` },
@@ -249,27 +249,28 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
     .command('demo')
     .description('start a throw-away local PostgreSQL primary + replicas and pgmux in front of them');
   addOptions(demo, DEMO_OPTIONS);
+  demo.addHelpText(
+    'after',
+    '\nOther settings come from PGMUX_CONFIG and the PGMUX_* environment, as for start. The demo owns its nodes\n' +
+      '(the throw-away cluster), adds postgres to admin_users and turns http on (a free port unless PGMUX_HTTP).',
+  );
   demo.action(async (o: { replicas?: string; listen?: string; poolMode?: string; poolSize?: string; logLevel?: string }) => {
     const replicasRaw = o.replicas ?? String(DEMO_REPLICAS);
     const replicas = /^\s*\d+\s*$/.test(replicasRaw) ? Number(replicasRaw) : NaN;
     if (!(replicas >= 0 && replicas <= MAX_DEMO_REPLICAS)) {
       throw new ConfigError('replicas', `--replicas: ${JSON.stringify(replicasRaw)} is not a whole number in range (expected 0..${MAX_DEMO_REPLICAS})`);
     }
-    // Same parsing and validation as start, but no config file or PGMUX_* environment.
+    // As start loads them (PGMUX_CONFIG, PGMUX_* environment, flags), but the demo listens on
+    // loopback unless --listen or PGMUX_LISTEN says otherwise (a production config file's
+    // listen is not for a trust-everyone demo). Nodes, the admin user and HTTP: demoConfig().
     const base = loadConfig(
-      { listen: o.listen ?? DEMO_LISTEN, poolMode: o.poolMode, poolSize: o.poolSize, logLevel: o.logLevel },
-      {},
+      { listen: o.listen ?? (env.PGMUX_LISTEN ? undefined : DEMO_LISTEN), poolMode: o.poolMode, poolSize: o.poolSize, logLevel: o.logLevel },
+      env,
       { requireNodes: false },
     );
     const logger = createLogger(base.logLevel);
     const { runDemo } = await import('./embedded/demo.js');
-    const running = await runDemo({
-      replicas,
-      listen: base.listen,
-      poolMode: base.poolMode,
-      poolSize: base.poolSize,
-      logger,
-    });
+    const running = await runDemo({ replicas, config: base, logger });
     exitCodes.set(program, await serveUntilSignal(running, logger, signals));
   });
 

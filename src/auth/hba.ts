@@ -89,7 +89,7 @@ const POSTGRES_ONLY_METHODS: Record<string, string> = {
   gss: 'GSSAPI authentication is not supported by pgmux',
   sspi: 'SSPI authentication is not supported by pgmux',
   ident: 'ident authentication is not supported by pgmux',
-  peer: 'peer authentication needs a Unix-domain socket, which pgmux does not listen on',
+  peer: 'peer authentication (the client\'s OS user) is not supported by pgmux; use trust or a password method on local lines',
   ldap: 'LDAP authentication is not supported by pgmux',
   radius: 'RADIUS authentication is not supported by pgmux',
   pam: 'PAM authentication is not supported by pgmux',

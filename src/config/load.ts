@@ -189,6 +189,8 @@ function readConfigFile(path: string, display: string, cwd: string): Partial<Con
     const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory' : code === 'EACCES' ? 'permission denied' : (err as Error).message;
     throw new ConfigError('config', `${display}: cannot read ${path}: ${why}`);
   }
+  const foreign = foreignFormat(text);
+  if (foreign !== null) throw new ConfigError('config', `${display}: ${path} looks like ${foreign.what}, not pgmux YAML; convert it with: pgmux import ${foreign.kindFlag}${path} > pgmux.yaml`);
   let doc: unknown;
   try {
     doc = parseYaml(text);
@@ -196,7 +198,22 @@ function readConfigFile(path: string, display: string, cwd: string): Partial<Con
     const first = String((err as Error).message).split('\n')[0];
     throw new ConfigError('config', `${display}: ${path} is not valid YAML: ${first}`);
   }
+  // key = value lines read as one long YAML string: say so in one line, not with the file's text.
+  if (typeof doc === 'string' && /^\s*[A-Za-z_][\w.]*\s*=/m.test(text)) {
+    throw new ConfigError('config', `${display}: ${path} has "key = value" lines (an INI or .conf file), not pgmux YAML ("key: value"); a pgbouncer.ini or pgpool.conf converts with: pgmux import --kind pgbouncer|pgpool ${path} > pgmux.yaml`);
+  }
   return parseConfigObject(doc, path, { baseDir: dirname(abs) });
+}
+
+/**
+ * A PgBouncer or Pgpool-II config file given where pgmux YAML belongs: recognised by what
+ * `pgmux import` detects (sections, backend_hostname0) or by Pgpool-II's own keys.
+ */
+function foreignFormat(text: string): { what: string; kindFlag: string } | null {
+  if (/^[ \t]*\[[ \t]*(databases|pgbouncer|users|peers)[ \t]*\][ \t]*$/im.test(text)) return { what: 'a pgbouncer.ini', kindFlag: '' };
+  if (/^[ \t]*backend_hostname\d+[ \t]*=/m.test(text)) return { what: 'a pgpool.conf', kindFlag: '' };
+  if (/^[ \t]*(num_init_children|pcp_port|backend_clustering_mode)[ \t]*=/m.test(text)) return { what: 'a pgpool.conf', kindFlag: '--kind pgpool ' };
+  return null;
 }
 
 function wildcard(host: string): boolean {

@@ -17,7 +17,7 @@ import { CLIENT_TLS_MODES, SERVER_TLS_MODES } from '../net/tls.js';
 import {
   MiB, type Raw, asString, formatDuration, formatHostPort, formatSize, parseBoolean, parseDuration, parseDurationAtLeast, parseEnum,
   parseFraction, parseFunctionList, parseHostPort, parseHttp, parseInteger, parseName, parseNameList, parseNodes, parseOptionalLimit,
-  parseOptionalString, parsePath, parseSize, parseTlsVersion, parseUserList,
+  parseOptionalString, parsePath, parseSize, parseTlsVersion, parseUserList, parseSocketDir, parseFileMode,
 } from './values.js';
 
 export const POOL_MODES: readonly PoolMode[] = ['transaction', 'session'];
@@ -100,6 +100,18 @@ const ROWS = [
     key: 'http', field: 'http', default: null, doc: 'Listening', restartOnly: true,
     parse: parseHttp, show: (v) => (v === null ? null : formatHostPort(v)),
     flag: { name: '--http <host:port>', help: 'HTTP listener for /metrics and health checks; "off" disables', defaultText: 'off' },
+  }),
+  setting({
+    key: 'unix_socket_dir', field: 'unixSocketDir', default: '/tmp', doc: 'Listening', restartOnly: true,
+    parse: parseSocketDir, show: (v) => v ?? 'off', pgbouncer: ['unix_socket_dir'], pgpool: ['socket_dir', 'unix_socket_directories'],
+  }),
+  setting({
+    key: 'unix_socket_mode', field: 'unixSocketMode', default: 0o777, doc: 'Listening', restartOnly: true,
+    parse: parseFileMode, show: (v) => `0${v.toString(8)}`, pgbouncer: ['unix_socket_mode'], pgpool: ['unix_socket_permissions'],
+  }),
+  setting({
+    key: 'unix_socket_group', field: 'unixSocketGroup', default: null, doc: 'Listening', restartOnly: true,
+    parse: (v) => parseOptionalString(v, 'a group name or id'), pgbouncer: ['unix_socket_group'], pgpool: ['unix_socket_group'],
   }),
   // Nodes
   setting({

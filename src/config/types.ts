@@ -32,6 +32,12 @@ export interface Config {
   listen: HostPort;
   /** HTTP listener for /metrics and health; null = off. */
   http: HostPort | null;
+  /** Directory of the Unix-domain socket `.s.PGSQL.<listen port>`; null = none. */
+  unixSocketDir: string | null;
+  /** Permission bits of the socket file (connecting needs write permission). */
+  unixSocketMode: number;
+  /** Group (name or gid) the socket file is given; null = the process's. */
+  unixSocketGroup: string | null;
   nodes: NodeConfig[];
 
   poolMode: PoolMode;

@@ -255,6 +255,25 @@ export function parsePath(v: Raw, base: string): string | null {
   return s === null ? null : resolvePath(base, s);
 }
 
+/** unix_socket_dir: a directory, or off ('off', 'none', empty) for no Unix-domain socket. */
+export function parseSocketDir(v: Raw, base: string): string | null {
+  if (v === null || v === false) return null;
+  const s = asString(v, 'a directory').trim();
+  if (['off', 'none', 'false', 'no', ''].includes(s.toLowerCase())) return null;
+  if (s.startsWith('@')) throw new Invalid(`${show(v)}: abstract sockets are not supported (expected a directory, or off)`);
+  return resolvePath(base, s);
+}
+
+/**
+ * File permission bits, read as octal digits: "0777", "777" and "0o777" all mean rwxrwxrwx.
+ * A YAML 0777 arrives as the number 777, so a number's decimal digits are read as octal too.
+ */
+export function parseFileMode(v: Raw): number {
+  const s = asString(v, 'a file mode').trim().replace(/^0o/i, '');
+  if (!/^[0-7]{1,4}$/.test(s)) throw new Invalid(`${show(v)} is not a file mode (expected octal digits such as 0777 or 0770)`);
+  return parseInt(s, 8);
+}
+
 export function parseTlsVersion(v: Raw): TlsMinVersion {
   const expected = 'expected TLSv1.2 or TLSv1.3';
   const t = typeof v === 'number' ? v.toFixed(1) : typeof v === 'string' ? v.trim().toLowerCase().replace(/^tlsv?/, '') : '';

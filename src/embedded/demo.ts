@@ -1,8 +1,7 @@
 // `pgmux demo`: a throw-away primary + streaming replicas from this machine's PostgreSQL
 // binaries, pgmux in front of them, and a DSN to paste into psql. Ctrl-C removes it all.
 
-import type { HostPort, PoolMode } from '../config/types.js';
-import { DEFAULTS } from '../config/load.js';
+import type { Config, NodeConfig } from '../config/types.js';
 import type { Logger } from '../observability/logger.js';
 import { startPgmux } from '../server/pgmux.js';
 import { LocalCluster } from './localCluster.js';
@@ -10,11 +9,27 @@ import { LocalCluster } from './localCluster.js';
 export interface DemoOptions {
   /** Streaming replicas next to the primary (0..10, CLI default 2). */
   replicas: number;
-  /** Where pgmux listens (CLI default 127.0.0.1:6432). */
-  listen: HostPort;
-  poolMode: PoolMode;
-  poolSize: number;
+  /** Settings as `start` would load them (defaults, PGMUX_CONFIG, PGMUX_*, flags); see demoConfig. */
+  config: Config;
   logger: Logger;
+}
+
+const wildcard = (host: string) => host === '0.0.0.0' || host === '::' || host === '';
+
+/**
+ * What the demo runs with: the loaded settings, except where the demo must own them. Its
+ * nodes are the throw-away cluster's (configured nodes are ignored); `postgres` is an admin
+ * console user (added to admin_users); the HTTP listener is on (the configured address, else a
+ * free port next to the listen address), so both can be printed.
+ */
+export function demoConfig(loaded: Config, nodes: NodeConfig[]): Config {
+  const host = wildcard(loaded.listen.host) ? '127.0.0.1' : loaded.listen.host;
+  return {
+    ...loaded,
+    nodes,
+    adminUsers: loaded.adminUsers.includes('postgres') ? loaded.adminUsers : [...loaded.adminUsers, 'postgres'],
+    http: loaded.http ?? { host, port: 0 },
+  };
 }
 
 export interface RunningDemo {
@@ -37,30 +52,24 @@ export async function runDemo(opts: DemoOptions): Promise<RunningDemo> {
       { database: 'app' },
     );
     await cluster.waitForStreaming();
-    const pgmux = await startPgmux(
-      {
-        ...DEFAULTS,
-        listen: opts.listen,
-        nodes: cluster.nodes.map((n) => ({ host: n.host, port: n.port, weight: 1 })),
-        poolMode: opts.poolMode,
-        poolSize: opts.poolSize,
-        // What a newcomer looks at next: the admin console and /metrics (any free port).
-        adminUsers: ['postgres'],
-        http: { host: opts.listen.host === '0.0.0.0' || opts.listen.host === '::' ? '127.0.0.1' : opts.listen.host, port: 0 },
-      },
-      { logger: log },
-    );
-    const host = opts.listen.host === '0.0.0.0' || opts.listen.host === '::' ? '127.0.0.1' : opts.listen.host;
-    const dsn = `postgresql://postgres@${host.includes(':') ? `[${host}]` : host}:${pgmux.port}/app`;
+    if (opts.config.nodes.length > 0) log.warn({ nodes: opts.config.nodes.length }, 'configured nodes ignored: the demo runs its own cluster');
+    // What a newcomer looks at next: the admin console and /metrics.
+    const config = demoConfig(opts.config, cluster.nodes.map((n) => ({ host: n.host, port: n.port, weight: 1 })));
+    const pgmux = await startPgmux(config, { logger: log });
+    const host = wildcard(config.listen.host) ? '127.0.0.1' : config.listen.host;
+    const bracket = (h: string) => (h.includes(':') ? `[${h}]` : h);
+    const dsn = `postgresql://postgres@${bracket(host)}:${pgmux.port}/app`;
+    const httpHost = config.http === null || wildcard(config.http.host) ? '127.0.0.1' : config.http.host;
     const lines = [
       '',
       'pgmux demo is running.',
       ...cluster.nodes.map((n, i) => `  ${i === 0 ? 'primary ' : 'replica '} ${n.name}  ${n.host}:${n.port}`),
-      `  pgmux     ${host}:${pgmux.port}  (${opts.poolMode} pooling, pool_size ${opts.poolSize})`,
+      `  pgmux     ${host}:${pgmux.port}  (${config.poolMode} pooling, pool_size ${config.poolSize})`,
       '',
       `Connect with:  psql "${dsn}"`,
+      ...(pgmux.unixSocket === null ? [] : [`Unix socket:   psql -h ${config.unixSocketDir} -p ${pgmux.port} -U postgres app    (${pgmux.unixSocket})`]),
       `Admin console: psql "${dsn.slice(0, dsn.lastIndexOf('/'))}/pgmux" -c 'SHOW NODES'`,
-      `Metrics:       curl http://${host.includes(':') ? `[${host}]` : host}:${pgmux.httpPort}/metrics`,
+      `Metrics:       curl http://${bracket(httpHost)}:${pgmux.httpPort}/metrics`,
       '',
       'Press Ctrl-C to stop everything and remove the temporary cluster.',
       '',

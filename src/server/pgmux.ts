@@ -2,6 +2,7 @@
 // store, client registry, topology view, pool registry), the topology monitor, the admin
 // view and actions, and the janitor that drives every timeout from one timer.
 
+import cluster from 'node:cluster';
 import net from 'node:net';
 import { leanIoSupported } from '../net/leanSocket.js';
 import type { Config } from '../config/types.js';
@@ -18,6 +19,7 @@ import { isHealthy, type TopologySnapshot } from '../cluster/snapshot.js';
 import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 import type { AdminService, SessionContext } from '../session/sessionContext.js';
 import { ConnectionLimits } from './limits.js';
+import { listenUnix, unixSocketPath } from './unixSocket.js';
 import { reloadTls } from '../net/tls.js';
 import { ClientRegistry } from './clientRegistry.js';
 import { TopologyView } from './topologyView.js';
@@ -44,6 +46,8 @@ export interface RunningPgmux {
   port: number;
   /** Port of the HTTP listener, null when http is off. */
   httpPort: number | null;
+  /** Path of the Unix-domain socket file, null when unix_socket_dir is off. */
+  unixSocket: string | null;
   /**
    * The server. Named `proxy` from when the class was Proxy: over a hundred uses in the
    * tests and tools reach into it by that name.
@@ -440,8 +444,9 @@ export class PgmuxServer implements SessionContext, ServerView {
       return { ok: false, message };
     }
     const prev = this.cfg;
-    const restartNeeded = ['listen', 'http'].filter((k) => JSON.stringify(prev[k as keyof Config]) !== JSON.stringify(next[k as keyof Config]));
-    this.cfg = { ...next, listen: prev.listen, http: prev.http };
+    const listeners = { listen: 'listen', http: 'http', unixSocketDir: 'unix_socket_dir', unixSocketMode: 'unix_socket_mode', unixSocketGroup: 'unix_socket_group' } as const;
+    const restartNeeded = Object.entries(listeners).filter(([f]) => JSON.stringify(prev[f as keyof Config]) !== JSON.stringify(next[f as keyof Config])).map(([, key]) => key);
+    this.cfg = { ...next, listen: prev.listen, http: prev.http, unixSocketDir: prev.unixSocketDir, unixSocketMode: prev.unixSocketMode, unixSocketGroup: prev.unixSocketGroup };
     this.auth.setEntries(entries);
     if (JSON.stringify(prev.writeFunctions) !== JSON.stringify(next.writeFunctions)) this.classifier = new Classifier({ writeFunctions: next.writeFunctions });
     this.functionCatalogs.configure(catalogOptions(next));
@@ -596,30 +601,47 @@ export async function startPgmux(config: Config, opts: StartOptions): Promise<Ru
     });
   });
   const port = (server.address() as net.AddressInfo).port;
-  pgmux.listening = true;
-  logger.info({ listen: `${config.listen.host}:${port}`, nodes: config.nodes.map((n) => `${n.host}:${n.port}`), poolMode: config.poolMode, poolSize: config.poolSize }, 'pgmux listening');
+  // The Unix-domain socket: same sessions and limits; the flag tells them it is local.
+  let unixServer: net.Server | null = null;
+  let unixSocket: string | null = null;
   let http: RunningHttp | null = null;
-  if (config.http) {
-    try {
-      http = await startHttp(pgmux, createMetrics(pgmux), config.http, logger);
-    } catch (err) {
-      server.close();
-      await pgmux.close();
-      throw err;
+  try {
+    if (config.unixSocketDir !== null) {
+      unixSocket = unixSocketPath(config.unixSocketDir, port);
+      unixServer = net.createServer((socket) => {
+        if (!pgmux.limits.acceptOrRefuse(socket, pgmux.config(), (msg, fields) => logger.warn(fields, msg))) return;
+        new ClientSession(socket, pgmux, true);
+      });
+      unixServer.maxConnections = server.maxConnections;
+      // --workers: the supervisor cleared a stale file before forking; each worker then shares
+      // the primary's listener, which a probe from here would take for another process.
+      await listenUnix(unixServer, unixSocket, { mode: config.unixSocketMode, group: config.unixSocketGroup, takeOverStale: !cluster.isWorker });
     }
+    if (config.http) http = await startHttp(pgmux, createMetrics(pgmux), config.http, logger);
+  } catch (err) {
+    server.close();
+    unixServer?.close();
+    await pgmux.close();
+    throw err;
   }
+  pgmux.listening = true;
+  logger.info({ listen: `${config.listen.host}:${port}`, unixSocket, nodes: config.nodes.map((n) => `${n.host}:${n.port}`), poolMode: config.poolMode, poolSize: config.poolSize }, 'pgmux listening');
   let closing: Promise<void> | null = null;
   const running: RunningPgmux = {
     port,
     httpPort: http?.port ?? null,
+    unixSocket,
     proxy: pgmux,
     close(reason?: string) {
       closing ??= (async () => {
         logger.info({ reason: reason ?? 'close' }, 'pgmux shutting down');
         pgmux.listening = false;
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        // Closing the listener removes its socket file (libuv unlinks it).
+        const unixClosed = new Promise<void>((resolve) => (unixServer ? unixServer.close(() => resolve()) : resolve()));
         await pgmux.close();
         await closed;
+        await unixClosed;
         await http?.close();
       })();
       return closing;

@@ -34,6 +34,7 @@ import type { Config } from '../config/types.js';
 import type { Logger } from '../observability/logger.js';
 import { cancelPidSpace } from '../session/clientSession.js';
 import type { RunningPgmux } from './pgmux.js';
+import { removeStaleSocket, unixSocketPath } from './unixSocket.js';
 
 /** Set by the primary for each worker it forks. */
 export const WORKER_INDEX_ENV = 'PGMUX_WORKER_INDEX';
@@ -305,6 +306,10 @@ export async function runSupervisor(config: Config, logger: Logger, signals: Nod
   signals.on('SIGTERM', onSignal);
   signals.on('SIGHUP', onHup);
 
+  // The workers share one Unix-domain socket listener held by this process (node:cluster
+  // round-robin): a stale file is cleared here, once, not raced by N workers. With listen
+  // port 0 the path is not known yet, and a fresh random port has no stale file.
+  if (config.unixSocketDir !== null && config.listen.port !== 0) await removeStaleSocket(unixSocketPath(config.unixSocketDir, config.listen.port));
   if (config.http) {
     httpServer = await startSupervisorHttp(config.http, aggregator, slots, logger);
   }

@@ -114,6 +114,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   constructor(
     socket: net.Socket,
     private ctx: SessionContext,
+    /** Accepted on the Unix-domain socket listener. */
+    unix = false,
   ) {
     this.logBindings = { client: this.id };
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
@@ -127,7 +129,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       data: (chunk) => this.onData(chunk),
       drain: () => void this.backend?.socket.resume(),
       gone: () => this.close('client_gone'),
-    });
+    }, unix);
     ctx.registry.track(this);
     this.handshake = new ClientHandshake(ctx, this.handshakeHost(), this.reader, {
       id: this.id,

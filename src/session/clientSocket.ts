@@ -17,27 +17,33 @@ export interface ClientSocketEvents {
 export class ClientSocket {
   /** The accepted socket, or the TLS socket over it. */
   private socket: net.Socket;
-  /** The client's address as accepted (a TLS socket over a stream has none of its own). */
-  readonly address: string;
+  /** The client's IP address as accepted (a TLS socket over a stream has none of its own); null on a Unix-domain socket. */
+  readonly address: string | null;
   readonly port: number;
   private readPaused = false;
   private readonly onData: (chunk: Buffer) => void;
   private readonly onDrain: () => void;
   private readonly onGone: () => void;
 
-  constructor(socket: net.Socket, events: ClientSocketEvents) {
+  /**
+   * `unix`: accepted on the Unix-domain socket listener. Said by the listener, never guessed
+   * from a missing remoteAddress: a TCP socket reset before getpeername() has none either, and
+   * must not pass for local (HBA `local` lines).
+   */
+  constructor(socket: net.Socket, events: ClientSocketEvents, unix = false) {
     this.socket = socket;
-    this.address = socket.remoteAddress ?? '';
-    this.port = socket.remotePort ?? 0;
+    this.address = unix ? null : socket.remoteAddress ?? '';
+    this.port = unix ? 0 : socket.remotePort ?? 0;
     this.onData = (chunk) => events.data(chunk);
     this.onDrain = () => events.drain();
     this.onGone = () => events.gone();
-    socket.setNoDelay(true);
+    if (!unix) socket.setNoDelay(true);
     this.listen(socket);
   }
 
+  /** host:port, or "unix" as PgBouncer shows a Unix-domain socket client. */
   get remote(): string {
-    return `${this.address}:${this.port}`;
+    return this.address === null ? 'unix' : `${this.address}:${this.port}`;
   }
 
   get destroyed(): boolean {

@@ -103,7 +103,8 @@ export interface HandshakeHost {
 /** Fixed facts about the connection, for logs, pg_hba and BackendKeyData. */
 export interface ClientPeer {
   readonly id: number;
-  readonly address: string;
+  /** IP address; null on a Unix-domain socket (HBA `local` lines, no TLS). */
+  readonly address: string | null;
   readonly remote: string;
   /** Proxy-issued cancel key. */
   readonly pid: number;
@@ -209,7 +210,9 @@ export class ClientHandshake {
       host.close('cancel_request');
       return;
     }
-    if (this.tlsSocket === null && this.ctx.config().clientTls === 'require') {
+    // As in PgBouncer and PostgreSQL, TLS is for the network: a Unix-domain socket client
+    // never needs it (and could not get it, see onSslRequest).
+    if (this.tlsSocket === null && this.peer.address !== null && this.ctx.config().clientTls === 'require') {
       host.fatal(
         pgmuxError('tlsRequired'),
         'protocol_error',
@@ -344,7 +347,8 @@ export class ClientHandshake {
       host.fatal(pgmuxError('sslRequestWhenEncrypted'), 'protocol_error');
       return;
     }
-    if (cfg.clientTls === 'disable') {
+    // PostgreSQL answers 'N' on a Unix-domain socket whatever its ssl setting.
+    if (cfg.clientTls === 'disable' || this.peer.address === null) {
       host.write(REFUSED);
       return;
     }
@@ -375,7 +379,7 @@ export class ClientHandshake {
     const cfg = this.ctx.config();
     let server = null;
     try {
-      server = clientTlsFor(cfg);
+      if (this.peer.address !== null) server = clientTlsFor(cfg);
     } catch (err) {
       this.host.log.error({ err: (err as Error).message }, 'TLS is configured but unusable');
     }

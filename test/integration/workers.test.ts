@@ -2,7 +2,10 @@
 // supervising two workers that share the listen port.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type pg from 'pg';
@@ -78,14 +81,23 @@ describe('start --workers 2', () => {
   let httpPort: number;
   let output = '';
   let exited: Promise<number | null>;
+  let socketDir: string;
 
   beforeAll(async () => {
     port = await freePort();
     httpPort = await freePort();
+    // A socket file left by a killed process where the workers' socket goes: the supervisor
+    // replaces it once (the workers share the listener it then holds).
+    socketDir = mkdtempSync(join(tmpdir(), 'pgmux-workers-'));
+    const stale = spawn(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(join(socketDir, `.s.PGSQL.${port}`))}, () => console.log('up'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise((r) => stale.stdout!.once('data', r));
+    const staleGone = new Promise((r) => stale.once('exit', r));
+    stale.kill('SIGKILL');
+    await staleGone;
     const nodes = clusterInfo().nodes.flatMap((n) => ['--node', `${n.host}:${n.port}`]);
     child = spawn(process.execPath, [CLI, 'start', '--workers', '2', '--listen', `127.0.0.1:${port}`, '--http', `127.0.0.1:${httpPort}`, ...nodes, '--log-level', process.env.PGMUX_TEST_LOG ?? 'warn'], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, PGMUX_HEALTH_CHECK_PERIOD: '200ms' },
+      env: { ...process.env, PGMUX_HEALTH_CHECK_PERIOD: '200ms', PGMUX_UNIX_SOCKET_DIR: socketDir },
     });
     // pgmux logs to stdout; errors of the process itself go to stderr.
     child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
@@ -109,6 +121,17 @@ describe('start --workers 2', () => {
       }
     }
     if (process.env.PGMUX_TEST_LOG) console.log('pgmux output:\n' + output);
+    rmSync(socketDir, { recursive: true, force: true });
+  });
+
+  it('serves Unix-domain socket clients from both workers', async () => {
+    const clients = await Promise.all(Array.from({ length: 20 }, () => pgClient(port, { host: socketDir })));
+    try {
+      for (const c of clients) expect((await c.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+      expect(new Set(clients.map(workerOf))).toEqual(new Set([0, 1]));
+    } finally {
+      await Promise.all(clients.map((c) => c.end()));
+    }
   });
 
   it('serves clients from both workers and aggregates /metrics', async () => {
@@ -197,5 +220,6 @@ describe('start --workers 2', () => {
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
     for (const w of s.workers) expect(() => process.kill(w.pid, 0)).toThrow();
+    expect(readdirSync(socketDir)).toEqual([]); // the socket file went with the listener
   });
 });

@@ -21,6 +21,9 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     failoverTimeoutMs: 10_000,
     onRoleChange: null,
     listen: { host: '127.0.0.1', port: 0 },
+    // Off unless a test asks for it (unix-socket.test.ts, in a temp dir): the shared /tmp
+    // would collect a socket per proxy of every test run on this machine.
+    unixSocketDir: null,
     nodes: clusterInfo().nodes.map((n) => ({ host: n.host, port: n.port, weight: 1 })),
     poolSize: 5,
     // PGMUX_TEST_LEAN_IO=off runs every proxy on Node's standard socket path (both must pass).

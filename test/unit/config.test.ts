@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { parse as parseYaml } from 'yaml';
@@ -84,6 +84,9 @@ describe('DEFAULTS', () => {
     expect(DEFAULTS).toEqual({
       listen: { host: '0.0.0.0', port: 6432 },
       http: null,
+      unixSocketDir: '/tmp',
+      unixSocketMode: 0o777,
+      unixSocketGroup: null,
       nodes: [],
       poolMode: 'transaction',
       poolSize: 20,
@@ -167,6 +170,9 @@ describe('YAML file', () => {
       `
 listen: 127.0.0.1:7000
 http: 0.0.0.0:9187
+unix_socket_dir: sockets
+unix_socket_mode: 0770
+unix_socket_group: pgmux
 nodes:
   - db1:5432@2
   - { host: db2, port: 5433, weight: 0 }
@@ -235,6 +241,9 @@ max_unauthenticated_connections: 50
     expect(loadConfig({ config: file }, {})).toEqual({
       listen: { host: '127.0.0.1', port: 7000 },
       http: { host: '0.0.0.0', port: 9187 },
+      unixSocketDir: join(dirname(file), 'sockets'),
+      unixSocketMode: 0o770,
+      unixSocketGroup: 'pgmux',
       nodes: [
         { host: 'db1', port: 5432, weight: 2 },
         { host: 'db2', port: 5433, weight: 0 },
@@ -362,6 +371,9 @@ describe('precedence: defaults < file < env < flags', () => {
     const c = loadConfig({}, {
       PGMUX_LISTEN: '127.0.0.1:7001',
       PGMUX_HTTP: ':9000',
+      PGMUX_UNIX_SOCKET_DIR: 'off',
+      PGMUX_UNIX_SOCKET_MODE: '0o700',
+      PGMUX_UNIX_SOCKET_GROUP: '1000',
       PGMUX_NODES: 'a:1@2, b:2',
       PGMUX_POOL_MODE: 'Session',
       PGMUX_DEFAULT_POOL_SIZE: '3',
@@ -431,6 +443,9 @@ describe('precedence: defaults < file < env < flags', () => {
     expect(c).toEqual({
       listen: { host: '127.0.0.1', port: 7001 },
       http: { host: '0.0.0.0', port: 9000 },
+      unixSocketDir: null,
+      unixSocketMode: 0o700,
+      unixSocketGroup: '1000',
       nodes: [{ host: 'a', port: 1, weight: 2 }, { host: 'b', port: 2, weight: 1 }],
       poolMode: 'session',
       poolSize: 3,
@@ -754,7 +769,7 @@ describe('unknown keys', () => {
 
   it('lists the known keys when nothing is close', () => {
     const e = configError(() => parseConfigObject({ frobnicate_everything: 1 }, 'test.yaml'));
-    expect(e.message).toMatch(/^frobnicate_everything: unknown key \(in test\.yaml\); known keys: listen, http, nodes, pool_mode, pool_size, /);
+    expect(e.message).toMatch(/^frobnicate_everything: unknown key \(in test\.yaml\); known keys: listen, http, unix_socket_dir, unix_socket_mode, unix_socket_group, nodes, pool_mode, pool_size, /);
   });
 });
 
@@ -970,15 +985,23 @@ describe('CLI', () => {
       expect(io.errText).toBe('pgmux: auth_file: line 3 is not "user" "secret"\n');
     });
 
-    it('demo passes validated options and ignores PGMUX_* variables', async () => {
+    it('demo takes PGMUX_* settings as start does, its flags win, and it listens on loopback by default', async () => {
       reset();
       const io = capture();
-      io.env = { PGMUX_POOL_SIZE: '99', PGMUX_CONFIG: '/nonexistent.yaml' };
+      const file = writeTemp('demo.yaml', 'listen: 0.0.0.0:7777\nmax_client_conn: 77\n');
+      io.env = { PGMUX_POOL_SIZE: '9', PGMUX_POOL_MODE: 'transaction', PGMUX_CONFIG: file, PGMUX_UNIX_SOCKET_DIR: 'off' };
       expect(await runUntil('SIGINT', ['demo', '--replicas', '3', '--pool-mode', 'session', '--log-level', 'silent'], io)).toBe(0);
       expect(fake.demos).toHaveLength(1);
-      expect(fake.demos[0]).toMatchObject({ replicas: 3, listen: { host: '127.0.0.1', port: 6432 }, poolMode: 'session', poolSize: 20 });
-      expect(typeof (fake.demos[0] as { logger: { info: unknown } }).logger.info).toBe('function');
+      const demo = fake.demos[0] as { replicas: number; config: Config; logger: { info: unknown } };
+      expect(demo.replicas).toBe(3);
+      expect(demo.config).toMatchObject({ listen: { host: '127.0.0.1', port: 6432 }, poolMode: 'session', poolSize: 9, maxClientConn: 77, unixSocketDir: null });
+      expect(typeof demo.logger.info).toBe('function');
       expect(fake.closed).toEqual(['SIGINT']);
+      // PGMUX_LISTEN (like --listen) moves it.
+      reset();
+      io.env = { PGMUX_LISTEN: '127.0.0.1:7001' };
+      expect(await runUntil('SIGINT', ['demo', '--log-level', 'silent'], io)).toBe(0);
+      expect((fake.demos[0] as { config: Config }).config.listen).toEqual({ host: '127.0.0.1', port: 7001 });
     });
   });
 
