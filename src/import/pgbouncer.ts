@@ -1,8 +1,11 @@
-// PgBouncer's pgbouncer.ini -> pgmux keys: [pgbouncer] settings, and [databases] entries
-// folded into one node list.
+// PgBouncer's pgbouncer.ini -> pgmux keys: [pgbouncer] settings (auth, HBA, TLS on both sides,
+// limits, timeouts), [databases] entries -> the `databases:` map (their servers -> nodes) and
+// [users] -> the `users:` map; and what the source refused or required, for security.ts.
 
+import type { ImportOptions } from './importConfig.js';
 import type { Output } from './output.js';
-import { isInteger, intOrString, seconds, listenHost, hostPort } from './values.js';
+import { carryHba } from './hbaCheck.js';
+import { isInteger, intOrString, seconds, listenHost, hostPort, sourcePath } from './values.js';
 
 
 interface IniEntry {
@@ -61,7 +64,6 @@ const PGBOUNCER_HINTS: Record<string, string> = {
   pidfile: 'run pgmux under a supervisor (systemd, Kubernetes) instead',
   syslog: 'pgmux logs to standard output',
   verbose: 'use log_level (debug/trace)',
-  unix_socket_dir: 'pgmux listens on TCP only',
   user: 'run pgmux as a non-root user from your supervisor',
   reserve_pool_size: 'pools have one size (pool_size)',
   reserve_pool_timeout: 'pools have one size (pool_size)',
@@ -69,9 +71,6 @@ const PGBOUNCER_HINTS: Record<string, string> = {
   server_check_delay: 'pgmux health-checks each node over its own control connection (health_check_period)',
   server_round_robin: 'replica reads are spread by node weight',
   ignore_startup_parameters: 'pgmux accepts and tracks common startup parameters itself',
-  auth_query: 'pgmux authenticates from auth_file only',
-  auth_user: 'pgmux authenticates from auth_file only',
-  auth_hba_file: 'hba files are not supported',
   stats_period: 'pgmux serves live counters on /metrics',
   listen_backlog: 'not configurable in pgmux',
   so_reuseport: 'not configurable in pgmux',
@@ -80,9 +79,28 @@ const PGBOUNCER_HINTS: Record<string, string> = {
   dns_max_ttl: 'pgmux resolves node names on each connect',
   application_name_add_host: 'not supported',
   peer_id: 'peering is not supported',
+  unix_socket_group: 'set the group of unix_socket_dir itself',
+  client_tls_dheparams: 'Node picks the DH parameters',
+  client_tls_ecdhcurve: 'Node picks the ECDH curves',
+  server_tls_cert_file: 'pgmux presents no client certificate to the nodes',
+  server_tls_key_file: 'pgmux presents no client certificate to the nodes',
+  server_tls_protocols: 'pgmux uses Node\'s TLS defaults (TLS 1.2 or later) towards the nodes',
+  server_tls_ciphers: 'pgmux uses Node\'s cipher defaults towards the nodes',
 };
 
-export function importPgbouncer(text: string, out: Output): void {
+
+const CLIENT_TLS: Record<string, { mode: string; level: 'disable' | 'allow' | 'require' | 'verified' }> = {
+  disable: { mode: 'disable', level: 'disable' },
+  allow: { mode: 'allow', level: 'allow' },
+  prefer: { mode: 'allow', level: 'allow' },
+  require: { mode: 'require', level: 'require' },
+  'verify-ca': { mode: 'require', level: 'verified' },
+  'verify-full': { mode: 'require', level: 'verified' },
+};
+
+const userList = (v: string) => v.split(',').map((u) => u.trim()).filter((u) => u !== '');
+
+export function importPgbouncer(text: string, out: Output, opts: Required<ImportOptions>): void {
   const entries = parseIni(text, out);
   const settings = new Map<string, IniEntry>();
   for (const e of entries) {
@@ -100,24 +118,33 @@ export function importPgbouncer(text: string, out: Output): void {
     if (addr !== undefined && addr.includes(',')) {
       out.warn(`listen_addr = ${addr}: pgmux listens on one address; using the first (${listenHost(addr)})`);
     }
-    if (addr === undefined) {
-      out.warn(`listen_addr is not set (PgBouncer then listens on its Unix socket only): pgmux listens on TCP 0.0.0.0:${port}`);
+    // No listen_addr: PgBouncer took Unix-socket clients only. pgmux always listens on TCP too:
+    // loopback keeps it off the network.
+    const host = addr === undefined || addr.trim() === '' ? '127.0.0.1' : listenHost(addr);
+    if (addr === undefined || addr.trim() === '') {
+      out.warn(`listen_addr is not set (PgBouncer then listens on its Unix socket only): pgmux listens on the socket and on TCP ${host} (loopback only)`);
     }
     const p = port ?? '6432';
-    const host = listenHost(addr ?? '*');
     if (isInteger(p)) out.set('listen', hostPort(host, Number(p)), show('listen_port'));
     else out.warn(`listen_port = ${p}: not a port; listen left at pgmux's default`);
+  }
+
+  const usd = get('unix_socket_dir');
+  if (usd !== undefined) {
+    done.add('unix_socket_dir');
+    out.set('unix_socket_dir', usd.trim() === '' ? 'off' : usd.trim(), show('unix_socket_dir'));
+  }
+  const usm = get('unix_socket_mode');
+  if (usm !== undefined) {
+    done.add('unix_socket_mode');
+    // Kept as the octal string PgBouncer reads ("0777"): a bare YAML 0777 would read as decimal.
+    out.set('unix_socket_mode', usm.trim(), show('unix_socket_mode'));
   }
 
   const pm = get('pool_mode');
   if (pm !== undefined) {
     done.add('pool_mode');
-    if (pm.trim().toLowerCase() === 'statement') {
-      out.warn('pool_mode = statement: pgmux does not offer statement pooling (it breaks multi-statement transactions); using transaction');
-      out.set('pool_mode', 'transaction', show('pool_mode'));
-    } else {
-      out.set('pool_mode', pm.trim().toLowerCase(), show('pool_mode'));
-    }
+    out.set('pool_mode', poolMode(pm, 'pool_mode', out), show('pool_mode'));
   }
 
   for (const [from, to] of [
@@ -136,36 +163,8 @@ export function importPgbouncer(text: string, out: Output): void {
     out.set(to, intOrString(v), show(from));
   }
 
-  const authType = get('auth_type');
-  if (authType !== undefined) {
-    done.add('auth_type');
-    const t = authType.trim().toLowerCase();
-    const mapped: Record<string, string> = { md5: 'md5', 'scram-sha-256': 'scram-sha-256', plain: 'password', trust: 'trust' };
-    if (mapped[t] !== undefined) {
-      out.set('auth', mapped[t], show('auth_type'));
-    } else {
-      const why: Record<string, string> = {
-        hba: 'hba files are not supported',
-        cert: 'TLS client certificates are not supported',
-        pam: 'PAM is not supported',
-        any: 'pgmux has no "any" method (trust is the closest)',
-      };
-      out.warn(
-        `auth_type = ${authType}: ${why[t] ?? 'not supported'}; auth is left out, which means pgmux's default trust: ` +
-          'set auth to md5 or scram-sha-256 (with auth_file) before exposing pgmux',
-      );
-    }
-  }
-
-  const authFile = get('auth_file');
-  if (authFile !== undefined) {
-    done.add('auth_file');
-    if (authFile.trim() !== '') {
-      if (out.set('auth_file', authFile.trim(), show('auth_file')) && !authFile.trim().startsWith('/')) {
-        out.warn(`auth_file = ${authFile}: a relative path; pgmux resolves it against the YAML file's directory`);
-      }
-    }
-  }
+  importAuth(get, done, out, opts);
+  importTls(get, done, out, opts.sourceDir);
 
   for (const k of PGBOUNCER_DURATIONS) {
     const v = get(k);
@@ -186,31 +185,161 @@ export function importPgbouncer(text: string, out: Output): void {
     out.set('max_message_size', intOrString(packet), show('max_packet_size'));
   }
 
-  for (const k of ['admin_users', 'stats_users']) {
+  for (const k of ['admin_users', 'stats_users'] as const) {
     const v = get(k);
     if (v === undefined) continue;
     done.add(k);
-    const users = v.split(',').map((u) => u.trim()).filter((u) => u !== '');
+    const users = userList(v);
+    out.source[k === 'admin_users' ? 'adminUsers' : 'statsUsers'] = users;
     if (users.length > 0) out.set(k, users, show(k));
   }
 
   for (const [key, e] of settings) {
     if (done.has(key)) continue;
-    let why = PGBOUNCER_HINTS[key];
-    if (why === undefined && /^(client|server)_tls_/.test(key)) why = 'TLS is not supported by pgmux; terminate TLS in front of it';
-    out.warn(`${e.key} = ${e.value}: no pgmux equivalent${why !== undefined ? ` (${why})` : ''}; not carried over`);
+    const why = PGBOUNCER_HINTS[key];
+    out.warn(`${e.key} = ${/password/.test(key) && e.value !== '' ? '***' : e.value}: no pgmux equivalent${why !== undefined ? ` (${why})` : ''}; not carried over`);
   }
 
   importPgbouncerDatabases(entries, out);
+  importPgbouncerUsers(entries, out);
 
   for (const e of entries) {
-    if (e.section === 'pgbouncer' || e.section === 'databases') continue;
-    if (e.section === 'users') {
-      out.warn(`[users] ${e.key} = ${e.value}: per-user settings are not carried over (pgmux pools per (node, database, user) with one pool_size and pool_mode)`);
-    } else if (e.section === 'peers') {
+    if (e.section === 'pgbouncer' || e.section === 'databases' || e.section === 'users') continue;
+    if (e.section === 'peers') {
       out.warn(`[peers] ${e.key} = ${e.value}: peering is not supported; not carried over`);
     } else {
       out.warn(`[${e.section || 'no section'}] ${e.key} = ${e.value}: unknown section; not carried over`);
+    }
+  }
+}
+
+function poolMode(v: string, from: string, out: Output): string {
+  const t = v.trim().toLowerCase();
+  if (t !== 'statement') return t;
+  out.warn(`${from} = statement: pgmux does not offer statement pooling (it breaks multi-statement transactions); using transaction`);
+  return 'transaction';
+}
+
+/** auth_type, auth_file, auth_hba_file, auth_user / auth_query / auth_dbname. */
+function importAuth(get: (k: string) => string | undefined, done: Set<string>, out: Output, opts: Required<ImportOptions>): void {
+  for (const k of ['auth_type', 'auth_file', 'auth_hba_file', 'auth_user', 'auth_query', 'auth_dbname']) done.add(k);
+  const authFile = get('auth_file')?.trim();
+  if (authFile !== undefined && authFile !== '') out.set('auth_file', sourcePath(authFile, opts.sourceDir), `auth_file = ${authFile}`);
+  for (const k of ['auth_user', 'auth_query', 'auth_dbname']) {
+    const v = get(k);
+    if (v !== undefined && v.trim() !== '') out.set(k, v.trim(), `${k} = ${v}`);
+  }
+
+  // PgBouncer's default auth_type is md5: an ini without one still checks passwords.
+  const raw = get('auth_type');
+  const t = (raw ?? 'md5').trim().toLowerCase();
+  const from = raw === undefined ? 'auth_type (not set: PgBouncer\'s default md5)' : `auth_type = ${raw}`;
+  out.source.authFrom = from;
+  if (raw === undefined) out.warn(`auth_type is not set: PgBouncer's default is md5, so auth: md5`);
+  switch (t) {
+    case 'md5':
+    case 'scram-sha-256':
+      out.source.auth = t;
+      out.set('auth', t, from);
+      return;
+    case 'plain':
+      out.source.auth = 'password';
+      out.set('auth', 'password', from);
+      return;
+    case 'trust':
+      // PgBouncer's trust still requires the user name in auth_file (or found by auth_query);
+      // pgmux's trust takes any name: security.ts reports it.
+      out.source.auth = 'listed';
+      out.set('auth', 'trust', from);
+      return;
+    case 'any':
+      out.source.auth = 'any';
+      out.set('auth', 'trust', from);
+      out.warn(`${from} -> auth: trust: like PgBouncer's any, every user name is accepted without a password; give each [databases] entry a user= so the backend login stays fixed`);
+      return;
+    case 'hba': {
+      const hba = get('auth_hba_file')?.trim();
+      out.source.hbaFile = hba || '(auth_hba_file not set)';
+      if (hba === undefined || hba === '') {
+        out.warn(`${from}: auth_hba_file is not set, so PgBouncer refused every login; nothing to carry`);
+        return;
+      }
+      if (carryHba({ from: `auth_hba_file = ${hba}`, path: hba, sourceDir: opts.sourceDir, readFile: opts.readFile }, out)) {
+        out.source.hbaFile = hba;
+        out.warn(`${from}: each line of hba_file picks the method, as in PgBouncer; auth is left at trust and only applies where no hba_file is set`);
+      }
+      return;
+    }
+    default: {
+      const why: Record<string, string> = {
+        cert: 'pgmux does not authenticate clients by TLS certificate',
+        pam: 'pgmux cannot check passwords with PAM',
+      };
+      out.source.auth = t === 'cert' ? 'cert' : 'pam';
+      out.warn(`${from}: ${why[t] ?? 'unknown method'}; auth not carried over`);
+    }
+  }
+}
+
+/** client_tls_* -> client_tls*, server_tls_sslmode / server_tls_ca_file -> server_tls*. */
+function importTls(get: (k: string) => string | undefined, done: Set<string>, out: Output, sourceDir: string): void {
+  const sslmode = get('client_tls_sslmode');
+  if (sslmode !== undefined) {
+    done.add('client_tls_sslmode');
+    const m = CLIENT_TLS[sslmode.trim().toLowerCase()];
+    out.source.clientTlsFrom = `client_tls_sslmode = ${sslmode}`;
+    if (m === undefined) {
+      out.warn(`client_tls_sslmode = ${sslmode}: unknown mode; not carried over`);
+      out.source.clientTls = 'require';
+    } else {
+      out.source.clientTls = m.level;
+      out.set('client_tls', m.mode, `client_tls_sslmode = ${sslmode}`);
+    }
+  }
+  for (const [from, to] of [
+    ['client_tls_cert_file', 'client_tls_cert_file'],
+    ['client_tls_key_file', 'client_tls_key_file'],
+    ['client_tls_ca_file', 'client_tls_ca_file'],
+    ['server_tls_ca_file', 'server_tls_ca_file'],
+  ] as const) {
+    const v = get(from);
+    if (v === undefined) continue;
+    done.add(from);
+    if (v.trim() !== '') out.set(to, sourcePath(v.trim(), sourceDir), `${from} = ${v}`);
+  }
+  const protocols = get('client_tls_protocols');
+  if (protocols !== undefined) {
+    done.add('client_tls_protocols');
+    const list = protocols.toLowerCase().split(/[\s,:]+/).filter((p) => p !== '');
+    if (list.length === 1 && list[0] === 'tlsv1.3') {
+      out.set('client_tls_min_version', 'TLSv1.3', `client_tls_protocols = ${protocols}`);
+    } else {
+      out.set('client_tls_min_version', 'TLSv1.2', `client_tls_protocols = ${protocols}`);
+      if (list.some((p) => ['all', 'legacy', 'tlsv1.0', 'tlsv1.1', 'tlsv1'].includes(p))) {
+        out.warn(`client_tls_protocols = ${protocols}: pgmux accepts TLS 1.2 and 1.3 only; clients on TLS 1.0/1.1 will be refused`);
+      }
+    }
+  }
+  const ciphers = get('client_tls_ciphers');
+  if (ciphers !== undefined) {
+    done.add('client_tls_ciphers');
+    const c = ciphers.trim();
+    // libtls keywords, not OpenSSL cipher strings: Node's default list is the secure one.
+    if (['default', 'secure', 'fast', 'normal', 'all', 'legacy', 'compat', 'insecure'].includes(c.toLowerCase())) {
+      out.warn(`client_tls_ciphers = ${ciphers}: a libtls keyword, not an OpenSSL cipher list; pgmux keeps Node's default ciphers`);
+    } else if (c !== '') {
+      out.set('client_tls_ciphers', c, `client_tls_ciphers = ${ciphers}`);
+    }
+  }
+  const server = get('server_tls_sslmode');
+  if (server !== undefined) {
+    done.add('server_tls_sslmode');
+    const t = server.trim().toLowerCase();
+    out.source.serverTls = t;
+    // libpq's allow (plaintext first) is no stronger than prefer (TLS first).
+    const mode = t === 'allow' ? 'prefer' : t;
+    if (out.set('server_tls', mode, `server_tls_sslmode = ${server}`) && t === 'allow') {
+      out.warn('server_tls_sslmode = allow -> server_tls: prefer (TLS first, plaintext when the node does not offer it)');
     }
   }
 }
@@ -220,22 +349,22 @@ function importPgbouncerDatabases(entries: IniEntry[], out: Output): void {
   if (dbs.length === 0) return;
   const nodes: string[] = [];
   const seen = new Set<string>();
-  const passwords = new Set<string>();
-  const perDb: string[] = [];
+  const map: Record<string, Record<string, unknown>> = {};
   for (const e of dbs) {
+    const name = e.key.replace(/^"(.*)"$/, '$1');
     const conn = parseConnString(e.value);
     const port = conn.get('port') ?? '5432';
     const hosts = (conn.get('host') ?? '').split(',').map((h) => h.trim()).filter((h) => h !== '');
     if (hosts.length === 0) {
-      out.warn(`[databases] ${e.key}: no host= (PgBouncer then uses a Unix socket); pgmux needs TCP nodes: add this server to nodes yourself`);
+      out.warn(`[databases] ${name}: no host= (PgBouncer then uses a Unix socket); pgmux needs TCP nodes: add this server to nodes yourself`);
     }
     for (const host of hosts) {
       if (host.startsWith('/')) {
-        out.warn(`[databases] ${e.key}: host=${host} is a Unix socket directory; pgmux connects over TCP only: add this server to nodes yourself`);
+        out.warn(`[databases] ${name}: host=${host} is a Unix socket directory; pgmux connects over TCP only: add this server to nodes yourself`);
         continue;
       }
       if (!isInteger(port)) {
-        out.warn(`[databases] ${e.key}: port=${port} is not a port; ${host} left out`);
+        out.warn(`[databases] ${name}: port=${port} is not a port; ${host} left out`);
         continue;
       }
       const hp = hostPort(host, Number(port));
@@ -244,27 +373,47 @@ function importPgbouncerDatabases(entries: IniEntry[], out: Output): void {
       seen.add(id);
       nodes.push(hp);
     }
-    const pw = conn.get('password');
-    if (pw !== undefined && pw !== '') passwords.add(pw);
-    const extra = [...conn.keys()].filter((k) => !['host', 'port', 'password'].includes(k));
-    if (extra.length > 0) perDb.push(`${e.key} (${extra.map((k) => `${k}=${k === 'password' ? '***' : conn.get(k)}`).join(' ')})`);
+    const entry: Record<string, unknown> = {};
+    const dropped: string[] = [];
+    for (const [k, v] of conn) {
+      if (k === 'host' || k === 'port') continue;
+      if (k === 'dbname' || k === 'user' || k === 'password') entry[k] = v;
+      else if (k === 'pool_size' || k === 'min_pool_size' || k === 'max_db_connections') entry[k] = intOrString(v);
+      else if (k === 'pool_mode') entry[k] = poolMode(v, `[databases] ${name} pool_mode`, out);
+      else dropped.push(`${k}=${v}`);
+    }
+    if (dropped.length > 0) {
+      out.warn(`[databases] ${name}: ${dropped.join(' ')}: no per-entry equivalent in pgmux; not carried over`);
+    }
+    map[name] = entry;
   }
   if (nodes.length > 0) out.set('nodes', nodes, '[databases]');
-  if (passwords.size > 0) {
-    const [first] = passwords;
-    if (out.set('server_password', first, '[databases] password=')) {
-      out.warn('[databases] password= -> server_password: pgmux logs in to the nodes with it for every user whose auth_file entry holds no plain password');
-    }
-    if (passwords.size > 1) {
-      out.warn(`[databases]: ${passwords.size} different password= values; pgmux has one server_password, the first is used`);
-    }
+  if (nodes.length > 1) {
+    out.warn(
+      `[databases]: the entries name ${nodes.length} servers (${nodes.join(', ')}); all became nodes of one cluster: pgmux finds the ` +
+        'primary itself and serves every entry from the primary and its replicas. If these are not one primary and its streaming ' +
+        'replicas, run one pgmux per cluster; an entry that pointed at a replica for reads can say route: replica',
+    );
   }
-  out.warn(
-    `[databases]: ${dbs.length} entr${dbs.length === 1 ? 'y' : 'ies'} became ${nodes.length} node${nodes.length === 1 ? '' : 's'}; ` +
-      'per-database routing and aliases are not carried over: pgmux pools by the database name the client asks for, ' +
-      'on every node, and finds the primary itself',
-  );
-  if (perDb.length > 0) {
-    out.warn(`[databases]: per-database settings not carried over: ${perDb.join('; ')}`);
+  out.set('databases', map, '[databases]');
+  if (!('*' in map)) out.source.databases = Object.keys(map);
+}
+
+function importPgbouncerUsers(entries: IniEntry[], out: Output): void {
+  const users = entries.filter((e) => e.section === 'users');
+  if (users.length === 0) return;
+  const map: Record<string, Record<string, unknown>> = {};
+  for (const e of users) {
+    const name = e.key.replace(/^"(.*)"$/, '$1');
+    const entry: Record<string, unknown> = {};
+    const dropped: string[] = [];
+    for (const [k, v] of parseConnString(e.value)) {
+      if (k === 'pool_mode') entry[k] = poolMode(v, `[users] ${name} pool_mode`, out);
+      else if (k === 'max_user_connections') entry[k] = intOrString(v);
+      else dropped.push(`${k}=${v}`);
+    }
+    if (dropped.length > 0) out.warn(`[users] ${name}: ${dropped.join(' ')}: no per-user equivalent in pgmux; not carried over`);
+    map[name] = entry;
   }
+  out.set('users', map, '[users]');
 }
