@@ -295,8 +295,9 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
     .addHelpText(
       'after',
       '\nEvery setting without a pgmux equivalent is printed on stderr with the reason ("# warning: ...").\n' +
-        'A converted pool_passwd is written as pgmux-userlist.txt (mode 0600) next to --output, or in the current\n' +
-        'directory without it. Exit codes: 0 written; 2 unreadable or unknown input; 3 refused because the result\n' +
+        'Files the result needs are written next to --output, or in the current directory without it:\n' +
+        'pgmux-userlist.txt (mode 0600) from pool_passwd, pgmux-hba.conf for PgBouncer\'s trust (its auth_file users only).\n' +
+        'Exit codes: 0 written; 2 unreadable or unknown input; 3 refused because the result\n' +
         'would be weaker than the source (nothing written; --allow-weaker writes it with each weakening printed).',
     )
     .action(async (file: string, o: { kind?: string; output?: string; allowWeaker?: boolean; pgpoolKeyFile?: string }) => {

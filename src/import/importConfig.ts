@@ -69,9 +69,9 @@ export class ImportError extends Error {
   override name = 'ImportError';
 }
 
-/** pgpool.conf has backend_hostname0; pgbouncer.ini has [databases] / [pgbouncer] sections. */
+/** pgpool.conf has backend_hostname0 (or its clustering mode); pgbouncer.ini has [databases] / [pgbouncer] sections. */
 export function detectKind(text: string): ImportKind | null {
-  if (/^[ \t]*backend_hostname\d+[ \t]*=/m.test(text)) return 'pgpool';
+  if (/^[ \t]*(backend_hostname\d+|backend_clustering_mode|master_slave_mode)[ \t]*=/m.test(text)) return 'pgpool';
   if (/^[ \t]*\[[ \t]*(databases|pgbouncer)[ \t]*\]/im.test(text)) return 'pgbouncer';
   return null;
 }
@@ -82,7 +82,7 @@ export function importConfig(text: string, options: ImportKind | ImportOptions =
   if (k === null) {
     throw new ImportError(
       'cannot tell what this file is: expected a pgbouncer.ini ([databases] / [pgbouncer] sections) ' +
-        'or a pgpool.conf (backend_hostname0 = ...); name it with --kind pgbouncer|pgpool',
+        'or a pgpool.conf (backend_hostname0 = ... or backend_clustering_mode = ...); name it with --kind pgbouncer|pgpool',
     );
   }
   const out = new Output();

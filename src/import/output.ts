@@ -6,7 +6,7 @@ import { Document } from 'yaml';
 import { CONFIG_KEYS, ConfigError, parseConfigObject } from '../config/load.js';
 import { settingRank } from '../config/schema.js';
 import type { ImportKind, ImportResult, ImportedFile } from './importConfig.js';
-import { defaultSourceSecurity, weakenings, type SourceSecurity } from './security.js';
+import { defaultSourceSecurity, weakenings, type ClientAuthLevel, type SourceSecurity } from './security.js';
 
 /**
  * Keys of #15 that other branches add to the schema: written by name (their names are fixed);
@@ -23,6 +23,8 @@ export class Output {
   readonly source: SourceSecurity = defaultSourceSecurity();
   /** Files the YAML refers to that the importer produced (pool_passwd -> userlist). */
   readonly files: ImportedFile[] = [];
+  /** An HBA file the importer wrote itself, and the login rule it enforces (for security.ts). */
+  generatedHba: { path: string; auth: ClientAuthLevel } | null = null;
 
   warn(message: string): void {
     this.warnings.push(message);
@@ -73,7 +75,7 @@ export class Output {
       ' Check it with: pgmux check-config --config pgmux.yaml   (keys: docs/configuration.md)',
       ' pgmux discovers which node is the primary; nodes lists every server, weight = share of reads.',
     ];
-    const weaker = weakenings(this.source, this.values);
+    const weaker = weakenings(this.source, this.values, this.generatedHba);
     if (weaker.length > 0) {
       header.push('', ` WEAKER THAN THE SOURCE (imported with --allow-weaker) (${weaker.length}):`);
       for (const w of weaker) header.push(`   - ${w.replace(/\n/g, ' ')}`);

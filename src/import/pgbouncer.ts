@@ -4,6 +4,8 @@
 
 import type { ImportOptions } from './importConfig.js';
 import type { Output } from './output.js';
+import { dirname, join } from 'node:path';
+import { AuthFileError, parseAuthFile } from '../auth/authFile.js';
 import { carryHba } from './hbaCheck.js';
 import { isInteger, intOrString, seconds, listenHost, hostPort, sourcePath } from './values.js';
 
@@ -15,7 +17,7 @@ interface IniEntry {
   line: number;
 }
 
-function parseIni(text: string, out: Output): IniEntry[] {
+function parseIni(text: string, out: Output, sections: Set<string>): IniEntry[] {
   const entries: IniEntry[] = [];
   let section = '';
   text.split(/\r?\n/).forEach((raw, i) => {
@@ -28,6 +30,7 @@ function parseIni(text: string, out: Output): IniEntry[] {
     const sec = /^\[\s*([^\]]*?)\s*\]$/.exec(line);
     if (sec) {
       section = sec[1]!.toLowerCase();
+      sections.add(section);
       return;
     }
     const eq = line.indexOf('=');
@@ -101,7 +104,8 @@ const CLIENT_TLS: Record<string, { mode: string; level: 'disable' | 'allow' | 'r
 const userList = (v: string) => v.split(',').map((u) => u.trim()).filter((u) => u !== '');
 
 export function importPgbouncer(text: string, out: Output, opts: Required<ImportOptions>): void {
-  const entries = parseIni(text, out);
+  const sections = new Set<string>();
+  const entries = parseIni(text, out, sections);
   const settings = new Map<string, IniEntry>();
   for (const e of entries) {
     if (e.section === 'pgbouncer') settings.set(e.key.toLowerCase(), e);
@@ -200,7 +204,7 @@ export function importPgbouncer(text: string, out: Output, opts: Required<Import
     out.warn(`${e.key} = ${/password/.test(key) && e.value !== '' ? '***' : e.value}: no pgmux equivalent${why !== undefined ? ` (${why})` : ''}; not carried over`);
   }
 
-  importPgbouncerDatabases(entries, out);
+  importPgbouncerDatabases(entries, sections.has('databases'), out);
   importPgbouncerUsers(entries, out);
 
   for (const e of entries) {
@@ -248,9 +252,11 @@ function importAuth(get: (k: string) => string | undefined, done: Set<string>, o
       return;
     case 'trust':
       // PgBouncer's trust still requires the user name in auth_file (or found by auth_query);
-      // pgmux's trust takes any name: security.ts reports it.
+      // pgmux's trust takes any name. An HBA file naming exactly those users keeps the limit;
+      // without a readable auth_file security.ts reports the weakening.
       out.source.auth = 'listed';
       out.set('auth', 'trust', from);
+      if (authFile !== undefined && authFile !== '') trustOnlyListedUsers(sourcePath(authFile, opts.sourceDir), from, out, opts);
       return;
     case 'any':
       out.source.auth = 'any';
@@ -279,6 +285,36 @@ function importAuth(get: (k: string) => string | undefined, done: Set<string>, o
       out.warn(`${from}: ${why[t] ?? 'unknown method'}; auth not carried over`);
     }
   }
+}
+
+/** Writes an HBA file that trusts the auth file's users only (PgBouncer's trust), next to the YAML. */
+function trustOnlyListedUsers(authFile: string, from: string, out: Output, opts: Required<ImportOptions>): void {
+  const text = opts.readFile(authFile);
+  let users: string[] = [];
+  try {
+    if (text !== null) users = [...parseAuthFile(text, authFile).keys()];
+  } catch (err) {
+    if (!(err instanceof AuthFileError)) throw err;
+    out.warn(`${from}: ${authFile} is not a userlist pgmux reads (${err.message}); cannot limit trust to its users`);
+    return;
+  }
+  if (text === null) {
+    out.warn(`${from}: ${authFile} could not be read here, so trust cannot be limited to its users`);
+    return;
+  }
+  const path = join(dirname(opts.authFilePath), 'pgmux-hba.conf');
+  const names = users.length === 0 ? null : users.map((u) => `"${u.replace(/"/g, '""')}"`).join(',');
+  const body = names === null
+    ? '# The auth file lists no users: PgBouncer refused every login.\n'
+    : `local all ${names} trust\nhost all ${names} all trust\n`;
+  out.files.push({
+    path,
+    content: `# Written by \`pgmux import\` from ${from}: PgBouncer's trust accepts only the users of\n# ${authFile}; every other user name matches no line and is refused.\n${body}`,
+    what: `hba_file (trust for the ${users.length} users of ${authFile} only)`,
+  });
+  out.set('hba_file', path, from);
+  out.generatedHba = { path, auth: 'listed' };
+  out.warn(`${from} -> hba_file ${path}: trusts the ${users.length} users of the auth file only, as PgBouncer does; users found by auth_query alone are refused (add them to the file)`);
 }
 
 /** client_tls_* -> client_tls*, server_tls_sslmode / server_tls_ca_file -> server_tls*. */
@@ -344,9 +380,13 @@ function importTls(get: (k: string) => string | undefined, done: Set<string>, ou
   }
 }
 
-function importPgbouncerDatabases(entries: IniEntry[], out: Output): void {
+function importPgbouncerDatabases(entries: IniEntry[], hasSection: boolean, out: Output): void {
   const dbs = entries.filter((e) => e.section === 'databases');
-  if (dbs.length === 0) return;
+  if (!hasSection) return;
+  if (dbs.length === 0) {
+    // PgBouncer then serves no database at all (only its admin console).
+    out.warn('[databases] has no entries: PgBouncer served no database (only its admin console); add entries to the databases map');
+  }
   const nodes: string[] = [];
   const seen = new Set<string>();
   const map: Record<string, Record<string, unknown>> = {};

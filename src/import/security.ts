@@ -51,7 +51,8 @@ function resultSecurity(values: ReadonlyMap<string, unknown>) {
     hbaFile: (values.get('hba_file') as string | undefined) ?? null,
     clientTls: (values.get('client_tls') as ClientTlsLevel | undefined) ?? 'disable',
     serverTls: (values.get('server_tls') as string | undefined) ?? 'disable',
-    databases: dbs === undefined ? null : Object.keys(dbs),
+    // An empty map is read as "no section" (every name passes): the conservative reading.
+    databases: dbs === undefined || Object.keys(dbs).length === 0 ? null : Object.keys(dbs),
     adminUsers: (values.get('admin_users') as string[] | undefined) ?? [],
     statsUsers: (values.get('stats_users') as string[] | undefined) ?? [],
     hasServerCredentials: values.has('server_password') || (dbs !== undefined && Object.values(dbs).some((e) => typeof e === 'object' && e !== null && 'password' in e)),
@@ -61,9 +62,19 @@ function resultSecurity(values: ReadonlyMap<string, unknown>) {
 const sameSet = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x) => b.includes(x));
 
 /** Each way the result would accept a login the source refused, or drop TLS the source required. */
-export function weakenings(src: SourceSecurity, values: ReadonlyMap<string, unknown>): string[] {
+export function weakenings(
+  src: SourceSecurity,
+  values: ReadonlyMap<string, unknown>,
+  generatedHba: { path: string; auth: ClientAuthLevel } | null = null,
+): string[] {
   const res = resultSecurity(values);
   const out: string[] = [];
+  // An HBA file the importer wrote itself enforces a known rule: compare that rule. Any other
+  // hba_file in the result is the source's own, carried.
+  if (generatedHba !== null && res.hbaFile === generatedHba.path) {
+    res.hbaFile = null;
+    res.auth = generatedHba.auth;
+  }
 
   if (src.hbaFile !== null) {
     if (res.hbaFile === null) {
@@ -102,7 +113,8 @@ export function weakenings(src: SourceSecurity, values: ReadonlyMap<string, unkn
   if (src.databases !== null) {
     const extra = res.databases === null ? null : res.databases.filter((d) => !src.databases!.includes(d));
     if (extra === null || extra.length > 0) {
-      out.push(`[databases]: the source serves only ${src.databases.join(', ')}; the result would also accept ${extra === null ? 'every other database name' : extra.join(', ')}`);
+      const served = src.databases.length === 0 ? 'no database ([databases] is empty)' : `only ${src.databases.join(', ')}`;
+      out.push(`[databases]: the source serves ${served}; the result would also accept ${extra === null ? 'every other database name' : extra.join(', ')}`);
     }
   }
 

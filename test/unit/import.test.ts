@@ -11,6 +11,7 @@ import { detectKind, importConfig, ImportError, type ImportOptions } from '../..
 import { PENDING_KEYS } from '../../src/import/output.js';
 import { pgpoolAesDecrypt, pgpoolAesEncrypt } from '../../src/import/poolPasswd.js';
 import { defaultSourceSecurity, weakenings } from '../../src/import/security.js';
+import { matchHba, parseHba } from '../../src/auth/hba.js';
 import { CONFIG_KEYS, loadConfig, parseConfigObject } from '../../src/config/load.js';
 import type { Config } from '../../src/config/types.js';
 import { main } from '../../src/cli.js';
@@ -50,6 +51,7 @@ describe('detectKind', () => {
     expect(detectKind('[pgbouncer]\nlisten_port = 6432\n')).toBe('pgbouncer');
     expect(detectKind('  [Databases]\nx = host=a\n')).toBe('pgbouncer');
     expect(detectKind("backend_hostname0 = 'db'\n")).toBe('pgpool');
+    expect(detectKind("backend_clustering_mode = 'streaming_replication'\n#backend_hostname0 = 'host1'\n")).toBe('pgpool');
     expect(detectKind('# backend_hostname0 = commented out\nport = 9999\n')).toBeNull();
     expect(detectKind('{"name": "pgmux"}')).toBeNull();
     expect(() => importConfig('listen: 1.2.3.4:5432\n')).toThrow(ImportError);
@@ -153,6 +155,19 @@ describe('pgbouncer.ini', () => {
       'auth_type = trust: the source accepts only the user names in auth_file (or found by auth_query), without a password; ' +
         'the result (auth trust) accepts every user name without a password',
     ]);
+    // With the auth file readable, an HBA file trusting exactly its users keeps PgBouncer's meaning.
+    const ini = '[pgbouncer]\nauth_type = trust\nauth_file = /etc/u.txt\n[databases]\n* = host=a\n';
+    const listed = run(ini, { readFile: (p) => (p === '/etc/u.txt' ? '"app" ""\n"o""brien" ""\n' : null), authFilePath: '/out/pgmux-userlist.txt' });
+    expect(listed.weakenings).toEqual([]);
+    expect(listed.config.auth).toBe('trust');
+    expect(listed.config.hbaFile).toBe('/out/pgmux-hba.conf');
+    const hba = listed.files.find((f) => f.path === '/out/pgmux-hba.conf')!.content;
+    const rules = parseHba(hba, 'pgmux-hba.conf');
+    const q = (user: string) => matchHba(rules, { ssl: false, database: 'db', user, address: '10.1.2.3' });
+    expect(q('app')?.method).toBe('trust');
+    expect(q('o"brien')?.method).toBe('trust');
+    expect(q('intruder')).toBeNull();
+    expect(matchHba(rules, { ssl: false, database: 'db', user: 'app', address: null })?.method).toBe('trust');
     for (const t of ['cert', 'pam']) {
       const x = auth(t);
       expect(x.config.auth, t).toBeUndefined();
@@ -608,6 +623,15 @@ describe('security check: weakenings', () => {
     expect(weak('', '[databases]\napp = host=a\nreports = host=a dbname=r\n')).toEqual([]);
     const x = importConfig(`${base}\n[databases]\napp = host=a\n`);
     expect(Object.keys(x.values.databases as object)).toEqual(['app']);
+    const src = { ...defaultSourceSecurity(), databases: ['app'] };
+    expect(weakenings(src, new Map())).toEqual(['[databases]: the source serves only app; the result would also accept every other database name']);
+    expect(weakenings(src, new Map([['databases', { app: {}, other: {} }]]))).toEqual([
+      '[databases]: the source serves only app; the result would also accept other',
+    ]);
+    // An empty [databases] section (Debian's stock pgbouncer.ini): PgBouncer serves no database.
+    expect(weak('', '[databases]\n;foodb =\n')).toEqual([
+      '[databases]: the source serves no database ([databases] is empty); the result would also accept every other database name',
+    ]);
   });
 
   it('admin_users / stats_users must be carried exactly', () => {
