@@ -66,7 +66,6 @@ const PGBOUNCER_HINTS: Record<string, string> = {
   logfile: 'pgmux logs JSON lines to standard output',
   pidfile: 'run pgmux under a supervisor (systemd, Kubernetes) instead',
   syslog: 'pgmux logs to standard output',
-  verbose: 'use log_level (debug/trace)',
   user: 'run pgmux as a non-root user from your supervisor',
   reserve_pool_size: 'pools have one size (pool_size)',
   reserve_pool_timeout: 'pools have one size (pool_size)',
@@ -77,7 +76,6 @@ const PGBOUNCER_HINTS: Record<string, string> = {
   stats_period: 'pgmux serves live counters on /metrics',
   listen_backlog: 'not configurable in pgmux',
   so_reuseport: 'not configurable in pgmux',
-  track_extra_parameters: 'pgmux tracks session parameters itself',
   server_reset_query_always: 'pgmux runs server_reset_query in session mode only; transaction mode never needs it',
   dns_max_ttl: 'pgmux resolves node names on each connect',
   application_name_add_host: 'not supported',
@@ -175,6 +173,25 @@ export function importPgbouncer(text: string, out: Output, opts: Required<Import
     if (v === undefined) continue;
     done.add(k);
     out.set(k, seconds(v), show(k));
+  }
+
+  const swt = get('shutdown_wait_timeout');
+  if (swt !== undefined) {
+    done.add('shutdown_wait_timeout');
+    out.set('shutdown_timeout', seconds(swt), show('shutdown_wait_timeout'));
+  }
+  const tep = get('track_extra_parameters');
+  if (tep !== undefined) {
+    done.add('track_extra_parameters');
+    const names = userList(tep);
+    if (names.length > 0) out.set('track_extra_parameters', names, show('track_extra_parameters'));
+  }
+  const verbose = get('verbose');
+  if (verbose !== undefined) {
+    done.add('verbose');
+    const n = Number(verbose.trim());
+    if (!isInteger(verbose)) out.warn(`verbose = ${verbose}: not a number; not carried over`);
+    else if (n >= 1) out.set('log_level', n === 1 ? 'debug' : 'trace', show('verbose'));
   }
 
   const reset = get('server_reset_query');
