@@ -12,9 +12,7 @@ import { defaultSourceSecurity, weakenings, type ClientAuthLevel, type SourceSec
  * Keys of #15 that other branches add to the schema: written by name (their names are fixed);
  * checked by load.ts like every other key once the schema knows them.
  */
-export const PENDING_KEYS: readonly string[] = [
-  'databases', 'users', 'max_db_client_connections', 'max_user_client_connections', 'unix_socket_dir', 'unix_socket_mode',
-];
+export const PENDING_KEYS: readonly string[] = ['databases', 'users', 'unix_socket_dir', 'unix_socket_mode'];
 
 export class Output {
   readonly values = new Map<string, unknown>();
