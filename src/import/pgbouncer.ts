@@ -112,24 +112,22 @@ export function importPgbouncer(text: string, out: Output, opts: Required<Import
   const done = new Set<string>();
   const show = (k: string) => `${k} = ${get(k) ?? ''}`;
 
-  // listen_addr + listen_port -> listen.
+  // listen_addr + listen_port -> listen, always written: pgmux's own default (every address)
+  // would open a PgBouncer that took Unix-socket clients only to the network.
   const addr = get('listen_addr');
   const port = get('listen_port');
-  if (addr !== undefined || port !== undefined) {
-    done.add('listen_addr').add('listen_port');
-    if (addr !== undefined && addr.includes(',')) {
-      out.warn(`listen_addr = ${addr}: pgmux listens on one address; using the first (${listenHost(addr)})`);
-    }
-    // No listen_addr: PgBouncer took Unix-socket clients only. pgmux always listens on TCP too:
-    // loopback keeps it off the network.
-    const host = addr === undefined || addr.trim() === '' ? '127.0.0.1' : listenHost(addr);
-    if (addr === undefined || addr.trim() === '') {
-      out.warn(`listen_addr is not set (PgBouncer then listens on its Unix socket only): pgmux listens on the socket and on TCP ${host} (loopback only)`);
-    }
-    const p = port ?? '6432';
-    if (isInteger(p)) out.set('listen', hostPort(host, Number(p)), show('listen_port'));
-    else out.warn(`listen_port = ${p}: not a port; listen left at pgmux's default`);
+  done.add('listen_addr').add('listen_port');
+  if (addr !== undefined && addr.includes(',')) {
+    out.warn(`listen_addr = ${addr}: pgmux listens on one address; using the first (${listenHost(addr)})`);
   }
+  const noTcp = addr === undefined || addr.trim() === '';
+  const host = noTcp ? '127.0.0.1' : listenHost(addr);
+  if (noTcp) {
+    out.warn(`listen_addr is not set (PgBouncer then listens on its Unix socket only): pgmux listens on the socket and on TCP ${host} (loopback only)`);
+  }
+  const p = port ?? '6432';
+  if (isInteger(p)) out.set('listen', hostPort(host, Number(p)), show('listen_port'));
+  else out.warn(`listen_port = ${p}: not a port; listen left at pgmux's default`);
 
   const usd = get('unix_socket_dir');
   if (usd !== undefined) {

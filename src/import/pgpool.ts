@@ -183,17 +183,17 @@ export function importPgpool(text: string, out: Output, opts: Required<ImportOpt
     }
   }
 
-  // Listening.
+  // Listening. Pgpool-II's defaults (localhost:9999) are written out: pgmux's own default
+  // (every address) would open it to the network.
   const la = get('listen_addresses');
   const lp = get('port');
-  if (la !== undefined || lp !== undefined) {
-    done.add('listen_addresses').add('port');
-    const host = la === undefined ? 'localhost' : listenHost(la);
-    if (la !== undefined && la.trim() === '') out.warn('listen_addresses = \'\': Pgpool-II accepted no TCP clients; pgmux listens on TCP 0.0.0.0');
-    const p = lp ?? '9999';
-    if (isInteger(p)) out.set('listen', hostPort(host, Number(p)), `listen_addresses/port = ${la ?? '(default localhost)'}:${p}`);
-    else out.warn(`port = ${p}: not a port; listen left at pgmux's default`);
-  }
+  done.add('listen_addresses').add('port');
+  const noTcp = la !== undefined && la.trim() === '';
+  const host = la === undefined ? 'localhost' : noTcp ? '127.0.0.1' : listenHost(la);
+  if (noTcp) out.warn("listen_addresses = '': Pgpool-II accepted Unix-socket clients only; pgmux listens on the socket and on TCP 127.0.0.1 (loopback only)");
+  const p = lp ?? '9999';
+  if (isInteger(p)) out.set('listen', hostPort(host, Number(p)), `listen_addresses/port = ${la ?? '(default localhost)'}:${p}`);
+  else out.warn(`port = ${p}: not a port; listen left at pgmux's default`);
 
   // Clients and pools.
   const children = get('num_init_children');

@@ -326,6 +326,11 @@ describe('pgpool.conf', () => {
   it('listen defaults follow Pgpool-II (localhost:9999)', () => {
     expect(run("backend_hostname0 = 'a'\nport = 5433\n").config.listen).toEqual({ host: 'localhost', port: 5433 });
     expect(run("backend_hostname0 = 'a'\nlisten_addresses = '*'\n").config.listen).toEqual({ host: '0.0.0.0', port: 9999 });
+    // Never pgmux's own default (every address): Pgpool-II's is localhost, and '' means no TCP at all.
+    expect(run("backend_hostname0 = 'a'\n").config.listen).toEqual({ host: 'localhost', port: 9999 });
+    expect(run("backend_hostname0 = 'a'\nlisten_addresses = ''\n").config.listen).toEqual({ host: '127.0.0.1', port: 9999 });
+    // PgBouncer without listen_addr / listen_port took Unix-socket clients on 6432 only.
+    expect(run('[databases]\n* = host=a\n').config.listen).toEqual({ host: '127.0.0.1', port: 6432 });
   });
 
   it('an explicit kind wins over detection', () => {
