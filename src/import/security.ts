@@ -55,7 +55,8 @@ function resultSecurity(values: ReadonlyMap<string, unknown>) {
     databases: dbs === undefined || Object.keys(dbs).length === 0 ? null : Object.keys(dbs),
     adminUsers: (values.get('admin_users') as string[] | undefined) ?? [],
     statsUsers: (values.get('stats_users') as string[] | undefined) ?? [],
-    hasServerCredentials: values.has('server_password') || (dbs !== undefined && Object.values(dbs).some((e) => typeof e === 'object' && e !== null && 'password' in e)),
+    // Passwords pgmux could log in to the nodes with on a client's behalf.
+    hasServerCredentials: values.has('server_password') || values.has('auth_file') || (dbs !== undefined && Object.values(dbs).some((e) => typeof e === 'object' && e !== null && 'password' in e)),
   };
 }
 
@@ -81,7 +82,8 @@ export function weakenings(
       out.push(`${src.authFrom}: HBA rules (${src.hbaFile}) dropped: the result would let every address, database and user try to log in`);
     }
   } else if (res.hbaFile === null) {
-    // No HBA on either side: `auth` decides every login.
+    // No HBA on either side: `auth` decides every login. (An HBA file only in the result is
+    // one the importer wrote, handled above; the importers add no other.)
     const relayOk = src.auth === 'relay' && res.auth === 'any' && !res.hasServerCredentials;
     if (AUTH_RANK[res.auth] < AUTH_RANK[src.auth] && !relayOk) {
       const what: Record<ClientAuthLevel, string> = {

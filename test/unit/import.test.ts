@@ -621,6 +621,15 @@ describe('security check: weakenings', () => {
     expect(weakenings({ ...defaultSourceSecurity(), serverTls: 'prefer' }, new Map())).toEqual([]);
   });
 
+  it('Pgpool-II relaying passwords to the nodes: trust is only as strong while pgmux holds no password to log in with', () => {
+    const relay = { ...defaultSourceSecurity(), auth: 'relay' as const, authFrom: 'enable_pool_hba = off' };
+    expect(weakenings(relay, new Map())).toEqual([]);
+    expect(weakenings(relay, new Map([['auth_file', '/u.txt']]))).toEqual([
+      'enable_pool_hba = off: the source leaves the password check to the PostgreSQL nodes; the result (auth trust) accepts every user name without a password',
+    ]);
+    expect(weakenings(relay, new Map<string, unknown>([['auth', 'scram-sha-256'], ['auth_file', '/u.txt']]))).toEqual([]);
+  });
+
   it('databases: without a * entry only the listed names are served; dropping the section would open every name', () => {
     expect(weak('', '[databases]\napp = host=a\nreports = host=a dbname=r\n')).toEqual([]);
     const x = importConfig(`${base}\n[databases]\napp = host=a\n`);
