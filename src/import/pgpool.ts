@@ -415,6 +415,9 @@ function importPgpoolAuth(get: (k: string) => string | undefined, done: Set<stri
       const r = parsePoolPasswd(text, opts.pgpoolKey, opts.pgpoolKeyFrom);
       for (const p of r.problems) out.warn(`pool_passwd ${path}: ${p}`);
       entries = r.entries;
+      if (entries.length === 0) {
+        out.warn(`pool_passwd = ${pp}: ${path} has no usable entries; no auth_file written (pgmux checks no passwords itself and logs in to the nodes without one)`);
+      }
     }
   }
   if (entries.length > 0) {
