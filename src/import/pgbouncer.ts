@@ -286,8 +286,11 @@ function importAuth(get: (k: string) => string | undefined, done: Set<string>, o
         return;
       }
       if (carryHba({ from: `auth_hba_file = ${hba}`, path: hba, sourceDir: opts.sourceDir, readFile: opts.readFile }, out)) {
-        out.source.hbaFile = hba;
-        out.warn(`${from}: each line of hba_file picks the method, as in PgBouncer; auth is left at trust and only applies where no hba_file is set`);
+        out.warn(`${from}: each line of hba_file picks the method, as in PgBouncer, so auth is not written`);
+      } else if (authFile !== undefined && authFile !== '') {
+        // Still a weakening (reject lines and address limits are gone), but passwords stay checked.
+        out.set('auth', 'md5', from);
+        out.warn(`${from}: without the HBA file every login uses auth: md5 (SCRAM for SCRAM secrets)`);
       }
       return;
     }

@@ -433,7 +433,12 @@ function importPgpoolAuth(get: (k: string) => string | undefined, done: Set<stri
     const hbaPath = confPath('pool_hba.conf', opts);
     out.source.authFrom = `enable_pool_hba = on (${hbaPath})`;
     out.source.hbaFile = hbaPath;
-    carryHba({ from: `enable_pool_hba = on (${hbaPath})`, path: hbaPath, sourceDir: opts.sourceDir, readFile: opts.readFile }, out);
+    const carried = carryHba({ from: `enable_pool_hba = on (${hbaPath})`, path: hbaPath, sourceDir: opts.sourceDir, readFile: opts.readFile }, out);
+    if (!carried && entries.length > 0) {
+      // Still a weakening (reject lines and address limits are gone), but passwords stay checked.
+      out.set('auth', entries.every((e) => e.kind === 'md5') ? 'md5' : 'scram-sha-256', 'pool_passwd');
+      out.warn(`enable_pool_hba = on: without pool_hba.conf every login uses auth: ${String(out.values.get('auth'))} against pool_passwd`);
+    }
   } else {
     // Without pool_hba, Pgpool-II checks passwords with the nodes' own method (pool_passwd or relayed).
     out.source.authFrom = 'enable_pool_hba = off (passwords checked as the nodes ask)';

@@ -419,6 +419,8 @@ describe('round trip: TLS required + HBA (pgbouncer-tls-hba.ini)', () => {
       sourceDir: dir,
     });
     expect(x.raw.hba_file).toBeUndefined();
+    // The fallback still checks passwords; it is reported all the same.
+    expect(x.raw.auth).toBe('md5');
     expect(x.warnings.some((w) => w.startsWith(`auth_hba_file = pg_hba.conf: not carried over: pgmux reads this file differently: ${dir}/pg_hba.conf:1: authentication method "peer"`))).toBe(true);
     expect(x.weakenings).toEqual([
       'auth_type = hba: HBA rules (pg_hba.conf) dropped: the result would let every address, database and user try to log in',
@@ -590,6 +592,7 @@ describe('round trip: pgpool.conf with pool_passwd (md5, SCRAM, TEXT, AES), pool
       readFile: (p) => (p.endsWith('pool_hba.conf') ? 'host all all 0.0.0.0/0 pam\n' : readFileSync(p, 'utf8')),
     });
     expect(x.raw.hba_file).toBeUndefined();
+    expect(x.raw.auth).toBe('scram-sha-256');
     expect(x.warnings.some((w) => /^enable_pool_hba = on \(.*pool_hba\.conf\): not carried over: pgmux reads this file differently: .*pool_hba\.conf:1: authentication method "pam"/.test(w))).toBe(true);
     expect(x.weakenings).toHaveLength(1);
     expect(x.weakenings[0]).toMatch(/^enable_pool_hba = on \(.*\): HBA rules \(.*pool_hba\.conf\) dropped/);
