@@ -2,10 +2,12 @@
 // The `pgmux` command line: start (default), demo, check-config, import, classify.
 //
 // Exit codes: 0 ok (and after a clean SIGINT/SIGTERM shutdown), 1 runtime failure,
-// 2 bad configuration or usage. Errors are one line on stderr: `pgmux: <message>`.
+// 2 bad configuration or usage, 3 `import` refused a result weaker than its source. Errors are one line on stderr: `pgmux: <message>`.
 // Importing this module has no side effects; it runs only when it is the main module.
 
-import { readFileSync, realpathSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { dirname, join, resolve as resolvePath } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import { stringify as toYaml } from 'yaml';
@@ -286,27 +288,74 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
 
   program
     .command('import <file>')
-    .description('translate a pgbouncer.ini or pgpool.conf into pgmux YAML (stdout); warnings on stderr')
+    .description('translate a pgbouncer.ini or pgpool.conf into pgmux YAML (stdout or --output); refuses a result weaker than the source')
     .option('--kind <kind>', 'pgbouncer or pgpool (default: detected from the file)')
-    .action(async (file: string, o: { kind?: string }) => {
+    .option('-o, --output <file>', 'write the YAML here (default: stdout); a converted pool_passwd goes next to it as pgmux-userlist.txt')
+    .option('--allow-weaker', 'write the result even where it would accept a login the source refused or drop TLS it required (each is printed)')
+    .option('--pgpool-key-file <file>', 'Pgpool-II key for AES passwords in pool_passwd (default: $PGPOOLKEYFILE, else ~/.pgpoolkey)')
+    .addHelpText(
+      'after',
+      '\nEvery setting without a pgmux equivalent is printed on stderr with the reason ("# warning: ...").\n' +
+        'Files the result needs are written next to --output, or in the current directory without it:\n' +
+        'pgmux-userlist.txt (mode 0600) from pool_passwd, pgmux-hba.conf for PgBouncer\'s trust (its auth_file users only).\n' +
+        'Exit codes: 0 written; 2 unreadable or unknown input; 3 refused because the result\n' +
+        'would be weaker than the source (nothing written; --allow-weaker writes it with each weakening printed).',
+    )
+    .action(async (file: string, o: { kind?: string; output?: string; allowWeaker?: boolean; pgpoolKeyFile?: string }) => {
       const { importConfig, ImportError } = await import('./import/importConfig.js');
+      const { poolKeyFromFile } = await import('./import/poolPasswd.js');
       if (o.kind !== undefined && o.kind !== 'pgbouncer' && o.kind !== 'pgpool') {
         throw new ConfigError('kind', `--kind: ${JSON.stringify(o.kind)} is not supported (expected pgbouncer or pgpool)`);
       }
-      let text: string;
+      const readOrFail = (path: string, what: string): string => {
+        try {
+          return readFileSync(path, 'utf8');
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          throw new ConfigError('import', `import: cannot read ${what}${path}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory' : code ?? (e as Error).message}`);
+        }
+      };
+      const text = readOrFail(file, '');
+      // The key file is optional unless named: without it AES entries are reported, not guessed.
+      const keyPath = o.pgpoolKeyFile ?? env.PGPOOLKEYFILE ?? join(env.HOME ?? homedir(), '.pgpoolkey');
+      let keyText: string | null = null;
+      if (o.pgpoolKeyFile !== undefined) keyText = readOrFail(keyPath, 'the key file ');
+      else if (existsSync(keyPath)) keyText = readFileSync(keyPath, 'utf8');
+      const outDir = o.output !== undefined ? dirname(resolvePath(o.output)) : process.cwd();
+      let r;
       try {
-        text = readFileSync(file, 'utf8');
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        throw new ConfigError('import', `import: cannot read ${file}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory' : code ?? (e as Error).message}`);
-      }
-      try {
-        const r = importConfig(text, o.kind);
-        out(r.yaml);
-        for (const w of r.warnings) err(`# warning: ${w}\n`);
+        r = importConfig(text, {
+          kind: o.kind as 'pgbouncer' | 'pgpool' | undefined,
+          sourceDir: dirname(resolvePath(file)),
+          pgpoolKey: keyText === null ? null : poolKeyFromFile(keyText),
+          pgpoolKeyFrom: keyPath,
+          // Next to --output the YAML names it relatively (load.ts resolves against the YAML's directory).
+          authFilePath: o.output !== undefined ? 'pgmux-userlist.txt' : join(outDir, 'pgmux-userlist.txt'),
+        });
       } catch (e) {
         if (e instanceof ImportError) throw new ConfigError('import', `import: ${file}: ${e.message}`);
         throw e;
+      }
+      for (const w of r.warnings) err(`# warning: ${w}\n`);
+      if (r.weakenings.length > 0 && o.allowWeaker !== true) {
+        err(`pgmux: import: ${file}: refused: the result would be weaker than the source (${r.weakenings.length}):\n`);
+        for (const w of r.weakenings) err(`  - ${w}\n`);
+        err('nothing written; fix the source or the result by hand, or pass --allow-weaker to write it anyway\n');
+        exitCodes.set(program, 3);
+        return;
+      }
+      for (const w of r.weakenings) err(`# WEAKER than the source (--allow-weaker): ${w}\n`);
+      for (const f of r.files) {
+        const path = resolvePath(outDir, f.path);
+        writeFileSync(path, f.content, { mode: 0o600 });
+        chmodSync(path, 0o600);
+        err(`# wrote ${path}: ${f.what}\n`);
+      }
+      if (o.output !== undefined) {
+        writeFileSync(o.output, r.yaml);
+        err(`# wrote ${o.output}\n`);
+      } else {
+        out(r.yaml);
       }
       exitCodes.set(program, 0);
     });

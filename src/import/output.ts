@@ -3,13 +3,26 @@
 // warnings in its header.
 
 import { Document } from 'yaml';
-import { ConfigError, parseConfigObject } from '../config/load.js';
+import { CONFIG_KEYS, ConfigError, parseConfigObject } from '../config/load.js';
 import { settingRank } from '../config/schema.js';
-import type { ImportKind, ImportResult } from './importConfig.js';
+import type { ImportKind, ImportResult, ImportedFile } from './importConfig.js';
+import { defaultSourceSecurity, weakenings, type ClientAuthLevel, type SourceSecurity } from './security.js';
+
+/**
+ * Keys of #15 that other branches add to the schema: written by name (their names are fixed);
+ * checked by load.ts like every other key once the schema knows them.
+ */
+export const PENDING_KEYS: readonly string[] = ['databases', 'users'];
 
 export class Output {
   readonly values = new Map<string, unknown>();
   readonly warnings: string[] = [];
+  /** What the source refused or required, filled by the importer; checked against the result in finish(). */
+  readonly source: SourceSecurity = defaultSourceSecurity();
+  /** Files the YAML refers to that the importer produced (pool_passwd -> userlist). */
+  readonly files: ImportedFile[] = [];
+  /** An HBA file the importer wrote itself, and the login rule it enforces (for security.ts). */
+  generatedHba: { path: string; auth: ClientAuthLevel } | null = null;
 
   warn(message: string): void {
     this.warnings.push(message);
@@ -20,6 +33,10 @@ export class Output {
    * with a warning naming the original setting.
    */
   set(key: string, value: unknown, from: string): boolean {
+    if (!CONFIG_KEYS.includes(key) && PENDING_KEYS.includes(key)) {
+      this.values.set(key, value);
+      return true;
+    }
     try {
       parseConfigObject({ [key]: value }, 'import', { baseDir: '/' });
     } catch (err) {
@@ -40,7 +57,7 @@ export class Output {
       this.warn(`min_pool_size ${minPool} is larger than pool_size ${poolSize}: left out (pgmux requires min_pool_size <= pool_size)`);
     }
     const auth = this.values.get('auth');
-    if (auth !== undefined && auth !== 'trust' && !this.values.has('auth_file')) {
+    if (auth !== undefined && auth !== 'trust' && !this.values.has('auth_file') && !this.values.has('auth_user')) {
       this.warn(`auth ${String(auth)} needs auth_file (a PgBouncer-style userlist.txt); add one before starting pgmux`);
     }
     if (!this.values.has('nodes')) this.warn('no PostgreSQL server found: add nodes (host:port of the primary and every replica) before starting pgmux');
@@ -56,11 +73,16 @@ export class Output {
       ' Check it with: pgmux check-config --config pgmux.yaml   (keys: docs/configuration.md)',
       ' pgmux discovers which node is the primary; nodes lists every server, weight = share of reads.',
     ];
+    const weaker = weakenings(this.source, this.values, this.generatedHba);
+    if (weaker.length > 0) {
+      header.push('', ` WEAKER THAN THE SOURCE (imported with --allow-weaker) (${weaker.length}):`);
+      for (const w of weaker) header.push(`   - ${w.replace(/\n/g, ' ')}`);
+    }
     if (this.warnings.length > 0) {
       header.push('', ` Not carried over or changed (${this.warnings.length}):`);
       for (const w of this.warnings) header.push(`   - ${w.replace(/\n/g, ' ')}`);
     }
     doc.commentBefore = header.join('\n');
-    return { yaml: doc.toString({ lineWidth: 0 }), warnings: [...this.warnings] };
+    return { yaml: doc.toString({ lineWidth: 0 }), warnings: [...this.warnings], weakenings: weaker, files: [...this.files], values: obj };
   }
 }

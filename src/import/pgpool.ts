@@ -1,8 +1,12 @@
 // Pgpool-II's pgpool.conf -> pgmux keys: backends become nodes (weights kept as ratios),
-// pool, timeout, lag and health-check settings translated.
+// pool, timeout, lag and health-check settings translated; pool_passwd -> a userlist auth_file,
+// pool_hba.conf -> hba_file, ssl_* -> client_tls*.
 
+import type { ImportOptions } from './importConfig.js';
 import type { Output } from './output.js';
-import { isInteger, intOrString, pgTime, isOn, isOff, listenHost, hostPort } from './values.js';
+import { carryHba } from './hbaCheck.js';
+import { decodePoolSecret, parsePoolPasswd, toUserlist, type PoolPasswdEntry } from './poolPasswd.js';
+import { isInteger, intOrString, pgTime, isOn, isOff, listenHost, hostPort, sourcePath } from './values.js';
 
 
 interface ConfEntry {
@@ -45,13 +49,9 @@ const PGPOOL_HINTS: Record<string, string> = {
   listen_backlog_multiplier: 'pgmux has no child processes',
   serialize_accept: 'pgmux has no child processes',
   reserved_connections: 'clients over max_client_conn are refused with SQLSTATE 53300',
-  socket_dir: 'pgmux listens on TCP only',
   pcp_listen_addresses: 'pgmux has no PCP; use the admin console (database "pgmux") and the HTTP endpoints',
   pcp_port: 'pgmux has no PCP; use the admin console (database "pgmux") and the HTTP endpoints',
   pcp_socket_dir: 'pgmux has no PCP',
-  enable_pool_hba: 'hba files are not supported; pgmux authenticates from auth_file',
-  pool_passwd: 'pgmux reads a PgBouncer-style userlist.txt (auth_file, auth: md5 or scram-sha-256)',
-  allow_clear_text_frontend_auth: 'set auth: password to accept cleartext passwords',
   reset_query_list: 'in session mode pgmux runs server_reset_query (default DISCARD ALL)',
   statement_level_load_balance: 'pgmux balances every read transaction (transaction mode) independently',
   disable_load_balance_on_write: 'pgmux routes per transaction; for reads after a client\'s own writes see read_your_writes',
@@ -69,7 +69,6 @@ const PGPOOL_HINTS: Record<string, string> = {
   log_per_node_statement: 'not supported',
   pid_file_name: 'run pgmux under a supervisor (systemd, Kubernetes) instead',
   logdir: 'pgmux keeps no status file',
-  ssl: 'TLS is not supported by pgmux; terminate TLS in front of it',
   health_check_retry_delay: 'a failed check is retried on the next health_check_period',
   auto_failback: 'pgmux uses a node as soon as its checks pass again',
   detach_false_primary: 'pgmux never routes to a second primary it cannot confirm (it is fenced)',
@@ -80,9 +79,15 @@ const PGPOOL_HINTS: Record<string, string> = {
   failback_command: 'pgmux reports role changes through on_role_change and never runs recovery actions',
   prefer_lower_delay_standby: 'a replica over the lag limit simply gets no reads',
   log_standby_delay: 'replica lag is on /metrics and SHOW NODES',
+  allow_clear_text_frontend_auth: 'pgmux does not relay a client\'s password to the nodes: users missing from pool_passwd cannot log in',
+  ssl_prefer_server_ciphers: 'Node prefers the server\'s cipher order',
+  ssl_ecdh_curve: 'Node picks the ECDH curves',
+  ssl_dh_params_file: 'Node picks the DH parameters',
+  ssl_passphrase_command: 'pgmux needs an unencrypted client_tls_key_file',
+  ssl_crl_file: 'certificate revocation lists are not supported',
 };
 
-export function importPgpool(text: string, out: Output): void {
+export function importPgpool(text: string, out: Output, opts: Required<ImportOptions>): void {
   const entries = parseConf(text, out);
   const conf = new Map<string, ConfEntry>();
   for (const e of entries) conf.set(e.key, e); // a later line wins, as in Pgpool-II
@@ -177,17 +182,17 @@ export function importPgpool(text: string, out: Output): void {
     }
   }
 
-  // Listening.
+  // Listening. Pgpool-II's defaults (localhost:9999) are written out: pgmux's own default
+  // (every address) would open it to the network.
   const la = get('listen_addresses');
   const lp = get('port');
-  if (la !== undefined || lp !== undefined) {
-    done.add('listen_addresses').add('port');
-    const host = la === undefined ? 'localhost' : listenHost(la);
-    if (la !== undefined && la.trim() === '') out.warn('listen_addresses = \'\': Pgpool-II accepted no TCP clients; pgmux listens on TCP 0.0.0.0');
-    const p = lp ?? '9999';
-    if (isInteger(p)) out.set('listen', hostPort(host, Number(p)), `listen_addresses/port = ${la ?? '(default localhost)'}:${p}`);
-    else out.warn(`port = ${p}: not a port; listen left at pgmux's default`);
-  }
+  done.add('listen_addresses').add('port');
+  const noTcp = la !== undefined && la.trim() === '';
+  const host = la === undefined ? 'localhost' : noTcp ? '127.0.0.1' : listenHost(la);
+  if (noTcp) out.warn("listen_addresses = '': Pgpool-II accepted Unix-socket clients only; pgmux listens on the socket and on TCP 127.0.0.1 (loopback only)");
+  const p = lp ?? '9999';
+  if (isInteger(p)) out.set('listen', hostPort(host, Number(p)), `listen_addresses/port = ${la ?? '(default localhost)'}:${p}`);
+  else out.warn(`port = ${p}: not a port; listen left at pgmux's default`);
 
   // Clients and pools.
   const children = get('num_init_children');
@@ -312,12 +317,14 @@ export function importPgpool(text: string, out: Output): void {
   const hpw = get('health_check_password');
   if (hpw !== undefined) {
     done.add('health_check_password');
-    if (/^(AES|md5)/.test(hpw)) {
-      out.warn('health_check_password: an encrypted/hashed Pgpool-II password (AES… or md5…); pgmux needs the plain password: set health_check_password yourself');
-    } else if (hpw !== '') {
-      out.set('health_check_password', hpw, 'health_check_password');
+    if (hpw !== '') {
+      const d = decodePoolSecret(hpw, opts.pgpoolKey, opts.pgpoolKeyFrom);
+      if (typeof d === 'string') out.warn(`health_check_password: ${d}; set health_check_password yourself`);
+      else if (d.kind !== 'plain') out.warn('health_check_password: an md5 hash; pgmux needs the plain password: set health_check_password yourself');
+      else out.set('health_check_password', d.secret, 'health_check_password');
     } else {
-      out.warn('health_check_password = \'\': Pgpool-II then looks in pool_passwd; set health_check_password if the health check user needs one');
+      // Pgpool-II then looks in pool_passwd: pgmux finds a plain entry there through auth_file.
+      out.warn('health_check_password = \'\': as in Pgpool-II, the password comes from the auth file (pool_passwd) when it holds a plain one for that user');
     }
   }
   for (const key of conf.keys()) {
@@ -371,6 +378,9 @@ export function importPgpool(text: string, out: Output): void {
     else out.warn(`log_min_messages = ${lmm}: unknown level; not carried over`);
   }
 
+  importPgpoolAuth(get, done, out, opts);
+  importPgpoolTls(get, done, out, opts);
+
   for (const [key, e] of conf) {
     if (done.has(key)) continue;
     const why = PGPOOL_HINTS[key] ?? (/^(wd_|heartbeat_|delegate_|other_pgpool|pgpool_port|trusted_servers|if_)/.test(key)
@@ -380,4 +390,93 @@ export function importPgpool(text: string, out: Output): void {
     const value = /password/.test(key) && e.value !== '' ? '***' : e.value;
     out.warn(`${e.key} = ${value}: no pgmux equivalent${why !== undefined ? ` (${why})` : ''}; not carried over`);
   }
+}
+
+/** Pgpool-II resolves its relative file names against pgpool.conf's directory. */
+function confPath(p: string, opts: Required<ImportOptions>): string {
+  return sourcePath(p, opts.sourceDir);
+}
+
+/** pool_passwd -> auth_file (written by the CLI), enable_pool_hba + pool_hba.conf -> hba_file. */
+function importPgpoolAuth(get: (k: string) => string | undefined, done: Set<string>, out: Output, opts: Required<ImportOptions>): void {
+  done.add('pool_passwd').add('enable_pool_hba');
+  const hbaOn = get('enable_pool_hba') !== undefined && isOn(get('enable_pool_hba')!);
+  const pp = get('pool_passwd') ?? 'pool_passwd';
+  let entries: PoolPasswdEntry[] = [];
+  if (pp.trim() === '') {
+    out.warn("pool_passwd = '': no password file; pgmux cannot relay passwords to the nodes, so it checks none itself (auth trust) and logs in to the nodes with no password");
+  } else {
+    const path = confPath(pp.trim(), opts);
+    const text = opts.readFile(path);
+    if (text === null) {
+      out.warn(`pool_passwd = ${pp}: ${path} could not be read; no auth_file written (users can only log in where the nodes trust pgmux)`);
+    } else {
+      const r = parsePoolPasswd(text, opts.pgpoolKey, opts.pgpoolKeyFrom);
+      for (const p of r.problems) out.warn(`pool_passwd ${path}: ${p}`);
+      entries = r.entries;
+      if (entries.length === 0) {
+        out.warn(`pool_passwd = ${pp}: ${path} has no usable entries; no auth_file written (pgmux checks no passwords itself and logs in to the nodes without one)`);
+      }
+    }
+  }
+  if (entries.length > 0) {
+    out.files.push({ path: opts.authFilePath, content: toUserlist(entries), what: `auth_file (from pool_passwd: ${entries.length} users)` });
+    out.set('auth_file', opts.authFilePath, 'pool_passwd');
+    const counts = (k: PoolPasswdEntry['kind']) => entries.filter((e) => e.kind === k).length;
+    out.warn(
+      `pool_passwd -> auth_file ${opts.authFilePath} (PgBouncer userlist format, written next to the YAML): ${counts('md5')} md5, ` +
+        `${counts('scram')} SCRAM verifiers kept as they are, ${counts('plain')} plain passwords (TEXT/AES decrypted); keep it private (mode 0600)`,
+    );
+  }
+  if (hbaOn) {
+    const hbaPath = confPath('pool_hba.conf', opts);
+    out.source.authFrom = `enable_pool_hba = on (${hbaPath})`;
+    out.source.hbaFile = hbaPath;
+    const carried = carryHba({ from: `enable_pool_hba = on (${hbaPath})`, path: hbaPath, sourceDir: opts.sourceDir, readFile: opts.readFile }, out);
+    if (!carried && entries.length > 0) {
+      // Still a weakening (reject lines and address limits are gone), but passwords stay checked.
+      out.set('auth', entries.every((e) => e.kind === 'md5') ? 'md5' : 'scram-sha-256', 'pool_passwd');
+      out.warn(`enable_pool_hba = on: without pool_hba.conf every login uses auth: ${String(out.values.get('auth'))} against pool_passwd`);
+    }
+  } else {
+    // Without pool_hba, Pgpool-II checks passwords with the nodes' own method (pool_passwd or relayed).
+    out.source.authFrom = 'enable_pool_hba = off (passwords checked as the nodes ask)';
+    out.source.auth = 'relay';
+    if (entries.length > 0) out.set('auth', entries.every((e) => e.kind === 'md5') ? 'md5' : 'scram-sha-256', 'pool_passwd');
+  }
+}
+
+/** ssl* -> client_tls* (Pgpool-II's ssl = on accepts TLS and uses it towards the nodes when they offer it). */
+function importPgpoolTls(get: (k: string) => string | undefined, done: Set<string>, out: Output, opts: Required<ImportOptions>): void {
+  const ssl = get('ssl');
+  for (const k of ['ssl', 'ssl_cert', 'ssl_key', 'ssl_ca_cert', 'ssl_ca_cert_dir', 'ssl_ciphers', 'socket_dir', 'unix_socket_directories', 'unix_socket_permissions', 'unix_socket_group']) {
+    if (get(k) !== undefined) done.add(k);
+  }
+  if (ssl !== undefined && isOn(ssl)) {
+    out.source.clientTls = 'allow';
+    out.set('client_tls', 'allow', `ssl = ${ssl}`);
+    out.set('server_tls', 'prefer', `ssl = ${ssl}`);
+    for (const [from, to] of [['ssl_cert', 'client_tls_cert_file'], ['ssl_key', 'client_tls_key_file'], ['ssl_ca_cert', 'client_tls_ca_file']] as const) {
+      const v = get(from);
+      if (v !== undefined && v.trim() !== '') out.set(to, confPath(v.trim(), opts), `${from} = ${v}`);
+    }
+    const ciphers = get('ssl_ciphers');
+    if (ciphers !== undefined && ciphers.trim() !== '') out.set('client_tls_ciphers', ciphers.trim(), `ssl_ciphers = ${ciphers}`);
+    if (get('ssl_ca_cert_dir') !== undefined) out.warn(`ssl_ca_cert_dir = ${get('ssl_ca_cert_dir')}: pgmux reads one CA file (client_tls_ca_file); not carried over`);
+    out.warn(`ssl = ${ssl} -> client_tls: allow (TLS when a client asks; hostssl lines of pool_hba.conf require it) and server_tls: prefer`);
+  } else {
+    const extra = ['ssl_cert', 'ssl_key', 'ssl_ca_cert', 'ssl_ciphers'].filter((k) => get(k) !== undefined);
+    if (extra.length > 0) out.warn(`${extra.join(', ')}: ssl is off, so these were unused; not carried over`);
+  }
+  // Unix socket: Pgpool-II's socket_dir (4.3), unix_socket_directories (4.4 and later).
+  const dirs = get('unix_socket_directories') ?? get('socket_dir');
+  if (dirs !== undefined) {
+    const list = dirs.split(',').map((d) => d.trim()).filter((d) => d !== '');
+    out.set('unix_socket_dir', list[0] ?? 'off', get('unix_socket_directories') !== undefined ? `unix_socket_directories = ${dirs}` : `socket_dir = ${dirs}`);
+    if (list.length > 1) out.warn(`unix_socket_directories = ${dirs}: pgmux listens in one directory; using ${list[0]}`);
+  }
+  const perm = get('unix_socket_permissions');
+  if (perm !== undefined) out.set('unix_socket_mode', perm.trim(), `unix_socket_permissions = ${perm}`);
+  const group = get('unix_socket_group');
+  if (group !== undefined && group.trim() !== '') out.set('unix_socket_group', group.trim(), `unix_socket_group = ${group}`);
 }

@@ -1,6 +1,7 @@
 // Value conversions the PgBouncer and Pgpool-II importers share: numbers, durations,
 // booleans and listen addresses as those tools write them, into what load.ts accepts.
 
+import { isAbsolute, resolve } from 'node:path';
 import { formatHostPort } from '../config/load.js';
 
 
@@ -49,4 +50,9 @@ export function listenHost(addr: string): string {
 
 export function hostPort(host: string, port: number): string {
   return formatHostPort({ host, port });
+}
+
+/** A file the source names: relative paths are taken from the source file's directory (pgmux writes absolute ones). */
+export function sourcePath(p: string, sourceDir: string): string {
+  return isAbsolute(p) ? p : resolve(sourceDir, p);
 }

@@ -114,22 +114,13 @@ describe('settings schema', () => {
 });
 
 describe("the schema's PgBouncer / Pgpool-II names and pgmux import", () => {
-  // Settings the schema names as equivalents that `pgmux import` does not carry over. Some by
-  // design (a different meaning: max_pool, the failover commands; a different format:
-  // pool_passwd, reset_query_list, verbose). The rest are importer hints written before pgmux
-  // had the feature ("TLS is not supported", "authenticates from auth_file only", "hba files
-  // are not supported", "tracks session parameters itself"): carrying them over changes the
-  // importer's output, so it is left to its own change; this list then shrinks.
+  // Settings the schema names as equivalents that `pgmux import` does not carry over, by
+  // design: a different meaning (max_pool, the failover commands), a different format
+  // (pool_passwd: converted into a written userlist when the file is there; reset_query_list),
+  // or meaningful only with another setting (auth_hba_file needs auth_type = hba).
   const NOT_CARRIED = [
-    // The Unix-domain socket settings are newer than the importer (which still says "TCP only").
-    'pgbouncer unix_socket_dir', 'pgpool socket_dir', 'pgpool unix_socket_directories', 'pgbouncer unix_socket_mode',
-    'pgpool unix_socket_permissions', 'pgbouncer unix_socket_group', 'pgpool unix_socket_group',
-    'pgpool max_pool', 'pgpool reset_query_list', 'pgbouncer track_extra_parameters', 'pgpool pool_passwd',
-    'pgbouncer auth_user', 'pgbouncer auth_query', 'pgbouncer auth_dbname', 'pgpool failover_command',
-    'pgpool follow_primary_command', 'pgbouncer shutdown_wait_timeout', 'pgbouncer client_tls_sslmode',
-    'pgbouncer client_tls_cert_file', 'pgbouncer client_tls_key_file', 'pgbouncer client_tls_ca_file',
-    'pgbouncer client_tls_protocols', 'pgbouncer client_tls_ciphers', 'pgbouncer server_tls_sslmode',
-    'pgbouncer server_tls_ca_file', 'pgbouncer auth_hba_file', 'pgbouncer verbose',
+    'pgpool max_pool', 'pgpool reset_query_list', 'pgpool pool_passwd', 'pgpool failover_command',
+    'pgpool follow_primary_command', 'pgbouncer auth_hba_file',
   ];
   // Values in the source's own format where the shown pgmux default would not be one.
   const SAMPLE: Record<string, string> = {
