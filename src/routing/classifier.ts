@@ -60,6 +60,11 @@ export interface Classification {
   calls?: readonly FunctionRef[];
   /** A statement of the message may change which functions exist or how volatile they are. */
   changesFunctions?: true;
+  /**
+   * The message is one Pgpool-II pseudo-command `SHOW pool_<name>` (lower case, without the
+   * `pool_`): what Pgpool-II users' health checks send on an application database.
+   */
+  pgpoolShow?: string;
 }
 
 export interface ClassifierOptions {
@@ -171,10 +176,26 @@ function analyze(sql: string, fns: FunctionSet): Classification {
   // A hint decides alone; a transaction declared READ ONLY cannot write wherever it runs.
   if (target === 'replica' && !hinted && !begins && a.calls !== null) result.calls = Object.freeze(a.calls);
   if (changesFunctions) result.changesFunctions = true;
+  if (n === 1 && complete) {
+    const name = pgpoolShowName(tokens, ranges[0]!, ranges[1]!);
+    if (name !== null) result.pgpoolShow = name;
+  }
   // Unterminated input never runs: PostgreSQL rejects it, so it changes nothing.
   const session = complete ? effects.build() : null;
   if (session !== null) result.session = session;
   return result;
+}
+
+/**
+ * `SHOW pool_nodes` -> 'nodes': Pgpool-II's SHOW commands are two words, the second an
+ * unquoted identifier starting with pool_ (a quoted "pool_nodes" is PostgreSQL's business).
+ */
+function pgpoolShowName(tokens: ReturnType<typeof lex>['tokens'], s: number, e: number): string | null {
+  if (e - s !== 2) return null;
+  const verb = tokens[s]!;
+  const what = tokens[s + 1]!;
+  if (verb.kind !== 'keyword' || verb.value !== 'show' || (what.kind !== 'ident' && what.kind !== 'keyword') || !what.value.startsWith('pool_')) return null;
+  return what.value.slice(5);
 }
 
 /** Classifies `sql` without a cache. Pure; never throws. */
