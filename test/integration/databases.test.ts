@@ -10,6 +10,7 @@ import { startProxy, testConfig, type TestProxy } from '../support/pgmux.js';
 import { parseConfigObject } from '../../src/config/load.js';
 import type { Config } from '../../src/config/types.js';
 import { sleep, waitFor } from '../support/wait.js';
+import { LocalCluster } from '../../src/embedded/localCluster.js';
 
 /** A database only this file uses: what reaches it on the primary is this file's doing. */
 const DB = 'pgmux_dbsection';
@@ -307,5 +308,79 @@ describe('RELOAD of the databases section', () => {
     expect((await oldClient.query('SELECT current_database() AS db')).rows[0].db).toBe('app');
     const kept = await connect(proxy.port, 'kept');
     expect((await kept.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+  });
+});
+
+describe('route: replica across a failover (private cluster)', () => {
+  let cluster: LocalCluster;
+  let proxy: TestProxy;
+
+  beforeAll(async () => {
+    cluster = await LocalCluster.start({ replicas: 2 });
+    proxy = await startProxy({
+      nodes: cluster.nodes.map((n) => ({ host: n.host, port: n.port, weight: 1 })),
+      healthCheckPeriodMs: 200,
+      healthCheckMaxRetries: 2,
+      failoverTimeoutMs: 3000,
+      ...sections({ databases: { ro: { dbname: 'postgres', route: 'replica' }, ro_session: { dbname: 'postgres', route: 'replica', pool_mode: 'session' } } }),
+    });
+  });
+
+  afterAll(async () => {
+    await proxy?.close();
+    await cluster?.stop();
+  });
+
+  /** Where one read ran, or the SQLSTATE it failed with. */
+  async function probe(c: pg.Client): Promise<{ standby: boolean; port: number } | string> {
+    try {
+      const r = (await c.query('SELECT pg_is_in_recovery() AS standby, inet_server_port() AS port')).rows[0];
+      return { standby: r.standby as boolean, port: r.port as number };
+    } catch (err) {
+      return (err as { code?: string }).code ?? (err as Error).message;
+    }
+  }
+
+  it('never uses a replica that became primary, not even for a session already on it', async () => {
+    const port1 = cluster.nodes[1]!.port;
+    // A session-mode client whose backend is on node1 (the replica about to be promoted).
+    let pinned: pg.Client | null = null;
+    for (let i = 0; i < 20 && pinned === null; i++) {
+      const c = await connect(proxy.port, 'ro_session');
+      const where = await probe(c);
+      if (typeof where === 'object' && where.port === port1) pinned = c;
+    }
+    expect(pinned, 'a ro_session client on node1').not.toBeNull();
+    const tx = await connect(proxy.port, 'ro');
+
+    await cluster.stopNode('node0', 'immediate');
+    await cluster.promote('node1');
+    await waitFor(() => proxy.proxy.topology().primary?.port === port1, 10_000, () => 'pgmux to see node1 as primary');
+
+    const seen: Array<{ standby: boolean; port: number } | string> = [];
+    seen.push(await probe(pinned!));
+    seen.push(await probe(tx));
+    for (let i = 0; i < 3; i++) {
+      const c = await connect(proxy.port, 'ro').catch((err: { code?: string; message: string }) => err.code ?? err.message);
+      seen.push(typeof c === 'string' ? c : await probe(c));
+    }
+    // The session that was on node1 lost its backend (told 08006 while idle; pg then reports
+    // the connection as unusable) rather than carrying on there.
+    expect(typeof seen[0], JSON.stringify(seen)).toBe('string');
+    for (const s of seen.slice(1)) {
+      // A read ran on a standby (node2), or failed with a connection-class error (no replica
+      // is eligible: node2 still follows the dead node0): never on node1.
+      if (typeof s === 'string') expect(s, JSON.stringify(seen)).toMatch(/^08/);
+      else expect(s).toEqual({ standby: true, port: cluster.nodes[2]!.port });
+    }
+    // Once node2 streams from node1, the entry is served again, from node2 only.
+    let follows = true;
+    await cluster.follow('node2', 'node1').catch(() => (follows = false));
+    if (!follows) return; // an async replica may be ahead of node1's timeline switch: nothing left to check
+    const c = await waitFor(async () => {
+      const client = await connect(proxy.port, 'ro').catch(() => null);
+      return client !== null && typeof (await probe(client)) === 'object' ? client : null;
+    }, 20_000, () => 'ro served by node2 after it follows node1');
+    for (let i = 0; i < 5; i++) expect(await probe(c)).toEqual({ standby: true, port: cluster.nodes[2]!.port });
   });
 });
