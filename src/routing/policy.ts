@@ -65,6 +65,8 @@ export type RouteDecision<N = NodeSnapshot> =
   | { readonly kind: 'node'; readonly node: N; readonly write: boolean; readonly reason: string }
   /** No primary now (a failover may be under way): wait up to timeoutMs for one, then run it there. */
   | { readonly kind: 'waitForPrimary'; readonly timeoutMs: number; readonly reason: string }
+  /** A replica-only entry and no replica may serve it now: wait up to timeoutMs for one, then route again. */
+  | { readonly kind: 'waitForReplica'; readonly timeoutMs: number; readonly reason: string }
   /** The database is paused: start it on RESUME. */
   | { readonly kind: 'park'; readonly reason: string }
   /** It cannot run: tell the client `error` (from the catalogue) with `detail`. */
@@ -88,6 +90,8 @@ export function decideRoute(cmd: RouteCommand, client: RouteClient, view: RouteV
     // and refuses writes itself (25006). No replica: an error, never the primary.
     const choice = chooseRead(topo, view.disabledNodes, client.avoidNode, null, r?.maxLagMs ?? null, balancer, true);
     if (choice.node !== null) return { kind: 'node', node: choice.node, write: false, reason: 'route: replica' };
+    // Waits as a read waits for a primary during a failover; once: then the error.
+    if (client.attempts === 0 && cfg.failoverTimeoutMs > 0) return { kind: 'waitForReplica', timeoutMs: cfg.failoverTimeoutMs, reason: `route: replica; ${choice.reason}` };
     return { kind: 'error', error: 'noReplicaForEntry', detail: choice.reason, reason: `route: replica; ${choice.reason}` };
   }
   let why: string;

@@ -27,6 +27,8 @@ export interface NodeDirectory {
    * `replicasOnly`: a replica-only entry's login never touches the primary.
    */
   loginNode(timeoutMs: number, replicasOnly?: boolean): Promise<NodeAddress | null>;
+  /** Resolves true once an up replica with read weight is not disabled (false after `timeoutMs`). */
+  replicaUp(timeoutMs: number): Promise<boolean>;
   /** The node that takes writes now, waiting up to `timeoutMs` for one during a failover. */
   primary(timeoutMs: number): Promise<NodeAddress | null>;
   /** After a failed connect to the primary: the next primary (failover), or null at the deadline. */
@@ -76,6 +78,11 @@ export class TopologyView implements NodeDirectory {
       await new Promise((r) => setTimeout(r, Math.min(left, Math.max(50, this.config().healthCheckPeriodMs / 4))));
     }
     return null;
+  }
+
+  async replicaUp(timeoutMs: number): Promise<boolean> {
+    const ready = (snap: TopologySnapshot) => snap.nodes.find((n) => n.role === 'replica' && n.state === 'up' && n.weight > 0 && !this.disabledNodes.has(n.name)) ?? null;
+    return (await this.monitor.waitFor(ready, this.closing() ? 0 : timeoutMs)) !== null;
   }
 
   async loginNode(timeoutMs: number, replicasOnly = false): Promise<NodeAddress | null> {

@@ -112,6 +112,10 @@ export class TransactionRouter {
         this.routedWrite = d.write;
         this.acquireOn(ctx.nodes.nodeAddress(d.node));
         return;
+      case 'waitForReplica':
+        this.state.attempts++;
+        ctx.nodes.replicaUp(d.timeoutMs).then(this.routeAgain, this.routeAgain);
+        return;
       case 'waitForPrimary':
         this.routedWrite = true;
         ctx.nodes.primary(d.timeoutMs).then(

@@ -164,6 +164,41 @@ describe('route: replica (a read-only entry point)', () => {
   });
 });
 
+describe('route: replica with no replica to serve it', () => {
+  let proxy: TestProxy;
+  const replicaNames = () => replicaPorts().map((p) => `127.0.0.1:${p}`);
+
+  beforeAll(async () => {
+    proxy = await startProxy({ failoverTimeoutMs: 800, ...sections({ databases: { ro: { dbname: DB, route: 'replica' } } }) });
+  });
+
+  afterAll(async () => {
+    await proxy?.close();
+  });
+
+  afterEach(() => {
+    for (const n of replicaNames()) proxy.proxy.enableNode(n);
+  });
+
+  it('waits for a replica like reads wait for a primary, then fails with a clear error, not on the primary', async () => {
+    const c = await connect(proxy.port, 'ro');
+    for (const n of replicaNames()) expect(proxy.proxy.disableNode(n)).toBe(true);
+    const started = Date.now();
+    const e = await failure(c.query('SELECT pg_is_in_recovery()'));
+    expect(Date.now() - started).toBeGreaterThanOrEqual(700);
+    expect(e.code).toBe('08006');
+    expect(e.message).toBe('no replica available for a replica-only database (route: replica)');
+  });
+
+  it('goes on once a replica is back within the wait', async () => {
+    const c = await connect(proxy.port, 'ro');
+    for (const n of replicaNames()) proxy.proxy.disableNode(n);
+    const q = c.query('SELECT pg_is_in_recovery() AS standby, inet_server_port() AS port');
+    setTimeout(() => proxy.proxy.enableNode(replicaNames()[1]!), 200);
+    expect((await q).rows[0]).toEqual({ standby: true, port: replicaPorts()[1] });
+  });
+});
+
 describe('entries: renames, forced users, passwords, *, unknown names', () => {
   let proxy: TestProxy;
 
@@ -321,7 +356,7 @@ describe('route: replica across a failover (private cluster)', () => {
       nodes: cluster.nodes.map((n) => ({ host: n.host, port: n.port, weight: 1 })),
       healthCheckPeriodMs: 200,
       healthCheckMaxRetries: 2,
-      failoverTimeoutMs: 3000,
+      failoverTimeoutMs: 1000,
       ...sections({ databases: { ro: { dbname: 'postgres', route: 'replica' }, ro_session: { dbname: 'postgres', route: 'replica', pool_mode: 'session' } } }),
     });
   });

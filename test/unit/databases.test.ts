@@ -154,11 +154,11 @@ describe('route: replica | primary in the routing policy', () => {
   };
   const CFG = { readYourWrites: 'window' as const, readYourWritesWindowMs: 1000, fallbackToPrimary: true, failoverTimeoutMs: 5000 };
 
-  function decide(topoNodes: NodeSnapshot[], only: 'replica' | 'primary', route: RouteClass | null, disabled: string[] = []) {
+  function decide(topoNodes: NodeSnapshot[], only: 'replica' | 'primary', route: RouteClass | null, disabled: string[] = [], attempts = 1) {
     const topology = topoOf(topoNodes);
     const balancer = new ReadBalancer(() => ({ fallbackToPrimary: true }));
     // A write just now: read_your_writes would send reads to the primary.
-    return decideRoute({ route, volatile: null, only }, { minLsn: null, lastWriteAt: 99_999, avoidNode: null, attempts: 0 }, { topology, disabledNodes: new Set(disabled), paused: false, now: 100_000 }, CFG, balancer);
+    return decideRoute({ route, volatile: null, only }, { minLsn: null, lastWriteAt: 99_999, avoidNode: null, attempts }, { topology, disabledNodes: new Set(disabled), paused: false, now: 100_000 }, CFG, balancer);
   }
 
   it('sends writes, hints and session-mode transactions of a replica-only entry to a replica', () => {
@@ -177,6 +177,12 @@ describe('route: replica | primary in the routing policy', () => {
     expect(decide([P(), R(1)], 'replica', READ, ['n1']).kind).toBe('error');
     // A promoted replica is a primary now: no longer eligible.
     expect(decide([P({ state: 'down' }), R(1, { role: 'primary' })], 'replica', READ).kind).toBe('error');
+  });
+
+  it('waits once for a replica before the error, as reads wait for a primary', () => {
+    const d = decide([P()], 'replica', READ, [], 0);
+    expect(d.kind === 'waitForReplica' && d.timeoutMs).toBe(5000);
+    expect(decide([P()], 'replica', READ, [], 1).kind).toBe('error');
   });
 
   it('sends reads of a primary-only entry to the primary', () => {
