@@ -138,7 +138,10 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.notifications = new NotificationHub(async (database, user) => {
       const node = await this.nodes.primary(this.cfg.failoverTimeoutMs);
       if (node === null) throw new PgmuxError(pgmuxError('noPrimary'));
-      return BackendConnection.connect({ node, user, database, credentials: this.auth.credentialsFor(user), connectTimeoutMs: this.cfg.serverConnectTimeoutMs });
+      // A databases entry that forces this user with a password: the listener logs in with it too.
+      const password = this.cfg.databases.find((e) => e.password !== null && e.user === user && (e.dbname ?? e.name) === database)?.password;
+      const credentials = password !== undefined && password !== null ? { password } : this.auth.credentialsFor(user);
+      return BackendConnection.connect({ node, user, database, credentials, connectTimeoutMs: this.cfg.serverConnectTimeoutMs });
     }, logger);
   }
 

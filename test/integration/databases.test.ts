@@ -233,6 +233,20 @@ describe('entries: renames, forced users, passwords, *, unknown names', () => {
     expect((await plain.query('SELECT current_user AS u')).rows[0].u).toBe('postgres');
   });
 
+  it("LISTENs in the entry's database as its user, with its password", async () => {
+    const c = await connect(proxy.port, 'as_md5');
+    const heard = new Promise<string | undefined>((resolve) => c.on('notification', (n) => resolve(n.payload)));
+    await c.query('LISTEN dbsection_chan');
+    const direct = await pgClient(primaryPort(), { database: 'app' });
+    try {
+      await waitFor(async () => (await direct.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = 'app_md5' AND query ILIKE 'LISTEN%'")).rows[0].n > 0, 5000, () => 'the shared listener');
+      await direct.query("NOTIFY dbsection_chan, 'hello'");
+    } finally {
+      await direct.end();
+    }
+    expect(await heard).toBe('hello');
+  });
+
   it('refuses other names with 3D000 and names the entries', async () => {
     const e = await failure(connect(proxy.port, 'app'));
     expect(e.code).toBe('3D000');
