@@ -30,6 +30,7 @@ import { FunctionChanges } from './functionChanges.js';
 import { expiredTimeout, fatalSpecOf, frameErrorSpec } from './clientErrors.js';
 import { UNRESOLVED, type DatabaseTarget } from '../config/databases.js';
 import { planListen } from './listenRequests.js';
+import type { ListenOp } from '../routing/sessionEffects.js';
 import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
@@ -37,6 +38,7 @@ export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
 let nextClientId = 1;
 /** Classifier reasons that mean "one statement that writes, for certain" (refused locally on a replica-only entry). */
 const SURE_WRITES: ReadonlySet<string> = new Set(['INSERT', 'UPDATE', 'DELETE', 'MERGE']);
+const isListen = (op: ListenOp): boolean => op.kind === 'listen';
 const NONE: readonly string[] = [];
 
 /** Proxy-issued cancel pids: start --workers puts the worker index in the high bits so keys are unique per group. */
@@ -421,9 +423,23 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     return Buffer.concat([errorResponse(pgmuxError('replicaOnlyWrite', { args: { database: this.database } })), readyForQuery('I')]);
   }
 
-  /** LISTEN on a replica-only entry: notifications come from the primary, which this entry never uses. */
+  /**
+   * LISTEN on a replica-only entry: notifications come from the primary, which this entry
+   * never uses. UNLISTEN alone (drivers send `UNLISTEN *` on reset) is answered as usual.
+   */
   private refuseReplicaListen(held: HeldMessages['list']): Buffer | null {
-    if (this.target.route !== 'replica' || planListen(held, (sql) => this.ctx.classify(sql), this.requests.listenStatements) === null) return null;
+    if (this.target.route !== 'replica') return null;
+    const m = held[0]!;
+    if (m.type === FrontendMsg.Query) {
+      // The class refuseReplicaWrite kept: no second decoding of the text.
+      if (held.length !== 1) return null;
+      const c = this.requests.queryClass(m.buf, m.start, m.end);
+      this.requests.rememberFirst(c, m);
+      if (c.session?.onlyListen !== true || !c.session.listen!.some(isListen)) return null;
+    } else {
+      const plan = planListen(held, (sql) => this.ctx.classify(sql), this.requests.listenStatements);
+      if (plan === null || !plan.steps.some((s) => !Buffer.isBuffer(s) && isListen(s))) return null;
+    }
     this.requests.forgetFirst();
     return Buffer.concat([errorResponse(pgmuxError('replicaOnlyListen', { args: { database: this.database } })), readyForQuery('I')]);
   }

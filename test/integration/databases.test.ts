@@ -143,6 +143,10 @@ describe('route: replica (a read-only entry point)', () => {
     const e = await failure(c.query('LISTEN items_changed'));
     expect(e.code).toBe('0A000');
     expect(e.message).toMatch(/LISTEN is not available on database "ro": its route is replica/);
+    // Extended protocol too; UNLISTEN alone (a driver's reset) is fine.
+    const ext = await failure(c.query({ text: 'LISTEN items_changed', queryMode: 'extended' } as pg.QueryConfig));
+    expect(ext.code).toBe('0A000');
+    await c.query('UNLISTEN *');
     expect((await c.query('SELECT 1 AS one')).rows[0].one).toBe(1);
   });
 
