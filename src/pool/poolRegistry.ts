@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import type { BackendCredentials, NodeAddress } from './backend.js';
 import { Pool, type PoolCounters } from './pool.js';
-import { poolConfigFor, type DatabaseTarget } from '../config/databases.js';
+import { limitsFor, poolConfigFor, type DatabaseTarget } from '../config/databases.js';
 
 export class PoolRegistry {
   private readonly byKey = new Map<string, Pool>();
@@ -65,6 +65,15 @@ export class PoolRegistry {
   /** The databases entry (as clients name it) a pool serves. */
   entryOf(pool: Pool): string {
     return this.targets.get(pool)?.entry ?? pool.database;
+  }
+
+  /**
+   * Backend budgets per node of a databases entry (max_db_connections) and of a backend user
+   * (max_user_connections), the entry's / user's value over the global one; 0 = unlimited.
+   * For the budget enforcement here: pools of one entry share its budget, whatever their user.
+   */
+  limitsFor(entryName: string, backendUser: string): { maxDb: number; maxUser: number } {
+    return limitsFor(this.config(), entryName, backendUser);
   }
 
   targetOf(pool: Pool): DatabaseTarget | undefined {
