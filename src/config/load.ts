@@ -286,6 +286,8 @@ export function loadConfig(flags: CliFlags, env: NodeJS.ProcessEnv = process.env
   config.listen = { ...config.listen };
   config.http = config.http && { ...config.http };
   config.nodes = config.nodes.map((n) => ({ ...n }));
+  config.databases = config.databases.map((e) => ({ ...e }));
+  config.users = config.users.map((u) => ({ ...u }));
   validate(config, opts.requireNodes ?? true);
   return config;
 }
@@ -300,7 +302,7 @@ export function configToObject(c: Config, opts: { reveal?: boolean } = {}): Reco
   const out: Record<string, unknown> = {};
   for (const s of SETTINGS) {
     const v = c[s.field];
-    out[s.key] = s.secret && v !== null && !opts.reveal ? '********' : s.show ? s.show(v) : v;
+    out[s.key] = s.secret && v !== null && !opts.reveal ? '********' : s.showMasked && !opts.reveal ? s.showMasked(v) : s.show ? s.show(v) : v;
   }
   return out;
 }

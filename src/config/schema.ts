@@ -19,6 +19,7 @@ import {
   parseFraction, parseFunctionList, parseHostPort, parseHttp, parseInteger, parseName, parseNameList, parseNodes, parseOptionalLimit,
   parseOptionalString, parsePath, parseSize, parseTlsVersion, parseUserList, parseSocketDir, parseFileMode,
 } from './values.js';
+import { parseDatabases, parseUsers, showDatabases, showUsers } from './databases.js';
 
 export const POOL_MODES: readonly PoolMode[] = ['transaction', 'session'];
 export const AUTH_METHODS: readonly AuthMethod[] = ['trust', 'password', 'md5', 'scram-sha-256'];
@@ -28,7 +29,7 @@ export const READ_YOUR_WRITES: readonly ReadYourWrites[] = ['off', 'window', 'ls
 /** The "### " sections of docs/configuration.md, in their order. */
 export type DocSection =
   | 'Listening' | 'Nodes' | 'Pooling' | 'Authentication' | 'Timeouts' | 'Health checks and failover'
-  | 'Read routing' | 'Admin console and shutdown' | 'TLS and access' | 'Logging';
+  | 'Read routing' | 'Databases and users' | 'Admin console and shutdown' | 'TLS and access' | 'Logging';
 
 /** A flag of `start` and `check-config`; its --help line is built from it and the row. */
 export interface FlagSpec {
@@ -57,6 +58,8 @@ export interface Setting<F extends keyof Config = keyof Config> {
   show?(v: Config[F]): unknown;
   /** Masked ("********") in check-config and SHOW CONFIG. */
   secret?: true;
+  /** Shows the value with its secret parts masked (a value that only holds secrets: `secret`). */
+  showMasked?(v: Config[F]): unknown;
   /**
    * Takes effect only on restart: PgmuxServer.reload keeps the running listeners, and the supervisor
    * forks its workers once (a reloaded worker count still re-splits the limits).
@@ -263,6 +266,12 @@ const ROWS = [
     parse: (v) => parseFunctionList(v, 'read_only_functions'), show: list, pgpool: ['read_only_function_list', 'white_function_list'],
   }),
   duration('function_catalog_refresh', 'functionCatalogRefreshMs', 60_000, 'Read routing'),
+  // Databases and users (src/config/databases.ts)
+  setting({
+    key: 'databases', field: 'databases', default: frozen([]), doc: 'Databases and users',
+    parse: parseDatabases, show: (v) => showDatabases(v, true), showMasked: (v) => showDatabases(v, false),
+  }),
+  setting({ key: 'users', field: 'users', default: frozen([]), doc: 'Databases and users', parse: parseUsers, show: showUsers }),
   // Admin console and shutdown
   setting({ key: 'admin_users', field: 'adminUsers', default: frozen([]), doc: 'Admin console and shutdown', parse: parseUserList, show: list, pgbouncer: ['admin_users'] }),
   setting({ key: 'stats_users', field: 'statsUsers', default: frozen([]), doc: 'Admin console and shutdown', parse: parseUserList, show: list, pgbouncer: ['stats_users'] }),

@@ -23,6 +23,35 @@ export type ClientTlsMode = 'disable' | 'allow' | 'require';
 export type ServerTlsMode = 'disable' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
 export type TlsMinVersion = 'TLSv1.2' | 'TLSv1.3';
 
+/** Where a databases entry's statements run: read/write splitting, replicas only, or the primary only. */
+export type DatabaseRoute = 'any' | 'replica' | 'primary';
+
+/** One entry of the `databases:` section (PgBouncer's [databases]); null = the global value / the client's. */
+export interface DatabaseEntry {
+  /** The name clients connect to; '*' = every name no other entry has. */
+  name: string;
+  /** The database on the nodes (null: the entry's name; for '*' the name the client asked for). */
+  dbname: string | null;
+  /** Backend user for every client of the entry (null: the client's own). */
+  user: string | null;
+  /** Password of the entry's backend logins, used for this entry only. */
+  password: string | null;
+  poolSize: number | null;
+  minPoolSize: number | null;
+  poolMode: PoolMode | null;
+  /** Backend connections per node for the entry (enforced in src/pool/); null = the global max_db_connections. */
+  maxDbConnections: number | null;
+  route: DatabaseRoute;
+}
+
+/** One entry of the `users:` section (PgBouncer's [users]), keyed by the client's user name. */
+export interface UserEntry {
+  name: string;
+  poolMode: PoolMode | null;
+  /** Backend connections per node for the user (enforced in src/pool/); null = the global max_user_connections. */
+  maxUserConnections: number | null;
+}
+
 export interface HostPort {
   host: string;
   port: number;
@@ -174,6 +203,10 @@ export interface Config {
   /** Client connections per database / per user (authenticated, until they close); 0 = unlimited. */
   maxDbClientConnections: number;
   maxUserClientConnections: number;
+  /** The databases section in file order; empty = no section: every name passes through as it is. */
+  databases: DatabaseEntry[];
+  /** Per-user overrides (users section). */
+  users: UserEntry[];
   /** Connections that have not finished authentication; more are refused at accept. 0 = unlimited. */
   maxUnauthenticatedConnections: number;
 }

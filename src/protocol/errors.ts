@@ -113,6 +113,12 @@ export const ERRORS = {
     'Retry the transaction once a replica is promoted or the primary is back; read-only transactions are still served by the replicas meanwhile.',
   ),
   noReadNode: spec('FATAL', '08006', 'no node available for reads', 'Enable fallback_to_primary, or check the replicas and the lag limits.'),
+  noReplicaForEntry: spec(
+    'FATAL',
+    '08006',
+    'no replica available for a replica-only database (route: replica)',
+    'This entry never uses the primary: check the replicas, the lag limits and disabled nodes, or connect to an entry with route any.',
+  ),
   noNodeAvailable: spec('FATAL', '08006', 'no database node available', 'Check the database nodes (SHOW NODES on the admin console says why each is down).'),
   backendUnavailable: spec('FATAL', '08006', 'could not connect to the database node'),
   backendLost: spec('FATAL', '08006', 'the connection to the database node was lost', 'Reconnect and retry the transaction.'),
@@ -128,6 +134,22 @@ export const ERRORS = {
     'SQL-level PREPARE, EXECUTE and DEALLOCATE are not supported in transaction pooling mode',
     "Use protocol-level prepared statements (your driver's prepare/named statements), run them inside one transaction, or use pool_mode session.",
     'The prepared statement would stay on one database connection while the next transaction may run on another.',
+  ),
+
+  // ---- databases section ----
+  /** PostgreSQL's own wording and SQLSTATE for a database that does not exist (drivers branch on 3D000). */
+  unknownDatabase: spec('FATAL', '3D000', ({ database }: { database: string }) => `database "${database}" does not exist`),
+  replicaOnlyWrite: spec(
+    'ERROR',
+    '25006',
+    ({ database }: { database: string }) => `cannot execute a write on database "${database}": its route is replica (read-only)`,
+    'Run writes through an entry with route any or primary.',
+  ),
+  replicaOnlyListen: spec(
+    'ERROR',
+    '0A000',
+    ({ database }: { database: string }) => `LISTEN is not available on database "${database}": its route is replica`,
+    'Notifications come from the primary: LISTEN through an entry with route any or primary.',
   ),
 
   // ---- admin console ----

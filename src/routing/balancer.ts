@@ -50,8 +50,9 @@ export class ReadBalancer {
    * @param minLsn   read-your-writes: only replicas that replayed up to this LSN qualify
    * @param maxLagMsHint  a statement's own staleness budget (/* pgmux:max_lag_ms=N *\/): it
    *                 replaces the configured lag limits for that statement
+   * @param replicasOnly  a replica-only entry (route: replica): never the primary, not even as a fallback
    */
-  choose(topo: TopologySnapshot, minLsn: bigint | null = null, maxLagMsHint: number | null = null): ReadChoice {
+  choose(topo: TopologySnapshot, minLsn: bigint | null = null, maxLagMsHint: number | null = null, replicasOnly = false): ReadChoice {
     const policy = this.policy();
     const eligible: NodeSnapshot[] = [];
     let skippedLag = 0;
@@ -59,7 +60,7 @@ export class ReadBalancer {
     for (const n of topo.nodes) {
       if ((n.state !== 'up' && n.state !== 'lagging') || n.weight <= 0) continue;
       if (n.role === 'primary') {
-        if (topo.primary === n && n.state === 'up') eligible.push(n);
+        if (topo.primary === n && n.state === 'up' && !replicasOnly) eligible.push(n);
         continue;
       }
       if (n.role !== 'replica') continue;
@@ -83,7 +84,7 @@ export class ReadBalancer {
             ? 'no primary, and every replica is over the lag limit or past read_without_primary_timeout'
             : 'every replica is over the lag limit'
           : 'no healthy replica with read weight > 0';
-    if (policy.fallbackToPrimary && topo.primary !== null) return { node: topo.primary, reason: `${why}: fallback to primary` };
+    if (policy.fallbackToPrimary && topo.primary !== null && !replicasOnly) return { node: topo.primary, reason: `${why}: fallback to primary` };
     return { node: null, reason: why };
   }
 }

@@ -5,7 +5,7 @@
 // state, passed in.
 
 import { isHealthy, type NodeSnapshot, type TopologySnapshot } from '../cluster/snapshot.js';
-import type { Config } from '../config/types.js';
+import type { Config, DatabaseRoute } from '../config/types.js';
 import type { ErrorKind } from '../protocol/errors.js';
 import type { ReadBalancer, ReadChoice } from './balancer.js';
 import type { FunctionRef } from './functionLists.js';
@@ -25,6 +25,8 @@ export interface RouteCommand {
   readonly route: RouteClass | null;
   /** Why a read must run on the primary after all (it calls a volatile function), else null. */
   readonly volatile: string | null;
+  /** The client's databases entry pins the role (route: replica | primary); 'any' (or absent) = read/write splitting. */
+  readonly only?: DatabaseRoute;
 }
 
 /** What routing remembers of one client between its transactions. */
@@ -63,6 +65,8 @@ export type RouteDecision<N = NodeSnapshot> =
   | { readonly kind: 'node'; readonly node: N; readonly write: boolean; readonly reason: string }
   /** No primary now (a failover may be under way): wait up to timeoutMs for one, then run it there. */
   | { readonly kind: 'waitForPrimary'; readonly timeoutMs: number; readonly reason: string }
+  /** A replica-only entry and no replica may serve it now: wait up to timeoutMs for one, then route again. */
+  | { readonly kind: 'waitForReplica'; readonly timeoutMs: number; readonly reason: string }
   /** The database is paused: start it on RESUME. */
   | { readonly kind: 'park'; readonly reason: string }
   /** It cannot run: tell the client `error` (from the catalogue) with `detail`. */
@@ -81,8 +85,18 @@ export function decideRoute(cmd: RouteCommand, client: RouteClient, view: RouteV
   if (view.paused) return { kind: 'park', reason: 'database paused: the transaction starts on RESUME' };
   const topo = view.topology;
   const r = cmd.route;
+  if (cmd.only === 'replica') {
+    // Whatever the statement is (a write, a hint, a transaction block): a replica answers,
+    // and refuses writes itself (25006). No replica: an error, never the primary.
+    const choice = chooseRead(topo, view.disabledNodes, client.avoidNode, null, r?.maxLagMs ?? null, balancer, true);
+    if (choice.node !== null) return { kind: 'node', node: choice.node, write: false, reason: 'route: replica' };
+    // Waits as a read waits for a primary during a failover; once: then the error.
+    if (client.attempts === 0 && cfg.failoverTimeoutMs > 0) return { kind: 'waitForReplica', timeoutMs: cfg.failoverTimeoutMs, reason: `route: replica; ${choice.reason}` };
+    return { kind: 'error', error: 'noReplicaForEntry', detail: choice.reason, reason: `route: replica; ${choice.reason}` };
+  }
   let why: string;
-  if (r === null) why = 'session pool mode';
+  if (cmd.only === 'primary') why = 'route: primary';
+  else if (r === null) why = 'session pool mode';
   else if (r.target !== 'replica') why = r.reason;
   // Checked even when read_your_writes sends the read to the primary anyway: such a read
   // may write, and the session must then never re-run it.
@@ -114,11 +128,12 @@ export function chooseRead(
   minLsn: bigint | null,
   maxLagMsHint: number | null,
   balancer: ReadBalancer,
+  replicasOnly = false,
 ): ReadChoice {
   if (avoid !== null || disabled.size > 0) {
     topo = { ...topo, nodes: topo.nodes.filter((n) => n.name !== avoid && !disabled.has(n.name)) };
   }
-  return balancer.choose(topo, minLsn, maxLagMsHint);
+  return balancer.choose(topo, minLsn, maxLagMsHint, replicasOnly);
 }
 
 export type RetryDecision =
@@ -148,8 +163,8 @@ export function mayRetry(client: RouteClient): boolean {
  * any healthy replica. A lagging one will do: lag does not change ParameterStatus, settings
  * or pg_shadow. Logins need no primary: reads go on during a failover.
  */
-export function loginNodeOf(topo: TopologySnapshot, disabled: ReadonlySet<string>): NodeSnapshot | null {
-  if (topo.primary !== null) return topo.primary;
+export function loginNodeOf(topo: TopologySnapshot, disabled: ReadonlySet<string>, replicasOnly = false): NodeSnapshot | null {
+  if (topo.primary !== null && !replicasOnly) return topo.primary;
   let fallback: NodeSnapshot | null = null;
   for (const n of topo.nodes) {
     if (!isHealthy(n.state) || n.role !== 'replica') continue;

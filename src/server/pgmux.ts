@@ -40,6 +40,7 @@ import { Classifier, type Classification } from '../routing/classifier.js';
 import type { FunctionRef } from '../routing/functionLists.js';
 import { FunctionCatalogs, VOLATILE_FUNCTIONS_SQL, type CatalogOptions } from '../routing/functionCatalog.js';
 import { chooseRead } from '../routing/policy.js';
+import { FALLBACK, poolConfigFor, resolveDatabase, type DatabaseTarget } from '../config/databases.js';
 
 export interface RunningPgmux {
   /** Port clients connect to (the real one when listen port was 0). */
@@ -156,7 +157,10 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.notifications = new NotificationHub(async (database, user) => {
       const node = await this.nodes.primary(this.cfg.failoverTimeoutMs);
       if (node === null) throw new PgmuxError(pgmuxError('noPrimary'));
-      return BackendConnection.connect({ node, user, database, credentials: this.auth.credentialsFor(user), connectTimeoutMs: this.cfg.serverConnectTimeoutMs });
+      // A databases entry that forces this user with a password: the listener logs in with it too.
+      const password = this.cfg.databases.find((e) => e.password !== null && e.user === user && (e.dbname ?? e.name) === database)?.password;
+      const credentials = password !== undefined && password !== null ? { password } : this.auth.credentialsFor(user);
+      return BackendConnection.connect({ node, user, database, credentials, connectTimeoutMs: this.cfg.serverConnectTimeoutMs });
     }, logger);
   }
 
@@ -170,8 +174,16 @@ export class PgmuxServer implements SessionContext, ServerView {
     return this.classifier.classify(sql);
   }
 
-  volatileCall(database: string, user: string, calls: readonly FunctionRef[]): string | null | Promise<void> {
-    return this.functionCatalogs.check(database, user, calls, this.clock.now);
+  /** Per (database, backend user) whose function catalog is loaded: a target to log in with (an entry's password included). */
+  private readonly catalogTargets = new Map<string, DatabaseTarget>();
+
+  volatileCall(target: DatabaseTarget, calls: readonly FunctionRef[]): string | null | Promise<void> {
+    const key = target.dbname + '\0' + target.backendUser;
+    if (!this.catalogTargets.has(key)) {
+      if (this.catalogTargets.size >= 1000) this.catalogTargets.clear();
+      this.catalogTargets.set(key, target);
+    }
+    return this.functionCatalogs.check(target.dbname, target.backendUser, calls, this.clock.now);
   }
 
   /** Set by start --workers: the other workers hear of the DDL too (sent, then ended). */
@@ -193,7 +205,9 @@ export class PgmuxServer implements SessionContext, ServerView {
     const topo = this.monitor.snapshot();
     const node = topo.primary ?? chooseRead(topo, this.nodes.disabledNodes, null, null, null, this.nodes.readBalancer).node;
     if (node === null) throw new Error('no node is up');
-    const row = await this.pool(this.nodes.nodeAddress(node), database, user).queryRow(VOLATILE_FUNCTIONS_SQL);
+    const target = this.catalogTargets.get(database + '\0' + user) ?? resolveDatabase(this.cfg, database, user);
+    if (target === null) throw new Error(`database "${database}" is not served`);
+    const row = await this.pool(this.nodes.nodeAddress(node), target).queryRow(VOLATILE_FUNCTIONS_SQL);
     return row?.[0] ?? null;
   }
 
@@ -229,8 +243,8 @@ export class PgmuxServer implements SessionContext, ServerView {
     return this.auth.authQueryLookups;
   }
 
-  pool(node: NodeAddress, database: string, user: string): Pool {
-    return this.poolRegistry.pool(node, database, user);
+  pool(node: NodeAddress, target: DatabaseTarget): Pool {
+    return this.poolRegistry.pool(node, target);
   }
 
   allPools(): Pool[] {
@@ -279,6 +293,10 @@ export class PgmuxServer implements SessionContext, ServerView {
     for (const pool of this.poolRegistry.all()) {
       const n = s.nodes.find((x) => x.name === pool.node.name);
       if (!n || !isHealthy(n.state)) {
+        pool.closeAll('node_gone');
+        this.poolRegistry.forget(pool);
+      } else if (changed.has(n.name) && n.role !== 'replica' && this.poolRegistry.targetOf(pool)?.route === 'replica') {
+        // A replica-only entry's node was promoted: not even a running transaction goes on there.
         pool.closeAll('node_gone');
         this.poolRegistry.forget(pool);
       } else if (changed.has(n.name)) {
@@ -333,7 +351,7 @@ export class PgmuxServer implements SessionContext, ServerView {
         out.push({
           id: b.id,
           node: b.node.name,
-          database: b.database,
+          database: this.poolRegistry.entryOf(p),
           user: b.user,
           state: b.state,
           pid: b.pid,
@@ -353,7 +371,7 @@ export class PgmuxServer implements SessionContext, ServerView {
 
   pools(): PoolView[] {
     const now = Date.now();
-    return [...this.poolRegistry.all()].map((p) => ({ node: p.node.name, database: p.database, user: p.user, stats: p.stats(now), totalConnects: p.totalConnects }));
+    return [...this.poolRegistry.all()].map((p) => ({ node: p.node.name, database: this.poolRegistry.entryOf(p), user: p.user, stats: p.stats(now), totalConnects: p.totalConnects }));
   }
 
   topology(): TopologySnapshot {
@@ -373,14 +391,37 @@ export class PgmuxServer implements SessionContext, ServerView {
   }
 
   databases(): DatabaseView[] {
-    // Stand-in until the databases section (issue #15): the implicit '*' entry.
     const cfg = this.cfg;
-    const clients = [...this.registry.clients].filter((c) => c.state !== ClientState.Admin).length;
-    const backends = this.backends().length;
-    return [{
-      name: '*', dbname: null, forceUser: null, poolSize: cfg.poolSize, minPoolSize: cfg.minPoolSize, poolMode: cfg.poolMode, route: 'any',
-      maxDbConnections: 0, currentConnections: backends, clientConnections: clients, paused: this.paused.has(null), disabled: false,
-    }];
+    // No section: the implicit '*' (every name passes through).
+    const entries = cfg.databases.length > 0 ? cfg.databases : [null];
+    const backends = new Map<string, number>();
+    for (const p of this.poolRegistry.all()) {
+      const section = this.poolRegistry.targetOf(p)?.section ?? FALLBACK;
+      backends.set(section, (backends.get(section) ?? 0) + p.backends().length);
+    }
+    const clients = new Map<string, number>();
+    for (const c of this.registry.clients) {
+      const section = c.target.section;
+      if (section !== '') clients.set(section, (clients.get(section) ?? 0) + 1);
+    }
+    return entries.map((e): DatabaseView => {
+      const name = e?.name ?? FALLBACK;
+      const sized = poolConfigFor(cfg, name);
+      return {
+        name,
+        dbname: e === null || name === FALLBACK ? e?.dbname ?? null : e.dbname ?? name,
+        forceUser: e?.user ?? null,
+        poolSize: sized.poolSize,
+        minPoolSize: sized.minPoolSize,
+        poolMode: e?.poolMode ?? cfg.poolMode,
+        route: e?.route ?? 'any',
+        maxDbConnections: e?.maxDbConnections ?? cfg.maxDbConnections,
+        currentConnections: backends.get(name) ?? 0,
+        clientConnections: clients.get(name) ?? 0,
+        paused: this.isPaused(name),
+        disabled: this.disabledDatabases.has(name),
+      };
+    });
   }
 
   isPaused(database?: string): boolean {
@@ -455,15 +496,34 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.monitor.setConfig(this.cfg);
     this.monitor.setNodes(next.nodes);
     for (const p of this.poolRegistry.all()) p.fitToSize(); // pool_size applies now, not at the next sweep
+    this.retireChangedEntries();
     this.cfgVersion++;
     const message = `configuration ${this.cfgVersion} loaded` + (restartNeeded.length ? `; ${restartNeeded.join(', ')} change only on restart` : '');
     this.logger.info({ version: this.cfgVersion, nodes: next.nodes.map((n) => `${n.host}:${n.port}@${n.weight}`) }, message);
     return { ok: true, message };
   }
 
+  /**
+   * RELOAD changed or removed a databases entry: pools whose (database, user, password) no
+   * longer match it close their backends as they come back (idle ones now) and new clients
+   * get new pools. Clients of a removed entry keep their pools until they leave.
+   */
+  private retireChangedEntries(): void {
+    const now = Date.now();
+    for (const p of this.poolRegistry.all()) {
+      const t = this.poolRegistry.targetOf(p);
+      if (t === undefined) continue;
+      // A forced user is the backend user whatever the client's: resolving as it gives the same target.
+      const current = resolveDatabase(this.cfg, t.entry, t.backendUser);
+      if (current !== null && current.key === t.key) continue;
+      this.poolRegistry.forget(p);
+      p.recycle(now);
+    }
+  }
+
   reconnect(database: string | null = null): void {
     this.recycleBefore = Date.now();
-    for (const p of this.poolRegistry.all()) if (database === null || p.database === database) p.recycle(this.recycleBefore);
+    for (const p of this.poolRegistry.all()) if (database === null || this.poolRegistry.entryOf(p) === database) p.recycle(this.recycleBefore);
   }
 
   async waitClose(database: string | null): Promise<void> {
@@ -478,7 +538,7 @@ export class PgmuxServer implements SessionContext, ServerView {
       if (!isConsoleClient(c) && (database === null || c.database === database)) c.fatal(pgmuxError('adminKilled'), 'admin_kill');
     }
     for (const p of this.poolRegistry.all()) {
-      if (database !== null && p.database !== database) continue;
+      if (database !== null && this.poolRegistry.entryOf(p) !== database) continue;
       p.closeAll('killed');
       this.poolRegistry.forget(p);
     }

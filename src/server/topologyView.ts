@@ -24,8 +24,11 @@ export interface NodeDirectory {
    * A node to log in through (ParameterStatus values, startup settings, auth_query): the
    * primary when there is one now, else an up replica whatever its lag; else waits up to
    * `timeoutMs` for either. Logins need no primary: reads go on during a failover.
+   * `replicasOnly`: a replica-only entry's login never touches the primary.
    */
-  loginNode(timeoutMs: number): Promise<NodeAddress | null>;
+  loginNode(timeoutMs: number, replicasOnly?: boolean): Promise<NodeAddress | null>;
+  /** Resolves true once an up replica with read weight is not disabled (false after `timeoutMs`). */
+  replicaUp(timeoutMs: number): Promise<boolean>;
   /** The node that takes writes now, waiting up to `timeoutMs` for one during a failover. */
   primary(timeoutMs: number): Promise<NodeAddress | null>;
   /** After a failed connect to the primary: the next primary (failover), or null at the deadline. */
@@ -77,8 +80,13 @@ export class TopologyView implements NodeDirectory {
     return null;
   }
 
-  async loginNode(timeoutMs: number): Promise<NodeAddress | null> {
-    const n = await this.monitor.waitFor((snap) => loginNodeOf(snap, this.disabledNodes), this.closing() ? 0 : timeoutMs);
+  async replicaUp(timeoutMs: number): Promise<boolean> {
+    const ready = (snap: TopologySnapshot) => snap.nodes.find((n) => n.role === 'replica' && n.state === 'up' && n.weight > 0 && !this.disabledNodes.has(n.name)) ?? null;
+    return (await this.monitor.waitFor(ready, this.closing() ? 0 : timeoutMs)) !== null;
+  }
+
+  async loginNode(timeoutMs: number, replicasOnly = false): Promise<NodeAddress | null> {
+    const n = await this.monitor.waitFor((snap) => loginNodeOf(snap, this.disabledNodes, replicasOnly), this.closing() ? 0 : timeoutMs);
     return n === null ? null : this.nodeAddress(n);
   }
 

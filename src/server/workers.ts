@@ -76,6 +76,11 @@ export function workerConfig(c: Config): Config {
     ...c,
     poolSize,
     minPoolSize: Math.min(split(c.minPoolSize), poolSize),
+    // Each entry's own pool_size is split the same way.
+    databases: c.databases.map((e) => {
+      const entryPool = e.poolSize === null ? null : workerShare(e.poolSize, n);
+      return { ...e, poolSize: entryPool, minPoolSize: e.minPoolSize === null ? null : Math.min(split(e.minPoolSize), entryPool ?? poolSize) };
+    }),
     maxClientConn: workerShare(c.maxClientConn, n),
     maxDbConnections: split(c.maxDbConnections),
     maxUserConnections: split(c.maxUserConnections),

@@ -28,11 +28,17 @@ import { inReadBuffer } from '../net/leanSocket.js';
 import { HeldMessages } from './heldMessages.js';
 import { FunctionChanges } from './functionChanges.js';
 import { expiredTimeout, fatalSpecOf, frameErrorSpec } from './clientErrors.js';
+import { UNRESOLVED, type DatabaseTarget } from '../config/databases.js';
+import { planListen } from './listenRequests.js';
+import type { ListenOp } from '../routing/sessionEffects.js';
 import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
 
 let nextClientId = 1;
+/** Classifier reasons that mean "one statement that writes, for certain" (refused locally on a replica-only entry). */
+const SURE_WRITES: ReadonlySet<string> = new Set(['INSERT', 'UPDATE', 'DELETE', 'MERGE']);
+const isListen = (op: ListenOp): boolean => op.kind === 'listen';
 const NONE: readonly string[] = [];
 
 /** Proxy-issued cancel pids: start --workers puts the worker index in the high bits so keys are unique per group. */
@@ -46,7 +52,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   readonly pid = cancelPidSpace.high | (randomInt32() & cancelPidSpace.mask);
   readonly secret = randomInt32();
   user = '';
+  /** The database the client asked for (HBA, limits, PAUSE and SHOW see this name). */
   database = '';
+  /** What that name and user resolved to at login: entry, backend database and user, pool mode, route. */
+  target: DatabaseTarget = UNRESOLVED;
   applicationName = '';
   /** Its session settings (reported and unreported), carried to every backend it uses. */
   readonly clientSettings = new ClientSettings();
@@ -121,9 +130,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
     this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.requests.emit(msg));
     this.requests = new RequestTracker(this.requestHost(), this.stmts);
-    this.listens = new ClientListens(ctx.notifications, this, () => this);
+    this.listens = new ClientListens(ctx.notifications, this, () => ({ database: this.target.dbname, user: this.target.backendUser }));
     this.router = new TransactionRouter(ctx, this);
-    this.functionChanges = new FunctionChanges(ctx, () => this.database);
+    this.functionChanges = new FunctionChanges(ctx, () => this.target.dbname);
     this.connectedAt = this.lastActiveAt = ctx.clock.now;
     this.conn = new ClientSocket(socket, {
       data: (chunk) => this.onData(chunk),
@@ -314,9 +323,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.logger = null;
       },
       register: () => {
-        if (!this.ctx.registry.register(this)) return false;
-        this.requests.tracking = this.ctx.config().poolMode === 'transaction';
-        return true;
+        return this.ctx.registry.register(this);
+      },
+      resolved: (target) => {
+        this.target = target;
+        this.requests.tracking = target.poolMode === 'transaction';
       },
       setState: (state) => this.setState(state),
       suspend: () => this.suspend(),
@@ -364,7 +375,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const paused = this.ctx.admin.isPaused(this.database);
     // Paused, or session mode: the policy looks at no statement, so none is classified.
     const cfg = this.ctx.config();
-    const route = paused || cfg.poolMode === 'session' ? null : this.requests.classifyFirst(this.held.list[0]!);
+    const route = paused || this.target.poolMode === 'session' ? null : this.requests.classifyFirst(this.held.list[0]!);
     this.pipelineUnit = cfg.pipelineDepth > 1 && route !== null && this.requests.selfContained && this.requests.pinned === null && selfContainedUnit(this.held.list);
     this.router.route(route, route !== null && this.requests.loneRead, paused);
   }
@@ -390,13 +401,49 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** What pgmux answers itself at a transaction's start, without a backend. */
   private answerLocally(): boolean {
     const held = this.held.list;
-    const reply = this.requests.prepareLocally(held) ?? this.requests.refuseSqlPrepared(held);
+    const reply = this.requests.prepareLocally(held) ?? this.requests.refuseSqlPrepared(held) ?? this.refuseReplicaWrite(held) ?? this.refuseReplicaListen(held);
     if (reply === null) return this.listens.answer(this.held, this.requests, (sql) => this.ctx.classify(sql), this.finishListen);
     this.held.take();
     this.setState(ClientState.Idle);
     this.conn.write(reply);
     this.conn.resumeReading();
     return true;
+  }
+
+  /**
+   * A lone statement the classifier is sure writes (its whole reason is INSERT, UPDATE,
+   * DELETE or MERGE), on a replica-only entry: refused here with the replica's own SQLSTATE
+   * and a message naming the entry. Anything less certain goes to the replica, which decides.
+   */
+  private refuseReplicaWrite(held: HeldMessages['list']): Buffer | null {
+    const m = held[0]!;
+    if (this.target.route !== 'replica' || held.length !== 1 || m.type !== FrontendMsg.Query) return null;
+    const c = this.requests.queryClass(m.buf, m.start, m.end);
+    this.requests.rememberFirst(c, m); // forwarded with it when not refused
+    if (c.statements !== 1 || !SURE_WRITES.has(c.reason)) return null;
+    this.requests.forgetFirst();
+    return Buffer.concat([errorResponse(pgmuxError('replicaOnlyWrite', { args: { database: this.database } })), readyForQuery('I')]);
+  }
+
+  /**
+   * LISTEN on a replica-only entry: notifications come from the primary, which this entry
+   * never uses. UNLISTEN alone (drivers send `UNLISTEN *` on reset) is answered as usual.
+   */
+  private refuseReplicaListen(held: HeldMessages['list']): Buffer | null {
+    if (this.target.route !== 'replica') return null;
+    const m = held[0]!;
+    if (m.type === FrontendMsg.Query) {
+      // The class refuseReplicaWrite kept: no second decoding of the text.
+      if (held.length !== 1) return null;
+      const c = this.requests.queryClass(m.buf, m.start, m.end);
+      this.requests.rememberFirst(c, m);
+      if (c.session?.onlyListen !== true || !c.session.listen!.some(isListen)) return null;
+    } else {
+      const plan = planListen(held, (sql) => this.ctx.classify(sql), this.requests.listenStatements);
+      if (plan === null || !plan.steps.some((s) => !Buffer.isBuffer(s) && isListen(s))) return null;
+    }
+    this.requests.forgetFirst();
+    return Buffer.concat([errorResponse(pgmuxError('replicaOnlyListen', { args: { database: this.database } })), readyForQuery('I')]);
   }
 
   private readonly finishListen = (out: Buffer[]): void => {

@@ -34,6 +34,7 @@ import { isSettableReported, parseStartup, StartupParamError } from './startupPa
 import { buildSyncSql, settingsFingerprint, settingsSignature } from './paramSync.js';
 import { adminWelcome, type AdminRole } from './adminSession.js';
 import { ADMIN_DATABASES, ClientState, type ClientCloseReason } from './clientState.js';
+import { knownDatabasesHint, resolveDatabase, type DatabaseTarget } from '../config/databases.js';
 
 const WELCOME_CACHE_LIMIT = 256;
 const EMPTY = Buffer.alloc(0);
@@ -94,6 +95,8 @@ export interface HandshakeHost {
   suspend(): void;
   /** The lookup ended: handle what waited. */
   resume(): void;
+  /** What the client's database and user resolved to (databases section), once per client. */
+  resolved(target: DatabaseTarget): void;
   /** The session's pool for its database and user on `node`. */
   poolFor(node: NodeAddress): Pool;
   /** The welcome was written: the session goes Idle (or Admin) and reads on. */
@@ -133,6 +136,7 @@ const LOGIN_OVER: HandshakeHost = {
   setState: ignore,
   suspend: ignore,
   resume: ignore,
+  resolved: ignore,
   poolFor: () => {
     throw new Error('pgmux: the login is over');
   },
@@ -484,8 +488,17 @@ export class ClientHandshake {
     }
     const refusal = this.ctx.admin.loginRefusal(this.database);
     if (refusal !== null) throw new PgmuxError(refusal);
-    const node = await this.ctx.nodes.loginNode(cfg.failoverTimeoutMs);
+    // After authentication, as PostgreSQL checks it: the hint names no entry to a stranger.
+    const target = resolveDatabase(cfg, this.database, this.user);
+    if (target === null) {
+      throw new PgmuxError(pgmuxError('unknownDatabase', { args: { database: this.database }, hint: knownDatabasesHint(cfg) }));
+    }
+    host.resolved(target);
+    const node = await this.ctx.nodes.loginNode(cfg.failoverTimeoutMs, target.route === 'replica');
     if (host.state !== ClientState.Login) return;
+    if (node === null && target.route === 'replica') {
+      throw new PgmuxError(pgmuxError('noReplicaForEntry', { detail: `No replica of "${this.database}" answered health checks within failover_timeout (${cfg.failoverTimeoutMs} ms).` }));
+    }
     if (node === null) {
       throw new PgmuxError(
         pgmuxError('noNodeAvailable', { detail: `No primary and no replica answered health checks within failover_timeout (${cfg.failoverTimeoutMs} ms).` }),
@@ -518,7 +531,8 @@ export class ClientHandshake {
       // pgmux takes writes (they wait for a primary): a login through a replica must not
       // tell the client it reached a standby (libpq's target_session_attrs=read-write
       // reads in_hot_standby, PostgreSQL 14+).
-      welcome = [...b.params].map(([k, v]): [string, string] => (k === 'in_hot_standby' ? [k, 'off'] : [k, v]));
+      // A replica-only entry is a standby to its clients, and says so.
+      welcome = target.route === 'replica' ? [...b.params] : [...b.params].map(([k, v]): [string, string] => (k === 'in_hot_standby' ? [k, 'off'] : [k, v]));
       pool.release(b);
       if (pool.welcomeBySettings.size >= WELCOME_CACHE_LIMIT) pool.welcomeBySettings.clear();
       pool.welcomeBySettings.set(settingsKey, welcome);

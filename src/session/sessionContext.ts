@@ -15,6 +15,7 @@ import type { ConnectionLimits } from '../server/limits.js';
 import type { NotificationHub } from './notifications.js';
 import type { ClientConnections } from '../server/clientRegistry.js';
 import type { NodeDirectory } from '../server/topologyView.js';
+import type { DatabaseTarget } from '../config/databases.js';
 
 /** PAUSE / RESUME and the admin console, as a client session meets them. */
 export interface AdminService {
@@ -42,8 +43,8 @@ export interface SessionContext {
   readonly registry: ClientConnections;
   /** The cluster as routing sees it, and the waits for a node (topologyView.ts). */
   readonly nodes: NodeDirectory;
-  /** The pool of backends for (node, database, user). */
-  pool(node: NodeAddress, database: string, user: string): Pool;
+  /** The pool of backends for (node, databases entry, backend user) a client's target names. */
+  pool(node: NodeAddress, target: DatabaseTarget): Pool;
   readonly shuttingDown: boolean;
   /** max_unauthenticated_connections, max_db_connections, max_user_connections bookkeeping. */
   readonly limits: ConnectionLimits;
@@ -55,11 +56,11 @@ export interface SessionContext {
   // Statement analysis (src/routing/): decisions only, no sockets.
   classify(sql: string): Classification;
   /**
-   * A read calling `calls` in `database`: why it must run on the primary (it calls a volatile
+   * A read calling `calls` in the target's database: why it must run on the primary (it calls a volatile
    * function), null if it need not, or a promise to wait for (the database's function
    * catalog is being loaded; it never rejects), then ask again.
    */
-  volatileCall(database: string, user: string, calls: readonly FunctionRef[]): string | null | Promise<void>;
+  volatileCall(target: DatabaseTarget, calls: readonly FunctionRef[]): string | null | Promise<void>;
   /** A transaction sends DDL that may change `database`'s functions (once per transaction). */
   functionsChanging(database: string): void;
   /** A transaction that may have changed `database`'s functions ended. */

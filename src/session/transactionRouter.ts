@@ -46,7 +46,7 @@ export class TransactionRouter {
   retryable = false;
   /** What the routing policy remembers of this client (read-your-writes, failed attempts). */
   private readonly state: RouteClient = { minLsn: null, lastWriteAt: -Infinity, avoidNode: null, attempts: 0 };
-  private readonly command: { -readonly [K in keyof RouteCommand]: RouteCommand[K] } = { route: null, volatile: null };
+  private readonly command: { -readonly [K in keyof RouteCommand]: RouteCommand[K] } = { route: null, volatile: null, only: 'any' };
   private view: { -readonly [K in keyof RouteView]: RouteView[K] } | null = null;
   /** The last write's LSN is being read: the next transaction waits for it. */
   lsnPending = false;
@@ -59,7 +59,7 @@ export class TransactionRouter {
 
   poolFor(node: NodeAddress): Pool {
     if (this.poolNode !== node || this.pool === null || this.pool.isClosed) {
-      this.pool = this.ctx.pool(node, this.host.session.database, this.host.session.user);
+      this.pool = this.ctx.pool(node, this.host.session.target);
       this.poolNode = node;
     }
     return this.pool;
@@ -79,7 +79,9 @@ export class TransactionRouter {
     const session = this.host.session;
     this.retryable = loneRead;
     // A read calling a function the database's catalog says is VOLATILE may write.
-    const volatile = route !== null && route.target === 'replica' && route.calls !== undefined ? ctx.volatileCall(session.database, session.user, route.calls) : null;
+    // Not for an entry with a fixed route: nothing would change where it runs.
+    const only = session.target.route;
+    const volatile = only === 'any' && route !== null && route.target === 'replica' && route.calls !== undefined ? ctx.volatileCall(session.target, route.calls) : null;
     if (volatile !== null && typeof volatile === 'object') {
       void volatile.then(this.routeAgain); // the catalog is loading: once per database and after DDL
       return;
@@ -89,6 +91,7 @@ export class TransactionRouter {
     const cmd = this.command;
     cmd.route = route;
     cmd.volatile = volatile;
+    cmd.only = only;
     const topology = ctx.nodes.topology();
     const view = (this.view ??= { topology, disabledNodes: ctx.nodes.disabledNodes, paused, now: ctx.clock.now });
     view.topology = topology;
@@ -108,6 +111,10 @@ export class TransactionRouter {
       case 'node':
         this.routedWrite = d.write;
         this.acquireOn(ctx.nodes.nodeAddress(d.node));
+        return;
+      case 'waitForReplica':
+        this.state.attempts++;
+        ctx.nodes.replicaUp(d.timeoutMs).then(this.routeAgain, this.routeAgain);
         return;
       case 'waitForPrimary':
         this.routedWrite = true;
@@ -253,7 +260,7 @@ export class TransactionRouter {
       pool.discard(b, 'client_gone');
       return;
     }
-    if (this.ctx.config().poolMode === 'session') {
+    if (this.host.session.target.poolMode === 'session') {
       // Session mode: PgBouncer's rule, the reset query runs when one is configured.
       if (this.ctx.config().serverResetQuery) b.needsReset = true;
       else {

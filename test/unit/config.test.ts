@@ -150,6 +150,8 @@ describe('DEFAULTS', () => {
       maxDbClientConnections: 0,
       maxUserClientConnections: 0,
       maxUnauthenticatedConnections: 1000,
+      databases: [],
+      users: [],
     } satisfies Config);
     expect(Object.isFrozen(DEFAULTS)).toBe(true);
   });
@@ -236,6 +238,13 @@ max_user_connections: 20
 max_db_client_connections: 30
 max_user_client_connections: 4
 max_unauthenticated_connections: 50
+databases:
+  appdb:
+  appdb_ro: "dbname=appdb pool_size=5 route=replica"
+  reporting: { dbname: appdb, user: report, password: s3cret, pool_size: 5, min_pool_size: 1, pool_mode: session, max_db_connections: 10 }
+  '*': {}
+users:
+  batch: { pool_mode: session, max_user_connections: 5 }
 `,
     );
     expect(loadConfig({ config: file }, {})).toEqual({
@@ -310,6 +319,13 @@ max_unauthenticated_connections: 50
       maxDbClientConnections: 30,
       maxUserClientConnections: 4,
       maxUnauthenticatedConnections: 50,
+      databases: [
+        { name: 'appdb', dbname: null, user: null, password: null, poolSize: null, minPoolSize: null, poolMode: null, maxDbConnections: null, route: 'any' },
+        { name: 'appdb_ro', dbname: 'appdb', user: null, password: null, poolSize: 5, minPoolSize: null, poolMode: null, maxDbConnections: null, route: 'replica' },
+        { name: 'reporting', dbname: 'appdb', user: 'report', password: 's3cret', poolSize: 5, minPoolSize: 1, poolMode: 'session', maxDbConnections: 10, route: 'any' },
+        { name: '*', dbname: null, user: null, password: null, poolSize: null, minPoolSize: null, poolMode: null, maxDbConnections: null, route: 'any' },
+      ],
+      users: [{ name: 'batch', poolMode: 'session', maxUserConnections: 5 }],
     } satisfies Config);
   });
 
@@ -437,6 +453,8 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_MAX_DB_CLIENT_CONNECTIONS: '9',
       PGMUX_MAX_USER_CLIENT_CONNECTIONS: '0',
       PGMUX_MAX_UNAUTHENTICATED_CONNECTIONS: '0',
+      PGMUX_DATABASES: '{"ro": {"dbname": "app", "route": "replica"}}',
+      PGMUX_USERS: '{"batch": "pool_mode=session"}',
       PGMUX_SOMETHING_ELSE: 'ignored',
       PGMUX_EVENT: 'role_change', // set by the monitor for its hook; not a setting
     });
@@ -509,6 +527,8 @@ describe('precedence: defaults < file < env < flags', () => {
       maxDbClientConnections: 9,
       maxUserClientConnections: 0,
       maxUnauthenticatedConnections: 0,
+      databases: [{ name: 'ro', dbname: 'app', user: null, password: null, poolSize: null, minPoolSize: null, poolMode: null, maxDbConnections: null, route: 'replica' }],
+      users: [{ name: 'batch', poolMode: 'session', maxUserConnections: null }],
     } satisfies Config);
   });
 
