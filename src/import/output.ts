@@ -3,16 +3,10 @@
 // warnings in its header.
 
 import { Document } from 'yaml';
-import { CONFIG_KEYS, ConfigError, parseConfigObject } from '../config/load.js';
+import { ConfigError, parseConfigObject } from '../config/load.js';
 import { settingRank } from '../config/schema.js';
 import type { ImportKind, ImportResult, ImportedFile } from './importConfig.js';
 import { defaultSourceSecurity, weakenings, type ClientAuthLevel, type SourceSecurity } from './security.js';
-
-/**
- * Keys of #15 that other branches add to the schema: written by name (their names are fixed);
- * checked by load.ts like every other key once the schema knows them.
- */
-export const PENDING_KEYS: readonly string[] = ['databases', 'users'];
 
 export class Output {
   readonly values = new Map<string, unknown>();
@@ -33,10 +27,6 @@ export class Output {
    * with a warning naming the original setting.
    */
   set(key: string, value: unknown, from: string): boolean {
-    if (!CONFIG_KEYS.includes(key) && PENDING_KEYS.includes(key)) {
-      this.values.set(key, value);
-      return true;
-    }
     try {
       parseConfigObject({ [key]: value }, 'import', { baseDir: '/' });
     } catch (err) {

@@ -2,15 +2,13 @@
 // cluster are imported with the CLI, loaded with pgmux's own loader and served; logins the
 // source accepted still work and logins it refused are still refused.
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
-import { parse, stringify } from 'yaml';
 import { main } from '../../src/cli.js';
-import { CONFIG_KEYS, loadConfig } from '../../src/config/load.js';
-import { PENDING_KEYS } from '../../src/import/output.js';
+import { loadConfig } from '../../src/config/load.js';
 import { pgpoolAesEncrypt } from '../../src/import/poolPasswd.js';
 import { clusterInfo, pgClient } from '../support/cluster.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
@@ -37,15 +35,8 @@ async function importTo(name: string, source: string, extra: string[] = []): Pro
   return yaml;
 }
 
-/**
- * pgmux started from the imported file (port 0 and the harness's quick health checks on top).
- * Keys other #15 branches add (the databases map, the Unix socket) are served without until
- * the schema knows them: every database name then passes, as without a [databases] section.
- */
+/** pgmux started from the imported file (port 0 and the harness's quick health checks on top). */
 async function serve(yaml: string): Promise<TestProxy> {
-  const raw = parse(readFileSync(yaml, 'utf8')) as Record<string, unknown>;
-  for (const k of PENDING_KEYS) if (!CONFIG_KEYS.includes(k)) delete raw[k];
-  writeFileSync(yaml, stringify(raw));
   const loaded = loadConfig({ config: yaml }, {});
   const { listen: _listen, healthCheckUser: _u, healthCheckPassword: _p, ...rest } = loaded;
   return startProxy(rest);

@@ -8,7 +8,6 @@ import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { detectKind, importConfig, ImportError, type ImportOptions } from '../../src/import/importConfig.js';
-import { PENDING_KEYS } from '../../src/import/output.js';
 import { pgpoolAesDecrypt, pgpoolAesEncrypt } from '../../src/import/poolPasswd.js';
 import { defaultSourceSecurity, weakenings } from '../../src/import/security.js';
 import { matchHba, parseHba } from '../../src/auth/hba.js';
@@ -28,13 +27,10 @@ const pgpoolText = readFileSync(PGPOOL_CONF, 'utf8');
  * Unix socket) are checked on the emitted YAML until the schema knows them; this removes them
  * before load.ts reads the rest. Once merged, CONFIG_KEYS has them and nothing is removed.
  */
-function withoutPending(raw: Record<string, unknown>): Record<string, unknown> {
-  return Object.fromEntries(Object.entries(raw).filter(([k]) => CONFIG_KEYS.includes(k) || !PENDING_KEYS.includes(k)));
-}
 
 /** The produced YAML as pgmux reads it; throws (failing the test) if pgmux would refuse it. */
 function load(yaml: string): Partial<Config> {
-  return parseConfigObject(withoutPending(parse(yaml) as Record<string, unknown>), 'imported.yaml');
+  return parseConfigObject(parse(yaml) as Record<string, unknown>, 'imported.yaml');
 }
 
 function run(text: string, kind?: ImportOptions | 'pgbouncer' | 'pgpool') {
@@ -91,6 +87,15 @@ describe('pgbouncer.ini', () => {
       serverResetQuery: 'DISCARD ALL',
       adminUsers: ['postgres', 'pgbouncer_admin'],
       statsUsers: ['monitoring'],
+      databases: [
+        { name: 'app', dbname: 'app', user: null, password: null, poolSize: null, minPoolSize: null, poolMode: null, maxDbConnections: null, route: 'any' },
+        { name: 'app_ro', dbname: 'app', user: null, password: null, poolSize: null, minPoolSize: null, poolMode: null, maxDbConnections: null, route: 'any' },
+        { name: 'reports', dbname: 'reports', user: null, password: null, poolSize: 5, minPoolSize: null, poolMode: null, maxDbConnections: null, route: 'any' },
+        // Its password is its own (not a global server_password).
+        { name: 'app_admin', dbname: null, user: 'admin', password: "s3cr'et", poolSize: null, minPoolSize: null, poolMode: null, maxDbConnections: null, route: 'any' },
+        { name: '*', dbname: null, user: null, password: null, poolSize: null, minPoolSize: null, poolMode: null, maxDbConnections: null, route: 'any' },
+      ],
+      users: [{ name: 'batch', poolMode: 'session', maxUserConnections: null }],
     });
   });
 
@@ -132,7 +137,7 @@ describe('pgbouncer.ini', () => {
     try {
       writeFileSync(join(dir, 'userlist.txt'), '"app" "secret"\n');
       // TLS with certificates is round-tripped in 'round trip: TLS required + HBA'.
-      const raw = withoutPending(parse(r.yaml.replace('/etc/pgbouncer/userlist.txt', 'userlist.txt')) as Record<string, unknown>);
+      const raw = parse(r.yaml.replace('/etc/pgbouncer/userlist.txt', 'userlist.txt')) as Record<string, unknown>;
       delete raw.client_tls;
       writeFileSync(join(dir, 'pgmux.yaml'), stringify(raw));
       const c = loadConfig({ config: join(dir, 'pgmux.yaml') }, {});
@@ -348,8 +353,7 @@ const POOL_KEY = 'pgmux-test-key';
  * Imports a fixture as if its config directory had been copied to a fresh temporary directory
  * (`/etc/pgbouncer/` in the file points there), writes the YAML and the files the importer
  * produced next to each other, and loads the result with pgmux's own loader (loadConfig: every
- * key parsed, certificates, HBA and auth files read). Keys the schema does not know yet are
- * returned separately (`pending`) and checked on the YAML.
+ * key parsed, certificates, HBA and auth files read).
  */
 function roundTrip(fixture: string, files: Record<string, string>, opts: Partial<ImportOptions> = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'pgmux-import-rt-'));
@@ -359,11 +363,9 @@ function roundTrip(fixture: string, files: Record<string, string>, opts: Partial
   const r = importConfig(text, { sourceDir: dir, authFilePath: 'pgmux-userlist.txt', pgpoolKey: POOL_KEY, ...opts });
   for (const f of r.files) writeFileSync(resolve(dir, f.path), f.content, { mode: 0o600 });
   const raw = parse(r.yaml) as Record<string, unknown>;
-  const loadable = withoutPending(raw);
-  const pending = Object.fromEntries(Object.entries(raw).filter(([k]) => !(k in loadable)));
-  writeFileSync(join(dir, 'pgmux.yaml'), stringify(loadable));
+  writeFileSync(join(dir, 'pgmux.yaml'), r.yaml);
   const config = loadConfig({ config: join(dir, 'pgmux.yaml') }, {});
-  return { ...r, dir, raw, pending, config };
+  return { ...r, dir, raw, config };
 }
 
 const dirs: string[] = [];
@@ -708,7 +710,7 @@ describe('pgmux import (CLI): refusing a weaker result, --allow-weaker, --output
     expect(c.o.stderr).toContain(`# wrote ${join(outDir, 'pgmux-userlist.txt')}: auth_file (from pool_passwd: 5 users)\n`);
     expect(statSync(join(outDir, 'pgmux-userlist.txt')).mode & 0o777).toBe(0o600);
     expect(readFileSync(join(outDir, 'pgmux-userlist.txt'), 'utf8')).toContain('"dave" "dave\'s pw:1"');
-    const raw = withoutPending(parse(readFileSync(join(outDir, 'pgmux.yaml'), 'utf8')) as Record<string, unknown>);
+    const raw = parse(readFileSync(join(outDir, 'pgmux.yaml'), 'utf8')) as Record<string, unknown>;
     writeFileSync(join(outDir, 'pgmux.yaml'), stringify(raw));
     const cfg = loadConfig({ config: join(outDir, 'pgmux.yaml') }, {});
     expect(cfg.authFile).toBe(join(outDir, 'pgmux-userlist.txt'));
