@@ -85,7 +85,8 @@ export function showPools(view: ServerView): Buffer {
   const now = Date.now();
   for (const c of view.clients()) {
     if (!loggedIn(c)) continue;
-    const r = row(c.database, c.user);
+    // A forced user= entry pools every client under that user, as PgBouncer's row does.
+    const r = row(c.database, c.poolUser);
     if (c.state === 'waiting') {
       r.clWaiting++;
       // A client parked by PAUSE waits in no node's queue: its wait counts too.

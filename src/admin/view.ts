@@ -23,6 +23,8 @@ export interface ClientView {
   preparedStatements: number;
   /** Why the client keeps its backend between transactions (session state), or null. */
   pinned: string | null;
+  /** The user its backends log in as: the databases entry's forced user, else its own. */
+  poolUser: string;
 }
 
 export interface BackendView {

@@ -495,6 +495,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       backendPid: this.backend?.pid ?? null,
       preparedStatements: this.stmts.size,
       pinned: this.requests.pinned,
+      poolUser: this.target.backendUser || this.user,
     };
   }
 

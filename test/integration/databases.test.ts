@@ -209,6 +209,7 @@ describe('entries: renames, forced users, passwords, *, unknown names', () => {
   beforeAll(async () => {
     proxy = await startProxy(
       sections({
+        admin_users: ['postgres'],
         databases: {
           alias: { dbname: 'app' },
           as_md5: "dbname=app user=app_md5 password='md5pass'",
@@ -235,6 +236,16 @@ describe('entries: renames, forced users, passwords, *, unknown names', () => {
     expect((await scram.query('SELECT current_user AS u')).rows[0].u).toBe('app_scram');
     const plain = await connect(proxy.port, 'alias');
     expect((await plain.query('SELECT current_user AS u')).rows[0].u).toBe('postgres');
+  });
+
+  it('SHOW POOLS (database pgbouncer) pools the clients of a forced-user entry under that user, with its backends', async () => {
+    const c = await connect(proxy.port, 'as_scram');
+    await c.query('SELECT txid_current()'); // a write: a backend of this entry on the primary
+    const admin = await connect(proxy.port, 'pgbouncer');
+    const rows = (await admin.query('SHOW POOLS')).rows.filter((r) => r.database === 'as_scram');
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ user: 'app_scram', cl_active: 1 });
+    expect(Number(rows[0].sv_idle) + Number(rows[0].sv_active)).toBeGreaterThan(0);
   });
 
   it("LISTENs in the entry's database as its user, with its password", async () => {
