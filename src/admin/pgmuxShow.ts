@@ -95,3 +95,14 @@ export function showPoolNodes(view: ServerView): Buffer {
   });
   return resultSet(columns, rows);
 }
+
+/**
+ * Pgpool-II answers `SHOW pool_nodes` and `SHOW pool_version` on any database (health checks
+ * and runbooks run them through the application's DSN): pgmux does too. Null for the other
+ * pool_* commands, which have admin-console equivalents instead.
+ */
+export function pgpoolShow(view: ServerView, name: string): Buffer | null {
+  if (name === 'nodes') return showPoolNodes(view);
+  if (name === 'version') return resultSet([{ name: 'pool_version', type: 'text' }], [[`pgmux ${view.version}`]]);
+  return null;
+}

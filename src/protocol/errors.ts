@@ -156,6 +156,12 @@ export const ERRORS = {
   adminNotAllowed: spec('FATAL', '28000', ({ user }: { user: string }) => `user "${user}" may not use the admin console`, 'List the user in admin_users or stats_users.'),
   adminSimpleQueryOnly: spec('ERROR', '0A000', 'the admin console accepts simple queries only', 'Use psql, or a simple-protocol query.'),
   adminOneCommandPerQuery: spec('ERROR', '42601', 'the admin console runs one command per query'),
+  pgpoolShowUnsupported: spec(
+    'ERROR',
+    '0A000',
+    ({ name }: { name: string }) => `pgmux does not answer Pgpool-II's SHOW pool_${name}`,
+    'pgmux answers SHOW pool_nodes and SHOW pool_version on any database; for pools, clients and statistics use the admin console (database pgbouncer): SHOW POOLS, SHOW CLIENTS, SHOW STATS.',
+  ),
   adminUnknownCommand: spec('ERROR', '42601', ({ command }: { command: string }) => `unknown admin command "${command}"`),
   adminWrongArguments: spec('ERROR', '42601', ({ command }: { command: string }) => `wrong arguments for ${command}`),
   adminPermissionDenied: spec(

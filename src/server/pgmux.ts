@@ -29,6 +29,7 @@ import { NotificationHub } from '../session/notifications.js';
 import { AdminConsole } from '../admin/console.js';
 import type { BackendView, ClientView, DatabaseView, PoolView, ServerCounters, ServerView, TrafficTotals } from '../admin/view.js';
 import { startHttp, type RunningHttp } from '../admin/http.js';
+import { pgpoolShow } from '../admin/pgmuxShow.js';
 import { createMetrics } from '../observability/metrics.js';
 import { ConfigError, parseConfigObject, validate } from '../config/load.js';
 import { SETTINGS } from '../config/schema.js';
@@ -151,6 +152,7 @@ export class PgmuxServer implements SessionContext, ServerView {
             : null,
       roleOf: (user) => (this.cfg.adminUsers.includes(user) ? 'admin' : this.cfg.statsUsers.includes(user) ? 'stats' : null),
       run: (sql, role) => this.adminConsole.run(sql, role),
+      pgpoolShow: (name) => pgpoolShow(this, name),
     };
     // The listener connection for LISTEN/NOTIFY: one per (database, user), on the primary,
     // outside the pools' size limits.

@@ -401,13 +401,31 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** What pgmux answers itself at a transaction's start, without a backend. */
   private answerLocally(): boolean {
     const held = this.held.list;
-    const reply = this.requests.prepareLocally(held) ?? this.requests.refuseSqlPrepared(held) ?? this.refuseReplicaWrite(held) ?? this.refuseReplicaListen(held);
+    const reply =
+      this.requests.prepareLocally(held) ??
+      this.requests.refuseSqlPrepared(held) ??
+      this.answerPgpoolShow(held) ??
+      this.refuseReplicaWrite(held) ??
+      this.refuseReplicaListen(held);
     if (reply === null) return this.listens.answer(this.held, this.requests, (sql) => this.ctx.classify(sql), this.finishListen);
     this.held.take();
     this.setState(ClientState.Idle);
     this.conn.write(reply);
     this.conn.resumeReading();
     return true;
+  }
+
+  /** Pgpool-II's `SHOW pool_nodes` / `pool_version` sent alone, as Pgpool-II users' checks do. */
+  private answerPgpoolShow(held: HeldMessages['list']): Buffer | null {
+    const m = held[0]!;
+    if (held.length !== 1 || m.type !== FrontendMsg.Query) return null;
+    const c = this.requests.queryClass(m.buf, m.start, m.end); // refuseSqlPrepared kept it: no second decoding
+    this.requests.rememberFirst(c, m); // forwarded with it when not answered here
+    if (c.pgpoolShow === undefined) return null;
+    this.requests.forgetFirst();
+    const rows = this.ctx.admin.pgpoolShow(c.pgpoolShow);
+    const answer = rows ?? errorResponse(pgmuxError('pgpoolShowUnsupported', { args: { name: c.pgpoolShow } }));
+    return Buffer.concat([answer, readyForQuery('I')]);
   }
 
   /**

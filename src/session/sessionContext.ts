@@ -29,6 +29,8 @@ export interface AdminService {
   roleOf(user: string): 'admin' | 'stats' | null;
   /** Runs one console command; its reply without the ReadyForQuery. */
   run(sql: string, role: 'admin' | 'stats'): Promise<Buffer>;
+  /** Pgpool-II's `SHOW pool_<name>` on an application database: the result set, or null when pgmux has no answer. */
+  pgpoolShow(name: string): Buffer | null;
 }
 
 export interface SessionContext {

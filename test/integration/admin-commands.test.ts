@@ -202,6 +202,26 @@ describe('admin commands', () => {
     expect(`${primary.hostname}:${primary.port}`).toBe(topo.primary!.name);
     expect((r.rows as Row[]).filter((x) => x.role === 'standby').every((x) => x.status === 'up' && x.replication_state === 'streaming')).toBe(true);
   });
+
+  it('SHOW pool_nodes and pool_version on an application database, as Pgpool-II answers them; other pool_* get 0A000', async () => {
+    await adminClient();
+    const viaConsole = (await admin.query('SHOW POOL_NODES')).rows;
+    const app = await connect(proxy.port, { user: 'app', password: 'apppass' }); // no console role needed
+    // What Pgpool-II users' health checks send: psql -c, sqlcommenter comments, any case.
+    for (const sql of ['SHOW pool_nodes', 'show POOL_NODES;', "/* check='health' */ SHOW pool_nodes"]) {
+      const r = await app.query(sql);
+      expect(r.fields.map((f) => f.name)[0], sql).toBe('node_id');
+      expect(r.rows.map((x: Row) => `${x.hostname}:${x.port}:${x.role}`), sql).toEqual(viaConsole.map((x: Row) => `${x.hostname}:${x.port}:${x.role}`));
+    }
+    expect((await app.query('SHOW pool_version')).rows[0].pool_version).toMatch(/^pgmux /);
+    const e = await failure(app.query('SHOW pool_processes'));
+    expect(e.code).toBe('0A000');
+    expect(e.hint).toMatch(/admin console/);
+    // The session goes on; an ordinary SHOW still goes to PostgreSQL.
+    expect((await app.query('SHOW server_version_num')).rows[0].server_version_num).toMatch(/^\d+$/);
+    // In a multi-statement string it is PostgreSQL's (which knows no such parameter).
+    expect((await failure(app.query('SHOW pool_nodes; SELECT 1'))).code).toBe('42704');
+  });
 });
 
 describe('SHUTDOWN WAIT_FOR_CLIENTS', () => {

@@ -31,6 +31,20 @@ function check(cases: Case[]): void {
 
 // Statements that only read ----------------------------------------------------------------
 
+describe("Pgpool-II's SHOW pool_* pseudo-commands", () => {
+  it('are recognised alone, in any case, behind comments, with a trailing semicolon', () => {
+    expect(classifySql('SHOW pool_nodes').pgpoolShow).toBe('nodes');
+    expect(classifySql('/* app=x */ show POOL_VERSION ;').pgpoolShow).toBe('version');
+    expect(classifySql('SHOW pool_processes').pgpoolShow).toBe('processes');
+  });
+
+  it('are not: quoted, multi-statement, a GUC, or unterminated', () => {
+    for (const sql of ['SHOW "pool_nodes"', 'SHOW pool_nodes; SELECT 1', 'SHOW search_path', 'SHOW pool_nodes /* open', 'SHOW ALL']) {
+      expect(classifySql(sql).pgpoolShow, sql).toBeUndefined();
+    }
+  });
+});
+
 describe('reads go to a replica', () => {
   check([
     R('SELECT 1', 'read-only SELECT'),
