@@ -5,6 +5,7 @@
 import type { Config } from '../config/types.js';
 import type { TopologySnapshot } from '../cluster/snapshot.js';
 import type { PoolStats } from '../pool/pool.js';
+import type { TrafficStats } from '../observability/trafficStats.js';
 
 export interface ClientView {
   id: number;
@@ -142,6 +143,8 @@ export interface ServerView {
   classifierStats(): { hits: number; misses: number; entries: number };
   /** Per (database entry, user) traffic totals since start. */
   trafficTotals(): TrafficTotals[];
+  /** The records behind trafficTotals() (histogram buckets, the pair bound) for /metrics. */
+  trafficStats(): TrafficStats;
   /** The databases section's entries (or the implicit '*'). */
   databases(): DatabaseView[];
   isPaused(database?: string): boolean;

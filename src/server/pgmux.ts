@@ -28,6 +28,7 @@ import { AdminConsole } from '../admin/console.js';
 import type { BackendView, ClientView, DatabaseView, PoolView, ServerCounters, ServerView, TrafficTotals } from '../admin/view.js';
 import { startHttp, type RunningHttp } from '../admin/http.js';
 import { createMetrics } from '../observability/metrics.js';
+import { TrafficStats } from '../observability/trafficStats.js';
 
 /** Upper bounds (ms) of the pool wait-time histogram buckets. */
 const WAIT_BUCKETS_MS = [0.1, 1, 5, 10, 50, 100, 500, 1000, 5000, 30000];
@@ -79,6 +80,8 @@ export class PgmuxServer implements SessionContext, ServerView {
     backendResets: 0,
     backendConnectFailures: 0,
   };
+  /** Per (database entry, user) totals since start (SHOW STATS, labelled metrics). */
+  readonly traffic = new TrafficStats();
   /** Databases paused by PAUSE (null entry = everything). */
   private readonly paused = new Set<string | null>();
   private readonly parked = new Set<ClientSession>();
@@ -345,7 +348,11 @@ export class PgmuxServer implements SessionContext, ServerView {
   }
 
   trafficTotals(): TrafficTotals[] {
-    return []; // filled by the traffic statistics (issue #15)
+    return this.traffic.totals();
+  }
+
+  trafficStats(): TrafficStats {
+    return this.traffic;
   }
 
   databases(): DatabaseView[] {

@@ -16,6 +16,7 @@ import type { SessionContext } from './sessionContext.js';
 import type { ClientSession } from './clientSession.js';
 import type { ClientCloseReason } from './clientState.js';
 import { readBack } from './settingsTracker.js';
+import { nowUs } from '../observability/trafficStats.js';
 
 /** What the router needs from the client session. */
 export interface RouterHost {
@@ -50,7 +51,10 @@ export class TransactionRouter {
   private view: { -readonly [K in keyof RouteView]: RouteView[K] } | null = null;
   /** The last write's LSN is being read: the next transaction waits for it. */
   lsnPending = false;
-  private waitStartedAt = 0;
+  /** When the transaction started waiting for its backend (nowUs()). */
+  private waitStartedUs = 0;
+  /** Inside route(): a backend acquired now was idle, and the wait's start time is still current. */
+  private routing = false;
 
   constructor(
     private readonly ctx: SessionContext,
@@ -97,7 +101,18 @@ export class TransactionRouter {
     view.now = ctx.clock.now;
     const d = decideRoute(cmd, this.state, view, ctx.config(), ctx.nodes.readBalancer);
     if (ctx.logger.isLevelEnabled('debug')) session.log.debug({ decision: d.kind, node: d.kind === 'node' ? d.node.name : null, statement: route?.reason ?? null, reason: d.reason }, 'route');
-    this.waitStartedAt = ctx.clock.now;
+    this.waitStartedUs = nowUs();
+    this.routing = true;
+    try {
+      this.execute(d);
+    } finally {
+      this.routing = false;
+    }
+  }
+
+  private execute(d: ReturnType<typeof decideRoute>): void {
+    const ctx = this.ctx;
+    const session = this.host.session;
     switch (d.kind) {
       case 'park':
         ctx.admin.park(session); // the transaction starts on RESUME
@@ -148,7 +163,11 @@ export class TransactionRouter {
 
   /** The transaction got its backend: counted for SHOW NODES and metrics. */
   acquired(b: BackendConnection): void {
-    this.ctx.countRouted(b.node, this.routedWrite ? 'write' : 'read', this.ctx.clock.now - this.waitStartedAt);
+    // An idle backend handed over within route() needs no second clock read.
+    const t = this.routing ? this.waitStartedUs : nowUs();
+    const waitedUs = t - this.waitStartedUs;
+    this.ctx.countRouted(b.node, this.routedWrite ? 'write' : 'read', waitedUs / 1000);
+    this.host.session.meter.linked(t, waitedUs);
   }
 
   acquireFailed(err: Error): void {
