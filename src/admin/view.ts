@@ -127,6 +127,8 @@ export interface ServerCounters {
   backendResets: number;
   /** Failed backend connects (each attempt), whatever the reason. */
   backendConnectFailures: number;
+  /** Backend connect attempts (each attempt, whatever the outcome). */
+  backendConnects: number;
 }
 
 export interface ServerView {

@@ -53,6 +53,8 @@ class AggregateHistogram {
   constructor(
     readonly name: string,
     readonly help: string,
+    /** The labels of its series besides `le` (prom-client's metrics have the same field). */
+    readonly labelNames: readonly string[],
     private readonly read: () => HistogramSeries[],
   ) {}
 
@@ -144,7 +146,7 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
   });
 
   registry.registerMetric(
-    new AggregateHistogram('pgmux_pool_wait_seconds', 'Time transactions waited for a backend.', () => {
+    new AggregateHistogram('pgmux_pool_wait_seconds', 'Time transactions waited for a backend.', [], () => {
       const c = view.counters();
       return [
         {
@@ -168,7 +170,7 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
   const BOUNDS_SECONDS = DURATION_BUCKETS_US.map((us) => us / 1e6);
   const pairHistogram = (name: string, help: string, buckets: (r: TrafficRecord) => Float64Array, sumUs: (r: TrafficRecord) => number): void => {
     registry.registerMetric(
-      new AggregateHistogram(name, help, () =>
+      new AggregateHistogram(name, help, ['database', 'user'], () =>
         pairs().map((r) => {
           const b = buckets(r);
           let count = 0;
@@ -251,6 +253,7 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
     'Failed attempts to connect to and log in to a node (each attempt; retries back off up to server_login_retry).',
     () => view.counters().backendConnectFailures,
   );
+  scalarCounter('pgmux_backend_connects_total', 'Attempts to connect to and log in to a node (failures are also in pgmux_backend_connect_failures_total).', () => view.counters().backendConnects);
   scalarCounter('pgmux_read_retries_total', 'Reads re-run on another node after theirs failed.', () => view.counters().readRetries);
   scalarCounter('pgmux_pipelined_total', 'Requests written to a busy backend behind another client\'s (pipeline_depth, experimental).', () => view.counters().pipelined);
   scalarCounter('pgmux_classifier_cache_hits_total', 'Read/write classifier cache hits.', () => view.classifierStats().hits);

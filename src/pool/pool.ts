@@ -31,6 +31,8 @@ export interface PoolStats {
 export interface PoolCounters {
   backendResets: number;
   backendConnectFailures: number;
+  /** Backend connect attempts, whatever their outcome. */
+  backendConnects: number;
 }
 
 export interface PoolHooks {
@@ -74,7 +76,7 @@ export class Pool {
     private config: () => Config,
     private credentials: () => BackendCredentials,
     private logger: Logger,
-    private counters: PoolCounters = { backendResets: 0, backendConnectFailures: 0 },
+    private counters: PoolCounters = { backendResets: 0, backendConnectFailures: 0, backendConnects: 0 },
     private readonly hooks: PoolHooks = {},
   ) {
     this.loggedFailure = hooks.knownFailure ?? null;
@@ -300,6 +302,7 @@ export class Pool {
     const cfg = this.config();
     this.connecting++;
     this.totalConnects++;
+    this.counters.backendConnects++;
     const failuresAtStart = this.connectFailures;
     (this.hooks.connect ?? BackendConnection.connect)({
       node: this.node,

@@ -79,6 +79,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     pipelined: 0,
     backendResets: 0,
     backendConnectFailures: 0,
+    backendConnects: 0,
   };
   /** Per (database entry, user) totals since start (SHOW STATS, labelled metrics). */
   readonly traffic = new TrafficStats();
