@@ -1,6 +1,6 @@
 // deploy/grafana/pgmux-dashboard.json asks only for series pgmux exports, with labels they
 // have, through the dashboard's data source variable: a renamed metric or label fails here
-// instead of leaving an empty panel.
+// instead of leaving an empty panel. docs/operations.md lists every series.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -111,3 +111,13 @@ describe('Grafana dashboard', () => {
     }
   });
 });
+
+describe('docs/operations.md', () => {
+  it('lists every pgmux_* series pgmux registers', () => {
+    const docs = readFileSync(join(ROOT, 'docs/operations.md'), 'utf8');
+    const { registry } = createMetrics({} as ServerView);
+    const missing = registry.getMetricsAsArray().map((m) => m.name).filter((n) => n.startsWith('pgmux_') && !docs.includes('`' + n + '`'));
+    expect(missing).toEqual([]);
+  });
+});
+
