@@ -150,7 +150,21 @@ export class TrafficMeter {
     r.serverAssignments++;
     r.waitTimeUs += waitUs;
     r.waitBuckets[bucketOf(waitUs)]!++;
-    this.linkedAtUs = atUs;
+    // A pipelined unit was on the backend's wire before its turn: its time started then.
+    if (this.outstanding === 0) this.linkedAtUs = atUs;
+  }
+
+  /**
+   * A self-contained unit (one Query, or unnamed Parse/Bind/Execute up to one Sync) written
+   * behind another client's on a busy backend (pipeline_depth): one request, its messages
+   * counted here because the request tracker never sees them.
+   */
+  unitSent(parses: number, binds: number): void {
+    const r = this.record;
+    r.clientParses += parses;
+    r.serverParses += parses;
+    r.binds += binds;
+    this.requestSent();
   }
 
   /** A request (Query, Sync, FunctionCall) was forwarded to the backend. */

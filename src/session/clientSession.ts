@@ -505,6 +505,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.queuedOn = b;
     joinPipeline(b, this, unit);
     this.ctx.stats.pipelined++;
+    let parses = 0;
+    let binds = 0;
+    for (const m of unit) {
+      if (m.type === FrontendMsg.Parse) parses++;
+      else if (m.type === FrontendMsg.Bind) binds++;
+    }
+    this.meter.unitSent(parses, binds);
     return true;
   }
 

@@ -5,7 +5,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TrafficTotals } from '../../src/admin/view.js';
 import { pgClient, primaryPort, replicaPorts, waitUntilRunning } from '../support/cluster.js';
-import { startProxy, type TestProxy } from '../support/pgmux.js';
+import { startProxy, testConfig, type TestProxy } from '../support/pgmux.js';
+import { pipelineLimits } from '../../src/pool/pipeline.js';
 import { bindMsg, executeMsg, parseMsg, queryMsg, RawClient, syncMsg } from '../support/rawClient.js';
 import { parseExposition, value } from '../support/exposition.js';
 import { sleep, waitFor } from '../support/wait.js';
@@ -193,3 +194,54 @@ describe('traffic totals per (database, user)', () => {
     expect(pairs.size).toBe(known + 2);
   });
 });
+
+describe('traffic totals of units pipelined behind another client (pipeline_depth)', () => {
+  let proxy: TestProxy;
+  const savedAge = pipelineLimits.headMaxAgeMs;
+  const GATED = 'SELECT count(*) AS n FROM stats_pipeline_gate';
+
+  beforeAll(async () => {
+    const p = await pgClient(primaryPort());
+    await p.query('CREATE TABLE IF NOT EXISTS stats_pipeline_gate (id int)');
+    await p.end();
+    proxy = await startProxy({ nodes: testConfig().nodes.filter((n) => n.port === primaryPort()), poolSize: 1, pipelineDepth: 4 });
+    pipelineLimits.headMaxAgeMs = 60_000;
+  });
+  afterAll(async () => {
+    pipelineLimits.headMaxAgeMs = savedAge;
+    await proxy?.close();
+  });
+
+  it('counts each queued unit as one request with its Parse and Bind, timed from when it was written', async () => {
+    const gate = await pgClient(primaryPort());
+    await gate.query('BEGIN');
+    await gate.query('LOCK TABLE stats_pipeline_gate IN ACCESS EXCLUSIVE MODE');
+    const head = await RawClient.login(proxy.port, { user: 'stats_alice', database: 'app' });
+    const simple = await RawClient.login(proxy.port, { user: 'stats_alice', database: 'app' });
+    const extended = await RawClient.login(proxy.port, { user: 'stats_alice', database: 'app' });
+    try {
+      head.send(queryMsg(GATED));
+      await waitUntilRunning(GATED);
+      simple.send(queryMsg('SELECT 1'));
+      extended.send(Buffer.concat([parseMsg('', 'SELECT 2'), bindMsg('', ''), executeMsg(), syncMsg()]));
+      await waitFor(() => proxy.proxy.stats.pipelined === 2, 5_000, () => `pipelined ${proxy.proxy.stats.pipelined}`);
+      await sleep(200);
+      await gate.query('COMMIT');
+      for (const c of [head, simple, extended]) await c.readUntil('Z');
+    } finally {
+      await gate.end();
+      for (const c of [head, simple, extended]) c.end();
+    }
+    const t = proxy.proxy.trafficTotals().find((x) => x.database === 'app' && x.user === 'stats_alice')!;
+    expect(t.queries).toBe(3);
+    expect(t.xacts).toBe(3);
+    expect(t.clientParses).toBe(1);
+    expect(t.serverParses).toBe(1);
+    expect(t.binds).toBe(1);
+    expect(t.serverAssignments).toBe(3);
+    // All three waited on the backend for the gate: each query took at least the 200 ms.
+    expect(t.queryTimeUs).toBeGreaterThanOrEqual(3 * 180_000);
+    expect(t.queryTimeUs).toBeLessThan(3 * 10_000_000);
+  });
+});
+
