@@ -245,3 +245,33 @@ describe('traffic totals of units pipelined behind another client (pipeline_dept
   });
 });
 
+describe('traffic totals in session mode (the backend stays linked between transactions)', () => {
+  let proxy: TestProxy;
+  beforeAll(async () => {
+    proxy = await startProxy({ poolMode: 'session' });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+  });
+
+  it('ends a transaction at each ReadyForQuery outside a block, with one server assignment', async () => {
+    const c = await RawClient.login(proxy.port, { user: 'stats_bob', database: 'app' });
+    try {
+      await c.query('SELECT 1');
+      await c.query('BEGIN');
+      await c.query('SELECT pg_sleep(0.1)');
+      await c.query('COMMIT');
+      await c.query('SELECT 2');
+    } finally {
+      c.end();
+    }
+    const t = proxy.proxy.trafficTotals().find((x) => x.database === 'app' && x.user === 'stats_bob')!;
+    expect(t.queries).toBe(5);
+    expect(t.xacts).toBe(3);
+    expect(t.serverAssignments).toBe(1);
+    expect(t.xactTimeUs).toBeGreaterThanOrEqual(100_000);
+    // The idle time between transactions is no transaction's.
+    expect(t.xactTimeUs).toBeLessThan(t.queryTimeUs + 50_000);
+  });
+});
+
