@@ -51,9 +51,15 @@ export class TransactionRouter {
   private view: { -readonly [K in keyof RouteView]: RouteView[K] } | null = null;
   /** The last write's LSN is being read: the next transaction waits for it. */
   lsnPending = false;
-  /** When the transaction started waiting for its backend (nowUs()). */
+  /**
+   * When the transaction started waiting for its backend (nowUs()): its first route(), so a
+   * re-route after a failed connect or a function catalog load still counts from there.
+   */
   private waitStartedUs = 0;
-  /** Inside route(): a backend acquired now was idle, and the wait's start time is still current. */
+  private waitOpen = false;
+  /** When the current route() began. */
+  private routeStartedUs = 0;
+  /** Inside route(): a backend acquired now was idle, and routeStartedUs is still current. */
   private routing = false;
 
   constructor(
@@ -84,6 +90,11 @@ export class TransactionRouter {
     this.retryable = loneRead;
     // A read calling a function the database's catalog says is VOLATILE may write.
     const volatile = route !== null && route.target === 'replica' && route.calls !== undefined ? ctx.volatileCall(session.database, session.user, route.calls) : null;
+    const t = nowUs();
+    if (!this.waitOpen) {
+      this.waitStartedUs = t;
+      this.waitOpen = true;
+    }
     if (volatile !== null && typeof volatile === 'object') {
       void volatile.then(this.routeAgain); // the catalog is loading: once per database and after DDL
       return;
@@ -101,7 +112,7 @@ export class TransactionRouter {
     view.now = ctx.clock.now;
     const d = decideRoute(cmd, this.state, view, ctx.config(), ctx.nodes.readBalancer);
     if (ctx.logger.isLevelEnabled('debug')) session.log.debug({ decision: d.kind, node: d.kind === 'node' ? d.node.name : null, statement: route?.reason ?? null, reason: d.reason }, 'route');
-    this.waitStartedUs = nowUs();
+    this.routeStartedUs = t;
     this.routing = true;
     try {
       this.execute(d);
@@ -164,8 +175,9 @@ export class TransactionRouter {
   /** The transaction got its backend: counted for SHOW NODES and metrics. */
   acquired(b: BackendConnection): void {
     // An idle backend handed over within route() needs no second clock read.
-    const t = this.routing ? this.waitStartedUs : nowUs();
+    const t = this.routing ? this.routeStartedUs : nowUs();
     const waitedUs = t - this.waitStartedUs;
+    this.waitOpen = false;
     this.ctx.countRouted(b.node, this.routedWrite ? 'write' : 'read', waitedUs / 1000);
     this.host.session.meter.linked(t, waitedUs);
   }
