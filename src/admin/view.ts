@@ -5,6 +5,7 @@
 import type { Config } from '../config/types.js';
 import type { TopologySnapshot } from '../cluster/snapshot.js';
 import type { PoolStats } from '../pool/pool.js';
+import type { TrafficStats } from '../observability/trafficStats.js';
 
 export interface ClientView {
   id: number;
@@ -133,6 +134,8 @@ export interface ServerCounters {
   backendResets: number;
   /** Failed backend connects (each attempt), whatever the reason. */
   backendConnectFailures: number;
+  /** Backend connect attempts (each attempt, whatever the outcome). */
+  backendConnects: number;
 }
 
 export interface ServerView {
@@ -149,6 +152,8 @@ export interface ServerView {
   classifierStats(): { hits: number; misses: number; entries: number };
   /** Per (database entry, user) traffic totals since start. */
   trafficTotals(): TrafficTotals[];
+  /** The records behind trafficTotals() (histogram buckets, the pair bound) for /metrics. */
+  trafficStats(): TrafficStats;
   /** The databases section's entries (or the implicit '*'). */
   databases(): DatabaseView[];
   isPaused(database?: string): boolean;

@@ -2,15 +2,17 @@
 // the pgmux_* series. Nothing here runs per transaction: every pgmux_* value is read from
 // the ServerView's plain counters and snapshots when /metrics is scraped (collect()).
 //
-// Labels come from closed sets only: node = a configured host:port, state = a client or
-// backend state, route = read|write, role = primary|replica|unknown, node state = one of
-// NODE_STATES. Database and user
-// names never become labels.
+// Labels come from closed or bounded sets only: node = a configured host:port, state = a
+// client or backend state, route = read|write, role = primary|replica|unknown, node state =
+// one of NODE_STATES, sqlstate_class = two characters of [0-9A-Z]. database and user are
+// the pairs the traffic statistics keep (at most maxPairs of them; the rest are folded into
+// "(other)"), so a client cannot grow the series without bound.
 
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Metric } from 'prom-client';
 import type { ServerView } from '../admin/view.js';
 import { isHealthy, type NodeState } from '../cluster/snapshot.js';
+import { DURATION_BUCKETS_US, type TrafficRecord } from './trafficStats.js';
 
 export interface PgmuxMetrics {
   registry: Registry;
@@ -31,6 +33,15 @@ interface Sample {
   value: number;
 }
 
+/** One labelled series of an AggregateHistogram: per-slot (not cumulative) bucket counts. */
+interface HistogramSeries {
+  labels: Record<string, string>;
+  bucketsUpperBounds: readonly number[];
+  bucketCounts: ArrayLike<number>;
+  sum: number;
+  count: number;
+}
+
 /**
  * A histogram whose buckets come from aggregates kept elsewhere (prom-client's Histogram
  * can only observe single values). Registered with registry.registerMetric(); prom-client
@@ -42,20 +53,23 @@ class AggregateHistogram {
   constructor(
     readonly name: string,
     readonly help: string,
-    private readonly read: () => { bucketsUpperBounds: readonly number[]; bucketCounts: readonly number[]; sum: number; count: number },
+    /** The labels of its series besides `le` (prom-client's metrics have the same field). */
+    readonly labelNames: readonly string[],
+    private readonly read: () => HistogramSeries[],
   ) {}
 
   async get(): Promise<{ name: string; help: string; type: 'histogram'; aggregator: 'sum'; values: Sample[] }> {
-    const h = this.read();
     const values: Sample[] = [];
-    let cumulative = 0;
-    h.bucketsUpperBounds.forEach((le, i) => {
-      cumulative += h.bucketCounts[i] ?? 0;
-      values.push({ metricName: `${this.name}_bucket`, labels: { le }, value: cumulative });
-    });
-    values.push({ metricName: `${this.name}_bucket`, labels: { le: '+Inf' }, value: h.count });
-    values.push({ metricName: `${this.name}_sum`, labels: {}, value: h.sum });
-    values.push({ metricName: `${this.name}_count`, labels: {}, value: h.count });
+    for (const h of this.read()) {
+      let cumulative = 0;
+      h.bucketsUpperBounds.forEach((le, i) => {
+        cumulative += h.bucketCounts[i] ?? 0;
+        values.push({ metricName: `${this.name}_bucket`, labels: { ...h.labels, le }, value: cumulative });
+      });
+      values.push({ metricName: `${this.name}_bucket`, labels: { ...h.labels, le: '+Inf' }, value: h.count });
+      values.push({ metricName: `${this.name}_sum`, labels: h.labels, value: h.sum });
+      values.push({ metricName: `${this.name}_count`, labels: h.labels, value: h.count });
+    }
     return { name: this.name, help: this.help, type: 'histogram', aggregator: 'sum', values };
   }
 
@@ -100,6 +114,9 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
     });
   };
 
+  const scalarCounter = (name: string, help: string, read: () => number): void =>
+    counter(name, help, [], (set) => set({}, read()));
+
   gauge('pgmux_client_connections', 'Client connections by state.', ['state'], (g) => {
     const by = new Map<string, number>(CLIENT_STATES.map((s) => [s, 0]));
     for (const c of view.clients()) if (by.has(c.state)) by.set(c.state, by.get(c.state)! + 1);
@@ -120,25 +137,98 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
     }
   });
 
-  gauge('pgmux_pool_waiting_clients', 'Clients waiting for a backend, by node.', ['node'], (g) => {
-    const by = new Map<string, number>(nodeNames().map((n) => [n, 0]));
-    for (const p of view.pools()) if (by.has(p.node)) by.set(p.node, by.get(p.node)! + p.stats.waiting);
-    for (const [node, n] of by) g.set({ node }, n);
+  gauge('pgmux_pool_waiting_clients', 'Clients waiting in a pool\'s queue for a backend, by node, database and user.', ['node', 'database', 'user'], (g) => {
+    const traffic = view.trafficStats();
+    for (const p of view.pools()) {
+      const l = traffic.labelsFor(p.database, p.user);
+      g.inc({ node: p.node, database: l.database, user: l.user }, p.stats.waiting);
+    }
   });
 
   registry.registerMetric(
-    new AggregateHistogram('pgmux_pool_wait_seconds', 'Time transactions waited for a backend.', () => {
+    new AggregateHistogram('pgmux_pool_wait_seconds', 'Time transactions waited for a backend.', [], () => {
       const c = view.counters();
-      return {
-        bucketsUpperBounds: c.waitBucketsMs.map((ms) => ms / 1000),
-        bucketCounts: c.waitBucketCounts,
-        sum: c.waitMsSum / 1000,
-        count: c.waitCount,
-      };
+      return [
+        {
+          labels: {},
+          bucketsUpperBounds: c.waitBucketsMs.map((ms) => ms / 1000),
+          bucketCounts: c.waitBucketCounts,
+          sum: c.waitMsSum / 1000,
+          count: c.waitCount,
+        },
+      ];
     }) as unknown as Metric,
   );
 
-  counter('pgmux_transactions_total', 'Transactions routed, by node and route (read|write).', ['node', 'route'], (set) => {
+  // Per (database, user) pair: from the traffic records, read at scrape time.
+  const pairs = (): TrafficRecord[] => view.trafficStats().records();
+  const pairLabels = (r: TrafficRecord): Record<string, string> => ({ database: r.database, user: r.user });
+  const pairCounter = (name: string, help: string, read: (r: TrafficRecord) => number): void =>
+    counter(name, help, ['database', 'user'], (set) => {
+      for (const r of pairs()) set(pairLabels(r), read(r));
+    });
+  const BOUNDS_SECONDS = DURATION_BUCKETS_US.map((us) => us / 1e6);
+  const pairHistogram = (name: string, help: string, buckets: (r: TrafficRecord) => Float64Array, sumUs: (r: TrafficRecord) => number): void => {
+    registry.registerMetric(
+      new AggregateHistogram(name, help, ['database', 'user'], () =>
+        pairs().map((r) => {
+          const b = buckets(r);
+          let count = 0;
+          for (let i = 0; i < b.length; i++) count += b[i]!;
+          return { labels: pairLabels(r), bucketsUpperBounds: BOUNDS_SECONDS, bucketCounts: b, sum: sumUs(r) / 1e6, count };
+        }),
+      ) as unknown as Metric,
+    );
+  };
+
+  pairCounter('pgmux_queries_total', 'Requests answered with ReadyForQuery (a simple Query, or an extended-protocol batch up to Sync), by database and user.', (r) => r.queries);
+  pairCounter('pgmux_transactions_total', 'Transactions ended (COMMIT/ROLLBACK, or a statement outside a transaction block), by database and user.', (r) => r.xacts);
+  pairCounter('pgmux_server_assignments_total', 'Times a backend was linked to a client, by database and user.', (r) => r.serverAssignments);
+  pairCounter('pgmux_client_bytes_received_total', 'Bytes received from logged-in clients, by database and user.', (r) => r.bytesReceived);
+  pairCounter('pgmux_client_bytes_sent_total', 'Bytes forwarded from backends to logged-in clients, by database and user.', (r) => r.bytesSent);
+  pairCounter('pgmux_client_parses_total', 'Parse messages from clients (including those pgmux answered itself), by database and user.', (r) => r.clientParses);
+  pairCounter('pgmux_server_parses_total', 'Parse messages sent to backends, by database and user.', (r) => r.serverParses);
+  pairCounter('pgmux_binds_total', 'Bind messages from clients, by database and user.', (r) => r.binds);
+  pairHistogram('pgmux_query_duration_seconds', 'Time from a request forwarded to its ReadyForQuery, by database and user.', (r) => r.queryBuckets, (r) => r.queryTimeUs);
+  pairHistogram('pgmux_transaction_duration_seconds', 'Time from a transaction\'s first request forwarded to its end, by database and user.', (r) => r.xactBuckets, (r) => r.xactTimeUs);
+  pairHistogram('pgmux_client_wait_seconds', 'Time clients waited for a backend (routing to backend linked), by database and user.', (r) => r.waitBuckets, (r) => r.waitTimeUs);
+
+  counter('pgmux_client_errors_total', 'ErrorResponses sent to clients (from backends, and pgmux\'s own FATALs), by database, user and SQLSTATE class.', ['database', 'user', 'sqlstate_class'], (set) => {
+    for (const r of pairs()) for (const [cls, n] of r.errorsByClass) set({ ...pairLabels(r), sqlstate_class: cls }, n);
+  });
+  scalarCounter('pgmux_stats_folded_logins_total', 'Logins counted under database="(other)", user="(other)" because the (database, user) pair bound was reached.', () => view.trafficStats().folds);
+
+  gauge('pgmux_build_info', 'pgmux build: version and the Node.js version, value 1.', ['version', 'node_version'], (g) => g.set({ version: view.version, node_version: process.version }, 1));
+
+  gauge('pgmux_pool_clients', 'Logged-in clients by database, user and state (idle: between transactions, active: linked to a backend, waiting: for a backend).', ['database', 'user', 'state'], (g) => {
+    const traffic = view.trafficStats();
+    const by = new Map<string, number>();
+    for (const c of view.clients()) {
+      const state = c.state === 'linked' ? 'active' : c.state === 'idle' || c.state === 'waiting' ? c.state : null;
+      if (state === null) continue;
+      const l = traffic.labelsFor(c.database, c.user);
+      const k = `${l.database}\0${l.user}`;
+      if (!by.has(k)) for (const s of ['idle', 'active', 'waiting']) by.set(`${k}\0${s}`, 0);
+      by.set(`${k}\0${state}`, by.get(`${k}\0${state}`)! + 1);
+    }
+    for (const [k, n] of by) {
+      const [database, user, state] = k.split('\0') as [string, string, string];
+      g.set({ database, user, state }, n);
+    }
+  });
+
+  gauge('pgmux_pool_backends', 'Backends by node, database, user and state (active: linked or running pgmux\'s own query, idle, connecting).', ['node', 'database', 'user', 'state'], (g) => {
+    const traffic = view.trafficStats();
+    for (const p of view.pools()) {
+      const l = traffic.labelsFor(p.database, p.user);
+      const labels = { node: p.node, database: l.database, user: l.user };
+      g.inc({ ...labels, state: 'active' }, p.stats.active);
+      g.inc({ ...labels, state: 'idle' }, p.stats.idle);
+      g.inc({ ...labels, state: 'connecting' }, p.stats.connecting);
+    }
+  });
+
+  counter('pgmux_node_transactions_total', 'Transactions routed, by node and route (read|write).', ['node', 'route'], (set) => {
     const tx = view.counters().transactions;
     const names = nodeNames();
     for (const k of tx.keys()) if (!names.includes(k)) names.push(k);
@@ -149,8 +239,6 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
     }
   });
 
-  const scalarCounter = (name: string, help: string, read: () => number): void =>
-    counter(name, help, [], (set) => set({}, read()));
 
   scalarCounter('pgmux_bytes_received_total', 'Bytes received from clients.', () => view.counters().bytesIn);
   scalarCounter('pgmux_bytes_sent_total', 'Bytes sent to clients.', () => view.counters().bytesOut);
@@ -165,6 +253,7 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
     'Failed attempts to connect to and log in to a node (each attempt; retries back off up to server_login_retry).',
     () => view.counters().backendConnectFailures,
   );
+  scalarCounter('pgmux_backend_connects_total', 'Attempts to connect to and log in to a node (failures are also in pgmux_backend_connect_failures_total).', () => view.counters().backendConnects);
   scalarCounter('pgmux_read_retries_total', 'Reads re-run on another node after theirs failed.', () => view.counters().readRetries);
   scalarCounter('pgmux_pipelined_total', 'Requests written to a busy backend behind another client\'s (pipeline_depth, experimental).', () => view.counters().pipelined);
   scalarCounter('pgmux_classifier_cache_hits_total', 'Read/write classifier cache hits.', () => view.classifierStats().hits);

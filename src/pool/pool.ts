@@ -32,6 +32,8 @@ export interface PoolStats {
 export interface PoolCounters {
   backendResets: number;
   backendConnectFailures: number;
+  /** Backend connect attempts, whatever their outcome. */
+  backendConnects: number;
 }
 
 export interface PoolHooks {
@@ -84,7 +86,7 @@ export class Pool implements BudgetMember {
     private config: () => Config,
     private credentials: () => BackendCredentials,
     private logger: Logger,
-    private counters: PoolCounters = { backendResets: 0, backendConnectFailures: 0 },
+    private counters: PoolCounters = { backendResets: 0, backendConnectFailures: 0, backendConnects: 0 },
     private readonly hooks: PoolHooks = {},
   ) {
     this.loggedFailure = hooks.knownFailure ?? null;
@@ -374,6 +376,7 @@ export class Pool implements BudgetMember {
     for (const b of this.budgets) b.take();
     this.connecting++;
     this.totalConnects++;
+    this.counters.backendConnects++;
     const failuresAtStart = this.connectFailures;
     (this.hooks.connect ?? BackendConnection.connect)({
       node: this.node,

@@ -34,6 +34,7 @@ import { createMetrics } from '../observability/metrics.js';
 import { ConfigError, parseConfigObject, validate } from '../config/load.js';
 import { SETTINGS } from '../config/schema.js';
 import { ADMIN_DATABASES, ClientState } from '../session/clientState.js';
+import { TrafficStats } from '../observability/trafficStats.js';
 
 /** Upper bounds (ms) of the pool wait-time histogram buckets. */
 const WAIT_BUCKETS_MS = [0.1, 1, 5, 10, 50, 100, 500, 1000, 5000, 30000];
@@ -87,7 +88,10 @@ export class PgmuxServer implements SessionContext, ServerView {
     pipelined: 0,
     backendResets: 0,
     backendConnectFailures: 0,
+    backendConnects: 0,
   };
+  /** Per (database entry, user) totals since start (SHOW STATS, labelled metrics). */
+  readonly traffic = new TrafficStats();
   /** Databases paused by PAUSE (null entry = everything). */
   private readonly paused = new Set<string | null>();
   private readonly parked = new Set<ClientSession>();
@@ -389,7 +393,11 @@ export class PgmuxServer implements SessionContext, ServerView {
   }
 
   trafficTotals(): TrafficTotals[] {
-    return []; // filled by the traffic statistics (issue #15)
+    return this.traffic.totals();
+  }
+
+  trafficStats(): TrafficStats {
+    return this.traffic;
   }
 
   databases(): DatabaseView[] {

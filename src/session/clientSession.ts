@@ -31,6 +31,7 @@ import { expiredTimeout, fatalSpecOf, frameErrorSpec } from './clientErrors.js';
 import { UNRESOLVED, type DatabaseTarget } from '../config/databases.js';
 import { planListen } from './listenRequests.js';
 import type { ListenOp } from '../routing/sessionEffects.js';
+import { TrafficMeter } from '../observability/trafficStats.js';
 import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
@@ -64,6 +65,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   lastActiveAt: number;
   closeReason: ClientCloseReason | null = null;
   transactions = 0;
+  /** Times its requests and transactions into its (database, user) pair's totals (from login on). */
+  readonly meter = new TrafficMeter();
   /**
    * This connection's logger, made on first use: a pino child per connection costs more
    * than the rest of a short connection's setup, and most connections never log.
@@ -128,8 +131,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   ) {
     this.logBindings = { client: this.id };
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
-    this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.requests.emit(msg));
-    this.requests = new RequestTracker(this.requestHost(), this.stmts);
+    this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.requests.emit(msg), this.meter);
+    this.requests = new RequestTracker(this.requestHost(), this.stmts, this.meter);
     this.listens = new ClientListens(ctx.notifications, this, () => ({ database: this.target.dbname, user: this.target.backendUser }));
     this.router = new TransactionRouter(ctx, this);
     this.functionChanges = new FunctionChanges(ctx, () => this.target.dbname);
@@ -166,6 +169,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     this.lastActiveAt = this.ctx.clock.now;
     this.ctx.stats.bytesIn += chunk.length;
+    this.meter.record.bytesReceived += chunk.length;
     this.reader.push(chunk);
     this.drain();
     if (inReadBuffer(chunk)) this.keepOutOfReadBuffer(chunk.buffer);
@@ -340,6 +344,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private loggedIn(how: LoggedIn): void {
     this.suspended = false;
     this.ctx.stats.clientLogins++;
+    this.meter.record = this.ctx.traffic.recordFor(this.database, this.user);
     if (how.kind === 'admin') {
       this.admin = new AdminSession(this.ctx, this.adminHost(), how.role);
       this.setState(ClientState.Admin);
@@ -568,6 +573,13 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.queuedOn = b;
     joinPipeline(b, this, unit);
     this.ctx.stats.pipelined++;
+    let parses = 0;
+    let binds = 0;
+    for (const m of unit) {
+      if (m.type === FrontendMsg.Parse) parses++;
+      else if (m.type === FrontendMsg.Bind) binds++;
+    }
+    this.meter.unitSent(parses, binds);
     return true;
   }
 
@@ -593,6 +605,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   onPipelineLost(b: BackendConnection, why: string): void {
     this.queuedOn = null;
+    this.meter.abandon();
     if (this.state === ClientState.Closed) return;
     const later = this.held.take();
     const read = this.replay.takeRead();
@@ -614,6 +627,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   onBackendData(buf: Buffer, start: number, end: number): void {
     this.ctx.stats.bytesOut += end - start;
+    this.meter.record.bytesSent += end - start;
     const out = this.replay.filter(start === 0 && end === buf.length ? buf : buf.subarray(start, end), this.backend);
     if (out === null) return;
     if (!this.conn.write(out)) this.backend?.socket.pause();
@@ -621,6 +635,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   onBackendReady(status: number): void {
     this.lastActiveAt = this.ctx.clock.now;
+    this.meter.answered(status);
     this.stmts.batchDone();
     const b = this.backend;
     const batch = this.replay.takeReplay();
@@ -686,6 +701,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    * the client once, and its retry prepares the statement afresh.
    */
   onBackendError(fields: Map<string, string>): void {
+    this.meter.record.error(fields.get('C'));
     const held = this.replay.onError(fields, this.stmts.onError(fields));
     if (held !== null) this.conn.write(held);
   }
@@ -701,6 +717,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   onBackendLost(b: BackendConnection, why: string): void {
     this.backend = null;
     this.requests.detach();
+    this.meter.abandon();
     if (this.state === ClientState.Closed) return;
     const read = this.replay.takeRead();
     if (read !== null && this.router.rerouteAfterLoss(b.node)) {
@@ -743,6 +760,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   fatal(spec: ErrorSpec, reason: ClientCloseReason): void {
     if (this.state === ClientState.Closed) return;
     if (!this.conn.destroyed) this.conn.write(errorResponse(spec));
+    this.meter.record.error(spec.code);
     this.close(reason);
   }
 
@@ -759,6 +777,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.closeReason = reason;
     this.held.take();
     this.requests.detach();
+    this.meter.abandon();
     this.handshake.release();
     this.router.cancelWait();
     if (this.queuedOn !== null) {

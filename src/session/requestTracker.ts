@@ -22,6 +22,7 @@ import { SettingsTracker } from './settingsTracker.js';
 import type { StatementForwarder } from './statementForwarder.js';
 import type { RouteClass } from '../routing/policy.js';
 import { selfContainedStatement } from '../routing/pipelining.js';
+import type { TrafficMeter } from '../observability/trafficStats.js';
 
 
 /** What the tracker needs from the client session. */
@@ -82,6 +83,8 @@ export class RequestTracker {
     private readonly host: RequestHost,
     /** This client's named prepared statements (transaction mode). */
     readonly stmts: StatementForwarder,
+    /** Request timing and message counts for the client's (database, user) totals. */
+    private readonly meter: TrafficMeter,
   ) {}
 
   /**
@@ -128,6 +131,7 @@ export class RequestTracker {
     switch (type) {
       case FrontendMsg.Query:
         b.pendingRfq++;
+        this.meter.requestSent();
         if (tracking) {
           const c = this.queryClass(buf, start, end);
           if (c.changesFunctions === true) this.host.functionsChanging();
@@ -138,15 +142,21 @@ export class RequestTracker {
         break;
       case FrontendMsg.FunctionCall:
         b.pendingRfq++;
+        this.meter.requestSent();
         if (tracking) b.expect(Expect.Rfq);
         break;
       case FrontendMsg.Sync:
         b.pendingRfq++;
+        this.meter.requestSent();
         this.extendedOpen = false;
         if (tracking) b.expect(Expect.Rfq);
         break;
-      case FrontendMsg.Parse:
+      case FrontendMsg.Parse: {
         this.extendedOpen = true;
+        const r = this.meter.record;
+        r.clientParses++;
+        // A named statement's Parse is counted where the statement forwarder sends one.
+        if (!tracking || buf[start + 5] === 0) r.serverParses++;
         if (tracking) {
           if (buf[start + 5] !== 0) {
             this.flushRun();
@@ -166,8 +176,10 @@ export class RequestTracker {
           b.expect(Expect.Parse);
         }
         break;
+      }
       case FrontendMsg.Bind:
         this.extendedOpen = true;
+        this.meter.record.binds++;
         // Unnamed portal + unnamed statement (the common case) is forwarded as is.
         if (tracking && !(buf[start + 5] === 0 && buf[start + 6] === 0)) {
           const st = bindStatement(buf, start, end);
@@ -336,6 +348,7 @@ export class RequestTracker {
       parsed.push(p);
     }
     this.remember(parsed);
+    this.meter.record.clientParses += parsed.length;
     const out = Buffer.allocUnsafe(parsed.length * 5 + 6);
     for (let i = 0; i < parsed.length; i++) PARSE_COMPLETE.copy(out, i * 5);
     READY_IDLE.copy(out, parsed.length * 5);

@@ -16,6 +16,7 @@ import type { NotificationHub } from './notifications.js';
 import type { ClientConnections } from '../server/clientRegistry.js';
 import type { NodeDirectory } from '../server/topologyView.js';
 import type { DatabaseTarget } from '../config/databases.js';
+import type { TrafficStats } from '../observability/trafficStats.js';
 
 /** PAUSE / RESUME and the admin console, as a client session meets them. */
 export interface AdminService {
@@ -69,6 +70,8 @@ export interface SessionContext {
   functionsChanged(database: string): void;
   /** Counts a transaction routed to a node (for SHOW NODES and metrics). */
   countRouted(node: NodeAddress, kind: 'read' | 'write', waitedMs: number): void;
+  /** Per (database, user) traffic totals: a session takes its pair's record once, at login. */
+  readonly traffic: TrafficStats;
   readonly stats: { bytesIn: number; bytesOut: number; clientLogins: number; clientLoginFailures: number; readRetries: number; pipelined: number };
   /** PAUSE / RESUME and the admin console. */
   readonly admin: AdminService;

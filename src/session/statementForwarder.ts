@@ -11,6 +11,7 @@ import type { BackendConnection } from '../pool/backend.js';
 import { Expect } from '../pool/backend.js';
 import { FrontendMsg } from '../protocol/messages.js';
 import type { SessionEffects } from '../routing/sessionEffects.js';
+import type { TrafficMeter } from '../observability/trafficStats.js';
 import {
   buildParse,
   closeStatement,
@@ -35,6 +36,8 @@ export class StatementForwarder {
     private readonly cap: () => number,
     /** Writes a finished message to the linked backend, after what is pending. */
     private readonly emit: (msg: Buffer) => void,
+    /** Counts the Parse messages that reach a backend (PgBouncer's server parses). */
+    private readonly meter: TrafficMeter,
   ) {}
 
   get size(): number {
@@ -71,6 +74,7 @@ export class StatementForwarder {
     if (p === null) {
       this.emit(Buffer.from(buf.subarray(start, end))); // malformed: let PostgreSQL say so
       b.expect(Expect.Parse);
+      this.meter.record.serverParses++;
       return;
     }
     const existing = this.statements.get(p.name);
@@ -78,6 +82,7 @@ export class StatementForwarder {
       // PostgreSQL refuses to redefine a named statement without Close: keep that error.
       this.emit(buildParse(existing.proxyName, p.query, p.rest));
       b.expect(Expect.Parse);
+      this.meter.record.serverParses++;
       return;
     }
     const st = this.statementFor(p);
@@ -88,6 +93,7 @@ export class StatementForwarder {
     }
     this.emit(st.parse);
     b.expect(Expect.Parse, st.proxyName);
+    this.meter.record.serverParses++;
     this.notePrepared(b, st.proxyName);
   }
 
@@ -106,6 +112,7 @@ export class StatementForwarder {
     } else {
       this.emit(st.parse);
       b.expect(Expect.ParseHidden, st.proxyName);
+      this.meter.record.serverParses++;
       this.notePrepared(b, st.proxyName);
     }
     this.emit(renameIn(type, buf, start, end, nameStart, nameEnd, st.proxyName));
@@ -141,6 +148,7 @@ export class StatementForwarder {
     if (!b.prepared.has(st.proxyName)) {
       this.emit(st.parse);
       b.expect(Expect.ParseHidden, st.proxyName);
+      this.meter.record.serverParses++;
     }
     b.prepared.delete(st.proxyName);
     b.expect(expect);

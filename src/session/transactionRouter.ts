@@ -16,6 +16,7 @@ import type { SessionContext } from './sessionContext.js';
 import type { ClientSession } from './clientSession.js';
 import type { ClientCloseReason } from './clientState.js';
 import { readBack } from './settingsTracker.js';
+import { nowUs } from '../observability/trafficStats.js';
 
 /** What the router needs from the client session. */
 export interface RouterHost {
@@ -50,7 +51,16 @@ export class TransactionRouter {
   private view: { -readonly [K in keyof RouteView]: RouteView[K] } | null = null;
   /** The last write's LSN is being read: the next transaction waits for it. */
   lsnPending = false;
-  private waitStartedAt = 0;
+  /**
+   * When the transaction started waiting for its backend (nowUs()): its first route(), so a
+   * re-route after a failed connect or a function catalog load still counts from there.
+   */
+  private waitStartedUs = 0;
+  private waitOpen = false;
+  /** When the current route() began. */
+  private routeStartedUs = 0;
+  /** Inside route(): a backend acquired now was idle, and routeStartedUs is still current. */
+  private routing = false;
 
   constructor(
     private readonly ctx: SessionContext,
@@ -82,6 +92,11 @@ export class TransactionRouter {
     // Not for an entry with a fixed route: nothing would change where it runs.
     const only = session.target.route;
     const volatile = only === 'any' && route !== null && route.target === 'replica' && route.calls !== undefined ? ctx.volatileCall(session.target, route.calls) : null;
+    const t = nowUs();
+    if (!this.waitOpen) {
+      this.waitStartedUs = t;
+      this.waitOpen = true;
+    }
     if (volatile !== null && typeof volatile === 'object') {
       void volatile.then(this.routeAgain); // the catalog is loading: once per database and after DDL
       return;
@@ -100,7 +115,18 @@ export class TransactionRouter {
     view.now = ctx.clock.now;
     const d = decideRoute(cmd, this.state, view, ctx.config(), ctx.nodes.readBalancer);
     if (ctx.logger.isLevelEnabled('debug')) session.log.debug({ decision: d.kind, node: d.kind === 'node' ? d.node.name : null, statement: route?.reason ?? null, reason: d.reason }, 'route');
-    this.waitStartedAt = ctx.clock.now;
+    this.routeStartedUs = t;
+    this.routing = true;
+    try {
+      this.execute(d);
+    } finally {
+      this.routing = false;
+    }
+  }
+
+  private execute(d: ReturnType<typeof decideRoute>): void {
+    const ctx = this.ctx;
+    const session = this.host.session;
     switch (d.kind) {
       case 'park':
         ctx.admin.park(session); // the transaction starts on RESUME
@@ -155,7 +181,12 @@ export class TransactionRouter {
 
   /** The transaction got its backend: counted for SHOW NODES and metrics. */
   acquired(b: BackendConnection): void {
-    this.ctx.countRouted(b.node, this.routedWrite ? 'write' : 'read', this.ctx.clock.now - this.waitStartedAt);
+    // An idle backend handed over within route() needs no second clock read.
+    const t = this.routing ? this.routeStartedUs : nowUs();
+    const waitedUs = t - this.waitStartedUs;
+    this.waitOpen = false;
+    this.ctx.countRouted(b.node, this.routedWrite ? 'write' : 'read', waitedUs / 1000);
+    this.host.session.meter.linked(t, waitedUs);
   }
 
   acquireFailed(err: Error): void {

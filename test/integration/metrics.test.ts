@@ -8,70 +8,7 @@ import { join } from 'node:path';
 import { pgClient } from '../support/cluster.js';
 import { startProxy, testConfig, type TestProxy } from '../support/pgmux.js';
 import { waitFor } from '../support/wait.js';
-
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-interface Exposition {
-  types: Map<string, string>;
-  help: Map<string, string>;
-  samples: Sample[];
-}
-
-/** Parses the Prometheus text format (0.0.4); throws on a line it does not understand. */
-function parseExposition(text: string): Exposition {
-  const types = new Map<string, string>();
-  const help = new Map<string, string>();
-  const samples: Sample[] = [];
-  const sampleRe = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+-?\d+)?$/;
-  const labelRe = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?/gy;
-  for (const line of text.split('\n')) {
-    if (line.trim() === '') continue;
-    let m: RegExpExecArray | null;
-    if ((m = /^# TYPE (\S+) (counter|gauge|histogram|summary|untyped)$/.exec(line))) {
-      if (types.has(m[1]!)) throw new Error(`duplicate TYPE for ${m[1]}`);
-      types.set(m[1]!, m[2]!);
-      continue;
-    }
-    if ((m = /^# HELP (\S+) (.*)$/.exec(line))) {
-      help.set(m[1]!, m[2]!);
-      continue;
-    }
-    if (line.startsWith('#')) continue;
-    m = sampleRe.exec(line);
-    if (!m) throw new Error(`unparsable line: ${line}`);
-    const labels: Record<string, string> = {};
-    if (m[2]) {
-      labelRe.lastIndex = 0;
-      let l: RegExpExecArray | null;
-      let consumed = 0;
-      while ((l = labelRe.exec(m[2]))) {
-        labels[l[1]!] = l[2]!.replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
-        consumed = labelRe.lastIndex;
-      }
-      if (consumed !== m[2].length) throw new Error(`bad labels: ${line}`);
-    }
-    const raw = m[3]!;
-    const value = raw === '+Inf' ? Infinity : raw === '-Inf' ? -Infinity : Number(raw);
-    if (Number.isNaN(value) && raw !== 'NaN') throw new Error(`bad value: ${line}`);
-    samples.push({ name: m[1]!, labels, value });
-  }
-  // Every sample belongs to a declared family.
-  for (const s of samples) {
-    const family = types.has(s.name) ? s.name : s.name.replace(/_(bucket|sum|count)$/, '');
-    if (!types.has(family)) throw new Error(`sample ${s.name} has no TYPE`);
-  }
-  return { types, help, samples };
-}
-
-function value(e: Exposition, name: string, labels: Record<string, string> = {}): number | undefined {
-  const s = e.samples.find((x) => x.name === name && Object.keys(labels).every((k) => x.labels[k] === labels[k]) && Object.keys(x.labels).length === Object.keys(labels).length);
-  return s?.value;
-}
+import { parseExposition, value, type Exposition } from '../support/exposition.js';
 
 describe('HTTP endpoints', () => {
   let proxy: TestProxy;
@@ -131,7 +68,16 @@ describe('HTTP endpoints', () => {
       pgmux_server_connections: 'gauge',
       pgmux_pool_waiting_clients: 'gauge',
       pgmux_pool_wait_seconds: 'histogram',
+      pgmux_node_transactions_total: 'counter',
       pgmux_transactions_total: 'counter',
+      pgmux_queries_total: 'counter',
+      pgmux_query_duration_seconds: 'histogram',
+      pgmux_transaction_duration_seconds: 'histogram',
+      pgmux_client_wait_seconds: 'histogram',
+      pgmux_client_errors_total: 'counter',
+      pgmux_pool_clients: 'gauge',
+      pgmux_pool_backends: 'gauge',
+      pgmux_build_info: 'gauge',
       pgmux_bytes_received_total: 'counter',
       pgmux_bytes_sent_total: 'counter',
       pgmux_node_up: 'gauge',
@@ -155,10 +101,10 @@ describe('HTTP endpoints', () => {
     expect(e.types.get('process_cpu_user_seconds_total')).toBe('counter');
     expect(e.types.get('nodejs_heap_size_used_bytes')).toBe('gauge');
 
-    expect(value(e, 'pgmux_transactions_total', { node: primary, route: 'write' })).toBe(WRITES);
-    expect(value(e, 'pgmux_transactions_total', { node: primary, route: 'read' })).toBe(0);
-    expect(replicas.reduce((s, r) => s + value(e, 'pgmux_transactions_total', { node: r, route: 'read' })!, 0)).toBe(READS);
-    expect(replicas.reduce((s, r) => s + value(e, 'pgmux_transactions_total', { node: r, route: 'write' })!, 0)).toBe(0);
+    expect(value(e, 'pgmux_node_transactions_total', { node: primary, route: 'write' })).toBe(WRITES);
+    expect(value(e, 'pgmux_node_transactions_total', { node: primary, route: 'read' })).toBe(0);
+    expect(replicas.reduce((s, r) => s + value(e, 'pgmux_node_transactions_total', { node: r, route: 'read' })!, 0)).toBe(READS);
+    expect(replicas.reduce((s, r) => s + value(e, 'pgmux_node_transactions_total', { node: r, route: 'write' })!, 0)).toBe(0);
     // Only configured nodes as labels.
     const nodeLabels = new Set(e.samples.filter((s) => s.name.startsWith('pgmux_') && s.labels.node).map((s) => s.labels.node));
     expect([...nodeLabels].sort()).toEqual([primary, ...replicas].sort());
@@ -188,7 +134,16 @@ describe('HTTP endpoints', () => {
     expect(value(e, 'pgmux_client_connections', { state: 'idle' })).toBe(1);
     expect(value(e, 'pgmux_client_connections', { state: 'linked' })).toBe(0);
     expect(value(e, 'pgmux_server_connections', { node: primary, state: 'idle' })).toBeGreaterThanOrEqual(1);
-    expect(value(e, 'pgmux_pool_waiting_clients', { node: primary })).toBe(0);
+    expect(value(e, 'pgmux_pool_waiting_clients', { node: primary, database: 'app', user: 'postgres' })).toBe(0);
+    // The same traffic per (database, user): every statement ended a transaction but the block's three.
+    const pair = { database: 'app', user: 'postgres' };
+    expect(value(e, 'pgmux_queries_total', pair)).toBe(WRITES + 2 + READS);
+    expect(value(e, 'pgmux_transactions_total', pair)).toBe(WRITES + READS);
+    expect(value(e, 'pgmux_query_duration_seconds_count', pair)).toBe(WRITES + 2 + READS);
+    expect(value(e, 'pgmux_client_wait_seconds_count', pair)).toBe(WRITES + READS);
+    expect(value(e, 'pgmux_pool_clients', { ...pair, state: 'idle' })).toBe(1);
+    expect(value(e, 'pgmux_pool_backends', { node: primary, ...pair, state: 'idle' })).toBeGreaterThanOrEqual(1);
+    expect(value(e, 'pgmux_build_info', { version: proxy.proxy.version, node_version: process.version })).toBe(1);
 
     for (const n of [primary, ...replicas]) expect(value(e, 'pgmux_node_up', { node: n })).toBe(1);
     expect(value(e, 'pgmux_node_role', { node: primary, role: 'primary' })).toBe(1);

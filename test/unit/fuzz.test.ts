@@ -41,6 +41,7 @@ import { StatementNames } from '../../src/session/preparedStatements.js';
 import type { AuthEntry } from '../../src/auth/authFile.js';
 import { md5Response, md5Secret } from '../../src/auth/md5.js';
 import { formatScramVerifier, makeScramVerifier, ScramClientSession } from '../../src/auth/scram.js';
+import { TrafficStats } from '../../src/observability/trafficStats.js';
 
 const RUNS = Math.max(1, Number(process.env.FUZZ_RUNS ?? 10_000));
 const SEED = process.env.FUZZ_SEED !== undefined ? Number(process.env.FUZZ_SEED) : undefined;
@@ -446,6 +447,7 @@ function fakeContext(v: Variant): { ctx: SessionContext; tracked: Set<unknown>; 
     notifications: { unsubscribe: () => {} },
     classify: unused('classify()'),
     countRouted: () => {},
+    traffic: new TrafficStats(),
     stats: { bytesIn: 0, bytesOut: 0, clientLogins: 0, clientLoginFailures: 0, readRetries: 0, pipelined: 0 },
     admin: {
       isPaused: () => false,

@@ -93,7 +93,7 @@ function harness(over: Partial<Config> = {}): Harness {
   const cfg: Config = { ...DEFAULTS, poolSize: 2, minPoolSize: 0, serverLifetimeMs: 0, serverIdleTimeoutMs: 0, queryWaitTimeoutMs: 0, ...over };
   const connects: PendingConnect[] = [];
   const { logger, lines } = captureLogger('debug');
-  const counters: PoolCounters = { backendResets: 0, backendConnectFailures: 0 };
+  const counters: PoolCounters = { backendResets: 0, backendConnectFailures: 0, backendConnects: 0 };
   const dropped: Pool[] = [];
   const connect = (opts: ConnectOptions) =>
     new Promise<BackendConnection>((resolve, reject) => {
