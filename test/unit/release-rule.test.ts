@@ -5,6 +5,7 @@ import { Classifier } from '../../src/routing/classifier.js';
 import { RequestTracker, type RequestHost } from '../../src/session/requestTracker.js';
 import { StatementForwarder } from '../../src/session/statementForwarder.js';
 import { StatementNames } from '../../src/session/preparedStatements.js';
+import { TrafficMeter } from '../../src/observability/trafficStats.js';
 
 // The release rule as a table: a client's messages and its backend's ReadyForQuery
 // answers, fed to the request tracker one at a time, and what the tracker says after each.
@@ -94,7 +95,8 @@ function tracker(tracking: boolean): RequestTracker {
     functionsChanging: () => {},
     log: () => {},
   };
-  const t: RequestTracker = new RequestTracker(host, new StatementForwarder(new StatementNames(), () => 0, (m) => t.emit(m)));
+  const meter = new TrafficMeter();
+  const t: RequestTracker = new RequestTracker(host, new StatementForwarder(new StatementNames(), () => 0, (m) => t.emit(m), meter), meter);
   t.tracking = tracking;
   return t;
 }
