@@ -42,11 +42,16 @@ describe('LISTEN/NOTIFY under transaction pooling', () => {
 
     // Kill the shared listener's backend on the primary; pgmux reconnects and re-LISTENs.
     const direct = await pgClient(primaryPort());
-    const killed = await direct.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE '%LISTEN \"jobs\"%' AND pid <> pg_backend_pid()");
+    const killed = await direct.query("SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE '%LISTEN \"jobs\"%' AND pid <> pg_backend_pid()");
     expect(killed.rowCount).toBeGreaterThanOrEqual(1);
+    // A new listener: the killed one may still show in pg_stat_activity while it exits.
+    const killedPids = killed.rows.map((r) => r.pid as number);
     await expect
       .poll(async () => {
-        const l = await direct.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query ILIKE '%LISTEN \"jobs\"%' AND pid <> pg_backend_pid()");
+        const l = await direct.query(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query ILIKE '%LISTEN \"jobs\"%' AND pid <> pg_backend_pid() AND pid <> ALL($1::int[])",
+          [killedPids],
+        );
         return l.rows[0].n as number;
       }, { timeout: 5000 })
       .toBeGreaterThanOrEqual(1);
