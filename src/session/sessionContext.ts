@@ -69,7 +69,7 @@ export interface SessionContext {
   functionsChanged(database: string): void;
   /** Counts a transaction routed to a node (for SHOW NODES and metrics). */
   countRouted(node: NodeAddress, kind: 'read' | 'write', waitedMs: number): void;
-  readonly stats: { bytesIn: number; bytesOut: number; clientLogins: number; clientLoginFailures: number; readRetries: number; pipelined: number };
+  readonly stats: { bytesIn: number; bytesOut: number; clientLogins: number; clientLoginFailures: number; proxyHeaderRefusals: number; readRetries: number; pipelined: number };
   /** PAUSE / RESUME and the admin console. */
   readonly admin: AdminService;
 }
