@@ -16,6 +16,7 @@ import { startPgmux } from '../../src/server/pgmux.js';
 import type { Config } from '../../src/config/types.js';
 import { cancelRequestPacket, parseErrorFields, queryMsg, RawClient, startupPacket } from '../support/rawClient.js';
 import { startHaproxy, type RunningHaproxy } from '../support/haproxy.js';
+import { makeTestPki } from '../support/certs.js';
 
 const v1 = (address: string, port: number): Buffer => Buffer.from(`PROXY TCP4 ${address} 127.0.0.1 ${port} 6432\r\n`);
 
@@ -226,6 +227,37 @@ function v2Local(): Buffer {
   b[12] = 0x20;
   return b;
 }
+
+describe('TLS and IPv6 behind a header', () => {
+  it('SSLRequest after the header: TLS works and hostssl lines match the carried address', async () => {
+    const pki = makeTestPki();
+    try {
+      writeFileSync(join(dir, 'hba-ssl.conf'), ['hostssl all all 10.3.3.3/32 trust', 'host all all all reject'].join('\n') + '\n');
+      const { proxy } = await proxyWith({
+        proxyProtocolTrusted: ['127.0.0.1'], hbaFile: join(dir, 'hba-ssl.conf'),
+        clientTls: 'allow', clientTlsCertFile: pki.server.cert, clientTlsKeyFile: pki.server.key,
+      });
+      const allowed = await forwarder(proxy.port, () => v1('10.3.3.3', 3333));
+      const other = await forwarder(proxy.port, () => v1('10.3.3.4', 3334));
+      expect(await loginOutcome(allowed.port, { ssl: { rejectUnauthorized: false } })).toBe('ok');
+      expect(await loginOutcome(allowed.port, { ssl: false })).toMatch(/^28000: pg_hba.conf rejects connection for host "10.3.3.3".*no encryption/);
+      expect(await loginOutcome(other.port, { ssl: { rejectUnauthorized: false } })).toMatch(/^28000: pg_hba.conf rejects connection for host "10.3.3.4"/);
+    } finally {
+      pki.cleanup();
+    }
+  });
+
+  it('a listener on ::1 trusts an IPv6 sender and carries a TCP6 address', async () => {
+    writeFileSync(join(dir, 'hba-v6.conf'), ['host all all 2001:db8::/32 reject', 'host all all all trust'].join('\n') + '\n');
+    const { proxy } = await proxyWith({ listen: { host: '::1', port: 0 }, proxyProtocolTrusted: ['::1/128'], hbaFile: join(dir, 'hba-v6.conf') });
+    const c = await RawClient.connect(proxy.port, '::1');
+    clients.push(c);
+    c.send(Buffer.concat([Buffer.from('PROXY TCP6 2001:db8::7 ::1 4000 6432\r\n'), startupPacket({ user: 'postgres', database: 'app' })]));
+    const m = await c.read(5000);
+    expect(m?.type).toBe('E');
+    expect(parseErrorFields(m!.body).message).toContain('host "2001:db8::7"');
+  });
+});
 
 describe('a header that never ends', () => {
   it('is closed at client_login_timeout and counted', async () => {
