@@ -212,6 +212,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.refuseProxyHeader(pgmuxError('proxyHeaderInvalid', { detail: header.problem }), 'invalid PROXY protocol header', header.problem);
         return null;
       case 'proxied':
+        if (this.ctx.logger.isLevelEnabled('debug')) this.log.debug({ remote: `${header.address}:${header.port}`, via: this.remote }, 'client address from a PROXY header');
         this.conn.carry(header.address, header.port);
         break;
       case 'local':

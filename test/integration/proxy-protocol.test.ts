@@ -273,11 +273,13 @@ describe('a header that never ends', () => {
 
 describe('PROXY protocol from an untrusted sender', () => {
   it('a header is refused with 08P01 and a warning; plain PostgreSQL works as before', async () => {
-    const { proxy, log } = await proxyWith({ proxyProtocolTrusted: ['10.255.0.0/16'] });
+    const { proxy, log } = await proxyWith({ proxyProtocolTrusted: ['10.255.0.0/16'], http: { host: '127.0.0.1', port: 0 } });
     expect(await firstErrorAfter(proxy.port, v1('10.1.2.3', 1))).toMatchObject({ code: '08P01', message: 'PROXY protocol header from an untrusted address' });
     expect(await firstErrorAfter(proxy.port, v2Inet('10.1.2.3', 1))).toMatchObject({ code: '08P01', message: 'PROXY protocol header from an untrusted address' });
     expect(log.lines.some((l) => l.level === LEVEL.warn && /not in proxy_protocol_trusted/.test(l.msg))).toBe(true);
     expect(await loginOutcome(proxy.port)).toBe('ok');
+    const metrics = await (await fetch(`http://127.0.0.1:${proxy.httpPort}/metrics`)).text();
+    expect(metrics).toMatch(/^pgmux_proxy_header_refusals_total 2$/m);
   });
 });
 
