@@ -3,7 +3,7 @@
 // packet in the same segment, with TLVs, and malformed or hostile input.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { isProxyTrusted, parseProxyHeader, V1_MAX_BYTES, V2_MAX_BODY_BYTES } from '../../src/net/proxyProtocol.js';
+import { checkTrustedEntry, isProxyTrusted, parseProxyHeader, V1_MAX_BYTES, V2_MAX_BODY_BYTES } from '../../src/net/proxyProtocol.js';
 
 const SIG = Buffer.from('0d0a0d0a000d0a515549540a', 'hex');
 const STARTUP = Buffer.from('0000000800030000', 'hex');
@@ -182,5 +182,17 @@ describe('proxy_protocol_trusted', () => {
     expect(isProxyTrusted(trusted, 'fe80::1')).toBe(false);
     expect(isProxyTrusted(trusted, null)).toBe(false);
     expect(isProxyTrusted([], '10.0.0.7')).toBe(false);
+  });
+});
+
+describe('proxy_protocol_trusted entries', () => {
+  it('accepts addresses and CIDRs, refuses names, zones and bad masks with a reason', () => {
+    expect(checkTrustedEntry('10.0.0.7')).toEqual({ address: '10.0.0.7', family: 4, prefix: 32 });
+    expect(checkTrustedEntry('fd00::/8')).toEqual({ address: 'fd00::', family: 6, prefix: 8 });
+    expect(checkTrustedEntry('lb.internal')).toMatch(/is not an IP address/);
+    expect(checkTrustedEntry('fe80::1%eth0')).toMatch(/is not an IP address/);
+    expect(checkTrustedEntry('10.0.0.0/33')).toMatch(/invalid CIDR mask "\/33"/);
+    expect(checkTrustedEntry('::/129')).toMatch(/expected 0..128/);
+    expect(checkTrustedEntry('10.0.0.0/')).toMatch(/invalid CIDR mask/);
   });
 });
