@@ -232,6 +232,12 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   /** The reader saw a PROXY header where a startup packet belongs: the sender is not trusted. */
   private onUntrustedProxyHeader(): void {
+    // No address: the peer reset the connection before it was accepted (HAProxy ends its
+    // health checks with a reset, its header already sent). Nobody is left to refuse or report.
+    if (this.conn.address === '') {
+      this.close('client_gone');
+      return;
+    }
     this.refuseProxyHeader(pgmuxError('proxyHeaderUntrusted'), 'PROXY protocol header from an address not in proxy_protocol_trusted refused');
   }
 

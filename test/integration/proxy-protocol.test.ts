@@ -290,7 +290,7 @@ describe('behind a real HAProxy (send-proxy-v2)', () => {
   });
 
   it('HBA matches the real client address (127.0.0.2 rejected, 127.0.0.3 accepted and shown)', async () => {
-    const { proxy } = await proxyWith({ proxyProtocolTrusted: ['127.0.0.1'], hbaFile: join(dir, 'hba.conf'), adminUsers: ['postgres'] });
+    const { proxy, log } = await proxyWith({ proxyProtocolTrusted: ['127.0.0.1'], hbaFile: join(dir, 'hba.conf'), adminUsers: ['postgres'] });
     haproxy = await startHaproxy((front) => [
       'defaults',
       '  mode tcp',
@@ -301,7 +301,8 @@ describe('behind a real HAProxy (send-proxy-v2)', () => {
       `  bind 127.0.0.1:${front}`,
       '  default_backend pgmux',
       'backend pgmux',
-      `  server s1 127.0.0.1:${proxy.port} send-proxy-v2`,
+      // Its health checks carry a header too (check-send-proxy): they must not count as refusals.
+      `  server s1 127.0.0.1:${proxy.port} send-proxy-v2 check inter 100ms check-send-proxy`,
     ].join('\n'));
     const rejected = await rawLoginFrom('127.0.0.2', haproxy.port);
     expect(rejected).toContain('pg_hba.conf rejects connection for host "127.0.0.2"');
@@ -313,6 +314,9 @@ describe('behind a real HAProxy (send-proxy-v2)', () => {
     // pg's client connects from 127.0.0.1: HAProxy's header says so too.
     expect(rows.filter((r) => r.addr === '127.0.0.1').length).toBeGreaterThan(0);
     await c.query('SELECT 1');
+    await new Promise((r) => setTimeout(r, 300)); // a few health checks
+    expect(log.lines.filter((l) => l.level >= LEVEL.warn)).toEqual([]);
+    expect(proxy.proxy.counters().proxyHeaderRefusals).toBe(0);
   });
 });
 
