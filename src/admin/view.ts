@@ -119,6 +119,8 @@ export interface ServerCounters {
   bytesOut: number;
   clientLogins: number;
   clientLoginFailures: number;
+  /** Connections closed for a PROXY protocol header: missing, malformed, or from an untrusted sender. */
+  proxyHeaderRefusals: number;
   /** Transactions by node name and route ('read' | 'write'). */
   transactions: Map<string, { read: number; write: number }>;
   /** Time clients waited for a backend: sum and count, plus histogram buckets (ms). */

@@ -14,8 +14,9 @@
 
 import type { AuthMethod, Config, LogLevel, PoolMode, ReadYourWrites } from './types.js';
 import { CLIENT_TLS_MODES, SERVER_TLS_MODES } from '../net/tls.js';
+import { checkTrustedEntry } from '../net/proxyProtocol.js';
 import {
-  MiB, type Raw, asString, formatDuration, formatHostPort, formatSize, parseBoolean, parseDuration, parseDurationAtLeast, parseEnum,
+  Invalid, MiB, type Raw, asString, formatDuration, formatHostPort, formatSize, parseBoolean, parseDuration, parseDurationAtLeast, parseEnum,
   parseFraction, parseFunctionList, parseHostPort, parseHttp, parseInteger, parseName, parseNameList, parseNodes, parseOptionalLimit,
   parseOptionalString, parsePath, parseSize, parseTlsVersion, parseUserList, parseSocketDir, parseFileMode,
 } from './values.js';
@@ -88,6 +89,21 @@ function duration<F extends DurationField>(key: string, field: F, def: number, d
 }
 
 const list = (v: readonly string[]): string[] => [...v];
+
+/** proxy_protocol_trusted: a list (or comma-separated string) of IP addresses and CIDRs. */
+function parseProxyTrusted(v: Raw): string[] {
+  const items = typeof v === 'string' ? v.split(',') : Array.isArray(v) ? v : null;
+  if (items === null) throw new Invalid('expected a list of IP addresses or CIDRs');
+  return items
+    .map((x) => {
+      if (typeof x !== 'string') throw new Invalid('expected a list of IP addresses or CIDRs');
+      const entry = x.trim();
+      const checked = entry === '' ? entry : checkTrustedEntry(entry);
+      if (typeof checked === 'string' && checked !== '') throw new Invalid(checked);
+      return entry;
+    })
+    .filter((x) => x !== '');
+}
 const frozen = <T>(v: T[]): T[] => Object.freeze(v) as unknown as T[];
 
 const ROWS = [
@@ -296,6 +312,10 @@ const ROWS = [
   }),
   setting({ key: 'server_tls_ca_file', field: 'serverTlsCaFile', default: null, doc: 'TLS and access', parse: parsePath, pgbouncer: ['server_tls_ca_file'] }),
   setting({ key: 'hba_file', field: 'hbaFile', default: null, doc: 'TLS and access', parse: parsePath, pgbouncer: ['auth_hba_file'] }),
+  setting({
+    key: 'proxy_protocol_trusted', field: 'proxyProtocolTrusted', default: frozen([]), doc: 'TLS and access',
+    parse: parseProxyTrusted, show: list, hintAs: 'proxy_protocol_trusted (load balancer addresses / CIDRs)',
+  }),
   // Client connections per database / user: PgBouncer 1.24's names for exactly this.
   setting({
     key: 'max_db_client_connections', field: 'maxDbClientConnections', default: 0, doc: 'TLS and access',

@@ -200,6 +200,8 @@ export interface Config {
   serverTlsCaFile: string | null;
   /** pg_hba.conf-format file deciding who may connect and how they authenticate; null = no check. */
   hbaFile: string | null;
+  /** Load balancers allowed (and required) to send a PROXY protocol header; empty = PROXY protocol off. */
+  proxyProtocolTrusted: readonly string[];
   /** Client connections per database / per user (authenticated, until they close); 0 = unlimited. */
   maxDbClientConnections: number;
   maxUserClientConnections: number;

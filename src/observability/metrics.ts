@@ -260,6 +260,7 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
   scalarCounter('pgmux_classifier_cache_misses_total', 'Read/write classifier cache misses.', () => view.classifierStats().misses);
   scalarCounter('pgmux_client_logins_total', 'Successful client logins.', () => view.counters().clientLogins);
   scalarCounter('pgmux_client_login_failures_total', 'Failed client logins.', () => view.counters().clientLoginFailures);
+  scalarCounter('pgmux_proxy_header_refusals_total', 'Connections refused for a PROXY protocol header (missing from a trusted sender, malformed, or from an untrusted one).', () => view.counters().proxyHeaderRefusals);
 
   gauge('pgmux_node_up', '1 when the node answers health checks and belongs to the cluster (state up or lagging).', ['node'], (g) => {
     for (const n of view.topology().nodes) g.set({ node: n.name }, isHealthy(n.state) ? 1 : 0);

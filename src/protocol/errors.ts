@@ -43,6 +43,9 @@ export const ERRORS = {
   invalidStartupLayout: spec('FATAL', '08P01', 'invalid startup packet layout', undefined, 'expected NUL-terminated name/value pairs ending with a NUL byte'),
   invalidStartupLength: spec('FATAL', '08P01', 'invalid length of startup packet'),
   unexpectedStartupMessage: spec('FATAL', '08P01', ({ type }: { type: string }) => `expected startup packet, got message type "${type}"`),
+  proxyHeaderInvalid: spec('FATAL', '08P01', 'invalid PROXY protocol header'),
+  proxyHeaderMissing: spec('FATAL', '08P01', 'PROXY protocol header required', 'This address is in proxy_protocol_trusted: connect through the load balancer, or remove the address from the list.'),
+  proxyHeaderUntrusted: spec('FATAL', '08P01', 'PROXY protocol header from an untrusted address', 'Add the load balancer\'s address to proxy_protocol_trusted.'),
   unexpectedPasswordMessage: spec('FATAL', '08P01', ({ type }: { type: string }) => `expected password response, got message type "${type}"`),
   sslRequestWhenEncrypted: spec('FATAL', '08P01', 'SSLRequest on a connection that is already encrypted'),
   unencryptedAfterSslRequest: spec(

@@ -78,6 +78,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     bytesOut: 0,
     clientLogins: 0,
     clientLoginFailures: 0,
+    proxyHeaderRefusals: 0,
     transactions: new Map(),
     waitMsSum: 0,
     waitCount: 0,

@@ -24,6 +24,7 @@ import { ClientHandshake, type HandshakeHost, type LoggedIn } from './handshake.
 import { ADMIN_DATABASE, ClientState, type ClientCloseReason } from './clientState.js';
 import { TransactionRouter, type RouterHost } from './transactionRouter.js';
 import { ClientSocket } from './clientSocket.js';
+import { isProxyTrusted, parseProxyHeader, PROXY_HEADER_AS_LENGTH } from '../net/proxyProtocol.js';
 import { inReadBuffer } from '../net/leanSocket.js';
 import { HeldMessages } from './heldMessages.js';
 import { FunctionChanges } from './functionChanges.js';
@@ -41,6 +42,7 @@ let nextClientId = 1;
 const SURE_WRITES: ReadonlySet<string> = new Set(['INSERT', 'UPDATE', 'DELETE', 'MERGE']);
 const isListen = (op: ListenOp): boolean => op.kind === 'listen';
 const NONE: readonly string[] = [];
+const EMPTY_HEADER = Buffer.alloc(0);
 
 /** Proxy-issued cancel pids: start --workers puts the worker index in the high bits so keys are unique per group. */
 export const cancelPidSpace = { high: 0, mask: 0x7fffffff };
@@ -122,6 +124,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private unitOpen = false;
   /** Nothing read yet: a TLS ClientHello now means direct TLS. */
   private firstData = true;
+  /**
+   * The sender is a trusted load balancer: its first bytes must be a PROXY header, buffered
+   * here until whole (null when no header is expected, the case for every other connection).
+   */
+  private proxyHeader: Buffer | null = null;
 
   constructor(
     socket: net.Socket,
@@ -143,10 +150,17 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       gone: () => this.close('client_gone'),
     }, unix);
     ctx.registry.track(this);
+    if (!unix && isProxyTrusted(ctx.config().proxyProtocolTrusted, this.conn.address)) this.proxyHeader = EMPTY_HEADER;
+    const conn = this.conn;
+    // Getters: a PROXY header replaces the address after the handshake is made.
     this.handshake = new ClientHandshake(ctx, this.handshakeHost(), this.reader, {
       id: this.id,
-      address: this.conn.address,
-      remote: this.remote,
+      get address() {
+        return conn.address;
+      },
+      get remote() {
+        return conn.remote;
+      },
       pid: this.pid,
       secret: this.secret,
     });
@@ -159,6 +173,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   // ---- client -> pgmux ------------------------------------------------------------
 
   private onData(chunk: Buffer): void {
+    if (this.proxyHeader !== null) {
+      const rest = this.onProxyHeaderBytes(chunk);
+      if (rest === null) return;
+      chunk = rest;
+    }
     if (this.firstData) {
       this.firstData = false;
       // 0x16: a TLS handshake record where a startup packet's length would be.
@@ -173,6 +192,57 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.reader.push(chunk);
     this.drain();
     if (inReadBuffer(chunk)) this.keepOutOfReadBuffer(chunk.buffer);
+  }
+
+  /**
+   * Bytes from a trusted load balancer before the PostgreSQL stream: the PROXY header, which
+   * may arrive in pieces or with the startup packet behind it. Returns what follows the
+   * header (null: nothing yet, or the connection was refused). A trusted sender must send a
+   * header: without one, a client that can reach pgmux past the balancer would pass for the
+   * balancer and its address would decide HBA.
+   */
+  private onProxyHeaderBytes(chunk: Buffer): Buffer | null {
+    // Before login every chunk is the socket's own (never the lean path's shared buffer): kept as is.
+    const buf = this.proxyHeader!.length === 0 ? chunk : Buffer.concat([this.proxyHeader!, chunk]);
+    const header = parseProxyHeader(buf);
+    switch (header.kind) {
+      case 'incomplete':
+        this.proxyHeader = buf;
+        return null;
+      case 'absent':
+        this.refuseProxyHeader(pgmuxError('proxyHeaderMissing'), 'connection from a proxy_protocol_trusted address without a PROXY header refused');
+        return null;
+      case 'invalid':
+        this.refuseProxyHeader(pgmuxError('proxyHeaderInvalid', { detail: header.problem }), 'invalid PROXY protocol header', header.problem);
+        return null;
+      case 'proxied':
+        if (this.ctx.logger.isLevelEnabled('debug')) this.log.debug({ remote: `${header.address}:${header.port}`, via: this.remote }, 'client address from a PROXY header');
+        this.conn.carry(header.address, header.port);
+        break;
+      case 'local':
+        break;
+    }
+    this.proxyHeader = null;
+    if (buf.length === header.length) return null;
+    return buf.subarray(header.length);
+  }
+
+  /** A PROXY header refused: counted, logged with the sender's own address, FATAL 08P01. */
+  private refuseProxyHeader(spec: ErrorSpec, message: string, problem?: string): void {
+    this.ctx.stats.proxyHeaderRefusals++;
+    this.log.warn({ remote: this.remote, problem }, message);
+    this.fatal(spec, 'proxy_header');
+  }
+
+  /** The reader saw a PROXY header where a startup packet belongs: the sender is not trusted. */
+  private onUntrustedProxyHeader(): void {
+    // No address: the peer reset the connection before it was accepted (HAProxy ends its
+    // health checks with a reset, its header already sent). Nobody is left to refuse or report.
+    if (this.conn.address === '') {
+      this.close('client_gone');
+      return;
+    }
+    this.refuseProxyHeader(pgmuxError('proxyHeaderUntrusted'), 'PROXY protocol header from an address not in proxy_protocol_trusted refused');
   }
 
   /**
@@ -215,7 +285,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     if (r.error !== FrameError.None && this.state !== ClientState.Closed) {
       if (this.state === ClientState.Startup) {
-        this.handshake.onStartupFrameError(r.errorLength);
+        if (PROXY_HEADER_AS_LENGTH.includes(r.errorLength)) this.onUntrustedProxyHeader();
+        else this.handshake.onStartupFrameError(r.errorLength);
         return;
       }
       this.fatal(frameErrorSpec(r.error, r.errorLength, this.ctx.config().maxMessageBytes), 'protocol_error');
@@ -751,7 +822,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const b = this.backend;
     const idleInTransaction = this.state === ClientState.Linked && b !== null && this.requests.idleInTransaction(b);
     const expired = expiredTimeout(this.state, this.ctx.config(), now, this.connectedAt, this.lastActiveAt, idleInTransaction);
-    if (expired !== null) this.fatal(expired.spec, expired.reason);
+    if (expired === null) return;
+    // A balancer that never finished its header is counted with the other bad headers.
+    if (this.proxyHeader !== null) this.refuseProxyHeader(expired.spec, 'PROXY protocol header not received within client_login_timeout');
+    else this.fatal(expired.spec, expired.reason);
   }
 
   // ---- ending -----------------------------------------------------------------------

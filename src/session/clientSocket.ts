@@ -17,9 +17,12 @@ export interface ClientSocketEvents {
 export class ClientSocket {
   /** The accepted socket, or the TLS socket over it. */
   private socket: net.Socket;
-  /** The client's IP address as accepted (a TLS socket over a stream has none of its own); null on a Unix-domain socket. */
-  readonly address: string | null;
-  readonly port: number;
+  /**
+   * The client's IP address as accepted (a TLS socket over a stream has none of its own), or
+   * as a trusted load balancer's PROXY header carried it; null on a Unix-domain socket.
+   */
+  address: string | null;
+  port: number;
   private readPaused = false;
   private readonly onData: (chunk: Buffer) => void;
   private readonly onDrain: () => void;
@@ -39,6 +42,12 @@ export class ClientSocket {
     this.onGone = () => events.gone();
     if (!unix) socket.setNoDelay(true);
     this.listen(socket);
+  }
+
+  /** A trusted PROXY header named the real client: it is the client's address from now on. */
+  carry(address: string, port: number): void {
+    this.address = address;
+    this.port = port;
   }
 
   /** host:port, or "unix" as PgBouncer shows a Unix-domain socket client. */

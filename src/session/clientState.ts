@@ -32,6 +32,8 @@ export type ClientCloseReason =
   | 'backend_lost'
   | 'cancel_request'
   | 'ssl_request'
+  /** A PROXY protocol header missing, malformed or from an untrusted sender. */
+  | 'proxy_header'
   | 'shutdown'
   /** KILL / KILL_CLIENT on the admin console. */
   | 'admin_kill'

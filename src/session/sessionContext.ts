@@ -72,7 +72,7 @@ export interface SessionContext {
   countRouted(node: NodeAddress, kind: 'read' | 'write', waitedMs: number): void;
   /** Per (database, user) traffic totals: a session takes its pair's record once, at login. */
   readonly traffic: TrafficStats;
-  readonly stats: { bytesIn: number; bytesOut: number; clientLogins: number; clientLoginFailures: number; readRetries: number; pipelined: number };
+  readonly stats: { bytesIn: number; bytesOut: number; clientLogins: number; clientLoginFailures: number; proxyHeaderRefusals: number; readRetries: number; pipelined: number };
   /** PAUSE / RESUME and the admin console. */
   readonly admin: AdminService;
 }

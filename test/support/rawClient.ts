@@ -203,9 +203,10 @@ export class RawClient {
     });
   }
 
-  static connect(port: number, host = '127.0.0.1'): Promise<RawClient> {
+  /** `localAddress`: the source address (any 127/8 address reaches loopback on Linux). */
+  static connect(port: number, host = '127.0.0.1', localAddress?: string): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const s = net.connect({ host, port });
+      const s = net.connect({ host, port, localAddress });
       s.once('connect', () => {
         s.off('error', reject);
         resolve(new RawClient(s));

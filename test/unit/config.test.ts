@@ -145,6 +145,7 @@ describe('DEFAULTS', () => {
       serverTls: 'disable',
       serverTlsCaFile: null,
       hbaFile: null,
+      proxyProtocolTrusted: [],
       maxDbConnections: 0,
       maxUserConnections: 0,
       maxDbClientConnections: 0,
@@ -233,6 +234,7 @@ client_tls_ciphers: HIGH:!aNULL
 server_tls: verify-full
 server_tls_ca_file: ${pki.ca.cert}
 hba_file: ${hbaFile}
+proxy_protocol_trusted: [10.0.0.0/8, "::1"]
 max_db_connections: 100
 max_user_connections: 20
 max_db_client_connections: 30
@@ -314,6 +316,7 @@ users:
       serverTls: 'verify-full',
       serverTlsCaFile: pki.ca.cert,
       hbaFile,
+      proxyProtocolTrusted: ['10.0.0.0/8', '::1'],
       maxDbConnections: 100,
       maxUserConnections: 20,
       maxDbClientConnections: 30,
@@ -448,6 +451,7 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_SERVER_TLS: 'prefer',
       PGMUX_SERVER_TLS_CA_FILE: pki.otherCa.cert,
       PGMUX_HBA_FILE: hbaFile,
+      PGMUX_PROXY_PROTOCOL_TRUSTED: '10.0.0.1, fd00::/8',
       PGMUX_MAX_DB_CONNECTIONS: '0',
       PGMUX_MAX_USER_CONNECTIONS: '7',
       PGMUX_MAX_DB_CLIENT_CONNECTIONS: '9',
@@ -522,6 +526,7 @@ describe('precedence: defaults < file < env < flags', () => {
       serverTls: 'prefer',
       serverTlsCaFile: pki.otherCa.cert,
       hbaFile,
+      proxyProtocolTrusted: ['10.0.0.1', 'fd00::/8'],
       maxDbConnections: 0,
       maxUserConnections: 7,
       maxDbClientConnections: 9,

@@ -401,7 +401,8 @@ writeFileSync(
   ['host all dave all reject', 'host pgmux all 127.0.0.1/32 password', 'host all carol all scram-sha-256', 'host all bob all md5', 'host sameuser all all trust', 'hostssl all all all trust', 'host app all 127.0.0.1/32 md5'].join('\n') + '\n',
 );
 
-type Variant = { auth: Config['auth']; hba: boolean; maxUser: number; clientTls: 'disable' | 'require' };
+/** proxy: the fake socket's 127.0.0.1 is a trusted PROXY protocol sender, or the list names someone else, or it is empty. */
+type Variant = { auth: Config['auth']; hba: boolean; maxUser: number; clientTls: 'disable' | 'require'; proxy: 'off' | 'trusted' | 'untrusted' };
 
 function fakeContext(v: Variant): { ctx: SessionContext; tracked: Set<unknown>; registered: Set<unknown> } {
   const cfg: Config = {
@@ -414,6 +415,7 @@ function fakeContext(v: Variant): { ctx: SessionContext; tracked: Set<unknown>; 
     adminUsers: ['admin'],
     maxMessageBytes: 4096,
     failoverTimeoutMs: 0,
+    proxyProtocolTrusted: v.proxy === 'trusted' ? ['127.0.0.0/8'] : v.proxy === 'untrusted' ? ['10.9.0.0/16'] : [],
   };
   const tracked = new Set<unknown>();
   const registered = new Set<unknown>();
@@ -448,7 +450,7 @@ function fakeContext(v: Variant): { ctx: SessionContext; tracked: Set<unknown>; 
     classify: unused('classify()'),
     countRouted: () => {},
     traffic: new TrafficStats(),
-    stats: { bytesIn: 0, bytesOut: 0, clientLogins: 0, clientLoginFailures: 0, readRetries: 0, pipelined: 0 },
+    stats: { bytesIn: 0, bytesOut: 0, clientLogins: 0, clientLoginFailures: 0, proxyHeaderRefusals: 0, readRetries: 0, pipelined: 0 },
     admin: {
       isPaused: () => false,
       park: () => {},
@@ -620,7 +622,27 @@ const variantArb: fc.Arbitrary<Variant> = fc.record({
   hba: fc.boolean(),
   maxUser: fc.constantFrom(0, 1),
   clientTls: fc.constantFrom('disable', 'disable', 'require'),
+  proxy: fc.constantFrom('off', 'off', 'trusted', 'untrusted'),
 });
+
+const V2_SIG = Buffer.from('0d0a0d0a000d0a515549540a', 'hex');
+
+function v2Header(verCmd: number, fam: number, body: Buffer): Buffer {
+  const head = Buffer.from([verCmd, fam, body.length >> 8, body.length & 0xff]);
+  return Buffer.concat([V2_SIG, head, body]);
+}
+
+/** What a balancer (or an impostor) puts first: the address it carries (null: the sender's own), and its bytes. */
+const proxyHeaderArb: fc.Arbitrary<{ carried: string | null; bytes: Buffer }> = fc.oneof(
+  fc.constant({ carried: '10.1.2.3', bytes: Buffer.from('PROXY TCP4 10.1.2.3 127.0.0.1 5000 6432\r\n') }),
+  fc.constant({ carried: '127.0.0.1', bytes: Buffer.from('PROXY TCP4 127.0.0.1 127.0.0.1 5000 6432\r\n') }),
+  fc.constant({ carried: null, bytes: Buffer.from('PROXY UNKNOWN\r\n') }),
+  fc.constant({ carried: '10.1.2.3', bytes: v2Header(0x21, 0x11, Buffer.from([10, 1, 2, 3, 127, 0, 0, 1, 0x13, 0x88, 0x19, 0x20, 0x05, 0, 2, 0x61, 0x62])) }),
+  fc.constant({ carried: null, bytes: v2Header(0x20, 0x00, Buffer.alloc(0)) }),
+  fc.uint8Array({ maxLength: 120 }).map((b) => ({ carried: null, bytes: Buffer.concat([Buffer.from('PROXY '), Buffer.from(b)]) })),
+  fc.tuple(fc.integer({ min: 0, max: 255 }), fc.integer({ min: 0, max: 255 }), fc.uint8Array({ maxLength: 60 }))
+    .map(([vc, fam, b]) => ({ carried: null, bytes: v2Header(vc, fam, Buffer.from(b)) })),
+);
 
 const SQLSTATE = /^[0-9A-Z]{5}$/;
 const SETTLED = new Set<string>([ClientState.Closed, ClientState.Startup, ClientState.Auth, ClientState.Admin]);
@@ -637,12 +659,19 @@ describe('fuzz: client startup and authentication', () => {
         fc.oneof({ weight: 1, arbitrary: fc.array(actionArb, { minLength: 1, maxLength: 8 }) }, { weight: 2, arbitrary: loginScriptArb }),
         fc.array(fc.nat(), { maxLength: 6 }),
         fc.boolean(),
-        async (variant, actions, cuts, settleEach) => {
+        fc.option(proxyHeaderArb, { freq: 2 }),
+        async (variant, actions, cuts, settleEach, proxyHeader) => {
           const { ctx, tracked, registered } = fakeContext(variant);
           const sock = new FakeSocket();
           const session = new ClientSession(sock as unknown as net.Socket, ctx);
           const conv: Conversation = { user: '', scram: null, secrets: [] };
           const allSent: Buffer[] = [];
+          // A header is read only from a trusted sender; a valid one decides the address HBA sees.
+          let hbaAddress = '127.0.0.1';
+          if (proxyHeader !== null) {
+            for (const chunk of cut(proxyHeader.bytes, cuts)) sock.feed(chunk);
+            if (proxyHeader.carried !== null) hbaAddress = proxyHeader.carried;
+          }
           for (const { action, keep } of actions) {
             if (sock.ended || sock.destroyed) break;
             const bytes = actionBytes(action, sock, conv);
@@ -684,7 +713,7 @@ describe('fuzz: client startup and authentication', () => {
             const rules = hbaRulesFor(ctx.config());
             const method = rules === null
               ? ctx.config().auth
-              : matchHba(rules, { ssl: false, database: session.database, user: session.user, address: '127.0.0.1' })?.method;
+              : matchHba(rules, { ssl: false, database: session.database, user: session.user, address: hbaAddress })?.method;
             if (method !== 'trust') {
               const stream = Buffer.concat(allSent);
               const plain = PASSWORDS.get(session.user);
@@ -694,6 +723,9 @@ describe('fuzz: client startup and authentication', () => {
             expect(AUTH_ENTRIES.has(session.user) || method === 'trust').toBe(true);
           }
           if (variant.clientTls === 'require') expect(authOk).toBe(false); // no TLS on a fake socket
+          // No login past the PROXY rules: a trusted sender needs a header, anyone else must not send one.
+          if (variant.proxy === 'trusted' && proxyHeader === null) expect(authOk).toBe(false);
+          if (variant.proxy !== 'trusted' && proxyHeader !== null) expect(authOk).toBe(false);
           // The client goes away: every counter is back to zero.
           sock.emit('close');
           await settle();
