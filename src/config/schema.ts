@@ -18,6 +18,7 @@ import {
   MiB, type Raw, asString, formatDuration, formatHostPort, formatSize, parseBoolean, parseDuration, parseDurationAtLeast, parseEnum,
   parseFraction, parseFunctionList, parseHostPort, parseHttp, parseInteger, parseName, parseNameList, parseNodes, parseOptionalLimit,
   parseOptionalString, parsePath, parseSize, parseTlsVersion, parseUserList, parseSocketDir, parseFileMode,
+  MAX_PEER_ID, parsePeers, showPeers,
 } from './values.js';
 import { parseDatabases, parseUsers, showDatabases, showUsers } from './databases.js';
 
@@ -161,6 +162,13 @@ const ROWS = [
     key: 'workers', field: 'workers', default: 1, doc: 'Pooling', restartOnly: true, parse: (v) => parseInteger(v, 1, 64),
     flag: { name: '--workers <n>', help: 'worker processes sharing the listen port, 1..64; pool_size and max_client_conn are split across them' },
   }),
+  setting({
+    // Restart only: the id is baked into the cancel keys of the clients already connected.
+    key: 'peer_id', field: 'peerId', default: null, doc: 'Pooling', restartOnly: true,
+    parse: (v) => (v === null || v === '' ? null : parseInteger(v, 0, MAX_PEER_ID)), pgbouncer: ['peer_id'],
+  }),
+  setting({ key: 'peers', field: 'peers', default: Object.freeze({ byId: frozen([]), dns: null }), doc: 'Pooling', parse: parsePeers, show: showPeers, pgbouncer: ['peers'] }),
+  setting({ key: 'peer_budgets', field: 'peerBudgets', default: false, doc: 'Pooling', parse: parseBoolean }),
   setting({
     key: 'server_reset_query', field: 'serverResetQuery', default: 'DISCARD ALL', doc: 'Pooling',
     parse: (v) => (v === null ? '' : asString(v, 'an SQL string')),

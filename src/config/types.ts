@@ -52,6 +52,13 @@ export interface UserEntry {
   maxUserConnections: number | null;
 }
 
+/** `peers`: `ID=HOST:PORT` entries, or one `dns:NAME[:PORT]` (a headless Service: ids unknown). */
+export interface PeersConfig {
+  byId: readonly { id: number; host: string; port: number }[];
+  /** port null = this instance's listen port. */
+  dns: { name: string; port: number | null } | null;
+}
+
 export interface HostPort {
   host: string;
   port: number;
@@ -85,6 +92,12 @@ export interface Config {
   maxUserConnections: number;
   /** Worker processes sharing the listen port (start --workers); pool_size and max_client_conn are split across them. */
   workers: number;
+  /** This instance's id among its peers (carried in cancel keys); null = peering off. */
+  peerId: number | null;
+  /** The other instances a CancelRequest for their key is forwarded to. */
+  peers: PeersConfig;
+  /** Divide the backend and client limits by the live peers (this instance included). */
+  peerBudgets: boolean;
 
   /** How clients authenticate to pgmux. */
   auth: AuthMethod;

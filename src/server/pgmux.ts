@@ -22,6 +22,7 @@ import { ConnectionLimits } from './limits.js';
 import { listenUnix, unixSocketPath } from './unixSocket.js';
 import { reloadTls } from '../net/tls.js';
 import { ClientRegistry } from './clientRegistry.js';
+import { PeerDirectory } from '../cluster/peers.js';
 import { TopologyView } from './topologyView.js';
 import { reloadHba } from '../auth/hba.js';
 import { StatementNames } from '../session/preparedStatements.js';
@@ -104,6 +105,8 @@ export class PgmuxServer implements SessionContext, ServerView {
   readonly clock = { now: Date.now() };
   /** Client connections, max_client_conn and cancel keys. */
   readonly registry: ClientRegistry;
+  /** The other instances: cancel forwarding, live peer count. */
+  readonly peers: PeerDirectory;
   /** Auth file, auth_query cache and what clients proved. */
   readonly auth: AuthStore;
   /** The cluster as sessions see it, and the waits for a node. */
@@ -134,7 +137,8 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.monitor.on('primaryChange', (e: PrimaryChangeEvent) => this.onPrimaryChange(e));
     this.monitor.on('snapshot', (s: TopologySnapshot) => this.onTopology(s));
     this.nodes = new TopologyView(this.monitor, config, closing);
-    this.registry = new ClientRegistry(config, logger, closing);
+    this.peers = new PeerDirectory(config, logger);
+    this.registry = new ClientRegistry(config, logger, closing, this.peers);
     this.poolRegistry = new PoolRegistry(config, (user) => this.auth.credentialsFor(user), logger, this.stats);
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
     this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
@@ -238,6 +242,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.janitor = setInterval(() => this.sweep(), JANITOR_INTERVAL_MS);
     this.janitor.unref();
     this.adminConsole.start();
+    this.peers.start();
   }
 
   /** auth_query lookups that went to the database (tests). */
@@ -330,6 +335,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     while (this.registry.connections.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const c of [...this.registry.connections]) c.fatal(pgmuxError('adminShutdown', { detail: 'shutdown_timeout reached inside a transaction' }), 'shutdown');
     if (this.janitor) clearInterval(this.janitor);
+    this.peers.stop();
     this.adminConsole.stop();
     this.notifications.close();
     this.poolRegistry.closeAll();
@@ -663,6 +669,7 @@ export async function startPgmux(config: Config, opts: StartOptions): Promise<Ru
     });
   });
   const port = (server.address() as net.AddressInfo).port;
+  pgmux.peers.listenPort = port;
   // The Unix-domain socket: same sessions and limits; the flag tells them it is local.
   let unixServer: net.Server | null = null;
   let unixSocket: string | null = null;
