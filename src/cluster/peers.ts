@@ -22,7 +22,7 @@ import { lookup } from 'node:dns/promises';
 import net from 'node:net';
 import { networkInterfaces } from 'node:os';
 import type { Logger } from 'pino';
-import type { Config } from '../config/types.js';
+import type { Config, PeerEntry } from '../config/types.js';
 import { cancelRequest } from '../protocol/messages.js';
 
 const PEER_SHIFT = 20;
@@ -100,13 +100,13 @@ export class PeerDirectory {
     const msg = cancelRequest(key.pid, key.secret & ~FORWARDABLE);
     const peers = this.config().peers;
     let targets: PeerAddress[];
-    if (peers.dns) {
+    if (dnsEntry(peers)) {
       // A headless Service's records: which one is `owner` is unknown, so every one but us
       // gets the key; the others drop it (not theirs, already forwarded).
       targets = await this.resolveDns();
     } else {
-      const p = peers.byId.find((x) => x.id === owner);
-      targets = p ? [p] : [];
+      const p = peers.find((x) => 'id' in x && x.id === owner);
+      targets = p ? [p as PeerAddress] : [];
     }
     if (targets.length === 0) {
       this.counters.cancelsDropped++;
@@ -124,14 +124,14 @@ export class PeerDirectory {
 
   /** The dns: name's A/AAAA records, our own address left out. */
   private async resolveDns(): Promise<PeerAddress[]> {
-    const dns = this.config().peers.dns;
+    const dns = dnsEntry(this.config().peers);
     if (!dns) return [];
     const port = dns.port ?? this.listenPort;
     let records: { address: string }[];
     try {
-      records = await lookup(dns.name, { all: true });
+      records = await lookup(dns.dns, { all: true });
     } catch (err) {
-      this.logger.warn({ peers: dns.name, err: (err as Error).message }, 'peers: dns lookup failed');
+      this.logger.warn({ peers: dns.dns, err: (err as Error).message }, 'peers: dns lookup failed');
       return [];
     }
     const own = port === this.listenPort ? localAddresses() : new Set<string>();
@@ -148,8 +148,8 @@ export class PeerDirectory {
   /** The other instances as listed now (static entries but our own id, or the dns: records). */
   private async targets(): Promise<PeerAddress[]> {
     const peers = this.config().peers;
-    if (peers.dns) return this.resolveDns();
-    return peers.byId.filter((p) => p.id !== this.selfId);
+    if (dnsEntry(peers)) return this.resolveDns();
+    return peers.filter((p): p is PeerEntry & PeerAddress => 'id' in p && p.id !== this.selfId);
   }
 
   /** This instance plus the peers that answered a probe within the last LIVE_PERIODS periods. */
@@ -160,15 +160,35 @@ export class PeerDirectory {
     return n;
   }
 
-  /** Probes the peers every health_check_period: a TCP connect that is closed at once. */
+  /**
+   * Probes the peers every health_check_period: a TCP connect that is closed at once. Every
+   * peer listed at start counts as live until it has missed LIVE_PERIODS periods: an instance
+   * that (re)starts takes the small share first, so the database never sees more than the
+   * budget while the probes settle.
+   */
   start(): void {
     if (this.probeTimer || this.selfId === null) return;
+    let seeded = false;
     const tick = () => {
-      void this.probe();
+      void this.probe(!seeded).then(() => this.noticeLive());
+      seeded = true;
+      this.noticeLive();
       this.probeTimer = setTimeout(tick, this.config().healthCheckPeriodMs);
       this.probeTimer.unref();
     };
     tick();
+  }
+
+  /** Called with the new count when livePeers() changes (peer_budgets re-splits the limits). */
+  onLiveChange: ((live: number) => void) | null = null;
+  private lastLive = 1;
+
+  private noticeLive(): void {
+    const live = this.livePeers();
+    if (live === this.lastLive) return;
+    this.logger.info({ livePeers: live, was: this.lastLive }, 'live peers changed');
+    this.lastLive = live;
+    this.onLiveChange?.(live);
   }
 
   stop(): void {
@@ -176,14 +196,16 @@ export class PeerDirectory {
     this.probeTimer = null;
   }
 
-  private async probe(): Promise<void> {
+  private async probe(seed: boolean): Promise<void> {
     const targets = await this.targets();
     const listed = new Set(targets.map((t) => `${t.host}:${t.port}`));
     // Peers no longer listed (RELOAD, records gone) stop counting at once.
     for (const k of this.lastAliveAt.keys()) if (!listed.has(k)) this.lastAliveAt.delete(k);
     const timeoutMs = this.config().healthCheckTimeoutMs;
+    const now = Date.now();
     for (const t of targets) {
       const k = `${t.host}:${t.port}`;
+      if (seed) this.lastAliveAt.set(k, now);
       const s = net.connect({ host: t.host, port: t.port });
       s.setTimeout(timeoutMs, () => s.destroy());
       s.on('connect', () => {
@@ -193,6 +215,11 @@ export class PeerDirectory {
       s.on('error', () => {});
     }
   }
+}
+
+function dnsEntry(peers: readonly PeerEntry[]): { dns: string; port: number | null } | null {
+  const p = peers[0];
+  return p !== undefined && 'dns' in p ? p : null;
 }
 
 function localAddresses(): Set<string> {

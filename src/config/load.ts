@@ -264,7 +264,7 @@ export function validate(c: Config, requireNodes: boolean): void {
     if (err instanceof HbaError) throw new ConfigError('hba_file', `hba_file: ${err.message}`);
     throw err;
   }
-  if (c.peerId === null && (c.peers.byId.length > 0 || c.peers.dns !== null || c.peerBudgets)) {
+  if (c.peerId === null && (c.peers.length > 0 || c.peerBudgets)) {
     throw new ConfigError('peer_id', `peer_id: ${c.peerBudgets ? 'peer_budgets' : 'peers'} needs this instance's peer_id (0..4095, unique among the peers; it goes into the cancel keys)`);
   }
   if (requireNodes && c.nodes.length === 0) {

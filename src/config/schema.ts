@@ -165,9 +165,9 @@ const ROWS = [
   setting({
     // Restart only: the id is baked into the cancel keys of the clients already connected.
     key: 'peer_id', field: 'peerId', default: null, doc: 'Pooling', restartOnly: true,
-    parse: (v) => (v === null || v === '' ? null : parseInteger(v, 0, MAX_PEER_ID)), pgbouncer: ['peer_id'],
+    parse: (v) => (v === null || v === '' ? null : parseInteger(v, 0, MAX_PEER_ID)),
   }),
-  setting({ key: 'peers', field: 'peers', default: Object.freeze({ byId: frozen([]), dns: null }), doc: 'Pooling', parse: parsePeers, show: showPeers, pgbouncer: ['peers'] }),
+  setting({ key: 'peers', field: 'peers', default: frozen([]), doc: 'Pooling', parse: parsePeers, show: showPeers }),
   setting({ key: 'peer_budgets', field: 'peerBudgets', default: false, doc: 'Pooling', parse: parseBoolean }),
   setting({
     key: 'server_reset_query', field: 'serverResetQuery', default: 'DISCARD ALL', doc: 'Pooling',

@@ -52,12 +52,8 @@ export interface UserEntry {
   maxUserConnections: number | null;
 }
 
-/** `peers`: `ID=HOST:PORT` entries, or one `dns:NAME[:PORT]` (a headless Service: ids unknown). */
-export interface PeersConfig {
-  byId: readonly { id: number; host: string; port: number }[];
-  /** port null = this instance's listen port. */
-  dns: { name: string; port: number | null } | null;
-}
+/** One `peers` entry: `ID=HOST:PORT`, or `dns:NAME[:PORT]` (a headless Service: ids unknown; port null = our listen port). */
+export type PeerEntry = { id: number; host: string; port: number } | { dns: string; port: number | null };
 
 export interface HostPort {
   host: string;
@@ -95,7 +91,7 @@ export interface Config {
   /** This instance's id among its peers (carried in cancel keys); null = peering off. */
   peerId: number | null;
   /** The other instances a CancelRequest for their key is forwarded to. */
-  peers: PeersConfig;
+  peers: readonly PeerEntry[];
   /** Divide the backend and client limits by the live peers (this instance included). */
   peerBudgets: boolean;
 

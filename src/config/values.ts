@@ -6,7 +6,7 @@
 // user wrote it, so one parser serves the YAML file, the environment and the flags alike.
 
 import { resolve as resolvePath } from 'node:path';
-import type { HostPort, NodeConfig, PeersConfig, TlsMinVersion } from './types.js';
+import type { HostPort, NodeConfig, PeerEntry, TlsMinVersion } from './types.js';
 import { parseFunctionEntry } from '../routing/functionLists.js';
 import { quoteName } from '../routing/functionCatalog.js';
 
@@ -367,30 +367,28 @@ export function formatSize(b: number): number | string {
 export const MAX_PEER_ID = 4095;
 
 /** `peers`: a list (or comma-separated string) of `ID=HOST:PORT`, or one `dns:NAME[:PORT]`. */
-export function parsePeers(v: Raw): PeersConfig {
-  if (v === null || v === undefined || v === '') return { byId: [], dns: null };
+export function parsePeers(v: Raw): PeerEntry[] {
+  if (v === null || v === undefined || v === '') return [];
   const items = typeof v === 'string' ? v.split(',').map((x) => x.trim()).filter((x) => x !== '') : Array.isArray(v) ? v : null;
   if (items === null) throw new Invalid(`${show(v)} is not a list of peers (expected "ID=HOST:PORT" entries or one "dns:NAME[:PORT]")`);
-  const byId: { id: number; host: string; port: number }[] = [];
-  let dns: PeersConfig['dns'] = null;
+  const out: PeerEntry[] = [];
   for (const x of items) {
     const s = asString(x, 'a peer ("ID=HOST:PORT" or "dns:NAME[:PORT]")').trim();
     if (s.toLowerCase().startsWith('dns:')) {
       if (items.length > 1) throw new Invalid(`${JSON.stringify(s)}: a dns: entry must be the only peer entry (its A/AAAA records are the peers)`);
       const hp = parseHostPort(s.slice(4), { allowZeroPort: false, defaultPort: 0 });
-      dns = { name: hp.host, port: hp.port === 0 ? null : hp.port };
+      out.push({ dns: hp.host, port: hp.port === 0 ? null : hp.port });
       continue;
     }
     const m = /^(\d+)\s*=\s*(.+)$/.exec(s);
     if (!m) throw new Invalid(`${JSON.stringify(s)} is not a peer (expected "ID=HOST:PORT" or "dns:NAME[:PORT]")`);
     const id = parseInteger(m[1]!, 0, MAX_PEER_ID);
-    if (byId.some((p) => p.id === id)) throw new Invalid(`${JSON.stringify(s)}: peer id ${id} is listed twice`);
-    byId.push({ id, ...parseHostPort(m[2]!, { allowZeroPort: false }) });
+    if (out.some((p) => 'id' in p && p.id === id)) throw new Invalid(`${JSON.stringify(s)}: peer id ${id} is listed twice`);
+    out.push({ id, ...parseHostPort(m[2]!, { allowZeroPort: false }) });
   }
-  return { byId, dns };
+  return out;
 }
 
-export function showPeers(p: PeersConfig): string[] {
-  if (p.dns) return [`dns:${p.dns.name}${p.dns.port === null ? '' : `:${p.dns.port}`}`];
-  return p.byId.map((x) => `${x.id}=${formatHostPort(x)}`);
+export function showPeers(peers: readonly PeerEntry[]): string[] {
+  return peers.map((p) => ('dns' in p ? `dns:${p.dns}${p.port === null ? '' : `:${p.port}`}` : `${p.id}=${formatHostPort(p)}`));
 }

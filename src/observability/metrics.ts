@@ -120,6 +120,13 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
     }
   });
 
+  gauge('pgmux_peers_live', 'Live pgmux instances (this one and peers that answered a probe lately); peer_budgets divides the limits by it.', [], (g) => g.set(view.peerCounts().live));
+  counter('pgmux_peer_cancels_total', 'CancelRequests for another instance\'s key: forwarded to a peer, or dropped (already forwarded once, unknown peer id).', ['result'], (set) => {
+    const p = view.peerCounts();
+    set({ result: 'forwarded' }, p.cancelsForwarded);
+    set({ result: 'dropped' }, p.cancelsDropped);
+  });
+
   gauge('pgmux_pool_waiting_clients', 'Clients waiting for a backend, by node.', ['node'], (g) => {
     const by = new Map<string, number>(nodeNames().map((n) => [n, 0]));
     for (const p of view.pools()) if (by.has(p.node)) by.set(p.node, by.get(p.node)! + p.stats.waiting);

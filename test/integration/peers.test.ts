@@ -4,8 +4,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
-import { clusterInfo, waitUntilRunning } from '../support/cluster.js';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import type pg from 'pg';
+import { clusterInfo, pgClient, primaryPort, waitUntilRunning } from '../support/cluster.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
 import { firstError, queryMsg, RawClient, sendCancel } from '../support/rawClient.js';
 import { PeerDirectory } from '../../src/cluster/peers.js';
@@ -229,5 +230,74 @@ describe('peering with start --workers 2 (npm run build first)', () => {
       console.log('pgmux output:\n' + output);
       throw err;
     }
+  });
+});
+
+describe('peer_budgets: limits divided by the live instances', () => {
+  const DB = 'peers_budget';
+  let admin: pg.Client;
+
+  beforeAll(async () => {
+    admin = await pgClient(primaryPort(), { database: 'postgres' });
+    await admin.query(`DROP DATABASE IF EXISTS ${DB}`);
+    await admin.query(`CREATE DATABASE ${DB} OWNER app`);
+    const c = await pgClient(primaryPort(), { database: DB });
+    await c.query('CREATE TABLE budget_t (id serial PRIMARY KEY, v int)');
+    await c.end();
+  });
+  afterAll(async () => {
+    await admin?.end();
+  });
+
+  /** The most backends the primary showed for DB while `work` ran. */
+  async function maxBackendsDuring(work: Promise<unknown>): Promise<number> {
+    let max = 0;
+    let running = true;
+    const done = work.finally(() => (running = false));
+    while (running) {
+      const r = await admin.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE backend_type = 'client backend' AND datname = $1`, [DB]);
+      max = Math.max(max, r.rows[0].n as number);
+      await new Promise((res) => setTimeout(res, 3));
+    }
+    await done;
+    return max;
+  }
+
+  /** `clients` clients per port, each running `rounds` writes. */
+  function load(ports: number[], clients: number, rounds: number): Promise<void> {
+    return Promise.all(
+      ports.flatMap((port) =>
+        Array.from({ length: clients }, async () => {
+          const c = await pgClient(port, { database: DB });
+          try {
+            for (let i = 0; i < rounds; i++) await c.query('INSERT INTO budget_t (v) SELECT 1 FROM pg_sleep(0.005)');
+          } finally {
+            await c.end();
+          }
+        }),
+      ),
+    ).then(() => undefined);
+  }
+
+  it('two instances with max_db_connections 10: the primary never sees more than 10; one stops, the other grows back to 10', async () => {
+    const p = clusterInfo().nodes[0]!;
+    const common = { nodes: [{ host: p.host, port: p.port, weight: 1 }], maxDbConnections: 10, poolSize: 20, peerBudgets: true };
+    const { a, b } = await pair((pb) => ({ ...common, peers: parsePeers([`1=127.0.0.1:${pb}`]) }), (pa) => ({ ...common, peers: parsePeers([`0=127.0.0.1:${pa}`]) }));
+    for (const x of [a, b]) {
+      expect(x.proxy.peers.livePeers()).toBe(2);
+      expect(x.proxy.config().maxDbConnections).toBe(5);
+    }
+    expect(a.proxy.databases()[0]!.maxDbConnections).toBe(5);
+    expect(await maxBackendsDuring(load([a.port, b.port], 20, 15))).toBeLessThanOrEqual(10);
+
+    // B stops: after 3 health check periods without an answer A takes the whole budget.
+    const bClosed = started.indexOf(b);
+    started.splice(bClosed, 1);
+    await b.close();
+    await vi.waitFor(() => expect(a.proxy.config().maxDbConnections).toBe(10), { timeout: 5000, interval: 50 });
+    expect(a.proxy.peers.livePeers()).toBe(1);
+    const seen = await maxBackendsDuring(load([a.port], 30, 15));
+    expect(seen).toBeGreaterThan(5);
+    expect(seen).toBeLessThanOrEqual(10);
   });
 });
