@@ -151,6 +151,19 @@ describe('peering (two instances in this process)', () => {
     }
   });
 
+  it('SHOW PEERS lists the other instances; SHOW LISTS counts them', async () => {
+    const { b } = await pair((pb) => ({ peers: parsePeers([`0=127.0.0.1:1`, `1=127.0.0.1:${pb}`]) }), (pa) => ({ peers: parsePeers([`0=127.0.0.1:${pa}`, '1=127.0.0.1:1', '9=10.0.0.9:6432']), adminUsers: ['postgres'] }));
+    const admin = await pgClient(b.port, { database: 'pgbouncer' });
+    try {
+      const r = await admin.query('SHOW PEERS');
+      expect(r.rows).toEqual([{ peer_id: 0, host: '127.0.0.1', port: started[0]!.port, pool_size: 0 }, { peer_id: 9, host: '10.0.0.9', port: 6432, pool_size: 0 }]);
+      const lists = await admin.query('SHOW LISTS');
+      expect(lists.rows.find((x: { list: string }) => x.list === 'peers')).toMatchObject({ items: 2 });
+    } finally {
+      await admin.end();
+    }
+  });
+
   it('RELOAD changing peers: forwarding follows the new list', async () => {
     const { a, b } = await pair((pb) => ({ peers: parsePeers([`1=127.0.0.1:${pb}`]) }), () => ({ peers: parsePeers(['0=127.0.0.1:1']), logLevel: 'silent' }));
     const sql = sleepSql();
