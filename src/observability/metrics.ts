@@ -120,7 +120,16 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
     }
   });
 
-  gauge('pgmux_peers_live', 'Live pgmux instances (this one and peers that answered a probe lately); peer_budgets divides the limits by it.', [], (g) => g.set(view.peerCounts().live));
+  new Gauge({
+    name: 'pgmux_peers_live',
+    help: 'Live pgmux instances (this one and peers that answered a probe lately); peer_budgets divides the limits by it.',
+    registers: [registry],
+    // --workers: every worker counts the same instances; the supervisor's sum would multiply them.
+    aggregator: 'max',
+    collect() {
+      this.set(view.peerCounts().live);
+    },
+  });
   counter('pgmux_peer_cancels_total', 'CancelRequests for another instance\'s key: forwarded to a peer, or dropped (already forwarded once, unknown peer id).', ['result'], (set) => {
     const p = view.peerCounts();
     set({ result: 'forwarded' }, p.cancelsForwarded);

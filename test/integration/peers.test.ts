@@ -13,6 +13,7 @@ import { PeerDirectory } from '../../src/cluster/peers.js';
 import { DEFAULTS } from '../../src/config/load.js';
 import { parsePeers } from '../../src/config/values.js';
 import { createLogger } from '../../src/observability/logger.js';
+import { createMetrics } from '../../src/observability/metrics.js';
 
 const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url));
 
@@ -85,6 +86,7 @@ describe('peering (two instances in this process)', () => {
       expect(b.proxy.peers.counters.cancelsForwarded).toBe(1);
       // A received it with the marker cleared and passed it on to nobody.
       expect(a.proxy.peers.counters).toEqual({ cancelsForwarded: 0, cancelsDropped: 0 });
+      expect(await createMetrics(b.proxy).registry.getSingleMetricAsString('pgmux_peer_cancels_total')).toMatch(/pgmux_peer_cancels_total\{result="forwarded"\} 1\n/);
     } finally {
       s.client.destroy();
     }
@@ -301,6 +303,7 @@ describe('peer_budgets: limits divided by the live instances', () => {
       expect(x.proxy.config().maxDbConnections).toBe(5);
     }
     expect(a.proxy.databases()[0]!.maxDbConnections).toBe(5);
+    expect(await createMetrics(a.proxy).registry.getSingleMetricAsString('pgmux_peers_live')).toMatch(/^pgmux_peers_live 2$/m);
     expect(await maxBackendsDuring(load([a.port, b.port], 20, 15))).toBeLessThanOrEqual(10);
 
     // B stops: after 3 health check periods without an answer A takes the whole budget.
