@@ -44,7 +44,7 @@ export const COMMANDS: readonly CommandHelp[] = [
   { command: 'SHOW MEM', description: 'the JavaScript heap', show: true },
   { command: 'SHOW SOCKETS', description: 'clients and backends with their socket details', show: true },
   { command: 'SHOW ACTIVE_SOCKETS', description: 'sockets with unprocessed data (always none in pgmux)', show: true },
-  { command: 'SHOW PEERS', description: 'PgBouncer peers (pgmux has none)', show: true },
+  { command: 'SHOW PEERS', description: 'the other pgmux instances (peers)', show: true },
   { command: 'SHOW PEER_POOLS', description: 'PgBouncer peer pools (pgmux has none)', show: true },
   { command: 'SHOW DNS_HOSTS', description: 'PgBouncer DNS cache (pgmux has none)', show: true },
   { command: 'SHOW DNS_ZONES', description: 'PgBouncer DNS zones (pgmux has none)', show: true },
@@ -177,6 +177,7 @@ export class AdminConsole {
       case 'ACTIVE_SOCKETS':
         return bouncer.showSockets(v, true);
       case 'PEERS':
+        return bouncer.showPeers(v.config());
       case 'PEER_POOLS':
       case 'DNS_HOSTS':
       case 'DNS_ZONES':

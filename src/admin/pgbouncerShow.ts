@@ -241,7 +241,7 @@ export function showLists(view: ServerView): Buffer {
   const items: Array<[string, number]> = [
     ['databases', view.databases().length],
     ['users', users.size],
-    ['peers', 0],
+    ['peers', peerRows(view.config()).length],
     ['pools', pools.size],
     ['peer_pools', 0],
     ['free_clients', 0],
@@ -353,9 +353,17 @@ export function showMem(): Buffer {
 
 const clampInt4 = (n: number) => Math.min(n, 2 ** 31 - 1);
 
-/** Commands whose answer is only the columns: pgmux has no peers, DNS cache or fd hand-over. */
+/** SHOW PEERS: the configured peers but this instance (a dns: entry: one row, its id unknown). pgmux keeps no cancel pool: pool_size 0. */
+export function showPeers(c: Config): Buffer {
+  return resultSet(cols('isii', 'peer_id', 'host', 'port', 'pool_size'), peerRows(c));
+}
+
+function peerRows(c: Config): Cell[][] {
+  return c.peers.filter((p) => !('id' in p) || p.id !== c.peerId).map((p) => ('id' in p ? [p.id, p.host, p.port, 0] : [null, p.dns, p.port ?? c.listen.port, 0]));
+}
+
+/** Commands whose answer is only the columns: pgmux has no peer pools, DNS cache or fd hand-over. */
 export const EMPTY_SHOWS: Record<string, Column[]> = {
-  PEERS: cols('isii', 'peer_id', 'host', 'port', 'pool_size'),
   PEER_POOLS: cols('iiiii', 'peer_id', 'cl_active_cancel_req', 'cl_waiting_cancel_req', 'sv_active_cancel', 'sv_login'),
   DNS_HOSTS: cols('sqs', 'hostname', 'ttl', 'addrs'),
   DNS_ZONES: cols('sqi', 'zonename', 'serial', 'count'),

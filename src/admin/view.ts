@@ -160,6 +160,8 @@ export interface ServerView {
   databases(): DatabaseView[];
   isPaused(database?: string): boolean;
   isReady(): boolean;
+  /** Peering: live instances (this one included) and the cancels passed to / dropped for peers. */
+  peerCounts(): { live: number; cancelsForwarded: number; cancelsDropped: number };
   readonly shuttingDown: boolean;
 
   // Actions (admin users only).

@@ -264,6 +264,9 @@ export function validate(c: Config, requireNodes: boolean): void {
     if (err instanceof HbaError) throw new ConfigError('hba_file', `hba_file: ${err.message}`);
     throw err;
   }
+  if (c.peerId === null && (c.peers.length > 0 || c.peerBudgets)) {
+    throw new ConfigError('peer_id', `peer_id: ${c.peerBudgets ? 'peer_budgets' : 'peers'} needs this instance's peer_id (0..4095, unique among the peers; it goes into the cancel keys)`);
+  }
   if (requireNodes && c.nodes.length === 0) {
     throw new ConfigError('nodes', 'nodes: at least one --node HOST:PORT is required (or nodes in the config file, or PGMUX_NODES)');
   }

@@ -19,6 +19,7 @@ import {
   Invalid, MiB, type Raw, asString, formatDuration, formatHostPort, formatSize, parseBoolean, parseDuration, parseDurationAtLeast, parseEnum,
   parseFraction, parseFunctionList, parseHostPort, parseHttp, parseInteger, parseName, parseNameList, parseNodes, parseOptionalLimit,
   parseOptionalString, parsePath, parseSize, parseTlsVersion, parseUserList, parseSocketDir, parseFileMode,
+  MAX_PEER_ID, parsePeers, showPeers,
 } from './values.js';
 import { parseDatabases, parseUsers, showDatabases, showUsers } from './databases.js';
 
@@ -177,6 +178,13 @@ const ROWS = [
     key: 'workers', field: 'workers', default: 1, doc: 'Pooling', restartOnly: true, parse: (v) => parseInteger(v, 1, 64),
     flag: { name: '--workers <n>', help: 'worker processes sharing the listen port, 1..64; pool_size and max_client_conn are split across them' },
   }),
+  setting({
+    // Restart only: the id is baked into the cancel keys of the clients already connected.
+    key: 'peer_id', field: 'peerId', default: null, doc: 'Pooling', restartOnly: true,
+    parse: (v) => (v === null || v === '' ? null : parseInteger(v, 0, MAX_PEER_ID)),
+  }),
+  setting({ key: 'peers', field: 'peers', default: frozen([]), doc: 'Pooling', parse: parsePeers, show: showPeers }),
+  setting({ key: 'peer_budgets', field: 'peerBudgets', default: false, doc: 'Pooling', parse: parseBoolean }),
   setting({
     key: 'server_reset_query', field: 'serverResetQuery', default: 'DISCARD ALL', doc: 'Pooling',
     parse: (v) => (v === null ? '' : asString(v, 'an SQL string')),

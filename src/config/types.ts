@@ -52,6 +52,9 @@ export interface UserEntry {
   maxUserConnections: number | null;
 }
 
+/** One `peers` entry: `ID=HOST:PORT`, or `dns:NAME[:PORT]` (a headless Service: ids unknown; port null = our listen port). */
+export type PeerEntry = { id: number; host: string; port: number } | { dns: string; port: number | null };
+
 export interface HostPort {
   host: string;
   port: number;
@@ -85,6 +88,12 @@ export interface Config {
   maxUserConnections: number;
   /** Worker processes sharing the listen port (start --workers); pool_size and max_client_conn are split across them. */
   workers: number;
+  /** This instance's id among its peers (carried in cancel keys); null = peering off. */
+  peerId: number | null;
+  /** The other instances a CancelRequest for their key is forwarded to. */
+  peers: readonly PeerEntry[];
+  /** Divide the backend and client limits by the live peers (this instance included). */
+  peerBudgets: boolean;
 
   /** How clients authenticate to pgmux. */
   auth: AuthMethod;

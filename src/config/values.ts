@@ -6,7 +6,7 @@
 // user wrote it, so one parser serves the YAML file, the environment and the flags alike.
 
 import { resolve as resolvePath } from 'node:path';
-import type { HostPort, NodeConfig, TlsMinVersion } from './types.js';
+import type { HostPort, NodeConfig, PeerEntry, TlsMinVersion } from './types.js';
 import { parseFunctionEntry } from '../routing/functionLists.js';
 import { quoteName } from '../routing/functionCatalog.js';
 
@@ -361,4 +361,34 @@ export function formatSize(b: number): number | string {
     if (b % f === 0) return `${b / f}${unit}`;
   }
   return b;
+}
+
+/** Highest peer_id: the id takes 12 bits of the cancel key's secret (src/cluster/peers.ts). */
+export const MAX_PEER_ID = 4095;
+
+/** `peers`: a list (or comma-separated string) of `ID=HOST:PORT`, or one `dns:NAME[:PORT]`. */
+export function parsePeers(v: Raw): PeerEntry[] {
+  if (v === null || v === undefined || v === '') return [];
+  const items = typeof v === 'string' ? v.split(',').map((x) => x.trim()).filter((x) => x !== '') : Array.isArray(v) ? v : null;
+  if (items === null) throw new Invalid(`${show(v)} is not a list of peers (expected "ID=HOST:PORT" entries or one "dns:NAME[:PORT]")`);
+  const out: PeerEntry[] = [];
+  for (const x of items) {
+    const s = asString(x, 'a peer ("ID=HOST:PORT" or "dns:NAME[:PORT]")').trim();
+    if (s.toLowerCase().startsWith('dns:')) {
+      if (items.length > 1) throw new Invalid(`${JSON.stringify(s)}: a dns: entry must be the only peer entry (its A/AAAA records are the peers)`);
+      const hp = parseHostPort(s.slice(4), { allowZeroPort: false, defaultPort: 0 });
+      out.push({ dns: hp.host, port: hp.port === 0 ? null : hp.port });
+      continue;
+    }
+    const m = /^(\d+)\s*=\s*(.+)$/.exec(s);
+    if (!m) throw new Invalid(`${JSON.stringify(s)} is not a peer (expected "ID=HOST:PORT" or "dns:NAME[:PORT]")`);
+    const id = parseInteger(m[1]!, 0, MAX_PEER_ID);
+    if (out.some((p) => 'id' in p && p.id === id)) throw new Invalid(`${JSON.stringify(s)}: peer id ${id} is listed twice`);
+    out.push({ id, ...parseHostPort(m[2]!, { allowZeroPort: false }) });
+  }
+  return out;
+}
+
+export function showPeers(peers: readonly PeerEntry[]): string[] {
+  return peers.map((p) => ('dns' in p ? `dns:${p.dns}${p.port === null ? '' : `:${p.port}`}` : `${p.id}=${formatHostPort(p)}`));
 }

@@ -292,6 +292,21 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
   });
 
   gauge('pgmux_config_version', 'Configuration version: increases with every successful reload.', [], (g) => g.set(view.configVersion()));
+  new Gauge({
+    name: 'pgmux_peers_live',
+    help: 'Live pgmux instances (this one and peers that answered a probe lately); peer_budgets divides the limits by it.',
+    registers: [registry],
+    // --workers: every worker counts the same instances; the supervisor's sum would multiply them.
+    aggregator: 'max',
+    collect() {
+      this.set(view.peerCounts().live);
+    },
+  });
+  counter('pgmux_peer_cancels_total', 'CancelRequests for another instance\'s key: forwarded to a peer, or dropped (already forwarded once, unknown peer id).', ['result'], (set) => {
+    const p = view.peerCounts();
+    set({ result: 'forwarded' }, p.cancelsForwarded);
+    set({ result: 'dropped' }, p.cancelsDropped);
+  });
   gauge('pgmux_paused', '1 while PAUSE (all databases) is in effect.', [], (g) => g.set(view.isPaused() ? 1 : 0));
   gauge('pgmux_pinned_clients', 'Clients kept on their backend between transactions for session state (temp tables, advisory locks, ...).', [], (g) =>
     g.set(view.clients().filter((c) => c.pinned !== null).length),

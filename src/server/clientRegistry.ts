@@ -4,7 +4,8 @@
 import net from 'node:net';
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
-import type { BackendConnection } from '../pool/backend.js';
+import { randomInt32, type BackendConnection } from '../pool/backend.js';
+import type { PeerDirectory } from '../cluster/peers.js';
 import { cancelRequest } from '../protocol/messages.js';
 import type { ClientSession } from '../session/clientSession.js';
 
@@ -18,6 +19,8 @@ export interface ClientConnections {
   unregister(client: ClientSession): void;
   /** A client's CancelRequest (proxy-issued key): reaches the backend it uses now, if any. */
   cancel(pid: number, secret: number): void;
+  /** The secret of a new client's cancel key (carries the peer id when peering is on). */
+  newSecret(): number;
   /** Cancels whatever runs on this backend (its real key). */
   cancelBackend(backend: BackendConnection): void;
 }
@@ -36,7 +39,12 @@ export class ClientRegistry implements ClientConnections {
     private readonly logger: Logger,
     /** Shutting down: no new logins. */
     private readonly closing: () => boolean,
+    private readonly peers: PeerDirectory,
   ) {}
+
+  newSecret(): number {
+    return this.peers.stampSecret(randomInt32());
+  }
 
   register(client: ClientSession): boolean {
     if (this.closing() || this.clients.size >= this.config().maxClientConn) return false;
@@ -59,7 +67,10 @@ export class ClientRegistry implements ClientConnections {
   }
 
   /** `forwarded`: the key came from another worker, so it is not passed on again. */
-  cancel(pid: number, secret: number, forwarded = false): void {
+  cancel(pid: number, rawSecret: number, forwarded = false): void {
+    // Another peer's key goes to that peer (src/cluster/peers.ts), not to our workers.
+    const secret = this.peers.route({ pid, secret: rawSecret });
+    if (secret === null) return;
     const c = this.byPid.get(pid);
     if (!c && !forwarded) this.onUnknownCancel?.(pid, secret);
     // Unknown key or wrong secret: ignored, as PostgreSQL does.

@@ -22,6 +22,8 @@ import { ConnectionLimits } from './limits.js';
 import { listenUnix, unixSocketPath } from './unixSocket.js';
 import { reloadTls } from '../net/tls.js';
 import { ClientRegistry } from './clientRegistry.js';
+import { PeerDirectory } from '../cluster/peers.js';
+import { splitLimits } from './workers.js';
 import { TopologyView } from './topologyView.js';
 import { reloadHba } from '../auth/hba.js';
 import { StatementNames } from '../session/preparedStatements.js';
@@ -109,6 +111,8 @@ export class PgmuxServer implements SessionContext, ServerView {
   readonly clock = { now: Date.now() };
   /** Client connections, max_client_conn and cancel keys. */
   readonly registry: ClientRegistry;
+  /** The other instances: cancel forwarding, live peer count. */
+  readonly peers: PeerDirectory;
   /** Auth file, auth_query cache and what clients proved. */
   readonly auth: AuthStore;
   /** The cluster as sessions see it, and the waits for a node. */
@@ -125,10 +129,14 @@ export class PgmuxServer implements SessionContext, ServerView {
   /** Per database: its volatile functions (reads calling one go to the primary). */
   readonly functionCatalogs: FunctionCatalogs;
 
+  /** The configuration as loaded; `cfg` is this instance's share of it under peer_budgets. */
+  private configured: Config;
+
   constructor(
     private cfg: Config,
     readonly logger: Logger,
   ) {
+    this.configured = cfg;
     const config = () => this.cfg;
     const closing = () => this.shuttingDown;
     this.auth = new AuthStore(config, (timeoutMs) => this.nodes.loginNode(timeoutMs), logger);
@@ -139,7 +147,9 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.monitor.on('primaryChange', (e: PrimaryChangeEvent) => this.onPrimaryChange(e));
     this.monitor.on('snapshot', (s: TopologySnapshot) => this.onTopology(s));
     this.nodes = new TopologyView(this.monitor, config, closing);
-    this.registry = new ClientRegistry(config, logger, closing);
+    this.peers = new PeerDirectory(config, logger);
+    this.peers.onLiveChange = () => this.applyPeerShare();
+    this.registry = new ClientRegistry(config, logger, closing, this.peers);
     this.poolRegistry = new PoolRegistry(config, (user) => this.auth.credentialsFor(user), logger, this.stats);
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
     this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
@@ -238,11 +248,28 @@ export class PgmuxServer implements SessionContext, ServerView {
     return this.cfg;
   }
 
+  peerCounts(): { live: number; cancelsForwarded: number; cancelsDropped: number } {
+    return { live: this.peers.livePeers(), ...this.peers.counters };
+  }
+
+  private peerShare(c: Config): Config {
+    return c.peerBudgets ? splitLimits(c, this.peers.livePeers()) : c;
+  }
+
+  /** peer_budgets: the live peer count changed, so this instance's share did. */
+  private applyPeerShare(): void {
+    if (!this.configured.peerBudgets) return;
+    this.cfg = this.peerShare(this.configured);
+    for (const p of this.poolRegistry.all()) p.fitToSize();
+    this.logger.info({ livePeers: this.peers.livePeers(), maxDbConnections: this.cfg.maxDbConnections, poolSize: this.cfg.poolSize }, 'peer_budgets: limits re-split');
+  }
+
   async start(): Promise<void> {
     await this.monitor.start();
     this.janitor = setInterval(() => this.sweep(), JANITOR_INTERVAL_MS);
     this.janitor.unref();
     this.adminConsole.start();
+    this.peers.start();
   }
 
   /** auth_query lookups that went to the database (tests). */
@@ -335,6 +362,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     while (this.registry.connections.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const c of [...this.registry.connections]) c.fatal(pgmuxError('adminShutdown', { detail: 'shutdown_timeout reached inside a transaction' }), 'shutdown');
     if (this.janitor) clearInterval(this.janitor);
+    this.peers.stop();
     this.adminConsole.stop();
     this.notifications.close();
     this.poolRegistry.closeAll();
@@ -498,7 +526,8 @@ export class PgmuxServer implements SessionContext, ServerView {
     const prev = this.cfg;
     const listeners = { listen: 'listen', http: 'http', unixSocketDir: 'unix_socket_dir', unixSocketMode: 'unix_socket_mode', unixSocketGroup: 'unix_socket_group' } as const;
     const restartNeeded = Object.entries(listeners).filter(([f]) => JSON.stringify(prev[f as keyof Config]) !== JSON.stringify(next[f as keyof Config])).map(([, key]) => key);
-    this.cfg = { ...next, listen: prev.listen, http: prev.http, unixSocketDir: prev.unixSocketDir, unixSocketMode: prev.unixSocketMode, unixSocketGroup: prev.unixSocketGroup };
+    this.configured = { ...next, listen: prev.listen, http: prev.http, unixSocketDir: prev.unixSocketDir, unixSocketMode: prev.unixSocketMode, unixSocketGroup: prev.unixSocketGroup };
+    this.cfg = this.peerShare(this.configured);
     this.auth.setEntries(entries);
     if (JSON.stringify(prev.writeFunctions) !== JSON.stringify(next.writeFunctions)) this.classifier = new Classifier({ writeFunctions: next.writeFunctions });
     this.functionCatalogs.configure(catalogOptions(next));
@@ -569,7 +598,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     if (spec.restartOnly) return { ok: false, refused: 'restart', message: spec.key };
     let next: Config;
     try {
-      next = { ...this.cfg, ...parseConfigObject({ [key]: value }, 'SET', { baseDir: process.cwd() }) };
+      next = { ...this.configured, ...parseConfigObject({ [key]: value }, 'SET', { baseDir: process.cwd() }) };
       validate(next, false);
     } catch (err) {
       if (err instanceof ConfigError) return { ok: false, refused: 'invalid', message: err.message };
@@ -672,6 +701,7 @@ export async function startPgmux(config: Config, opts: StartOptions): Promise<Ru
     });
   });
   const port = (server.address() as net.AddressInfo).port;
+  pgmux.peers.listenPort = port;
   // The Unix-domain socket: same sessions and limits; the flag tells them it is local.
   let unixServer: net.Server | null = null;
   let unixSocket: string | null = null;

@@ -68,7 +68,12 @@ export function workerShare(total: number, workers: number): number {
 
 /** The configuration one worker runs with: limits split, no HTTP listener (the primary has it). */
 export function workerConfig(c: Config): Config {
-  const n = c.workers;
+  if (c.workers <= 1) return c;
+  return { ...splitLimits(c, c.workers), http: null };
+}
+
+/** One of n's share of every backend and client limit (also peer_budgets' split across instances). */
+export function splitLimits(c: Config, n: number): Config {
   if (n <= 1) return c;
   const split = (v: number): number => (v > 0 ? workerShare(v, n) : v);
   const poolSize = workerShare(c.poolSize, n);
@@ -87,7 +92,6 @@ export function workerConfig(c: Config): Config {
     maxDbClientConnections: split(c.maxDbClientConnections),
     maxUserClientConnections: split(c.maxUserClientConnections),
     maxUnauthenticatedConnections: split(c.maxUnauthenticatedConnections),
-    http: null,
   };
 }
 

@@ -53,7 +53,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   state = ClientState.Startup;
   /** Proxy-issued cancel key (BackendKeyData). */
   readonly pid = cancelPidSpace.high | (randomInt32() & cancelPidSpace.mask);
-  readonly secret = randomInt32();
+  readonly secret: number;
   user = '';
   /** The database the client asked for (HBA, limits, PAUSE and SHOW see this name). */
   database = '';
@@ -137,6 +137,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     unix = false,
   ) {
     this.logBindings = { client: this.id };
+    this.secret = ctx.registry.newSecret();
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
     this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.requests.emit(msg), this.meter);
     this.requests = new RequestTracker(this.requestHost(), this.stmts, this.meter);

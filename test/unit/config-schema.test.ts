@@ -81,8 +81,8 @@ describe('settings schema', () => {
     expect(configRows(DEFAULTS).map(([k]) => k)).toEqual(SETTINGS.map((s) => s.key));
   });
 
-  it('RELOAD-proof settings are the listeners and the worker count', () => {
-    expect(RESTART_ONLY_KEYS).toEqual(['listen', 'http', 'unix_socket_dir', 'unix_socket_mode', 'unix_socket_group', 'workers']);
+  it('RELOAD-proof settings are the listeners, the worker count and the peer id (in handed-out cancel keys)', () => {
+    expect(RESTART_ONLY_KEYS).toEqual(['listen', 'http', 'unix_socket_dir', 'unix_socket_mode', 'unix_socket_group', 'workers', 'peer_id']);
   });
 
   it('start and check-config have exactly the schema flags, with env and default in the help', () => {

@@ -94,6 +94,9 @@ describe('DEFAULTS', () => {
       pipelineDepth: 1,
       maxClientConn: 10000,
       workers: 1,
+      peerId: null,
+      peers: [],
+      peerBudgets: false,
       auth: 'trust',
       authFile: null,
       serverPassword: null,
@@ -185,6 +188,9 @@ min_pool_size: 5
 pipeline_depth: 4
 max_client_conn: 500
 workers: 4
+peer_id: 2
+peers: ['1=10.0.0.1:6432', '2=10.0.0.2:6432']
+peer_budgets: on
 auth: md5
 auth_file: ${userlist}
 server_password: hunter2
@@ -265,6 +271,9 @@ users:
       pipelineDepth: 4,
       maxClientConn: 500,
       workers: 4,
+      peerId: 2,
+      peers: [{ id: 1, host: '10.0.0.1', port: 6432 }, { id: 2, host: '10.0.0.2', port: 6432 }],
+      peerBudgets: true,
       auth: 'md5',
       authFile: userlist,
       serverPassword: 'hunter2',
@@ -400,6 +409,9 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_PIPELINE_DEPTH: '2',
       PGMUX_MAX_CLIENT_CONN: '50',
       PGMUX_WORKERS: '3',
+      PGMUX_PEER_ID: '0',
+      PGMUX_PEERS: 'dns:pgmux-peers.default.svc:6432',
+      PGMUX_PEER_BUDGETS: 'off',
       PGMUX_AUTH_TYPE: 'md5',
       PGMUX_AUTH_FILE: userlist,
       PGMUX_SERVER_PASSWORD: 'pw',
@@ -475,6 +487,9 @@ describe('precedence: defaults < file < env < flags', () => {
       pipelineDepth: 2,
       maxClientConn: 50,
       workers: 3,
+      peerId: 0,
+      peers: [{ dns: 'pgmux-peers.default.svc', port: 6432 }],
+      peerBudgets: false,
       auth: 'md5',
       authFile: userlist,
       serverPassword: 'pw',
@@ -704,10 +719,24 @@ describe('listen and http', () => {
     ['listen', '[nothex]:1', /is not HOST:PORT \(IPv6 as \[::1\]:6432\)/],
     ['listen', ['a'], /a list is not HOST:PORT/],
     ['http', 'x:-1', /"x:-1" has no valid port/],
+    ['peers', ['1=a:1', '1=b:2'], /peer id 1 is listed twice/],
+    ['peers', ['dns:svc', '1=b:2'], /a dns: entry must be the only peer entry/],
+    ['peers', ['a:1'], /is not a peer \(expected "ID=HOST:PORT" or "dns:NAME\[:PORT\]"\)/],
+    ['peers', ['4096=a:1'], /out of range \(expected 0\.\.4095\)/],
+    ['peer_id', 4096, /out of range \(expected 0\.\.4095\)/],
   ])('%s %j is rejected', (key, raw, message) => {
     const e = configError(() => parseConfigObject({ [key]: raw }, 'test.yaml'));
     expect(e.key).toBe(key);
     expect(e.message).toMatch(message);
+  });
+
+  it('peers or peer_budgets without peer_id is rejected', () => {
+    for (const env of [{ PGMUX_PEERS: '1=a:1' }, { PGMUX_PEER_BUDGETS: 'on' }]) {
+      const e = configError(() => loadConfig(NODE, env));
+      expect(e.key).toBe('peer_id');
+      expect(e.message).toMatch(/needs this instance's peer_id/);
+    }
+    expect(loadConfig(NODE, { PGMUX_PEER_ID: '3', PGMUX_PEERS: 'dns:pgmux-peers' }).peers).toEqual([{ dns: 'pgmux-peers', port: null }]);
   });
 
   it('http on the listen port is rejected', () => {

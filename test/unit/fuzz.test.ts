@@ -438,6 +438,7 @@ function fakeContext(v: Variant): { ctx: SessionContext; tracked: Set<unknown>; 
       register: (c: unknown) => (registered.add(c), true),
       unregister: (c: unknown) => void registered.delete(c),
       cancel: () => {},
+      newSecret: () => 0x1234,
       cancelBackend: unused('cancelBackend()'),
     },
     // No node ever answers: logins end at the login-node wait.
