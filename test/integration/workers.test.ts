@@ -265,3 +265,27 @@ describe('start --workers 2', () => {
     expect(readdirSync(socketDir)).toEqual([]); // the socket file went with the listener
   });
 });
+
+describe('start --workers 2 on a port already in use', () => {
+  it('exits 1 instead of sharing the port (a reusePort listener of this user would otherwise be joined)', async () => {
+    const port = await freePort();
+    // The holder asks for SO_REUSEPORT where Node has it, as a second pgmux group would.
+    const holder = spawn(process.execPath, ['-e', `require('net').createServer().listen({ port: ${port}, host: '127.0.0.1', reusePort: ${reusePortNode} }, () => console.log('up'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise((r) => holder.stdout!.once('data', r));
+    try {
+      const pgmux = spawn(process.execPath, [CLI, 'start', '--workers', '2', '--listen', `127.0.0.1:${port}`, '--node', `127.0.0.1:${clusterInfo().nodes[0]!.port}`, '--log-level', 'info'], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, PGMUX_UNIX_SOCKET_DIR: 'off' },
+      });
+      let out = '';
+      pgmux.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      pgmux.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+      const code = await new Promise<number | null>((resolve) => pgmux.once('exit', (c) => resolve(c)));
+      expect(code, out).toBe(1);
+      if (reusePortNode) expect(out).toMatch(/listen: 127\.0\.0\.1:\d+ is in use by another process/);
+      else expect(out).toMatch(/worker keeps failing before it listens/);
+    } finally {
+      holder.kill('SIGKILL');
+    }
+  }, 30_000);
+});
