@@ -2,9 +2,12 @@
 // balancer: an instance that dies loses no acknowledged write and its clients carry on through
 // the other; cancels sent through the balancer reach the instance that owns the session.
 
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import type pg from 'pg';
+import pg from 'pg';
 import { parseConfigObject } from '../../src/config/load.js';
 import { pgClient, primaryPort, waitUntilRunning } from '../support/cluster.js';
 import { freePort, startHaproxy, type RunningHaproxy } from '../support/haproxy.js';
@@ -171,6 +174,44 @@ describe('two pgmux instances behind HAProxy', () => {
     expect(elapsedMs).toBeLessThan(1000);
   }, 60_000);
 });
+
+describe('two pgmux instances behind HAProxy with PROXY protocol v2', () => {
+  // enabled when peers/proxyproto merge
+  it.skip('HBA rules match the real client address, not the balancer\'s', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgmux-multi-hba-'));
+    cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
+    const hba = join(dir, 'hba.conf');
+    // HAProxy connects from 127.0.0.1; only the PROXY header can say 127.0.0.2.
+    writeFileSync(hba, ['host  all  all  127.0.0.2/32  reject', 'host  all  all  127.0.0.0/8   trust'].join('\n') + '\n');
+    const trusted = parseConfigObject({ proxy_protocol_trusted: ['127.0.0.1/32'] }, 'multi-instance test');
+    const a = await startProxy({ ...trusted, hbaFile: hba });
+    cleanups.push(() => a.close());
+    const b = await startProxy({ ...trusted, hbaFile: hba });
+    cleanups.push(() => b.close());
+    const haproxy = await startHaproxy({ backendPorts: [a.port, b.port], sendProxyV2: true });
+    cleanups.push(() => haproxy.stop());
+
+    // Twice each, so both instances (round-robin) decide.
+    for (let i = 0; i < 2; i++) {
+      const ok = await pgClient(haproxy.port);
+      expect((await ok.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+      await ok.end();
+      const refused = new pg.Client({ host: '127.0.0.1', port: haproxy.port, user: 'postgres', database: 'app', stream: () => fromAddress('127.0.0.2') });
+      const err = await refused.connect().then(() => null, (e: { code?: string; message: string }) => e);
+      await refused.end().catch(() => {});
+      expect(err?.code).toBe('28000');
+      expect(err?.message).toContain('host "127.0.0.2"');
+    }
+  }, 30_000);
+});
+
+/** A socket that connects from `localAddress` (pg.Client calls connect(port, host) on it). */
+function fromAddress(localAddress: string): net.Socket {
+  const s = new net.Socket();
+  const connect = s.connect.bind(s) as (o: net.TcpNetConnectOpts) => net.Socket;
+  (s as unknown as { connect: (port: number, host: string) => net.Socket }).connect = (port, host) => connect({ port, host, localAddress });
+  return s;
+}
 
 interface KeyedClient extends pg.Client {
   processID: number;
