@@ -680,6 +680,8 @@ export interface StartOptions {
   logger: Logger;
   /** Loads the configuration again for RELOAD / SIGHUP. */
   reloadConfig?: () => Config;
+  /** start --workers with reusePort: this worker binds the TCP port itself (SO_REUSEPORT), not through the primary. */
+  reusePort?: boolean;
 }
 
 export async function startPgmux(config: Config, opts: StartOptions): Promise<RunningPgmux> {
@@ -695,7 +697,7 @@ export async function startPgmux(config: Config, opts: StartOptions): Promise<Ru
   server.maxConnections = config.maxClientConn + 100; // room to tell the excess why
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(config.listen.port, config.listen.host, () => {
+    server.listen({ port: config.listen.port, host: config.listen.host, reusePort: opts.reusePort === true }, () => {
       server.off('error', reject);
       resolve();
     });

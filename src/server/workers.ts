@@ -1,6 +1,13 @@
 // `pgmux start --workers N`: N worker processes (node:cluster) share the listen port; the
 // primary process only supervises.
 //
+//   - Accepts: where Node has `listen({ reusePort })` (22.12+ / 23.1+, on Linux or FreeBSD)
+//     and the port is fixed, each worker binds the TCP port itself with SO_REUSEPORT and the
+//     kernel spreads the accepts; no process hands sockets over. Otherwise (older Node, or
+//     listen port 0, which would give each worker its own port) the primary holds the
+//     listener and node:cluster deals the connections round-robin. The Unix-domain socket is
+//     always the primary's shared listener (SO_REUSEPORT does not spread AF_UNIX accepts).
+//     The choice is logged once and shown in /status (acceptSpread).
 //   - Limits hold for the whole group: each worker gets ceil(limit / N) (at least 1) of
 //     pool_size, min_pool_size, max_client_conn and the per-database / per-user /
 //     unauthenticated client limits (0 = off stays off).
@@ -29,6 +36,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import { startProbeServer, type RunningHttp } from '../admin/http.js';
 import { EventEmitter } from 'node:events';
+import net from 'node:net';
 import { AggregatorRegistry, Gauge, type PrometheusContentType } from 'prom-client';
 import type { Config } from '../config/types.js';
 import type { Logger } from '../observability/logger.js';
@@ -38,6 +46,8 @@ import { removeStaleSocket, unixSocketPath } from './unixSocket.js';
 
 /** Set by the primary for each worker it forks. */
 export const WORKER_INDEX_ENV = 'PGMUX_WORKER_INDEX';
+/** Set by the primary for each worker it forks: how the TCP listener is shared (AcceptSpread). */
+export const WORKER_ACCEPT_ENV = 'PGMUX_WORKER_ACCEPT';
 /** Bits of the 31-bit cancel pid that carry the worker index (workers is at most 64). */
 const WORKER_BITS = 6;
 const READY_POLL_MS = 250;
@@ -55,6 +65,41 @@ type Message =
 
 function isMessage(m: unknown): m is Message {
   return typeof m === 'object' && m !== null && typeof (m as { pgmux?: unknown }).pgmux === 'string';
+}
+
+/** How the workers share the TCP port: their own SO_REUSEPORT listeners, or the primary's via node:cluster. */
+export type AcceptSpread = 'reusePort' | 'cluster';
+
+/** Platforms where libuv's UV_TCP_REUSEPORT balances accepts across the sockets (macOS does not). */
+const REUSEPORT_PLATFORMS: readonly string[] = ['linux', 'freebsd'];
+
+/** True when this Node has `server.listen({ reusePort })`: 22.12+ on 22.x, 23.1+, 24+. */
+export function nodeHasReusePort(version: string = process.versions.node, platform: string = process.platform): boolean {
+  if (!REUSEPORT_PLATFORMS.includes(platform)) return false;
+  const [major = 0, minor = 0] = version.split('.').map(Number);
+  return major >= 24 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
+}
+
+/** The supervisor's choice, with the reason it is logged with. */
+export function acceptSpreadFor(listenPort: number, hasReusePort: boolean = nodeHasReusePort()): { spread: AcceptSpread; reason: string } {
+  if (!hasReusePort) return { spread: 'cluster', reason: `Node ${process.version} on ${process.platform} has no listen({ reusePort })` };
+  if (listenPort === 0) return { spread: 'cluster', reason: 'listen port 0: each worker would bind a port of its own' };
+  return { spread: 'reusePort', reason: 'each worker listens with SO_REUSEPORT; the kernel spreads the accepts' };
+}
+
+/**
+ * With reusePort a port held by another SO_REUSEPORT listener of the same user (a second pgmux
+ * group) would be joined silently, splitting its traffic: bind it once without the flag first,
+ * so a port in use is an error as it is with the cluster's listener.
+ */
+function refusePortInUse(host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.once('error', (err: NodeJS.ErrnoException) => {
+      reject(err.code === 'EADDRINUSE' ? new Error(`listen: ${host}:${port} is in use by another process; stop it or use another listen port`) : err);
+    });
+    probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolve()));
+  });
 }
 
 export function isPrimaryProcess(): boolean {
@@ -122,7 +167,8 @@ export async function runWorker(config: Config, opts: WorkerOptions): Promise<nu
   const logger = opts.logger.child({ worker: index });
   const { startPgmux } = await import('./pgmux.js');
   const { createMetrics } = await import('../observability/metrics.js');
-  const server = await startPgmux(workerConfig(config), { logger, reloadConfig: () => workerConfig(opts.reloadConfig()) });
+  const reusePort = process.env[WORKER_ACCEPT_ENV] === 'reusePort';
+  const server = await startPgmux(workerConfig(config), { logger, reloadConfig: () => workerConfig(opts.reloadConfig()), reusePort });
   const proxy = server.proxy;
 
   // /metrics: the primary's AggregatorRegistry asks every worker for this registry.
@@ -201,6 +247,7 @@ export async function runSupervisor(config: Config, logger: Logger, signals: Nod
   const slots: Slot[] = Array.from({ length: n }, (_, index) => ({ index, worker: null, ready: false, listening: false, startFailures: 0, restarts: 0 }));
   const byWorker = new Map<Worker, Slot>();
   const aggregator = new AggregatorRegistry<PrometheusContentType>();
+  const accept = acceptSpreadFor(config.listen.port);
   let stopping = false;
   let failed = false;
   let badExit = false;
@@ -208,7 +255,7 @@ export async function runSupervisor(config: Config, logger: Logger, signals: Nod
   const done = new Promise<number>((r) => (resolveDone = r));
 
   const fork = (slot: Slot) => {
-    const w = cluster.fork({ [WORKER_INDEX_ENV]: String(slot.index) });
+    const w = cluster.fork({ [WORKER_INDEX_ENV]: String(slot.index), [WORKER_ACCEPT_ENV]: accept.spread });
     slot.worker = w;
     slot.ready = false;
     slot.listening = false;
@@ -319,21 +366,25 @@ export async function runSupervisor(config: Config, logger: Logger, signals: Nod
   // round-robin): a stale file is cleared here, once, not raced by N workers. With listen
   // port 0 the path is not known yet, and a fresh random port has no stale file.
   if (config.unixSocketDir !== null && config.listen.port !== 0) await removeStaleSocket(unixSocketPath(config.unixSocketDir, config.listen.port));
+  if (accept.spread === 'reusePort') await refusePortInUse(config.listen.host, config.listen.port);
   if (config.http) {
-    httpServer = await startSupervisorHttp(config.http, aggregator, slots, logger);
+    httpServer = await startSupervisorHttp(config.http, aggregator, slots, accept.spread, logger);
   }
   for (const s of slots) fork(s);
-  logger.info({ workers: n, poolSizePerWorker: workerShare(config.poolSize, n), maxClientConnPerWorker: workerShare(config.maxClientConn, n) }, 'pgmux supervising workers');
+  logger.info(
+    { workers: n, acceptSpread: accept.spread, why: accept.reason, poolSizePerWorker: workerShare(config.poolSize, n), maxClientConnPerWorker: workerShare(config.maxClientConn, n) },
+    accept.spread === 'reusePort' ? 'pgmux supervising workers: accepts spread by the kernel (reusePort)' : 'pgmux supervising workers: accepts dealt by node:cluster round-robin',
+  );
   return done;
 }
 
-function startSupervisorHttp(hostPort: { host: string; port: number }, aggregator: AggregatorRegistry<PrometheusContentType>, slots: readonly Slot[], logger: Logger): Promise<RunningHttp> {
+function startSupervisorHttp(hostPort: { host: string; port: number }, aggregator: AggregatorRegistry<PrometheusContentType>, slots: readonly Slot[], acceptSpread: AcceptSpread, logger: Logger): Promise<RunningHttp> {
   return startProbeServer(
     hostPort,
     {
       metrics: async () => ({ contentType: aggregator.contentType, body: await aggregator.clusterMetrics() }),
       notReady: () => (slots.some((s) => s.worker !== null && s.ready) ? null : 'no worker ready'),
-      status: () => ({ workers: slots.map((s) => ({ index: s.index, pid: s.worker?.process.pid ?? null, ready: s.ready, listening: s.listening, restarts: s.restarts })) }),
+      status: () => ({ acceptSpread, workers: slots.map((s) => ({ index: s.index, pid: s.worker?.process.pid ?? null, ready: s.ready, listening: s.listening, restarts: s.restarts })) }),
     },
     logger,
   );

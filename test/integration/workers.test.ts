@@ -1,7 +1,7 @@
 // `pgmux start --workers 2` as a real process tree: the built CLI (npm run build first)
 // supervising two workers that share the listen port.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type pg from 'pg';
 import { clusterInfo, pgClient, waitUntilRunning } from '../support/cluster.js';
 import { DEFAULTS } from '../../src/config/load.js';
-import { workerConfig, workerShare } from '../../src/server/workers.js';
+import { acceptSpreadFor, nodeHasReusePort, workerConfig, workerShare } from '../../src/server/workers.js';
 
 const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url));
 
@@ -65,6 +65,30 @@ function sendCancel(port: number, c: pg.Client): Promise<void> {
   });
 }
 
+/** PIDs of the processes holding a listening TCP socket on the port, one entry per socket (ss -ltnp). */
+function listenerPids(port: number): number[] {
+  const out = execFileSync('ss', ['-ltnpH', `sport = :${port}`], { encoding: 'utf8' });
+  return out.split('\n').filter((l) => l.trim() !== '').map((l) => Number(/pid=(\d+)/.exec(l)?.[1] ?? NaN));
+}
+
+/** This Node has listen({ reusePort }) (the test's own reading of the Node changelog). */
+const reusePortNode = nodeHasReusePort();
+
+describe('accept spread choice', () => {
+  it('reusePort from Node 22.12 / 23.1 on Linux and FreeBSD, with a fixed port; cluster otherwise', () => {
+    expect(nodeHasReusePort('20.20.0', 'linux')).toBe(false);
+    expect(nodeHasReusePort('22.11.0', 'linux')).toBe(false);
+    expect(nodeHasReusePort('22.12.0', 'linux')).toBe(true);
+    expect(nodeHasReusePort('23.0.0', 'linux')).toBe(false);
+    expect(nodeHasReusePort('23.1.0', 'linux')).toBe(true);
+    expect(nodeHasReusePort('24.22.3', 'linux')).toBe(true);
+    expect(nodeHasReusePort('24.22.3', 'darwin')).toBe(false);
+    expect(acceptSpreadFor(6432, true).spread).toBe('reusePort');
+    expect(acceptSpreadFor(0, true).spread).toBe('cluster');
+    expect(acceptSpreadFor(6432, false).spread).toBe('cluster');
+  });
+});
+
 describe('workerConfig', () => {
   it('splits the group limits across workers, at least 1 each, and leaves HTTP to the primary', () => {
     expect(workerShare(20, 3)).toBe(7);
@@ -95,7 +119,7 @@ describe('start --workers 2', () => {
     stale.kill('SIGKILL');
     await staleGone;
     const nodes = clusterInfo().nodes.flatMap((n) => ['--node', `${n.host}:${n.port}`]);
-    child = spawn(process.execPath, [CLI, 'start', '--workers', '2', '--listen', `127.0.0.1:${port}`, '--http', `127.0.0.1:${httpPort}`, ...nodes, '--log-level', process.env.PGMUX_TEST_LOG ?? 'warn'], {
+    child = spawn(process.execPath, [CLI, 'start', '--workers', '2', '--listen', `127.0.0.1:${port}`, '--http', `127.0.0.1:${httpPort}`, ...nodes, '--log-level', process.env.PGMUX_TEST_LOG ?? 'info'], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, PGMUX_HEALTH_CHECK_PERIOD: '200ms', PGMUX_UNIX_SOCKET_DIR: socketDir },
     });
@@ -122,6 +146,22 @@ describe('start --workers 2', () => {
     }
     if (process.env.PGMUX_TEST_LOG) console.log('pgmux output:\n' + output);
     rmSync(socketDir, { recursive: true, force: true });
+  });
+
+  it(`spreads accepts with ${reusePortNode ? 'reusePort (each worker listens)' : 'the cluster round-robin (the primary listens)'} on Node ${process.versions.node}, and says so`, async () => {
+    type Status = { acceptSpread: string; workers: { pid: number }[] };
+    const s = JSON.parse((await get(httpPort, '/status')).body) as Status;
+    const pids = listenerPids(port);
+    if (reusePortNode) {
+      expect(s.acceptSpread).toBe('reusePort');
+      expect(output).toMatch(/pgmux supervising workers: accepts spread by the kernel \(reusePort\)/);
+      expect(pids.sort()).toEqual(s.workers.map((w) => w.pid).sort());
+    } else {
+      expect(s.acceptSpread).toBe('cluster');
+      expect(output).toMatch(/pgmux supervising workers: accepts dealt by node:cluster round-robin/);
+      expect(pids).toEqual([child.pid]);
+    }
+    expect(output.match(/pgmux supervising workers/g)).toHaveLength(1);
   });
 
   it('serves Unix-domain socket clients from both workers', async () => {
@@ -210,6 +250,8 @@ describe('start --workers 2', () => {
     }, startWait);
     expect(after.restarts).toBe(1);
     expect(output).toMatch(/worker exited unexpectedly: restarting/);
+    // With reusePort the new worker binds the port again beside the survivor.
+    if (reusePortNode) expect(listenerPids(port).sort()).toEqual([s.workers[0]!.pid!, after.pid].sort());
     const c = await pgClient(port);
     expect((await c.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
     await c.end();
@@ -222,4 +264,28 @@ describe('start --workers 2', () => {
     for (const w of s.workers) expect(() => process.kill(w.pid, 0)).toThrow();
     expect(readdirSync(socketDir)).toEqual([]); // the socket file went with the listener
   });
+});
+
+describe('start --workers 2 on a port already in use', () => {
+  it('exits 1 instead of sharing the port (a reusePort listener of this user would otherwise be joined)', async () => {
+    const port = await freePort();
+    // The holder asks for SO_REUSEPORT where Node has it, as a second pgmux group would.
+    const holder = spawn(process.execPath, ['-e', `require('net').createServer().listen({ port: ${port}, host: '127.0.0.1', reusePort: ${reusePortNode} }, () => console.log('up'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise((r) => holder.stdout!.once('data', r));
+    try {
+      const pgmux = spawn(process.execPath, [CLI, 'start', '--workers', '2', '--listen', `127.0.0.1:${port}`, '--node', `127.0.0.1:${clusterInfo().nodes[0]!.port}`, '--log-level', 'info'], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, PGMUX_UNIX_SOCKET_DIR: 'off' },
+      });
+      let out = '';
+      pgmux.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      pgmux.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+      const code = await new Promise<number | null>((resolve) => pgmux.once('exit', (c) => resolve(c)));
+      expect(code, out).toBe(1);
+      if (reusePortNode) expect(out).toMatch(/listen: 127\.0\.0\.1:\d+ is in use by another process/);
+      else expect(out).toMatch(/worker keeps failing before it listens/);
+    } finally {
+      holder.kill('SIGKILL');
+    }
+  }, 30_000);
 });

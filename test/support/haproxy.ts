@@ -1,58 +1,70 @@
-// A real HAProxy (/usr/sbin/haproxy) on loopback for tests: started in the foreground (-db)
-// from a config string in a temp dir, on a free port picked first (HAProxy cannot bind port
-// 0 and report it), stopped by its PID.
+// A real HAProxy (/usr/sbin/haproxy, in the foreground) on loopback in front of pgmux
+// instances: mode tcp, round-robin, optionally send-proxy-v2. HAProxy cannot bind port 0 and
+// report it, so the frontend port is picked free first.
+
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-export const HAPROXY_BIN = '/usr/sbin/haproxy';
+export const HAPROXY_BIN = process.env.PGMUX_TEST_HAPROXY ?? '/usr/sbin/haproxy';
+
+export interface HaproxyOptions {
+  /** pgmux ports on 127.0.0.1, one backend server each, in round-robin order. */
+  backendPorts: readonly number[];
+  /** Prepend a PROXY protocol v2 header to every connection HAProxy opens to a backend. */
+  sendProxyV2?: boolean;
+}
 
 export interface RunningHaproxy {
-  /** The frontend port the config was given. */
-  readonly port: number;
+  /** The frontend clients connect to (127.0.0.1). */
+  port: number;
+  pid: number;
+  config: string;
+  /** What HAProxy printed (warnings, alerts): for failure messages. */
+  output(): string;
   stop(): Promise<void>;
 }
 
-/** A port free on 127.0.0.1 right now (listen on 0, read it, close). */
 export async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
 }
 
-/** `config(port)` returns the haproxy.cfg text binding its frontend to 127.0.0.1:port. */
-export async function startHaproxy(config: (port: number) => string): Promise<RunningHaproxy> {
-  const port = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), 'pgmux-haproxy-'));
-  const file = join(dir, 'haproxy.cfg');
-  writeFileSync(file, config(port) + '\n');
-  const child: ChildProcess = spawn(HAPROXY_BIN, ['-db', '-f', file], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  const stop = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-    await exited;
-    rmSync(dir, { recursive: true, force: true });
-  };
-  // Ready once the frontend accepts.
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    if (child.exitCode !== null) {
-      await stop();
-      throw new Error(`haproxy exited (${child.exitCode}): ${stderr}`);
-    }
-    if (await accepts(port)) return { port, stop };
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`haproxy did not listen on ${port} within 10 s: ${stderr}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+/**
+ * The configuration: a tcp frontend on `port`, round-robin over the backends. A connection
+ * refused by a dead backend is retried on another one at once (`option redispatch 1`), and TCP
+ * health checks take the dead one out of the rotation soon after.
+ */
+export function haproxyConfig(port: number, opts: HaproxyOptions): string {
+  // The checks carry the header too: an instance that trusts the balancer expects it first.
+  const proxy = opts.sendProxyV2 ? ' send-proxy-v2 check-send-proxy' : '';
+  return [
+    'global',
+    '  maxconn 4096',
+    'defaults',
+    '  mode tcp',
+    '  timeout connect 2s',
+    '  timeout client 1h',
+    '  timeout server 1h',
+    '  retries 2',
+    '  option redispatch 1',
+    'frontend pg',
+    `  bind 127.0.0.1:${port}`,
+    '  default_backend pgmux',
+    'backend pgmux',
+    '  balance roundrobin',
+    '  default-server check inter 500ms fall 1 rise 2',
+    ...opts.backendPorts.map((p, i) => `  server pgmux${i} 127.0.0.1:${p}${proxy}`),
+    '',
+  ].join('\n');
 }
 
 function accepts(port: number): Promise<boolean> {
@@ -64,4 +76,39 @@ function accepts(port: number): Promise<boolean> {
     });
     s.once('error', () => resolve(false));
   });
+}
+
+/**
+ * Starts HAProxy and waits until its frontend accepts connections: with the standard config
+ * for `opts`, or with `config(port)` for a test that needs its own (binding 127.0.0.1:port).
+ */
+export async function startHaproxy(opts: HaproxyOptions | ((port: number) => string), startTimeoutMs = 10_000): Promise<RunningHaproxy> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'pgmux-haproxy-'));
+  const config = typeof opts === 'function' ? opts(port) + '\n' : haproxyConfig(port, opts);
+  const file = join(dir, 'haproxy.cfg');
+  writeFileSync(file, config);
+  const child: ChildProcess = spawn(HAPROXY_BIN, ['-db', '-f', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null && child.pid) {
+      child.kill('SIGTERM');
+      const killer = setTimeout(() => child.kill('SIGKILL'), 3000);
+      await exited;
+      clearTimeout(killer);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const deadline = Date.now() + startTimeoutMs;
+  while (!(await accepts(port))) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      await stop();
+      throw new Error(`haproxy did not come up on 127.0.0.1:${port}:\n${out}\nconfig:\n${config}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { port, pid: child.pid!, config, output: () => out, stop };
 }
