@@ -6,7 +6,7 @@
 
 import type net from 'node:net';
 import { FrameError, FrameReader } from '../protocol/framer.js';
-import { errorResponse, FrontendMsg, readyForQuery } from '../protocol/messages.js';
+import { CANCEL_REQUEST_CODE, errorResponse, FrontendMsg, readyForQuery } from '../protocol/messages.js';
 import { BackendError, PgmuxError, pgmuxError, type ErrorSpec } from '../protocol/errors.js';
 import { BackendConnection, randomInt32, type BackendOwner } from '../pool/backend.js';
 import type { Pool, PoolWaiter } from '../pool/pool.js';
@@ -211,6 +211,16 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
         this.proxyHeader = buf;
         return null;
       case 'absent':
+        // A bare CancelRequest needs no address (only its key counts): a peer forwarding one
+        // (peers) sends no header, and may well sit in the balancer's trusted range.
+        if (buf.length < 8) {
+          this.proxyHeader = buf;
+          return null;
+        }
+        if (buf.readInt32BE(0) === 16 && buf.readInt32BE(4) === CANCEL_REQUEST_CODE) {
+          this.proxyHeader = null;
+          return buf;
+        }
         this.refuseProxyHeader(pgmuxError('proxyHeaderMissing'), 'connection from a proxy_protocol_trusted address without a PROXY header refused');
         return null;
       case 'invalid':

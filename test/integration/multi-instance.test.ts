@@ -142,8 +142,7 @@ describe('two pgmux instances behind HAProxy', () => {
     expect(acked.flat().length).toBeGreaterThan(CLIENTS * 4);
   }, 60_000);
 
-  // enabled when peers/proxyproto merge
-  it.skip('100 pg_sleep(10) each cancelled through the balancer all end with 57014 within 1 s (peers forward the cancel, PROXY v2 from HAProxy)', async () => {
+  it('100 pg_sleep(10) each cancelled through the balancer all end with 57014 within 1 s (peers forward the cancel, PROXY v2 from HAProxy)', async () => {
     const [portA, portB] = [await freePort(), await freePort()];
     // The keys by their YAML names: peer_id / peers from the peers branch, proxy_protocol_trusted from proxyproto.
     const instance = (id: number, port: number, other: number) =>
@@ -176,8 +175,7 @@ describe('two pgmux instances behind HAProxy', () => {
 });
 
 describe('two pgmux instances behind HAProxy with PROXY protocol v2', () => {
-  // enabled when peers/proxyproto merge
-  it.skip('HBA rules match the real client address, not the balancer\'s', async () => {
+  it('HBA rules match the real client address, not the balancer\'s', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'pgmux-multi-hba-'));
     cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
     const hba = join(dir, 'hba.conf');

@@ -346,16 +346,14 @@ describe('deploy/kubernetes', () => {
 // ---------------------------------------------------------------------------------------------
 // Several instances: docker-compose profile multi (HAProxy + two pgmux), deploy/kubernetes/peering
 
-/** Keys being added by other #16 branches (peers, proxyproto): checked by name until the schema has them. */
-const PENDING_ENV = new Set(['PGMUX_PEER_ID', 'PGMUX_PEERS', 'PGMUX_PROXY_PROTOCOL_TRUSTED']);
 const HAPROXY = '/usr/sbin/haproxy';
 
-/** PGMUX_* variables a service sets: known settings must load with the service's config file; unknown ones must be pending. */
+/** PGMUX_* variables a service sets: each is a setting, and they load with the service's config file. */
 function checkPgmuxEnv(env: Obj, configFile: string | null): void {
   const known = new Set(SETTINGS.map((st) => envName(st.key)));
   const pgmuxEnv = Object.fromEntries(Object.entries(env).filter(([k]) => k.startsWith('PGMUX_')).map(([k, v]) => [k, String(v)]));
-  for (const k of Object.keys(pgmuxEnv)) expect(known.has(k) || PENDING_ENV.has(k), `${k} is a pgmux setting`).toBe(true);
-  const loadable = Object.fromEntries(Object.entries(pgmuxEnv).filter(([k]) => known.has(k)));
+  for (const k of Object.keys(pgmuxEnv)) expect(known.has(k), `${k} is a pgmux setting`).toBe(true);
+  const loadable = pgmuxEnv;
   // Without a file (the ConfigMap's names paths of the pod), a node from the env is enough.
   if (configFile === null) expect(() => loadConfig({}, { PGMUX_NODES: 'primary:5432', ...loadable })).not.toThrow();
   else expect(() => loadConfig({ config: join(ROOT, configFile) }, loadable)).not.toThrow();
