@@ -7,19 +7,7 @@ import type { ServerView, TrafficTotals } from './view.js';
 export const STATS_PERIOD_MS = 60_000;
 
 /** Counters of one database (all its users), summed from ServerView.trafficTotals(). */
-export interface DatabaseTraffic {
-  serverAssignments: number;
-  xacts: number;
-  queries: number;
-  bytesReceived: number;
-  bytesSent: number;
-  xactTimeUs: number;
-  queryTimeUs: number;
-  waitTimeUs: number;
-  clientParses: number;
-  serverParses: number;
-  binds: number;
-}
+export type DatabaseTraffic = Omit<TrafficTotals, 'database' | 'user' | 'errorsByClass'>;
 
 const ZERO: DatabaseTraffic = Object.freeze({
   serverAssignments: 0, xacts: 0, queries: 0, bytesReceived: 0, bytesSent: 0, xactTimeUs: 0, queryTimeUs: 0, waitTimeUs: 0,

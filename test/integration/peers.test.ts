@@ -2,7 +2,6 @@
 // session (a load balancer picks per connection) is forwarded to the owner, once.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type pg from 'pg';
@@ -14,19 +13,9 @@ import { DEFAULTS } from '../../src/config/load.js';
 import { parsePeers } from '../../src/config/values.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
+import { freePort } from '../../src/embedded/localCluster.js';
 
 const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url));
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 let tagSeq = 0;
 /** A pg_sleep(10) statement no other test runs (waitUntilRunning counts by text). */

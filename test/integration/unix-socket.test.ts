@@ -16,6 +16,7 @@ import { makeTestPki, type TestPki } from '../support/certs.js';
 import { startProxy, testConfig, type TestProxy } from '../support/pgmux.js';
 import { waitFor } from '../support/wait.js';
 import { parseErrorFields, RawClient, sslRequest, startupPacket } from '../support/rawClient.js';
+import { freePort } from '../../src/embedded/localCluster.js';
 
 let dir: string;
 let pki: TestPki;
@@ -89,14 +90,6 @@ async function connectCode(p: TestProxy, opts: Parameters<typeof pgClient>[1]): 
 }
 
 /** A port nobody listens on now (the stale and live file tests need it before the proxy starts). */
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
 describe('unix socket listener', () => {
   it('serves pg and psql through host=<dir>: reads on a replica, writes on the primary', async () => {
     // The primary takes no balanced reads: every read must land on a replica.

@@ -12,19 +12,9 @@ import type pg from 'pg';
 import { clusterInfo, pgClient, waitUntilRunning } from '../support/cluster.js';
 import { DEFAULTS } from '../../src/config/load.js';
 import { acceptSpreadFor, nodeHasReusePort, workerConfig, workerShare } from '../../src/server/workers.js';
+import { freePort } from '../../src/embedded/localCluster.js';
 
 const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url));
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function get(port: number, path: string): Promise<{ status: number; body: string }> {
   const r = await fetch(`http://127.0.0.1:${port}${path}`);

@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from '../../src/embedded/localCluster.js';
 
 export const HAPROXY_BIN = process.env.PGMUX_TEST_HAPROXY ?? '/usr/sbin/haproxy';
 
@@ -27,16 +28,7 @@ export interface RunningHaproxy {
   stop(): Promise<void>;
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
+export { freePort };
 
 /**
  * The configuration: a tcp frontend on `port`, round-robin over the backends. A connection
