@@ -195,6 +195,7 @@ const DATABASES_COLUMNS: Column[] = [
   ...cols('ssissiiiissiiiiii', 'name', 'host', 'port', 'database', 'force_user', 'pool_size', 'min_pool_size', 'reserve_pool_size', 'server_lifetime',
     'pool_mode', 'load_balance_hosts', 'max_connections', 'current_connections', 'max_client_connections', 'current_client_connections', 'paused', 'disabled'),
   t('route'),
+  i4('primary_connections_seen'),
 ];
 
 /**
@@ -212,7 +213,7 @@ export function showDatabases(view: ServerView): Buffer {
   const rows = view.databases().map((d) => [
     d.name, primary?.host ?? null, primary?.port ?? null, d.dbname, d.forceUser, d.poolSize, d.minPoolSize, 0, Math.floor(cfg.serverLifetimeMs / 1000),
     d.poolMode, null, d.maxDbConnections, d.currentConnections, clientCaps(cfg).db, d.clientConnections,
-    d.paused || view.isPaused(d.name) ? 1 : 0, d.disabled || view.isDatabaseDisabled(d.name) ? 1 : 0, d.route,
+    d.paused || view.isPaused(d.name) ? 1 : 0, d.disabled || view.isDatabaseDisabled(d.name) ? 1 : 0, d.route, d.primaryConnectionsSeen,
   ]);
   return resultSet(DATABASES_COLUMNS, rows);
 }

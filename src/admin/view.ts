@@ -109,6 +109,11 @@ export interface DatabaseView {
   currentConnections: number;
   /** Client connections now for this entry. */
   clientConnections: number;
+  /**
+   * Connections the current primary has to this entry's database, whoever made them (every
+   * pgmux instance, other applications), at its last health check; null when unknown ('*').
+   */
+  primaryConnectionsSeen: number | null;
   paused: boolean;
   disabled: boolean;
 }
@@ -162,6 +167,8 @@ export interface ServerView {
   isReady(): boolean;
   /** Peering: live instances (this one included) and the cancels passed to / dropped for peers. */
   peerCounts(): { live: number; cancelsForwarded: number; cancelsDropped: number };
+  /** Client connections per node and database from each node's last health check, whoever made them. */
+  nodeConnectionsSeen(): Array<{ node: string; database: string; connections: number }>;
   readonly shuttingDown: boolean;
 
   // Actions (admin users only).

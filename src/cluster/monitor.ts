@@ -85,6 +85,8 @@ export class ClusterMonitor extends EventEmitter {
   private nodeCfgs: NodeConfig[];
   private readonly runtimes = new Map<string, NodeRuntime>();
   private current: TopologySnapshot;
+  /** backendsOn(): per node name, from its last successful check. */
+  private readonly backendsSeen = new Map<string, ReadonlyMap<string, number>>();
   private timer: NodeJS.Timeout | null = null;
   private started: Promise<void> | null = null;
   private stopped = false;
@@ -186,6 +188,14 @@ export class ClusterMonitor extends EventEmitter {
     if (round) await round.catch(() => {});
     for (const rt of this.runtimes.values()) this.closeClient(rt);
     this.started = null;
+  }
+
+  /**
+   * Client connections per database on `node` at its last successful check, whoever made them
+   * (this pgmux, other instances, other applications); null when unknown (down, never checked).
+   */
+  backendsOn(node: string): ReadonlyMap<string, number> | null {
+    return this.backendsSeen.get(node) ?? null;
   }
 
   /** The latest snapshot (immutable). */
@@ -296,6 +306,8 @@ export class ClusterMonitor extends EventEmitter {
       const index = indexByName.get(rt.name);
       if (index === undefined || this.runtimes.get(rt.name) !== rt) continue;
       probes.push({ ...probe, index });
+      if (probe.backendsByDatabase !== undefined) this.backendsSeen.set(rt.name, probe.backendsByDatabase);
+      else if (!probe.ok) this.backendsSeen.delete(rt.name);
     }
     const next = deriveTopology(this.current, probes, Date.now(), this.deriveOpts());
     this.logDownReasons(this.current, next);

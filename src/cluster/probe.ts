@@ -13,7 +13,8 @@ import { parseLsn, type ProbeResult } from './snapshot.js';
  * receives (NULL unless the user is a superuser or has pg_read_all_stats, e.g. through
  * pg_monitor), else the newest of its last restartpoint's and its minimum recovery point's,
  * which can lag behind a timeline switch for minutes. tli_hidden: a WAL receiver runs but
- * this user may not see its timeline.
+ * this user may not see its timeline. backends: client connections per database, whoever made
+ * them (every pgmux instance, other applications): what the node sees, next to the budgets.
  */
 export const PROBE_SQL = `WITH r AS MATERIALIZED (SELECT pg_is_in_recovery() AS rec),
 w AS MATERIALIZED (SELECT (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1) AS tli,
@@ -27,7 +28,9 @@ SELECT r.rec,
   (SELECT system_identifier::text FROM pg_control_system()) AS sysid,
   CASE WHEN r.rec THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END AS lsn,
   pg_last_wal_receive_lsn()::text AS recv,
-  extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS replay_age_ms
+  extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 AS replay_age_ms,
+  (SELECT json_object_agg(datname, n) FROM (SELECT datname, count(*) AS n FROM pg_stat_activity
+    WHERE backend_type = 'client backend' AND datname IS NOT NULL GROUP BY datname) s) AS backends
 FROM r, w`;
 
 /**
@@ -62,6 +65,14 @@ export function parseProbeRow(row: Record<string, unknown>): Omit<ProbeResult, '
   if (typeof row.sysid === 'string') out.systemId = row.sysid;
   const wal = lsn(row.lsn);
   if (wal !== null) out.walLsn = wal;
+  if (row.backends !== null && typeof row.backends === 'object') {
+    const byDb = new Map<string, number>();
+    for (const [db, n] of Object.entries(row.backends as Record<string, unknown>)) {
+      const v = num(n);
+      if (v !== null) byDb.set(db, v);
+    }
+    out.backendsByDatabase = byDb;
+  } else if (row.backends === null) out.backendsByDatabase = new Map();
   return out;
 }
 

@@ -124,6 +124,8 @@ export interface ProbeResult {
   receiveLsn?: bigint | null;
   /** Replica: now() - pg_last_xact_replay_timestamp() in ms, measured on the replica. */
   replayLagMs?: number | null;
+  /** Client connections on the node per database, from pg_stat_activity (anyone's). */
+  backendsByDatabase?: ReadonlyMap<string, number>;
   /** Epoch ms the check finished. */
   at: number;
 }

@@ -302,6 +302,18 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
       this.set(view.peerCounts().live);
     },
   });
+  new Gauge({
+    name: 'pgmux_node_database_connections',
+    help: "Client connections per node and database at the node's last health check (pg_stat_activity), whoever made them: every pgmux instance and other applications.",
+    labelNames: ['node', 'database'],
+    registers: [registry],
+    // --workers: every worker's monitor sees the same nodes; a sum would multiply them.
+    aggregator: 'max',
+    collect() {
+      this.reset();
+      for (const c of view.nodeConnectionsSeen()) this.set({ node: c.node, database: c.database }, c.connections);
+    },
+  });
   counter('pgmux_peer_cancels_total', 'CancelRequests for another instance\'s key: forwarded to a peer, or dropped (already forwarded once, unknown peer id).', ['result'], (set) => {
     const p = view.peerCounts();
     set({ result: 'forwarded' }, p.cancelsForwarded);

@@ -443,12 +443,15 @@ export class PgmuxServer implements SessionContext, ServerView {
       const section = c.target.section;
       if (section !== '') clients.set(section, (clients.get(section) ?? 0) + 1);
     }
+    const primary = this.monitor.snapshot().primary;
+    const onPrimary = primary === null ? null : this.monitor.backendsOn(primary.name);
     return entries.map((e): DatabaseView => {
       const name = e?.name ?? FALLBACK;
       const sized = poolConfigFor(cfg, name);
+      const dbname = e === null || name === FALLBACK ? e?.dbname ?? null : e.dbname ?? name;
       return {
         name,
-        dbname: e === null || name === FALLBACK ? e?.dbname ?? null : e.dbname ?? name,
+        dbname,
         forceUser: e?.user ?? null,
         poolSize: sized.poolSize,
         minPoolSize: sized.minPoolSize,
@@ -457,10 +460,20 @@ export class PgmuxServer implements SessionContext, ServerView {
         maxDbConnections: e?.maxDbConnections ?? cfg.maxDbConnections,
         currentConnections: backends.get(name) ?? 0,
         clientConnections: clients.get(name) ?? 0,
+        primaryConnectionsSeen: dbname === null || onPrimary === null ? null : onPrimary.get(dbname) ?? 0,
         paused: this.isPaused(name),
         disabled: this.disabledDatabases.has(name),
       };
     });
+  }
+
+  nodeConnectionsSeen(): Array<{ node: string; database: string; connections: number }> {
+    const out: Array<{ node: string; database: string; connections: number }> = [];
+    for (const n of this.monitor.snapshot().nodes) {
+      const byDb = this.monitor.backendsOn(n.name);
+      if (byDb !== null) for (const [database, connections] of byDb) out.push({ node: n.name, database, connections });
+    }
+    return out;
   }
 
   isPaused(database?: string): boolean {

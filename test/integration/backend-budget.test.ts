@@ -165,3 +165,33 @@ describe('max_user_connections (backends per node for a user, all databases)', (
     }
   });
 });
+
+describe('what the node sees, whoever connected', () => {
+  it('SHOW DATABASES primary_connections_seen and pgmux_node_database_connections count pgmux backends and other clients alike', async () => {
+    const proxy = await startProxy({
+      nodes: primaryOnly(),
+      adminUsers: ['postgres'],
+      databases: [{ name: DB1, dbname: null, user: null, password: null, poolSize: null, minPoolSize: null, poolMode: null, maxDbConnections: null, route: 'any' }],
+      http: { host: '127.0.0.1', port: 0 },
+    });
+    const direct = await Promise.all([0, 1, 2].map(() => pgClient(primaryPort(), { ...APP, database: DB1 })));
+    const viaPgmux = await Promise.all([0, 1].map(() => pgClient(proxy.port, { ...APP, database: DB1 })));
+    const admin = await pgClient(proxy.port, { database: 'pgbouncer' });
+    try {
+      // Two transactions held open: two backends of pgmux on the primary, beside three other clients.
+      for (const c of viaPgmux) {
+        await c.query('BEGIN');
+        await c.query('SELECT txid_current()');
+      }
+      const seen = async () => (await admin.query('SHOW DATABASES')).rows.find((r) => r.name === DB1)?.primary_connections_seen as number | null;
+      await expect.poll(seen, { timeout: 5000, interval: 50 }).toBe(5);
+      const text = await (await fetch(`http://127.0.0.1:${proxy.httpPort}/metrics`)).text();
+      const primary = clusterInfo().nodes[0]!;
+      expect(text).toContain(`pgmux_node_database_connections{node="${primary.host}:${primary.port}",database="${DB1}"} 5`);
+    } finally {
+      for (const c of viaPgmux) await c.query('ROLLBACK').catch(() => {});
+      for (const c of [...direct, ...viaPgmux, admin]) await c.end().catch(() => {});
+      await proxy.close();
+    }
+  });
+});

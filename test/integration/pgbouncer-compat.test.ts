@@ -126,7 +126,7 @@ const PGMUX_ONLY: Record<string, string[]> = {
   POOLS: ['nodes'],
   CLIENTS: ['transactions', 'node', 'backend_pid', 'pinned', 'pgmux_state'],
   SERVERS: ['node', 'resets', 'pgmux_state'],
-  DATABASES: ['route'],
+  DATABASES: ['route', 'primary_connections_seen'],
 };
 
 describe('PgBouncer compatibility of the admin console', () => {
