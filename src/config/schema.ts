@@ -12,7 +12,7 @@
 // already exists with the exact error texts users and tests rely on, and a library would
 // wrap each of them in a custom refinement without removing a line.
 
-import type { AuthMethod, Config, LogLevel, PoolMode, ReadYourWrites } from './types.js';
+import type { AuthMethod, Config, LogLevel, PoolMode, QueryCacheMode, ReadYourWrites } from './types.js';
 import { CLIENT_TLS_MODES, SERVER_TLS_MODES } from '../net/tls.js';
 import { checkTrustedEntry } from '../net/proxyProtocol.js';
 import {
@@ -27,11 +27,12 @@ export const POOL_MODES: readonly PoolMode[] = ['transaction', 'session'];
 export const AUTH_METHODS: readonly AuthMethod[] = ['trust', 'password', 'md5', 'scram-sha-256'];
 export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 export const READ_YOUR_WRITES: readonly ReadYourWrites[] = ['off', 'window', 'lsn'];
+export const QUERY_CACHE_MODES: readonly QueryCacheMode[] = ['local', 'notify', 'triggers'];
 
 /** The "### " sections of docs/configuration.md, in their order. */
 export type DocSection =
   | 'Listening' | 'Nodes' | 'Pooling' | 'Authentication' | 'Timeouts' | 'Health checks and failover'
-  | 'Read routing' | 'Databases and users' | 'Admin console and shutdown' | 'TLS and access' | 'Logging';
+  | 'Read routing' | 'Query cache' | 'Databases and users' | 'Admin console and shutdown' | 'TLS and access' | 'Logging';
 
 /** A flag of `start` and `check-config`; its --help line is built from it and the row. */
 export interface FlagSpec {
@@ -290,6 +291,7 @@ const ROWS = [
     parse: (v) => parseFunctionList(v, 'read_only_functions'), show: list, pgpool: ['read_only_function_list', 'white_function_list'],
   }),
   duration('function_catalog_refresh', 'functionCatalogRefreshMs', 60_000, 'Read routing'),
+  setting({ key: 'query_cache_mode', field: 'queryCacheMode', default: 'notify', doc: 'Query cache', parse: (v) => parseEnum(v, QUERY_CACHE_MODES) }),
   // Databases and users (src/config/databases.ts)
   setting({
     key: 'databases', field: 'databases', default: frozen([]), doc: 'Databases and users',

@@ -17,6 +17,8 @@ export interface NodeConfig {
 }
 
 export type ReadYourWrites = 'off' | 'window' | 'lsn';
+/** How the query cache hears of writes made elsewhere (src/cache/invalidationBus.ts). */
+export type QueryCacheMode = 'local' | 'notify' | 'triggers';
 /** TLS from clients: disable = answer SSLRequest 'N'; allow = TLS when asked; require = TLS only. */
 export type ClientTlsMode = 'disable' | 'allow' | 'require';
 /** TLS towards the nodes, libpq's sslmode names. */
@@ -194,6 +196,8 @@ export interface Config {
   readOnlyFunctions: string[];
   /** How often each database's list of volatile functions is reloaded; 0 = only after DDL. */
   functionCatalogRefreshMs: number;
+  /** local: own writes only; notify: also other pgmux instances' (NOTIFY on the primary); triggers: also writers outside pgmux. */
+  queryCacheMode: QueryCacheMode;
 
   // TLS and access (src/net/tls.ts, src/auth/hba.ts, src/server/limits.ts).
   clientTls: ClientTlsMode;

@@ -139,6 +139,7 @@ describe('DEFAULTS', () => {
       writeFunctions: [],
       readOnlyFunctions: [],
       functionCatalogRefreshMs: 60_000,
+      queryCacheMode: 'notify',
       clientTls: 'disable',
       clientTlsCertFile: null,
       clientTlsKeyFile: null,
@@ -231,6 +232,7 @@ read_your_writes_window: 250ms
 write_functions: [audit_log, App.Bump, 'queue_*']
 read_only_functions: [uuid_next, '"Audit".Peek', '"Mixed Case"()']
 function_catalog_refresh: 5m
+query_cache_mode: triggers
 client_tls: require
 client_tls_cert_file: ${pki.server.cert}
 client_tls_key_file: ${pki.server.key}
@@ -316,6 +318,7 @@ users:
       writeFunctions: ['audit_log', 'app.bump', 'queue_*'],
       readOnlyFunctions: ['uuid_next', '"Audit".peek', '"Mixed Case"'],
       functionCatalogRefreshMs: 300_000,
+      queryCacheMode: 'triggers',
       clientTls: 'require',
       clientTlsCertFile: pki.server.cert,
       clientTlsKeyFile: pki.server.key,
@@ -454,6 +457,7 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_WRITE_FUNCTIONS: 'f1,s.f2',
       PGMUX_READ_ONLY_FUNCTIONS: 'r1, S.R2',
       PGMUX_FUNCTION_CATALOG_REFRESH: '0',
+      PGMUX_QUERY_CACHE_MODE: 'local',
       PGMUX_CLIENT_TLS: 'Allow',
       PGMUX_CLIENT_TLS_CERT_FILE: pki.server.cert,
       PGMUX_CLIENT_TLS_KEY_FILE: pki.server.key,
@@ -532,6 +536,7 @@ describe('precedence: defaults < file < env < flags', () => {
       writeFunctions: ['f1', 's.f2'],
       readOnlyFunctions: ['r1', 's.r2'],
       functionCatalogRefreshMs: 0,
+      queryCacheMode: 'local',
       clientTls: 'allow',
       clientTlsCertFile: pki.server.cert,
       clientTlsKeyFile: pki.server.key,
@@ -891,6 +896,7 @@ describe('TLS and access', () => {
     ['read_only_functions', ['a.b.c'], /"a.b.c" is not a function name \(expected name, schema.name, "Quoted" or a prefix ending in \*\)/],
     ['write_functions', ['f(1)'], /"f\(1\)" is not a function name/],
     ['function_catalog_refresh', 'often', /not a duration/],
+    ['query_cache_mode', 'shared', /local/],
   ])('%s: %j is refused', (key, value, message) => {
     expect(() => yamlValue(key, value)).toThrow(message);
   });
@@ -954,7 +960,7 @@ describe('CLI', () => {
   it('buildProgram has the three commands, start by default', () => {
     const program = buildProgram({});
     expect(program.name()).toBe('pgmux');
-    expect(program.commands.map((c) => c.name())).toEqual(['start', 'demo', 'check-config', 'import', 'classify']);
+    expect(program.commands.map((c) => c.name())).toEqual(['start', 'demo', 'check-config', 'import', 'classify', 'cache']);
     const start = program.commands[0]!;
     expect(start.options.map((o) => o.long)).toEqual(FLAGS);
   });
