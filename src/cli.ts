@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The `pgmux` command line: start (default), demo, check-config, import, classify.
+// The `pgmux` command line: start (default), demo, check-config, import, classify, cache.
 //
 // Exit codes: 0 ok (and after a clean SIGINT/SIGTERM shutdown), 1 runtime failure,
 // 2 bad configuration or usage, 3 `import` refused a result weaker than its source. Errors are one line on stderr: `pgmux: <message>`.
@@ -188,6 +188,57 @@ async function readVolatileFunctions(o: { dsn?: string; database?: string; confi
     }
   }
   throw new Error(`classify: cannot read the database's functions (${failures.join('; ')})`);
+}
+
+/** A connection to the primary's `database` for DDL: --dsn, else the configured node that is not in recovery. */
+async function connectPrimary(o: { dsn?: string; database?: string; config: Config | null }): Promise<import('pg').Client> {
+  const pg = (await import('pg')).default;
+  const candidates: Array<{ label: string; conn: ClientConfig }> = [];
+  if (o.dsn !== undefined) {
+    let url: URL;
+    try {
+      url = new URL(o.dsn);
+    } catch {
+      throw new ConfigError('dsn', `--dsn: ${JSON.stringify(o.dsn)} is not a URL (expected postgres://user:password@host:port/database)`);
+    }
+    if (o.database !== undefined) url.pathname = '/' + encodeURIComponent(o.database);
+    candidates.push({ label: `${url.hostname}:${url.port || 5432}`, conn: { connectionString: url.toString() } });
+  } else {
+    const cfg = o.config!;
+    const { backendTlsFor, pgClientSsl } = await import('./net/tls.js');
+    const { healthCheckLogin } = await import('./cluster/healthCheckLogin.js');
+    const { loadAuthFile } = await import('./auth/authFile.js');
+    const login = healthCheckLogin(cfg, cfg.authFile ? loadAuthFile(cfg.authFile) : new Map());
+    for (const n of cfg.nodes) {
+      candidates.push({
+        label: formatHostPort(n),
+        conn: {
+          host: n.host,
+          port: n.port,
+          user: login.user,
+          password: login.credentials.password ?? undefined,
+          database: o.database,
+          connectionTimeoutMillis: cfg.serverConnectTimeoutMs || undefined,
+          ssl: pgClientSsl(backendTlsFor(cfg)),
+        },
+      });
+    }
+  }
+  const failures: string[] = [];
+  for (const t of candidates) {
+    const client = new pg.Client({ ...t.conn, application_name: 'pgmux-cache' });
+    client.on('error', () => {});
+    try {
+      await client.connect();
+      const r = await client.query('SELECT pg_is_in_recovery() AS r');
+      if ((r.rows[0] as { r: boolean }).r) throw new Error('a standby');
+      return client;
+    } catch (e) {
+      failures.push(`${t.label}: ${(e as Error).message}`);
+      await client.end().catch(() => {});
+    }
+  }
+  throw new Error(`cache: no primary to connect to (${failures.join('; ')})`);
 }
 
 // The exit code of the command a program ran (read by main()).
@@ -395,6 +446,35 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
         if (reason !== null) c = { ...c, target: 'primary', reason };
       }
       out(formatClassification(c) + '\n');
+      exitCodes.set(program, 0);
+    });
+
+  const cache = program.command('cache').description('query cache maintenance on the database (see query_cache_mode)');
+  cache
+    .command('install-triggers')
+    .description('install (or with --uninstall remove) the triggers that publish cache invalidations for writes that bypass pgmux')
+    .option('--database <name>', 'the database to install into (default: the --dsn database)')
+    .option('--dsn <url>', 'connect here (postgres://user:password@host:port/database); default: the configured primary with the health checks\' login')
+    .option('--uninstall', 'remove every pgmux_cache_* function and trigger installed')
+    .option('-c, --config <file>', 'YAML config: nodes and the health checks\' login, when there is no --dsn (env: PGMUX_CONFIG)')
+    .addHelpText(
+      'after',
+      '\nInstalls pgmux_cache_notify(), a statement-level AFTER INSERT/UPDATE/DELETE/TRUNCATE trigger on every user\n' +
+        'table and an event trigger on ddl_command_end (invalidates the whole database, adds the trigger to new\n' +
+        'tables). Idempotent. Needs a superuser (event triggers). Run it on each database cached with query_cache_mode: triggers.',
+    )
+    .action(async (o: { database?: string; dsn?: string; uninstall?: boolean; config?: string }) => {
+      const { INSTALL_SQL, UNINSTALL_SQL, COUNT_SQL } = await import('./cache/cacheTriggers.js');
+      if (o.dsn === undefined && o.database === undefined) throw new ConfigError('database', 'cache install-triggers: name the database with --database (or give --dsn)');
+      const client = await connectPrimary({ dsn: o.dsn, database: o.database, config: o.dsn === undefined ? loadConfig({ config: o.config }, env) : null });
+      try {
+        await client.query(o.uninstall ? UNINSTALL_SQL : INSTALL_SQL);
+        const n = ((await client.query(COUNT_SQL)).rows[0] as { n: number }).n;
+        const db = ((await client.query('SELECT current_database() AS d')).rows[0] as { d: string }).d;
+        out(o.uninstall ? `pgmux cache triggers removed from ${db}\n` : `pgmux cache triggers installed in ${db}: ${n} tables\n`);
+      } finally {
+        await client.end().catch(() => {});
+      }
       exitCodes.set(program, 0);
     });
 
