@@ -17,6 +17,12 @@ export const TRIGGER_SENDER = 'trg';
 /** PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; leave room for the JSON frame. */
 export const MAX_PAYLOAD_BYTES = 7900;
 const RECONNECT_DELAY_MS = 200;
+/**
+ * A listener connection that stops answering (a partitioned or hung primary) hears nothing
+ * and says nothing: TCP keepalive would take minutes to notice. An empty query every
+ * heartbeat, unanswered for two, drops it (a gap).
+ */
+const DEFAULT_HEARTBEAT_MS = 5000;
 /** Publishes queued while disconnected beyond this collapse to one whole-database message. */
 const MAX_QUEUED = 256;
 
@@ -97,9 +103,12 @@ class DatabaseListener implements BackendOwner {
   private everListened = false;
   /** Payloads not yet sent, and those sent whose ReadyForQuery has not come (resent if the connection dies). */
   private queued: string[] = [];
-  private readonly inFlight: Array<{ payloads: string[] | null }> = [];
+  private readonly inFlight: Array<{ payloads: string[] | null; sentAt: number; failed: boolean }> = [];
   private closed = false;
   private retryTimer: NodeJS.Timeout | null = null;
+  private heartbeat: NodeJS.Timeout | null = null;
+  /** Connect attempts failed in a row: only the first is logged as a warning. */
+  private failures = 0;
   reconnects = 0;
   received = 0;
   published = 0;
@@ -128,14 +137,18 @@ class DatabaseListener implements BackendOwner {
           return;
         }
         this.backend = b;
+        this.failures = 0;
         b.socket.setKeepAlive(true, 1000);
         b.link(this);
         this.send(`SET application_name = 'pgmux-cache-bus'; LISTEN ${INVALIDATION_CHANNEL}`, null);
         this.flush();
+        this.heartbeat ??= setInterval(() => this.beat(), this.bus.heartbeatMs);
+        this.heartbeat.unref();
       },
       (err: Error) => {
         this.connecting = false;
-        this.bus.logger.warn({ db: this.database, err: err.message }, 'cache invalidation listener cannot connect; retrying');
+        const log = this.failures++ === 0 ? this.bus.logger.warn : this.bus.logger.debug;
+        log.call(this.bus.logger, { db: this.database, err: err.message }, 'cache invalidation listener cannot connect; retrying');
         this.retryLater();
       },
     );
@@ -158,8 +171,19 @@ class DatabaseListener implements BackendOwner {
   private send(sql: string, payloads: string[] | null): void {
     const b = this.backend!;
     b.pendingRfq++;
-    this.inFlight.push({ payloads });
+    this.inFlight.push({ payloads, sentAt: Date.now(), failed: false });
     b.write(queryMessage(sql));
+  }
+
+  private beat(): void {
+    if (this.backend === null) return;
+    const oldest = this.inFlight[0];
+    if (oldest !== undefined && Date.now() - oldest.sentAt > 2 * this.bus.heartbeatMs) {
+      this.bus.logger.warn({ db: this.database, node: this.nodeName }, 'cache invalidation listener not answering; reconnecting');
+      this.drop();
+      return;
+    }
+    if (oldest === undefined) this.send('', []);
   }
 
   /** Drops the connection (e.g. it is not on the primary any more); the reconnect reports a gap. */
@@ -179,6 +203,7 @@ class DatabaseListener implements BackendOwner {
   close(): void {
     this.closed = true;
     if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    if (this.heartbeat !== null) clearInterval(this.heartbeat);
     const b = this.backend;
     this.backend = null;
     b?.close('shutdown');
@@ -189,13 +214,8 @@ class DatabaseListener implements BackendOwner {
   onBackendData(buf: Buffer, start: number, end: number): void {
     this.reader.push(Buffer.from(buf.subarray(start, end)));
     while (this.reader.next()) {
-      const type = this.reader.type;
+      if (this.reader.type !== BackendMsg.NotificationResponse) continue;
       const m = this.reader.msg;
-      if (type === BackendMsg.ErrorResponse) {
-        this.bus.logger.warn({ db: this.database, error: m.toString('utf8', this.reader.bodyStart, this.reader.end).replace(/\0/g, ' ').trim() }, 'cache invalidation bus query failed');
-        continue;
-      }
-      if (type !== BackendMsg.NotificationResponse) continue;
       const ch = readCstr(m, this.reader.bodyStart + 4, this.reader.end); // after the notifying backend's pid
       if (ch === null || ch[0] !== INVALIDATION_CHANNEL) continue;
       const payload = readCstr(m, ch[1], this.reader.end);
@@ -215,7 +235,15 @@ class DatabaseListener implements BackendOwner {
 
   onBackendReady(): void {
     const done = this.inFlight.shift();
-    if (done !== undefined && done.payloads === null && !this.listening) {
+    if (done === undefined) return;
+    if (done.failed) {
+      // LISTEN not in effect, or a publish that did not go out (e.g. this is no primary any
+      // more): start over on a new connection, which sends the publish again.
+      if (done.payloads !== null) this.queued = [...done.payloads, ...this.queued];
+      this.drop();
+      return;
+    }
+    if (done.payloads === null && !this.listening) {
       this.listening = true;
       if (this.everListened) {
         this.reconnects++;
@@ -224,6 +252,12 @@ class DatabaseListener implements BackendOwner {
       }
       this.everListened = true;
     }
+  }
+  /** Called in order with onBackendReady (the data may be forwarded later, in one run). */
+  onBackendError(fields: Map<string, string>): void {
+    const running = this.inFlight[0];
+    if (running !== undefined) running.failed = true;
+    this.bus.logger.warn({ db: this.database, code: fields.get('C'), error: fields.get('M') }, 'cache invalidation bus query failed');
   }
   onBackendParameter(): void {}
   onBackendHiddenError(): void {}
@@ -259,6 +293,7 @@ export class InvalidationBus {
     readonly connect: BusConnector,
     readonly handler: InvalidationHandler,
     readonly logger: Logger,
+    readonly heartbeatMs = DEFAULT_HEARTBEAT_MS,
   ) {}
 
   /** Starts listening on `database` (idempotent); true once LISTEN is in effect there. */

@@ -10,7 +10,8 @@ import { InvalidationBus, type BusConnector } from '../../src/cache/invalidation
 import { BackendConnection } from '../../src/pool/backend.js';
 import { LocalCluster } from '../../src/embedded/localCluster.js';
 import { main } from '../../src/cli.js';
-import { pgClient, primaryPort } from '../support/cluster.js';
+import { createServer, connect as tcpConnect, type AddressInfo, type Server, type Socket } from 'node:net';
+import { pgClient, primaryPort, replicaPorts } from '../support/cluster.js';
 import { sleep, waitFor } from '../support/wait.js';
 
 const logger = pino({ level: 'silent' });
@@ -40,9 +41,9 @@ function connectorTo(port: () => number): BusConnector {
 }
 
 const buses: InvalidationBus[] = [];
-function newBus(connect: BusConnector): { bus: InvalidationBus; rec: Recorder } {
+function newBus(connect: BusConnector, heartbeatMs?: number): { bus: InvalidationBus; rec: Recorder } {
   const rec = new Recorder();
-  const bus = new InvalidationBus(connect, rec.handler, logger);
+  const bus = new InvalidationBus(connect, rec.handler, logger, heartbeatMs);
   buses.push(bus);
   return { bus, rec };
 }
@@ -146,6 +147,70 @@ describe('invalidation bus on the harness primary', () => {
     expect(a.rec.gaps).toBe(0);
     a.bus.primaryChanged('127.0.0.1:1');
     await waitFor(() => a.rec.gaps >= 2 && a.bus.ready('app'), 5000, () => 'reconnected after the primary moved');
+  });
+});
+
+/** Forwards to the primary until frozen: then nothing passes either way and nothing closes (a hung node). */
+class FreezingProxy {
+  frozen = false;
+  private readonly sockets = new Set<Socket>();
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
+  static async start(upstreamPort: number): Promise<FreezingProxy> {
+    let self: FreezingProxy | null = null;
+    const server = createServer((client) => {
+      const upstream = tcpConnect(upstreamPort, '127.0.0.1');
+      for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
+        self!.sockets.add(from);
+        from.on('data', (d) => void (self!.frozen || to.write(d)));
+        from.on('error', () => {});
+        from.on('close', () => to.destroy());
+      }
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    self = new FreezingProxy(server, (server.address() as AddressInfo).port);
+    return self;
+  }
+  close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    return new Promise((r) => this.server.close(() => r()));
+  }
+}
+
+describe('invalidation bus: a listener that cannot hear', () => {
+  it('drops a connection that stops answering (heartbeat) and listens again with a gap', async () => {
+    const proxy = await FreezingProxy.start(primaryPort());
+    try {
+      const a = newBus(connectorTo(() => (proxy.frozen ? primaryPort() : proxy.port)), 200);
+      const b = newBus(connectorTo(primaryPort));
+      await Promise.all([listening(a.bus, 'app'), listening(b.bus, 'app')]);
+      expect(a.bus.stats()[0]!.node).toBe(`127.0.0.1:${proxy.port}`);
+      proxy.frozen = true;
+      await waitFor(() => a.rec.gaps >= 1, 3000, () => 'the hung listener dropped');
+      await waitFor(() => a.bus.ready('app'), 3000, () => 'listening again');
+      expect(a.bus.stats()[0]!.node).toBe(`127.0.0.1:${primaryPort()}`);
+      expect(a.rec.gaps).toBe(2);
+      b.bus.publish('app', ['public.after_hang']);
+      await waitFor(() => a.rec.tables().includes('public.after_hang'), 1000, () => 'A hears B again');
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('is not ready on a standby (LISTEN refused there) and moves on to the primary', async () => {
+    let calls = 0;
+    const onStandbyFirst = connectorTo(() => (calls++ === 0 ? replicaPorts()[0]! : primaryPort()));
+    const a = newBus(onStandbyFirst);
+    const b = newBus(connectorTo(primaryPort));
+    await listening(b.bus, 'app');
+    expect(a.bus.ready('app')).toBe(false);
+    await listening(a.bus, 'app');
+    expect(calls).toBeGreaterThanOrEqual(2);
+    expect(a.bus.stats()[0]!.node).toBe(`127.0.0.1:${primaryPort()}`);
+    b.bus.publish('app', ['public.x']);
+    await waitFor(() => a.rec.tables().includes('public.x'), 1000, () => 'A hears B');
   });
 });
 
