@@ -9,7 +9,11 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { FrameReader } from '../protocol/framer.js';
 import { BackendMsg, queryMessage, readCstr } from '../protocol/messages.js';
-import type { BackendConnection, BackendOwner } from '../pool/backend.js';
+import { BackendConnection, type BackendOwner, type NodeAddress } from '../pool/backend.js';
+import type { HealthCheckLogin } from '../cluster/healthCheckLogin.js';
+import type { Config } from '../config/types.js';
+import { backendTlsFor } from '../net/tls.js';
+import { PgmuxError, pgmuxError } from '../protocol/errors.js';
 
 export const INVALIDATION_CHANNEL = 'pgmux_cache_invalidate';
 /** Sender tag of the triggers `pgmux cache install-triggers` installs. */
@@ -28,6 +32,31 @@ const MAX_QUEUED = 256;
 
 /** Opens a control connection to `database` on the current primary. */
 export type BusConnector = (database: string) => Promise<BackendConnection>;
+
+/**
+ * The connector PgmuxServer gives the bus: the node the topology calls primary now, with the
+ * health checks' login (a control connection, outside the pools' limits) to the cached database.
+ */
+export function primaryBusConnector(o: {
+  primary: (timeoutMs: number) => Promise<NodeAddress | null>;
+  login: () => HealthCheckLogin;
+  config: () => Config;
+}): BusConnector {
+  return async (database) => {
+    const cfg = o.config();
+    const node = await o.primary(cfg.failoverTimeoutMs);
+    if (node === null) throw new PgmuxError(pgmuxError('noPrimary'));
+    const login = o.login();
+    return BackendConnection.connect({
+      node,
+      user: login.user,
+      database,
+      credentials: login.credentials,
+      connectTimeoutMs: cfg.serverConnectTimeoutMs,
+      tls: backendTlsFor(cfg),
+    });
+  };
+}
 
 export interface InvalidationHandler {
   /** Another instance or a trigger changed these tables; ['*'] = the whole database. */

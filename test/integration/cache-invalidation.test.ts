@@ -6,7 +6,9 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import pino from 'pino';
 import type pg from 'pg';
-import { InvalidationBus, type BusConnector } from '../../src/cache/invalidationBus.js';
+import { InvalidationBus, primaryBusConnector, type BusConnector } from '../../src/cache/invalidationBus.js';
+import { healthCheckLogin } from '../../src/cluster/healthCheckLogin.js';
+import { testConfig } from '../support/pgmux.js';
 import { BackendConnection } from '../../src/pool/backend.js';
 import { LocalCluster } from '../../src/embedded/localCluster.js';
 import { main } from '../../src/cli.js';
@@ -137,6 +139,32 @@ describe('invalidation bus on the harness primary', () => {
     await waitFor(() => !a.bus.ready('app'), 2000, () => 'A notices the loss');
     a.bus.publish('app', ['public.written_while_away']);
     await waitFor(() => b.rec.tables().includes('public.written_while_away'), 5000, () => 'B hears the queued publish');
+  });
+
+  it("primaryBusConnector: the topology's primary, the health checks' login, the cached database", async () => {
+    const cfg = testConfig({ healthCheckUser: null }); // the default login: postgres
+    let primaryCalls = 0;
+    const connector = primaryBusConnector({
+      primary: async () => (primaryCalls++, { host: '127.0.0.1', port: primaryPort(), name: `127.0.0.1:${primaryPort()}` }),
+      login: () => healthCheckLogin(cfg, new Map()),
+      config: () => cfg,
+    });
+    const a = newBus(connector);
+    const b = newBus(connectorTo(primaryPort));
+    await Promise.all([listening(a.bus, 'app'), listening(b.bus, 'app')]);
+    expect(primaryCalls).toBe(1);
+    const admin = await pgClient(primaryPort(), { database: 'postgres' });
+    try {
+      const r = await admin.query('SELECT usename, datname FROM pg_stat_activity WHERE pid = $1', [a.bus.stats()[0]!.pid]);
+      expect(r.rows).toEqual([{ usename: 'postgres', datname: 'app' }]);
+    } finally {
+      await admin.end();
+    }
+    b.bus.publish('app', ['public.y']);
+    await waitFor(() => a.rec.tables().includes('public.y'), 1000, () => 'A hears B');
+    const none = newBus(primaryBusConnector({ primary: async () => null, login: () => healthCheckLogin(cfg, new Map()), config: () => ({ ...cfg, failoverTimeoutMs: 10 }) }));
+    await sleep(300);
+    expect(none.bus.ready('app')).toBe(false);
   });
 
   it('primaryChanged to another node drops the listener, which reconnects with a gap', async () => {
