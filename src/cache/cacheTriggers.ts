@@ -11,19 +11,19 @@ export const TABLE_TRIGGER = 'pgmux_cache_invalidate';
 export const EVENT_TRIGGER = 'pgmux_cache_ddl';
 
 /**
- * Adds the table trigger to every user table that lacks it. Partitions get their own (a
- * statement trigger on the parent does not fire for writes aimed at a partition).
+ * Adds the table trigger to the user tables `among` selects that lack it. Partitions get
+ * their own (a statement trigger on the parent does not fire for writes aimed at a
+ * partition). Temporary tables are skipped: no other session sees them.
  */
-const ADD_TABLE_TRIGGERS = `
+const addTableTriggers = (among: string) => `
   FOR r IN
     SELECT c.oid::regclass AS rel
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p')
+    WHERE ${among} AND c.relkind IN ('r', 'p')
       AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
       AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = '${TABLE_TRIGGER}')
   LOOP
     EXECUTE format('CREATE TRIGGER ${TABLE_TRIGGER} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION public.${NOTIFY_FUNCTION}()', r.rel);
-    added := added + 1;
   END LOOP;`;
 
 /** Idempotent: run again, it adds the trigger to tables created since and replaces the functions. */
@@ -42,21 +42,24 @@ END $fn$;
 CREATE OR REPLACE FUNCTION public.${DDL_FUNCTION}() RETURNS event_trigger LANGUAGE plpgsql AS $fn$
 DECLARE
   r record;
-  added int := 0;
 BEGIN
-  -- Any DDL may change what a cached statement returns: the whole database.
-  PERFORM pg_notify('${INVALIDATION_CHANNEL}', json_build_object('i', '${TRIGGER_SENDER}', 'd', current_database(), 't', '*')::text);
-  IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() WHERE command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')) THEN
-    ${ADD_TABLE_TRIGGERS}
+  -- Any DDL may change what a cached statement returns: the whole database. Only DDL on
+  -- temporary objects alone is left out (an application's CREATE TEMP TABLE per transaction
+  -- would empty the cache); a DROP lists no commands here and notifies.
+  IF NOT EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands())
+     OR EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() WHERE schema_name IS NULL OR schema_name !~ '^pg_temp') THEN
+    PERFORM pg_notify('${INVALIDATION_CHANNEL}', json_build_object('i', '${TRIGGER_SENDER}', 'd', current_database(), 't', '*')::text);
   END IF;
+  -- Only the tables this command created: the creator owns them (another owner's table
+  -- would make the CREATE TRIGGER, and so the user's DDL, fail).
+  ${addTableTriggers(`c.oid IN (SELECT objid FROM pg_event_trigger_ddl_commands() WHERE command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO'))`)}
 END $fn$;
 
 DO $do$
 DECLARE
   r record;
-  added int := 0;
 BEGIN
-  ${ADD_TABLE_TRIGGERS}
+  ${addTableTriggers('true')}
   IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = '${EVENT_TRIGGER}') THEN
     EXECUTE 'CREATE EVENT TRIGGER ${EVENT_TRIGGER} ON ddl_command_end EXECUTE FUNCTION public.${DDL_FUNCTION}()';
   END IF;

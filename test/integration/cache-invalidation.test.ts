@@ -244,6 +244,7 @@ describe('invalidation bus: a listener that cannot hear', () => {
 
 describe('triggers mode: writes made directly on the primary', () => {
   const DB = 'qsync_triggers';
+  const ROLE = 'qsync_plain_user';
   const dsn = () => `postgres://postgres@127.0.0.1:${primaryPort()}/${DB}`;
   let admin: pg.Client;
   let direct: pg.Client;
@@ -258,6 +259,8 @@ describe('triggers mode: writes made directly on the primary', () => {
     admin = await pgClient(primaryPort(), { database: 'postgres' });
     await admin.query(`DROP DATABASE IF EXISTS ${DB}`);
     await admin.query(`CREATE DATABASE ${DB}`);
+    await admin.query(`DROP ROLE IF EXISTS ${ROLE}`);
+    await admin.query(`CREATE ROLE ${ROLE} LOGIN`);
     direct = await pgClient(primaryPort(), { database: DB });
     await direct.query('CREATE TABLE t1 (id int, v text)');
     await direct.query('CREATE SCHEMA s2; CREATE TABLE s2."Mixed" (id int)');
@@ -267,6 +270,7 @@ describe('triggers mode: writes made directly on the primary', () => {
   afterAll(async () => {
     await direct?.end();
     await admin?.query(`DROP DATABASE IF EXISTS ${DB} WITH (FORCE)`);
+    await admin?.query(`DROP ROLE IF EXISTS ${ROLE}`);
     await admin?.end();
   });
 
@@ -317,6 +321,28 @@ describe('triggers mode: writes made directly on the primary', () => {
     await direct.query('INSERT INTO t_new VALUES (1)');
     await until('INSERT into a table created later', () => rec.tables().includes('public.t_new'));
     console.log(`trigger latency (INSERT on the primary -> bus): ${insertLatencyMs.toFixed(2)} ms`);
+
+    // A temporary table changes no one else's results: no whole-database invalidation.
+    rec.invalidations.length = 0;
+    await direct.query('CREATE TEMP TABLE scratch (id int); INSERT INTO scratch VALUES (1)');
+    await sleep(200);
+    expect(rec.invalidations).toEqual([]);
+
+    // A user who may create tables, but owns no other: its CREATE TABLE must not fail because
+    // some other table lacks the trigger (the event trigger touches only what was created).
+    await direct.query('DROP TRIGGER pgmux_cache_invalidate ON t1');
+    await direct.query(`CREATE SCHEMA app_own AUTHORIZATION ${ROLE}`);
+    const asRole = await pgClient(primaryPort(), { database: DB, user: ROLE });
+    try {
+      await asRole.query('CREATE TABLE app_own.mine (id int)');
+      rec.invalidations.length = 0;
+      await asRole.query('INSERT INTO app_own.mine VALUES (1)');
+      await until("INSERT into a table a plain user created", () => rec.tables().includes('app_own.mine'));
+    } finally {
+      await asRole.end();
+    }
+    // Installing again puts t1's trigger back: t1, s2.Mixed, parted, parted_1, t_new, app_own.mine (not the temp table).
+    expect((await cli()).out).toMatch(/: 6 tables\n$/);
 
     const removed = await cli('--uninstall');
     expect(removed).toMatchObject({ code: 0, out: 'pgmux cache triggers removed from qsync_triggers\n' });
