@@ -357,6 +357,17 @@ describe('triggers mode: writes made directly on the primary', () => {
     expect(rec.invalidations).toEqual([]);
   });
 
+  it('without --dsn: the configured node that is not in recovery, with the health checks\' login', async () => {
+    const nodes = `127.0.0.1:${replicaPorts()[0]},127.0.0.1:${primaryPort()}`; // a standby first
+    let out = '';
+    const run = (...args: string[]) => main(['cache', 'install-triggers', '--database', DB, ...args], { out: (s: string) => void (out += s), err: () => {}, env: { PGMUX_NODES: nodes } } as never);
+    expect(await run()).toBe(0);
+    expect(out).toMatch(/installed in qsync_triggers: \d+ tables/);
+    expect(await count("SELECT count(*)::int AS n FROM pg_event_trigger WHERE evtname = 'pgmux_cache_ddl'")).toBe(1);
+    expect(await run('--uninstall')).toBe(0);
+    expect(await count("SELECT count(*)::int AS n FROM pg_proc WHERE proname LIKE 'pgmux%'")).toBe(0);
+  });
+
   it('install-triggers without --database or --dsn is a usage error', async () => {
     let err = '';
     const code = await main(['cache', 'install-triggers'], { err: (s: string) => void (err += s), env: {} } as never);
