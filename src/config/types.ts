@@ -194,6 +194,10 @@ export interface Config {
   readOnlyFunctions: string[];
   /** How often each database's list of volatile functions is reloaded; 0 = only after DDL. */
   functionCatalogRefreshMs: number;
+  /** Views (and tables) whose reads the query cache may keep, bounded by its TTL alone: a write to their base tables does not name them. */
+  queryCacheTables: string[];
+  /** Tables whose reads the query cache never keeps. */
+  queryCacheExcludeTables: string[];
 
   // TLS and access (src/net/tls.ts, src/auth/hba.ts, src/server/limits.ts).
   clientTls: ClientTlsMode;

@@ -139,6 +139,8 @@ describe('DEFAULTS', () => {
       writeFunctions: [],
       readOnlyFunctions: [],
       functionCatalogRefreshMs: 60_000,
+      queryCacheTables: [],
+      queryCacheExcludeTables: [],
       clientTls: 'disable',
       clientTlsCertFile: null,
       clientTlsKeyFile: null,
@@ -231,6 +233,8 @@ read_your_writes_window: 250ms
 write_functions: [audit_log, App.Bump, 'queue_*']
 read_only_functions: [uuid_next, '"Audit".Peek', '"Mixed Case"()']
 function_catalog_refresh: 5m
+query_cache_tables: [hot_view]
+query_cache_exclude_tables: audit
 client_tls: require
 client_tls_cert_file: ${pki.server.cert}
 client_tls_key_file: ${pki.server.key}
@@ -316,6 +320,8 @@ users:
       writeFunctions: ['audit_log', 'app.bump', 'queue_*'],
       readOnlyFunctions: ['uuid_next', '"Audit".peek', '"Mixed Case"'],
       functionCatalogRefreshMs: 300_000,
+      queryCacheTables: ['hot_view'],
+      queryCacheExcludeTables: ['audit'],
       clientTls: 'require',
       clientTlsCertFile: pki.server.cert,
       clientTlsKeyFile: pki.server.key,
@@ -454,6 +460,8 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_WRITE_FUNCTIONS: 'f1,s.f2',
       PGMUX_READ_ONLY_FUNCTIONS: 'r1, S.R2',
       PGMUX_FUNCTION_CATALOG_REFRESH: '0',
+      PGMUX_QUERY_CACHE_TABLES: 'public.hot_view',
+      PGMUX_QUERY_CACHE_EXCLUDE_TABLES: 'Audit, app.sessions',
       PGMUX_CLIENT_TLS: 'Allow',
       PGMUX_CLIENT_TLS_CERT_FILE: pki.server.cert,
       PGMUX_CLIENT_TLS_KEY_FILE: pki.server.key,
@@ -532,6 +540,8 @@ describe('precedence: defaults < file < env < flags', () => {
       writeFunctions: ['f1', 's.f2'],
       readOnlyFunctions: ['r1', 's.r2'],
       functionCatalogRefreshMs: 0,
+      queryCacheTables: ['public.hot_view'],
+      queryCacheExcludeTables: ['audit', 'app.sessions'],
       clientTls: 'allow',
       clientTlsCertFile: pki.server.cert,
       clientTlsKeyFile: pki.server.key,
