@@ -5,7 +5,7 @@
 // held to a CPU quota by a cgroup: pgmux reads on the primary alone vs spread over the
 // replicas). Writes bench/results/<date>.md, .svg and .json (the chart data).
 //
-//   npm run bench                         3 rounds x 15 s per workload and target (~42 min)
+//   npm run bench                         3 rounds x 15 s per workload and target (~48 min)
 //   npm run bench -- --quick              1 round x 5 s (smoke run, ~9 min)
 //   npm run bench -- --no-capped          without the capped-nodes scenario (which needs root)
 //   npm run bench -- --full               issue #14's targets: their workloads, 3 x 10 s, 5000 idle clients (~25 min)

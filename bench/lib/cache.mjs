@@ -42,6 +42,11 @@ export async function readCacheCounters(kind, target, database) {
         const hits = Number(rows[0]?.num_cache_hits);
         const selects = Number(rows[0]?.num_selects);
         if (!Number.isFinite(hits) || !Number.isFinite(selects)) return { error: `SHOW pool_cache: unexpected columns ${Object.keys(rows[0] ?? {}).join(', ')}` };
+        // Pgpool-II's own ratio (cumulative, two decimals) must agree with that reading of num_selects.
+        const said = Number(rows[0]?.cache_hit_ratio);
+        if (hits + selects > 0 && Number.isFinite(said) && Math.abs(said - hits / (hits + selects)) > 0.011) {
+          return { error: `SHOW pool_cache: cache_hit_ratio ${said} is not num_cache_hits / (num_cache_hits + num_selects) = ${(hits / (hits + selects)).toFixed(3)}` };
+        }
         return { hits, lookups: hits + selects };
       } finally {
         await client.end().catch(() => {});
