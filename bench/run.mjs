@@ -5,7 +5,7 @@
 // held to a CPU quota by a cgroup: pgmux reads on the primary alone vs spread over the
 // replicas). Writes bench/results/<date>.md, .svg and .json (the chart data).
 //
-//   npm run bench                         3 rounds x 15 s per workload and target (~42 min)
+//   npm run bench                         3 rounds x 15 s per workload and target (~48 min)
 //   npm run bench -- --quick              1 round x 5 s (smoke run, ~9 min)
 //   npm run bench -- --no-capped          without the capped-nodes scenario (which needs root)
 //   npm run bench -- --full               issue #14's targets: their workloads, 3 x 10 s, 5000 idle clients (~25 min)
@@ -42,6 +42,7 @@ import { ALL_TARGETS, TARGETS, TARGET_DEFS, TARGET_LABEL, canQuery, nodeMajor, s
 import { SCRAM_LOGIN, WORKLOADS, WORKLOAD_NAMES, latencyPercentiles, pgbenchDisplay, readLatencyLog, runPgbench, runSeconds } from './lib/pgbench.mjs';
 import { consoleCapped, consoleMemory, consoleTable, issue14Checks, markdown, svgChart, tableRows } from './lib/report.mjs';
 import { CAPPED_VARIANTS, runCapped } from './lib/capped.mjs';
+import { counterDelta, hitRatioNote, readCacheCounters } from './lib/cache.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repoDir = dirname(here);
@@ -154,6 +155,8 @@ function parseArgs(argv) {
   o.seconds ??= o.quick ? 5 : o.full ? 10 : 15;
   o.workloads ??= o.full ? [...FULL_WORKLOADS] : [...WORKLOAD_NAMES];
   o.capped ??= !o.full;
+  // A target for some workloads only (the cache targets) starts only when one of them runs.
+  o.targets = o.targets.filter((t) => !TARGET_DEFS[t].workloads || TARGET_DEFS[t].workloads.some((w) => o.workloads.includes(w)));
   for (const [flag, bin] of [['--pgmux-node', o.pgmuxNode], ['--node24', o.node24]]) {
     if (bin !== null && nodeMajor(bin) === null) die(`${flag}: ${bin} does not run as a Node binary (${bin} --version failed)`);
   }
@@ -498,7 +501,8 @@ async function main() {
   if (!pgbenchBin) die('pgbench not found (apt-get install postgresql-contrib or postgresql-client)');
 
   WORKLOADS.latency.rate = opts.latencyRate;
-  const targetsOf = (w) => opts.targets.filter((t) => !(t === 'pgpool' && WORKLOADS[w].clients > opts.pgpoolChildren));
+  const runsWorkload = (t, w) => !TARGET_DEFS[t].workloads || TARGET_DEFS[t].workloads.includes(w);
+  const targetsOf = (w) => opts.targets.filter((t) => runsWorkload(t, w) && !(TARGET_DEFS[t].kind === 'pgpool' && WORKLOADS[w].clients > opts.pgpoolChildren));
   // Per run: pgbench's connections, the readings before and after, the 1 s pause (measured
   // here: ~1.5 s; ~2 s more with 1000 clients). A SCRAM workload starts, warms up and stops
   // its own proxies (~4 s each).
@@ -568,7 +572,7 @@ async function main() {
       case 'pgbouncer':
         return startPgBouncer({ dir, port: port ?? (await freePort()), primary, database: DATABASE, poolSize: opts.poolSize, maxClientConn: opts.full ? 6000 : 2000, nofile, scram: login });
       case 'pgpool':
-        return startPgpool({ dir, port: port ?? (await freePort()), pcpPort: await freePort(), nodes: cluster.nodes, database: DATABASE, children: opts.pgpoolChildren, nofile, scram: login });
+        return startPgpool({ dir, port: port ?? (await freePort()), pcpPort: await freePort(), nodes: cluster.nodes, database: DATABASE, children: opts.pgpoolChildren, nofile, scram: login, cache: d.cache === 'pgpool' });
       case 'pgmux': {
         let nodeBin = opts.pgmuxNode;
         if (d.node === 'node24') {
@@ -583,6 +587,8 @@ async function main() {
           port: port ?? (await freePort()),
           // The memory test runs on plain pgmux only (the variants hold the same client state).
           inspectPort: t === 'pgmux' && opts.memory && !withScram ? await freePort() : undefined,
+          // The cache's hit counters are read from /metrics.
+          httpPort: d.cache === 'pgmux' ? await freePort() : undefined,
           // In front of the primary alone, as PgBouncer is; routed: all three nodes, reads
           // spread over them, as Pgpool-II is.
           nodes: d.routed ? cluster.nodes : [primary],
@@ -619,6 +625,8 @@ async function main() {
       log(`${label} failed to start: ${e.message}`);
       const said = (lines.length > 1 ? lines[lines.length - 1] : lines[0]).replaceAll(work, '$TMPDIR').replace(/; known keys: .*/, '');
       why[t] = `failed to start: ${said.length > 200 ? said.slice(0, 199) + '…' : said}`;
+      // A build from before the query cache: say so in two words, not as a failure of pgmux.
+      if (/query_cache/.test(TARGET_DEFS[t].config?.join('\n') ?? '') && /unknown key/.test(e.message) && /query_cache/.test(e.message)) why[t] = 'query_cache unknown (this build has no query cache)';
       incidents.push(`${label} failed to start: ${e.message.replace(/\n/g, ' | ')}`);
       return false;
     }
@@ -676,8 +684,9 @@ async function main() {
     const wl = WORKLOADS[w];
     results[w] = {};
     for (const t of opts.targets) {
-      if (unavailable[t]) results[w][t] = { status: /^(failed|died)/.test(unavailable[t]) ? 'fails' : 'n/a', reason: unavailable[t], runs: [] };
-      else if (t === 'pgpool' && wl.clients > opts.pgpoolChildren)
+      if (!runsWorkload(t, w)) results[w][t] = { status: 'n/a', reason: `runs ${TARGET_DEFS[t].workloads.join(', ')} only`, runs: [] };
+      else if (unavailable[t]) results[w][t] = { status: /^(failed|died)/.test(unavailable[t]) ? 'fails' : 'n/a', reason: unavailable[t], runs: [] };
+      else if (TARGET_DEFS[t].kind === 'pgpool' && wl.clients > opts.pgpoolChildren)
         results[w][t] = {
           status: 'n/a',
           reason:
@@ -723,6 +732,8 @@ async function main() {
         n++;
         const logPrefix = wl.latencyLog ? join(work, `latency-${t}-${round}`) : null;
         const commits0 = await nodeCommits(cluster);
+        const cacheKind = TARGET_DEFS[t].cache;
+        const cache0 = cacheKind ? await readCacheCounters(cacheKind, target, DATABASE) : null;
         const cpu0 = target.pid ? treeCpuSeconds(target.pid) : null;
         const pg0 = pgCpuSeconds();
         const r = await runPgbench(pgbenchBin, w, {
@@ -731,11 +742,15 @@ async function main() {
           seconds: opts.seconds,
           nofile,
           logPrefix,
+          scale: opts.scale,
           timeoutMs: (runSeconds(w, opts.seconds) + (wl.clients > 100 ? 180 : 90)) * 1000,
         });
         if (isAborting()) return new Promise(() => {});
         const cpu1 = target.pid ? treeCpuSeconds(target.pid) : null;
         const pg1 = pgCpuSeconds();
+        // Read after the CPU: the reading itself costs the proxy a little.
+        const cache = cacheKind ? counterDelta(cache0, await readCacheCounters(cacheKind, target, DATABASE)) : null;
+        if (cache) (cell.cacheDeltas ??= []).push(cache);
         const cpuUsPerTxn = cpu0 !== null && r.transactions ? ((cpu1 - cpu0) * 1e6) / r.transactions : null;
         const pgCpuUsPerTxn = r.transactions ? ((pg1 - pg0) * 1e6) / r.transactions : null;
         let latency = null;
@@ -761,7 +776,8 @@ async function main() {
                 (latency ? ` (p50 ${us(latency.p50)}, p99 ${us(latency.p99)}, p99.9 ${us(latency.p999)})` : '') +
                 (cpuUsPerTxn !== null ? `, ${cpuUsPerTxn.toFixed(1)} µs CPU/txn` : '') +
                 (pgCpuUsPerTxn !== null ? `, PostgreSQL ${pgCpuUsPerTxn.toFixed(1)} µs/txn` : '') +
-                (wl.writes && r.failed !== null ? `, ${r.failed} failed` : '')
+                (wl.writes && r.failed !== null ? `, ${r.failed} failed` : '') +
+                (cache ? `, ${hitRatioNote([cache])}` : '')
               : `FAILED: ${r.error}`),
         );
         if (wl.clients > 100 && t === 'direct') await waitBackendsBelow(cluster, 200);
@@ -807,7 +823,7 @@ async function main() {
       .filter((r) => r.name !== 'direct')
       .map((r) => `# ${r.label ?? TARGET_LABEL[r.name]}: ${r.command.replaceAll(work, '$TMPDIR')}`),
     '# each run; PORT = the primary (direct) or the proxy; -T seconds as above',
-    ...opts.workloads.map((w) => pgbenchDisplay(w, { seconds: opts.seconds, database: DATABASE }) + (WORKLOADS[w].clients > 100 ? '   # via sh -c "ulimit -n 8192; exec ..."' : '')),
+    ...opts.workloads.map((w) => pgbenchDisplay(w, { seconds: opts.seconds, database: DATABASE, scale: opts.scale }) + (WORKLOADS[w].clients > 100 ? '   # via sh -c "ulimit -n 8192; exec ..."' : '')),
     '# before each tpcb run, on the primary: vacuum pgbench_branches; vacuum pgbench_tellers; truncate pgbench_history; checkpoint',
     ...(capped?.commands ?? []).map((c) => c.replaceAll(work, '$TMPDIR')),
   ];

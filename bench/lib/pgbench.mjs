@@ -2,6 +2,7 @@
 
 import { readFileSync, readdirSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { runCommand, shq, withUlimit } from './procs.mjs';
 
 /**
@@ -14,6 +15,8 @@ import { runCommand, shq, withUlimit } from './procs.mjs';
  * perConnection: each transaction opens its own connection (-C): CPU per transaction is
  * CPU per connection.
  */
+const SCRIPTS = join(dirname(dirname(fileURLToPath(import.meta.url))), 'scripts');
+
 export const WORKLOADS = {
   'select-simple': { title: 'select-only, simple protocol', clients: 50, args: ['-S', '-M', 'simple'] },
   'select-extended': { title: 'select-only, extended protocol', clients: 50, args: ['-S', '-M', 'extended'] },
@@ -38,6 +41,16 @@ export const WORKLOADS = {
   // Latency when nobody is saturated: a fixed schedule (-R, --latency-rate) well below what
   // any target serves, and every transaction's latency from pgbench's per-transaction log.
   latency: { title: 'latency at a fixed rate, select-only, simple protocol', clients: 10, args: ['-S', '-M', 'simple'], rate: 1000, latencyLog: true },
+  // The query cache's case (issue #17): 90% reads of one account from a hot set of 100, 10%
+  // updates of random accounts, each of which invalidates the cached pgbench_accounts reads.
+  // The cache targets run only this workload; every target reports it (cache off vs on).
+  'read-hot': {
+    title: 'read-heavy hot set: 90% SELECT of 100 hot accounts, 10% UPDATE of any account, simple protocol',
+    clients: 50,
+    args: ['-f', `${SCRIPTS}/read-hot-select.sql@9`, '-f', `${SCRIPTS}/read-hot-update.sql@1`, '-M', 'simple'],
+    writes: true,
+    needsScale: true,
+  },
 };
 
 export const WORKLOAD_NAMES = Object.keys(WORKLOADS);
@@ -50,18 +63,19 @@ export function runSeconds(workload, seconds) {
 /** The role a workload logs in as: the bench's SCRAM role for auth 'scram', else postgres. */
 export const SCRAM_LOGIN = { user: 'bench_scram', password: 'bench-scram-password' };
 
-export function pgbenchArgs(workload, { port, database, seconds, threads = 2, logPrefix = null }) {
+export function pgbenchArgs(workload, { port, database, seconds, threads = 2, logPrefix = null, scale = null }) {
   const w = WORKLOADS[workload];
   const user = w.auth === 'scram' ? SCRAM_LOGIN.user : 'postgres';
-  const rate = w.rate ? ['-R', String(w.rate)] : [];
+  // A custom script's :scale is 1 unless -s says otherwise.
+  const rate = [...(w.rate ? ['-R', String(w.rate)] : []), ...(w.needsScale && scale ? ['-s', String(scale)] : [])];
   const log = logPrefix ? ['-l', `--log-prefix=${logPrefix}`] : [];
   return ['-h', '127.0.0.1', '-p', String(port), '-U', user, '-n', ...w.args, ...rate, '-c', String(w.clients), '-j', String(threads), '-T', String(runSeconds(workload, seconds)), ...log, database];
 }
 
 /** The command as a person would type it (the port is replaced by a placeholder). */
-export function pgbenchDisplay(workload, { seconds, database }) {
-  const args = pgbenchArgs(workload, { port: 'PORT', database, seconds, logPrefix: WORKLOADS[workload].latencyLog ? '$TMPDIR/latency-TARGET-ROUND' : null });
-  return (WORKLOADS[workload].auth === 'scram' ? 'PGPASSWORD=... ' : '') + 'pgbench ' + args.map(shq).join(' ');
+export function pgbenchDisplay(workload, { seconds, database, scale = null }) {
+  const args = pgbenchArgs(workload, { port: 'PORT', database, seconds, scale, logPrefix: WORKLOADS[workload].latencyLog ? '$TMPDIR/latency-TARGET-ROUND' : null });
+  return (WORKLOADS[workload].auth === 'scram' ? 'PGPASSWORD=... ' : '') + 'pgbench ' + args.map((a) => shq(a.replace(SCRIPTS, 'bench/scripts'))).join(' ');
 }
 
 /** Parses pgbench's summary. Returns { tps, latencyMs, transactions, failed } (nulls if absent). */
@@ -93,8 +107,8 @@ export function errorLine(stderr) {
  * Run pgbench (through sh, for `ulimit -n`). Resolves
  * { ok, tps, latencyMs, transactions, error, code, stdout, stderr }.
  */
-export async function runPgbench(pgbenchBin, workload, { port, database, seconds, nofile, timeoutMs, logPrefix = null }) {
-  const args = pgbenchArgs(workload, { port, database, seconds, logPrefix });
+export async function runPgbench(pgbenchBin, workload, { port, database, seconds, nofile, timeoutMs, logPrefix = null, scale = null }) {
+  const args = pgbenchArgs(workload, { port, database, seconds, logPrefix, scale });
   const line = withUlimit([pgbenchBin, ...args], nofile);
   const env = { ...process.env, PGCONNECT_TIMEOUT: '60', LC_ALL: 'C' };
   if (WORKLOADS[workload].auth === 'scram') env.PGPASSWORD = SCRAM_LOGIN.password;

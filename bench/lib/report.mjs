@@ -3,6 +3,7 @@
 import { TARGET_LABEL } from './targets.mjs';
 import { WORKLOADS } from './pgbench.mjs';
 import { CAPPED_TARGET_RATIO, CAPPED_VARIANTS } from './capped.mjs';
+import { hitRatioNote } from './cache.mjs';
 
 export function median(xs) {
   const v = xs.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b);
@@ -77,7 +78,7 @@ export function tableRows(results, workloads, targets) {
         xPgpool: t === 'pgpool' ? (s.status === 'ok' ? '1.00×' : '—') : fmtRatio(ratio(s, sums.pgpool)),
         perRound: s.tpsList ? s.tpsList.map((x) => (x === null ? 'x' : fmtInt(x))).join(' / ') : '',
         share: s.share ? s.share.map((x) => `${Math.round(x * 100)}`).join(' / ') : '—',
-        note: s.status === 'ok' ? (s.reason ?? '') : s.reason ?? '',
+        note: [s.reason, s.status === 'ok' ? hitRatioNote(results[w]?.[t]?.cacheDeltas) : null].filter(Boolean).join('; '),
         summary: s,
       });
     }

@@ -26,6 +26,12 @@ export const TARGET_DEFS = {
   'pgmux-pipe4': { label: 'pgmux pipeline 4', kind: 'pgmux', config: ['pipeline_depth: 4'], variant: true },
   'pgmux-pipe8': { label: 'pgmux pipeline 8', kind: 'pgmux', config: ['pipeline_depth: 8'], variant: true },
   'pgmux-node24': { label: 'pgmux on Node 24', kind: 'pgmux', node: 'node24', variant: true },
+  // The query cache (issue #17), cache off vs on: these two run only the workloads named in
+  // `workloads` (and start only when one of them is chosen). `cache` says where the hit ratio
+  // is read (lib/cache.mjs). A build without the cache refuses query_cache: the target is
+  // then reported as "query_cache unknown".
+  'pgpool-cache': { label: 'Pgpool-II cache', kind: 'pgpool', cache: 'pgpool', workloads: ['read-hot'] },
+  'pgmux-cache': { label: 'pgmux cache', kind: 'pgmux', config: ['query_cache: on'], cache: 'pgmux', workloads: ['read-hot'] },
 };
 /** Every target --only accepts, in the order they run. */
 export const ALL_TARGETS = Object.keys(TARGET_DEFS);
@@ -174,7 +180,25 @@ log_pooler_errors = 1
 
 // ---- Pgpool-II ---------------------------------------------------------------------
 
-export async function startPgpool({ dir, port, pcpPort, nodes, database, children, nofile, scram = null }) {
+/**
+ * Pgpool-II's in-memory query cache in shared memory, sized and bounded like pgmux's defaults
+ * (64 MB, 1 MB per entry, 60 s TTL) and invalidated per table on writes through it.
+ */
+function pgpoolCacheSettings(dir) {
+  const oidDir = join(dir, 'oiddir');
+  mkdirSync(oidDir, { recursive: true });
+  return `memory_cache_enabled = on
+memqcache_method = 'shmem'
+memqcache_total_size = 64MB
+memqcache_max_num_cache = 100000
+memqcache_maxcache = 1MB
+memqcache_cache_block_size = 1MB
+memqcache_expire = 60
+memqcache_auto_cache_invalidation = on
+memqcache_oiddir = '${oidDir}'`;
+}
+
+export async function startPgpool({ dir, port, pcpPort, nodes, database, children, nofile, scram = null, cache = false }) {
   const bin = which('pgpool');
   if (!bin) return { missing: 'pgpool not found (apt-get install pgpool2); skipping Pgpool-II' };
   mkdirSync(dir, { recursive: true });
@@ -226,7 +250,7 @@ health_check_period = 0
 failover_on_backend_error = off
 use_watchdog = off
 wd_ipc_socket_dir = '${dir}'
-memory_cache_enabled = off
+${cache ? pgpoolCacheSettings(dir) : 'memory_cache_enabled = off'}
 pid_file_name = '${join(dir, 'pgpool.pid')}'
 logdir = '${dir}'
 log_destination = 'stderr'
@@ -248,7 +272,7 @@ log_statement = off
     logFile,
     command: argv.map(shq).join(' '),
     config,
-    configName: scram ? 'pgpool.conf (SCRAM; pool_hba.conf: scram-sha-256 for the bench role, pool_passwd: its TEXT password)' : 'pgpool.conf',
+    configName: scram ? 'pgpool.conf (SCRAM; pool_hba.conf: scram-sha-256 for the bench role, pool_passwd: its TEXT password)' : cache ? 'pgpool.conf (query cache on)' : 'pgpool.conf',
     version: versionOf([bin, '--version']),
     children,
     // SIGINT = fast shutdown (SIGTERM would wait for clients).
@@ -265,7 +289,7 @@ log_statement = off
  * YAML lines (a variant's settings), written to pgmux.yaml and passed with --config; the
  * flags still set listen, nodes, pool size and log level.
  */
-export async function startPgmux({ name = 'pgmux', dir, repoDir, port, inspectPort, nodes, weights, database, poolSize, nofile, nodeBin = process.execPath, configLines = [], scram = null }) {
+export async function startPgmux({ name = 'pgmux', dir, repoDir, port, inspectPort, httpPort, nodes, weights, database, poolSize, nofile, nodeBin = process.execPath, configLines = [], scram = null }) {
   mkdirSync(dir, { recursive: true });
   const cli = join(repoDir, 'dist', 'cli.js');
   // --inspect-port only names the port the inspector would use if SIGUSR1 opened it: the
@@ -287,6 +311,7 @@ export async function startPgmux({ name = 'pgmux', dir, repoDir, port, inspectPo
   }
   nodes.forEach((n, i) => args.push('--node', `${n.host}:${n.port}${weights ? `@${weights[i]}` : ''}`));
   args.push('--pool-size', String(poolSize), '--log-level', 'warn');
+  if (httpPort) args.push('--http', `${HOST}:${httpPort}`);
   const argv = ['sh', '-c', withUlimit(args, nofile)];
   const logFile = join(dir, 'pgmux.log');
   const out = openSync(logFile, 'a');
@@ -303,6 +328,7 @@ export async function startPgmux({ name = 'pgmux', dir, repoDir, port, inspectPo
     logFile,
     command: `${shq(nodeShown)} ${nodeFlags.map(shq).join(' ')}${nodeFlags.length ? ' ' : ''}dist/cli.js ${args.slice(2 + nodeFlags.length).map(shq).join(' ')}`,
     inspectPort,
+    httpPort,
     config,
     configName: 'pgmux.yaml',
     version: `pgmux ${pkg.version} on Node ${versionOf([nodeBin, '--version'])}`,

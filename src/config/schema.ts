@@ -17,7 +17,7 @@ import { CLIENT_TLS_MODES, SERVER_TLS_MODES } from '../net/tls.js';
 import { checkTrustedEntry } from '../net/proxyProtocol.js';
 import {
   Invalid, MiB, type Raw, asString, formatDuration, formatHostPort, formatSize, parseBoolean, parseDuration, parseDurationAtLeast, parseEnum,
-  parseFraction, parseFunctionList, parseHostPort, parseHttp, parseInteger, parseName, parseNameList, parseNodes, parseOptionalLimit,
+  parseFraction, parseFunctionList, parseHostPort, parseHttp, parseInteger, parseName, parseNameList, parseNodes, parseTableList, parseOptionalLimit,
   parseOptionalString, parsePath, parseSize, parseTlsVersion, parseUserList, parseSocketDir, parseFileMode,
   MAX_PEER_ID, parsePeers, showPeers,
 } from './values.js';
@@ -292,6 +292,15 @@ const ROWS = [
   }),
   duration('function_catalog_refresh', 'functionCatalogRefreshMs', 60_000, 'Read routing'),
   setting({ key: 'query_cache_mode', field: 'queryCacheMode', default: 'notify', doc: 'Query cache', parse: (v) => parseEnum(v, QUERY_CACHE_MODES) }),
+  // Read by the query cache (issue #17); here so `pgmux import` can carry Pgpool-II's lists over.
+  setting({
+    key: 'query_cache_tables', field: 'queryCacheTables', default: frozen([]), doc: 'Query cache',
+    parse: (v) => parseTableList(v, 'query_cache_tables'), show: list, pgpool: ['cache_safe_memqcache_table_list', 'white_memqcache_table_list'],
+  }),
+  setting({
+    key: 'query_cache_exclude_tables', field: 'queryCacheExcludeTables', default: frozen([]), doc: 'Query cache',
+    parse: (v) => parseTableList(v, 'query_cache_exclude_tables'), show: list, pgpool: ['cache_unsafe_memqcache_table_list', 'black_memqcache_table_list'],
+  }),
   // Databases and users (src/config/databases.ts)
   setting({
     key: 'databases', field: 'databases', default: frozen([]), doc: 'Databases and users',

@@ -198,6 +198,10 @@ export interface Config {
   functionCatalogRefreshMs: number;
   /** local: own writes only; notify: also other pgmux instances' (NOTIFY on the primary); triggers: also writers outside pgmux. */
   queryCacheMode: QueryCacheMode;
+  /** Views (and tables) whose reads the query cache may keep, bounded by its TTL alone: a write to their base tables does not name them. */
+  queryCacheTables: string[];
+  /** Tables whose reads the query cache never keeps. */
+  queryCacheExcludeTables: string[];
 
   // TLS and access (src/net/tls.ts, src/auth/hba.ts, src/server/limits.ts).
   clientTls: ClientTlsMode;

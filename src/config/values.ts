@@ -326,6 +326,22 @@ export function parseNameList(v: Raw): string[] {
 }
 
 /**
+ * query_cache_tables / query_cache_exclude_tables: a list (or comma-separated string) of
+ * `table` or `schema.table`, unquoted, kept lower-case: the form the query cache names
+ * tables in (a bare name matches that table in any schema).
+ */
+export function parseTableList(v: Raw, setting: string): string[] {
+  const items = typeof v === 'string' ? v.split(',').filter((x) => x.trim() !== '') : Array.isArray(v) ? v : null;
+  if (items === null) throw new Invalid(`${show(v)} is not a list of table names`);
+  return items.map((x) => {
+    if (typeof x !== 'string' || !/^\s*[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?\s*$/.test(x)) {
+      throw new Invalid(`${show(x as Raw)} is not a table name for ${setting} (expected table or schema.table, unquoted)`);
+    }
+    return x.trim().toLowerCase();
+  });
+}
+
+/**
  * write_functions / read_only_functions: a list (or comma-separated string) of `name`,
  * `schema.name`, `"Quoted"` or `prefix*` entries, as the classifier reads them. Kept in a
  * canonical form: unquoted names lowercased, quotes only where needed.

@@ -4,7 +4,7 @@
 
 import { Document } from 'yaml';
 import { ConfigError, parseConfigObject } from '../config/load.js';
-import { settingRank } from '../config/schema.js';
+import { SETTINGS, settingRank } from '../config/schema.js';
 import type { ImportKind, ImportResult, ImportedFile } from './importConfig.js';
 import { defaultSourceSecurity, weakenings, type ClientAuthLevel, type SourceSecurity } from './security.js';
 
@@ -35,6 +35,16 @@ export class Output {
       this.warn(`${from}: not carried over, pgmux refuses the value: ${why}`);
       return false;
     }
+    this.values.set(key, value);
+    return true;
+  }
+
+  /**
+   * set() for a key another branch of issue #17 adds to the schema (the query_cache* keys):
+   * checked like set() once the schema knows it, written as given until then.
+   */
+  setAhead(key: string, value: unknown, from: string): boolean {
+    if (SETTINGS.some((s) => s.key === key)) return this.set(key, value, from);
     this.values.set(key, value);
     return true;
   }

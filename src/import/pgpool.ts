@@ -58,7 +58,6 @@ const PGPOOL_HINTS: Record<string, string> = {
   primary_routing_query_pattern_list: 'use a /* pgmux:primary */ hint instead',
   database_redirect_preference_list: 'no per-database routing',
   app_name_redirect_preference_list: 'no per-application routing',
-  memory_cache_enabled: 'pgmux has no query cache',
   use_watchdog: 'run several pgmux replicas behind a load balancer or Kubernetes Service instead',
   failover_on_backend_error: 'pgmux marks a node down after health_check_max_retries failed checks',
   search_primary_node_timeout: 'pgmux waits for a new primary up to failover_timeout',
@@ -380,15 +379,103 @@ export function importPgpool(text: string, out: Output, opts: Required<ImportOpt
 
   importPgpoolAuth(get, done, out, opts);
   importPgpoolTls(get, done, out, opts);
+  importPgpoolCache(get, done, out);
 
   for (const [key, e] of conf) {
     if (done.has(key)) continue;
     const why = PGPOOL_HINTS[key] ?? (/^(wd_|heartbeat_|delegate_|other_pgpool|pgpool_port|trusted_servers|if_)/.test(key)
       ? 'watchdog: run several pgmux replicas behind a load balancer or Kubernetes Service instead'
-      : /^memqcache_/.test(key) ? 'pgmux has no query cache'
+      : /^memqcache_/.test(key) ? 'pgmux sizes its query cache in bytes alone (query_cache_size, query_cache_max_entry)'
       : /^(ssl|log_|syslog_)/.test(key) ? 'not supported' : undefined);
     const value = /password/.test(key) && e.value !== '' ? '***' : e.value;
     out.warn(`${e.key} = ${value}: no pgmux equivalent${why !== undefined ? ` (${why})` : ''}; not carried over`);
+  }
+}
+
+/**
+ * memory_cache_enabled + memqcache_* -> query_cache*. The settings are carried over only when
+ * the cache is on: with it off they configured nothing. Where Pgpool-II's cache could go stale
+ * (no expiry, no invalidation) pgmux keeps its own bound: a result is never older than
+ * query_cache_ttl, and a write through pgmux always invalidates what it touches.
+ */
+const PLAIN_TABLE = /^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$/;
+
+function importPgpoolCache(get: (k: string) => string | undefined, done: Set<string>, out: Output): void {
+  const enabled = get('memory_cache_enabled');
+  if (enabled === undefined) return;
+  done.add('memory_cache_enabled');
+  const lists = [
+    ['cache_safe_memqcache_table_list', 'query_cache_tables'],
+    ['white_memqcache_table_list', 'query_cache_tables'],
+    ['cache_unsafe_memqcache_table_list', 'query_cache_exclude_tables'],
+    ['black_memqcache_table_list', 'query_cache_exclude_tables'],
+  ] as const;
+  const keys = ['memqcache_method', 'memqcache_total_size', 'memqcache_maxcache', 'memqcache_expire', 'memqcache_auto_cache_invalidation', ...lists.map(([k]) => k)];
+  if (!isOn(enabled)) {
+    // Off is pgmux's default too; the cache settings under it configured nothing.
+    const set = keys.filter((k) => get(k) !== undefined && get(k)!.trim() !== '');
+    for (const k of set) done.add(k);
+    if (set.length > 0) out.warn(`memory_cache_enabled = ${enabled}: ${set.join(', ')} not carried over (the cache is off, as in pgmux by default)`);
+    return;
+  }
+  for (const k of keys) if (get(k) !== undefined) done.add(k);
+  const show = (k: string) => `${k} = ${get(k)}`;
+  out.setAhead('query_cache', 'on', `memory_cache_enabled = ${enabled}`);
+
+  const method = get('memqcache_method')?.trim().toLowerCase();
+  if (method === 'memcached') {
+    out.warn(
+      'memqcache_method = memcached: pgmux has no memcached; each instance keeps its cache in its own memory (query_cache_size each), ' +
+        'and instances invalidate each other with NOTIFY on the primary (query_cache_mode: notify)',
+    );
+    for (const k of ['memqcache_memcached_host', 'memqcache_memcached_port']) done.add(k);
+  } else if (method !== undefined && method !== 'shmem') {
+    out.warn(`memqcache_method = ${get('memqcache_method')}: unknown method; pgmux keeps its cache in memory`);
+  }
+  // shmem (Pgpool-II's default) is what pgmux does: memory shared by one instance's sessions.
+
+  for (const [from, to] of [['memqcache_total_size', 'query_cache_size'], ['memqcache_maxcache', 'query_cache_max_entry']] as const) {
+    const v = get(from);
+    if (v !== undefined && v.trim() !== '') out.setAhead(to, intOrString(v), show(from));
+  }
+
+  const expire = get('memqcache_expire');
+  if (expire !== undefined) {
+    const ttl = pgTime(expire, 's');
+    if (ttl === null) out.warn(`${show('memqcache_expire')}: not a time; not carried over`);
+    else if (ttl === '0') {
+      out.warn(
+        'memqcache_expire = 0 (no expiry in Pgpool-II): pgmux always expires entries, so writes it does not see ' +
+          'cannot keep a result stale for ever; its default query_cache_ttl (60s) applies; set a longer one if you want',
+      );
+    } else out.setAhead('query_cache_ttl', ttl, show('memqcache_expire'));
+  }
+
+  const auto = get('memqcache_auto_cache_invalidation');
+  if (auto !== undefined) {
+    if (isOff(auto)) {
+      out.setAhead('query_cache_mode', 'local', show('memqcache_auto_cache_invalidation'));
+      out.warn(
+        'memqcache_auto_cache_invalidation = off -> query_cache_mode: local: pgmux always invalidates the tables a write through it touches ' +
+          '(there is no TTL-only mode); writes through other pgmux instances are seen after query_cache_ttl',
+      );
+    } else {
+      // Pgpool-II invalidated on writes through itself; notify also covers the other pgmux instances.
+      out.setAhead('query_cache_mode', 'notify', show('memqcache_auto_cache_invalidation'));
+    }
+  }
+
+  for (const [from, to] of lists) {
+    const v = get(from);
+    if (v === undefined) continue;
+    const names = v.split(',').map((x) => x.trim()).filter((x) => x !== '');
+    const ok = names.filter((x) => PLAIN_TABLE.test(x)).map((x) => x.toLowerCase());
+    const bad = names.filter((x) => !PLAIN_TABLE.test(x));
+    if (bad.length > 0) out.warn(`${from}: ${bad.join(', ')}: regular expressions and quoted names are not supported; only plain table names are carried over`);
+    if (ok.length > 0) {
+      const prev = (out.values.get(to) as string[] | undefined) ?? [];
+      out.set(to, [...new Set([...prev, ...ok])], show(from));
+    }
   }
 }
 

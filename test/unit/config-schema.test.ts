@@ -127,8 +127,13 @@ describe("the schema's PgBouncer / Pgpool-II names and pgmux import", () => {
     listen_addr: '127.0.0.1', listen_port: '6000', listen_addresses: '*', port: '9999', auth_type: 'md5', verbose: '1',
     log_min_messages: 'info', connection_life_time: '600', authentication_timeout: '60',
   };
-  // Pgpool-II's sr_check login stands in for the health check's only with sr_check_user.
-  const WITH: Record<string, string> = { sr_check_password: "sr_check_user = 'u'\n", sr_check_database: "sr_check_user = 'u'\n" };
+  // Pgpool-II's sr_check login stands in for the health check's only with sr_check_user,
+  // and the cache's table lists only with the cache on.
+  const cacheOn = 'memory_cache_enabled = on\n';
+  const WITH: Record<string, string> = {
+    sr_check_password: "sr_check_user = 'u'\n", sr_check_database: "sr_check_user = 'u'\n",
+    cache_safe_memqcache_table_list: cacheOn, white_memqcache_table_list: cacheOn, cache_unsafe_memqcache_table_list: cacheOn, black_memqcache_table_list: cacheOn,
+  };
 
   it("imports each equivalent into its row's key, except the listed ones", () => {
     const shown = configToObject(DEFAULTS, { reveal: true });

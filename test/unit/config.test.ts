@@ -140,6 +140,8 @@ describe('DEFAULTS', () => {
       readOnlyFunctions: [],
       functionCatalogRefreshMs: 60_000,
       queryCacheMode: 'notify',
+      queryCacheTables: [],
+      queryCacheExcludeTables: [],
       clientTls: 'disable',
       clientTlsCertFile: null,
       clientTlsKeyFile: null,
@@ -233,6 +235,8 @@ write_functions: [audit_log, App.Bump, 'queue_*']
 read_only_functions: [uuid_next, '"Audit".Peek', '"Mixed Case"()']
 function_catalog_refresh: 5m
 query_cache_mode: triggers
+query_cache_tables: [hot_view]
+query_cache_exclude_tables: audit
 client_tls: require
 client_tls_cert_file: ${pki.server.cert}
 client_tls_key_file: ${pki.server.key}
@@ -319,6 +323,8 @@ users:
       readOnlyFunctions: ['uuid_next', '"Audit".peek', '"Mixed Case"'],
       functionCatalogRefreshMs: 300_000,
       queryCacheMode: 'triggers',
+      queryCacheTables: ['hot_view'],
+      queryCacheExcludeTables: ['audit'],
       clientTls: 'require',
       clientTlsCertFile: pki.server.cert,
       clientTlsKeyFile: pki.server.key,
@@ -458,6 +464,8 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_READ_ONLY_FUNCTIONS: 'r1, S.R2',
       PGMUX_FUNCTION_CATALOG_REFRESH: '0',
       PGMUX_QUERY_CACHE_MODE: 'local',
+      PGMUX_QUERY_CACHE_TABLES: 'public.hot_view',
+      PGMUX_QUERY_CACHE_EXCLUDE_TABLES: 'Audit, app.sessions',
       PGMUX_CLIENT_TLS: 'Allow',
       PGMUX_CLIENT_TLS_CERT_FILE: pki.server.cert,
       PGMUX_CLIENT_TLS_KEY_FILE: pki.server.key,
@@ -537,6 +545,8 @@ describe('precedence: defaults < file < env < flags', () => {
       readOnlyFunctions: ['r1', 's.r2'],
       functionCatalogRefreshMs: 0,
       queryCacheMode: 'local',
+      queryCacheTables: ['public.hot_view'],
+      queryCacheExcludeTables: ['audit', 'app.sessions'],
       clientTls: 'allow',
       clientTlsCertFile: pki.server.cert,
       clientTlsKeyFile: pki.server.key,

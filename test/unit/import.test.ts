@@ -276,7 +276,10 @@ describe('pgpool.conf', () => {
     has(/^delay_threshold_by_time = 2500: read as milliseconds/);
     has(/^sr_check_period, sr_check_user, sr_check_password: note:/);
     has(/pool_mode transaction .* set pool_mode: session/);
-    for (const s of ['child_life_time', 'health_check_retry_delay', 'memory_cache_enabled', 'use_watchdog', 'wd_hostname', 'pcp_port']) {
+    // memory_cache_enabled = off is pgmux's default too: nothing to say, nothing written.
+    expect(warningFor(r.warnings, 'memory_cache_enabled')).toHaveLength(0);
+    expect(r.raw.query_cache).toBeUndefined();
+    for (const s of ['child_life_time', 'health_check_retry_delay', 'use_watchdog', 'wd_hostname', 'pcp_port']) {
       expect(warningFor(r.warnings, s), s).toHaveLength(1);
       expect(warningFor(r.warnings, s)[0], s).toMatch(/no pgmux equivalent.*not carried over$/);
     }
@@ -507,6 +510,69 @@ describe('emitted keys other #15 branches add (YAML, not yet the loader)', () =>
     expect(run('[pgbouncer]\nunix_socket_dir =\n[databases]\n* = host=a\n').raw.unix_socket_dir).toBe('off');
     const p = run(`socket_dir = '/var/run/pgpool'\nbackend_hostname0 = 'a'\n`, { sourceDir: FIXTURES });
     expect(p.raw.unix_socket_dir).toBe('/var/run/pgpool');
+  });
+});
+
+describe('memory_cache_enabled and memqcache_* -> query_cache* (issue #17)', () => {
+  /** The emitted YAML; the query_cache* keys another #17 branch adds are read from the text, the rest through the loader. */
+  function runCache(text: string) {
+    const r = importConfig("backend_hostname0 = 'a'\n" + text, 'pgpool');
+    const raw = parse(r.yaml) as Record<string, unknown>;
+    const known = Object.fromEntries(Object.entries(raw).filter(([k]) => CONFIG_KEYS.includes(k)));
+    return { ...r, raw, config: parseConfigObject(known, 'imported.yaml') };
+  }
+
+  it('carries the cache settings over by name, with units', () => {
+    const x = runCache(
+      "memory_cache_enabled = on\nmemqcache_method = 'shmem'\nmemqcache_total_size = 128MB\nmemqcache_maxcache = 409600\n" +
+        'memqcache_expire = 30\nmemqcache_auto_cache_invalidation = on\n',
+    );
+    expect(x.yaml).toMatch(/^query_cache: on$/m);
+    expect(x.yaml).toMatch(/^query_cache_size: 128MB$/m);
+    expect(x.yaml).toMatch(/^query_cache_max_entry: 409600$/m);
+    expect(x.yaml).toMatch(/^query_cache_ttl: 30s$/m);
+    expect(x.yaml).toMatch(/^query_cache_mode: notify$/m);
+    expect(x.raw).toMatchObject({ query_cache: 'on', query_cache_size: '128MB', query_cache_max_entry: 409600, query_cache_ttl: '30s', query_cache_mode: 'notify' });
+    // shmem is what pgmux does; none of these is reported as dropped.
+    for (const k of ['memory_cache_enabled', 'memqcache_method', 'memqcache_total_size', 'memqcache_maxcache', 'memqcache_expire', 'memqcache_auto_cache_invalidation']) {
+      expect(warningFor(x.warnings, k), k).toHaveLength(0);
+    }
+    expect(runCache("memory_cache_enabled = on\nmemqcache_expire = '2min'\n").raw.query_cache_ttl).toBe('2m');
+  });
+
+  it('expire 0 keeps pgmux\'s TTL; auto invalidation off -> local with the difference said; memcached -> a note', () => {
+    const x = runCache("memory_cache_enabled = on\nmemqcache_expire = 0\nmemqcache_auto_cache_invalidation = off\nmemqcache_method = memcached\nmemqcache_memcached_host = 'mc1'\n");
+    expect(x.raw.query_cache_ttl).toBeUndefined();
+    expect(x.warnings.some((w) => /^memqcache_expire = 0 \(no expiry in Pgpool-II\): .*default query_cache_ttl \(60s\) applies/.test(w))).toBe(true);
+    expect(x.raw.query_cache_mode).toBe('local');
+    expect(x.warnings.some((w) => /^memqcache_auto_cache_invalidation = off -> query_cache_mode: local: pgmux always invalidates/.test(w))).toBe(true);
+    expect(x.warnings.some((w) => /^memqcache_method = memcached: pgmux has no memcached/.test(w))).toBe(true);
+    expect(warningFor(x.warnings, 'memqcache_memcached_host')).toHaveLength(0);
+  });
+
+  it('the table lists become query_cache_tables / query_cache_exclude_tables; regular expressions are dropped with a warning', () => {
+    const x = runCache(
+      "memory_cache_enabled = on\ncache_safe_memqcache_table_list = 'Hot_View,public.rates'\n" +
+        "cache_unsafe_memqcache_table_list = 'audit,app.sessions,log_.*'\n",
+    );
+    expect(x.config.queryCacheTables).toEqual(['hot_view', 'public.rates']);
+    expect(x.config.queryCacheExcludeTables).toEqual(['audit', 'app.sessions']);
+    expect(x.warnings.some((w) => /^cache_unsafe_memqcache_table_list: log_\.\*: regular expressions .* not supported/.test(w))).toBe(true);
+  });
+
+  it('with the cache off nothing is written, and the cache settings it ignored are named', () => {
+    const x = runCache("memory_cache_enabled = off\nmemqcache_total_size = 1GB\ncache_unsafe_memqcache_table_list = 'audit'\n");
+    expect(Object.keys(x.raw).filter((k) => k.startsWith('query_cache'))).toEqual([]);
+    expect(x.warnings).toContain('memory_cache_enabled = off: memqcache_total_size, cache_unsafe_memqcache_table_list not carried over (the cache is off, as in pgmux by default)');
+  });
+});
+
+describe('query_cache_tables / query_cache_exclude_tables (settings)', () => {
+  it('take lists or comma-separated strings of table names, lower-cased; refuse anything else', () => {
+    expect(parseConfigObject({ query_cache_tables: 'A, s.B' }, 't').queryCacheTables).toEqual(['a', 's.b']);
+    expect(parseConfigObject({ query_cache_exclude_tables: ['audit'] }, 't').queryCacheExcludeTables).toEqual(['audit']);
+    expect(() => parseConfigObject({ query_cache_tables: ['log_.*'] }, 't')).toThrow(/not a table name for query_cache_tables/);
+    expect(() => parseConfigObject({ query_cache_exclude_tables: 42 }, 't')).toThrow(/not a list of table names/);
   });
 });
 
