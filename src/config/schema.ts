@@ -290,6 +290,11 @@ const ROWS = [
     parse: (v) => parseFunctionList(v, 'read_only_functions'), show: list, pgpool: ['read_only_function_list', 'white_function_list'],
   }),
   duration('function_catalog_refresh', 'functionCatalogRefreshMs', 60_000, 'Read routing'),
+  // Query result cache (issue #17): src/cache/queryCache.ts, src/routing/cacheability.ts.
+  setting({ key: 'query_cache', field: 'queryCache', default: false, doc: 'Read routing', parse: parseBoolean, show: (v) => (v ? 'on' : 'off') }),
+  setting({ key: 'query_cache_size', field: 'queryCacheBytes', default: 64 * MiB, doc: 'Read routing', parse: parseSize, show: formatSize }),
+  setting({ key: 'query_cache_max_entry', field: 'queryCacheMaxEntryBytes', default: MiB, doc: 'Read routing', parse: parseSize, show: formatSize }),
+  duration('query_cache_ttl', 'queryCacheTtlMs', 60_000, 'Read routing'),
   // Databases and users (src/config/databases.ts)
   setting({
     key: 'databases', field: 'databases', default: frozen([]), doc: 'Databases and users',

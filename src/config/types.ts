@@ -82,6 +82,14 @@ export interface Config {
    * (the running one plus those written behind it); 1 = off.
    */
   pipelineDepth: number;
+  /** Query result cache (issue #17): off unless on here or for a database entry. */
+  queryCache: boolean;
+  /** Bytes of cached replies kept (LRU). */
+  queryCacheBytes: number;
+  /** Replies larger than this are not cached. */
+  queryCacheMaxEntryBytes: number;
+  /** Lifetime of a cached reply unless a hint says otherwise. */
+  queryCacheTtlMs: number;
   maxClientConn: number;
   /** Backends per node for one database / one (backend) user, all pools together; 0 = unlimited (PgBouncer's meaning). */
   maxDbConnections: number;
