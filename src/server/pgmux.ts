@@ -44,6 +44,7 @@ import { Classifier, type Classification } from '../routing/classifier.js';
 import type { FunctionRef } from '../routing/functionLists.js';
 import { FunctionCatalogs, VOLATILE_FUNCTIONS_SQL, type CatalogOptions } from '../routing/functionCatalog.js';
 import { chooseRead } from '../routing/policy.js';
+import { QueryCache } from '../cache/queryCache.js';
 import { FALLBACK, poolConfigFor, resolveDatabase, type DatabaseTarget } from '../config/databases.js';
 
 export interface RunningPgmux {
@@ -128,6 +129,8 @@ export class PgmuxServer implements SessionContext, ServerView {
   private classifier: Classifier;
   /** Per database: its volatile functions (reads calling one go to the primary). */
   readonly functionCatalogs: FunctionCatalogs;
+  /** Query results (query_cache); bounds fixed at start. */
+  readonly queryCache: QueryCache;
 
   /** The configuration as loaded; `cfg` is this instance's share of it under peer_budgets. */
   private configured: Config;
@@ -152,6 +155,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.registry = new ClientRegistry(config, logger, closing, this.peers);
     this.poolRegistry = new PoolRegistry(config, (user) => this.auth.credentialsFor(user), logger, this.stats);
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
+    this.queryCache = new QueryCache({ maxBytes: cfg.queryCacheBytes, maxEntryBytes: cfg.queryCacheMaxEntryBytes, ttlMs: cfg.queryCacheTtlMs });
     this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
     this.applyReadPolicy();
     this.adminConsole = new AdminConsole(this);
