@@ -83,6 +83,8 @@ export class QueryCache {
   readonly #byTable = new Map<string, Map<string, Set<Entry>>>();
   /** database -> invalidations so far: a reply captured across an invalidation is not stored. */
   readonly #epochs = new Map<string, number>();
+  /** database -> bare table (or '*') -> when it was last invalidated: replicas may still show what came before. */
+  readonly #invalidatedAt = new Map<string, Map<string, number>>();
   #bytes = 0;
   #hits = 0;
   #misses = 0;
@@ -173,9 +175,26 @@ export class QueryCache {
     return true;
   }
 
+  /**
+   * Milliseconds since `database` or one of `tables` was last invalidated (Infinity: never).
+   * A reply read from a replica sooner than its lag bound after that may predate the write.
+   */
+  quietForMs(database: string, tables: readonly string[]): number {
+    const times = this.#invalidatedAt.get(database);
+    if (times === undefined) return Infinity;
+    let last = times.get('*') ?? -Infinity;
+    for (const t of tables) last = Math.max(last, times.get(bareName(t)) ?? -Infinity);
+    return this.#now() - last;
+  }
+
   /** Drops the entries of `database` that read any of `tables` ('*' or [] = all of it). */
   invalidateTables(database: string, tables: readonly string[] | '*'): number {
     this.#epochs.set(database, this.epoch(database) + 1);
+    let times = this.#invalidatedAt.get(database);
+    if (times === undefined) this.#invalidatedAt.set(database, (times = new Map()));
+    const now = this.#now();
+    if (tables === '*' || tables.length === 0 || tables.includes('*')) times.set('*', now);
+    else for (const t of tables) times.set(bareName(t), now);
     if (tables === '*' || tables.length === 0 || tables.includes('*')) return this.#dropDatabase(database);
     const index = this.#byTable.get(database);
     if (index === undefined) return 0;

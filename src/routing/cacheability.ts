@@ -20,7 +20,7 @@ const IMMUTABLE_FUNCTIONS = new Set(
     'lower upper coalesce nullif greatest least abs ceil ceiling floor round trunc sign mod sqrt cbrt power exp ln log ' +
     'length char_length character_length octet_length bit_length substr substring overlay position strpos trim btrim ' +
     'ltrim rtrim lpad rpad replace left right reverse repeat initcap concat concat_ws split_part md5 ascii chr ' +
-    'starts_with array_length cardinality array_position array_append array_prepend array_cat'
+    'starts_with array_length cardinality array_position array_append array_prepend array_cat count sum min max avg bool_and bool_or'
   ).split(' '),
 );
 
