@@ -699,6 +699,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const b = pipelineTarget(busy, this.ctx.config().pipelineDepth, this.clientSettings.fingerprint);
     if (b === null) return false;
     const unit = this.held.take();
+    this.capture = null; // a queued unit's reply is not captured (kept simple: pipelining is experimental)
     // A read nothing answered yet: re-run elsewhere if the backend dies before its turn.
     this.replay.arm(unit, true, this.requests.tracking ? this.statementKnown : null);
     this.requests.forgetFirst();
