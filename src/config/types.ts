@@ -42,6 +42,8 @@ export interface DatabaseEntry {
   /** Backend connections per node for the entry (enforced in src/pool/); null = the global max_db_connections. */
   maxDbConnections: number | null;
   route: DatabaseRoute;
+  /** query_cache for this entry (absent: the global setting). */
+  queryCache?: boolean;
 }
 
 /** One entry of the `users:` section (PgBouncer's [users]), keyed by the client's user name. */

@@ -29,7 +29,7 @@ import { inReadBuffer } from '../net/leanSocket.js';
 import { HeldMessages } from './heldMessages.js';
 import { FunctionChanges } from './functionChanges.js';
 import { expiredTimeout, fatalSpecOf, frameErrorSpec } from './clientErrors.js';
-import { UNRESOLVED, type DatabaseTarget } from '../config/databases.js';
+import { queryCacheAnywhere, UNRESOLVED, type DatabaseTarget } from '../config/databases.js';
 import { planListen } from './listenRequests.js';
 import type { ListenOp } from '../routing/sessionEffects.js';
 import { TrafficMeter } from '../observability/trafficStats.js';
@@ -472,7 +472,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // Paused, or session mode: the policy looks at no statement, so none is classified.
     const cfg = this.ctx.config();
     const route = paused || this.target.poolMode === 'session' ? null : this.requests.classifyFirst(this.held.list[0]!);
-    if (cfg.queryCache) {
+    if (queryCacheAnywhere(cfg)) {
       // A lone simple Query names what it writes; anything else may write anything.
       const only = this.held.list.length === 1 && this.held.list[0]!.type === FrontendMsg.Query && route !== null && (route as Classification).beginsTransaction !== true;
       this.cacheWrites = only ? ((route as Classification).writesTables ?? NO_TABLES) : '*';
@@ -571,8 +571,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    * cache (the stored reply, then ReadyForQuery('I')), or its reply is captured on its way.
    */
   private answerFromCache(held: HeldMessages['list']): Buffer | null {
+    if (!this.target.queryCache) return null;
     const cfg = this.ctx.config();
-    if (!cfg.queryCache) return null;
     const m = held[0]!;
     if (held.length !== 1 || m.type !== FrontendMsg.Query || this.requests.pinned !== null || this.requests.roleChanged || this.target.poolMode !== 'transaction') return null;
     const c = this.requests.queryClass(m.buf, m.start, m.end);
@@ -809,7 +809,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   /** query_cache: a transaction that ran as a write drops the cache entries it may have made stale. */
   private invalidateWrites(): void {
-    if (!this.ctx.config().queryCache) return;
+    if (!queryCacheAnywhere(this.ctx.config())) return;
     const tables = this.cacheWrites ?? '*';
     this.cacheWrites = null;
     // An empty list (SET, LOCK, ...) changes no data; the store reads [] as "everything".
