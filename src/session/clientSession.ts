@@ -43,6 +43,8 @@ export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
 let nextClientId = 1;
 /** Classifier reasons that mean "one statement that writes, for certain" (refused locally on a replica-only entry). */
 const NO_TABLES: readonly string[] = Object.freeze([]);
+/** query_cache: more than the first request ran in the transaction, so it may have written anything. */
+const MORE_THAN_ONE_REQUEST: readonly string[] = Object.freeze(['*']);
 const SURE_WRITES: ReadonlySet<string> = new Set(['INSERT', 'UPDATE', 'DELETE', 'MERGE']);
 const isListen = (op: ListenOp): boolean => op.kind === 'listen';
 const NONE: readonly string[] = [];
@@ -293,7 +295,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.requests.flushRun();
     corked?.uncork();
     if (forwarded) {
-      if (this.cacheWrites !== null) this.cacheWrites = '*';
+      if (this.cacheWrites !== null) this.cacheWrites = MORE_THAN_ONE_REQUEST;
       this.unitOpen = false; // more than one unit now: nobody queues behind it
       // A request sent after a lone read went to its backend too: the read may no longer run elsewhere.
       const held = this.replay.moreRequests();
@@ -472,7 +474,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // Paused, or session mode: the policy looks at no statement, so none is classified.
     const cfg = this.ctx.config();
     const route = paused || this.target.poolMode === 'session' ? null : this.requests.classifyFirst(this.held.list[0]!);
-    if (queryCacheAnywhere(cfg)) {
+    if (cfg.queryCache || (cfg.databases.length > 0 && queryCacheAnywhere(cfg))) {
       // A lone simple Query names what it writes; anything else may write anything.
       const only = this.held.list.length === 1 && this.held.list[0]!.type === FrontendMsg.Query && route !== null && (route as Classification).beginsTransaction !== true;
       this.cacheWrites = only ? ((route as Classification).writesTables ?? NO_TABLES) : '*';
@@ -668,7 +670,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     b.cork();
     alignSettings(this.clientSettings, b, this.clientSettings.fingerprint);
     const held = this.held.take();
-    if (held.length > 1 && this.cacheWrites !== null) this.cacheWrites = '*';
+    if (held.length > 1 && this.cacheWrites !== null) this.cacheWrites = MORE_THAN_ONE_REQUEST;
     for (let i = 0; i < held.length && this.linked; i++) {
       const m = held[i]!;
       this.requests.forward(b, m.type, m.buf, m.start, m.end);
@@ -727,7 +729,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // Sent while it was queued: forwarded now unless units are queued behind this one too.
     if (this.held.list.length > 0 && queuedBehind(b) === 0) {
       const held = this.held.take();
-      if (this.cacheWrites !== null) this.cacheWrites = '*';
+      if (this.cacheWrites !== null) this.cacheWrites = MORE_THAN_ONE_REQUEST;
       b.cork();
       for (const m of held) this.requests.forward(b, m.type, m.buf, m.start, m.end);
       this.requests.flushRun();
@@ -809,11 +811,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   /** query_cache: a transaction that ran as a write drops the cache entries it may have made stale. */
   private invalidateWrites(): void {
-    if (!queryCacheAnywhere(this.ctx.config())) return;
+    const cfg = this.ctx.config();
+    if (!cfg.queryCache && (cfg.databases.length === 0 || !queryCacheAnywhere(cfg))) return;
     const tables = this.cacheWrites ?? '*';
     this.cacheWrites = null;
+    // A read routed as one may have had a write sent behind it on the same backend.
+    const wrote = this.router.routedWrite || tables === MORE_THAN_ONE_REQUEST;
     // An empty list (SET, LOCK, ...) changes no data; the store reads [] as "everything".
-    if (this.router.routedWrite && tables.length > 0) this.ctx.queryCache.invalidateTables(this.target.dbname, tables);
+    if (wrote && tables.length > 0) this.ctx.queryCache.invalidateTables(this.target.dbname, tables);
   }
 
   /** Messages held while linked (pipelining) are handled as if they arrived now, while idle. */

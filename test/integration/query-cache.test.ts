@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { pgClient, primaryPort, replicaPorts } from '../support/cluster.js';
-import { RawClient, type PgMessage } from '../support/rawClient.js';
+import { queryMsg, RawClient, type PgMessage } from '../support/rawClient.js';
 import { sleep } from '../support/wait.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
 import { waitFor } from '../support/wait.js';
@@ -146,6 +146,31 @@ describe('query cache in client sessions (simple protocol)', () => {
     const fresh = await c.query(sql);
     expect(fresh.find((m) => m.type === 'D')!.body.toString('hex')).not.toBe(n0);
     expect(proxy.proxy.queryCache.stats().hits).toBe(hits);
+  });
+
+  it('a write sent behind a read on the same backend (no replica: both on the primary) makes the read fresh', async () => {
+    const solo = await startProxy({ queryCache: true, maxLagMs: 100, nodes: [{ host: '127.0.0.1', port: primaryPort(), weight: 1 }] });
+    try {
+      await sleep(400);
+      const c = await raw(solo);
+      const sql = `SELECT count(*) FROM ${T} WHERE id > 0`;
+      const countOf = (msgs: PgMessage[]) => msgs.find((m) => m.type === 'D')!.body.toString('hex');
+      // The read waits on a lock, so the INSERT arrives while it runs and follows it on its backend.
+      const locker = await pgClient(primaryPort());
+      clients.push(locker);
+      await locker.query(`BEGIN; LOCK TABLE ${T} IN ACCESS EXCLUSIVE MODE`);
+      c.send(queryMsg(sql));
+      await sleep(300);
+      c.send(queryMsg(`INSERT INTO ${T} VALUES (${20 + Math.floor(Math.random() * 1000)}, 'x', 'nobody')`));
+      await sleep(100);
+      await locker.query('COMMIT');
+      const before = countOf(await c.readUntil('Z'));
+      await c.readUntil('Z');
+      await sleep(50);
+      expect(countOf(await c.query(sql))).not.toBe(before);
+    } finally {
+      await solo.close();
+    }
   });
 
   it('two users with different row-level security never see each other\'s rows', async () => {
