@@ -575,6 +575,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private answerFromCache(held: HeldMessages['list']): Buffer | null {
     if (!this.target.queryCache) return null;
     const cfg = this.ctx.config();
+    // Each worker process has its own cache and sees only its own writes: not served until
+    // invalidations travel between workers.
+    if (cfg.workers > 1) return null;
     const m = held[0]!;
     if (held.length !== 1 || m.type !== FrontendMsg.Query || this.requests.pinned !== null || this.requests.roleChanged || this.target.poolMode !== 'transaction') return null;
     const c = this.requests.queryClass(m.buf, m.start, m.end);
