@@ -419,6 +419,7 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
     .option('--database <name>', "also check the functions a read calls against this database's VOLATILE functions (connects to a node)")
     .option('--dsn <url>', 'connect here for that check (postgres://user:password@host:port/database); default: the configured nodes')
     .option('-c, --config <file>', 'YAML config: nodes and the health checks\' login for --database, write_functions and read_only_functions (env: PGMUX_CONFIG)')
+    .option('--cache', 'also print a second line: whether the query cache may store the result (cache<TAB>tables / nocache<TAB>why), and for a write the tables it invalidates')
     .addHelpText(
       'after',
       '\nWithout --database or --dsn nothing is contacted: user functions are judged by the built-in list and\n' +
@@ -426,7 +427,7 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
         'primary, as pgmux routes it. --database without --dsn logs in to the configured nodes in turn with\n' +
         'the health checks\' login (health_check_user, else auth_user, else the auth file). SQL that starts with -- needs: pgmux classify -- "$sql".',
     )
-    .action(async (sql: string, o: { writeFunctions?: string; readOnlyFunctions?: string; database?: string; dsn?: string; config?: string }) => {
+    .action(async (sql: string, o: { writeFunctions?: string; readOnlyFunctions?: string; database?: string; dsn?: string; config?: string; cache?: boolean }) => {
       const { classifySql, formatClassification } = await import('./routing/classifier.js');
       const list = (v: string | undefined) => (v ? v.split(',').map((x) => x.trim()).filter(Boolean) : []);
       let writeFunctions = list(o.writeFunctions);
@@ -446,6 +447,10 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
         if (reason !== null) c = { ...c, target: 'primary', reason };
       }
       out(formatClassification(c) + '\n');
+      if (o.cache === true) {
+        const { cacheVerdict, formatCacheVerdict } = await import('./routing/cacheability.js');
+        out(formatCacheVerdict(cacheVerdict(sql), c.writesTables) + '\n');
+      }
       exitCodes.set(program, 0);
     });
 

@@ -8,7 +8,7 @@ import { commandComplete } from '../protocol/resultSet.js';
 import type { ServerView } from './view.js';
 
 export const ACTIONS = [
-  'PAUSE', 'RESUME', 'RELOAD', 'RECONNECT', 'DISABLE', 'ENABLE', 'SHUTDOWN', 'KILL', 'KILL_CLIENT', 'SUSPEND', 'WAIT_CLOSE', 'SET',
+  'PAUSE', 'RESUME', 'RELOAD', 'RECONNECT', 'DISABLE', 'ENABLE', 'SHUTDOWN', 'KILL', 'KILL_CLIENT', 'SUSPEND', 'WAIT_CLOSE', 'SET', 'CACHE',
 ] as const;
 export type Action = (typeof ACTIONS)[number];
 
@@ -77,6 +77,11 @@ export async function runAction(view: ServerView, action: Action, args: string[]
       if (args.length > 1) return usage('RECONNECT', 'RECONNECT [database]');
       view.reconnect(args[0] ?? null);
       return commandComplete('RECONNECT');
+    }
+    case 'CACHE': {
+      if ((args[0] ?? '').toUpperCase() !== 'CLEAR' || args.length > 2) return usage('CACHE', 'CACHE CLEAR [table]');
+      const n = view.queryCache.clear(undefined, args[1]);
+      return notice(`${n} query cache entries dropped`, 'CACHE');
     }
     case 'WAIT_CLOSE': {
       if (args.length > 1) return usage('WAIT_CLOSE', 'WAIT_CLOSE [database]');

@@ -13,7 +13,7 @@ import { resultSet } from '../protocol/resultSet.js';
 import type { ServerView } from './view.js';
 import { ACTIONS, runAction, type Action } from './commands.js';
 import * as bouncer from './pgbouncerShow.js';
-import { showNodePools, showNodes, showNodeStats, showPoolNodes } from './pgmuxShow.js';
+import { showCache, showNodePools, showNodes, showNodeStats, showPoolNodes } from './pgmuxShow.js';
 import { TrafficSampler } from './trafficSampler.js';
 
 export type AdminRole = 'admin' | 'stats';
@@ -53,6 +53,7 @@ export const COMMANDS: readonly CommandHelp[] = [
   { command: 'SHOW NODE_POOLS', description: 'one row per (node, database, user) pool', show: true },
   { command: 'SHOW NODE_STATS', description: 'transactions per node; bytes, logins, waits, retries, classifier cache', show: true },
   { command: 'SHOW POOL_NODES', description: "Pgpool-II's node list", show: true },
+  { command: 'SHOW CACHE', description: 'the query cache: entries, bytes, hits, misses, hit ratio; then entries and bytes by (database, table)', show: true },
   { command: 'PAUSE [db]', description: 'new transactions wait; returns once none holds a backend', show: false },
   { command: 'RESUME [db]', description: 'undoes PAUSE, SUSPEND and KILL', show: false },
   { command: 'SUSPEND', description: 'no transaction starts until RESUME (running ones go on)', show: false },
@@ -61,6 +62,7 @@ export const COMMANDS: readonly CommandHelp[] = [
   { command: 'RELOAD', description: 're-reads the configuration; a refused one leaves the running one in place', show: false },
   { command: 'SET <key> = <value>', description: 'changes one setting that RELOAD can change, parsed as in the file', show: false },
   { command: 'RECONNECT [db]', description: 'closes every backend (of a database) as soon as it is released', show: false },
+  { command: 'CACHE CLEAR [table]', description: 'drops the query cache entries (that read the table, in every database)', show: false },
   { command: 'WAIT_CLOSE [db]', description: 'returns once no backend (of a database) is waiting to be closed', show: false },
   { command: 'DISABLE <db>', description: 'new clients of the database are refused', show: false },
   { command: 'ENABLE <db>', description: 'undoes DISABLE <db>', show: false },
@@ -191,6 +193,8 @@ export class AdminConsole {
         return showNodeStats(v);
       case 'POOL_NODES':
         return showPoolNodes(v);
+      case 'CACHE':
+        return showCache(v);
       default:
         return this.unknown(`SHOW ${subject}`);
     }

@@ -106,3 +106,27 @@ export function pgpoolShow(view: ServerView, name: string): Buffer | null {
   if (name === 'version') return resultSet([{ name: 'pool_version', type: 'text' }], [[`pgmux ${view.version}`]]);
   return null;
 }
+
+const CACHE_COLUMNS: Column[] = [
+  { name: 'database', type: 'text' },
+  { name: 'table', type: 'text' },
+  { name: 'entries', type: 'int8' },
+  { name: 'bytes', type: 'int8' },
+  { name: 'hits', type: 'int8' },
+  { name: 'misses', type: 'int8' },
+  { name: 'evictions', type: 'int8' },
+  { name: 'invalidations', type: 'int8' },
+  { name: 'hit_ratio', type: 'numeric' },
+];
+
+/**
+ * SHOW CACHE: a first row of totals (database and table `*`), then one row per (database,
+ * table) with the entries that read it (an entry reading two tables counts in both).
+ */
+export function showCache(view: ServerView): Buffer {
+  const s = view.queryCache.stats();
+  const lookups = s.hits + s.misses;
+  const rows: Cell[][] = [['*', '*', s.entries, s.bytes, s.hits, s.misses, s.evictions, s.invalidations, lookups === 0 ? null : (s.hits / lookups).toFixed(4)]];
+  for (const t of s.byTable) rows.push([t.database, t.table, t.entries, t.bytes, null, null, null, null, null]);
+  return resultSet(CACHE_COLUMNS, rows, `SHOW`);
+}

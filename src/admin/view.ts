@@ -6,6 +6,7 @@ import type { Config } from '../config/types.js';
 import type { TopologySnapshot } from '../cluster/snapshot.js';
 import type { PoolStats } from '../pool/pool.js';
 import type { TrafficStats } from '../observability/trafficStats.js';
+import type { QueryCache } from '../cache/queryCache.js';
 
 export interface ClientView {
   id: number;
@@ -170,6 +171,8 @@ export interface ServerView {
   /** Client connections per node and database from each node's last health check, whoever made them. */
   nodeConnectionsSeen(): Array<{ node: string; database: string; connections: number }>;
   readonly shuttingDown: boolean;
+  /** The query result cache (query_cache): SHOW CACHE, CACHE CLEAR, the pgmux_query_cache_* metrics. */
+  readonly queryCache: QueryCache;
 
   // Actions (admin users only).
   /** Resolves once no transaction of the paused database(s) holds a backend. */

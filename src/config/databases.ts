@@ -6,7 +6,7 @@
 // looks the entry up again on the hot path.
 
 import type { Config, DatabaseEntry, DatabaseRoute, PoolMode, UserEntry } from './types.js';
-import { Invalid, parseEnum, parseInteger, show, type Raw } from './values.js';
+import { Invalid, parseBoolean, parseEnum, parseInteger, show, type Raw } from './values.js';
 
 export const DATABASE_ROUTES: readonly DatabaseRoute[] = ['any', 'replica', 'primary'];
 const POOL_MODES: readonly PoolMode[] = ['transaction', 'session'];
@@ -14,7 +14,7 @@ const POOL_MODES: readonly PoolMode[] = ['transaction', 'session'];
 /** The fallback entry's name, as in PgBouncer. */
 export const FALLBACK = '*';
 
-const DATABASE_KEYS = ['dbname', 'user', 'password', 'pool_size', 'min_pool_size', 'pool_mode', 'max_db_connections', 'route'] as const;
+const DATABASE_KEYS = ['dbname', 'user', 'password', 'pool_size', 'min_pool_size', 'pool_mode', 'max_db_connections', 'route', 'query_cache'] as const;
 const USER_KEYS = ['pool_mode', 'max_user_connections'] as const;
 
 /** PgBouncer connection-string keys pgmux does not take per entry, and why. */
@@ -154,6 +154,9 @@ export function parseDatabases(v: Raw): DatabaseEntry[] {
       maxDbConnections: field(o, 'max_db_connections', 'database', name, (x) => parseInteger(x, 0, 1_000_000)),
       route: field(o, 'route', 'database', name, (x) => parseEnum(x, DATABASE_ROUTES)) ?? 'any',
     };
+    // Set only when given, so entries without it compare equal to those built before the key existed.
+    const queryCache = field(o, 'query_cache', 'database', name, parseBoolean);
+    if (queryCache !== null) e.queryCache = queryCache;
     if (e.poolSize !== null && e.minPoolSize !== null && e.minPoolSize > e.poolSize) {
       throw new Invalid(`database ${JSON.stringify(name)}: min_pool_size ${e.minPoolSize} is larger than its pool_size ${e.poolSize}`);
     }
@@ -190,6 +193,7 @@ export function showDatabases(entries: readonly DatabaseEntry[], reveal: boolean
     if (e.poolMode !== null) o.pool_mode = e.poolMode;
     if (e.maxDbConnections !== null) o.max_db_connections = e.maxDbConnections;
     if (e.route !== 'any') o.route = e.route;
+    if (e.queryCache !== undefined) o.query_cache = e.queryCache ? 'on' : 'off';
     out[e.name] = o;
   }
   return out;
@@ -222,6 +226,8 @@ export interface DatabaseTarget {
   readonly password: string | null;
   readonly poolMode: PoolMode;
   readonly route: DatabaseRoute;
+  /** query_cache for this entry's clients: the entry's own, else the global one. */
+  readonly queryCache: boolean;
   /**
    * Everything that makes its backends what they are (entry, backend user, database,
    * password): the pool key after the node. A RELOAD that changes one of them gives new
@@ -232,7 +238,7 @@ export interface DatabaseTarget {
 
 /** A session's target before its login resolved one (never used to reach a backend). */
 export const UNRESOLVED: DatabaseTarget = Object.freeze({
-  entry: '', section: '', dbname: '', backendUser: '', password: null, poolMode: 'transaction', route: 'any', key: '',
+  entry: '', section: '', dbname: '', backendUser: '', password: null, poolMode: 'transaction', route: 'any', queryCache: false, key: '',
 });
 
 const byName = new WeakMap<readonly DatabaseEntry[], Map<string, DatabaseEntry>>();
@@ -284,6 +290,7 @@ export function resolveDatabase(cfg: Config, name: string, user: string): Databa
     password,
     poolMode: userOf(cfg.users, user)?.poolMode ?? e?.poolMode ?? cfg.poolMode,
     route: e?.route ?? 'any',
+    queryCache: e?.queryCache ?? cfg.queryCache,
     key: entry + '\0' + backendUser + '\0' + dbname + '\0' + (password ?? ''),
   };
 }
@@ -317,4 +324,19 @@ export function limitsFor(cfg: Config, entryName: string, backendUser: string): 
     maxDb: e?.maxDbConnections ?? cfg.maxDbConnections,
     maxUser: userOf(cfg.users, backendUser)?.maxUserConnections ?? cfg.maxUserConnections,
   };
+}
+
+const cacheAnywhere = new WeakMap<Config, boolean>();
+
+/**
+ * Whether any entry (or the global setting) has query_cache on: then every write transaction
+ * invalidates, whichever entry it came through (two entries may name one database).
+ */
+export function queryCacheAnywhere(cfg: Config): boolean {
+  let v = cacheAnywhere.get(cfg);
+  if (v === undefined) {
+    v = cfg.queryCache || cfg.databases.some((e) => e.queryCache === true);
+    cacheAnywhere.set(cfg, v);
+  }
+  return v;
 }

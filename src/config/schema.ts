@@ -291,6 +291,11 @@ const ROWS = [
     parse: (v) => parseFunctionList(v, 'read_only_functions'), show: list, pgpool: ['read_only_function_list', 'white_function_list'],
   }),
   duration('function_catalog_refresh', 'functionCatalogRefreshMs', 60_000, 'Read routing'),
+  // Query result cache (issue #17): src/cache/queryCache.ts, src/routing/cacheability.ts.
+  setting({ key: 'query_cache', field: 'queryCache', default: false, doc: 'Query cache', parse: parseBoolean, show: (v) => (v ? 'on' : 'off') }),
+  setting({ key: 'query_cache_size', field: 'queryCacheBytes', default: 64 * MiB, doc: 'Query cache', parse: parseSize, show: formatSize }),
+  setting({ key: 'query_cache_max_entry', field: 'queryCacheMaxEntryBytes', default: MiB, doc: 'Query cache', parse: parseSize, show: formatSize }),
+  duration('query_cache_ttl', 'queryCacheTtlMs', 60_000, 'Query cache'),
   setting({ key: 'query_cache_mode', field: 'queryCacheMode', default: 'notify', doc: 'Query cache', parse: (v) => parseEnum(v, QUERY_CACHE_MODES) }),
   // Read by the query cache (issue #17); here so `pgmux import` can carry Pgpool-II's lists over.
   setting({

@@ -44,6 +44,8 @@ export interface DatabaseEntry {
   /** Backend connections per node for the entry (enforced in src/pool/); null = the global max_db_connections. */
   maxDbConnections: number | null;
   route: DatabaseRoute;
+  /** query_cache for this entry (absent: the global setting). */
+  queryCache?: boolean;
 }
 
 /** One entry of the `users:` section (PgBouncer's [users]), keyed by the client's user name. */
@@ -84,6 +86,14 @@ export interface Config {
    * (the running one plus those written behind it); 1 = off.
    */
   pipelineDepth: number;
+  /** Query result cache (issue #17): off unless on here or for a database entry. */
+  queryCache: boolean;
+  /** Bytes of cached replies kept (LRU). */
+  queryCacheBytes: number;
+  /** Replies larger than this are not cached. */
+  queryCacheMaxEntryBytes: number;
+  /** Lifetime of a cached reply unless a hint says otherwise. */
+  queryCacheTtlMs: number;
   maxClientConn: number;
   /** Backends per node for one database / one (backend) user, all pools together; 0 = unlimited (PgBouncer's meaning). */
   maxDbConnections: number;

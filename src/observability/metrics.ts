@@ -256,6 +256,12 @@ export function createMetrics(view: ServerView): PgmuxMetrics {
   scalarCounter('pgmux_backend_connects_total', 'Attempts to connect to and log in to a node (failures are also in pgmux_backend_connect_failures_total).', () => view.counters().backendConnects);
   scalarCounter('pgmux_read_retries_total', 'Reads re-run on another node after theirs failed.', () => view.counters().readRetries);
   scalarCounter('pgmux_pipelined_total', 'Requests written to a busy backend behind another client\'s (pipeline_depth, experimental).', () => view.counters().pipelined);
+  scalarCounter('pgmux_query_cache_hits_total', 'Requests answered from the query cache (query_cache).', () => view.queryCache.stats().hits);
+  scalarCounter('pgmux_query_cache_misses_total', 'Cacheable requests the query cache had no fresh entry for.', () => view.queryCache.stats().misses);
+  scalarCounter('pgmux_query_cache_evictions_total', 'Query cache entries dropped to stay within query_cache_size.', () => view.queryCache.stats().evictions);
+  scalarCounter('pgmux_query_cache_invalidations_total', 'Query cache entries dropped because a write or CACHE CLEAR made them stale.', () => view.queryCache.stats().invalidations);
+  gauge('pgmux_query_cache_bytes', 'Bytes held by the query cache.', [], (g) => g.set(view.queryCache.stats().bytes));
+  gauge('pgmux_query_cache_entries', 'Entries in the query cache.', [], (g) => g.set(view.queryCache.stats().entries));
   scalarCounter('pgmux_classifier_cache_hits_total', 'Read/write classifier cache hits.', () => view.classifierStats().hits);
   scalarCounter('pgmux_classifier_cache_misses_total', 'Read/write classifier cache misses.', () => view.classifierStats().misses);
   scalarCounter('pgmux_client_logins_total', 'Successful client logins.', () => view.counters().clientLogins);

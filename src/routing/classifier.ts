@@ -37,6 +37,7 @@ import { compileWriteFunctions, DEFAULT_WRITE_FUNCTIONS, type FunctionRef, type 
 import { parseHints } from './hints.js';
 import { EffectsBuilder, type SessionEffects } from './sessionEffects.js';
 import { Analysis } from './statementAnalysis.js';
+import { cacheVerdict, writtenTables, type CacheVerdict } from './cacheability.js';
 
 export type Target = 'primary' | 'replica';
 
@@ -65,6 +66,12 @@ export interface Classification {
    * `pool_`): what Pgpool-II users' health checks send on an application database.
    */
   pgpoolShow?: string;
+  /**
+   * For a message that writes: the tables it may change (schema-qualified when written so,
+   * lower case), or '*' when that is unclear (DDL, data-modifying CTE, EXECUTE, ...). Query
+   * cache invalidation uses it; absent for reads.
+   */
+  writesTables?: readonly string[] | '*';
 }
 
 export interface ClassifierOptions {
@@ -172,6 +179,7 @@ function analyze(sql: string, fns: FunctionSet): Classification {
       if (hints.maxLagMs !== undefined) result.maxLagMs = hints.maxLagMs;
     }
   }
+  if (firstWrite >= 0 && complete) result.writesTables = writtenTables(a, ranges);
   if (begins) result.beginsTransaction = true;
   // A hint decides alone; a transaction declared READ ONLY cannot write wherever it runs.
   if (target === 'replica' && !hinted && !begins && a.calls !== null) result.calls = Object.freeze(a.calls);
@@ -229,6 +237,7 @@ export class Classifier {
   #old = new Map<string, Classification>();
   #hits = 0;
   #misses = 0;
+  #verdicts = new Map<string, CacheVerdict>();
 
   constructor(opts: ClassifierOptions = {}) {
     const size = opts.cacheSize ?? 10_000;
@@ -267,6 +276,21 @@ export class Classifier {
     const result = classifyWith(sql, this.#fns);
     if (this.#generationSize > 0 && sql.length <= MAX_CACHED_SQL_LENGTH) this.#remember(sql, result);
     return result;
+  }
+
+  /**
+   * Whether the result of `sql` may be cached, cached by text like classify(); asked only
+   * when the query cache is on, so routing costs the same when it is off.
+   */
+  cacheVerdict(sql: string): CacheVerdict {
+    let v = this.#verdicts.get(sql);
+    if (v !== undefined) return v;
+    v = Object.freeze(cacheVerdict(sql));
+    if (this.#generationSize > 0 && sql.length <= MAX_CACHED_SQL_LENGTH) {
+      if (this.#verdicts.size >= this.#generationSize * 2) this.#verdicts.clear();
+      this.#verdicts.set(sql, v);
+    }
+    return v;
   }
 
   #remember(sql: string, c: Classification): void {

@@ -70,3 +70,42 @@ function isDigits(s: string): boolean {
   }
   return true;
 }
+
+export interface CacheHints {
+  /** `/* pgmux:nocache *\/`: never serve or store this statement's result. */
+  nocache?: true;
+  /** `/* pgmux:cache ttl=30s *\/`: cache the result (when the analysis allows) for this long. */
+  ttlMs?: number;
+}
+
+/** Parses the query-cache directives from the leading comments: `cache`, `ttl=N[ms|s|min]`, `nocache`. */
+export function parseCacheHints(comments: Comment[]): CacheHints | null {
+  let hints: CacheHints | null = null;
+  for (const c of comments) {
+    const body = c.text.trimStart();
+    if (body.length < 6 || body.slice(0, 6).toLowerCase() !== 'pgmux:') continue;
+    for (const item of hintItems(body)) {
+      if (item === 'nocache') (hints ??= {}).nocache = true;
+      else if (item.startsWith('ttl=')) {
+        const ms = parseHintDuration(item.slice(4));
+        if (ms !== null) (hints ??= {}).ttlMs = ms;
+      }
+    }
+  }
+  return hints;
+}
+
+/** `30s`, `500ms`, `2min`, `30` (seconds) -> milliseconds; null when malformed. */
+function parseHintDuration(v: string): number | null {
+  let unit = 1000;
+  let digits = v;
+  if (v.endsWith('ms')) {
+    unit = 1;
+    digits = v.slice(0, -2);
+  } else if (v.endsWith('min')) {
+    unit = 60_000;
+    digits = v.slice(0, -3);
+  } else if (v.endsWith('s')) digits = v.slice(0, -1);
+  if (digits.length === 0 || digits.length > 9 || !isDigits(digits)) return null;
+  return Number(digits) * unit;
+}

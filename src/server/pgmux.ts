@@ -44,6 +44,8 @@ import { Classifier, type Classification } from '../routing/classifier.js';
 import type { FunctionRef } from '../routing/functionLists.js';
 import { FunctionCatalogs, VOLATILE_FUNCTIONS_SQL, type CatalogOptions } from '../routing/functionCatalog.js';
 import { chooseRead } from '../routing/policy.js';
+import { QueryCache } from '../cache/queryCache.js';
+import type { CacheVerdict } from '../routing/cacheability.js';
 import { FALLBACK, poolConfigFor, resolveDatabase, type DatabaseTarget } from '../config/databases.js';
 
 export interface RunningPgmux {
@@ -128,6 +130,8 @@ export class PgmuxServer implements SessionContext, ServerView {
   private classifier: Classifier;
   /** Per database: its volatile functions (reads calling one go to the primary). */
   readonly functionCatalogs: FunctionCatalogs;
+  /** Query results (query_cache); bounds fixed at start. */
+  readonly queryCache: QueryCache;
 
   /** The configuration as loaded; `cfg` is this instance's share of it under peer_budgets. */
   private configured: Config;
@@ -152,6 +156,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.registry = new ClientRegistry(config, logger, closing, this.peers);
     this.poolRegistry = new PoolRegistry(config, (user) => this.auth.credentialsFor(user), logger, this.stats);
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
+    this.queryCache = new QueryCache({ maxBytes: cfg.queryCacheBytes, maxEntryBytes: cfg.queryCacheMaxEntryBytes, ttlMs: cfg.queryCacheTtlMs, now: () => this.clock.now });
     this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
     this.applyReadPolicy();
     this.adminConsole = new AdminConsole(this);
@@ -189,6 +194,10 @@ export class PgmuxServer implements SessionContext, ServerView {
 
   classify(sql: string): Classification {
     return this.classifier.classify(sql);
+  }
+
+  cacheVerdict(sql: string): CacheVerdict {
+    return this.classifier.cacheVerdict(sql);
   }
 
   /** Per (database, backend user) whose function catalog is loaded: a target to log in with (an entry's password included). */

@@ -29,16 +29,22 @@ import { inReadBuffer } from '../net/leanSocket.js';
 import { HeldMessages } from './heldMessages.js';
 import { FunctionChanges } from './functionChanges.js';
 import { expiredTimeout, fatalSpecOf, frameErrorSpec } from './clientErrors.js';
-import { UNRESOLVED, type DatabaseTarget } from '../config/databases.js';
+import { queryCacheAnywhere, UNRESOLVED, type DatabaseTarget } from '../config/databases.js';
 import { planListen } from './listenRequests.js';
 import type { ListenOp } from '../routing/sessionEffects.js';
 import { TrafficMeter } from '../observability/trafficStats.js';
+import type { Classification } from '../routing/classifier.js';
+import { cacheKey } from '../cache/queryCache.js';
+import { ReplyCapture } from './replyCapture.js';
 import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
 
 let nextClientId = 1;
 /** Classifier reasons that mean "one statement that writes, for certain" (refused locally on a replica-only entry). */
+const NO_TABLES: readonly string[] = Object.freeze([]);
+/** query_cache: more than the first request ran in the transaction, so it may have written anything. */
+const MORE_THAN_ONE_REQUEST: readonly string[] = Object.freeze(['*']);
 const SURE_WRITES: ReadonlySet<string> = new Set(['INSERT', 'UPDATE', 'DELETE', 'MERGE']);
 const isListen = (op: ListenOp): boolean => op.kind === 'listen';
 const NONE: readonly string[] = [];
@@ -62,6 +68,10 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   applicationName = '';
   /** Its session settings (reported and unreported), carried to every backend it uses. */
   readonly clientSettings = new ClientSettings();
+  /** query_cache: the reply of the lone cacheable request running now, being copied. */
+  private capture: ReplyCapture | null = null;
+  /** query_cache: tables the running transaction may write ('*': any); null when the cache is off. */
+  private cacheWrites: readonly string[] | '*' | null = null;
   backend: BackendConnection | null = null;
   readonly connectedAt: number;
   lastActiveAt: number;
@@ -285,6 +295,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.requests.flushRun();
     corked?.uncork();
     if (forwarded) {
+      if (this.cacheWrites !== null) this.cacheWrites = MORE_THAN_ONE_REQUEST;
       this.unitOpen = false; // more than one unit now: nobody queues behind it
       // A request sent after a lone read went to its backend too: the read may no longer run elsewhere.
       const held = this.replay.moreRequests();
@@ -463,6 +474,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // Paused, or session mode: the policy looks at no statement, so none is classified.
     const cfg = this.ctx.config();
     const route = paused || this.target.poolMode === 'session' ? null : this.requests.classifyFirst(this.held.list[0]!);
+    if (cfg.queryCache || (cfg.databases.length > 0 && queryCacheAnywhere(cfg))) {
+      // A lone simple Query names what it writes; anything else may write anything.
+      const only = this.held.list.length === 1 && this.held.list[0]!.type === FrontendMsg.Query && route !== null && (route as Classification).beginsTransaction !== true;
+      this.cacheWrites = only ? ((route as Classification).writesTables ?? NO_TABLES) : '*';
+    }
     this.pipelineUnit = cfg.pipelineDepth > 1 && route !== null && this.requests.selfContained && this.requests.pinned === null && selfContainedUnit(this.held.list);
     this.router.route(route, route !== null && this.requests.loneRead, paused);
   }
@@ -493,7 +509,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.requests.refuseSqlPrepared(held) ??
       this.answerPgpoolShow(held) ??
       this.refuseReplicaWrite(held) ??
-      this.refuseReplicaListen(held);
+      this.refuseReplicaListen(held) ??
+      this.answerFromCache(held);
     if (reply === null) return this.listens.answer(this.held, this.requests, (sql) => this.ctx.classify(sql), this.finishListen);
     this.held.take();
     this.setState(ClientState.Idle);
@@ -549,6 +566,43 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     this.requests.forgetFirst();
     return Buffer.concat([errorResponse(pgmuxError('replicaOnlyListen', { args: { database: this.database } })), readyForQuery('I')]);
+  }
+
+  /**
+   * query_cache: a lone cacheable simple Query at a transaction's start is answered from the
+   * cache (the stored reply, then ReadyForQuery('I')), or its reply is captured on its way.
+   */
+  private answerFromCache(held: HeldMessages['list']): Buffer | null {
+    if (!this.target.queryCache) return null;
+    const cfg = this.ctx.config();
+    // Each worker process has its own cache and sees only its own writes: not served until
+    // invalidations travel between workers.
+    if (cfg.workers > 1) return null;
+    const m = held[0]!;
+    if (held.length !== 1 || m.type !== FrontendMsg.Query || this.requests.pinned !== null || this.requests.roleChanged || this.target.poolMode !== 'transaction') return null;
+    const c = this.requests.queryClass(m.buf, m.start, m.end);
+    this.requests.rememberFirst(c, m);
+    if (c.target !== 'replica' || c.statements !== 1 || c.beginsTransaction === true || c.session !== undefined || c.reason.startsWith('hint ')) return null;
+    const sql = m.buf.toString('utf8', m.start + 5, m.end - 1);
+    const verdict = this.ctx.cacheVerdict(sql);
+    if (!verdict.ok) return null;
+    const cache = this.ctx.queryCache;
+    const database = this.target.dbname;
+    // Privileges and row-level security follow the backend login; the client name is kept too.
+    const key = cacheKey({ user: `${this.user}\0${this.target.backendUser}`, settings: this.clientSettings.fingerprint, sql });
+    // read_your_writes: nothing stored before (or in the same clock tick as) this client's last write.
+    const notBefore = cfg.readYourWrites === 'off' ? 0 : this.router.lastWriteAt + 1;
+    const hit = cache.get(database, key, notBefore);
+    if (hit !== undefined) {
+      this.requests.forgetFirst();
+      return Buffer.concat([hit, readyForQuery('I')]);
+    }
+    // A replica may lag behind the last write to these tables: no reply is stored until
+    // that write is older than the lag pgmux routes reads within (plus one health check).
+    const lagBoundMs = cfg.maxLagMs === null || cfg.nodes.some((n) => n.maxLagMs === null) ? Infinity : Math.max(cfg.maxLagMs, ...cfg.nodes.map((n) => n.maxLagMs ?? 0)) + cfg.healthCheckPeriodMs;
+    if (cache.quietForMs(database, verdict.tables) <= lagBoundMs) return null;
+    this.capture = new ReplyCapture(database, key, verdict.tables, verdict.ttlMs, cache.epoch(database), cache.maxEntryBytes);
+    return null;
   }
 
   private readonly finishListen = (out: Buffer[]): void => {
@@ -619,6 +673,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     b.cork();
     alignSettings(this.clientSettings, b, this.clientSettings.fingerprint);
     const held = this.held.take();
+    if (held.length > 1 && this.cacheWrites !== null) this.cacheWrites = MORE_THAN_ONE_REQUEST;
     for (let i = 0; i < held.length && this.linked; i++) {
       const m = held[i]!;
       this.requests.forward(b, m.type, m.buf, m.start, m.end);
@@ -649,6 +704,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const b = pipelineTarget(busy, this.ctx.config().pipelineDepth, this.clientSettings.fingerprint);
     if (b === null) return false;
     const unit = this.held.take();
+    this.capture = null; // a queued unit's reply is not captured (kept simple: pipelining is experimental)
     // A read nothing answered yet: re-run elsewhere if the backend dies before its turn.
     this.replay.arm(unit, true, this.requests.tracking ? this.statementKnown : null);
     this.requests.forgetFirst();
@@ -676,6 +732,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // Sent while it was queued: forwarded now unless units are queued behind this one too.
     if (this.held.list.length > 0 && queuedBehind(b) === 0) {
       const held = this.held.take();
+      if (this.cacheWrites !== null) this.cacheWrites = MORE_THAN_ONE_REQUEST;
       b.cork();
       for (const m of held) this.requests.forward(b, m.type, m.buf, m.start, m.end);
       this.requests.flushRun();
@@ -712,6 +769,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.meter.record.bytesSent += end - start;
     const out = this.replay.filter(start === 0 && end === buf.length ? buf : buf.subarray(start, end), this.backend);
     if (out === null) return;
+    if (this.capture !== null) this.capture.add(out);
     if (!this.conn.write(out)) this.backend?.socket.pause();
   }
 
@@ -721,6 +779,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.stmts.batchDone();
     const b = this.backend;
     const batch = this.replay.takeReplay();
+    if (this.capture !== null) {
+      // The request's reply is complete (its first ReadyForQuery); a re-run batch is not stored.
+      if (batch === null) this.capture.storeIn(this.ctx.queryCache);
+      this.capture = null;
+    }
     if (batch !== null && b !== null) {
       // Re-run the batch on the same backend: its statements now carry fresh proxy names,
       // so they are prepared again (hidden) with the new result type.
@@ -733,6 +796,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     if (b === null || !this.requests.atTransactionBoundary(b)) return;
     this.functionChanges.ended(); // committed or rolled back now
+    this.invalidateWrites();
     if (this.requests.mayRelease(b)) {
       const settings = this.requests.settings.dirty ? this.requests.settings.take(this.clientSettings.settings, b.applied, this.ctx.config().trackExtraParameters) : NONE;
       this.letGo(b);
@@ -746,6 +810,18 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       // after the ReadyForQuery now on its way.
       queueMicrotask(this.flushNotifications);
     }
+  }
+
+  /** query_cache: a transaction that ran as a write drops the cache entries it may have made stale. */
+  private invalidateWrites(): void {
+    const cfg = this.ctx.config();
+    if (!cfg.queryCache && (cfg.databases.length === 0 || !queryCacheAnywhere(cfg))) return;
+    const tables = this.cacheWrites ?? '*';
+    this.cacheWrites = null;
+    // A read routed as one may have had a write sent behind it on the same backend.
+    const wrote = this.router.routedWrite || tables === MORE_THAN_ONE_REQUEST;
+    // An empty list (SET, LOCK, ...) changes no data; the store reads [] as "everything".
+    if (wrote && tables.length > 0) this.ctx.queryCache.invalidateTables(this.target.dbname, tables);
   }
 
   /** Messages held while linked (pipelining) are handled as if they arrived now, while idle. */
@@ -798,6 +874,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   onBackendLost(b: BackendConnection, why: string): void {
     this.backend = null;
+    this.capture = null;
+    this.invalidateWrites(); // a COMMIT may have run before the connection died
     this.requests.detach();
     this.meter.abandon();
     if (this.state === ClientState.Closed) return;

@@ -61,6 +61,8 @@ export class RequestTracker {
    * answering, when the request is alone (replayGuard.ts checks its shape).
    */
   loneRead = false;
+  /** The client ran SET ROLE / SESSION AUTHORIZATION (or something that may have): query_cache keys cannot tell its role. */
+  roleChanged = false;
   /** The last classifyFirst() read a statement that leaves nothing behind (src/routing/pipelining.ts). */
   selfContained = false;
   /** Settings this client's statements may have changed: read back when the backend goes back. */
@@ -240,6 +242,8 @@ export class RequestTracker {
    */
   private onSessionEffects(b: BackendConnection, fx: SessionEffects, deallocateVia: ParsedParse | null | undefined): boolean {
     this.settings.note(fx);
+    // The current role is not in the settings fingerprint (pg_settings does not list it).
+    if (!this.roleChanged && (fx.resetsAll || fx.settings.includes('role') || fx.settings.includes('session_authorization'))) this.roleChanged = true;
     if (fx.dirtiesBackend) b.needsReset = true;
     if (fx.pin !== null) this.pin(b, fx.pin);
     if (fx.listen !== null) {

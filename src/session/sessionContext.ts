@@ -1,6 +1,8 @@
 // What a client session may ask of the rest of pgmux: a few narrow services and shared
 // tables, never the listener, the monitor or the pool registry itself.
 
+import type { CacheVerdict } from '../routing/cacheability.js';
+import type { QueryCache } from '../cache/queryCache.js';
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import type { ErrorSpec } from '../protocol/errors.js';
@@ -58,6 +60,10 @@ export interface SessionContext {
 
   // Statement analysis (src/routing/): decisions only, no sockets.
   classify(sql: string): Classification;
+  /** Whether the result of `sql` may be cached (query_cache), cached by text. */
+  cacheVerdict(sql: string): CacheVerdict;
+  /** The query result cache (used only when query_cache is on). */
+  readonly queryCache: QueryCache;
   /**
    * A read calling `calls` in the target's database: why it must run on the primary (it calls a volatile
    * function), null if it need not, or a promise to wait for (the database's function

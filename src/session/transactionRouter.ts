@@ -229,6 +229,11 @@ export class TransactionRouter {
    * back what the client must carry when there is something (`settings`: unreported
    * settings its statements may have changed).
    */
+  /** When this client's last write transaction ended (clock ms; -Infinity: none yet). */
+  get lastWriteAt(): number {
+    return this.state.lastWriteAt;
+  }
+
   release(b: BackendConnection, settings: readonly string[]): void {
     this.state.attempts = 0;
     this.state.avoidNode = null;

@@ -13,4 +13,10 @@ describe('pgmux classify', () => {
     expect((await run(['classify', 'SELECT 1'])).out).toMatch(/^replica\t/);
     expect((await run(['classify', 'SELECT bump(1)', '--write-functions', 'bump'])).out).toMatch(/^primary\tcalls bump\(\)/);
   });
+
+  it('--cache says whether and why the result may be cached, and what a write invalidates', async () => {
+    expect((await run(['classify', '--cache', 'SELECT * FROM posts WHERE id = 1'])).out).toBe('replica\tread-only SELECT\ncache\ttables=posts\n');
+    expect((await run(['classify', '--cache', 'SELECT now()'])).out).toMatch(/\nnocache\tcalls now\(\)/);
+    expect((await run(['classify', '--cache', 'UPDATE posts SET x = 1'])).out).toMatch(/\nnocache\t.*\tinvalidates=posts\n$/);
+  });
 });

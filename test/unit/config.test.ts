@@ -92,6 +92,10 @@ describe('DEFAULTS', () => {
       poolSize: 20,
       minPoolSize: 0,
       pipelineDepth: 1,
+      queryCache: false,
+      queryCacheBytes: 64 * 1024 * 1024,
+      queryCacheMaxEntryBytes: 1024 * 1024,
+      queryCacheTtlMs: 60_000,
       maxClientConn: 10000,
       workers: 1,
       peerId: null,
@@ -189,6 +193,10 @@ pool_mode: session
 pool_size: 30
 min_pool_size: 5
 pipeline_depth: 4
+query_cache: on
+query_cache_size: 8MB
+query_cache_max_entry: 64kB
+query_cache_ttl: 30s
 max_client_conn: 500
 workers: 4
 peer_id: 2
@@ -275,6 +283,10 @@ users:
       poolSize: 30,
       minPoolSize: 5,
       pipelineDepth: 4,
+      queryCache: true,
+      queryCacheBytes: 8 * 1024 * 1024,
+      queryCacheMaxEntryBytes: 64 * 1024,
+      queryCacheTtlMs: 30_000,
       maxClientConn: 500,
       workers: 4,
       peerId: 2,
@@ -416,6 +428,10 @@ describe('precedence: defaults < file < env < flags', () => {
       PGMUX_DEFAULT_POOL_SIZE: '3',
       PGMUX_MIN_POOL_SIZE: '1',
       PGMUX_PIPELINE_DEPTH: '2',
+      PGMUX_QUERY_CACHE: 'on',
+      PGMUX_QUERY_CACHE_SIZE: '2MB',
+      PGMUX_QUERY_CACHE_MAX_ENTRY: '2kB',
+      PGMUX_QUERY_CACHE_TTL: '5s',
       PGMUX_MAX_CLIENT_CONN: '50',
       PGMUX_WORKERS: '3',
       PGMUX_PEER_ID: '0',
@@ -497,6 +513,10 @@ describe('precedence: defaults < file < env < flags', () => {
       poolSize: 3,
       minPoolSize: 1,
       pipelineDepth: 2,
+      queryCache: true,
+      queryCacheBytes: 2 * 1024 * 1024,
+      queryCacheMaxEntryBytes: 2 * 1024,
+      queryCacheTtlMs: 5_000,
       maxClientConn: 50,
       workers: 3,
       peerId: 0,

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { DEFAULTS } from '../../src/config/schema.js';
 import { configToObject, loadConfig, parseConfigObject, ConfigError } from '../../src/config/load.js';
 import type { Config } from '../../src/config/types.js';
-import { limitsFor, parseConnString, poolConfigFor, resolveDatabase } from '../../src/config/databases.js';
+import { limitsFor, parseConnString, poolConfigFor, queryCacheAnywhere, resolveDatabase } from '../../src/config/databases.js';
 import { workerConfig } from '../../src/server/workers.js';
 import { decideRoute, loginNodeOf, type RouteClass } from '../../src/routing/policy.js';
 import { ReadBalancer } from '../../src/routing/balancer.js';
@@ -195,5 +195,21 @@ describe('route: replica | primary in the routing policy', () => {
     expect(loginNodeOf(t, new Set())!.name).toBe('n0');
     expect(loginNodeOf(t, new Set(), true)!.name).toBe('n1');
     expect(loginNodeOf(topoOf([P()]), new Set(), true)).toBeNull();
+  });
+});
+
+describe('query_cache per database entry', () => {
+  it('an entry may turn the cache on (or off) against the global setting; writes invalidate once any entry has it', () => {
+    const cfg = cfgOf({ nodes: ['db1:5432'], databases: { cached: { dbname: 'app', query_cache: 'on' }, plain: { dbname: 'app' } } });
+    expect(cfg.databases.find((e) => e.name === 'plain')!.queryCache).toBeUndefined();
+    expect(resolveDatabase(cfg, 'cached', 'u')!.queryCache).toBe(true);
+    expect(resolveDatabase(cfg, 'plain', 'u')!.queryCache).toBe(false);
+    expect(queryCacheAnywhere(cfg)).toBe(true);
+    expect(configToObject(cfg).databases).toMatchObject({ cached: { query_cache: 'on' } });
+    const global = cfgOf({ nodes: ['db1:5432'], query_cache: 'on', databases: { off: { query_cache: 'off' }, '*': {} } });
+    expect(resolveDatabase(global, 'off', 'u')!.queryCache).toBe(false);
+    expect(resolveDatabase(global, 'other', 'u')!.queryCache).toBe(true);
+    expect(queryCacheAnywhere(cfgOf({ nodes: ['db1:5432'] }))).toBe(false);
+    expect(parseError({ databases: { x: { query_cache: 'maybe' } } })).toMatch(/query_cache/);
   });
 });

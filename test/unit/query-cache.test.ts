@@ -1,0 +1,127 @@
+// The query cache's store (src/cache/queryCache.ts): LRU by bytes, entry bound, TTL,
+// invalidation by table, key parts, and the epoch that keeps an overtaken reply out.
+import { describe, expect, it } from 'vitest';
+import { QueryCache, cacheKey } from '../../src/cache/queryCache.js';
+
+function store(over: Partial<ConstructorParameters<typeof QueryCache>[0]> = {}) {
+  let t = 1000;
+  const clock = { advance: (ms: number) => void (t += ms) };
+  const cache = new QueryCache({ maxBytes: 1 << 20, maxEntryBytes: 1 << 16, ttlMs: 60_000, now: () => t, ...over });
+  return { cache, clock };
+}
+
+const reply = (n: number, fill = 1) => Buffer.alloc(n, fill);
+
+describe('QueryCache', () => {
+  it('returns what was stored, byte for byte, and counts hits and misses', () => {
+    const { cache } = store();
+    expect(cache.get('db', 'k')).toBeUndefined();
+    const r = Buffer.from('reply bytes');
+    expect(cache.set('db', 'k', ['t'], r, cache.epoch('db'))).toBe(true);
+    r.fill(0); // the store keeps its own copy
+    expect(cache.get('db', 'k')?.toString()).toBe('reply bytes');
+    expect(cache.get('other', 'k')).toBeUndefined();
+    const s = cache.stats();
+    expect([s.entries, s.hits, s.misses]).toEqual([1, 1, 2]);
+  });
+
+  it('evicts the least recently used entries when over its byte bound', () => {
+    const { cache } = store({ maxBytes: 3 * (1000 + 128 + 2) + 10 });
+    for (const k of ['a', 'b', 'c']) expect(cache.set('db', k, ['t'], reply(1000), 0)).toBe(true);
+    expect(cache.get('db', 'a')).toBeDefined(); // a is now the most recent
+    cache.set('db', 'd', ['t'], reply(1000), 0);
+    expect(cache.get('db', 'b')).toBeUndefined();
+    expect(cache.get('db', 'a')).toBeDefined();
+    expect(cache.get('db', 'c')).toBeDefined();
+    expect(cache.get('db', 'd')).toBeDefined();
+    const s = cache.stats();
+    expect(s.evictions).toBe(1);
+    expect(s.bytes).toBeLessThanOrEqual(3 * (1000 + 128 + 2) + 10);
+  });
+
+  it('does not store a reply above the entry bound', () => {
+    const { cache } = store({ maxEntryBytes: 100 });
+    expect(cache.set('db', 'big', ['t'], reply(101), 0)).toBe(false);
+    expect(cache.set('db', 'ok', ['t'], reply(100), 0)).toBe(true);
+    expect(cache.stats().entries).toBe(1);
+  });
+
+  it('expires entries after the TTL, or the per-entry TTL', () => {
+    const { cache, clock } = store({ ttlMs: 1000 });
+    cache.set('db', 'default', ['t'], reply(10), 0);
+    cache.set('db', 'short', ['t'], reply(10), 0, 100);
+    clock.advance(100);
+    expect(cache.get('db', 'short')).toBeUndefined();
+    expect(cache.get('db', 'default')).toBeDefined();
+    clock.advance(900);
+    expect(cache.get('db', 'default')).toBeUndefined();
+    expect(cache.stats().entries).toBe(0);
+  });
+
+  it('invalidates the entries of the tables written, in that database only', () => {
+    const { cache } = store();
+    cache.set('db', 'q1', ['public.orders'], reply(10), 0);
+    cache.set('db', 'q2', ['customers'], reply(10), 0);
+    cache.set('db', 'q3', ['orders', 'customers'], reply(10), 0);
+    cache.set('db2', 'q1', ['orders'], reply(10), 0);
+    // Unqualified and qualified names meet on the bare name (the schema is search_path's call).
+    expect(cache.invalidateTables('db', ['orders'])).toBe(2);
+    expect(cache.get('db', 'q1')).toBeUndefined();
+    expect(cache.get('db', 'q3')).toBeUndefined();
+    expect(cache.get('db', 'q2')).toBeDefined();
+    expect(cache.get('db2', 'q1')).toBeDefined();
+    expect(cache.invalidateTables('db', '*')).toBe(1);
+    expect(cache.get('db', 'q2')).toBeUndefined();
+    expect(cache.stats().invalidations).toBe(3);
+    expect(cache.clear()).toBe(1);
+    expect(cache.stats()).toMatchObject({ entries: 0, bytes: 0, byTable: [] });
+  });
+
+  it('clear(database, table) and stats by table', () => {
+    const { cache } = store();
+    cache.set('db', 'q1', ['a'], reply(10), 0);
+    cache.set('db', 'q2', ['a', 'b'], reply(10), 0);
+    expect(cache.stats().byTable.map((r) => [r.database, r.table, r.entries])).toEqual([
+      ['db', 'a', 2],
+      ['db', 'b', 1],
+    ]);
+    expect(cache.clear('db', 'b')).toBe(1);
+    expect(cache.stats().entries).toBe(1);
+  });
+
+  it('refuses a reply captured across an invalidation of its database', () => {
+    const { cache } = store();
+    const epoch = cache.epoch('db');
+    cache.invalidateTables('db', ['unrelated']);
+    expect(cache.set('db', 'k', ['t'], reply(10), epoch)).toBe(false);
+    expect(cache.set('db', 'k', ['t'], reply(10), cache.epoch('db'))).toBe(true);
+  });
+
+  it('read_your_writes: an entry stored before notBefore is not served', () => {
+    const { cache, clock } = store();
+    cache.set('db', 'k', ['t'], reply(10), 0);
+    clock.advance(5);
+    expect(cache.get('db', 'k', 1006)).toBeUndefined();
+    expect(cache.get('db', 'k', 1000)).toBeDefined();
+  });
+
+  it('keys differ in every part that can change the answer', () => {
+    const base = { user: 'u', settings: 'search_path=a', sql: 'SELECT $1', paramFormats: [0], params: [Buffer.from('1')], resultFormats: [0] };
+    const keys = new Set([
+      cacheKey(base),
+      cacheKey({ ...base, user: 'v' }),
+      cacheKey({ ...base, settings: 'search_path=b' }),
+      cacheKey({ ...base, sql: 'SELECT $1 ' }),
+      cacheKey({ ...base, paramFormats: [1] }),
+      cacheKey({ ...base, params: [Buffer.from('2')] }),
+      cacheKey({ ...base, params: [null] }),
+      cacheKey({ ...base, params: [Buffer.from('')] }),
+      cacheKey({ ...base, resultFormats: [1] }),
+      cacheKey({ user: 'u', settings: 'search_path=a', sql: 'SELECT $1' }),
+      // Length prefixes: moving a separator between parts cannot collide.
+      cacheKey({ ...base, user: 'u|1', settings: 'search_path=a' }),
+    ]);
+    expect(keys.size).toBe(11);
+    expect(cacheKey(base)).toBe(cacheKey({ ...base, params: [Buffer.from('1')] }));
+  });
+});
