@@ -45,6 +45,9 @@ import type { FunctionRef } from '../routing/functionLists.js';
 import { FunctionCatalogs, VOLATILE_FUNCTIONS_SQL, type CatalogOptions } from '../routing/functionCatalog.js';
 import { chooseRead } from '../routing/policy.js';
 import { QueryCache } from '../cache/queryCache.js';
+import { InvalidationBus, primaryBusConnector } from '../cache/invalidationBus.js';
+import { healthCheckLogin } from '../cluster/healthCheckLogin.js';
+import { queryCacheAnywhere } from '../config/databases.js';
 import type { CacheVerdict } from '../routing/cacheability.js';
 import { FALLBACK, poolConfigFor, resolveDatabase, type DatabaseTarget } from '../config/databases.js';
 
@@ -132,6 +135,11 @@ export class PgmuxServer implements SessionContext, ServerView {
   readonly functionCatalogs: FunctionCatalogs;
   /** Query results (query_cache); bounds fixed at start. */
   readonly queryCache: QueryCache;
+  /**
+   * query_cache_mode notify / triggers: invalidations to and from the other instances (and
+   * triggers) over NOTIFY on the primary; null with the cache off or in local mode.
+   */
+  readonly cacheBus: InvalidationBus | null;
 
   /** The configuration as loaded; `cfg` is this instance's share of it under peer_budgets. */
   private configured: Config;
@@ -157,6 +165,15 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.poolRegistry = new PoolRegistry(config, (user) => this.auth.credentialsFor(user), logger, this.stats);
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
     this.queryCache = new QueryCache({ maxBytes: cfg.queryCacheBytes, maxEntryBytes: cfg.queryCacheMaxEntryBytes, ttlMs: cfg.queryCacheTtlMs, now: () => this.clock.now });
+    const cacheOn = cfg.queryCache || (cfg.databases.length > 0 && queryCacheAnywhere(cfg));
+    this.cacheBus =
+      cacheOn && cfg.queryCacheMode !== 'local'
+        ? new InvalidationBus(
+            primaryBusConnector({ primary: (t) => this.nodes.primary(t), login: () => healthCheckLogin(this.cfg, this.auth.fileEntries()), config: () => this.cfg }),
+            { onInvalidate: (db, tables) => void this.queryCache.invalidateTables(db, tables), onGap: (db) => void this.queryCache.clear(db) },
+            logger,
+          )
+        : null;
     this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
     this.applyReadPolicy();
     this.adminConsole = new AdminConsole(this);
@@ -194,6 +211,17 @@ export class PgmuxServer implements SessionContext, ServerView {
 
   classify(sql: string): Classification {
     return this.classifier.classify(sql);
+  }
+
+  /** May `database`'s cache entries be served and stored now? Not while its invalidation listener is not listening. */
+  cacheCoherent(database: string): boolean {
+    return this.cacheBus === null || this.cacheBus.ready(database);
+  }
+
+  /** A write through this instance: its own entries go now, the other instances' by NOTIFY. */
+  invalidateCache(database: string, tables: readonly string[] | '*'): void {
+    this.queryCache.invalidateTables(database, tables);
+    this.cacheBus?.publish(database, tables);
   }
 
   cacheVerdict(sql: string): CacheVerdict {
@@ -319,6 +347,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     if (primary === null) return;
     if (this.lastKnownPrimary !== null && this.lastKnownPrimary !== primary) this.stats.failovers++;
     this.lastKnownPrimary = primary;
+    this.cacheBus?.primaryChanged(primary);
   }
 
   private onTopology(s: TopologySnapshot): void {
@@ -374,6 +403,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.peers.stop();
     this.adminConsole.stop();
     this.notifications.close();
+    this.cacheBus?.close();
     this.poolRegistry.closeAll();
     await this.monitor.stop(); // logins still waiting for a node get none
   }

@@ -588,6 +588,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     if (!verdict.ok) return null;
     const cache = this.ctx.queryCache;
     const database = this.target.dbname;
+    // Another instance's (or a trigger's) invalidations may be missed while not listening.
+    if (!this.ctx.cacheCoherent(database)) return null;
     // Privileges and row-level security follow the backend login; the client name is kept too.
     const key = cacheKey({ user: `${this.user}\0${this.target.backendUser}`, settings: this.clientSettings.fingerprint, sql });
     // read_your_writes: nothing stored before (or in the same clock tick as) this client's last write.
@@ -821,7 +823,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // A read routed as one may have had a write sent behind it on the same backend.
     const wrote = this.router.routedWrite || tables === MORE_THAN_ONE_REQUEST;
     // An empty list (SET, LOCK, ...) changes no data; the store reads [] as "everything".
-    if (wrote && tables.length > 0) this.ctx.queryCache.invalidateTables(this.target.dbname, tables);
+    if (wrote && tables.length > 0) this.ctx.invalidateCache(this.target.dbname, tables);
   }
 
   /** Messages held while linked (pipelining) are handled as if they arrived now, while idle. */

@@ -62,6 +62,10 @@ export interface SessionContext {
   classify(sql: string): Classification;
   /** Whether the result of `sql` may be cached (query_cache), cached by text. */
   cacheVerdict(sql: string): CacheVerdict;
+  /** query_cache_mode notify / triggers: false while the database's invalidation listener is not listening. */
+  cacheCoherent(database: string): boolean;
+  /** A write through this client: drops the entries and tells the other instances. */
+  invalidateCache(database: string, tables: readonly string[] | '*'): void;
   /** The query result cache (used only when query_cache is on). */
   readonly queryCache: QueryCache;
   /**

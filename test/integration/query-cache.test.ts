@@ -65,6 +65,11 @@ describe('query cache on the admin console and /metrics', () => {
   });
 });
 
+/** query_cache_mode notify (the default): nothing is served or stored until the database's invalidation listener listens. */
+async function coherent(p: TestProxy, database = 'app'): Promise<void> {
+  await waitFor(() => p.proxy.cacheCoherent(database), 5000, () => `the cache invalidation listener of ${database}`);
+}
+
 const routedCount = (p: TestProxy): number => [...p.proxy.counters().transactions.values()].reduce((n, c) => n + c.read + c.write, 0);
 const wire = (msgs: PgMessage[]): string => msgs.map((m) => `${m.type}:${m.body.toString('hex')}`).join('|');
 
@@ -109,6 +114,7 @@ describe('query cache in client sessions (simple protocol)', () => {
     // A small lag bound: a reply is stored once the last write is max_lag_ms + one health check old.
     proxy = await startProxy({ queryCache: true, maxLagMs: 100, queryCacheMaxEntryBytes: 4096, queryCacheTtlMs: 60_000 });
     off = await startProxy({ maxLagMs: 100 });
+    await coherent(proxy);
   });
   afterAll(async () => {
     for (const c of raws) c.destroy();
@@ -135,6 +141,28 @@ describe('query cache in client sessions (simple protocol)', () => {
     expect(off.proxy.queryCache.stats()).toMatchObject({ entries: 0, hits: 0, misses: 0 });
   });
 
+  it('a write through another pgmux instance makes the next read fresh (NOTIFY on the primary)', async () => {
+    const other = await startProxy({ queryCache: true, maxLagMs: 100 });
+    try {
+      await coherent(other);
+      const c = await raw(proxy);
+      const sql = `SELECT count(*) FROM ${T} WHERE name <> 'other-instance'`;
+      const countOf = (msgs: PgMessage[]) => msgs.find((m) => m.type === 'D')!.body.toString('hex');
+      const n0 = countOf(await c.query(sql));
+      // Cached once the lag bound has passed since the last write to the table.
+      await waitFor(async () => {
+        const hits = proxy.proxy.queryCache.stats().hits;
+        await c.query(sql);
+        return proxy.proxy.queryCache.stats().hits > hits;
+      }, 5000, () => 'a cache hit');
+      const w = await raw(other);
+      await w.query(`INSERT INTO ${T} VALUES (${5000 + Math.floor(Math.random() * 1000)}, 'x', 'nobody')`);
+      await waitFor(async () => countOf(await c.query(sql)) !== n0, 1000, () => 'a fresh read after the other instance wrote');
+    } finally {
+      await other.close();
+    }
+  });
+
   it('a write through pgmux makes the next read fresh', async () => {
     const c = await raw(proxy);
     const sql = `SELECT count(*) FROM ${T}`;
@@ -151,6 +179,7 @@ describe('query cache in client sessions (simple protocol)', () => {
   it('a write sent behind a read on the same backend (no replica: both on the primary) makes the read fresh', async () => {
     const solo = await startProxy({ queryCache: true, maxLagMs: 100, nodes: [{ host: '127.0.0.1', port: primaryPort(), weight: 1 }] });
     try {
+      await coherent(solo);
       await sleep(400);
       const c = await raw(solo);
       const sql = `SELECT count(*) FROM ${T} WHERE id > 0`;
