@@ -20,7 +20,7 @@ export interface ListenOp {
 export interface SessionEffects {
   /** Settings the message may change for the rest of the session, lower-cased (custom GUCs too). */
   readonly settings: readonly string[];
-  /** RESET ALL, DISCARD ALL, SET SESSION AUTHORIZATION: any setting may be back at its default. */
+  /** RESET ALL, DISCARD ALL, RESET SESSION AUTHORIZATION: any setting may be back at its default. */
   readonly resetsAll: boolean;
   /** Session state pgmux cannot carry to another backend (the client keeps its backend), or null. */
   readonly pin: string | null;
@@ -156,9 +156,10 @@ export class EffectsBuilder {
       // SET SESSION AUTHORIZATION / SET SESSION CHARACTERISTICS / SET SESSION name
       const next = this.w(i + 1);
       if (next === 'authorization') {
-        this.setting('session_authorization');
-        this.setting('role');
-        this.resetsAll = true;
+        if (this.w(i + 2) === 'default' && i + 3 === e) return this.resetSessionAuthorization();
+        // Needs a superuser and changes who the session is: carrying it to other backends
+        // (and undoing it on this one) is not worth it; the client keeps its backend.
+        this.pinFor('SET SESSION AUTHORIZATION');
         return;
       }
       if (next === 'characteristics') {
@@ -202,15 +203,19 @@ export class EffectsBuilder {
       return;
     }
     if (w === 'time' && this.w(i + 1) === 'zone') return this.setting('timezone');
-    if (w === 'session' && this.w(i + 1) === 'authorization') {
-      this.setting('session_authorization');
-      this.setting('role');
-      this.resetsAll = true;
-      return;
-    }
+    if (w === 'session' && this.w(i + 1) === 'authorization') return this.resetSessionAuthorization();
     const name = this.gucName(i, e);
     if (name !== null) this.setting(name);
     else this.pinFor('RESET of an unrecognized form');
+  }
+
+  /**
+   * RESET SESSION AUTHORIZATION / SET SESSION AUTHORIZATION DEFAULT: back to the login user
+   * (already there unless a SET SESSION AUTHORIZATION pinned the client), and no role.
+   */
+  private resetSessionAuthorization(): void {
+    this.setting('role');
+    this.resetsAll = true;
   }
 
   /** `TO` or `=` at `i`: the word before it was the setting's name. */
@@ -296,8 +301,10 @@ export class EffectsBuilder {
       if (v === 'set_config') {
         const arg = tokens[k + 2];
         const comma = tokens[k + 3];
-        if (arg !== undefined && arg.kind === 'string' && comma !== undefined && comma.kind === 'punct' && comma.value === ',') this.setting(arg.value);
-        else this.pinFor('set_config() with a computed name');
+        if (arg !== undefined && arg.kind === 'string' && comma !== undefined && comma.kind === 'punct' && comma.value === ',') {
+          if (arg.value.toLowerCase() === 'session_authorization') this.pinFor('SET SESSION AUTHORIZATION');
+          else this.setting(arg.value);
+        } else this.pinFor('set_config() with a computed name');
       } else if (v.startsWith('pg_advisory_lock') || v.startsWith('pg_try_advisory_lock')) {
         this.pinFor('session advisory lock');
       }

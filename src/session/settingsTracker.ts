@@ -18,7 +18,7 @@ import { reportedName } from './startupParams.js';
 export class SettingsTracker {
   /** Unreported settings touched since the last read-back. */
   private touched: string[] = [];
-  /** RESET ALL / DISCARD ALL / SET SESSION AUTHORIZATION: everything known may have changed. */
+  /** RESET ALL / DISCARD ALL / RESET SESSION AUTHORIZATION: everything known may have changed. */
   private all = false;
 
   /** Records what a statement may change. */
@@ -96,11 +96,17 @@ export async function readBack(
  * never touched it. Custom settings (`myapp.tenant_id`) are placeholders PostgreSQL does
  * not list in pg_settings: once defined in a session they read '' after RESET, never NULL
  * again, so their value is carried as it is (NULL only while never defined).
+ *
+ * `role` is not in pg_settings either (GUC_NO_SHOW_ALL): read that way a SET ROLE came
+ * back NULL, so the client lost its role on its next backend and the backend it left kept
+ * it. It reads 'none' when no role is set (RESET ROLE, SET ROLE NONE). Session
+ * authorization is never read back: SET SESSION AUTHORIZATION pins the client.
  */
 export function readBackColumns(names: readonly string[]): string[] {
   return names.map((p) => {
     const lit = sqlLiteral(p);
     if (p.includes('.')) return `current_setting(${lit}, true)`;
+    if (p === 'role') return `NULLIF(current_setting('role'), 'none')`;
     return `(SELECT CASE WHEN current_setting(${lit}, true) IS DISTINCT FROM reset_val THEN current_setting(${lit}, true) END FROM pg_settings WHERE name = ${lit})`;
   });
 }

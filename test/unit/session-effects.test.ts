@@ -40,12 +40,19 @@ describe('settings a message may change', () => {
     }
   });
 
-  it('RESET ALL, DISCARD ALL and SET SESSION AUTHORIZATION may reset everything', () => {
+  it('RESET ALL, DISCARD ALL and RESET SESSION AUTHORIZATION may reset everything', () => {
     expect(fx('RESET ALL')?.resetsAll).toBe(true);
     expect(fx('/* c */ DISCARD ALL')).toMatchObject({ resetsAll: true, discardAll: true, dropsAllStatements: true });
     // Inside an implicit transaction block DISCARD ALL fails: it must not unpin.
     expect(fx('SELECT 1; DISCARD ALL')).toMatchObject({ discardAll: false, dropsAllStatements: true });
-    expect(fx('SET SESSION AUTHORIZATION app')).toMatchObject({ resetsAll: true, settings: ['session_authorization', 'role'] });
+    expect(fx('RESET SESSION AUTHORIZATION')).toMatchObject({ resetsAll: true, settings: ['role'], pin: null });
+    expect(fx('SET SESSION AUTHORIZATION DEFAULT')).toMatchObject({ resetsAll: true, settings: ['role'], pin: null });
+  });
+
+  it('SET SESSION AUTHORIZATION pins the client (the session becomes another user)', () => {
+    expect(fx('SET SESSION AUTHORIZATION app')?.pin).toBe('SET SESSION AUTHORIZATION');
+    expect(fx("SELECT set_config('session_authorization', 'app', false)")?.pin).toBe('SET SESSION AUTHORIZATION');
+    expect(fx('SET LOCAL SESSION AUTHORIZATION app')).toBeUndefined();
   });
 
   it('words inside strings, comments and other statements are not commands', () => {
