@@ -599,11 +599,12 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.requests.forgetFirst();
       return Buffer.concat([hit, readyForQuery('I')]);
     }
-    // A replica may lag behind the last write to these tables: no reply is stored until
-    // that write is older than the lag pgmux routes reads within (plus one health check).
+    // A replica may lag behind the last write to these tables: a replica's reply is stored only
+    // once that write is older than the lag pgmux routes reads within (plus one health check);
+    // the primary's always (it has every committed write).
     const lagBoundMs = cfg.maxLagMs === null || cfg.nodes.some((n) => n.maxLagMs === null) ? Infinity : Math.max(cfg.maxLagMs, ...cfg.nodes.map((n) => n.maxLagMs ?? 0)) + cfg.healthCheckPeriodMs;
-    if (cache.quietForMs(database, verdict.tables) <= lagBoundMs) return null;
-    this.capture = new ReplyCapture(database, key, verdict.tables, verdict.ttlMs, cache.epoch(database), cache.maxEntryBytes);
+    const needsPrimary = cache.quietForMs(database, verdict.tables) <= lagBoundMs;
+    this.capture = new ReplyCapture(database, key, verdict.tables, verdict.ttlMs, cache.epoch(database), cache.maxEntryBytes, needsPrimary);
     return null;
   }
 
@@ -783,7 +784,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const batch = this.replay.takeReplay();
     if (this.capture !== null) {
       // The request's reply is complete (its first ReadyForQuery); a re-run batch is not stored.
-      if (batch === null) this.capture.storeIn(this.ctx.queryCache);
+      if (batch === null && (!this.capture.needsPrimary || (b !== null && b.node.name === this.ctx.nodes.topology().primary?.name))) this.capture.storeIn(this.ctx.queryCache);
       this.capture = null;
     }
     if (batch !== null && b !== null) {

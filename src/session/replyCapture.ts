@@ -23,6 +23,8 @@ export class ReplyCapture {
     /** QueryCache.epoch() when the request was sent: an invalidation since then voids the reply. */
     readonly epoch: number,
     readonly maxBytes: number,
+    /** A write to its tables is too recent for a replica's reply: stored only if the primary answered. */
+    readonly needsPrimary: boolean,
   ) {}
 
   /** Copies `out` (it may be a view of a shared read buffer); past maxBytes nothing is kept. */

@@ -3,7 +3,7 @@
 // settings), hints, bounds, TTL; and SHOW CACHE, CACHE CLEAR [table] and /metrics.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
-import { pgClient, primaryPort, replicaPorts } from '../support/cluster.js';
+import { clusterInfo, pgClient, primaryPort, replicaPorts } from '../support/cluster.js';
 import { queryMsg, RawClient, type PgMessage } from '../support/rawClient.js';
 import { sleep } from '../support/wait.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
@@ -176,6 +176,35 @@ describe('query cache in client sessions (simple protocol)', () => {
     const countOf = (msgs: PgMessage[]) => msgs.find((m) => m.type === 'D')!.body.toString('hex');
     await waitFor(async () => countOf(await c.query(sql)) !== n0, 3000, () => 'a read with the new row');
     expect(proxy.proxy.queryCache.stats().hits).toBe(hits);
+  });
+
+  it("the primary's reply is stored right after a write (it has every committed write); a replica's waits for the lag bound", async () => {
+    const solo = await startProxy({ queryCache: true, nodes: [{ host: '127.0.0.1', port: primaryPort(), weight: 1 }] });
+    try {
+      await coherent(solo);
+      const c = await raw(solo);
+      const sql = `SELECT count(*) FROM ${T} WHERE id >= 0`;
+      await c.query(`INSERT INTO ${T} VALUES (${9000 + Math.floor(Math.random() * 900)}, 'p', 'nobody')`);
+      const first = await c.query(sql); // the primary answers: stored although max_lag_ms is off
+      const hits = solo.proxy.queryCache.stats().hits;
+      expect(wire(await c.query(sql))).toBe(wire(first));
+      expect(solo.proxy.queryCache.stats().hits).toBe(hits + 1);
+    } finally {
+      await solo.close();
+    }
+    // With replicas and max_lag_ms off, a read right after a write is not stored (it may be stale).
+    const spread = await startProxy({ queryCache: true, nodes: clusterInfo().nodes.map((n, i) => ({ host: n.host, port: n.port, weight: i === 0 ? 0 : 1 })) });
+    try {
+      await coherent(spread);
+      const c = await raw(spread);
+      const sql = `SELECT count(*) FROM ${T} WHERE id >= 1`;
+      await c.query(`INSERT INTO ${T} VALUES (${9900 + Math.floor(Math.random() * 90)}, 'r', 'nobody')`);
+      await c.query(sql);
+      await c.query(sql);
+      expect(spread.proxy.queryCache.stats().hits).toBe(0);
+    } finally {
+      await spread.close();
+    }
   });
 
   it('a write sent behind a read on the same backend (no replica: both on the primary) makes the read fresh', async () => {
