@@ -56,6 +56,19 @@ const ENTRY_OVERHEAD_BYTES = 128;
  * matching less would serve stale rows, and an unqualified name's schema depends on
  * search_path, which pgmux does not resolve.
  */
+/**
+ * Is `table` (as the classifier names it: schema.table when written so, else bare) on `list`
+ * (query_cache_exclude_tables)? A bare entry matches the name in every schema; a bare table
+ * matches a qualified entry of that name too (search_path may resolve it there).
+ */
+export function tableListed(list: readonly string[], table: string): boolean {
+  const bare = bareName(table);
+  for (const e of list) {
+    if (e === table || (bareName(e) === bare && (!e.includes('.') || !table.includes('.')))) return true;
+  }
+  return false;
+}
+
 function bareName(table: string): string {
   const dot = table.lastIndexOf('.');
   return (dot < 0 ? table : table.slice(dot + 1)).toLowerCase();

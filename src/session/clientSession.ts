@@ -34,7 +34,7 @@ import { planListen } from './listenRequests.js';
 import type { ListenOp } from '../routing/sessionEffects.js';
 import { TrafficMeter } from '../observability/trafficStats.js';
 import type { Classification } from '../routing/classifier.js';
-import { cacheKey } from '../cache/queryCache.js';
+import { cacheKey, tableListed } from '../cache/queryCache.js';
 import { ReplyCapture } from './replyCapture.js';
 import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
@@ -586,6 +586,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const sql = m.buf.toString('utf8', m.start + 5, m.end - 1);
     const verdict = this.ctx.cacheVerdict(sql);
     if (!verdict.ok) return null;
+    const excluded = cfg.queryCacheExcludeTables;
+    if (excluded.length > 0 && verdict.tables.some((t) => tableListed(excluded, t))) return null;
     const cache = this.ctx.queryCache;
     const database = this.target.dbname;
     // Another instance's (or a trigger's) invalidations may be missed while not listening.

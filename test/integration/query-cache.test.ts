@@ -178,6 +178,19 @@ describe('query cache in client sessions (simple protocol)', () => {
     expect(proxy.proxy.queryCache.stats().hits).toBe(hits);
   });
 
+  it('query_cache_exclude_tables keeps reads of those tables out', async () => {
+    const ex = await startProxy({ queryCache: true, maxLagMs: 100, queryCacheExcludeTables: [T] });
+    try {
+      await coherent(ex);
+      const c = await raw(ex);
+      const sql = `SELECT id FROM ${T} WHERE id = 1`;
+      for (let i = 0; i < 3; i++) await c.query(sql);
+      expect(ex.proxy.queryCache.stats()).toMatchObject({ hits: 0, entries: 0 });
+    } finally {
+      await ex.close();
+    }
+  });
+
   it("the primary's reply is stored right after a write (it has every committed write); a replica's waits for the lag bound", async () => {
     const solo = await startProxy({ queryCache: true, nodes: [{ host: '127.0.0.1', port: primaryPort(), weight: 1 }] });
     try {

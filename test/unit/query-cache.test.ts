@@ -125,3 +125,16 @@ describe('QueryCache', () => {
     expect(cacheKey(base)).toBe(cacheKey({ ...base, params: [Buffer.from('1')] }));
   });
 });
+
+describe('tableListed (query_cache_exclude_tables)', () => {
+  it('matches bare entries in any schema, and bare tables against qualified entries', async () => {
+    const { tableListed } = await import('../../src/cache/queryCache.js');
+    expect(tableListed(['audit'], 'audit')).toBe(true);
+    expect(tableListed(['audit'], 'app.audit')).toBe(true);
+    expect(tableListed(['app.audit'], 'audit')).toBe(true);
+    expect(tableListed(['app.audit'], 'app.audit')).toBe(true);
+    expect(tableListed(['app.audit'], 'other.audit')).toBe(false);
+    expect(tableListed(['audit'], 'audits')).toBe(false);
+    expect(tableListed([], 'audit')).toBe(false);
+  });
+});
