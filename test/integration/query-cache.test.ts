@@ -7,6 +7,7 @@ import { clusterInfo, pgClient, primaryPort, replicaPorts } from '../support/clu
 import { queryMsg, RawClient, type PgMessage } from '../support/rawClient.js';
 import { sleep } from '../support/wait.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
+import { INSTALL_SQL } from '../../src/cache/cacheTriggers.js';
 import { waitFor } from '../support/wait.js';
 
 describe('query cache on the admin console and /metrics', () => {
@@ -323,5 +324,49 @@ describe('query cache in client sessions (simple protocol)', () => {
     await sleep(1500);
     await c.query(sql);
     expect(proxy.proxy.queryCache.stats().hits).toBe(h + 1);
+  });
+});
+
+describe('query_cache_mode: triggers (writers that bypass pgmux)', () => {
+  const DB = `qc_trg_${process.pid}`;
+  let admin: pg.Client;
+  let proxy: TestProxy | null = null;
+
+  beforeAll(async () => {
+    admin = await pgClient(primaryPort(), { database: 'postgres' });
+    await admin.query(`DROP DATABASE IF EXISTS ${DB}`);
+    await admin.query(`CREATE DATABASE ${DB}`);
+    const d = await pgClient(primaryPort(), { database: DB });
+    await d.query('CREATE TABLE items (id int PRIMARY KEY)');
+    await d.query('INSERT INTO items VALUES (1)');
+    await d.query(INSTALL_SQL);
+    await d.end();
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await admin.query(`DROP DATABASE IF EXISTS ${DB} WITH (FORCE)`).catch(() => {});
+    await admin.end();
+  });
+
+  it('an INSERT made directly on the primary makes the next read through pgmux fresh within 1 s', async () => {
+    // The primary alone: its reply is stored at once, so only the invalidation is under test.
+    proxy = await startProxy({ queryCache: true, queryCacheMode: 'triggers', nodes: [{ host: '127.0.0.1', port: primaryPort(), weight: 1 }] });
+    await coherent(proxy, DB);
+    const c = await pgClient(proxy.port, { database: DB });
+    try {
+      const count = async () => (await c.query('SELECT count(*)::int AS n FROM items')).rows[0].n as number;
+      expect(await count()).toBe(1);
+      const hits = proxy.proxy.queryCache.stats().hits;
+      expect(await count()).toBe(1);
+      expect(proxy.proxy.queryCache.stats().hits).toBe(hits + 1); // served from the cache
+      const direct = await pgClient(primaryPort(), { database: DB });
+      await direct.query('INSERT INTO items VALUES (2)');
+      await direct.end();
+      const started = Date.now();
+      await waitFor(async () => (await count()) === 2, 1000, () => 'the direct INSERT seen through pgmux');
+      expect(Date.now() - started).toBeLessThan(1000);
+    } finally {
+      await c.end();
+    }
   });
 });
