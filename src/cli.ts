@@ -132,13 +132,10 @@ async function serveUntilSignal(
 }
 
 /**
- * classify --database / --dsn: the database's volatile functions, read over one plain
- * connection (--dsn, else each configured node in turn with the health checks' login: pg_proc is the
- * same on every node).
+ * Where a maintenance command connects: --dsn (its database replaced by `database` when given),
+ * else every configured node with the health checks' login, in order.
  */
-async function readVolatileFunctions(o: { dsn?: string; database?: string; config: Config | null }): Promise<VolatileFunctions> {
-  const pg = (await import('pg')).default;
-  const { VOLATILE_FUNCTIONS_SQL, VolatileFunctions } = await import('./routing/functionCatalog.js');
+async function maintenanceTargets(o: { dsn?: string; database?: string; config: Config | null }, defaultDatabase: 'login' | 'none'): Promise<Array<{ label: string; conn: ClientConfig }>> {
   const targets: Array<{ label: string; conn: ClientConfig }> = [];
   if (o.dsn !== undefined) {
     let url: URL;
@@ -149,29 +146,41 @@ async function readVolatileFunctions(o: { dsn?: string; database?: string; confi
     }
     if (o.database !== undefined) url.pathname = '/' + encodeURIComponent(o.database);
     targets.push({ label: `${url.hostname}:${url.port || 5432}`, conn: { connectionString: url.toString() } });
-  } else {
-    const cfg = o.config!;
-    const { backendTlsFor, pgClientSsl } = await import('./net/tls.js');
-    const { healthCheckLogin } = await import('./cluster/healthCheckLogin.js');
-    const { loadAuthFile } = await import('./auth/authFile.js');
-    // The health checks' login, chosen as the monitor chooses it (an md5 secret from the
-    // auth file is no use to node-postgres: that login then goes without a password).
-    const login = healthCheckLogin(cfg, cfg.authFile ? loadAuthFile(cfg.authFile) : new Map());
-    for (const n of cfg.nodes) {
-      targets.push({
-        label: formatHostPort(n),
-        conn: {
-          host: n.host,
-          port: n.port,
-          user: login.user,
-          password: login.credentials.password ?? undefined,
-          database: o.database ?? login.database,
-          connectionTimeoutMillis: cfg.serverConnectTimeoutMs || undefined,
-          ssl: pgClientSsl(backendTlsFor(cfg)),
-        },
-      });
-    }
+    return targets;
   }
+  const cfg = o.config!;
+  const { backendTlsFor, pgClientSsl } = await import('./net/tls.js');
+  const { healthCheckLogin } = await import('./cluster/healthCheckLogin.js');
+  const { loadAuthFile } = await import('./auth/authFile.js');
+  // The health checks' login, chosen as the monitor chooses it (an md5 secret from the
+  // auth file is no use to node-postgres: that login then goes without a password).
+  const login = healthCheckLogin(cfg, cfg.authFile ? loadAuthFile(cfg.authFile) : new Map());
+  for (const n of cfg.nodes) {
+    targets.push({
+      label: formatHostPort(n),
+      conn: {
+        host: n.host,
+        port: n.port,
+        user: login.user,
+        password: login.credentials.password ?? undefined,
+        database: o.database ?? (defaultDatabase === 'login' ? login.database : undefined),
+        connectionTimeoutMillis: cfg.serverConnectTimeoutMs || undefined,
+        ssl: pgClientSsl(backendTlsFor(cfg)),
+      },
+    });
+  }
+  return targets;
+}
+
+/**
+ * classify --database / --dsn: the database's volatile functions, read over one plain
+ * connection (--dsn, else each configured node in turn with the health checks' login: pg_proc is the
+ * same on every node).
+ */
+async function readVolatileFunctions(o: { dsn?: string; database?: string; config: Config | null }): Promise<VolatileFunctions> {
+  const pg = (await import('pg')).default;
+  const { VOLATILE_FUNCTIONS_SQL, VolatileFunctions } = await import('./routing/functionCatalog.js');
+  const targets = await maintenanceTargets(o, 'login');
   const failures: string[] = [];
   for (const t of targets) {
     const client = new pg.Client({ ...t.conn, application_name: 'pgmux-classify' });
@@ -193,37 +202,7 @@ async function readVolatileFunctions(o: { dsn?: string; database?: string; confi
 /** A connection to the primary's `database` for DDL: --dsn, else the configured node that is not in recovery. */
 async function connectPrimary(o: { dsn?: string; database?: string; config: Config | null }): Promise<import('pg').Client> {
   const pg = (await import('pg')).default;
-  const candidates: Array<{ label: string; conn: ClientConfig }> = [];
-  if (o.dsn !== undefined) {
-    let url: URL;
-    try {
-      url = new URL(o.dsn);
-    } catch {
-      throw new ConfigError('dsn', `--dsn: ${JSON.stringify(o.dsn)} is not a URL (expected postgres://user:password@host:port/database)`);
-    }
-    if (o.database !== undefined) url.pathname = '/' + encodeURIComponent(o.database);
-    candidates.push({ label: `${url.hostname}:${url.port || 5432}`, conn: { connectionString: url.toString() } });
-  } else {
-    const cfg = o.config!;
-    const { backendTlsFor, pgClientSsl } = await import('./net/tls.js');
-    const { healthCheckLogin } = await import('./cluster/healthCheckLogin.js');
-    const { loadAuthFile } = await import('./auth/authFile.js');
-    const login = healthCheckLogin(cfg, cfg.authFile ? loadAuthFile(cfg.authFile) : new Map());
-    for (const n of cfg.nodes) {
-      candidates.push({
-        label: formatHostPort(n),
-        conn: {
-          host: n.host,
-          port: n.port,
-          user: login.user,
-          password: login.credentials.password ?? undefined,
-          database: o.database,
-          connectionTimeoutMillis: cfg.serverConnectTimeoutMs || undefined,
-          ssl: pgClientSsl(backendTlsFor(cfg)),
-        },
-      });
-    }
-  }
+  const candidates = await maintenanceTargets(o, 'none');
   const failures: string[] = [];
   for (const t of candidates) {
     const client = new pg.Client({ ...t.conn, application_name: 'pgmux-cache' });
