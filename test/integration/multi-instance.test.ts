@@ -12,6 +12,7 @@ import { parseConfigObject } from '../../src/config/load.js';
 import { pgClient, primaryPort, waitUntilRunning } from '../support/cluster.js';
 import { freePort, startHaproxy, type RunningHaproxy } from '../support/haproxy.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
+import { sendCancel as sendRawCancel } from '../support/rawClient.js';
 
 /**
  * A TCP relay in front of one instance. sever() is that instance crashing as its clients and
@@ -216,16 +217,8 @@ interface KeyedClient extends pg.Client {
   secretKey: number;
 }
 
+/** A CancelRequest for `c`'s key on a new connection to `port`. */
 function sendCancel(port: number, c: pg.Client): Promise<void> {
   const k = c as KeyedClient;
-  const msg = Buffer.alloc(16);
-  msg.writeInt32BE(16, 0);
-  msg.writeInt32BE(80877102, 4);
-  msg.writeInt32BE(k.processID, 8);
-  msg.writeInt32BE(k.secretKey, 12);
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ host: '127.0.0.1', port }, () => s.end(msg));
-    s.on('error', reject);
-    s.on('close', () => resolve());
-  });
+  return sendRawCancel(port, k.processID, k.secretKey);
 }

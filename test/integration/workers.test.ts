@@ -3,7 +3,6 @@
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,6 +12,7 @@ import { clusterInfo, pgClient, waitUntilRunning } from '../support/cluster.js';
 import { DEFAULTS } from '../../src/config/load.js';
 import { acceptSpreadFor, nodeHasReusePort, workerConfig, workerShare } from '../../src/server/workers.js';
 import { freePort } from '../../src/embedded/localCluster.js';
+import { sendCancel as sendRawCancel } from '../support/rawClient.js';
 
 const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url));
 
@@ -41,18 +41,10 @@ interface KeyedClient extends pg.Client {
 /** The worker index carried in the top bits of a proxy-issued cancel pid. */
 const workerOf = (c: pg.Client) => (c as KeyedClient).processID >>> 25;
 
+/** A CancelRequest for `c`'s key on a new connection to `port`. */
 function sendCancel(port: number, c: pg.Client): Promise<void> {
   const k = c as KeyedClient;
-  const msg = Buffer.alloc(16);
-  msg.writeInt32BE(16, 0);
-  msg.writeInt32BE(80877102, 4);
-  msg.writeInt32BE(k.processID, 8);
-  msg.writeInt32BE(k.secretKey, 12);
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ host: '127.0.0.1', port }, () => s.end(msg));
-    s.on('error', reject);
-    s.on('close', () => resolve());
-  });
+  return sendRawCancel(port, k.processID, k.secretKey);
 }
 
 /** PIDs of the processes holding a listening TCP socket on the port, one entry per socket (ss -ltnp). */
