@@ -24,7 +24,7 @@ import {
 import { SETTINGS, flagHelp } from './config/schema.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import type { Config } from './config/types.js';
-import type { VolatileFunctions } from './routing/functionCatalog.js';
+import type { DatabaseFunctions } from './routing/functionCatalog.js';
 import type { ClientConfig } from 'pg';
 
 export interface CliIo {
@@ -177,9 +177,9 @@ async function maintenanceTargets(o: { dsn?: string; database?: string; config: 
  * connection (--dsn, else each configured node in turn with the health checks' login: pg_proc is the
  * same on every node).
  */
-async function readVolatileFunctions(o: { dsn?: string; database?: string; config: Config | null }): Promise<VolatileFunctions> {
+async function readDatabaseFunctions(o: { dsn?: string; database?: string; config: Config | null }): Promise<DatabaseFunctions> {
   const pg = (await import('pg')).default;
-  const { VOLATILE_FUNCTIONS_SQL, VolatileFunctions } = await import('./routing/functionCatalog.js');
+  const { FUNCTION_CATALOG_SQL, DatabaseFunctions } = await import('./routing/functionCatalog.js');
   const targets = await maintenanceTargets(o, 'login');
   const failures: string[] = [];
   for (const t of targets) {
@@ -187,9 +187,9 @@ async function readVolatileFunctions(o: { dsn?: string; database?: string; confi
     client.on('error', () => {});
     try {
       await client.connect();
-      const r = await client.query({ text: VOLATILE_FUNCTIONS_SQL, rowMode: 'array' });
+      const r = await client.query({ text: FUNCTION_CATALOG_SQL, rowMode: 'array' });
       const v = (r.rows[0] as unknown[] | undefined)?.[0];
-      return VolatileFunctions.fromJson(v === undefined || v === null ? null : typeof v === 'string' ? v : JSON.stringify(v));
+      return DatabaseFunctions.fromJson(v === undefined || v === null ? null : typeof v === 'string' ? v : JSON.stringify(v));
     } catch (e) {
       failures.push(`${t.label}: ${(e as Error).message}`);
     } finally {
@@ -421,7 +421,7 @@ export function buildProgram(io: Partial<CliIo> = {}): Command {
       let c = classifySql(sql, { writeFunctions });
       if (catalogCheck && c.calls !== undefined) {
         const { readOnlyOverrides, writesVia } = await import('./routing/functionCatalog.js');
-        const catalog = await readVolatileFunctions({ dsn: o.dsn, database: o.database, config });
+        const catalog = await readDatabaseFunctions({ dsn: o.dsn, database: o.database, config });
         const reason = writesVia(c.calls, catalog, readOnlyOverrides(readOnlyFunctions));
         if (reason !== null) c = { ...c, target: 'primary', reason };
       }

@@ -5,7 +5,8 @@
 // them may write depends on the database, so the check happens at routing time against the
 // set kept here, per database. The set is loaded once per database (the first transaction
 // that needs it waits one round trip), again after a transaction that may have changed it
-// ends (DDL seen through pgmux), and every `function_catalog_refresh` in the background.
+// ends (DDL seen through pgmux), when a read calls a name it does not have (a function made
+// elsewhere since the load), and every `function_catalog_refresh` in the background.
 // A load that fails leaves routing on the static lists (built-in writing functions,
 // write_functions) until the next attempt, with back-off.
 //
@@ -15,15 +16,25 @@
 import { compileFunctionList, type FunctionRef, type FunctionSet } from './functionLists.js';
 
 /**
- * One row, one column: a JSON array of [schema, name] of every volatile function outside the
- * system schemas (overloads once). Schema-qualified throughout: the backend may carry any
- * client's search_path.
+ * One row, one column, a JSON object:
+ * - `builtin`: the names of every function in pg_catalog and information_schema;
+ * - `user`: [schema, name, volatile] of every other function (overloads once; volatile when
+ *   any overload is).
+ * Every function is listed so that a call naming none of them (created since the load, by
+ * another worker, another instance or a migration) is seen as unknown, not as harmless.
+ * Schema-qualified throughout: the backend may carry any client's search_path.
  */
-export const VOLATILE_FUNCTIONS_SQL =
-  "SELECT COALESCE(pg_catalog.json_agg(pg_catalog.json_build_array(f.nspname, f.proname)), '[]') " +
-  'FROM (SELECT DISTINCT n.nspname, p.proname FROM pg_catalog.pg_proc p ' +
+export const FUNCTION_CATALOG_SQL =
+  'SELECT pg_catalog.json_build_object(' +
+  "'builtin', (SELECT pg_catalog.json_agg(DISTINCT p.proname) FROM pg_catalog.pg_proc p " +
   'JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace ' +
-  "WHERE p.provolatile = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema')) f";
+  "WHERE n.nspname IN ('pg_catalog', 'information_schema')), " +
+  "'user', COALESCE((SELECT pg_catalog.json_agg(pg_catalog.json_build_array(f.nspname, f.proname, f.volatile)) " +
+  "FROM (SELECT n.nspname, p.proname, pg_catalog.bool_or(p.provolatile = 'v') AS volatile FROM pg_catalog.pg_proc p " +
+  'JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace ' +
+  "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') GROUP BY n.nspname, p.proname) f), '[]'))"
+
+const SYSTEM_SCHEMAS: ReadonlySet<string> = new Set(['pg_catalog', 'information_schema']);
 
 /** Volatile extension functions that do not write (uuid-ossp, pgcrypto): reads stay on replicas. */
 export const HARMLESS_EXTENSION_FUNCTIONS: readonly string[] = Object.freeze([
@@ -35,14 +46,31 @@ export const HARMLESS_EXTENSION_FUNCTIONS: readonly string[] = Object.freeze([
   'gen_random_uuid',
 ]);
 
-/** The volatile functions of one database: name -> schema -> routing reason. */
-export class VolatileFunctions {
+/**
+ * The functions of one database: the volatile ones outside the system schemas (name ->
+ * schema -> routing reason), and every function name, to tell a call the catalog does not
+ * know from one it knows to be harmless.
+ */
+export class DatabaseFunctions {
   private readonly byName = new Map<string, Map<string, string>>();
+  /** Names of the functions outside the system schemas, any schema. */
+  private readonly userNames = new Set<string>();
+  /** Number of volatile (schema, name) pairs. */
   readonly size: number;
 
-  constructor(functions: Iterable<readonly [schema: string, name: string]>) {
+  /**
+   * `builtin`: the function names of the system schemas; `others`: schema -> names of the
+   * other functions, volatile or not. Both null: every name counts as known (a catalog
+   * listing only volatile functions).
+   */
+  constructor(
+    volatile: Iterable<readonly [schema: string, name: string]>,
+    private readonly builtin: ReadonlySet<string> | null = null,
+    private readonly others: ReadonlyMap<string, ReadonlySet<string>> | null = null,
+  ) {
+    if (others !== null) for (const names of others.values()) for (const name of names) this.userNames.add(name);
     let n = 0;
-    for (const [schema, name] of functions) {
+    for (const [schema, name] of volatile) {
       let schemas = this.byName.get(name);
       if (schemas === undefined) this.byName.set(name, (schemas = new Map()));
       if (schemas.has(schema)) continue;
@@ -53,23 +81,55 @@ export class VolatileFunctions {
     this.size = n;
   }
 
-  /** Parses VOLATILE_FUNCTIONS_SQL's answer; throws on anything else. */
-  static fromJson(text: string | null): VolatileFunctions {
+  /** Parses FUNCTION_CATALOG_SQL's answer (or a bare array of volatile [schema, name]); throws on anything else. */
+  static fromJson(text: string | null): DatabaseFunctions {
     if (text === null) throw new Error('the function catalog query returned no row');
-    const rows = JSON.parse(text) as unknown;
-    if (!Array.isArray(rows)) throw new Error('the function catalog query returned no JSON array');
-    const pairs: Array<[string, string]> = [];
-    for (const r of rows) {
-      if (!Array.isArray(r) || typeof r[0] !== 'string' || typeof r[1] !== 'string') throw new Error('unexpected row in the function catalog');
-      pairs.push([r[0], r[1]]);
+    const parsed = JSON.parse(text) as unknown;
+    if (Array.isArray(parsed)) return new DatabaseFunctions(pairsOf(parsed));
+    const o = parsed as { builtin?: unknown; user?: unknown } | null;
+    if (o === null || typeof o !== 'object' || !Array.isArray(o.user) || (o.builtin !== null && !Array.isArray(o.builtin))) {
+      throw new Error('the function catalog query returned neither a JSON array nor {builtin, user}');
     }
-    return new VolatileFunctions(pairs);
+    const builtin = new Set<string>();
+    for (const name of (o.builtin ?? []) as unknown[]) if (typeof name === 'string') builtin.add(name);
+    const others = new Map<string, Set<string>>();
+    const volatile: Array<[string, string]> = [];
+    for (const r of o.user as unknown[]) {
+      if (!Array.isArray(r) || typeof r[0] !== 'string' || typeof r[1] !== 'string') throw new Error('unexpected row in the function catalog');
+      let names = others.get(r[0]);
+      if (names === undefined) others.set(r[0], (names = new Set()));
+      names.add(r[1]);
+      if (r[2] === true) volatile.push([r[0], r[1]]);
+    }
+    return new DatabaseFunctions(volatile, builtin, others);
   }
 
   /** The schemas with a volatile function of this exact name, each with its routing reason. */
   schemasOf(name: string): ReadonlyMap<string, string> | undefined {
     return this.byName.get(name);
   }
+
+  /** Whether some function could be what the call names (unqualified: in any schema). */
+  knows(call: FunctionRef): boolean {
+    if (this.builtin === null || this.others === null) return true;
+    if (call.schema !== null) {
+      return SYSTEM_SCHEMAS.has(call.schema) ? this.builtin.has(call.name) : this.others.get(call.schema)?.has(call.name) === true;
+    }
+    return this.builtin.has(call.name) || this.userNames.has(call.name);
+  }
+}
+
+function pairsOf(rows: unknown[]): Array<[string, string]> {
+  const pairs: Array<[string, string]> = [];
+  for (const r of rows) {
+    if (!Array.isArray(r) || typeof r[0] !== 'string' || typeof r[1] !== 'string') throw new Error('unexpected row in the function catalog');
+    pairs.push([r[0], r[1]]);
+  }
+  return pairs;
+}
+
+function callKey(c: FunctionRef): string {
+  return c.schema === null ? c.name : `${c.schema}\0${c.name}`;
 }
 
 /** `name` as SQL would need it written: quoted unless a plain lower-case identifier. */
@@ -88,7 +148,7 @@ export function readOnlyOverrides(readOnlyFunctions: readonly string[]): Functio
  * overload: search_path is not known here, so the check is conservative). An override
  * keeps a call a read only when it covers every schema the call may resolve to.
  */
-export function writesVia(calls: readonly FunctionRef[], catalog: VolatileFunctions, overrides: FunctionSet): string | null {
+export function writesVia(calls: readonly FunctionRef[], catalog: DatabaseFunctions, overrides: FunctionSet): string | null {
   for (let k = 0; k < calls.length; k++) {
     const c = calls[k]!;
     const schemas = catalog.schemasOf(c.name);
@@ -103,7 +163,7 @@ export function writesVia(calls: readonly FunctionRef[], catalog: VolatileFuncti
   return null;
 }
 
-/** Runs VOLATILE_FUNCTIONS_SQL in `database` (as `user`) and resolves its one value. */
+/** Runs FUNCTION_CATALOG_SQL in `database` (as `user`) and resolves its one value. */
 export type CatalogLoader = (database: string, user: string) => Promise<string | null>;
 
 export interface CatalogOptions {
@@ -125,8 +185,17 @@ const MAX_RETRY_MS = 60_000;
 const MAX_PENDING_CHANGE_MS = 60_000;
 const CHANGE_PENDING_REASON = "a transaction that may change this database's functions is under way";
 
+/**
+ * A call the catalog does not know names a function made since the load (through another
+ * worker, another instance, a migration) or none at all: one more load tells, at most this
+ * often per database; until then such reads go to the primary.
+ */
+const PROBE_INTERVAL_MS = 1000;
+/** Bound on the unknown calls remembered per database (a client inventing names). */
+const MAX_UNKNOWN_CALLS = 1000;
+
 interface DatabaseCatalog {
-  functions: VolatileFunctions | null;
+  functions: DatabaseFunctions | null;
   loadedAt: number;
   /** A transaction that may have changed the catalog ended after the last load started. */
   stale: boolean;
@@ -141,6 +210,12 @@ interface DatabaseCatalog {
   pendingChanges: number;
   /** When pendingChanges last went above 0. */
   pendingSince: number;
+  /** Calls found unknown since the last load started: the next load says whether they exist. */
+  asked: Map<string, FunctionRef>;
+  /** Calls the last load (started after they were asked) found in no schema: no function, no write. */
+  absent: Set<string>;
+  /** When a load was last started to look for unknown calls. */
+  probedAt: number;
 }
 
 export interface CatalogLog {
@@ -191,12 +266,36 @@ export class FunctionCatalogs {
     if (d.loading !== null) {
       if (!current) return d.loading;
     } else if (!current) {
-      if (now >= d.retryAt) return this.start(d, database, user);
+      if (now >= d.retryAt) {
+        for (let k = 0; k < calls.length && d.asked.size < MAX_UNKNOWN_CALLS; k++) d.asked.set(callKey(calls[k]!), calls[k]!);
+        return this.start(d, database, user);
+      }
       // The last load failed: what was known before (if anything) until the next attempt.
     } else if (this.opts.refreshMs > 0 && now - d.loadedAt >= this.opts.refreshMs && now >= d.retryAt) {
       void this.start(d, database, user); // in the background: the current set serves meanwhile
     }
-    return d.functions === null ? null : writesVia(calls, d.functions, this.overrides);
+    if (d.functions === null) return null;
+    return writesVia(calls, d.functions, this.overrides) ?? this.checkUnknown(d, database, user, calls, now);
+  }
+
+  /** null when every call is a function the catalog knows or one a load found absent; else see PROBE_INTERVAL_MS. */
+  private checkUnknown(d: DatabaseCatalog, database: string, user: string, calls: readonly FunctionRef[], now: number): string | null | Promise<void> {
+    const functions = d.functions!;
+    let unknown: FunctionRef | null = null;
+    for (let k = 0; k < calls.length; k++) {
+      const c = calls[k]!;
+      if (functions.knows(c)) continue;
+      const key = callKey(c);
+      if (d.absent.has(key)) continue;
+      if (d.asked.size < MAX_UNKNOWN_CALLS) d.asked.set(key, c);
+      unknown ??= c;
+    }
+    if (unknown === null) return null;
+    if (d.loading === null && now - d.probedAt >= PROBE_INTERVAL_MS && now >= d.retryAt) {
+      d.probedAt = now;
+      return this.start(d, database, user);
+    }
+    return `calls ${unknown.schema === null ? '' : quoteName(unknown.schema) + '.'}${quoteName(unknown.name)}(), not in the function catalog yet`;
   }
 
   /**
@@ -216,30 +315,34 @@ export class FunctionCatalogs {
     if (d === undefined) return; // never loaded: the first read loads it anyway
     if (d.pendingChanges > 0) d.pendingChanges--;
     d.stale = true;
+    d.absent.clear(); // the change may have created them
     d.generation++;
     d.retryAt = 0;
   }
 
   private entry(database: string): DatabaseCatalog {
-    const d: DatabaseCatalog = { functions: null, loadedAt: 0, stale: false, generation: 0, loading: null, retryAt: 0, failures: 0, pendingChanges: 0, pendingSince: 0 };
+    const d: DatabaseCatalog = { functions: null, loadedAt: 0, stale: false, generation: 0, loading: null, retryAt: 0, failures: 0, pendingChanges: 0, pendingSince: 0, asked: new Map(), absent: new Set(), probedAt: -Infinity };
     this.byDatabase.set(database, d);
     return d;
   }
 
   /** What is known of a database (tests, diagnostics). */
-  known(database: string): VolatileFunctions | null {
+  known(database: string): DatabaseFunctions | null {
     return this.byDatabase.get(database)?.functions ?? null;
   }
 
   private start(d: DatabaseCatalog, database: string, user: string): Promise<void> {
     const generation = d.generation;
+    // Only calls asked before the load began can be found absent by it.
+    const confirming = d.asked;
+    d.asked = new Map();
     this.loads++;
     let timer: NodeJS.Timeout | null = null;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`no answer within ${this.opts.loadTimeoutMs} ms`)), this.opts.loadTimeoutMs);
       timer.unref();
     });
-    const loaded = Promise.race([this.load(database, user).then(VolatileFunctions.fromJson), timeout]);
+    const loaded = Promise.race([this.load(database, user).then(DatabaseFunctions.fromJson), timeout]);
     d.loading = loaded.then(
       (functions) => {
         const recovered = d.failures > 0;
@@ -248,10 +351,13 @@ export class FunctionCatalogs {
         d.failures = 0;
         d.retryAt = 0;
         if (d.generation === generation) d.stale = false;
+        d.absent = new Set();
+        for (const [key, c] of confirming) if (!functions.knows(c)) d.absent.add(key);
         if (recovered) this.log.info({ db: database, volatileFunctions: functions.size }, 'function catalog loaded again');
         else this.log.debug({ db: database, volatileFunctions: functions.size }, 'function catalog loaded');
       },
       (err: Error) => {
+        for (const [key, c] of confirming) if (d.asked.size < MAX_UNKNOWN_CALLS) d.asked.set(key, c);
         d.failures++;
         d.retryAt = Date.now() + Math.min(MAX_RETRY_MS, 1000 * 2 ** Math.min(d.failures - 1, 16));
         // Once per streak of failures: routing falls back to the static lists meanwhile.

@@ -240,7 +240,7 @@ export class Analysis {
         if (i + 1 < e && isPunct(tokens[i + 1], '(')) {
           const schema = i - 2 >= s && isPunct(tokens[i - 1], '.') && isNameTok(tokens[i - 2]) ? tokens[i - 2]!.value : null;
           if (this.fns.matches(schema, t.value)) return write(`calls ${t.value}()`);
-          if (schema !== null || t.kind === 'quotedIdent' || !NOT_A_CALL.has(t.value)) {
+          if (schema !== null || t.kind === 'quotedIdent' || (!NOT_A_CALL.has(t.value) && !this.clauseBeforeParen(i, s))) {
             // `FROM t v(x)`, `AS v(x)`: an alias with its column names. (After `)` it may be
             // either: `DISTINCT ON (a) f()` is a call, so it counts as one.)
             const prevTok = i > s ? tokens[i - 1]! : undefined;
@@ -259,6 +259,35 @@ export class Analysis {
       }
     }
     return read(label);
+  }
+
+  /**
+   * Unreserved keywords that open a clause with `(` in their usual place (they could name a
+   * function elsewhere): `) OVER (`, `) FILTER (`, `ORDER BY (`, `AT TIME ZONE (`,
+   * `GROUPING SETS (`, `GROUP BY ROLLUP (`, and `JOIN (`.
+   */
+  private clauseBeforeParen(i: number, s: number): boolean {
+    const t = this.tokens[i]!;
+    if (t.kind !== 'keyword' && t.kind !== 'ident') return false;
+    const prev = i > s ? this.w(i - 1) : null;
+    switch (t.value) {
+      case 'over':
+      case 'filter':
+        return i > s && isPunct(this.tokens[i - 1], ')');
+      case 'by':
+        return prev === 'order' || prev === 'group' || prev === 'partition';
+      case 'zone':
+        return prev === 'time';
+      case 'sets':
+        return prev === 'grouping';
+      case 'rollup':
+      case 'cube':
+        return prev === 'by';
+      case 'join':
+        return true;
+      default:
+        return false;
+    }
   }
 
   noteCall(schema: string | null, name: string): void {

@@ -42,7 +42,7 @@ import { TrafficStats } from '../observability/trafficStats.js';
 const WAIT_BUCKETS_MS = [0.1, 1, 5, 10, 50, 100, 500, 1000, 5000, 30000];
 import { Classifier, type Classification } from '../routing/classifier.js';
 import type { FunctionRef } from '../routing/functionLists.js';
-import { FunctionCatalogs, VOLATILE_FUNCTIONS_SQL, type CatalogOptions } from '../routing/functionCatalog.js';
+import { FunctionCatalogs, FUNCTION_CATALOG_SQL, type CatalogOptions } from '../routing/functionCatalog.js';
 import { chooseRead } from '../routing/policy.js';
 import { QueryCache } from '../cache/queryCache.js';
 import { InvalidationBus, primaryBusConnector } from '../cache/invalidationBus.js';
@@ -261,7 +261,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     if (node === null) throw new Error('no node is up');
     const target = this.catalogTargets.get(database + '\0' + user) ?? resolveDatabase(this.cfg, database, user);
     if (target === null) throw new Error(`database "${database}" is not served`);
-    const row = await this.pool(this.nodes.nodeAddress(node), target).queryRow(VOLATILE_FUNCTIONS_SQL);
+    const row = await this.pool(this.nodes.nodeAddress(node), target).queryRow(FUNCTION_CATALOG_SQL);
     return row?.[0] ?? null;
   }
 

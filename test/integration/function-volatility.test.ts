@@ -184,6 +184,44 @@ describe('function volatility from the catalog', () => {
     expect(notes).toEqual(['made here', 'made in tx']);
   });
 
+  it('a function created elsewhere (another pgmux instance, a migration on the primary) is checked before a read calling it reaches a replica', async () => {
+    const a = await replicaReadsProxy();
+    const b = await replicaReadsProxy();
+    const ca = await pgClient(a.port);
+    const cb = await pgClient(b.port);
+    const viaOther = `fv_via_other_${tag}`;
+    const direct = `fv_direct_${tag}`;
+    try {
+      // b has loaded the catalog before either function exists; no refresh period.
+      expect((await cb.query(`SELECT ${immutableFn}(1), pg_is_in_recovery() AS standby`)).rows[0].standby).toBe(true);
+      const loadsBefore = b.proxy.functionCatalogs.loads;
+      await ca.query(`CREATE FUNCTION ${viaOther}() RETURNS int LANGUAGE sql AS $$ INSERT INTO ${orders} (note) VALUES ('via other') RETURNING id $$`);
+      expect((await cb.query(`SELECT ${viaOther}() AS id, pg_is_in_recovery() AS standby`)).rows[0].standby).toBe(false);
+      expect(b.proxy.functionCatalogs.loads).toBe(loadsBefore + 1);
+      await primary.query(`CREATE FUNCTION ${direct}() RETURNS int LANGUAGE sql AS $$ INSERT INTO ${orders} (note) VALUES ('direct') RETURNING id $$`);
+      // Within the probe interval of the last look the read goes to the primary without waiting.
+      expect((await cb.query(`SELECT ${direct}() AS id, pg_is_in_recovery() AS standby`)).rows[0].standby).toBe(false);
+      // A name no schema has is looked for once, then reads calling it go where reads go (and fail as directly).
+      await new Promise((r) => setTimeout(r, 1100));
+      const loadsMid = b.proxy.functionCatalogs.loads;
+      await expect(cb.query(`SELECT fv_missing_${tag}()`)).rejects.toMatchObject({ code: '42883' });
+      await expect(cb.query(`SELECT fv_missing_${tag}()`)).rejects.toMatchObject({ code: '42883' });
+      expect(b.proxy.functionCatalogs.loads).toBe(loadsMid + 1);
+      // Window functions, FILTER, JOIN (...) and AT TIME ZONE are no calls: no load, replicas.
+      const r = await cb.query(
+        `SELECT count(*) OVER (PARTITION BY x.a) AS n, count(*) FILTER (WHERE true) OVER () AS m, now() AT TIME ZONE ('UTC') AS t, pg_is_in_recovery() AS standby FROM (SELECT 1 AS a) x JOIN (SELECT 1 AS b) y ON true`,
+      );
+      expect(r.rows[0].standby).toBe(true);
+      expect(b.proxy.functionCatalogs.loads).toBe(loadsMid + 1);
+    } finally {
+      await ca.end();
+      await cb.end();
+      for (const f of [viaOther, direct]) await primary.query(`DROP FUNCTION IF EXISTS ${f}()`).catch(() => {});
+    }
+    const notes = (await primary.query(`SELECT note FROM ${orders} WHERE note IN ('via other', 'direct') ORDER BY id`)).rows.map((x) => x.note);
+    expect(notes).toEqual(['via other', 'direct']);
+  });
+
   it('pgmux classify --database prints the reason from that database\'s catalog', async () => {
     const run = async (args: string[]) => {
       let out = '';

@@ -4,7 +4,7 @@ import type { FunctionRef } from '../../src/routing/functionLists.js';
 import {
   FunctionCatalogs,
   readOnlyOverrides,
-  VolatileFunctions,
+  DatabaseFunctions,
   writesVia,
   type CatalogLoader,
 } from '../../src/routing/functionCatalog.js';
@@ -29,6 +29,10 @@ describe('the classifier reports the functions a read calls', () => {
     // Syntax, types and keywords before "(" are no calls.
     ["SELECT CAST(x AS numeric(10, 2)), coalesce(a, b), x IN (1), EXISTS (SELECT 1), ROW(1), '1'::varchar(3) FROM (VALUES (1)) AS v(x)", undefined],
     ['SELECT 1', undefined],
+    // Clauses that open with "(" after an unreserved keyword are no calls either.
+    ["SELECT count(*) OVER (PARTITION BY a ORDER BY (b)), sum(x) FILTER (WHERE y) OVER w, t AT TIME ZONE ('UTC') FROM a JOIN (SELECT 1) b ON true GROUP BY ROLLUP (a), GROUPING SETS ((a))", [[null, 'count'], [null, 'sum']]],
+    // ... but the same words name functions elsewhere.
+    ['SELECT zone(1), filter(2)', [[null, 'zone'], [null, 'filter']]],
     // Only for reads: the primary runs anything anyway.
     ['INSERT INTO t VALUES (f())', undefined],
     ["SELECT nextval('s')", undefined],
@@ -73,7 +77,7 @@ describe('the classifier reports the functions a read calls', () => {
 });
 
 describe('writesVia', () => {
-  const catalog = new VolatileFunctions([
+  const catalog = new DatabaseFunctions([
     ['public', 'create_order'],
     ['audit', 'create_order'],
     ['public', 'Mixed Case'],
@@ -110,12 +114,23 @@ describe('writesVia', () => {
     expect(() => readOnlyOverrides(['a.b.c'])).toThrow(/invalid read_only_functions entry "a.b.c"/);
   });
 
-  it('parses the catalog query answer', () => {
-    const v = VolatileFunctions.fromJson('[["public","f"],["s","f"],["public","f"]]');
+  it('parses the catalog query answer: volatile functions, and every name to tell unknown calls', () => {
+    const v = DatabaseFunctions.fromJson('{"builtin":["abs","count"],"user":[["public","f",true],["s","g",false],["public","f",true]]}');
+    expect(v.size).toBe(1);
+    expect([...v.schemasOf('f')!.keys()]).toEqual(['public']);
+    expect(v.schemasOf('g')).toBeUndefined();
+    for (const [schema, name] of [[null, 'abs'], ['pg_catalog', 'count'], [null, 'g'], ['s', 'g'], [null, 'f']] as const) expect(v.knows({ schema, name }), `${schema}.${name}`).toBe(true);
+    for (const [schema, name] of [[null, 'h'], ['public', 'g'], ['pg_catalog', 'f']] as const) expect(v.knows({ schema, name }), `${schema}.${name}`).toBe(false);
+    // A bare array (volatile functions only) knows every name.
+    expect(DatabaseFunctions.fromJson('[]').knows({ schema: null, name: 'h' })).toBe(true);
+  });
+
+  it('parses the older answer: volatile functions only', () => {
+    const v = DatabaseFunctions.fromJson('[["public","f"],["s","f"],["public","f"]]');
     expect(v.size).toBe(2);
     expect([...v.schemasOf('f')!.keys()]).toEqual(['public', 's']);
-    expect(() => VolatileFunctions.fromJson(null)).toThrow(/no row/);
-    expect(() => VolatileFunctions.fromJson('{"a":1}')).toThrow(/JSON array/);
+    expect(() => DatabaseFunctions.fromJson(null)).toThrow(/no row/);
+    expect(() => DatabaseFunctions.fromJson('{"a":1}')).toThrow(/neither a JSON array/);
   });
 });
 
@@ -210,6 +225,58 @@ describe('FunctionCatalogs', () => {
     await answerNext();
     expect(warnings).toHaveLength(1);
     expect(started).toHaveLength(2);
+  });
+
+  const catalogJson = (volatile: string[], other: string[] = []) =>
+    JSON.stringify({ builtin: ['abs'], user: [...volatile.map((n) => ['public', n, true]), ...other.map((n) => ['public', n, false])] });
+
+  it('a call the catalog does not know is looked for by one more load before it reaches a replica (made by another worker or instance)', async () => {
+    const { catalogs, started, answerNext } = setup([catalogJson([]), catalogJson(['f'])]);
+    void catalogs.check('app', 'u', [{ schema: null, name: 'abs' }], 0);
+    await answerNext();
+    expect(catalogs.check('app', 'u', [{ schema: null, name: 'abs' }], 10)).toBeNull();
+    const waiting = catalogs.check('app', 'u', f, 20);
+    expect(waiting).toBeInstanceOf(Promise);
+    await answerNext();
+    expect(catalogs.check('app', 'u', f, 30)).toBe('calls volatile function public.f()');
+    expect(started).toHaveLength(2);
+  });
+
+  it('a name no schema has is looked for once; more unknown names within a second go to the primary without a load', async () => {
+    const { catalogs, started, answerNext } = setup([catalogJson([]), catalogJson([]), catalogJson([], ['h'])]);
+    const g = [{ schema: null, name: 'g' }];
+    const h = [{ schema: 'public', name: 'h' }];
+    void catalogs.check('app', 'u', g, 0);
+    await answerNext(); // the first load already looked for g
+    expect(catalogs.check('app', 'u', g, 10)).toBeNull();
+    expect(catalogs.check('app', 'u', g, 20)).toBeNull();
+    expect(started).toHaveLength(1);
+    expect(catalogs.check('app', 'u', h, 30)).toBeInstanceOf(Promise);
+    await answerNext();
+    expect(catalogs.check('app', 'u', h, 40)).toBeNull(); // absent at that load
+    expect(catalogs.check('app', 'u', f, 50)).toBe('calls f(), not in the function catalog yet');
+    expect(started).toHaveLength(2);
+    // DDL through pgmux may create any of them: looked for again.
+    catalogs.changed('app');
+    expect(catalogs.check('app', 'u', [...g, ...h], 60)).toBeInstanceOf(Promise);
+    await answerNext();
+    expect(catalogs.check('app', 'u', h, 70)).toBeNull(); // now known (not volatile)
+    expect(catalogs.check('app', 'u', g, 80)).toBeNull(); // absent again
+    expect(started).toHaveLength(3);
+  });
+
+  it('a name first asked while a load runs is not taken as absent by that load', async () => {
+    const { catalogs, started, answerNext } = setup([catalogJson([]), catalogJson([]), catalogJson(['f'])]);
+    void catalogs.check('app', 'u', [{ schema: null, name: 'g' }], 0);
+    await answerNext();
+    expect(catalogs.check('app', 'u', [{ schema: null, name: 'g2' }], 2000)).toBeInstanceOf(Promise); // probe for g2
+    expect(catalogs.check('app', 'u', f, 2001)).toBe('calls f(), not in the function catalog yet');
+    await answerNext();
+    expect(catalogs.check('app', 'u', f, 2002)).toBe('calls f(), not in the function catalog yet'); // next probe not before 3000
+    expect(catalogs.check('app', 'u', f, 3000)).toBeInstanceOf(Promise);
+    await answerNext();
+    expect(catalogs.check('app', 'u', f, 3001)).toBe('calls volatile function public.f()');
+    expect(started).toHaveLength(3);
   });
 
   it('refreshes in the background every refresh period, serving the current set meanwhile', async () => {
