@@ -821,7 +821,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private invalidateWrites(): void {
     const cfg = this.ctx.config();
     if (!cfg.queryCache && (cfg.databases.length === 0 || !queryCacheAnywhere(cfg))) return;
-    const tables = this.cacheWrites ?? '*';
+    // A read that called a function that may write: which tables it wrote is not known.
+    const tables = this.cacheWrites === null || (this.cacheWrites.length === 0 && this.router.readMayWrite) ? '*' : this.cacheWrites;
     this.cacheWrites = null;
     // A read routed as one may have had a write sent behind it on the same backend.
     const wrote = this.router.routedWrite || tables === MORE_THAN_ONE_REQUEST;
