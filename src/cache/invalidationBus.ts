@@ -192,14 +192,16 @@ class DatabaseListener implements BackendOwner {
 
   publish(payloads: string[]): void {
     this.published += payloads.length;
-    this.queued.push(...payloads);
+    // One copy of each waiting payload: a stream of writes to one table must not fill the
+    // queue up to the whole-database collapse while a publish is on the wire.
+    for (const p of payloads) if (!this.queued.includes(p)) this.queued.push(p);
     if (this.queued.length > MAX_QUEUED) this.queued = encodeInvalidation(this.bus.nonce, this.database, '*');
     this.flush();
   }
 
   private flush(): void {
     if (this.backend === null || this.queued.length === 0 || this.publishing) return;
-    const payloads = this.queued.length === 1 ? this.queued : [...new Set(this.queued)];
+    const payloads = this.queued;
     this.queued = [];
     this.publishing = true;
     this.send(notifySql(payloads), payloads);
