@@ -30,8 +30,8 @@ export const TARGET_DEFS = {
   // `workloads` (and start only when one of them is chosen). `cache` says where the hit ratio
   // is read (lib/cache.mjs). A build without the cache refuses query_cache: the target is
   // then reported as "query_cache unknown".
-  'pgpool-cache': { label: 'Pgpool-II cache', kind: 'pgpool', cache: 'pgpool', workloads: ['read-hot'] },
-  'pgmux-cache': { label: 'pgmux cache', kind: 'pgmux', config: ['query_cache: on'], cache: 'pgmux', workloads: ['read-hot'] },
+  'pgpool-cache': { label: 'Pgpool-II cache', kind: 'pgpool', cache: 'pgpool', workloads: ['read-hot', 'read-hot-lookup'] },
+  'pgmux-cache': { label: 'pgmux cache', kind: 'pgmux', config: ['query_cache: on'], cache: 'pgmux', workloads: ['read-hot', 'read-hot-lookup'] },
 };
 /** Every target --only accepts, in the order they run. */
 export const ALL_TARGETS = Object.keys(TARGET_DEFS);

@@ -132,6 +132,13 @@ class DatabaseListener implements BackendOwner {
   private everListened = false;
   /** Payloads not yet sent, and those sent whose ReadyForQuery has not come (resent if the connection dies). */
   private queued: string[] = [];
+  /**
+   * A publish is on the wire: what is published meanwhile waits for its ReadyForQuery and goes
+   * out as one statement, duplicates merged (under a stream of writes to one table that is
+   * one NOTIFY per round trip, not one per write; the others hear of it no later than the
+   * next round trip).
+   */
+  private publishing = false;
   private readonly inFlight: Array<{ payloads: string[] | null; sentAt: number; failed: boolean }> = [];
   private closed = false;
   private retryTimer: NodeJS.Timeout | null = null;
@@ -185,15 +192,18 @@ class DatabaseListener implements BackendOwner {
 
   publish(payloads: string[]): void {
     this.published += payloads.length;
-    this.queued.push(...payloads);
+    // One copy of each waiting payload: a stream of writes to one table must not fill the
+    // queue up to the whole-database collapse while a publish is on the wire.
+    for (const p of payloads) if (!this.queued.includes(p)) this.queued.push(p);
     if (this.queued.length > MAX_QUEUED) this.queued = encodeInvalidation(this.bus.nonce, this.database, '*');
     this.flush();
   }
 
   private flush(): void {
-    if (this.backend === null || this.queued.length === 0) return;
+    if (this.backend === null || this.queued.length === 0 || this.publishing) return;
     const payloads = this.queued;
     this.queued = [];
+    this.publishing = true;
     this.send(notifySql(payloads), payloads);
   }
 
@@ -249,6 +259,8 @@ class DatabaseListener implements BackendOwner {
       if (ch === null || ch[0] !== INVALIDATION_CHANNEL) continue;
       const payload = readCstr(m, ch[1], this.reader.end);
       if (payload === null) continue;
+      // This instance's own messages come back too: told apart before any parsing.
+      if (payload[0].startsWith(this.bus.ownPrefix)) continue;
       const msg = decodeInvalidation(payload[0]);
       if (msg === null) {
         this.bus.logger.warn({ db: this.database, payload: payload[0].slice(0, 200) }, 'cache invalidation: unreadable payload; clearing the database');
@@ -265,6 +277,7 @@ class DatabaseListener implements BackendOwner {
   onBackendReady(): void {
     const done = this.inFlight.shift();
     if (done === undefined) return;
+    if (done.payloads !== null && done.payloads.length > 0) this.publishing = false;
     if (done.failed) {
       // LISTEN not in effect, or a publish that did not go out (e.g. this is no primary any
       // more): start over on a new connection, which sends the publish again.
@@ -272,6 +285,7 @@ class DatabaseListener implements BackendOwner {
       this.drop();
       return;
     }
+    this.flush();
     if (done.payloads === null && !this.listening) {
       this.listening = true;
       if (this.everListened) {
@@ -296,6 +310,7 @@ class DatabaseListener implements BackendOwner {
     this.backend = null;
     const wasListening = this.listening;
     this.listening = false;
+    this.publishing = false;
     this.reader.takeRemaining();
     // A publish whose ReadyForQuery never came may not have committed: send it again.
     const unsent = this.inFlight.splice(0).flatMap((f) => f.payloads ?? []);
@@ -316,6 +331,8 @@ class DatabaseListener implements BackendOwner {
 export class InvalidationBus {
   /** Tells this instance's messages from the others' (they come back to their sender too). */
   readonly nonce = randomBytes(9).toString('base64url');
+  /** How this instance's payloads begin (encodeInvalidation writes `i` first). */
+  readonly ownPrefix = `{"i":${JSON.stringify(this.nonce)},`;
   private readonly listeners = new Map<string, DatabaseListener>();
 
   constructor(
@@ -332,7 +349,21 @@ export class InvalidationBus {
 
   /** Tells the other instances that these tables of `database` changed ('*' or [] = all of it). */
   publish(database: string, tables: readonly string[] | '*'): void {
-    this.listenerFor(database).publish(encodeInvalidation(this.nonce, database, tables));
+    this.listenerFor(database).publish(tables !== '*' && tables.length === 1 ? this.oneTable(database, tables[0]!) : encodeInvalidation(this.nonce, database, tables));
+  }
+
+  /** Most writes name one table, the same few again and again: their payloads are kept. */
+  private readonly oneTablePayloads = new Map<string, string[]>();
+
+  private oneTable(database: string, table: string): string[] {
+    const key = database + '\0' + table;
+    let payloads = this.oneTablePayloads.get(key);
+    if (payloads === undefined) {
+      payloads = encodeInvalidation(this.nonce, database, [table]);
+      if (this.oneTablePayloads.size >= 1000) this.oneTablePayloads.clear();
+      this.oneTablePayloads.set(key, payloads);
+    }
+    return payloads;
   }
 
   /**

@@ -43,7 +43,10 @@ interface Entry {
   /** Bare table names (see bareName) the entry reads. */
   readonly tables: readonly string[];
   readonly storedAt: number;
-  readonly expiresAt: number;
+  /** Lowered by configure() when the default TTL it was stored with shrinks. */
+  expiresAt: number;
+  /** Stored with the default TTL (no per-statement ttl hint): a RELOAD's shorter TTL applies to it. */
+  readonly defaultTtl: boolean;
   readonly size: number;
 }
 
@@ -69,14 +72,67 @@ export function tableListed(list: readonly string[], table: string): boolean {
   return false;
 }
 
+function checkBounds(opts: Omit<QueryCacheOptions, 'now'>): void {
+  for (const [name, v] of [['maxBytes', opts.maxBytes], ['maxEntryBytes', opts.maxEntryBytes], ['ttlMs', opts.ttlMs]] as const) {
+    if (!Number.isFinite(v) || v < 0) throw new RangeError(`${name} must be a non-negative number, got ${v}`);
+  }
+}
+
+/** Table name -> bare name: the classifier hands out the same few names on every request. */
+const bareNames = new Map<string, string>();
+
 function bareName(table: string): string {
-  const dot = table.lastIndexOf('.');
-  return (dot < 0 ? table : table.slice(dot + 1)).toLowerCase();
+  let bare = bareNames.get(table);
+  if (bare === undefined) {
+    const dot = table.lastIndexOf('.');
+    bare = (dot < 0 ? table : table.slice(dot + 1)).toLowerCase();
+    if (bareNames.size >= 10_000) bareNames.clear();
+    bareNames.set(table, bare);
+  }
+  return bare;
+}
+
+/** The bare names of a verdict's tables, without duplicates: the verdict's array is cached by text, so is this. */
+const bareLists = new WeakMap<readonly string[], readonly string[]>();
+
+function bareTables(tables: readonly string[]): readonly string[] {
+  let bare = bareLists.get(tables);
+  if (bare === undefined) {
+    bare = [...new Set(tables.map(bareName))];
+    bareLists.set(tables, bare);
+  }
+  return bare;
+}
+
+/**
+ * (settings fingerprint, user) -> a number that names the pair in keys: the fingerprint runs to
+ * hundreds of characters, and a key that carried it would be copied and hashed whole on every
+ * lookup. Numbers are never reused, so forgetting the pairs (past MAX_SCOPES) only makes the
+ * entries keyed by the old numbers unreachable (they age out), never another pair's.
+ */
+const scopes = new Map<string, Map<string, number>>();
+const MAX_SCOPES = 10_000;
+let scopeCount = 0;
+let nextScope = 0;
+
+function scopeOf(user: string, settings: string): number {
+  if (scopeCount >= MAX_SCOPES) {
+    scopes.clear();
+    scopeCount = 0;
+  }
+  let byUser = scopes.get(settings);
+  if (byUser === undefined) scopes.set(settings, (byUser = new Map()));
+  let id = byUser.get(user);
+  if (id === undefined) {
+    byUser.set(user, (id = nextScope++));
+    scopeCount++;
+  }
+  return id;
 }
 
 /** An unambiguous key text: every variable-length part carries its length. */
 export function cacheKey(p: CacheKeyParts): string {
-  let k = `${p.user.length}:${p.user}|${p.settings.length}:${p.settings}|${p.sql.length}:${p.sql}|`;
+  let k = `${scopeOf(p.user, p.settings)}|${p.sql.length}:${p.sql}|`;
   if (p.params !== undefined) {
     k += `f${(p.paramFormats ?? []).join(',')}|p${p.params.length}`;
     for (const v of p.params) k += v === null ? '|n' : `|${v.length}:${v.toString('base64')}`;
@@ -86,9 +142,9 @@ export function cacheKey(p: CacheKeyParts): string {
 }
 
 export class QueryCache {
-  readonly #maxBytes: number;
-  readonly #maxEntryBytes: number;
-  readonly #ttlMs: number;
+  #maxBytes: number;
+  #maxEntryBytes: number;
+  #ttlMs: number;
   readonly #now: () => number;
   /** Insertion order = recency: a hit moves its entry to the end, eviction takes the front. */
   readonly #entries = new Map<string, Entry>();
@@ -96,6 +152,8 @@ export class QueryCache {
   readonly #byTable = new Map<string, Map<string, Set<Entry>>>();
   /** database -> invalidations so far: a reply captured across an invalidation is not stored. */
   readonly #epochs = new Map<string, number>();
+  /** clear() of everything: it voids replies in flight for databases that hold no entry too. */
+  #clears = 0;
   /** database -> bare table (or '*') -> when it was last invalidated: replicas may still show what came before. */
   readonly #invalidatedAt = new Map<string, Map<string, number>>();
   #bytes = 0;
@@ -105,13 +163,31 @@ export class QueryCache {
   #invalidations = 0;
 
   constructor(opts: QueryCacheOptions) {
-    for (const [name, v] of [['maxBytes', opts.maxBytes], ['maxEntryBytes', opts.maxEntryBytes], ['ttlMs', opts.ttlMs]] as const) {
-      if (!Number.isFinite(v) || v < 0) throw new RangeError(`${name} must be a non-negative number, got ${v}`);
-    }
+    checkBounds(opts);
     this.#maxBytes = opts.maxBytes;
     this.#maxEntryBytes = opts.maxEntryBytes;
     this.#ttlMs = opts.ttlMs;
     this.#now = opts.now ?? Date.now;
+  }
+
+  /**
+   * New bounds (RELOAD): a smaller size evicts the least recently used entries now, a smaller
+   * entry bound drops the entries above it, a shorter TTL shortens the entries stored with the
+   * default TTL (a statement's own ttl hint stays). Larger bounds apply to what comes next.
+   */
+  configure(opts: Omit<QueryCacheOptions, 'now'>): void {
+    checkBounds(opts);
+    const shorterTtl = opts.ttlMs < this.#ttlMs;
+    this.#maxBytes = opts.maxBytes;
+    this.#maxEntryBytes = opts.maxEntryBytes;
+    this.#ttlMs = opts.ttlMs;
+    for (const entry of [...this.#entries.values()]) {
+      if (entry.reply.length > this.#maxEntryBytes) {
+        this.#remove(entry);
+        this.#evictions++;
+      } else if (shorterTtl && entry.defaultTtl) entry.expiresAt = Math.min(entry.expiresAt, entry.storedAt + opts.ttlMs);
+    }
+    this.#evictToFit();
   }
 
   get maxEntryBytes(): number {
@@ -147,7 +223,8 @@ export class QueryCache {
   /** A token to pass to set(): taken when the request is sent, it makes set() refuse a reply
    *  that an invalidation of the same database overtook. */
   epoch(database: string): number {
-    return this.#epochs.get(database) ?? 0;
+    // Both counts only grow, so a change to either changes the sum.
+    return this.#clears + (this.#epochs.get(database) ?? 0);
   }
 
   /**
@@ -166,9 +243,10 @@ export class QueryCache {
       database,
       mapKey,
       reply: Buffer.from(reply),
-      tables: [...new Set(tables.map(bareName))],
+      tables: bareTables(tables),
       storedAt: now,
       expiresAt: now + (ttlMs ?? this.#ttlMs),
+      defaultTtl: ttlMs === undefined,
       size,
     };
     this.#entries.set(mapKey, entry);
@@ -180,12 +258,16 @@ export class QueryCache {
       if (set === undefined) index.set(t, (set = new Set()));
       set.add(entry);
     }
+    this.#evictToFit();
+    return true;
+  }
+
+  #evictToFit(): void {
     while (this.#bytes > this.#maxBytes) {
       const oldest = this.#entries.values().next().value as Entry;
       this.#remove(oldest);
       this.#evictions++;
     }
-    return true;
   }
 
   /**
@@ -202,7 +284,7 @@ export class QueryCache {
 
   /** Drops the entries of `database` that read any of `tables` ('*' or [] = all of it). */
   invalidateTables(database: string, tables: readonly string[] | '*'): number {
-    this.#epochs.set(database, this.epoch(database) + 1);
+    this.#epochs.set(database, (this.#epochs.get(database) ?? 0) + 1);
     let times = this.#invalidatedAt.get(database);
     if (times === undefined) this.#invalidatedAt.set(database, (times = new Map()));
     const now = this.#now();
@@ -227,6 +309,7 @@ export class QueryCache {
   /** Drops everything, a database's entries, or a database's entries that read `table`. */
   clear(database?: string, table?: string): number {
     if (database === undefined) {
+      this.#clears++;
       let n = 0;
       for (const db of [...this.#byTable.keys()]) n += this.invalidateTables(db, table === undefined ? '*' : [table]);
       return n;

@@ -329,6 +329,15 @@ export function limitsFor(cfg: Config, entryName: string, backendUser: string): 
 const cacheAnywhere = new WeakMap<Config, boolean>();
 
 /**
+ * query_cache for the clients of section entry `section` (DatabaseTarget.section) under `cfg`
+ * as it is now: a RELOAD applies to clients already connected, not only to new ones.
+ */
+export function queryCacheFor(cfg: Config, section: string): boolean {
+  if (cfg.databases.length === 0) return cfg.queryCache;
+  return entryOf(cfg.databases, section)?.queryCache ?? cfg.queryCache;
+}
+
+/**
  * Whether any entry (or the global setting) has query_cache on: then every write transaction
  * invalidates, whichever entry it came through (two entries may name one database).
  */

@@ -47,7 +47,7 @@ import { chooseRead } from '../routing/policy.js';
 import { QueryCache } from '../cache/queryCache.js';
 import { InvalidationBus, primaryBusConnector } from '../cache/invalidationBus.js';
 import { healthCheckLogin } from '../cluster/healthCheckLogin.js';
-import { queryCacheAnywhere } from '../config/databases.js';
+import { queryCacheAnywhere, queryCacheFor } from '../config/databases.js';
 import type { CacheVerdict } from '../routing/cacheability.js';
 import { FALLBACK, poolConfigFor, resolveDatabase, type DatabaseTarget } from '../config/databases.js';
 
@@ -133,13 +133,13 @@ export class PgmuxServer implements SessionContext, ServerView {
   private classifier: Classifier;
   /** Per database: its volatile functions (reads calling one go to the primary). */
   readonly functionCatalogs: FunctionCatalogs;
-  /** Query results (query_cache); bounds fixed at start. */
+  /** Query results (query_cache); RELOAD applies new bounds (applyQueryCacheConfig). */
   readonly queryCache: QueryCache;
   /**
    * query_cache_mode notify / triggers: invalidations to and from the other instances (and
    * triggers) over NOTIFY on the primary; null with the cache off or in local mode.
    */
-  readonly cacheBus: InvalidationBus | null;
+  cacheBus: InvalidationBus | null;
 
   /** The configuration as loaded; `cfg` is this instance's share of it under peer_budgets. */
   private configured: Config;
@@ -165,15 +165,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.poolRegistry = new PoolRegistry(config, (user) => this.auth.credentialsFor(user), logger, this.stats);
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
     this.queryCache = new QueryCache({ maxBytes: cfg.queryCacheBytes, maxEntryBytes: cfg.queryCacheMaxEntryBytes, ttlMs: cfg.queryCacheTtlMs, now: () => this.clock.now });
-    const cacheOn = cfg.queryCache || (cfg.databases.length > 0 && queryCacheAnywhere(cfg));
-    this.cacheBus =
-      cacheOn && cfg.queryCacheMode !== 'local'
-        ? new InvalidationBus(
-            primaryBusConnector({ primary: (t) => this.nodes.primary(t), login: () => healthCheckLogin(this.cfg, this.auth.fileEntries()), config: () => this.cfg }),
-            { onInvalidate: (db, tables) => void this.queryCache.invalidateTables(db, tables), onGap: (db) => void this.queryCache.clear(db) },
-            logger,
-          )
-        : null;
+    this.cacheBus = cacheBusWanted(cfg) ? this.newCacheBus() : null;
     this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
     this.applyReadPolicy();
     this.adminConsole = new AdminConsole(this);
@@ -211,6 +203,39 @@ export class PgmuxServer implements SessionContext, ServerView {
 
   classify(sql: string): Classification {
     return this.classifier.classify(sql);
+  }
+
+  private newCacheBus(): InvalidationBus {
+    return new InvalidationBus(
+      primaryBusConnector({ primary: (t) => this.nodes.primary(t), login: () => healthCheckLogin(this.cfg, this.auth.fileEntries()), config: () => this.cfg }),
+      { onInvalidate: (db, tables) => void this.queryCache.invalidateTables(db, tables), onGap: (db) => void this.queryCache.clear(db) },
+      this.logger,
+    );
+  }
+
+  /**
+   * RELOAD of the query_cache settings: new bounds now (a smaller size evicts at once); off
+   * drops everything, so nothing stored before can be served after writes made while off
+   * invalidated nothing; a mode change starts or stops the invalidation listener and drops
+   * everything too (entries stored in local mode never heard the other instances' writes).
+   */
+  private applyQueryCacheConfig(prev: Config): void {
+    const next = this.cfg;
+    this.queryCache.configure({ maxBytes: next.queryCacheBytes, maxEntryBytes: next.queryCacheMaxEntryBytes, ttlMs: next.queryCacheTtlMs });
+    const wasOn = queryCacheAnywhere(prev);
+    const on = queryCacheAnywhere(next);
+    if ((wasOn && !on) || (on && prev.queryCacheMode !== next.queryCacheMode)) this.queryCache.clear();
+    const wantBus = cacheBusWanted(next);
+    if (wantBus && this.cacheBus === null) this.cacheBus = this.newCacheBus();
+    else if (!wantBus && this.cacheBus !== null) {
+      this.cacheBus.close();
+      this.cacheBus = null;
+    }
+  }
+
+  /** query_cache for `target`'s clients under the configuration as it is now (RELOAD included). */
+  queryCacheOn(target: DatabaseTarget): boolean {
+    return queryCacheFor(this.cfg, target.section);
   }
 
   /** May `database`'s cache entries be served and stored now? Not while its invalidation listener is not listening. */
@@ -589,6 +614,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.monitor.setNodes(next.nodes);
     for (const p of this.poolRegistry.all()) p.fitToSize(); // pool_size applies now, not at the next sweep
     this.retireChangedEntries();
+    this.applyQueryCacheConfig(prev);
     this.cfgVersion++;
     const message = `configuration ${this.cfgVersion} loaded` + (restartNeeded.length ? `; ${restartNeeded.join(', ')} change only on restart` : '');
     this.logger.info({ version: this.cfgVersion, nodes: next.nodes.map((n) => `${n.host}:${n.port}@${n.weight}`) }, message);
@@ -804,4 +830,9 @@ export async function startPgmux(config: Config, opts: StartOptions): Promise<Ru
   };
   pgmux.onShutdownRequest = () => void running.close('admin SHUTDOWN');
   return running;
+}
+
+/** The invalidation bus runs while some entry caches and the mode is not local. */
+function cacheBusWanted(cfg: Config): boolean {
+  return queryCacheAnywhere(cfg) && cfg.queryCacheMode !== 'local';
 }

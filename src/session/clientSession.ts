@@ -35,6 +35,7 @@ import type { ListenOp } from '../routing/sessionEffects.js';
 import { TrafficMeter } from '../observability/trafficStats.js';
 import type { Classification } from '../routing/classifier.js';
 import { cacheKey, tableListed } from '../cache/queryCache.js';
+import { replicaLagBoundMs } from '../cache/replicaLagBound.js';
 import { ReplyCapture } from './replyCapture.js';
 import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
@@ -573,7 +574,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    * cache (the stored reply, then ReadyForQuery('I')), or its reply is captured on its way.
    */
   private answerFromCache(held: HeldMessages['list']): Buffer | null {
-    if (!this.target.queryCache) return null;
+    if (!this.ctx.queryCacheOn(this.target)) return null;
     const cfg = this.ctx.config();
     // Each worker process has its own cache and sees only its own writes: not served until
     // invalidations travel between workers.
@@ -604,8 +605,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // A replica may lag behind the last write to these tables: a replica's reply is stored only
     // once that write is older than the lag pgmux routes reads within (plus one health check);
     // the primary's always (it has every committed write).
-    const lagBoundMs = cfg.maxLagMs === null || cfg.nodes.some((n) => n.maxLagMs === null) ? Infinity : Math.max(cfg.maxLagMs, ...cfg.nodes.map((n) => n.maxLagMs ?? 0)) + cfg.healthCheckPeriodMs;
-    const needsPrimary = cache.quietForMs(database, verdict.tables) <= lagBoundMs;
+    const lagBoundMs = replicaLagBoundMs(cfg);
+    const needsPrimary = lagBoundMs === Infinity || cache.quietForMs(database, verdict.tables) <= lagBoundMs;
     this.capture = new ReplyCapture(database, key, verdict.tables, verdict.ttlMs, cache.epoch(database), cache.maxEntryBytes, needsPrimary);
     return null;
   }

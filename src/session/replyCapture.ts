@@ -45,8 +45,9 @@ export class ReplyCapture {
    * (ErrorResponse, NoticeResponse, ParameterStatus, NotificationResponse).
    */
   storeIn(cache: QueryCache): boolean {
-    if (this.#over) return false;
-    const reply = storable(Buffer.concat(this.#chunks));
+    // An invalidation since the request was sent voids the reply: known before any copying.
+    if (this.#over || cache.epoch(this.database) !== this.epoch) return false;
+    const reply = storable(this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks));
     if (reply === null) return false;
     return cache.set(this.database, this.key, this.tables, reply, this.epoch, this.ttlMs);
   }

@@ -66,6 +66,8 @@ export interface SessionContext {
   cacheCoherent(database: string): boolean;
   /** A write through this client: drops the entries and tells the other instances. */
   invalidateCache(database: string, tables: readonly string[] | '*'): void;
+  /** query_cache for `target`'s clients under the configuration as it is now (RELOAD included). */
+  queryCacheOn(target: DatabaseTarget): boolean;
   /** The query result cache (used only when query_cache is on). */
   readonly queryCache: QueryCache;
   /**

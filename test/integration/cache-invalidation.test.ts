@@ -63,6 +63,21 @@ const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Ma
 describe('invalidation bus on the harness primary', () => {
   const connect = connectorTo(primaryPort);
 
+  it('publishes made while one is on the wire go out as one NOTIFY, duplicates merged, and every table arrives', async () => {
+    const a = newBus(connect);
+    const b = newBus(connect);
+    await Promise.all([listening(a.bus, 'app'), listening(b.bus, 'app')]);
+    a.bus.publish('app', ['first']);
+    for (let i = 0; i < 50; i++) a.bus.publish('app', ['hot']);
+    a.bus.publish('app', ['last', 'other']);
+    await waitFor(() => ['first', 'hot', 'last', 'other'].every((t) => b.rec.tables().includes(t)), 2000, () => 'B hears every table');
+    await sleep(200);
+    expect(b.rec.tables().filter((t) => t === 'hot')).toEqual(['hot']);
+    // 52 publishes: the first alone, the 51 queued behind it in one statement (2 payloads after merging).
+    expect(b.rec.invalidations.length).toBe(3);
+    expect(a.bus.stats()[0]).toMatchObject({ published: 52 });
+  });
+
   it('a publish from A reaches B, not A, within 1 s; notify latency measured', async () => {
     const a = newBus(connect);
     const b = newBus(connect);

@@ -105,6 +105,44 @@ describe('QueryCache', () => {
     expect(cache.get('db', 'k', 1000)).toBeDefined();
   });
 
+  it('configure (RELOAD): a smaller size evicts the least recently used at once, a smaller entry bound drops larger entries', () => {
+    const { cache } = store();
+    for (const k of ['a', 'b', 'c']) cache.set('db', k, ['t'], reply(1000), 0);
+    cache.set('db', 'big', ['t'], reply(5000), 0);
+    expect(cache.get('db', 'a')).toBeDefined(); // a is now the most recent
+    cache.configure({ maxBytes: 1 << 20, maxEntryBytes: 4000, ttlMs: 60_000 });
+    expect(cache.get('db', 'big')).toBeUndefined();
+    expect(cache.stats().entries).toBe(3);
+    cache.configure({ maxBytes: 2 * (1000 + 128 + 2) + 10, maxEntryBytes: 4000, ttlMs: 60_000 });
+    expect(cache.get('db', 'b')).toBeUndefined();
+    expect(cache.get('db', 'c')).toBeDefined();
+    expect(cache.get('db', 'a')).toBeDefined();
+    expect(cache.stats()).toMatchObject({ entries: 2, evictions: 2 });
+    // The new bounds hold for what is stored next.
+    expect(cache.set('db', 'e', ['t'], reply(4001), 0)).toBe(false);
+  });
+
+  it('configure (RELOAD): a shorter TTL shortens entries stored with the default TTL, not those with their own', () => {
+    const { cache, clock } = store({ ttlMs: 60_000 });
+    cache.set('db', 'default', ['t'], reply(10), 0);
+    cache.set('db', 'hinted', ['t'], reply(10), 0, 30_000);
+    clock.advance(2000);
+    cache.configure({ maxBytes: 1 << 20, maxEntryBytes: 1 << 16, ttlMs: 1000 });
+    expect(cache.get('db', 'default')).toBeUndefined();
+    expect(cache.get('db', 'hinted')).toBeDefined();
+    cache.set('db', 'next', ['t'], reply(10), 0);
+    clock.advance(1000);
+    expect(cache.get('db', 'next')).toBeUndefined();
+  });
+
+  it('clear() of everything voids replies in flight for a database that holds no entry', () => {
+    const { cache } = store();
+    const epoch = cache.epoch('empty');
+    cache.clear();
+    expect(cache.set('empty', 'k', ['t'], reply(10), epoch)).toBe(false);
+    expect(cache.set('empty', 'k', ['t'], reply(10), cache.epoch('empty'))).toBe(true);
+  });
+
   it('keys differ in every part that can change the answer', () => {
     const base = { user: 'u', settings: 'search_path=a', sql: 'SELECT $1', paramFormats: [0], params: [Buffer.from('1')], resultFormats: [0] };
     const keys = new Set([
@@ -122,6 +160,9 @@ describe('QueryCache', () => {
       cacheKey({ ...base, user: 'u|1', settings: 'search_path=a' }),
     ]);
     expect(keys.size).toBe(11);
+    // The (user, settings) pair is named by a number in the key: equal pairs, equal keys.
+    expect(cacheKey({ user: 'u', settings: 'search_path=a', sql: 'x' })).toBe(cacheKey({ user: 'u', settings: 'search_path=a', sql: 'x' }));
+    expect(cacheKey({ user: 'u\0v', settings: 's', sql: 'x' })).not.toBe(cacheKey({ user: 'u', settings: '\0vs', sql: 'x' }));
     expect(cacheKey(base)).toBe(cacheKey({ ...base, params: [Buffer.from('1')] }));
   });
 });
