@@ -30,10 +30,12 @@ export interface CacheKeyParts {
   /** The client's settings fingerprint (search_path, role, TimeZone, ...). */
   settings: string;
   sql: string;
-  /** Extended protocol only: parameter format codes, values (null = SQL NULL), result format codes. */
-  paramFormats?: readonly number[];
-  params?: ReadonlyArray<Buffer | null>;
-  resultFormats?: readonly number[];
+  /**
+   * Extended protocol only: the unit's shape and a digest of its parameter types, formats and
+   * values and result formats (src/session/cacheableUnit.ts); a digest, not the values, so a
+   * lookup copies nothing of the Bind.
+   */
+  unit?: string;
 }
 
 interface Entry {
@@ -133,11 +135,7 @@ function scopeOf(user: string, settings: string): number {
 /** An unambiguous key text: every variable-length part carries its length. */
 export function cacheKey(p: CacheKeyParts): string {
   let k = `${scopeOf(p.user, p.settings)}|${p.sql.length}:${p.sql}|`;
-  if (p.params !== undefined) {
-    k += `f${(p.paramFormats ?? []).join(',')}|p${p.params.length}`;
-    for (const v of p.params) k += v === null ? '|n' : `|${v.length}:${v.toString('base64')}`;
-    k += `|r${(p.resultFormats ?? []).join(',')}`;
-  }
+  if (p.unit !== undefined) k += `x${p.unit}`;
   return k;
 }
 

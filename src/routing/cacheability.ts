@@ -242,3 +242,27 @@ export function formatCacheVerdict(v: CacheVerdict, writes?: readonly string[] |
   if (writes !== undefined) line += `\tinvalidates=${writes === '*' ? '*' : writes.join(',')}`;
   return line;
 }
+
+/**
+ * A parameter value (bytes of a Bind) that may be read as the current time: whatever type the
+ * statement gives the parameter, 'now', 'today', 'tomorrow' and 'yesterday' are evaluated when
+ * the value is converted, so the statement is no longer a function of its text and values.
+ * Found in any case and anywhere in the value (`' Now'`, binary text cast later): a false
+ * alarm costs a miss, a missed one a stale result.
+ */
+export function volatileParameter(buf: Buffer, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) {
+    const c = buf[i]! | 0x20; // ASCII lower case
+    if ((c === 0x6e || c === 0x74 || c === 0x79) && volatileWordAt(buf, i, end)) return true; // n, t, y
+  }
+  return false;
+}
+
+function volatileWordAt(buf: Buffer, at: number, end: number): boolean {
+  outer: for (const word of VOLATILE_LITERALS) {
+    if (at + word.length > end) continue;
+    for (let j = 0; j < word.length; j++) if ((buf[at + j]! | 0x20) !== word.charCodeAt(j)) continue outer;
+    return true;
+  }
+  return false;
+}

@@ -37,6 +37,7 @@ import type { Classification } from '../routing/classifier.js';
 import { cacheKey, tableListed } from '../cache/queryCache.js';
 import { replicaLagBoundMs } from '../cache/replicaLagBound.js';
 import { ReplyCapture } from './replyCapture.js';
+import { cacheableUnit, type KnownStatement } from './cacheableUnit.js';
 import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
@@ -48,6 +49,9 @@ const NO_TABLES: readonly string[] = Object.freeze([]);
 const MORE_THAN_ONE_REQUEST: readonly string[] = Object.freeze(['*']);
 const SURE_WRITES: ReadonlySet<string> = new Set(['INSERT', 'UPDATE', 'DELETE', 'MERGE']);
 const isListen = (op: ListenOp): boolean => op.kind === 'listen';
+/** query_cache: one read-only statement the classifier itself sent to a replica, leaving no session state. */
+const cacheableRead = (c: Classification): boolean =>
+  c.target === 'replica' && c.statements === 1 && c.beginsTransaction !== true && c.session === undefined && !c.reason.startsWith('hint ');
 const NONE: readonly string[] = [];
 const EMPTY_HEADER = Buffer.alloc(0);
 
@@ -570,8 +574,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   /**
-   * query_cache: a lone cacheable simple Query at a transaction's start is answered from the
-   * cache (the stored reply, then ReadyForQuery('I')), or its reply is captured on its way.
+   * query_cache: a lone cacheable simple Query, or a lone extended-protocol unit up to its
+   * Sync (cacheableUnit.ts), at a transaction's start is answered from the cache (the stored
+   * reply, then ReadyForQuery('I')), or its reply is captured on its way.
    */
   private answerFromCache(held: HeldMessages['list']): Buffer | null {
     if (!this.ctx.queryCacheOn(this.target)) return null;
@@ -579,12 +584,22 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // Each worker process has its own cache and sees only its own writes: not served until
     // invalidations travel between workers.
     if (cfg.workers > 1) return null;
+    if (this.requests.pinned !== null || this.requests.roleChanged || this.target.poolMode !== 'transaction') return null;
     const m = held[0]!;
-    if (held.length !== 1 || m.type !== FrontendMsg.Query || this.requests.pinned !== null || this.requests.roleChanged || this.target.poolMode !== 'transaction') return null;
-    const c = this.requests.queryClass(m.buf, m.start, m.end);
-    this.requests.rememberFirst(c, m);
-    if (c.target !== 'replica' || c.statements !== 1 || c.beginsTransaction === true || c.session !== undefined || c.reason.startsWith('hint ')) return null;
-    const sql = m.buf.toString('utf8', m.start + 5, m.end - 1);
+    let sql: string;
+    let unit: string | undefined;
+    if (m.type === FrontendMsg.Query) {
+      if (held.length !== 1) return null;
+      const c = this.requests.queryClass(m.buf, m.start, m.end);
+      this.requests.rememberFirst(c, m);
+      if (!cacheableRead(c)) return null;
+      sql = m.buf.toString('utf8', m.start + 5, m.end - 1);
+    } else {
+      const u = cacheableUnit(held, this.knownStatement);
+      if (u === null || !cacheableRead(this.ctx.classify(u.sql))) return null;
+      sql = u.sql;
+      unit = u.unit;
+    }
     const verdict = this.ctx.cacheVerdict(sql);
     if (!verdict.ok) return null;
     const excluded = cfg.queryCacheExcludeTables;
@@ -594,7 +609,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // Another instance's (or a trigger's) invalidations may be missed while not listening.
     if (!this.ctx.cacheCoherent(database)) return null;
     // Privileges and row-level security follow the backend login; the client name is kept too.
-    const key = cacheKey({ user: `${this.user}\0${this.target.backendUser}`, settings: this.clientSettings.fingerprint, sql });
+    const key = cacheKey({ user: `${this.user}\0${this.target.backendUser}`, settings: this.clientSettings.fingerprint, sql, unit });
     // read_your_writes: nothing stored before (or in the same clock tick as) this client's last write.
     const notBefore = cfg.readYourWrites === 'off' ? 0 : this.router.lastWriteAt + 1;
     const hit = cache.get(database, key, notBefore);
@@ -610,6 +625,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.capture = new ReplyCapture(database, key, verdict.tables, verdict.ttlMs, cache.epoch(database), cache.maxEntryBytes, needsPrimary);
     return null;
   }
+
+  private readonly knownStatement = (name: string): KnownStatement | undefined => this.stmts.statement(name);
 
   private readonly finishListen = (out: Buffer[]): void => {
     if (this.state !== ClientState.Waiting) return;

@@ -48,6 +48,11 @@ export class StatementForwarder {
     return this.statements.has(name);
   }
 
+  /** A client's named statement (its text and parameter types key a cached Bind of it). */
+  statement(name: string): ClientStatement | undefined {
+    return this.statements.get(name);
+  }
+
   /** A Parse that never reached a live backend (its read re-runs): as if never sent. */
   forget(name: string): void {
     this.statements.delete(name);

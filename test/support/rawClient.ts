@@ -85,8 +85,11 @@ export function parseMsg(name: string, sql: string, paramTypes: number[] = []): 
   return typedMessage('P', Buffer.concat([cstr(name), cstr(sql), n]));
 }
 
-/** Bind with text-format parameters (null = SQL NULL) and text results. */
-export function bindMsg(portal: string, stmt: string, params: Array<string | null> = []): Buffer {
+/**
+ * Bind (null = SQL NULL); text parameters and results unless `formats` says otherwise
+ * (format codes as the protocol sends them: none = all text, one = for all, else one each).
+ */
+export function bindMsg(portal: string, stmt: string, params: Array<string | Buffer | null> = [], formats: { params?: number[]; results?: number[] } = {}): Buffer {
   const parts: Buffer[] = [cstr(portal), cstr(stmt)];
   const i16 = (v: number) => {
     const b = Buffer.alloc(2);
@@ -98,16 +101,17 @@ export function bindMsg(portal: string, stmt: string, params: Array<string | nul
     b.writeInt32BE(v, 0);
     return b;
   };
-  parts.push(i16(0)); // all params text
+  const codes = (list: number[] = []) => [i16(list.length), ...list.map(i16)];
+  parts.push(...codes(formats.params));
   parts.push(i16(params.length));
   for (const p of params) {
     if (p === null) parts.push(i32(-1));
     else {
-      const v = Buffer.from(p, 'utf8');
+      const v = typeof p === 'string' ? Buffer.from(p, 'utf8') : p;
       parts.push(i32(v.length), v);
     }
   }
-  parts.push(i16(0)); // all results text
+  parts.push(...codes(formats.results));
   return typedMessage('B', Buffer.concat(parts));
 }
 
