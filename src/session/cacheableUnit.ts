@@ -15,7 +15,7 @@ export interface KnownStatement {
 }
 
 export interface CacheableUnit {
-  /** The statement's text: the unit's Parse's, or the named statement's the Bind uses. */
+  /** The statement's text. */
   sql: string;
   /** For the key: the shape (message sequence) and a digest of parameter types, formats and values, result formats. */
   unit: string;
@@ -23,41 +23,55 @@ export interface CacheableUnit {
 
 const NUL = 0;
 
+/** One statement bound and run once, up to its Sync (oneStatementUnit). */
+export interface StatementUnit {
+  /** The statement's text: the unit's Parse's, or the named statement's the Bind uses. */
+  sql: string;
+  /** Parameter type count and OIDs (Parse bytes after the text). */
+  types: Buffer;
+  /** The message sequence: P, B, Ds / Dp (Describe statement / portal), E. */
+  shape: string;
+  bind: HeldMessage;
+  /** Where the Bind's formats, values and result formats start. */
+  bindTail: number;
+  /** Its Parse names the statement. */
+  namedParse: boolean;
+  /** Its Execute has a row limit. */
+  rowLimit: boolean;
+}
+
 /**
- * The unit `held` when the query cache may answer it, else null. Accepted: an optional
- * unnamed Parse first, one Bind (of that Parse's statement, or else of a named statement the
- * session knows), Describes of that statement or that portal, one Execute of that portal with
- * no row limit, and a Sync last. Names are left out of the key (two clients' "S_1" may be
- * different statements, and one statement may be "S_1" and "S_3"): the statement is keyed by
- * its text and types instead, and portal names that disagree never reach the key. Refused
- * too: a parameter value that may mean the current time (volatileParameter).
- *
- * Why a named Parse is refused: a hit would have to define the statement without PostgreSQL
- * answering (an existing name must fail), and drivers send it once per statement anyway.
+ * `held` as one statement bound and run once, or null: an optional Parse first, one Bind (of
+ * that Parse's statement, or else of a named statement the session knows), Describes of that
+ * statement or that portal, one Execute of that portal, and a Sync last; nothing else.
  */
-export function cacheableUnit(held: readonly HeldMessage[], statementOf: (name: string) => KnownStatement | undefined): CacheableUnit | null {
+export function oneStatementUnit(held: readonly HeldMessage[], statementOf: (name: string) => KnownStatement | undefined): StatementUnit | null {
   const n = held.length;
   if (n < 3 || held[n - 1]!.type !== FrontendMsg.Sync) return null;
   let shape = '';
   let sql: string | null = null;
   let types: Buffer | null = null;
-  let statement: string | null = null; // '' once a Parse defines the unnamed one
+  let statement: string | null = null; // the Parse's name once it defines one
+  let namedParse = false;
   let portal: string | null = null;
   let bind: HeldMessage | null = null;
   let bindTail = 0;
   let executes = 0;
+  let rowLimit = false;
   for (let i = 0; i < n - 1; i++) {
     const m = held[i]!;
     const { buf, end } = m;
     const body = m.start + 5;
     switch (m.type) {
       case FrontendMsg.Parse: {
-        if (i !== 0 || buf[body] !== NUL) return null;
-        const q = cstrEnd(buf, body + 1, end);
+        if (i !== 0) return null;
+        const nm = cstrEnd(buf, body, end);
+        const q = nm < 0 ? -1 : cstrEnd(buf, nm + 1, end);
         if (q < 0) return null;
-        sql = buf.toString('utf8', body + 1, q);
+        statement = buf.toString('utf8', body, nm);
+        namedParse = statement !== '';
+        sql = buf.toString('utf8', nm + 1, q);
         types = buf.subarray(q + 1, end);
-        statement = '';
         shape += 'P';
         break;
       }
@@ -75,7 +89,6 @@ export function cacheableUnit(held: readonly HeldMessage[], statementOf: (name: 
           types = st.rest;
           statement = name;
         } else if (name !== statement) return null;
-        if (volatileParameters(buf, s + 1, end)) return null;
         bind = m;
         bindTail = s + 1;
         shape += 'B';
@@ -103,8 +116,8 @@ export function cacheableUnit(held: readonly HeldMessage[], statementOf: (name: 
       }
       case FrontendMsg.Execute: {
         const e = cstrEnd(buf, body, end);
-        // A row limit ends in PortalSuspended and leaves the portal open: not one answer.
-        if (e < 0 || ++executes > 1 || portal === null || buf.toString('utf8', body, e) !== portal || e + 5 !== end || buf.readInt32BE(e + 1) !== 0) return null;
+        if (e < 0 || ++executes > 1 || portal === null || buf.toString('utf8', body, e) !== portal || e + 5 !== end) return null;
+        rowLimit = buf.readInt32BE(e + 1) !== 0;
         shape += 'E';
         break;
       }
@@ -113,13 +126,32 @@ export function cacheableUnit(held: readonly HeldMessage[], statementOf: (name: 
     }
   }
   if (bind === null || executes !== 1 || sql === null || types === null) return null;
+  return { sql, types, shape, bind, bindTail, namedParse, rowLimit };
+}
+
+/**
+ * The unit `held` when the query cache may answer it, else null: one statement run once
+ * (oneStatementUnit) whose Parse, if any, is unnamed, with no row limit (PortalSuspended
+ * leaves the portal open: not one answer) and no parameter value that may mean the current
+ * time (volatileParameter). Names are left out of the key (two clients' "S_1" may be
+ * different statements, and one statement may be "S_1" and "S_3"): the statement is keyed by
+ * its text and types instead, and portal names that disagree never get this far.
+ *
+ * Why a named Parse is refused: a hit would have to define the statement without PostgreSQL
+ * answering (an existing name must fail), and drivers send it once per statement anyway.
+ */
+export function cacheableUnit(held: readonly HeldMessage[], statementOf: (name: string) => KnownStatement | undefined): CacheableUnit | null {
+  const u = oneStatementUnit(held, statementOf);
+  if (u === null || u.namedParse || u.rowLimit) return null;
+  const { buf, end } = u.bind;
+  if (volatileParameters(buf, u.bindTail, end)) return null;
   // Lengths first: the parameter types' bytes cannot run into the Bind's.
   const digest = createHash('sha1')
-    .update(`${types.length}:${bind.end - bindTail}:`)
-    .update(types)
-    .update(bind.buf.subarray(bindTail, bind.end))
+    .update(`${u.types.length}:${end - u.bindTail}:`)
+    .update(u.types)
+    .update(buf.subarray(u.bindTail, end))
     .digest('base64');
-  return { sql, unit: `${shape}:${digest}` };
+  return { sql: u.sql, unit: `${u.shape}:${digest}` };
 }
 
 /** No Parse in the unit: the statement must be one of the client's named ones (an unnamed one

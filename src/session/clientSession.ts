@@ -37,7 +37,7 @@ import type { Classification } from '../routing/classifier.js';
 import { cacheKey, tableListed } from '../cache/queryCache.js';
 import { replicaLagBoundMs } from '../cache/replicaLagBound.js';
 import { ReplyCapture } from './replyCapture.js';
-import { cacheableUnit, type KnownStatement } from './cacheableUnit.js';
+import { cacheableUnit, oneStatementUnit, type KnownStatement } from './cacheableUnit.js';
 import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
@@ -480,8 +480,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const cfg = this.ctx.config();
     const route = paused || this.target.poolMode === 'session' ? null : this.requests.classifyFirst(this.held.list[0]!);
     if (cfg.queryCache || (cfg.databases.length > 0 && queryCacheAnywhere(cfg))) {
-      // A lone simple Query names what it writes; anything else may write anything.
-      const only = this.held.list.length === 1 && this.held.list[0]!.type === FrontendMsg.Query && route !== null && (route as Classification).beginsTransaction !== true;
+      // A lone simple Query, or one unit running its Parse's statement, names what it writes;
+      // anything else may write anything.
+      const held = this.held.list;
+      const lone = held.length === 1 ? held[0]!.type === FrontendMsg.Query : held[0]!.type === FrontendMsg.Parse && oneStatementUnit(held, this.knownStatement) !== null;
+      const only = lone && route !== null && (route as Classification).beginsTransaction !== true;
       this.cacheWrites = only ? ((route as Classification).writesTables ?? NO_TABLES) : '*';
     }
     this.pipelineUnit = cfg.pipelineDepth > 1 && route !== null && this.requests.selfContained && this.requests.pinned === null && selfContainedUnit(this.held.list);
@@ -696,7 +699,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     b.cork();
     alignSettings(this.clientSettings, b, this.clientSettings.fingerprint);
     const held = this.held.take();
-    if (held.length > 1 && this.cacheWrites !== null) this.cacheWrites = MORE_THAN_ONE_REQUEST;
+    // One extended-protocol unit of one statement is one request: it runs what routing read.
+    if (held.length > 1 && this.cacheWrites !== null && oneStatementUnit(held, this.knownStatement) === null) this.cacheWrites = MORE_THAN_ONE_REQUEST;
     for (let i = 0; i < held.length && this.linked; i++) {
       const m = held[i]!;
       this.requests.forward(b, m.type, m.buf, m.start, m.end);

@@ -326,6 +326,16 @@ export class RequestTracker {
         const reason = `prepared statement "${stmt![0]}"`;
         return c.calls === undefined ? { target: c.target, reason } : { target: c.target, reason, calls: c.calls };
       }
+      case FrontendMsg.Describe: {
+        // Describe of a named statement before its Bind (pgJDBC, when it needs the types):
+        // routed as that statement, as a Bind of it would be.
+        const name = m.buf[body] === 0x53 /* S */ ? readCstr(m.buf, body + 1, m.end) : null;
+        const c = name ? this.statementClasses.get(name[0]) : undefined;
+        if (c === undefined) return { target: 'primary', reason: 'starts with message "D"' };
+        this.loneRead = oneRead(c);
+        const reason = `prepared statement "${name![0]}"`;
+        return c.calls === undefined ? { target: c.target, reason } : { target: c.target, reason, calls: c.calls };
+      }
       default:
         return { target: 'primary', reason: `starts with message "${String.fromCharCode(m.type)}"` };
     }

@@ -1,0 +1,177 @@
+// The query cache and the extended protocol: a lone Parse/Bind/Describe/Execute/Sync unit, or a
+// Bind of a named statement, answered from the cache byte for byte as PostgreSQL itself answers
+// it; parameter values, formats and result formats kept apart; writes through pgmux making the
+// next read fresh; node-postgres with parameters getting hits; a row limit never cached.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type pg from 'pg';
+import { pgClient, primaryPort, replicaPorts } from '../support/cluster.js';
+import { bindMsg, describeMsg, executeMsg, parseMsg, RawClient, syncMsg, type PgMessage } from '../support/rawClient.js';
+import { sleep, waitFor } from '../support/wait.js';
+import { startProxy, type TestProxy } from '../support/pgmux.js';
+
+const wire = (msgs: PgMessage[]): string => msgs.map((m) => `${m.type}:${m.body.toString('hex')}`).join('|');
+const types = (msgs: PgMessage[]): string => msgs.map((m) => m.type).join('');
+const INT4 = 23;
+
+describe('query cache with the extended protocol', () => {
+  const T = `qcx_items_${process.pid}`;
+  let proxy: TestProxy;
+  const raws: RawClient[] = [];
+  const clients: pg.Client[] = [];
+
+  async function raw(port: number): Promise<RawClient> {
+    const c = await RawClient.connect(port);
+    raws.push(c);
+    const login = await c.startup({ user: 'postgres', database: 'app' });
+    expect(login.some((m) => m.type === 'E')).toBe(false);
+    return c;
+  }
+
+  /** Sends one unit and reads its reply up to ReadyForQuery. */
+  async function run(c: RawClient, ...msgs: Buffer[]): Promise<PgMessage[]> {
+    c.send(Buffer.concat(msgs));
+    return c.readUntil('Z', 10_000);
+  }
+
+  const stats = () => proxy.proxy.queryCache.stats();
+
+  /** Past the lag bound of the last write through pgmux (max_lag_ms 100 + one health check): replies are stored again. */
+  const settle = () => sleep(400);
+
+  beforeAll(async () => {
+    const admin = await pgClient(primaryPort());
+    clients.push(admin);
+    await admin.query(`DROP TABLE IF EXISTS ${T}; CREATE TABLE ${T} (id int PRIMARY KEY, name text);
+      INSERT INTO ${T} SELECT g, 'name ' || g FROM generate_series(1, 20) g;`);
+    for (const port of replicaPorts()) {
+      const r = await pgClient(port);
+      clients.push(r);
+      await waitFor(async () => (await r.query(`SELECT count(*)::int AS n FROM pg_tables WHERE tablename = '${T}'`)).rows[0].n === 1, 10_000, () => 'the table on the replica');
+    }
+    proxy = await startProxy({ queryCache: true, maxLagMs: 100, queryCacheTtlMs: 60_000, http: { host: '127.0.0.1', port: 0 } });
+    await waitFor(() => proxy.proxy.cacheCoherent('app'), 5000, () => 'the cache invalidation listener');
+  });
+  afterAll(async () => {
+    for (const c of raws) c.destroy();
+    for (const c of clients) await c.end().catch(() => {});
+    await proxy?.close();
+  });
+
+  const SQL = `SELECT id, name FROM ${T} WHERE id <= $1 ORDER BY id`;
+
+  it('unnamed Parse/Bind/Describe/Execute/Sync: the hit is byte-identical to the miss and to PostgreSQL direct, text and binary results', async () => {
+    const c = await raw(proxy.port);
+    const direct = await raw(primaryPort());
+    for (const results of [[0], [1]]) {
+      const unit = [parseMsg('', SQL, [INT4]), bindMsg('', '', ['3'], { results }), describeMsg('P', ''), executeMsg(), syncMsg()];
+      const s0 = stats();
+      const miss = await run(c, ...unit);
+      expect(types(miss)).toBe('12TDDDCZ');
+      const s1 = stats();
+      expect(s1.entries).toBe(s0.entries + 1);
+      const hit = await run(c, ...unit);
+      expect(stats().hits).toBe(s1.hits + 1);
+      expect(wire(hit)).toBe(wire(miss));
+      expect(wire(await run(direct, ...unit))).toBe(wire(miss));
+    }
+  });
+
+  it('named statements: Bind/Execute/Sync (and Describe statement first) served from the cache as PostgreSQL answers them', async () => {
+    const c = await raw(proxy.port);
+    const direct = await raw(primaryPort());
+    // Prepared the way pgJDBC and psycopg do: Parse alone (pgmux answers it itself), used later.
+    for (const client of [c, direct]) expect(types(await run(client, parseMsg('S_1', SQL), syncMsg()))).toBe('1Z');
+    for (const unit of [
+      [bindMsg('', 'S_1', ['2']), executeMsg(), syncMsg()],
+      [describeMsg('S', 'S_1'), bindMsg('', 'S_1', ['4'], { results: [1] }), describeMsg('P', ''), executeMsg(), syncMsg()],
+    ]) {
+      const s0 = stats();
+      const miss = await run(c, ...unit);
+      expect(miss.some((m) => m.type === 'E')).toBe(false);
+      expect(stats().entries).toBe(s0.entries + 1);
+      const hit = await run(c, ...unit);
+      expect(stats().hits).toBe(s0.hits + 1);
+      expect(wire(hit)).toBe(wire(miss));
+      expect(wire(await run(direct, ...unit))).toBe(wire(miss));
+    }
+    // Another client's name for the same text shares the entry (the name changes no byte).
+    const other = await raw(proxy.port);
+    await run(other, parseMsg('stmt_b', SQL), syncMsg());
+    const h = stats().hits;
+    const shared = await run(other, bindMsg('', 'stmt_b', ['2']), executeMsg(), syncMsg());
+    expect(stats().hits).toBe(h + 1);
+    expect(wire(shared)).toBe(wire(await run(direct, bindMsg('', 'S_1', ['2']), executeMsg(), syncMsg())));
+  });
+
+  it('different parameter values, parameter formats and result formats never share an entry', async () => {
+    const c = await raw(proxy.port);
+    const direct = await raw(primaryPort());
+    const int4 = (v: number) => {
+      const b = Buffer.alloc(4);
+      b.writeInt32BE(v);
+      return b;
+    };
+    const variants: Array<[Array<string | Buffer>, { params?: number[]; results?: number[] }]> = [
+      [['5'], {}],
+      [['6'], {}],
+      [[int4(7)], { params: [1] }],
+      [['5'], { results: [1] }],
+      [['5'], { results: [0, 1] }],
+    ];
+    const units = variants.map(([params, formats]) => [parseMsg('', SQL, [INT4]), bindMsg('', '', params, formats), describeMsg('P', ''), executeMsg(), syncMsg()]);
+    const e0 = stats().entries;
+    for (const unit of units) await run(c, ...unit);
+    expect(stats().entries).toBe(e0 + units.length);
+    // Twice over, each served from its own entry: the bytes are PostgreSQL's for that variant.
+    const h = stats().hits;
+    for (const unit of units) expect(wire(await run(c, ...unit))).toBe(wire(await run(direct, ...unit)));
+    expect(stats().hits).toBe(h + units.length);
+  });
+
+  it('a write through pgmux (extended protocol too) makes the next extended read fresh', async () => {
+    await settle();
+    const c = await raw(proxy.port);
+    const read = [parseMsg('', `SELECT count(*) FROM ${T} WHERE id > $1`), bindMsg('', '', ['0']), describeMsg('P', ''), executeMsg(), syncMsg()];
+    const countOf = (msgs: PgMessage[]) => msgs.find((m) => m.type === 'D')!.body.toString('hex');
+    const n0 = countOf(await run(c, ...read));
+    const h = stats().hits;
+    expect(countOf(await run(c, ...read))).toBe(n0);
+    expect(stats().hits).toBe(h + 1);
+    const w = await run(c, parseMsg('', `INSERT INTO ${T} VALUES ($1, 'new')`), bindMsg('', '', [String(1000 + Math.floor(Math.random() * 1000))]), executeMsg(), syncMsg());
+    expect(w.some((m) => m.type === 'E')).toBe(false);
+    // The entry is gone at once; a replica may not have replayed the INSERT yet (as without the cache).
+    await waitFor(async () => countOf(await run(c, ...read)) !== n0, 3000, () => 'a read with the new row');
+    expect(stats().hits).toBe(h + 1);
+  });
+
+  it('node-postgres with parameters gets hits', async () => {
+    await settle();
+    const client = await pgClient(proxy.port);
+    clients.push(client);
+    const q = `SELECT name FROM ${T} WHERE id = $1`;
+    const first = await client.query(q, [3]);
+    const h = stats().hits;
+    for (let i = 0; i < 3; i++) expect((await client.query(q, [3])).rows).toEqual(first.rows);
+    expect((await client.query(q, [4])).rows).toEqual([{ name: 'name 4' }]);
+    expect(stats().hits).toBe(h + 3);
+    const metrics = await (await fetch(`http://127.0.0.1:${proxy.httpPort}/metrics`)).text();
+    expect(metrics).toMatch(new RegExp(`^pgmux_query_cache_hits_total ${stats().hits}$`, 'm'));
+  });
+
+  it('Execute with a row limit (PortalSuspended) is not cached', async () => {
+    await settle();
+    const c = await raw(proxy.port);
+    const unit = [parseMsg('', SQL, [INT4]), bindMsg('', '', ['10']), executeMsg('', 2), syncMsg()];
+    const s0 = stats();
+    for (let i = 0; i < 2; i++) expect(types(await run(c, ...unit))).toBe('12DDsZ');
+    expect(stats()).toMatchObject({ entries: s0.entries, hits: s0.hits });
+  });
+
+  it('a parameter meaning the current time is not cached', async () => {
+    const c = await raw(proxy.port);
+    const unit = [parseMsg('', `SELECT count(*) FROM ${T} WHERE $1::timestamptz > '2000-01-01'`), bindMsg('', '', ['now']), describeMsg('P', ''), executeMsg(), syncMsg()];
+    const s0 = stats();
+    for (let i = 0; i < 2; i++) await run(c, ...unit);
+    expect(stats()).toMatchObject({ entries: s0.entries, hits: s0.hits });
+  });
+});
