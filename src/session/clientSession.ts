@@ -603,6 +603,9 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       sql = u.sql;
       unit = u.unit;
     }
+    // The key holds the text as decoded from UTF-8: bytes that are not UTF-8 (a LATIN1
+    // client_encoding) all decode to U+FFFD, and two different statements would share a key.
+    if (sql.includes('\uFFFD')) return null;
     const verdict = this.ctx.cacheVerdict(sql);
     if (!verdict.ok) return null;
     const excluded = cfg.queryCacheExcludeTables;

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { pgClient, primaryPort, replicaPorts } from '../support/cluster.js';
-import { bindMsg, describeMsg, executeMsg, parseMsg, RawClient, syncMsg, type PgMessage } from '../support/rawClient.js';
+import { bindMsg, describeMsg, executeMsg, parseMsg, RawClient, syncMsg, typedMessage, type PgMessage } from '../support/rawClient.js';
 import { sleep, waitFor } from '../support/wait.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
 
@@ -165,6 +165,24 @@ describe('query cache with the extended protocol', () => {
     const s0 = stats();
     for (let i = 0; i < 2; i++) expect(types(await run(c, ...unit))).toBe('12DDsZ');
     expect(stats()).toMatchObject({ entries: s0.entries, hits: s0.hits });
+  });
+
+  it('a text in a client_encoding other than UTF8 is never keyed by a lossy decoding (simple and extended)', async () => {
+    const c = await RawClient.connect(proxy.port);
+    raws.push(c);
+    expect((await c.startup({ user: 'postgres', database: 'app', client_encoding: 'LATIN1' })).some((m) => m.type === 'E')).toBe(false);
+    // 'é' and 'è' in LATIN1 are one byte each, neither of them UTF-8: both would decode to U+FFFD.
+    const latin1 = (sql: string) => Buffer.from(`${sql}\0`, 'latin1');
+    const valueOf = (msgs: PgMessage[]) => msgs.find((m) => m.type === 'D')!.body.subarray(6).toString('latin1');
+    for (const letter of ['é', 'è']) {
+      const sql = `SELECT '${letter}'::text AS x FROM ${T} WHERE id = 1`;
+      for (let i = 0; i < 2; i++) {
+        c.send(typedMessage('Q', latin1(sql)));
+        expect(valueOf(await c.readUntil('Z'))).toBe(letter);
+        const unit = [typedMessage('P', Buffer.concat([Buffer.from([0]), latin1(sql), Buffer.from([0, 0])])), bindMsg('', ''), describeMsg('P', ''), executeMsg(), syncMsg()];
+        expect(valueOf(await run(c, ...unit))).toBe(letter);
+      }
+    }
   });
 
   it('a parameter meaning the current time is not cached', async () => {
