@@ -3,6 +3,9 @@
 // it; parameter values, formats and result formats kept apart; writes through pgmux making the
 // next read fresh; node-postgres with parameters getting hits; a row limit never cached.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import { pgClient, primaryPort, replicaPorts } from '../support/cluster.js';
 import { bindMsg, describeMsg, executeMsg, parseMsg, RawClient, syncMsg, typedMessage, type PgMessage } from '../support/rawClient.js';
@@ -12,6 +15,8 @@ import { startProxy, type TestProxy } from '../support/pgmux.js';
 const wire = (msgs: PgMessage[]): string => msgs.map((m) => `${m.type}:${m.body.toString('hex')}`).join('|');
 const types = (msgs: PgMessage[]): string => msgs.map((m) => m.type).join('');
 const INT4 = 23;
+const JDBC_JAR = '/usr/share/java/postgresql.jar';
+const driversDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'drivers');
 
 describe('query cache with the extended protocol', () => {
   const T = `qcx_items_${process.pid}`;
@@ -157,6 +162,24 @@ describe('query cache with the extended protocol', () => {
     const metrics = await (await fetch(`http://127.0.0.1:${proxy.httpPort}/metrics`)).text();
     expect(metrics).toMatch(new RegExp(`^pgmux_query_cache_hits_total ${stats().hits}$`, 'm'));
   });
+
+  it('pgJDBC with prepareThreshold=1 (named statements, Bind/Execute/Sync) gets hits, and sees its own update', async () => {
+    await settle();
+    const h = stats().hits;
+    // Asynchronously: pgmux runs in this process.
+    const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn('java', ['-cp', JDBC_JAR, join(driversDir, 'JdbcCache.java'), '127.0.0.1', String(proxy.port), 'app', 'postgres', T], { timeout: 60_000 });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      child.on('error', (err) => resolve({ status: null, stdout, stderr: stderr + String(err) }));
+      child.on('close', (status) => resolve({ status, stdout, stderr }));
+    });
+    expect(r.status, `JdbcCache: ${r.stdout} ${r.stderr}`).toBe(0);
+    expect(r.stdout).toMatch(/^ok reads=41$/m);
+    expect(stats().hits - h).toBeGreaterThanOrEqual(20);
+  }, 90_000);
 
   it('Execute with a row limit (PortalSuspended) is not cached', async () => {
     await settle();
