@@ -1,6 +1,7 @@
-// Which extended-protocol units the query cache may answer (one statement bound and run once,
-// up to and including its Sync, nothing else), and what of their bytes goes into the key: the
-// unit's shape and a digest of everything else that can change the reply.
+// Extended-protocol units as the query cache sees them: which are one statement bound and run
+// once, up to and including its Sync (invalidation counts such a unit as one request), which
+// of those the cache may answer, and what of their bytes goes into the key: the unit's shape
+// and a digest of everything else that can change the reply.
 
 import { createHash } from 'node:crypto';
 import type { HeldMessage } from '../protocol/framer.js';
@@ -25,8 +26,12 @@ const NUL = 0;
 
 /** One statement bound and run once, up to its Sync (oneStatementUnit). */
 export interface StatementUnit {
-  /** The statement's text: the unit's Parse's, or the named statement's the Bind uses. */
-  sql: string;
+  /** The named statement the Bind uses (no Parse in the unit), else null. */
+  named: KnownStatement | null;
+  /** The Parse whose text the unit runs (its text is decoded only when needed: unitText()). */
+  parse: HeldMessage | null;
+  textStart: number;
+  textEnd: number;
   /** Parameter type count and OIDs (Parse bytes after the text). */
   types: Buffer;
   /** The message sequence: P, B, Ds / Dp (Describe statement / portal), E. */
@@ -49,7 +54,10 @@ export function oneStatementUnit(held: readonly HeldMessage[], statementOf: (nam
   const n = held.length;
   if (n < 3 || held[n - 1]!.type !== FrontendMsg.Sync) return null;
   let shape = '';
-  let sql: string | null = null;
+  let known: KnownStatement | null = null;
+  let parse: HeldMessage | null = null;
+  let textStart = 0;
+  let textEnd = 0;
   let types: Buffer | null = null;
   let statement: string | null = null; // the Parse's name once it defines one
   let namedParse = false;
@@ -70,7 +78,9 @@ export function oneStatementUnit(held: readonly HeldMessage[], statementOf: (nam
         if (q < 0) return null;
         statement = buf.toString('utf8', body, nm);
         namedParse = statement !== '';
-        sql = buf.toString('utf8', nm + 1, q);
+        parse = m;
+        textStart = nm + 1;
+        textEnd = q;
         types = buf.subarray(q + 1, end);
         shape += 'P';
         break;
@@ -85,7 +95,7 @@ export function oneStatementUnit(held: readonly HeldMessage[], statementOf: (nam
         if (statement === null) {
           const st = named(statementOf, name);
           if (st === undefined) return null;
-          sql = st.query;
+          known = st;
           types = st.rest;
           statement = name;
         } else if (name !== statement) return null;
@@ -103,7 +113,7 @@ export function oneStatementUnit(held: readonly HeldMessage[], statementOf: (nam
           if (statement === null) {
             const st = named(statementOf, name);
             if (st === undefined) return null;
-            sql = st.query;
+            known = st;
             types = st.rest;
             statement = name;
           } else if (name !== statement) return null;
@@ -125,8 +135,13 @@ export function oneStatementUnit(held: readonly HeldMessage[], statementOf: (nam
         return null; // a Flush, a Close, a second Sync, a Query...: not one unit
     }
   }
-  if (bind === null || executes !== 1 || sql === null || types === null) return null;
-  return { sql, types, shape, bind, bindTail, namedParse, rowLimit };
+  if (bind === null || executes !== 1 || types === null) return null;
+  return { named: known, parse, textStart, textEnd, types, shape, bind, bindTail, namedParse, rowLimit };
+}
+
+/** The statement text a unit runs. */
+export function unitText(u: StatementUnit): string {
+  return u.named !== null ? u.named.query : u.parse!.buf.toString('utf8', u.textStart, u.textEnd);
 }
 
 /**
@@ -151,7 +166,7 @@ export function cacheableUnit(held: readonly HeldMessage[], statementOf: (name: 
     .update(u.types)
     .update(buf.subarray(u.bindTail, end))
     .digest('base64');
-  return { sql: u.sql, unit: `${u.shape}:${digest}` };
+  return { sql: unitText(u), unit: `${u.shape}:${digest}` };
 }
 
 /** No Parse in the unit: the statement must be one of the client's named ones (an unnamed one

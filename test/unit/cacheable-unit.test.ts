@@ -2,7 +2,7 @@
 // (src/session/cacheableUnit.ts): everything that changes the reply's bytes changes the key,
 // names that do not change them do not.
 import { describe, expect, it } from 'vitest';
-import { cacheableUnit, oneStatementUnit, type KnownStatement } from '../../src/session/cacheableUnit.js';
+import { cacheableUnit, oneStatementUnit, unitText, type KnownStatement } from '../../src/session/cacheableUnit.js';
 import { volatileParameter } from '../../src/routing/cacheability.js';
 import type { HeldMessage } from '../../src/protocol/framer.js';
 import { bindMsg, describeMsg, executeMsg, flushMsg, parseMsg, queryMsg, syncMsg, typedMessage } from '../support/rawClient.js';
@@ -103,7 +103,10 @@ describe('cacheableUnit', () => {
 
 describe('oneStatementUnit (one request for invalidation: it runs what routing read)', () => {
   it('takes named Parses and row limits too, and nothing that could run a second statement', () => {
-    expect(oneStatementUnit(held(parseMsg('S_9', SQL), bindMsg('', 'S_9', ['1']), executeMsg('', 5), syncMsg()), none)).toMatchObject({ sql: SQL, namedParse: true, rowLimit: true, shape: 'PBE' });
+    const u = oneStatementUnit(held(parseMsg('S_9', SQL), bindMsg('', 'S_9', ['1']), executeMsg('', 5), syncMsg()), none);
+    expect(u).toMatchObject({ namedParse: true, rowLimit: true, shape: 'PBE' });
+    expect(unitText(u!)).toBe(SQL);
+    expect(unitText(oneStatementUnit(held(bindMsg('', 'other'), executeMsg(), syncMsg()), named)!)).toBe('SELECT 2');
     expect(oneStatementUnit(held(parseMsg('S_9', SQL), bindMsg('', 'other', ['1']), executeMsg(), syncMsg()), named)).toBeNull();
     expect(oneStatementUnit(held(parseMsg('', SQL), bindMsg('', '', ['1']), executeMsg(), parseMsg('', 'DELETE FROM items'), bindMsg('', ''), executeMsg(), syncMsg()), none)).toBeNull();
     expect(oneStatementUnit(held(parseMsg('', SQL), bindMsg('', '', ['1']), executeMsg(), syncMsg(), queryMsg('DELETE FROM items')), none)).toBeNull();
