@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import { pgClient, primaryPort, replicaPorts } from '../support/cluster.js';
-import { bindMsg, describeMsg, executeMsg, parseMsg, RawClient, syncMsg, typedMessage, type PgMessage } from '../support/rawClient.js';
+import { bindMsg, describeMsg, executeMsg, parseMsg, queryMsg, RawClient, syncMsg, typedMessage, type PgMessage } from '../support/rawClient.js';
 import { sleep, waitFor } from '../support/wait.js';
 import { startProxy, type TestProxy } from '../support/pgmux.js';
 
@@ -20,6 +20,8 @@ const driversDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'drivers'
 
 describe('query cache with the extended protocol', () => {
   const T = `qcx_items_${process.pid}`;
+  /** A VOLATILE function that writes (made before pgmux first loads the function catalog). */
+  const F = `qcx_bump_${process.pid}`;
   let proxy: TestProxy;
   const raws: RawClient[] = [];
   const clients: pg.Client[] = [];
@@ -47,7 +49,8 @@ describe('query cache with the extended protocol', () => {
     const admin = await pgClient(primaryPort());
     clients.push(admin);
     await admin.query(`DROP TABLE IF EXISTS ${T}; CREATE TABLE ${T} (id int PRIMARY KEY, name text);
-      INSERT INTO ${T} SELECT g, 'name ' || g FROM generate_series(1, 20) g;`);
+      INSERT INTO ${T} SELECT g, 'name ' || g FROM generate_series(1, 20) g;
+      CREATE OR REPLACE FUNCTION ${F}(i int) RETURNS int LANGUAGE sql VOLATILE AS $$ UPDATE ${T} SET name = name || '+' WHERE id = i RETURNING 1 $$;`);
     for (const port of replicaPorts()) {
       const r = await pgClient(port);
       clients.push(r);
@@ -147,6 +150,25 @@ describe('query cache with the extended protocol', () => {
     // The entry is gone at once; a replica may not have replayed the INSERT yet (as without the cache).
     await waitFor(async () => countOf(await run(c, ...read)) !== n0, 3000, () => 'a read with the new row');
     expect(stats().hits).toBe(h + 1);
+  });
+
+  it('a read calling a VOLATILE function (routed as a write) makes the next read fresh, simple and extended', async () => {
+    const c = await raw(proxy.port);
+    const read = [parseMsg('', `SELECT name FROM ${T} WHERE id = $1`), bindMsg('', '', ['11']), describeMsg('P', ''), executeMsg(), syncMsg()];
+    const nameOf = (msgs: PgMessage[]) => msgs.find((m) => m.type === 'D')!.body.subarray(6).toString();
+    const calls = [
+      [parseMsg('', `SELECT ${F}($1)`), bindMsg('', '', ['11']), describeMsg('P', ''), executeMsg(), syncMsg()],
+      [queryMsg(`SELECT ${F}(11)`)],
+    ];
+    for (const call of calls) {
+      await settle();
+      const before = nameOf(await run(c, ...read));
+      const h = stats().hits;
+      expect(nameOf(await run(c, ...read))).toBe(before);
+      expect(stats().hits).toBe(h + 1); // served from the cache
+      expect((await run(c, ...call)).some((m) => m.type === 'E')).toBe(false);
+      await waitFor(async () => nameOf(await run(c, ...read)) === `${before}+`, 3000, () => 'a read that sees the function\'s UPDATE');
+    }
   });
 
   it('node-postgres with parameters gets hits', async () => {
