@@ -24,10 +24,13 @@ function rng(seed: number): () => number {
   };
 }
 
-const READS: Array<(k: number) => string> = [
+const READS: Array<(k: number) => string | pg.QueryConfig> = [
   (k) => `SELECT v FROM ${P}_t WHERE k = ${k}`,
   (k) => `/* controller='items',action='show' */ SELECT v FROM "${P}_t" WHERE k = ${k}`,
   (k) => `SELECT v FROM public.${P}_t WHERE k = ${k}`,
+  // Extended protocol: an unnamed statement, and a named one (Bind/Describe/Execute/Sync after its first use).
+  (k) => ({ text: `SELECT v FROM ${P}_t WHERE k = $1`, values: [k] }),
+  (k) => ({ name: `${P}_read`, text: `SELECT v FROM ${P}_t WHERE k = $1`, values: [k] }),
   // Views and partitions are read once the relation catalog resolves them (#17).
 ];
 
@@ -111,7 +114,7 @@ describe('query cache against a direct connection (random steps, 4 clients, pool
         const sql = pick(READS)(k);
         const got = (await r.query(sql)).rows;
         const want = (await direct.query(sql)).rows;
-        expect(got, `seed ${seed}, step ${step}: ${sql}\nafter: ${log.slice(-5).join('; ')}`).toEqual(want);
+        expect(got, `seed ${seed}, step ${step}: ${JSON.stringify(sql)}\nafter: ${log.slice(-5).join('; ')}`).toEqual(want);
       }
     }
     // The comparison means something only if the cache answered.
