@@ -34,10 +34,11 @@ import { planListen } from './listenRequests.js';
 import type { ListenOp } from '../routing/sessionEffects.js';
 import { TrafficMeter } from '../observability/trafficStats.js';
 import type { Classification } from '../routing/classifier.js';
+import type { RouteClass } from '../routing/policy.js';
 import { cacheKey, tableListed } from '../cache/queryCache.js';
 import { replicaLagBoundMs } from '../cache/replicaLagBound.js';
 import { ReplyCapture } from './replyCapture.js';
-import { cacheableUnit, oneStatementUnit, type KnownStatement } from './cacheableUnit.js';
+import { cacheableUnit, oneStatementUnit, unitText, type KnownStatement } from './cacheableUnit.js';
 import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
@@ -480,15 +481,25 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const cfg = this.ctx.config();
     const route = paused || this.target.poolMode === 'session' ? null : this.requests.classifyFirst(this.held.list[0]!);
     if (cfg.queryCache || (cfg.databases.length > 0 && queryCacheAnywhere(cfg))) {
-      // A lone simple Query, or one unit running its Parse's statement, names what it writes;
+      // A lone simple Query, or one extended unit of one statement (its Parse's, or a named
+      // statement's: prepared statements write through Bind alone), names what it writes;
       // anything else may write anything.
-      const held = this.held.list;
-      const lone = held.length === 1 ? held[0]!.type === FrontendMsg.Query : held[0]!.type === FrontendMsg.Parse && oneStatementUnit(held, this.knownStatement) !== null;
-      const only = lone && route !== null && (route as Classification).beginsTransaction !== true;
-      this.cacheWrites = only ? ((route as Classification).writesTables ?? NO_TABLES) : '*';
+      const c = route === null ? null : this.loneStatementClass(route);
+      this.cacheWrites = c !== null && c.beginsTransaction !== true ? (c.writesTables ?? NO_TABLES) : '*';
     }
     this.pipelineUnit = cfg.pipelineDepth > 1 && route !== null && this.requests.selfContained && this.requests.pinned === null && selfContainedUnit(this.held.list);
     this.router.route(route, route !== null && this.requests.loneRead, paused);
+  }
+
+  /** query_cache: the analysis of the one statement the held request runs, or null when it may run more. */
+  private loneStatementClass(route: RouteClass): Classification | null {
+    const held = this.held.list;
+    const first = held[0]!.type;
+    if (held.length === 1) return first === FrontendMsg.Query ? (route as Classification) : null;
+    const u = oneStatementUnit(held, this.knownStatement);
+    if (u === null) return null;
+    // A Parse's analysis is the route already; a named statement's is cached by its text.
+    return first === FrontendMsg.Parse ? (route as Classification) : this.ctx.classify(unitText(u));
   }
 
   // ---- RouterHost: the session is its router's host itself (no object and closures per client)

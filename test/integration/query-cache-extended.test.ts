@@ -20,6 +20,8 @@ const driversDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'drivers'
 
 describe('query cache with the extended protocol', () => {
   const T = `qcx_items_${process.pid}`;
+  /** A table the reads never touch. */
+  const L = `qcx_log_${process.pid}`;
   /** A VOLATILE function that writes (made before pgmux first loads the function catalog). */
   const F = `qcx_bump_${process.pid}`;
   let proxy: TestProxy;
@@ -48,7 +50,7 @@ describe('query cache with the extended protocol', () => {
   beforeAll(async () => {
     const admin = await pgClient(primaryPort());
     clients.push(admin);
-    await admin.query(`DROP TABLE IF EXISTS ${T}; CREATE TABLE ${T} (id int PRIMARY KEY, name text);
+    await admin.query(`DROP TABLE IF EXISTS ${T}, ${L}; CREATE TABLE ${T} (id int PRIMARY KEY, name text); CREATE TABLE ${L} (x int);
       INSERT INTO ${T} SELECT g, 'name ' || g FROM generate_series(1, 20) g;
       CREATE OR REPLACE FUNCTION ${F}(i int) RETURNS int LANGUAGE sql VOLATILE AS $$ UPDATE ${T} SET name = name || '+' WHERE id = i RETURNING 1 $$;`);
     for (const port of replicaPorts()) {
@@ -150,6 +152,25 @@ describe('query cache with the extended protocol', () => {
     // The entry is gone at once; a replica may not have replayed the INSERT yet (as without the cache).
     await waitFor(async () => countOf(await run(c, ...read)) !== n0, 3000, () => 'a read with the new row');
     expect(stats().hits).toBe(h + 1);
+  });
+
+  it('a write through a named statement (Bind/Execute/Sync alone) drops the entries of its table, and only those', async () => {
+    const c = await raw(proxy.port);
+    for (const [name, sql] of [['S_up', `UPDATE ${T} SET name = name || '!' WHERE id = $1`], ['S_ins', `INSERT INTO ${L} VALUES ($1)`]] as const) {
+      expect(types(await run(c, parseMsg(name, sql), syncMsg()))).toBe('1Z');
+    }
+    const read = [parseMsg('', `SELECT name FROM ${T} WHERE id = $1`), bindMsg('', '', ['12']), describeMsg('P', ''), executeMsg(), syncMsg()];
+    const nameOf = (msgs: PgMessage[]) => msgs.find((m) => m.type === 'D')!.body.subarray(6).toString();
+    await settle();
+    const before = nameOf(await run(c, ...read));
+    const h = stats().hits;
+    // A write to another table leaves the entry alone (it named its table).
+    expect(types(await run(c, bindMsg('', 'S_ins', ['1']), executeMsg(), syncMsg()))).toBe('2CZ');
+    expect(nameOf(await run(c, ...read))).toBe(before);
+    expect(stats().hits).toBe(h + 1);
+    // A write to the table read drops it.
+    expect(types(await run(c, bindMsg('', 'S_up', ['12']), executeMsg(), syncMsg()))).toBe('2CZ');
+    await waitFor(async () => nameOf(await run(c, ...read)) === `${before}!`, 3000, () => 'a read that sees the UPDATE');
   });
 
   it('a read calling a VOLATILE function (routed as a write) makes the next read fresh, simple and extended', async () => {
