@@ -160,7 +160,8 @@ const NO_DATA_CHANGE = new Set(['begin', 'start', 'set', 'reset', 'discard', 'li
 /**
  * Tables the statements in `tokens` may change: [] when none, '*' when any statement changes
  * data pgmux cannot pin to named tables (DDL, data-modifying CTEs, EXECUTE, CALL, DO, ...).
- * Targets of INSERT/UPDATE/DELETE/MERGE, TRUNCATE and COPY ... FROM are listed by name.
+ * Targets of INSERT/UPDATE/DELETE/MERGE, TRUNCATE, COPY ... FROM and REFRESH MATERIALIZED VIEW
+ * are listed by name (what else their rows show up in is the relation catalog's to say).
  */
 export function writtenTables(a: Analysis, ranges: readonly number[]): readonly string[] | '*' {
   const out: string[] = [];
@@ -188,6 +189,12 @@ export function writtenTables(a: Analysis, ranges: readonly number[]): readonly 
         if (a.w(i) === 'table') i++;
         break;
       case 'copy':
+        break;
+      case 'refresh':
+        // REFRESH MATERIALIZED VIEW [CONCURRENTLY] name: it rewrites that one relation.
+        if (a.w(i) !== 'materialized' || a.w(i + 1) !== 'view') return '*';
+        i += 2;
+        if (a.w(i) === 'concurrently') i++;
         break;
       default:
         return '*';
