@@ -45,6 +45,7 @@ import type { FunctionRef } from '../routing/functionLists.js';
 import { FunctionCatalogs, FUNCTION_CATALOG_SQL, type CatalogOptions } from '../routing/functionCatalog.js';
 import { chooseRead } from '../routing/policy.js';
 import { QueryCache } from '../cache/queryCache.js';
+import { RelationCatalogs, RELATIONS_SQL, type RelationGraph } from '../routing/relationCatalog.js';
 import { InvalidationBus, primaryBusConnector } from '../cache/invalidationBus.js';
 import { healthCheckLogin } from '../cluster/healthCheckLogin.js';
 import { queryCacheAnywhere, queryCacheFor } from '../config/databases.js';
@@ -135,6 +136,8 @@ export class PgmuxServer implements SessionContext, ServerView {
   readonly functionCatalogs: FunctionCatalogs;
   /** Query results (query_cache); RELOAD applies new bounds (applyQueryCacheConfig). */
   readonly queryCache: QueryCache;
+  /** Per cached database: how its relations hang together (what a write invalidates, what may be cached). */
+  readonly relationCatalogs: RelationCatalogs;
   /**
    * query_cache_mode notify / triggers: invalidations to and from the other instances (and
    * triggers) over NOTIFY on the primary; null with the cache off or in local mode.
@@ -167,6 +170,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.queryCache = new QueryCache({ maxBytes: cfg.queryCacheBytes, maxEntryBytes: cfg.queryCacheMaxEntryBytes, ttlMs: cfg.queryCacheTtlMs, now: () => this.clock.now });
     this.cacheBus = cacheBusWanted(cfg) ? this.newCacheBus() : null;
     this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
+    this.relationCatalogs = new RelationCatalogs((db, user) => this.loadRelationCatalog(db, user), logger, catalogOptions(cfg));
     this.applyReadPolicy();
     this.adminConsole = new AdminConsole(this);
     this.admin = {
@@ -208,7 +212,7 @@ export class PgmuxServer implements SessionContext, ServerView {
   private newCacheBus(): InvalidationBus {
     return new InvalidationBus(
       primaryBusConnector({ primary: (t) => this.nodes.primary(t), login: () => healthCheckLogin(this.cfg, this.auth.fileEntries()), config: () => this.cfg }),
-      { onInvalidate: (db, tables) => void this.queryCache.invalidateTables(db, tables), onGap: (db) => void this.queryCache.clear(db) },
+      { onInvalidate: (db, tables) => this.dropCached(db, tables), onGap: (db) => this.dropCached(db, '*') },
       this.logger,
     );
   }
@@ -225,6 +229,8 @@ export class PgmuxServer implements SessionContext, ServerView {
     const wasOn = queryCacheAnywhere(prev);
     const on = queryCacheAnywhere(next);
     if ((wasOn && !on) || (on && prev.queryCacheMode !== next.queryCacheMode)) this.queryCache.clear();
+    // While off, DDL invalidated nothing, so the relation graphs may be out of date: read them afresh.
+    if (wasOn !== on) this.relationCatalogs.forget();
     const wantBus = cacheBusWanted(next);
     if (wantBus && this.cacheBus === null) this.cacheBus = this.newCacheBus();
     else if (!wantBus && this.cacheBus !== null) {
@@ -245,13 +251,58 @@ export class PgmuxServer implements SessionContext, ServerView {
 
   /** A write through this instance: its own entries go now, the other instances' by NOTIFY. */
   invalidateCache(database: string, tables: readonly string[] | '*'): void {
-    this.queryCache.invalidateTables(database, tables);
+    this.dropCached(database, tables);
     this.cacheBus?.publish(database, tables);
+  }
+
+  /**
+   * Every invalidation, whoever wrote (this instance, another, a trigger), goes through here:
+   * the written names become every name whose cached reads they may change. A whole
+   * database (DDL, a gap) may have changed its relations too: their graph is read again.
+   */
+  private dropCached(database: string, tables: readonly string[] | '*'): void {
+    if (tables === '*' || tables.length === 0 || tables.includes('*')) {
+      this.relationCatalogs.changed(database);
+      this.queryCache.invalidateTables(database, '*');
+      return;
+    }
+    const graph = this.relationCatalogs.forWrite(database);
+    this.queryCache.invalidateTables(database, graph === undefined ? tables : graph === null ? '*' : graph.affectedBy(tables));
+  }
+
+  clearCache(table?: string): number {
+    if (table === undefined) return this.queryCache.clear();
+    let n = 0;
+    for (const database of new Set(this.queryCache.stats().byTable.map((t) => t.database))) {
+      const graph = this.relationCatalogs.forWrite(database);
+      // No current graph: no entry there reads a table through one (see dropCached), the name alone does.
+      n += this.queryCache.invalidateTables(database, graph === undefined || graph === null ? [table] : graph.affectedBy([table.toLowerCase()]));
+    }
+    return n;
+  }
+
+  /**
+   * The relation graph a cacheable read in the target's database is checked against: null
+   * when there is no current one (do not cache), or a promise to wait for (it is loading).
+   */
+  cacheRelations(target: DatabaseTarget): RelationGraph | null | Promise<void> {
+    // A session keeps its target: registered once per target, no key string built per read.
+    if (!this.relationTargets.has(target)) {
+      this.relationTargets.add(target);
+      const key = target.dbname + '\0' + target.backendUser;
+      if (!this.catalogTargets.has(key)) {
+        if (this.catalogTargets.size >= 1000) this.catalogTargets.clear();
+        this.catalogTargets.set(key, target);
+      }
+    }
+    return this.relationCatalogs.forRead(target.dbname, target.backendUser, this.clock.now);
   }
 
   cacheVerdict(sql: string): CacheVerdict {
     return this.classifier.cacheVerdict(sql);
   }
+
+  private readonly relationTargets = new WeakSet<DatabaseTarget>();
 
   /** Per (database, backend user) whose function catalog is loaded: a target to log in with (an entry's password included). */
   private readonly catalogTargets = new Map<string, DatabaseTarget>();
@@ -287,6 +338,17 @@ export class PgmuxServer implements SessionContext, ServerView {
     const target = this.catalogTargets.get(database + '\0' + user) ?? resolveDatabase(this.cfg, database, user);
     if (target === null) throw new Error(`database "${database}" is not served`);
     const row = await this.pool(this.nodes.nodeAddress(node), target).queryRow(FUNCTION_CATALOG_SQL);
+    return row?.[0] ?? null;
+  }
+
+  /** pg_class and its links, as the function catalog is read: the primary's, else a read node's (replicas replay the catalog). */
+  private async loadRelationCatalog(database: string, user: string): Promise<string | null> {
+    const topo = this.monitor.snapshot();
+    const node = topo.primary ?? chooseRead(topo, this.nodes.disabledNodes, null, null, null, this.nodes.readBalancer).node;
+    if (node === null) throw new Error('no node is up');
+    const target = this.catalogTargets.get(database + '\0' + user) ?? resolveDatabase(this.cfg, database, user);
+    if (target === null) throw new Error(`database "${database}" is not served`);
+    const row = await this.pool(this.nodes.nodeAddress(node), target).queryRow(RELATIONS_SQL);
     return row?.[0] ?? null;
   }
 
@@ -608,6 +670,7 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.auth.setEntries(entries);
     if (JSON.stringify(prev.writeFunctions) !== JSON.stringify(next.writeFunctions)) this.classifier = new Classifier({ writeFunctions: next.writeFunctions });
     this.functionCatalogs.configure(catalogOptions(next));
+    this.relationCatalogs.configure(catalogOptions(next));
     this.applyReadPolicy();
     this.logger.level = next.logLevel;
     this.monitor.setConfig(this.cfg);

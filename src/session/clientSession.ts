@@ -37,6 +37,7 @@ import type { Classification } from '../routing/classifier.js';
 import type { RouteClass } from '../routing/policy.js';
 import { cacheKey, tableListed } from '../cache/queryCache.js';
 import { replicaLagBoundMs } from '../cache/replicaLagBound.js';
+import { RelationGraph } from '../routing/relationCatalog.js';
 import { ReplyCapture } from './replyCapture.js';
 import { cacheableUnit, oneStatementUnit, unitText, type KnownStatement } from './cacheableUnit.js';
 import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
@@ -46,6 +47,8 @@ export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
 let nextClientId = 1;
 /** Classifier reasons that mean "one statement that writes, for certain" (refused locally on a replica-only entry). */
 const NO_TABLES: readonly string[] = Object.freeze([]);
+/** query_cache: answerFromCache's "not yet": the relation catalog is loading (identity only). */
+const WAIT_FOR_CATALOG = Buffer.alloc(0);
 /** query_cache: more than the first request ran in the transaction, so it may have written anything. */
 const MORE_THAN_ONE_REQUEST: readonly string[] = Object.freeze(['*']);
 const SURE_WRITES: ReadonlySet<string> = new Set(['INSERT', 'UPDATE', 'DELETE', 'MERGE']);
@@ -76,6 +79,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   readonly clientSettings = new ClientSettings();
   /** query_cache: the reply of the lone cacheable request running now, being copied. */
   private capture: ReplyCapture | null = null;
+  /** query_cache: this transaction's read waited for the relation catalog already. */
+  private waitedForCatalog = false;
   /** query_cache: tables the running transaction may write ('*': any); null when the cache is off. */
   private cacheWrites: readonly string[] | '*' | null = null;
   backend: BackendConnection | null = null;
@@ -530,6 +535,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.refuseReplicaWrite(held) ??
       this.refuseReplicaListen(held) ??
       this.answerFromCache(held);
+    if (reply === WAIT_FOR_CATALOG) return true; // routed again once the relation catalog is loaded
     if (reply === null) return this.listens.answer(this.held, this.requests, (sql) => this.ctx.classify(sql), this.finishListen);
     this.held.take();
     this.setState(ClientState.Idle);
@@ -625,6 +631,25 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const database = this.target.dbname;
     // Another instance's (or a trigger's) invalidations may be missed while not listening.
     if (!this.ctx.cacheCoherent(database)) return null;
+    // What the names read stand for (views, partitions, temporary and foreign tables) and so
+    // which writes make the entry stale: the database's relation graph, loaded once.
+    let graph: RelationGraph | null = null;
+    if (verdict.tables.length > 0) {
+      const g = this.ctx.cacheRelations(this.target);
+      if (!(g instanceof RelationGraph)) {
+        // Wait once: a graph made stale again while it loaded (DDL after DDL) is not waited for twice.
+        if (g === null || this.waitedForCatalog) {
+          this.waitedForCatalog = false;
+          return null;
+        }
+        this.waitedForCatalog = true;
+        void g.then(this.routeAfterCatalog);
+        return WAIT_FOR_CATALOG;
+      }
+      this.waitedForCatalog = false;
+      if (g.uncacheableRead(verdict.tables, cfg.queryCacheTables) !== null) return null;
+      graph = g;
+    }
     // Privileges and row-level security follow the backend login; the client name is kept too.
     const key = cacheKey({ user: `${this.user}\0${this.target.backendUser}`, settings: this.clientSettings.fingerprint, sql, unit });
     // read_your_writes: nothing stored before (or in the same clock tick as) this client's last write.
@@ -638,12 +663,16 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // once that write is older than the lag pgmux routes reads within (plus one health check);
     // the primary's always (it has every committed write).
     const lagBoundMs = replicaLagBoundMs(cfg);
-    const needsPrimary = lagBoundMs === Infinity || cache.quietForMs(database, verdict.tables) <= lagBoundMs;
+    const needsPrimary = lagBoundMs === Infinity || cache.quietForMs(database, graph === null ? verdict.tables : graph.dependenciesOf(verdict.tables)) <= lagBoundMs;
     this.capture = new ReplyCapture(database, key, verdict.tables, verdict.ttlMs, cache.epoch(database), cache.maxEntryBytes, needsPrimary);
     return null;
   }
 
   private readonly knownStatement = (name: string): KnownStatement | undefined => this.stmts.statement(name);
+
+  private readonly routeAfterCatalog = (): void => {
+    if (this.state === ClientState.Waiting) this.beginTransaction();
+  };
 
   private readonly finishListen = (out: Buffer[]): void => {
     if (this.state !== ClientState.Waiting) return;

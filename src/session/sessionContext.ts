@@ -2,6 +2,7 @@
 // tables, never the listener, the monitor or the pool registry itself.
 
 import type { CacheVerdict } from '../routing/cacheability.js';
+import type { RelationGraph } from '../routing/relationCatalog.js';
 import type { QueryCache } from '../cache/queryCache.js';
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
@@ -70,6 +71,11 @@ export interface SessionContext {
   queryCacheOn(target: DatabaseTarget): boolean;
   /** The query result cache (used only when query_cache is on). */
   readonly queryCache: QueryCache;
+  /**
+   * query_cache: the target database's relation graph for a cacheable read: null when none is
+   * current (do not cache), or a promise (never rejecting) to wait for, then ask again.
+   */
+  cacheRelations(target: DatabaseTarget): RelationGraph | null | Promise<void>;
   /**
    * A read calling `calls` in the target's database: why it must run on the primary (it calls a volatile
    * function), null if it need not, or a promise to wait for (the database's function
