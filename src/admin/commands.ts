@@ -80,7 +80,7 @@ export async function runAction(view: ServerView, action: Action, args: string[]
     }
     case 'CACHE': {
       if ((args[0] ?? '').toUpperCase() !== 'CLEAR' || args.length > 2) return usage('CACHE', 'CACHE CLEAR [table]');
-      const n = view.queryCache.clear(undefined, args[1]);
+      const n = view.clearCache(args[1]);
       return notice(`${n} query cache entries dropped`, 'CACHE');
     }
     case 'WAIT_CLOSE': {

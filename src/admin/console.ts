@@ -62,7 +62,7 @@ export const COMMANDS: readonly CommandHelp[] = [
   { command: 'RELOAD', description: 're-reads the configuration; a refused one leaves the running one in place', show: false },
   { command: 'SET <key> = <value>', description: 'changes one setting that RELOAD can change, parsed as in the file', show: false },
   { command: 'RECONNECT [db]', description: 'closes every backend (of a database) as soon as it is released', show: false },
-  { command: 'CACHE CLEAR [table]', description: 'drops the query cache entries (that read the table, in every database)', show: false },
+  { command: 'CACHE CLEAR [table]', description: 'drops the query cache entries (those a write to the table would drop, in every database)', show: false },
   { command: 'WAIT_CLOSE [db]', description: 'returns once no backend (of a database) is waiting to be closed', show: false },
   { command: 'DISABLE <db>', description: 'new clients of the database are refused', show: false },
   { command: 'ENABLE <db>', description: 'undoes DISABLE <db>', show: false },

@@ -173,6 +173,8 @@ export interface ServerView {
   readonly shuttingDown: boolean;
   /** The query result cache (query_cache): SHOW CACHE, CACHE CLEAR, the pgmux_query_cache_* metrics. */
   readonly queryCache: QueryCache;
+  /** CACHE CLEAR [table]: every database's entries, or those a write to `table` would drop (views over it, ...). */
+  clearCache(table?: string): number;
 
   // Actions (admin users only).
   /** Resolves once no transaction of the paused database(s) holds a backend. */
