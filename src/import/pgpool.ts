@@ -404,6 +404,9 @@ function importPgpoolCache(get: (k: string) => string | undefined, done: Set<str
   const enabled = get('memory_cache_enabled');
   if (enabled === undefined) return;
   done.add('memory_cache_enabled');
+  // Pgpool-II's "safe" list (views, unlogged tables it would not cache) keeps its sense: pgmux
+  // caches views and tables anyway, and a listed relation is cached even where pgmux cannot see
+  // what it depends on (a view calling functions, a foreign table), as the user vouched for it.
   const lists = [
     ['cache_safe_memqcache_table_list', 'query_cache_tables'],
     ['white_memqcache_table_list', 'query_cache_tables'],
