@@ -648,6 +648,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       }
       this.waitedForCatalog = false;
       if (g.uncacheableRead(verdict.tables, cfg.queryCacheTables) !== null) return null;
+      // An excluded table is one written where pgmux cannot see: so are the views and parents over it.
+      if (excluded.length > 0 && g.dependenciesOf(verdict.tables).some((t) => tableListed(excluded, t))) return null;
       graph = g;
     }
     // Privileges and row-level security follow the backend login; the client name is kept too.

@@ -253,6 +253,23 @@ describe('query cache: query_cache_tables', () => {
   });
 });
 
+describe('query cache: query_cache_exclude_tables', () => {
+  it('keeps out reads of views and parents over an excluded table, not only reads naming it', async () => {
+    const proxy = await startProxy({ queryCache: true, queryCacheMode: 'local', nodes: primaryOnly(), queryCacheExcludeTables: ['base', 'meas_2'] });
+    const r = new Reader(proxy, await pgClient(proxy.port, { database: DB }));
+    try {
+      await r.uncached('SELECT n FROM v_base');
+      await r.uncached('SELECT n FROM v_v');
+      await r.uncached('SELECT count(*)::int AS n FROM meas');
+      await r.cached('SELECT count(*)::int AS n FROM meas_1');
+      await r.cached('SELECT n FROM mv_base'); // a snapshot: only its REFRESH changes it
+    } finally {
+      await r.c.end();
+      await proxy.close();
+    }
+  });
+});
+
 describe('query cache: temporary tables', () => {
   let proxy: TestProxy;
   const clients: pg.Client[] = [];
