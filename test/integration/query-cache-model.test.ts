@@ -1,7 +1,8 @@
 // The query cache compared with a direct connection: several clients through pgmux (cache on,
 // pool of 2, the primary the only node, so an uncached read is always current) run a random
 // sequence of reads and of every kind of write users send (plain, quoted, behind comments,
-// in transaction blocks, rolled back, through CTEs, views, partitions, volatile functions,
+// in transaction blocks, rolled back, through CTEs, views, partitions, triggers, materialized
+// views, volatile functions,
 // procedures, multi-statement strings, the extended protocol). After each step,
 // every read through pgmux must answer exactly what the primary answers directly.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -31,7 +32,11 @@ const READS: Array<(k: number) => string | pg.QueryConfig> = [
   // Extended protocol: an unnamed statement, and a named one (Bind/Describe/Execute/Sync after its first use).
   (k) => ({ text: `SELECT v FROM ${P}_t WHERE k = $1`, values: [k] }),
   (k) => ({ name: `${P}_read`, text: `SELECT v FROM ${P}_t WHERE k = $1`, values: [k] }),
-  // Views and partitions are read once the relation catalog resolves them (#17).
+  () => `SELECT sum(v)::int AS v FROM ${P}_view`,
+  () => `SELECT sum(v)::int AS v FROM ${P}_part`,
+  () => `SELECT sum(v)::int AS v FROM ${P}_part_a`,
+  () => `SELECT sum(t.v + p.v)::int AS v FROM ${P}_t t JOIN ${P}_part p USING (k)`,
+  () => `SELECT sum(v)::int AS v FROM ${P}_mv`,
 ];
 
 /** Each write bumps one key; run through `c` (a pgmux client). */
@@ -52,7 +57,10 @@ const WRITES: Array<(c: pg.Client, k: number) => Promise<unknown>> = [
   (c, k) => c.query(`SELECT ${P}_bump(${k})`),
   (c, k) => c.query(`CALL ${P}_proc(${k})`),
   (c, k) => c.query(`WITH x AS (UPDATE ${P}_t SET v = v + 1 WHERE k = ${k} RETURNING 1) SELECT count(*) FROM x`),
+  (c, k) => c.query(`UPDATE ${P}_view SET v = v + 1 WHERE k = ${k}`),
   (c, k) => c.query(`UPDATE ${P}_part SET v = v + 1 WHERE k = ${k}`),
+  (c, k) => c.query(`UPDATE ${P}_src SET n = n + 1 WHERE k = ${k}`), // its trigger updates _t
+  (c) => c.query(`REFRESH MATERIALIZED VIEW ${P}_mv`),
   (c, k) => c.query(`UPDATE ${P}_part_a SET v = v + 1 WHERE k = ${k}`),
   (c, k) => c.query(`UPDATE ${P}_t SET v = v + 1 WHERE k = ${k}; SELECT v FROM ${P}_t WHERE k = ${k}`),
   (c, k) => c.query(`UPDATE ${P}_t SET v = v + 1 WHERE k = $1`, [k]),
@@ -67,7 +75,7 @@ describe('query cache against a direct connection (random steps, 4 clients, pool
   beforeAll(async () => {
     direct = await pgClient(primaryPort());
     await direct.query(`
-      DROP TABLE IF EXISTS ${P}_t, ${P}_part CASCADE;
+      DROP TABLE IF EXISTS ${P}_t, ${P}_part, ${P}_src CASCADE; DROP FUNCTION IF EXISTS ${P}_src_trigger();
       CREATE TABLE ${P}_t (k int PRIMARY KEY, v int NOT NULL);
       INSERT INTO ${P}_t SELECT k, 0 FROM generate_series(1, ${KEYS}) k;
       CREATE VIEW ${P}_view AS SELECT k, v FROM ${P}_t;
@@ -75,6 +83,11 @@ describe('query cache against a direct connection (random steps, 4 clients, pool
       CREATE TABLE ${P}_part_a PARTITION OF ${P}_part FOR VALUES FROM (1) TO (3);
       CREATE TABLE ${P}_part_b PARTITION OF ${P}_part FOR VALUES FROM (3) TO (100);
       INSERT INTO ${P}_part SELECT k, 0 FROM generate_series(1, ${KEYS}) k;
+      CREATE MATERIALIZED VIEW ${P}_mv AS SELECT k, v FROM ${P}_t;
+      CREATE TABLE ${P}_src (k int PRIMARY KEY, n int NOT NULL);
+      INSERT INTO ${P}_src SELECT k, 0 FROM generate_series(1, ${KEYS}) k;
+      CREATE FUNCTION ${P}_src_trigger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN UPDATE ${P}_t SET v = v + 1 WHERE k = NEW.k; RETURN NEW; END $$;
+      CREATE TRIGGER ${P}_src_bump AFTER UPDATE ON ${P}_src FOR EACH ROW EXECUTE FUNCTION ${P}_src_trigger();
       CREATE OR REPLACE FUNCTION ${P}_bump(key int) RETURNS int LANGUAGE sql AS $$ UPDATE ${P}_t SET v = v + 1 WHERE k = key RETURNING v $$;
       CREATE OR REPLACE PROCEDURE ${P}_proc(key int) LANGUAGE sql AS $$ UPDATE ${P}_part SET v = v + 1 WHERE k = key $$;`);
     const [primary] = clusterInfo().nodes;
@@ -91,7 +104,7 @@ describe('query cache against a direct connection (random steps, 4 clients, pool
   afterAll(async () => {
     for (const c of clients) await c.end().catch(() => {});
     await proxy?.close();
-    await direct?.query(`DROP TABLE IF EXISTS ${P}_t, ${P}_part CASCADE; DROP FUNCTION IF EXISTS ${P}_bump(int); DROP PROCEDURE IF EXISTS ${P}_proc(int)`).catch(() => {});
+    await direct?.query(`DROP TABLE IF EXISTS ${P}_t, ${P}_part, ${P}_src CASCADE; DROP FUNCTION IF EXISTS ${P}_bump(int), ${P}_src_trigger(); DROP PROCEDURE IF EXISTS ${P}_proc(int)`).catch(() => {});
     await direct?.end();
   });
 
