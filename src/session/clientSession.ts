@@ -39,7 +39,7 @@ import { cacheKey, tableListed } from '../cache/queryCache.js';
 import { replicaLagBoundMs } from '../cache/replicaLagBound.js';
 import { RelationGraph } from '../routing/relationCatalog.js';
 import { ReplyCapture } from './replyCapture.js';
-import { cacheableUnit, oneStatementUnit, unitText, type KnownStatement } from './cacheableUnit.js';
+import { cacheableUnit, type KnownStatement } from './cacheableUnit.js';
 import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
@@ -49,8 +49,8 @@ let nextClientId = 1;
 const NO_TABLES: readonly string[] = Object.freeze([]);
 /** query_cache: answerFromCache's "not yet": the relation catalog is loading (identity only). */
 const WAIT_FOR_CATALOG = Buffer.alloc(0);
-/** query_cache: more than the first request ran in the transaction, so it may have written anything. */
-const MORE_THAN_ONE_REQUEST: readonly string[] = Object.freeze(['*']);
+/** query_cache: the transaction's requests are not followed (not tracking), so a write may have written anything. */
+const UNTRACKED: readonly string[] = Object.freeze(['*']);
 const SURE_WRITES: ReadonlySet<string> = new Set(['INSERT', 'UPDATE', 'DELETE', 'MERGE']);
 const isListen = (op: ListenOp): boolean => op.kind === 'listen';
 /** query_cache: one read-only statement the classifier itself sent to a replica, leaving no session state. */
@@ -306,7 +306,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.requests.flushRun();
     corked?.uncork();
     if (forwarded) {
-      if (this.cacheWrites !== null) this.cacheWrites = MORE_THAN_ONE_REQUEST;
       this.unitOpen = false; // more than one unit now: nobody queues behind it
       // A request sent after a lone read went to its backend too: the read may no longer run elsewhere.
       const held = this.replay.moreRequests();
@@ -400,6 +399,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       terminated: () => this.close('client_terminate'),
       listensOnBackend: (ops) => this.listens.movedToBackend(ops),
       functionsChanging: () => this.functionChanges.sent(),
+      requestSent: (c) => this.noteWrites(c),
       discardedAll: () => this.listens.endAll(),
       log: (fields, msg) => this.log.info(fields, msg),
     };
@@ -486,25 +486,14 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const cfg = this.ctx.config();
     const route = paused || this.target.poolMode === 'session' ? null : this.requests.classifyFirst(this.held.list[0]!);
     if (cfg.queryCache || (cfg.databases.length > 0 && queryCacheAnywhere(cfg))) {
-      // A lone simple Query, or one extended unit of one statement (its Parse's, or a named
-      // statement's: prepared statements write through Bind alone), names what it writes;
-      // anything else may write anything.
-      const c = route === null ? null : this.loneStatementClass(route);
-      this.cacheWrites = c !== null && c.beginsTransaction !== true ? (c.writesTables ?? NO_TABLES) : '*';
+      // Every request the transaction sends says what it may write (requestSent), so a
+      // transaction block drops the entries of the tables it wrote, not the whole database.
+      const tracking = this.requests.tracking;
+      this.requests.collectWrites = tracking;
+      this.cacheWrites = tracking ? NO_TABLES : UNTRACKED;
     }
     this.pipelineUnit = cfg.pipelineDepth > 1 && route !== null && this.requests.selfContained && this.requests.pinned === null && selfContainedUnit(this.held.list);
     this.router.route(route, route !== null && this.requests.loneRead, paused);
-  }
-
-  /** query_cache: the analysis of the one statement the held request runs, or null when it may run more. */
-  private loneStatementClass(route: RouteClass): Classification | null {
-    const held = this.held.list;
-    const first = held[0]!.type;
-    if (held.length === 1) return first === FrontendMsg.Query ? (route as Classification) : null;
-    const u = oneStatementUnit(held, this.knownStatement);
-    if (u === null) return null;
-    // A Parse's analysis is the route already; a named statement's is cached by its text.
-    return first === FrontendMsg.Parse ? (route as Classification) : this.ctx.classify(unitText(u));
   }
 
   // ---- RouterHost: the session is its router's host itself (no object and closures per client)
@@ -745,7 +734,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     alignSettings(this.clientSettings, b, this.clientSettings.fingerprint);
     const held = this.held.take();
     // One extended-protocol unit of one statement is one request: it runs what routing read.
-    if (held.length > 1 && this.cacheWrites !== null && oneStatementUnit(held, this.knownStatement) === null) this.cacheWrites = MORE_THAN_ONE_REQUEST;
     for (let i = 0; i < held.length && this.linked; i++) {
       const m = held[i]!;
       this.requests.forward(b, m.type, m.buf, m.start, m.end);
@@ -804,7 +792,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // Sent while it was queued: forwarded now unless units are queued behind this one too.
     if (this.held.list.length > 0 && queuedBehind(b) === 0) {
       const held = this.held.take();
-      if (this.cacheWrites !== null) this.cacheWrites = MORE_THAN_ONE_REQUEST;
       b.cork();
       for (const m of held) this.requests.forward(b, m.type, m.buf, m.start, m.end);
       this.requests.flushRun();
@@ -884,17 +871,38 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
   }
 
-  /** query_cache: a transaction that ran as a write drops the cache entries it may have made stale. */
+  /** query_cache: what a request sent in this transaction may write joins what the transaction writes. */
+  private noteWrites(c: Classification | null): void {
+    const w = this.cacheWrites;
+    if (w === null || w === '*' || w === UNTRACKED) return;
+    if (c === null) {
+      this.cacheWrites = '*';
+      return;
+    }
+    const t = c.writesTables;
+    if (t === undefined) {
+      // A read that calls a function that may write (or one the catalog does not know yet): any table.
+      if (c.calls !== undefined && this.ctx.volatileCall(this.target, c.calls) !== null) this.cacheWrites = '*';
+      return;
+    }
+    if (t === '*') this.cacheWrites = '*';
+    else if (t.length > 0) this.cacheWrites = w.length === 0 ? t : [...new Set([...w, ...t])];
+  }
+
+  /** query_cache: a transaction drops the cache entries of what it may have written. */
   private invalidateWrites(): void {
     const cfg = this.ctx.config();
     if (!cfg.queryCache && (cfg.databases.length === 0 || !queryCacheAnywhere(cfg))) return;
-    // A read that called a function that may write: which tables it wrote is not known.
-    const tables = this.cacheWrites === null || (this.cacheWrites.length === 0 && this.router.readMayWrite) ? '*' : this.cacheWrites;
+    const w = this.cacheWrites;
     this.cacheWrites = null;
-    // A read routed as one may have had a write sent behind it on the same backend.
-    const wrote = this.router.routedWrite || tables === MORE_THAN_ONE_REQUEST;
-    // An empty list (SET, LOCK, ...) changes no data; the store reads [] as "everything".
-    if (wrote && tables.length > 0) this.ctx.invalidateCache(this.target.dbname, tables);
+    this.requests.collectWrites = false;
+    // Requests not followed (or the cache turned on mid-transaction): a write may have written anything.
+    if (w === null || w === UNTRACKED) {
+      if (this.router.routedWrite) this.ctx.invalidateCache(this.target.dbname, '*');
+      return;
+    }
+    // An empty list: nothing sent writes data (reads, SET, LOCK, ...); the store reads [] as "everything".
+    if (w === '*' || w.length > 0) this.ctx.invalidateCache(this.target.dbname, w);
   }
 
   /** Messages held while linked (pipelining) are handled as if they arrived now, while idle. */

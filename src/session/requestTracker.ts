@@ -38,6 +38,8 @@ export interface RequestHost {
   listensOnBackend(ops: readonly ListenOp[]): void;
   /** A statement that may change the database's functions (CREATE FUNCTION, ...) is sent. */
   functionsChanging(): void;
+  /** query_cache (while collectWrites): a request is sent; its analysis, or null when what it may write is unknown. */
+  requestSent(c: Classification | null): void;
   log(fields: Record<string, unknown>, msg: string): void;
 }
 
@@ -51,6 +53,8 @@ export class RequestTracker {
   private extendedOpen = false;
   /** Why this client keeps its backend between transactions (session state), or null. */
   pinned: string | null = null;
+  /** query_cache: tell the host of every request sent, to learn what the transaction writes. */
+  collectWrites = false;
   /** Named statements -> their Parse's analysis (routes a later Bind, and its session effects). */
   readonly statementClasses = new Map<string, Classification>();
   /** Named statements that are LISTEN / UNLISTEN, answered by pgmux (see listenRequests.ts). */
@@ -136,6 +140,7 @@ export class RequestTracker {
         this.meter.requestSent();
         if (tracking) {
           const c = this.queryClass(buf, start, end);
+          if (this.collectWrites) this.host.requestSent(c);
           if (c.changesFunctions === true) this.host.functionsChanging();
           const fx = c.session;
           if (fx !== undefined && this.onSessionEffects(b, fx, null)) return;
@@ -145,6 +150,7 @@ export class RequestTracker {
       case FrontendMsg.FunctionCall:
         b.pendingRfq++;
         this.meter.requestSent();
+        if (this.collectWrites) this.host.requestSent(null);
         if (tracking) b.expect(Expect.Rfq);
         break;
       case FrontendMsg.Sync:
@@ -165,6 +171,7 @@ export class RequestTracker {
             const p = parseParse(buf, start, end);
             const c = p === null ? null : this.host.classify(p.query);
             if (p !== null && c !== null && !this.stmts.has(p.name)) this.statementClasses.set(p.name, c);
+            if (this.collectWrites) this.host.requestSent(c);
             if (c?.changesFunctions === true) this.host.functionsChanging();
             if (c?.session !== undefined) this.onSessionEffects(b, c.session, undefined);
             this.stmts.parse(b, buf, start, end, p);
@@ -172,6 +179,7 @@ export class RequestTracker {
           }
           // Drivers (psycopg) also send DEALLOCATE through the extended protocol.
           const uc = this.unnamedParseClass(buf, start, end);
+          if (this.collectWrites) this.host.requestSent(uc);
           if (uc?.changesFunctions === true) this.host.functionsChanging();
           const fx = uc?.session;
           if (fx !== undefined && this.onSessionEffects(b, fx, parseParse(buf, start, end))) return;
@@ -188,6 +196,7 @@ export class RequestTracker {
           if (st !== null && st.name !== '' && this.stmts.has(st.name)) {
             // A statement prepared earlier does what its text does, each time it runs.
             const sc = this.statementClasses.get(st.name);
+            if (this.collectWrites) this.host.requestSent(sc ?? null);
             if (sc?.changesFunctions === true) this.host.functionsChanging();
             const fx = sc?.session;
             if (fx !== undefined) this.onSessionEffects(b, fx, undefined);

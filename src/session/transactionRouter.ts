@@ -45,8 +45,6 @@ export class TransactionRouter {
   routedWrite = true;
   /** A lone read that may run again elsewhere if its node dies before answering (replayGuard.ts). */
   retryable = false;
-  /** The transaction's read calls a function the catalog says may write (query_cache: it may have changed any table). */
-  readMayWrite = false;
   /** What the routing policy remembers of this client (read-your-writes, failed attempts). */
   private readonly state: RouteClient = { minLsn: null, lastWriteAt: -Infinity, avoidNode: null, attempts: 0 };
   private readonly command: { -readonly [K in keyof RouteCommand]: RouteCommand[K] } = { route: null, volatile: null, only: 'any' };
@@ -91,10 +89,9 @@ export class TransactionRouter {
     const session = this.host.session;
     this.retryable = loneRead;
     // A read calling a function the database's catalog says is VOLATILE may write.
-    // Not for an entry with a fixed route: nothing would change where it runs (but on the
-    // primary, the query cache must know whether it may have written).
+    // Not for an entry with a fixed route: nothing would change where it runs.
     const only = session.target.route;
-    const volatile = (only === 'any' || (only === 'primary' && session.target.queryCache)) && route !== null && route.target === 'replica' && route.calls !== undefined ? ctx.volatileCall(session.target, route.calls) : null;
+    const volatile = only === 'any' && route !== null && route.target === 'replica' && route.calls !== undefined ? ctx.volatileCall(session.target, route.calls) : null;
     const t = nowUs();
     if (!this.waitOpen) {
       this.waitStartedUs = t;
@@ -104,7 +101,6 @@ export class TransactionRouter {
       void volatile.then(this.routeAgain); // the catalog is loading: once per database and after DDL
       return;
     }
-    this.readMayWrite = volatile !== null;
     if (volatile !== null) this.retryable = false; // it may have written: never re-run
     // The policy's inputs are filled into objects this router keeps: nothing allocated per transaction for them.
     const cmd = this.command;

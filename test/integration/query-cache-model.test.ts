@@ -133,4 +133,38 @@ describe('query cache against a direct connection (random steps, 4 clients, pool
     // The comparison means something only if the cache answered.
     expect(proxy.proxy.queryCache.stats().hits - hitsBefore).toBeGreaterThan(50);
   });
+
+  it('a transaction block drops the entries of the tables it wrote, and only those; one calling a writing function drops all', async () => {
+    const [c, other] = clients;
+    const hits = () => proxy.proxy.queryCache.stats().hits;
+    const readT = `SELECT v FROM ${P}_t WHERE k = 1`;
+    const readSrc = `SELECT n FROM ${P}_src WHERE k = 1`;
+    const same = async (sql: string) => expect((await other!.query(sql)).rows).toEqual((await direct.query(sql)).rows);
+    for (const sql of [readT, readSrc]) await other!.query(sql);
+    let h = hits();
+    await same(readT);
+    await same(readSrc);
+    expect(hits()).toBe(h + 2);
+
+    await c!.query('BEGIN');
+    await c!.query(`UPDATE ${P}_t SET v = v + 1 WHERE k = 1`);
+    await c!.query(`SELECT n FROM ${P}_src WHERE k = 1`);
+    await c!.query('COMMIT');
+    h = hits();
+    await same(readSrc); // not written: still served
+    expect(hits()).toBe(h + 1);
+    await same(readT); // written: read afresh
+    expect(hits()).toBe(h + 1);
+
+    // Extended protocol inside the block, and a write to the table through a function.
+    await same(readT);
+    await same(readSrc);
+    await c!.query('BEGIN');
+    await c!.query({ text: `SELECT ${P}_bump($1)`, values: [1] });
+    await c!.query('COMMIT');
+    h = hits();
+    await same(readT);
+    await same(readSrc);
+    expect(hits()).toBe(h);
+  });
 });
