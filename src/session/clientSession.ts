@@ -29,33 +29,19 @@ import { inReadBuffer } from '../net/leanSocket.js';
 import { HeldMessages } from './heldMessages.js';
 import { FunctionChanges } from './functionChanges.js';
 import { expiredTimeout, fatalSpecOf, frameErrorSpec } from './clientErrors.js';
-import { queryCacheAnywhere, UNRESOLVED, type DatabaseTarget } from '../config/databases.js';
+import { UNRESOLVED, type DatabaseTarget } from '../config/databases.js';
 import { planListen } from './listenRequests.js';
 import type { ListenOp } from '../routing/sessionEffects.js';
 import { TrafficMeter } from '../observability/trafficStats.js';
-import type { Classification } from '../routing/classifier.js';
-import type { RouteClass } from '../routing/policy.js';
-import { cacheKey, tableListed } from '../cache/queryCache.js';
-import { replicaLagBoundMs } from '../cache/replicaLagBound.js';
-import { RelationGraph } from '../routing/relationCatalog.js';
-import { ReplyCapture } from './replyCapture.js';
-import { cacheableUnit, type KnownStatement } from './cacheableUnit.js';
+import { SessionCache, WAIT_FOR_CATALOG, type SessionCacheHost } from './sessionCache.js';
 import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
 export { ADMIN_DATABASE, ClientState, type ClientCloseReason };
 
 let nextClientId = 1;
 /** Classifier reasons that mean "one statement that writes, for certain" (refused locally on a replica-only entry). */
-const NO_TABLES: readonly string[] = Object.freeze([]);
-/** query_cache: answerFromCache's "not yet": the relation catalog is loading (identity only). */
-const WAIT_FOR_CATALOG = Buffer.alloc(0);
-/** query_cache: the transaction's requests are not followed (not tracking), so a write may have written anything. */
-const UNTRACKED: readonly string[] = Object.freeze(['*']);
 const SURE_WRITES: ReadonlySet<string> = new Set(['INSERT', 'UPDATE', 'DELETE', 'MERGE']);
 const isListen = (op: ListenOp): boolean => op.kind === 'listen';
-/** query_cache: one read-only statement the classifier itself sent to a replica, leaving no session state. */
-const cacheableRead = (c: Classification): boolean =>
-  c.target === 'replica' && c.statements === 1 && c.beginsTransaction !== true && c.session === undefined && !c.reason.startsWith('hint ');
 const NONE: readonly string[] = [];
 const EMPTY_HEADER = Buffer.alloc(0);
 
@@ -77,12 +63,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   applicationName = '';
   /** Its session settings (reported and unreported), carried to every backend it uses. */
   readonly clientSettings = new ClientSettings();
-  /** query_cache: the reply of the lone cacheable request running now, being copied. */
-  private capture: ReplyCapture | null = null;
-  /** query_cache: this transaction's read waited for the relation catalog already. */
-  private waitedForCatalog = false;
-  /** query_cache: tables the running transaction may write ('*': any); null when the cache is off. */
-  private cacheWrites: readonly string[] | '*' | null = null;
   backend: BackendConnection | null = null;
   readonly connectedAt: number;
   lastActiveAt: number;
@@ -132,6 +112,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   private readonly stmts: StatementForwarder;
   /** Per message on the linked backend: release bookkeeping, session effects, forwarding. */
   private readonly requests: RequestTracker;
+  /** Its part in the query cache (answers, captured replies, what its transactions write). */
+  private readonly cache: SessionCache;
   /** Subscriptions on the shared listener, and notifications waiting for a transaction's end. */
   private readonly listens: ClientListens;
 
@@ -162,6 +144,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.reader = new FrameReader(ctx.config().maxMessageBytes, false);
     this.stmts = new StatementForwarder(ctx.statementNames, () => ctx.config().maxPreparedStatements, (msg) => this.requests.emit(msg), this.meter);
     this.requests = new RequestTracker(this.requestHost(), this.stmts, this.meter);
+    this.cache = new SessionCache(ctx, this.requests, this.cacheHost());
     this.listens = new ClientListens(ctx.notifications, this, () => ({ database: this.target.dbname, user: this.target.backendUser }));
     this.router = new TransactionRouter(ctx, this);
     this.functionChanges = new FunctionChanges(ctx, () => this.target.dbname);
@@ -392,6 +375,25 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
   }
 
+  private cacheHost(): SessionCacheHost {
+    const session = this;
+    return {
+      get target() {
+        return session.target;
+      },
+      get user() {
+        return session.user;
+      },
+      clientSettings: this.clientSettings,
+      lastWriteAt: () => this.router.lastWriteAt,
+      routedWrite: () => this.router.routedWrite,
+      knownStatement: (name) => this.stmts.statement(name),
+      routeAfterCatalog: () => {
+        if (this.state === ClientState.Waiting) this.beginTransaction();
+      },
+    };
+  }
+
   private requestHost(): RequestHost {
     return {
       classify: (sql) => this.ctx.classify(sql),
@@ -399,7 +401,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       terminated: () => this.close('client_terminate'),
       listensOnBackend: (ops) => this.listens.movedToBackend(ops),
       functionsChanging: () => this.functionChanges.sent(),
-      requestSent: (c) => this.noteWrites(c),
+      requestSent: (c) => this.cache.requestSent(c),
       discardedAll: () => this.listens.endAll(),
       log: (fields, msg) => this.log.info(fields, msg),
     };
@@ -485,13 +487,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     // Paused, or session mode: the policy looks at no statement, so none is classified.
     const cfg = this.ctx.config();
     const route = paused || this.target.poolMode === 'session' ? null : this.requests.classifyFirst(this.held.list[0]!);
-    if (cfg.queryCache || (cfg.databases.length > 0 && queryCacheAnywhere(cfg))) {
-      // Every request the transaction sends says what it may write (requestSent), so a
-      // transaction block drops the entries of the tables it wrote, not the whole database.
-      const tracking = this.requests.tracking;
-      this.requests.collectWrites = tracking;
-      this.cacheWrites = tracking ? NO_TABLES : UNTRACKED;
-    }
+    this.cache.transactionStarting();
     this.pipelineUnit = cfg.pipelineDepth > 1 && route !== null && this.requests.selfContained && this.requests.pinned === null && selfContainedUnit(this.held.list);
     this.router.route(route, route !== null && this.requests.loneRead, paused);
   }
@@ -523,7 +519,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       this.answerPgpoolShow(held) ??
       this.refuseReplicaWrite(held) ??
       this.refuseReplicaListen(held) ??
-      this.answerFromCache(held);
+      this.cache.answer(held);
     if (reply === WAIT_FOR_CATALOG) return true; // routed again once the relation catalog is loaded
     if (reply === null) return this.listens.answer(this.held, this.requests, (sql) => this.ctx.classify(sql), this.finishListen);
     this.held.take();
@@ -582,88 +578,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     return Buffer.concat([errorResponse(pgmuxError('replicaOnlyListen', { args: { database: this.database } })), readyForQuery('I')]);
   }
 
-  /**
-   * query_cache: a lone cacheable simple Query, or a lone extended-protocol unit up to its
-   * Sync (cacheableUnit.ts), at a transaction's start is answered from the cache (the stored
-   * reply, then ReadyForQuery('I')), or its reply is captured on its way.
-   */
-  private answerFromCache(held: HeldMessages['list']): Buffer | null {
-    if (!this.ctx.queryCacheOn(this.target)) return null;
-    const cfg = this.ctx.config();
-    // Each worker process has its own cache and sees only its own writes: not served until
-    // invalidations travel between workers.
-    if (cfg.workers > 1) return null;
-    if (this.requests.pinned !== null || this.requests.roleChanged || this.target.poolMode !== 'transaction') return null;
-    const m = held[0]!;
-    let sql: string;
-    let unit: string | undefined;
-    if (m.type === FrontendMsg.Query) {
-      if (held.length !== 1) return null;
-      const c = this.requests.queryClass(m.buf, m.start, m.end);
-      this.requests.rememberFirst(c, m);
-      if (!cacheableRead(c)) return null;
-      sql = m.buf.toString('utf8', m.start + 5, m.end - 1);
-    } else {
-      const u = cacheableUnit(held, this.knownStatement);
-      if (u === null || !cacheableRead(this.ctx.classify(u.sql))) return null;
-      sql = u.sql;
-      unit = u.unit;
-    }
-    // The key holds the text as decoded from UTF-8: bytes that are not UTF-8 (a LATIN1
-    // client_encoding) all decode to U+FFFD, and two different statements would share a key.
-    if (sql.includes('\uFFFD')) return null;
-    const verdict = this.ctx.cacheVerdict(sql);
-    if (!verdict.ok) return null;
-    const excluded = cfg.queryCacheExcludeTables;
-    if (excluded.length > 0 && verdict.tables.some((t) => tableListed(excluded, t))) return null;
-    const cache = this.ctx.queryCache;
-    const database = this.target.dbname;
-    // Another instance's (or a trigger's) invalidations may be missed while not listening.
-    if (!this.ctx.cacheCoherent(database)) return null;
-    // What the names read stand for (views, partitions, temporary and foreign tables) and so
-    // which writes make the entry stale: the database's relation graph, loaded once.
-    let graph: RelationGraph | null = null;
-    if (verdict.tables.length > 0) {
-      const g = this.ctx.cacheRelations(this.target);
-      if (!(g instanceof RelationGraph)) {
-        // Wait once: a graph made stale again while it loaded (DDL after DDL) is not waited for twice.
-        if (g === null || this.waitedForCatalog) {
-          this.waitedForCatalog = false;
-          return null;
-        }
-        this.waitedForCatalog = true;
-        void g.then(this.routeAfterCatalog);
-        return WAIT_FOR_CATALOG;
-      }
-      this.waitedForCatalog = false;
-      if (g.uncacheableRead(verdict.tables, cfg.queryCacheTables) !== null) return null;
-      // An excluded table is one written where pgmux cannot see: so are the views and parents over it.
-      if (excluded.length > 0 && g.dependenciesOf(verdict.tables).some((t) => tableListed(excluded, t))) return null;
-      graph = g;
-    }
-    // Privileges and row-level security follow the backend login; the client name is kept too.
-    const key = cacheKey({ user: `${this.user}\0${this.target.backendUser}`, settings: this.clientSettings.fingerprint, sql, unit });
-    // read_your_writes: nothing stored before (or in the same clock tick as) this client's last write.
-    const notBefore = cfg.readYourWrites === 'off' ? 0 : this.router.lastWriteAt + 1;
-    const hit = cache.get(database, key, notBefore);
-    if (hit !== undefined) {
-      this.requests.forgetFirst();
-      return Buffer.concat([hit, readyForQuery('I')]);
-    }
-    // A replica may lag behind the last write to these tables: a replica's reply is stored only
-    // once that write is older than the lag pgmux routes reads within (plus one health check);
-    // the primary's always (it has every committed write).
-    const lagBoundMs = replicaLagBoundMs(cfg);
-    const needsPrimary = lagBoundMs === Infinity || cache.quietForMs(database, graph === null ? verdict.tables : graph.dependenciesOf(verdict.tables)) <= lagBoundMs;
-    this.capture = new ReplyCapture(database, key, verdict.tables, verdict.ttlMs, cache.epoch(database), cache.maxEntryBytes, needsPrimary);
-    return null;
-  }
-
-  private readonly knownStatement = (name: string): KnownStatement | undefined => this.stmts.statement(name);
-
-  private readonly routeAfterCatalog = (): void => {
-    if (this.state === ClientState.Waiting) this.beginTransaction();
-  };
 
   private readonly finishListen = (out: Buffer[]): void => {
     if (this.state !== ClientState.Waiting) return;
@@ -764,7 +678,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     const b = pipelineTarget(busy, this.ctx.config().pipelineDepth, this.clientSettings.fingerprint);
     if (b === null) return false;
     const unit = this.held.take();
-    this.capture = null; // a queued unit's reply is not captured (kept simple: pipelining is experimental)
+    this.cache.dropCapture(); // a queued unit's reply is not captured (kept simple: pipelining is experimental)
     // A read nothing answered yet: re-run elsewhere if the backend dies before its turn.
     this.replay.arm(unit, true, this.requests.tracking ? this.statementKnown : null);
     this.requests.forgetFirst();
@@ -828,7 +742,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.meter.record.bytesSent += end - start;
     const out = this.replay.filter(start === 0 && end === buf.length ? buf : buf.subarray(start, end), this.backend);
     if (out === null) return;
-    if (this.capture !== null) this.capture.add(out);
+    this.cache.replyData(out);
     if (!this.conn.write(out)) this.backend?.socket.pause();
   }
 
@@ -838,11 +752,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     this.stmts.batchDone();
     const b = this.backend;
     const batch = this.replay.takeReplay();
-    if (this.capture !== null) {
-      // The request's reply is complete (its first ReadyForQuery); a re-run batch is not stored.
-      if (batch === null && (!this.capture.needsPrimary || (b !== null && b.node.name === this.ctx.nodes.topology().primary?.name))) this.capture.storeIn(this.ctx.queryCache);
-      this.capture = null;
-    }
+    // The request's reply is complete (its first ReadyForQuery); a re-run batch is not stored.
+    this.cache.replyDone(batch === null, b !== null && b.node.name === this.ctx.nodes.topology().primary?.name);
     if (batch !== null && b !== null) {
       // Re-run the batch on the same backend: its statements now carry fresh proxy names,
       // so they are prepared again (hidden) with the new result type.
@@ -855,7 +766,7 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
     }
     if (b === null || !this.requests.atTransactionBoundary(b)) return;
     this.functionChanges.ended(); // committed or rolled back now
-    this.invalidateWrites();
+    this.cache.transactionEnded();
     if (this.requests.mayRelease(b)) {
       const settings = this.requests.settings.dirty ? this.requests.settings.take(this.clientSettings.settings, b.applied, this.ctx.config().trackExtraParameters) : NONE;
       this.letGo(b);
@@ -869,40 +780,6 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
       // after the ReadyForQuery now on its way.
       queueMicrotask(this.flushNotifications);
     }
-  }
-
-  /** query_cache: what a request sent in this transaction may write joins what the transaction writes. */
-  private noteWrites(c: Classification | null): void {
-    const w = this.cacheWrites;
-    if (w === null || w === '*' || w === UNTRACKED) return;
-    if (c === null) {
-      this.cacheWrites = '*';
-      return;
-    }
-    const t = c.writesTables;
-    if (t === undefined) {
-      // A read that calls a function that may write (or one the catalog does not know yet): any table.
-      if (c.calls !== undefined && this.ctx.volatileCall(this.target, c.calls) !== null) this.cacheWrites = '*';
-      return;
-    }
-    if (t === '*') this.cacheWrites = '*';
-    else if (t.length > 0) this.cacheWrites = w.length === 0 ? t : [...new Set([...w, ...t])];
-  }
-
-  /** query_cache: a transaction drops the cache entries of what it may have written. */
-  private invalidateWrites(): void {
-    const cfg = this.ctx.config();
-    if (!cfg.queryCache && (cfg.databases.length === 0 || !queryCacheAnywhere(cfg))) return;
-    const w = this.cacheWrites;
-    this.cacheWrites = null;
-    this.requests.collectWrites = false;
-    // Requests not followed (or the cache turned on mid-transaction): a write may have written anything.
-    if (w === null || w === UNTRACKED) {
-      if (this.router.routedWrite) this.ctx.invalidateCache(this.target.dbname, '*');
-      return;
-    }
-    // An empty list: nothing sent writes data (reads, SET, LOCK, ...); the store reads [] as "everything".
-    if (w === '*' || w.length > 0) this.ctx.invalidateCache(this.target.dbname, w);
   }
 
   /** Messages held while linked (pipelining) are handled as if they arrived now, while idle. */
@@ -955,8 +832,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
 
   onBackendLost(b: BackendConnection, why: string): void {
     this.backend = null;
-    this.capture = null;
-    this.invalidateWrites(); // a COMMIT may have run before the connection died
+    this.cache.dropCapture();
+    this.cache.transactionEnded(); // a COMMIT may have run before the connection died
     this.requests.detach();
     this.meter.abandon();
     if (this.state === ClientState.Closed) return;
