@@ -33,6 +33,7 @@ import { UNRESOLVED, type DatabaseTarget } from '../config/databases.js';
 import { planListen } from './listenRequests.js';
 import type { ListenOp } from '../routing/sessionEffects.js';
 import { TrafficMeter } from '../observability/trafficStats.js';
+import type { Classification } from '../routing/classifier.js';
 import { SessionCache, WAIT_FOR_CATALOG, type SessionCacheHost } from './sessionCache.js';
 import { headStarted, joinPipeline, pipelineTarget, queuedBehind, selfContainedUnit, type PipelineMember } from '../pool/pipeline.js';
 
@@ -513,13 +514,18 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   /** What pgmux answers itself at a transaction's start, without a backend. */
   private answerLocally(): boolean {
     const held = this.held.list;
+    const m = held[0]!;
+    // A lone simple Query's analysis, taken once and kept for forwarding (classifyFirst reads
+    // it next) when nothing here answers it; null for anything else.
+    const lone = held.length === 1 && m.type === FrontendMsg.Query ? this.requests.queryClass(m.buf, m.start, m.end) : null;
+    if (lone !== null) this.requests.rememberFirst(lone, m);
     const reply =
       this.requests.prepareLocally(held) ??
-      this.requests.refuseSqlPrepared(held) ??
-      this.answerPgpoolShow(held) ??
-      this.refuseReplicaWrite(held) ??
-      this.refuseReplicaListen(held) ??
-      this.cache.answer(held);
+      this.requests.refuseSqlPrepared(lone) ??
+      this.answerPgpoolShow(lone) ??
+      this.refuseReplicaWrite(lone) ??
+      this.refuseReplicaListen(held, lone) ??
+      this.cache.answer(held, lone);
     if (reply === WAIT_FOR_CATALOG) return true; // routed again once the relation catalog is loaded
     if (reply === null) return this.listens.answer(this.held, this.requests, (sql) => this.ctx.classify(sql), this.finishListen);
     this.held.take();
@@ -530,15 +536,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
   }
 
   /** Pgpool-II's `SHOW pool_nodes` / `pool_version` sent alone, as Pgpool-II users' checks do. */
-  private answerPgpoolShow(held: HeldMessages['list']): Buffer | null {
-    const m = held[0]!;
-    if (held.length !== 1 || m.type !== FrontendMsg.Query) return null;
-    const c = this.requests.queryClass(m.buf, m.start, m.end); // refuseSqlPrepared kept it: no second decoding
-    this.requests.rememberFirst(c, m); // forwarded with it when not answered here
-    if (c.pgpoolShow === undefined) return null;
+  private answerPgpoolShow(lone: Classification | null): Buffer | null {
+    if (lone?.pgpoolShow === undefined) return null;
     this.requests.forgetFirst();
-    const rows = this.ctx.admin.pgpoolShow(c.pgpoolShow);
-    const answer = rows ?? errorResponse(pgmuxError('pgpoolShowUnsupported', { args: { name: c.pgpoolShow } }));
+    const rows = this.ctx.admin.pgpoolShow(lone.pgpoolShow);
+    const answer = rows ?? errorResponse(pgmuxError('pgpoolShowUnsupported', { args: { name: lone.pgpoolShow } }));
     return Buffer.concat([answer, readyForQuery('I')]);
   }
 
@@ -547,12 +549,8 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    * DELETE or MERGE), on a replica-only entry: refused here with the replica's own SQLSTATE
    * and a message naming the entry. Anything less certain goes to the replica, which decides.
    */
-  private refuseReplicaWrite(held: HeldMessages['list']): Buffer | null {
-    const m = held[0]!;
-    if (this.target.route !== 'replica' || held.length !== 1 || m.type !== FrontendMsg.Query) return null;
-    const c = this.requests.queryClass(m.buf, m.start, m.end);
-    this.requests.rememberFirst(c, m); // forwarded with it when not refused
-    if (c.statements !== 1 || !SURE_WRITES.has(c.reason)) return null;
+  private refuseReplicaWrite(lone: Classification | null): Buffer | null {
+    if (this.target.route !== 'replica' || lone === null || lone.statements !== 1 || !SURE_WRITES.has(lone.reason)) return null;
     this.requests.forgetFirst();
     return Buffer.concat([errorResponse(pgmuxError('replicaOnlyWrite', { args: { database: this.database } })), readyForQuery('I')]);
   }
@@ -561,15 +559,11 @@ export class ClientSession implements BackendOwner, PoolWaiter, NotificationSink
    * LISTEN on a replica-only entry: notifications come from the primary, which this entry
    * never uses. UNLISTEN alone (drivers send `UNLISTEN *` on reset) is answered as usual.
    */
-  private refuseReplicaListen(held: HeldMessages['list']): Buffer | null {
+  private refuseReplicaListen(held: HeldMessages['list'], lone: Classification | null): Buffer | null {
     if (this.target.route !== 'replica') return null;
     const m = held[0]!;
     if (m.type === FrontendMsg.Query) {
-      // The class refuseReplicaWrite kept: no second decoding of the text.
-      if (held.length !== 1) return null;
-      const c = this.requests.queryClass(m.buf, m.start, m.end);
-      this.requests.rememberFirst(c, m);
-      if (c.session?.onlyListen !== true || !c.session.listen!.some(isListen)) return null;
+      if (lone === null || lone.session?.onlyListen !== true || !lone.session.listen!.some(isListen)) return null;
     } else {
       const plan = planListen(held, (sql) => this.ctx.classify(sql), this.requests.listenStatements);
       if (plan === null || !plan.steps.some((s) => !Buffer.isBuffer(s) && isListen(s))) return null;

@@ -397,13 +397,8 @@ export class RequestTracker {
    * the statement would live on one backend and the next EXECUTE land on another, so
    * pgmux says so up front (protocol-level prepared statements do work).
    */
-  refuseSqlPrepared(held: readonly HeldMessage[]): Buffer | null {
-    const m = held[0]!;
-    if (held.length !== 1 || m.type !== FrontendMsg.Query) return null;
-    const c = this.queryClass(m.buf, m.start, m.end);
-    // Kept for forwarding when not refused (classifyFirst reads it next).
-    this.rememberFirst(c, m);
-    if (c.statements !== 1 || c.session?.sqlPrepared !== true) return null;
+  refuseSqlPrepared(lone: Classification | null): Buffer | null {
+    if (lone === null || lone.statements !== 1 || lone.session?.sqlPrepared !== true) return null;
     return Buffer.concat([
       errorResponse(
         pgmuxError('sqlPrepareInTransactionMode'),

@@ -63,7 +63,8 @@ export class SessionCache {
    * Sync (cacheableUnit.ts), at a transaction's start is answered from the cache (the stored
    * reply, then ReadyForQuery('I')), or its reply is captured on its way.
    */
-  answer(held: readonly HeldMessage[]): Buffer | null {
+  /** `lone`: the analysis of a lone simple Query (answerLocally took it), else null. */
+  answer(held: readonly HeldMessage[], lone: Classification | null): Buffer | null {
     const host = this.host;
     if (!this.ctx.queryCacheOn(host.target)) return null;
     const cfg = this.ctx.config();
@@ -75,10 +76,7 @@ export class SessionCache {
     let sql: string;
     let unit: string | undefined;
     if (m.type === FrontendMsg.Query) {
-      if (held.length !== 1) return null;
-      const c = this.requests.queryClass(m.buf, m.start, m.end);
-      this.requests.rememberFirst(c, m);
-      if (!cacheableRead(c)) return null;
+      if (lone === null || !cacheableRead(lone)) return null;
       sql = m.buf.toString('utf8', m.start + 5, m.end - 1);
     } else {
       const u = cacheableUnit(held, host.knownStatement);
