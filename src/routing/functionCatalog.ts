@@ -14,6 +14,7 @@
 // pg_catalog and are not loaded; a few harmless extension functions are listed below.
 
 import { compileFunctionList, type FunctionRef, type FunctionSet } from './functionLists.js';
+import { catalogChanged, newCatalogLoadState, startCatalogLoad, type CatalogLoadState } from './catalogLoad.js';
 
 /**
  * One row, one column, a JSON object:
@@ -174,9 +175,6 @@ export interface CatalogOptions {
   loadTimeoutMs: number;
 }
 
-/** Retry after a failed load: 1 s, doubling up to this. */
-const MAX_RETRY_MS = 60_000;
-
 /**
  * A transaction that may change the catalog is under way: until it ends, the catalog cannot
  * say whether a call names a function it is creating, so reads calling user functions go to
@@ -194,18 +192,9 @@ const PROBE_INTERVAL_MS = 1000;
 /** Bound on the unknown calls remembered per database (a client inventing names). */
 const MAX_UNKNOWN_CALLS = 1000;
 
-interface DatabaseCatalog {
+/** `stale`: a transaction that may have changed the catalog ended after the last load started. */
+interface DatabaseCatalog extends CatalogLoadState {
   functions: DatabaseFunctions | null;
-  loadedAt: number;
-  /** A transaction that may have changed the catalog ended after the last load started. */
-  stale: boolean;
-  /** Bumped by every such transaction: a load started before it does not clear `stale`. */
-  generation: number;
-  /** The load in flight (never rejects). */
-  loading: Promise<void> | null;
-  /** After a failed load, no new attempt before this. */
-  retryAt: number;
-  failures: number;
   /** Transactions seen sending such DDL (here or in another worker) that have not ended yet. */
   pendingChanges: number;
   /** When pendingChanges last went above 0. */
@@ -314,14 +303,12 @@ export class FunctionCatalogs {
     const d = this.byDatabase.get(database);
     if (d === undefined) return; // never loaded: the first read loads it anyway
     if (d.pendingChanges > 0) d.pendingChanges--;
-    d.stale = true;
+    catalogChanged(d);
     d.absent.clear(); // the change may have created them
-    d.generation++;
-    d.retryAt = 0;
   }
 
   private entry(database: string): DatabaseCatalog {
-    const d: DatabaseCatalog = { functions: null, loadedAt: 0, stale: false, generation: 0, loading: null, retryAt: 0, failures: 0, pendingChanges: 0, pendingSince: 0, asked: new Map(), absent: new Set(), probedAt: -Infinity };
+    const d: DatabaseCatalog = { ...newCatalogLoadState(), functions: null, pendingChanges: 0, pendingSince: 0, asked: new Map(), absent: new Set(), probedAt: -Infinity };
     this.byDatabase.set(database, d);
     return d;
   }
@@ -332,46 +319,31 @@ export class FunctionCatalogs {
   }
 
   private start(d: DatabaseCatalog, database: string, user: string): Promise<void> {
-    const generation = d.generation;
     // Only calls asked before the load began can be found absent by it.
     const confirming = d.asked;
     d.asked = new Map();
     this.loads++;
-    let timer: NodeJS.Timeout | null = null;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${this.opts.loadTimeoutMs} ms`)), this.opts.loadTimeoutMs);
-      timer.unref();
-    });
-    const loaded = Promise.race([this.load(database, user).then(DatabaseFunctions.fromJson), timeout]);
-    d.loading = loaded.then(
-      (functions) => {
-        const recovered = d.failures > 0;
+    return startCatalogLoad(
+      d,
+      () => this.load(database, user).then(DatabaseFunctions.fromJson),
+      this.opts.loadTimeoutMs,
+      (functions, recovered) => {
         d.functions = functions;
-        d.loadedAt = Date.now();
-        d.failures = 0;
-        d.retryAt = 0;
-        if (d.generation === generation) d.stale = false;
         d.absent = new Set();
         for (const [key, c] of confirming) if (!functions.knows(c)) d.absent.add(key);
         if (recovered) this.log.info({ db: database, volatileFunctions: functions.size }, 'function catalog loaded again');
         else this.log.debug({ db: database, volatileFunctions: functions.size }, 'function catalog loaded');
       },
-      (err: Error) => {
+      (err, firstOfStreak) => {
         for (const [key, c] of confirming) if (d.asked.size < MAX_UNKNOWN_CALLS) d.asked.set(key, c);
-        d.failures++;
-        d.retryAt = Date.now() + Math.min(MAX_RETRY_MS, 1000 * 2 ** Math.min(d.failures - 1, 16));
         // Once per streak of failures: routing falls back to the static lists meanwhile.
-        if (d.failures === 1) {
+        if (firstOfStreak) {
           this.log.warn(
             { db: database, user, err: err.message },
             'cannot load the function catalog: reads calling user functions are routed by the built-in list and write_functions only',
           );
         }
       },
-    ).finally(() => {
-      if (timer !== null) clearTimeout(timer);
-      d.loading = null;
-    });
-    return d.loading;
+    );
   }
 }

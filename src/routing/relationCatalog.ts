@@ -17,6 +17,8 @@
 // While a database's graph is not current, reads there are not cached and writes there drop
 // the whole database: never a stale entry.
 
+import { catalogChanged, newCatalogLoadState, startCatalogLoad, type CatalogLoadState } from './catalogLoad.js';
+
 /** A bare name (`t`, any schema) or `schema.t`, lower-case, as the classifier names tables. */
 export type TableName = string;
 
@@ -324,19 +326,11 @@ export interface RelationCatalogOptions {
   loadTimeoutMs: number;
 }
 
-interface DatabaseRelations {
+/** `stale`: a whole-database invalidation (DDL, a gap) came after the last load started. */
+interface DatabaseRelations extends CatalogLoadState {
   graph: RelationGraph | null;
-  loadedAt: number;
-  /** A whole-database invalidation (DDL, a gap) came after the last load started. */
-  stale: boolean;
-  /** Bumped by each: a load started before it does not clear `stale`. */
-  generation: number;
-  loading: Promise<void> | null;
-  retryAt: number;
-  failures: number;
 }
 
-const MAX_RETRY_MS = 60_000;
 /**
  * A read waits this long at most for a load (the pool may be busy, the primary slow): past
  * it, it goes on uncached. Caching is an optimisation; a read must not stall for it.
@@ -373,7 +367,7 @@ export class RelationCatalogs {
   forRead(database: string, user: string, now: number): RelationGraph | null | Promise<void> {
     let d = this.byDatabase.get(database);
     if (d === undefined) {
-      d = { graph: null, loadedAt: 0, stale: false, generation: 0, loading: null, retryAt: 0, failures: 0 };
+      d = { ...newCatalogLoadState(), graph: null };
       this.byDatabase.set(database, d);
       return this.waitBriefly(this.start(d, database, user));
     }
@@ -407,9 +401,7 @@ export class RelationCatalogs {
   changed(database: string): void {
     const d = this.byDatabase.get(database);
     if (d === undefined) return;
-    d.stale = true;
-    d.generation++;
-    d.retryAt = 0;
+    catalogChanged(d);
   }
 
   /** Every graph goes (the cache was off: DDL went unseen); each database loads again on its next cached read. */
@@ -435,36 +427,19 @@ export class RelationCatalogs {
   }
 
   private start(d: DatabaseRelations, database: string, user: string): Promise<void> {
-    const generation = d.generation;
     this.loads++;
-    let timer: NodeJS.Timeout | null = null;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${this.opts.loadTimeoutMs} ms`)), this.opts.loadTimeoutMs);
-      timer.unref();
-    });
-    const loaded = Promise.race([this.load(database, user).then(RelationGraph.fromJson), timeout]);
-    d.loading = loaded
-      .then(
-        (graph) => {
-          const recovered = d.failures > 0;
-          d.graph = graph;
-          d.loadedAt = Date.now();
-          d.failures = 0;
-          d.retryAt = 0;
-          if (d.generation === generation) d.stale = false;
-          if (recovered) this.log.info({ db: database, relations: graph.size }, 'relation catalog loaded again');
-          else this.log.debug({ db: database, relations: graph.size }, 'relation catalog loaded');
-        },
-        (err: Error) => {
-          d.failures++;
-          d.retryAt = Date.now() + Math.min(MAX_RETRY_MS, 1000 * 2 ** Math.min(d.failures - 1, 16));
-          if (d.failures === 1) this.log.warn({ db: database, user, err: err.message }, 'cannot load the relation catalog: reads of tables are not cached meanwhile');
-        },
-      )
-      .finally(() => {
-        if (timer !== null) clearTimeout(timer);
-        d.loading = null;
-      });
-    return d.loading;
+    return startCatalogLoad(
+      d,
+      () => this.load(database, user).then(RelationGraph.fromJson),
+      this.opts.loadTimeoutMs,
+      (graph, recovered) => {
+        d.graph = graph;
+        if (recovered) this.log.info({ db: database, relations: graph.size }, 'relation catalog loaded again');
+        else this.log.debug({ db: database, relations: graph.size }, 'relation catalog loaded');
+      },
+      (err, firstOfStreak) => {
+        if (firstOfStreak) this.log.warn({ db: database, user, err: err.message }, 'cannot load the relation catalog: reads of tables are not cached meanwhile');
+      },
+    );
   }
 }
