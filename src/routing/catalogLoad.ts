@@ -16,6 +16,13 @@ export interface CatalogLoadState {
   failures: number;
 }
 
+/** Where a catalog reports loads and failures (the server's logger). */
+export interface CatalogLog {
+  warn(fields: Record<string, unknown>, msg: string): void;
+  info(fields: Record<string, unknown>, msg: string): void;
+  debug(fields: Record<string, unknown>, msg: string): void;
+}
+
 /** Retry after a failed load: 1 s, doubling up to this. */
 const MAX_RETRY_MS = 60_000;
 

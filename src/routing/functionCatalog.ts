@@ -14,7 +14,7 @@
 // pg_catalog and are not loaded; a few harmless extension functions are listed below.
 
 import { compileFunctionList, type FunctionRef, type FunctionSet } from './functionLists.js';
-import { catalogChanged, newCatalogLoadState, startCatalogLoad, type CatalogLoadState } from './catalogLoad.js';
+import { catalogChanged, newCatalogLoadState, startCatalogLoad, type CatalogLoadState, type CatalogLog } from './catalogLoad.js';
 
 /**
  * One row, one column, a JSON object:
@@ -205,12 +205,6 @@ interface DatabaseCatalog extends CatalogLoadState {
   absent: Set<string>;
   /** When a load was last started to look for unknown calls. */
   probedAt: number;
-}
-
-export interface CatalogLog {
-  warn(fields: Record<string, unknown>, msg: string): void;
-  info(fields: Record<string, unknown>, msg: string): void;
-  debug(fields: Record<string, unknown>, msg: string): void;
 }
 
 /** The volatile-function sets of every database clients use, and their loading. */

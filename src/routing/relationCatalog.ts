@@ -17,7 +17,7 @@
 // While a database's graph is not current, reads there are not cached and writes there drop
 // the whole database: never a stale entry.
 
-import { catalogChanged, newCatalogLoadState, startCatalogLoad, type CatalogLoadState } from './catalogLoad.js';
+import { catalogChanged, newCatalogLoadState, startCatalogLoad, type CatalogLoadState, type CatalogLog } from './catalogLoad.js';
 
 /** A bare name (`t`, any schema) or `schema.t`, lower-case, as the classifier names tables. */
 export type TableName = string;
@@ -337,12 +337,6 @@ interface DatabaseRelations extends CatalogLoadState {
  */
 const MAX_READ_WAIT_MS = 1000;
 
-export interface RelationLog {
-  warn(fields: Record<string, unknown>, msg: string): void;
-  info(fields: Record<string, unknown>, msg: string): void;
-  debug(fields: Record<string, unknown>, msg: string): void;
-}
-
 /** The relation graphs of the databases whose reads are cached, and their loading. */
 export class RelationCatalogs {
   private readonly byDatabase = new Map<string, DatabaseRelations>();
@@ -351,7 +345,7 @@ export class RelationCatalogs {
 
   constructor(
     private readonly load: RelationLoader,
-    private readonly log: RelationLog,
+    private readonly log: CatalogLog,
     private opts: RelationCatalogOptions,
   ) {}
 

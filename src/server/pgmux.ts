@@ -169,8 +169,8 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.classifier = new Classifier({ writeFunctions: cfg.writeFunctions });
     this.queryCache = new QueryCache({ maxBytes: cfg.queryCacheBytes, maxEntryBytes: cfg.queryCacheMaxEntryBytes, ttlMs: cfg.queryCacheTtlMs, now: () => this.clock.now });
     this.cacheBus = cacheBusWanted(cfg) ? this.newCacheBus() : null;
-    this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadFunctionCatalog(db, user), logger, catalogOptions(cfg));
-    this.relationCatalogs = new RelationCatalogs((db, user) => this.loadRelationCatalog(db, user), logger, catalogOptions(cfg));
+    this.functionCatalogs = new FunctionCatalogs((db, user) => this.loadCatalog(FUNCTION_CATALOG_SQL, db, user), logger, catalogOptions(cfg));
+    this.relationCatalogs = new RelationCatalogs((db, user) => this.loadCatalog(RELATIONS_SQL, db, user), logger, catalogOptions(cfg));
     this.applyReadPolicy();
     this.adminConsole = new AdminConsole(this);
     this.admin = {
@@ -330,25 +330,18 @@ export class PgmuxServer implements SessionContext, ServerView {
     this.onFunctionsChanged?.(database);
   }
 
-  /** pg_proc is the same on every node: the primary's (newest), else any node reads serve from. */
-  private async loadFunctionCatalog(database: string, user: string): Promise<string | null> {
+  /**
+   * One value of a catalog query (FUNCTION_CATALOG_SQL, RELATIONS_SQL) in `database` as
+   * `user`: on the primary (newest), else on a node reads are served from (the catalogs are
+   * the same on every node, replicas replay them).
+   */
+  private async loadCatalog(sql: string, database: string, user: string): Promise<string | null> {
     const topo = this.monitor.snapshot();
     const node = topo.primary ?? chooseRead(topo, this.nodes.disabledNodes, null, null, null, this.nodes.readBalancer).node;
     if (node === null) throw new Error('no node is up');
     const target = this.catalogTargets.get(database + '\0' + user) ?? resolveDatabase(this.cfg, database, user);
     if (target === null) throw new Error(`database "${database}" is not served`);
-    const row = await this.pool(this.nodes.nodeAddress(node), target).queryRow(FUNCTION_CATALOG_SQL);
-    return row?.[0] ?? null;
-  }
-
-  /** pg_class and its links, as the function catalog is read: the primary's, else a read node's (replicas replay the catalog). */
-  private async loadRelationCatalog(database: string, user: string): Promise<string | null> {
-    const topo = this.monitor.snapshot();
-    const node = topo.primary ?? chooseRead(topo, this.nodes.disabledNodes, null, null, null, this.nodes.readBalancer).node;
-    if (node === null) throw new Error('no node is up');
-    const target = this.catalogTargets.get(database + '\0' + user) ?? resolveDatabase(this.cfg, database, user);
-    if (target === null) throw new Error(`database "${database}" is not served`);
-    const row = await this.pool(this.nodes.nodeAddress(node), target).queryRow(RELATIONS_SQL);
+    const row = await this.pool(this.nodes.nodeAddress(node), target).queryRow(sql);
     return row?.[0] ?? null;
   }
 
