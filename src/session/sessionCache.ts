@@ -9,6 +9,7 @@
 import type { HeldMessage } from '../protocol/framer.js';
 import { FrontendMsg, readyForQuery } from '../protocol/messages.js';
 import { queryCacheAnywhere, type DatabaseTarget } from '../config/databases.js';
+import type { Config } from '../config/types.js';
 import type { Classification } from '../routing/classifier.js';
 import { RelationGraph } from '../routing/relationCatalog.js';
 import { cacheKey, tableListed } from '../cache/queryCache.js';
@@ -25,6 +26,9 @@ export const WAIT_FOR_CATALOG = Buffer.alloc(0);
 const NO_TABLES: readonly string[] = Object.freeze([]);
 /** The transaction's requests are not followed (not tracking), so a write may have written anything. */
 const UNTRACKED: readonly string[] = Object.freeze(['*']);
+
+/** query_cache on for some entry; the two plain checks first spare the lookup when it is off (the default). */
+const cacheOnAnywhere = (cfg: Config): boolean => cfg.queryCache || (cfg.databases.length > 0 && queryCacheAnywhere(cfg));
 
 /** One read-only statement the classifier itself sent to a replica, leaving no session state. */
 const cacheableRead = (c: Classification): boolean =>
@@ -136,8 +140,7 @@ export class SessionCache {
 
   /** A transaction starts on a backend: follow what its requests write (requestSent) when the cache is on anywhere. */
   transactionStarting(): void {
-    const cfg = this.ctx.config();
-    if (!cfg.queryCache && (cfg.databases.length === 0 || !queryCacheAnywhere(cfg))) return;
+    if (!cacheOnAnywhere(this.ctx.config())) return;
     const tracking = this.requests.tracking;
     this.requests.collectWrites = tracking;
     this.writes = tracking ? NO_TABLES : UNTRACKED;
@@ -181,8 +184,7 @@ export class SessionCache {
 
   /** The transaction ended (or its backend was lost): drop the cache entries of what it may have written. */
   transactionEnded(): void {
-    const cfg = this.ctx.config();
-    if (!cfg.queryCache && (cfg.databases.length === 0 || !queryCacheAnywhere(cfg))) return;
+    if (!cacheOnAnywhere(this.ctx.config())) return;
     const w = this.writes;
     this.writes = null;
     this.requests.collectWrites = false;
@@ -194,5 +196,4 @@ export class SessionCache {
     // An empty list: nothing sent writes data (reads, SET, LOCK, ...); the store reads [] as "everything".
     if (w === '*' || w.length > 0) this.ctx.invalidateCache(this.host.target.dbname, w);
   }
-
 }
